@@ -1,0 +1,127 @@
+"""The event catalog: every event type declared once, with its payload, owner and visibility.
+
+The catalog is the single source for topic names (one topic per event type), for the
+JSON Schemas and the AsyncAPI document under docs/events/, and for decoding: a consumer
+looks the payload type up here by the CloudEvents `type`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgspec
+
+PayloadT = TypeVar("PayloadT", bound=type[msgspec.Struct])
+
+
+@dataclass(frozen=True, slots=True)
+class EventType:
+    """One kind of event. `name` is both the CloudEvents type and the Kafka topic."""
+
+    name: str
+    payload: type[msgspec.Struct]
+    owner: str
+    public: bool
+    version: int
+    description: str
+
+    @property
+    def topic(self) -> str:
+        return self.name
+
+
+class UnknownEventType(LookupError):
+    """An event whose type the catalog does not declare."""
+
+
+class Catalog:
+    def __init__(self) -> None:
+        self._by_name: dict[str, EventType] = {}
+        self._by_payload: dict[type[msgspec.Struct], EventType] = {}
+
+    def register(self, event_type: EventType) -> None:
+        if event_type.name in self._by_name:
+            raise ValueError(f"event type {event_type.name!r} is declared twice")
+        if event_type.payload in self._by_payload:
+            raise ValueError(f"payload {event_type.payload.__name__} is used by two event types")
+        self._by_name[event_type.name] = event_type
+        self._by_payload[event_type.payload] = event_type
+
+    def by_name(self, name: str) -> EventType:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise UnknownEventType(name) from None
+
+    def by_payload(self, payload_type: type[msgspec.Struct]) -> EventType:
+        try:
+            return self._by_payload[payload_type]
+        except KeyError:
+            raise UnknownEventType(payload_type.__name__) from None
+
+    def __iter__(self) -> Iterator[EventType]:
+        return iter(sorted(self._by_name.values(), key=lambda e: e.name))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def topics(self) -> list[str]:
+        return [e.topic for e in self]
+
+    def json_schema(self, name: str) -> dict[str, Any]:
+        """JSON Schema (2020-12) of one event type's payload, components inlined under $defs."""
+        event_type = self.by_name(name)
+        (schema,), components = msgspec.json.schema_components(
+            [event_type.payload], ref_template="#/$defs/{name}"
+        )
+        document: dict[str, Any] = {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": f"https://tenantry.dev/events/{event_type.name}/v{event_type.version}.json",
+            "title": event_type.name,
+            "description": event_type.description,
+            "x-owner": event_type.owner,
+            "x-public": event_type.public,
+            "x-version": event_type.version,
+            **schema,
+        }
+        if components:
+            document["$defs"] = components
+        return document
+
+
+CATALOG = Catalog()
+
+
+def event(
+    name: str, *, owner: str, public: bool, version: int = 1, description: str = ""
+) -> Callable[[PayloadT], PayloadT]:
+    """Class decorator that declares a payload Struct as the payload of event type `name`."""
+
+    def declare(payload: PayloadT) -> PayloadT:
+        CATALOG.register(
+            EventType(
+                name=name,
+                payload=payload,
+                owner=owner,
+                public=public,
+                version=version,
+                description=description or (payload.__doc__ or "").strip(),
+            )
+        )
+        return payload
+
+    return declare
+
+
+def dead_letter_topic(consumer_group: str) -> str:
+    """Where a consumer group parks the messages it cannot process."""
+    return f"dlt.{consumer_group}"
+
+
+def load_all() -> Catalog:
+    """Import every payload module so the catalog is complete, and return it."""
+    from tenantry_events import payloads  # noqa: F401  (import registers the types)
+
+    return CATALOG

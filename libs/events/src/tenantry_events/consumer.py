@@ -1,0 +1,204 @@
+"""The consumer side: at-least-once delivery made effectively-once by an inbox.
+
+For each record: decode the CloudEvents envelope; open one transaction; claim the event id
+in the inbox (a redelivery finds it claimed and does nothing); run the handler; commit;
+only then is the Kafka offset committed (FastStream AckPolicy.NACK_ON_ERROR: ack after the
+handler returns, rewind on an exception).
+
+Failures split in two:
+- transient (the database or the network is down): back off and raise, so the record is
+  redelivered; nothing is skipped, the partition waits.
+- poison (undecodable, or the handler keeps failing on it): after `attempts` tries the
+  record goes to the group's dead-letter topic with the error, and the consumer moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Generic, Literal, Protocol, TypeVar
+from uuid import UUID
+
+import asyncpg
+from opentelemetry import metrics
+
+from tenantry_events.catalog import dead_letter_topic
+from tenantry_events.envelope import Envelope, MalformedEvent
+from tenantry_events.kafka_codec import from_record
+from tenantry_events.storage import Inbox
+from tenantry_events.tracing import continued_span
+
+log = logging.getLogger("tenantry.consumer")
+_meter = metrics.get_meter("tenantry.events")
+_processed = _meter.create_counter("tenantry.consumer.processed", description="events applied")
+_duplicates = _meter.create_counter("tenantry.consumer.duplicates", description="redeliveries")
+_dead = _meter.create_counter("tenantry.consumer.dead_lettered", description="poison records")
+
+TxT = TypeVar("TxT")
+Handler = Callable[[TxT, Envelope[Any]], Awaitable[None]]
+Outcome = Literal["applied", "duplicate", "dead-lettered", "ignored"]
+
+# Errors that say "try again later", not "this message is bad".
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ConnectionError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.CannotConnectNowError,
+)
+
+
+class TransactionFactory(Protocol[TxT]):
+    def transaction(
+        self, *, tenant_id: UUID | None = None, platform: bool = False
+    ) -> AbstractAsyncContextManager[TxT]: ...
+
+
+class DeadLetterSink(Protocol):
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]]
+    ) -> None: ...
+
+
+class TransientFailure(Exception):
+    """Raised to the broker so it rewinds and redelivers the record later."""
+
+
+class EventConsumer(Generic[TxT]):
+    def __init__(
+        self,
+        *,
+        group: str,
+        db: TransactionFactory[TxT],
+        inbox: Inbox[TxT],
+        handlers: Mapping[str, Handler[TxT]],
+        dead_letters: DeadLetterSink,
+        attempts: int = 3,
+        transient_backoff: float = 0.5,
+    ) -> None:
+        self.group = group
+        self.dead_letter_topic = dead_letter_topic(group)
+        self._db = db
+        self._inbox = inbox
+        self._handlers = dict(handlers)
+        self._dead_letters = dead_letters
+        self._attempts = attempts
+        self._transient_backoff = transient_backoff
+
+    @property
+    def topics(self) -> list[str]:
+        return sorted(self._handlers)
+
+    async def process(
+        self,
+        topic: str,
+        key: bytes | None,
+        headers: Sequence[tuple[str, bytes]],
+        value: bytes,
+    ) -> Outcome:
+        try:
+            envelope = from_record(headers, value)
+        except MalformedEvent as exc:
+            await self._dead_letter(topic, key, headers, value, exc)
+            return "dead-lettered"
+        handler = self._handlers.get(envelope.type)
+        if handler is None:
+            return "ignored"
+        last_error: BaseException | None = None
+        for attempt in range(1, self._attempts + 1):
+            try:
+                with continued_span(
+                    f"consume {envelope.type}",
+                    envelope.traceparent,
+                    envelope.tracestate,
+                    **{"messaging.consumer.group.name": self.group, "event.id": str(envelope.id)},
+                ):
+                    return await self._apply(handler, envelope)
+            except TRANSIENT_ERRORS as exc:
+                log.warning("transient failure on %s: %r; will redeliver", envelope.id, exc)
+                await asyncio.sleep(self._transient_backoff)
+                raise TransientFailure(str(exc)) from exc
+            except Exception as exc:  # a handler bug or bad data: retry, then dead-letter
+                last_error = exc
+                log.warning("handler failed on %s (attempt %d): %r", envelope.id, attempt, exc)
+        assert last_error is not None
+        await self._dead_letter(topic, key, headers, value, last_error)
+        return "dead-lettered"
+
+    async def _apply(self, handler: Handler[TxT], envelope: Envelope[Any]) -> Outcome:
+        async with self._db.transaction(tenant_id=envelope.tenant_id) as tx:
+            if not await self._inbox.claim(tx, self.group, envelope.id):
+                _duplicates.add(1, {"group": self.group})
+                return "duplicate"
+            await handler(tx, envelope)
+        _processed.add(1, {"group": self.group, "type": envelope.type})
+        return "applied"
+
+    async def _dead_letter(
+        self,
+        topic: str,
+        key: bytes | None,
+        headers: Sequence[tuple[str, bytes]],
+        value: bytes,
+        error: BaseException,
+    ) -> None:
+        _dead.add(1, {"group": self.group})
+        log.error("dead-lettering a record of %s: %r", topic, error)
+        detail = "".join(traceback.format_exception_only(type(error), error)).strip()
+        await self._dead_letters.send(
+            self.dead_letter_topic,
+            key,
+            value,
+            [
+                *[(k, v) for k, v in headers if not k.startswith("dlt_")],
+                ("dlt_original_topic", topic.encode()),
+                ("dlt_consumer_group", self.group.encode()),
+                ("dlt_error_type", type(error).__name__.encode()),
+                ("dlt_error", detail[:2000].encode()),
+            ],
+        )
+
+
+def attach(
+    broker: Any, consumer: EventConsumer[Any], *, auto_offset_reset: str = "earliest"
+) -> Any:
+    """Register `consumer` on a FastStream KafkaBroker as one subscriber over its topics."""
+    from faststream import AckPolicy
+    from faststream.kafka import KafkaMessage
+
+    async def on_record(body: bytes, message: KafkaMessage) -> None:
+        record = message.raw_message
+        await consumer.process(record.topic, record.key, list(record.headers or ()), body)
+
+    subscriber = broker.subscriber(
+        *consumer.topics,
+        group_id=consumer.group,
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        auto_offset_reset=auto_offset_reset,
+        title=f"{consumer.group}",
+    )
+    subscriber(on_record)
+    return subscriber
+
+
+class BrokerDeadLetters:
+    """Dead letters through the FastStream broker's own producer."""
+
+    def __init__(self, broker: Any) -> None:
+        self._broker = broker
+
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]]
+    ) -> None:
+        await self._broker.publish(
+            value,
+            topic=topic,
+            key=key,
+            headers={k: v.decode(errors="replace") for k, v in headers},
+        )

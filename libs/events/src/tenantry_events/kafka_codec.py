@@ -1,0 +1,87 @@
+"""The envelope on Kafka: CloudEvents binary content mode.
+
+Attributes travel as `ce_*` headers, the payload alone is the record value (JSON), and the
+record key is the tenant id so one tenant's events keep their order within a topic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import msgspec
+
+from tenantry_events.catalog import CATALOG, Catalog
+from tenantry_events.envelope import Envelope, MalformedEvent
+
+CONTENT_TYPE = "application/json"
+Headers = list[tuple[str, bytes]]
+
+
+class KafkaRecord(msgspec.Struct, frozen=True):
+    topic: str
+    key: bytes
+    headers: Headers
+    value: bytes
+
+
+_ENCODER = msgspec.json.Encoder()
+
+
+def to_record(envelope: Envelope[Any]) -> KafkaRecord:
+    headers: Headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", str(envelope.id).encode()),
+        ("ce_source", envelope.source.encode()),
+        ("ce_type", envelope.type.encode()),
+        ("ce_subject", envelope.subject.encode()),
+        ("ce_time", envelope.occurred_at.isoformat().encode()),
+        ("ce_tenantid", str(envelope.tenant_id).encode()),
+        ("ce_aggregateversion", str(envelope.aggregate_version).encode()),
+        ("ce_schemaversion", str(envelope.schema_version).encode()),
+        ("ce_region", envelope.region.encode()),
+        ("content-type", CONTENT_TYPE.encode()),
+    ]
+    if envelope.traceparent:
+        headers.append(("ce_traceparent", envelope.traceparent.encode()))
+    if envelope.tracestate:
+        headers.append(("ce_tracestate", envelope.tracestate.encode()))
+    return KafkaRecord(
+        topic=envelope.type,
+        key=str(envelope.tenant_id).encode(),
+        headers=headers,
+        value=_ENCODER.encode(envelope.payload),
+    )
+
+
+def from_record(
+    headers: Sequence[tuple[str, bytes]] | dict[str, Any],
+    value: bytes,
+    catalog: Catalog = CATALOG,
+) -> Envelope[Any]:
+    """Rebuild the envelope from a record; anything malformed raises MalformedEvent."""
+    items = headers.items() if isinstance(headers, dict) else headers
+    try:
+        attrs = {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in items}
+        event_type = catalog.by_name(attrs["ce_type"])
+        payload = msgspec.json.decode(value, type=event_type.payload)
+        return Envelope(
+            id=UUID(attrs["ce_id"]),
+            type=event_type.name,
+            source=attrs["ce_source"],
+            tenant_id=UUID(attrs["ce_tenantid"]),
+            subject=attrs["ce_subject"],
+            aggregate_version=int(attrs["ce_aggregateversion"]),
+            occurred_at=datetime.fromisoformat(attrs["ce_time"]),
+            schema_version=int(attrs["ce_schemaversion"]),
+            region=attrs["ce_region"],
+            traceparent=attrs.get("ce_traceparent"),
+            tracestate=attrs.get("ce_tracestate"),
+            payload=payload,
+        )
+    except (KeyError, ValueError, LookupError, UnicodeDecodeError) as exc:
+        raise MalformedEvent(f"{type(exc).__name__}: {exc}") from exc
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MalformedEvent(str(exc)) from exc

@@ -1,0 +1,34 @@
+"""Events owned by the tenancy service.
+
+Each tenant event carries the tenant's full current state (status, plan, region,
+aggregate version on the envelope), so a projection applying "highest version wins"
+ends right whatever the arrival order across topics.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from tenantry_events.catalog import event
+
+TenantStatus = Literal["active", "suspended", "offboarding", "purged"]
+
+
+class TenantState(msgspec.Struct, frozen=True, kw_only=True):
+    """The part of a tenant every service projects."""
+
+    name: str
+    slug: str
+    status: TenantStatus
+    plan: str
+    home_region: str
+
+
+@event("tenant.created", owner="tenancy", public=True)
+class TenantCreated(msgspec.Struct, frozen=True, kw_only=True):
+    """A tenant was created; it starts active on its plan in its home region."""
+
+    tenant: TenantState
+    created_by: str

@@ -1,0 +1,206 @@
+"""The outbox relay: publishes outbox rows to Kafka and deletes exactly what Kafka acked.
+
+- One relay publishes at a time per database: it holds a session advisory lock, and a
+  second relay waits for it (a standby that takes over when the first dies).
+- Woken by LISTEN/NOTIFY at commit; it also polls, since a notification can be missed.
+- Never skips: it reads the rows that exist, oldest first, instead of a high-water mark.
+- Never loses: a row is deleted only after Kafka acknowledged it (acks=all, idempotent
+  producer); a crash between the ack and the delete republishes it, and consumers drop the
+  duplicate through their inbox. A broker outage leaves the rows in place and the relay
+  retries with backoff (tenacity) until the broker is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+
+from tenantry_events.kafka_codec import KafkaRecord
+from tenantry_events.storage import Outbox, OutboxEntry
+
+log = logging.getLogger("tenantry.relay")
+
+RELAY_LOCK_KEY = 0x7E_4A_47_52  # one advisory lock id for "the relay" in each database
+NOTIFY_CHANNEL = "tenantry_outbox"
+
+
+class Publisher(Protocol):
+    async def publish(self, records: Sequence[KafkaRecord]) -> None:
+        """Publish all records, in order per key; return only once the broker acked all."""
+        ...
+
+
+class KafkaPublisher:
+    """aiokafka producer with idempotence and acks=all."""
+
+    def __init__(self, bootstrap_servers: str, *, client_id: str = "tenantry-relay") -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            client_id=client_id,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=2,
+            request_timeout_ms=10_000,
+            retry_backoff_ms=200,
+        )
+        self._started = False
+
+    async def start(self) -> None:
+        await self._producer.start()
+        self._started = True
+
+    async def stop(self) -> None:
+        if self._started:
+            await self._producer.stop()
+            self._started = False
+
+    async def publish(self, records: Sequence[KafkaRecord]) -> None:
+        futures = [
+            await self._producer.send(r.topic, value=r.value, key=r.key, headers=r.headers)
+            for r in records
+        ]
+        await asyncio.gather(*futures)
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        outbox: Outbox[asyncpg.Connection],
+        publisher: Publisher,
+        *,
+        batch_size: int = 500,
+        poll_interval: float = 1.0,
+        max_backoff: float = 10.0,
+    ) -> None:
+        self._outbox = outbox
+        self._publisher = publisher
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._max_backoff = max_backoff
+        self._wake = asyncio.Event()
+        self.published = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def relay_once(self) -> int:
+        """Publish one batch; return how many rows it published."""
+        entries: list[OutboxEntry] = await self._outbox.fetch(self._batch_size)
+        if not entries:
+            return 0
+        await self._publisher.publish([e.record for e in entries])
+        await self._outbox.remove([e.id for e in entries])
+        self.published += len(entries)
+        return len(entries)
+
+    async def drain(self) -> None:
+        """Publish until the outbox is empty, retrying through broker outages."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(Exception),
+            wait=wait_exponential_jitter(initial=0.1, max=self._max_backoff),
+            reraise=True,
+        ):
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    log.warning("relay retrying after %s", attempt.retry_state.outcome)
+                while await self.relay_once() == self._batch_size:
+                    pass
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.drain()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    _first(self._wake.wait(), stop.wait()), timeout=self._poll_interval
+                )
+
+
+async def _first(*aws: object) -> None:
+    tasks = [asyncio.ensure_future(a) for a in aws]  # type: ignore[arg-type]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+async def run_relay(
+    dsn: str,
+    outbox: Outbox[asyncpg.Connection],
+    publisher: Publisher,
+    stop: asyncio.Event,
+    **relay_options: float | int,
+) -> OutboxRelay:
+    """Hold the relay lease, listen for commits and relay until `stop` is set.
+
+    The lease is a session advisory lock on a dedicated connection: if this process dies,
+    Postgres drops the connection and the lock, and a standby relay takes over.
+    """
+    relay = OutboxRelay(outbox, publisher, **relay_options)  # type: ignore[arg-type]
+    lease = await asyncpg.connect(dsn)
+    try:
+        while not stop.is_set():
+            if await lease.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY):
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+        if stop.is_set():
+            return relay
+        await lease.add_listener(NOTIFY_CHANNEL, lambda *_: relay.wake())
+        log.info("relay holds the lease")
+        await relay.run(stop)
+        # Flush on graceful shutdown, but never hang it: what is left stays in the outbox
+        # for the next relay.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(relay.relay_once(), timeout=5.0)
+    finally:
+        await lease.close()
+    return relay
+
+
+def main() -> None:
+    """Run a standalone relay (tests kill it with SIGKILL; services run it in their worker):
+
+    python -m tenantry_events.relay --dsn postgresql://... --bootstrap 127.0.0.1:9092
+    """
+    import argparse
+    import signal
+
+    from tenantry_events.pg import Database
+    from tenantry_events.storage import PostgresOutbox
+
+    parser = argparse.ArgumentParser(description="Tenantry outbox relay")
+    parser.add_argument("--dsn", required=True)
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--batch-size", type=int, default=500)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        db = Database(args.dsn, max_size=2)
+        await db.connect()
+        publisher = KafkaPublisher(args.bootstrap)
+        await publisher.start()
+        try:
+            await run_relay(args.dsn, PostgresOutbox(db), publisher, stop, batch_size=args.batch_size)
+        finally:
+            await publisher.stop()
+            await db.close()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""The three storage contracts of the backbone (event store, outbox, inbox) and their
+Postgres implementations. In-memory twins for fast unit tests live in `memory.py`; both run
+the same abstract contract tests (`tenantry_events.testing.contracts`).
+
+Every write takes the transaction handle of the caller's unit of work, so a handler's
+effects, the events it appends, their outbox rows and its inbox mark commit together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Generic, Protocol, TypeVar
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from tenantry_events.envelope import Envelope, decode_envelope, encode_envelope
+from tenantry_events.kafka_codec import KafkaRecord, to_record
+from tenantry_events.pg import Database
+
+Tx = TypeVar("Tx", contravariant=True)
+
+
+class ConcurrencyConflict(Exception):
+    """Someone else appended to the stream since the caller read it (HTTP 409)."""
+
+    def __init__(self, stream_id: str, expected_version: int, actual_version: int) -> None:
+        super().__init__(
+            f"stream {stream_id!r} is at version {actual_version}, "
+            f"the write expected {expected_version}"
+        )
+        self.stream_id = stream_id
+        self.expected_version = expected_version
+        self.actual_version = actual_version
+
+
+class OutboxEntry(msgspec.Struct, frozen=True):
+    id: int
+    record: KafkaRecord
+
+
+class EventStore(Protocol, Generic[Tx]):
+    async def append(
+        self,
+        tx: Tx,
+        stream_id: str,
+        expected_version: int,
+        events: Sequence[Envelope[Any]],
+    ) -> int:
+        """Append after `expected_version` (0 for a new stream); return the new version.
+        The events also enter the outbox in the same transaction."""
+        ...
+
+    async def load(self, tx: Tx, stream_id: str) -> list[Envelope[Any]]: ...
+
+
+class Outbox(Protocol, Generic[Tx]):
+    async def put(self, tx: Tx, events: Sequence[Envelope[Any]]) -> None: ...
+
+    async def fetch(self, limit: int) -> list[OutboxEntry]:
+        """The oldest waiting entries, in insertion order."""
+        ...
+
+    async def remove(self, ids: Sequence[int]) -> None: ...
+
+    async def pending(self) -> int: ...
+
+
+class Inbox(Protocol, Generic[Tx]):
+    async def claim(self, tx: Tx, consumer: str, event_id: UUID) -> bool:
+        """Mark the event processed by `consumer`; False if it already was."""
+        ...
+
+
+# --------------------------------------------------------------------------- Postgres
+
+
+class PostgresOutbox:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def put(self, tx: asyncpg.Connection, events: Sequence[Envelope[Any]]) -> None:
+        if not events:
+            return
+        records = [to_record(e) for e in events]
+        await tx.execute(
+            """INSERT INTO outbox (topic, key, headers, value, event_id)
+               SELECT * FROM unnest($1::text[], $2::bytea[], $3::jsonb[], $4::bytea[], $5::uuid[])""",
+            [r.topic for r in records],
+            [r.key for r in records],
+            [[[k, v.decode()] for k, v in r.headers] for r in records],
+            [r.value for r in records],
+            [e.id for e in events],
+        )
+
+    async def fetch(self, limit: int) -> list[OutboxEntry]:
+        rows = await self._db.pool.fetch(
+            "SELECT id, topic, key, headers, value FROM outbox ORDER BY id LIMIT $1", limit
+        )
+        return [
+            OutboxEntry(
+                r["id"],
+                KafkaRecord(
+                    topic=r["topic"],
+                    key=r["key"],
+                    headers=[(k, v.encode()) for k, v in r["headers"]],
+                    value=r["value"],
+                ),
+            )
+            for r in rows
+        ]
+
+    async def remove(self, ids: Sequence[int]) -> None:
+        await self._db.pool.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", list(ids))
+
+    async def pending(self) -> int:
+        return int(await self._db.pool.fetchval("SELECT count(*) FROM outbox"))
+
+
+class PostgresEventStore:
+    def __init__(self, outbox: PostgresOutbox) -> None:
+        self._outbox = outbox
+
+    async def append(
+        self,
+        tx: asyncpg.Connection,
+        stream_id: str,
+        expected_version: int,
+        events: Sequence[Envelope[Any]],
+    ) -> int:
+        current = int(
+            await tx.fetchval(
+                "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1", stream_id
+            )
+        )
+        if current != expected_version:
+            raise ConcurrencyConflict(stream_id, expected_version, current)
+        versions = list(range(expected_version + 1, expected_version + 1 + len(events)))
+        try:
+            # A savepoint keeps the caller's transaction usable after a conflict.
+            async with tx.transaction():
+                await tx.execute(
+                    """INSERT INTO events (stream_id, version, event_id, event_type, tenant_id,
+                                           occurred_at, envelope)
+                       SELECT $1, * FROM unnest($2::int[], $3::uuid[], $4::text[], $5::uuid[],
+                                                $6::timestamptz[], $7::jsonb[])""",
+                    stream_id,
+                    versions,
+                    [e.id for e in events],
+                    [e.type for e in events],
+                    [e.tenant_id for e in events],
+                    [e.occurred_at for e in events],
+                    [msgspec.Raw(encode_envelope(e)) for e in events],
+                )
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name == "events_stream_id_version_key":
+                actual = int(
+                    await tx.fetchval(
+                        "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1",
+                        stream_id,
+                    )
+                )
+                raise ConcurrencyConflict(stream_id, expected_version, actual) from exc
+            raise
+        await self._outbox.put(tx, events)
+        return expected_version + len(events)
+
+    async def load(self, tx: asyncpg.Connection, stream_id: str) -> list[Envelope[Any]]:
+        rows = await tx.fetch(
+            "SELECT envelope::text AS e FROM events WHERE stream_id = $1 ORDER BY version",
+            stream_id,
+        )
+        return [decode_envelope(r["e"].encode()) for r in rows]
+
+
+class PostgresInbox:
+    async def claim(self, tx: asyncpg.Connection, consumer: str, event_id: UUID) -> bool:
+        inserted = await tx.fetchval(
+            """INSERT INTO inbox (consumer, event_id) VALUES ($1, $2)
+               ON CONFLICT DO NOTHING RETURNING true""",
+            consumer,
+            event_id,
+        )
+        return bool(inserted)

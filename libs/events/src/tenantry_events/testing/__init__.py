@@ -1,0 +1,1 @@
+"""Reusable test pieces of the backbone: the storage contracts every implementation runs."""

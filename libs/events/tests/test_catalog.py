@@ -1,0 +1,67 @@
+"""The catalog is code; its published documents are the contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tenantry_events.catalog import load_all
+from tenantry_events.compat import breaking_changes
+from tenantry_events.docs import asyncapi_document
+
+REPO = Path(__file__).resolve().parents[3]
+PUBLISHED = REPO / "docs" / "events" / "schemas"
+
+
+def published_types() -> list[str]:
+    return sorted(p.name.removesuffix(".json") for p in PUBLISHED.glob("*.json"))
+
+
+def test_every_catalogued_type_is_published() -> None:
+    """`make docs` was run after adding an event type (its schema is committed)."""
+    missing = [e.name for e in load_all() if not e.name.startswith("test.")
+               and not (PUBLISHED / f"{e.name}.json").exists()]
+    assert missing == [], f"run `make docs`: no published schema for {missing}"
+
+
+@pytest.mark.parametrize("name", published_types())
+def test_no_change_breaks_a_published_schema(name: str) -> None:
+    catalog = load_all()
+    assert name in catalog, f"{name} was published and must not disappear"
+    published = json.loads((PUBLISHED / f"{name}.json").read_text())
+    assert published["x-version"] == catalog.by_name(name).version
+    assert breaking_changes(published, catalog.json_schema(name)) == []
+
+
+def schema(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {"type": "object", "properties": props, "required": required}
+
+
+S = {"type": "string"}
+I = {"type": "integer"}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "breaking"),
+    [
+        (schema({"a": S}, ["a"]), schema({"a": S, "b": I}, ["a"]), False),  # added optional
+        (schema({"a": S}, []), schema({"a": S}, ["a"]), False),  # now required
+        (schema({"a": S, "b": I}, ["a"]), schema({"a": S}, ["a"]), True),  # removed
+        (schema({"a": S}, ["a"]), schema({"a": I}, ["a"]), True),  # type changed
+        (schema({"a": S}, ["a"]), schema({"a": {"anyOf": [S, {"type": "null"}]}}, ["a"]), True),
+        (schema({"s": {"enum": ["x", "y"]}}, []), schema({"s": {"enum": ["x"]}}, []), False),
+        (schema({"s": {"enum": ["x"]}}, []), schema({"s": {"enum": ["x", "z"]}}, []), True),
+    ],
+)
+def test_compatibility_rules(old: dict[str, Any], new: dict[str, Any], breaking: bool) -> None:
+    assert bool(breaking_changes(old, new)) is breaking
+
+
+def test_asyncapi_document_has_a_channel_per_event_type() -> None:
+    doc = asyncapi_document(load_all())
+    assert doc["asyncapi"] == "3.0.0"
+    addresses = {c["address"] for c in doc["channels"].values()}
+    assert {e.name for e in load_all() if not e.name.startswith("test.")} <= addresses

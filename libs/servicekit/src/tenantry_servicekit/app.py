@@ -1,0 +1,122 @@
+"""The app factory every service uses: same routes layout, errors, health, telemetry,
+pipeline and lifecycle in all five."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from litestar import Litestar, Router, get
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Server
+from litestar.response import Response
+from litestar.types import ControllerRouterHandler
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from tenantry_events.consumer import Handler
+
+from tenantry_servicekit.asgi import ASGIApp
+from tenantry_servicekit.idempotency import IdempotencyMiddleware
+from tenantry_servicekit.pipeline import Pipeline, PipelineMiddleware, RequestIdMiddleware
+from tenantry_servicekit.problems import problem_response
+from tenantry_servicekit.runtime import Runtime
+from tenantry_servicekit.settings import ServiceSettings
+
+API_PREFIX = "/v1"
+Hook = Callable[[Runtime], Awaitable[None]]
+
+
+@dataclass
+class ServiceSpec:
+    """Everything that makes one service different from the others."""
+
+    name: str
+    description: str
+    route_handlers: Sequence[ControllerRouterHandler] = ()
+    consumer_handlers: Mapping[str, Handler[asyncpg.Connection]] = field(default_factory=dict)
+    migration_packages: Sequence[str] = ()
+    settings_cls: type[ServiceSettings] = ServiceSettings
+    pipeline: Callable[[Runtime], Pipeline] = lambda _runtime: Pipeline()
+    on_startup: Sequence[Hook] = ()
+    on_shutdown: Sequence[Hook] = ()
+    version: str = "0.1.0"
+
+    @property
+    def consumer_group(self) -> str:
+        return f"tenantry-{self.name}"
+
+
+@get("/healthz", include_in_schema=False, opt={"public_probe": True}, sync_to_thread=False)
+def liveness() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/readyz", include_in_schema=False, opt={"public_probe": True})
+async def readiness(runtime: Runtime) -> Response[dict[str, Any]]:
+    checks = {"postgres": await runtime.db.ping(), "kafka": await runtime.kafka.ok()}
+    ready = all(checks.values())
+    return Response(
+        {"status": "ready" if ready else "not-ready", "checks": checks},
+        status_code=200 if ready else 503,
+    )
+
+
+def create_app(spec: ServiceSpec, runtime: Runtime, pipeline: Pipeline | None = None) -> Litestar:
+    """The Litestar app alone (routes, errors, health, lifecycle); `asgi_app` wraps it."""
+    pipeline = pipeline or spec.pipeline(runtime)
+
+    async def startup() -> None:
+        await runtime.db.connect()
+        for hook in spec.on_startup:
+            await hook(runtime)
+
+    async def shutdown() -> None:
+        for hook in spec.on_shutdown:
+            await hook(runtime)
+        await runtime.kafka.close()
+        await runtime.db.close()
+
+    app = Litestar(
+        route_handlers=[
+            Router(path=API_PREFIX, route_handlers=list(spec.route_handlers)),
+            liveness,
+            readiness,
+        ],
+        dependencies={
+            "runtime": Provide(lambda: runtime, use_cache=True, sync_to_thread=False),
+            "db": Provide(lambda: runtime.db, use_cache=True, sync_to_thread=False),
+            "event_store": Provide(lambda: runtime.events, use_cache=True, sync_to_thread=False),
+            "settings": Provide(lambda: runtime.settings, use_cache=True, sync_to_thread=False),
+        },
+        middleware=[PipelineMiddleware(pipeline.inner_steps())],
+        exception_handlers={Exception: problem_response},
+        on_startup=[startup],
+        on_shutdown=[shutdown],
+        openapi_config=OpenAPIConfig(
+            title=f"Tenantry {spec.name}",
+            version=spec.version,
+            description=spec.description,
+            servers=[
+                Server(url=f"http://{runtime.settings.http_host}:{runtime.settings.http_port}")
+            ],
+            use_handler_docstrings=True,
+        ),
+        request_max_body_size=runtime.settings.request_max_body_bytes,
+        debug=False,
+    )
+    app.state.runtime = runtime
+    return app
+
+
+def asgi_app(spec: ServiceSpec, runtime: Runtime) -> ASGIApp:
+    """The full ASGI stack: tracing and request id, admission, idempotency, then Litestar."""
+    pipeline = spec.pipeline(runtime)
+    app: ASGIApp = create_app(spec, runtime, pipeline)  # type: ignore[assignment]
+    app = IdempotencyMiddleware(app, runtime.db, max_body=runtime.settings.request_max_body_bytes)
+    if pipeline.admission is not None:
+        app = pipeline.admission.wrap(app)
+    app = RequestIdMiddleware(app)
+    traced: ASGIApp = OpenTelemetryMiddleware(app, exclude_spans=["receive", "send"])
+    return traced

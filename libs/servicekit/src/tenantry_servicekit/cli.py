@@ -1,0 +1,71 @@
+"""One command per service, the same four subcommands for all five:
+
+tenantry-<service> migrate   apply this service's migrations (owner role)
+tenantry-<service> api       serve HTTP (uvicorn)
+tenantry-<service> worker    run consumers and the outbox relay
+tenantry-<service> openapi   print the OpenAPI 3.1 document
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from urllib.parse import urlparse
+
+from tenantry_events.pg import backbone_migrations, migrate, package_migrations
+
+from tenantry_servicekit.app import ServiceSpec, asgi_app, create_app
+from tenantry_servicekit.runtime import Runtime
+from tenantry_servicekit.settings import ServiceSettings, SettingsError, load_settings
+from tenantry_servicekit.telemetry import setup_logging, setup_telemetry
+
+
+def all_migrations(spec: ServiceSpec) -> list:  # type: ignore[type-arg]
+    out = [*backbone_migrations(), *package_migrations("tenantry_servicekit")]
+    for package in spec.migration_packages:
+        out += package_migrations(package)
+    return out
+
+
+async def run_migrations(spec: ServiceSpec, settings: ServiceSettings) -> list[str]:
+    dsn = settings.migration_database_url or settings.database_url
+    app_user = urlparse(settings.database_url).username
+    return await migrate(dsn, all_migrations(spec), app_role=app_user)
+
+
+def service_main(spec: ServiceSpec, argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=f"tenantry-{spec.name}", description=spec.description)
+    parser.add_argument("command", choices=["migrate", "api", "worker", "openapi"])
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(spec.settings_cls)
+    except SettingsError as exc:
+        print(f"tenantry-{spec.name}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    setup_logging(spec.name, settings.log_level)
+    setup_telemetry(spec.name, settings.otel_exporter, settings.region)
+    runtime = Runtime.build(spec.name, settings)
+
+    if args.command == "migrate":
+        applied = asyncio.run(run_migrations(spec, settings))
+        print(f"tenantry-{spec.name}: {len(applied)} migration(s) applied")
+    elif args.command == "openapi":
+        print(json.dumps(create_app(spec, runtime).openapi_schema.to_schema(), indent=2))
+    elif args.command == "worker":
+        from tenantry_servicekit.worker import run_worker
+
+        asyncio.run(run_worker(spec, runtime))
+    else:
+        import uvicorn
+
+        uvicorn.run(
+            asgi_app(spec, runtime),
+            host=settings.http_host,
+            port=settings.http_port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+            lifespan="on",
+        )

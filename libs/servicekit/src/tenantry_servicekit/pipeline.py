@@ -1,0 +1,108 @@
+"""The one request pipeline, in the order DESIGN.md fixes:
+
+    request id and tracing -> admission control -> authentication -> tenant status and home
+    region -> per-tenant concurrency and rate limits -> the route
+
+The outer steps are pure ASGI (they run before routing, so even a 404 passes admission).
+The inner steps are `PipelineStep`s run by one Litestar middleware after routing, so they
+can read what each route declares (its `opt`: required scopes, priority class, ...).
+Later issues fill the slots; a service passes its steps to `create_app`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from litestar import Request
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp as LitestarASGIApp
+from litestar.types import Receive as LitestarReceive
+from litestar.types import Scope as LitestarScope
+from litestar.types import Send as LitestarSend
+from uuid_utils.compat import uuid7
+
+from tenantry_servicekit.asgi import ASGIApp, Message, Receive, Scope, Send
+from tenantry_servicekit.telemetry import request_id_var
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class RequestIdMiddleware:
+    """Accept a sane X-Request-Id or mint a UUIDv7; echo it on the response and in logs."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), ""
+        )
+        request_id = incoming if _REQUEST_ID.match(incoming) else str(uuid7())
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
+
+
+class AdmissionControl(Protocol):
+    """Outer slot (issue: guardrails): wraps the whole app, may answer 503 before any work."""
+
+    def wrap(self, app: ASGIApp) -> ASGIApp: ...
+
+
+class PipelineStep(Protocol):
+    """Inner slot: raise a `Problem` to stop the request, or return to let it through."""
+
+    async def __call__(self, request: Request[Any, Any, Any]) -> None: ...
+
+
+@dataclass
+class Pipeline:
+    admission: AdmissionControl | None = None
+    authentication: PipelineStep | None = None
+    tenant_guard: PipelineStep | None = None
+    rate_limit: PipelineStep | None = None
+    extra: Sequence[PipelineStep] = field(default_factory=tuple)
+
+    def inner_steps(self) -> list[PipelineStep]:
+        steps = [self.authentication, self.tenant_guard, self.rate_limit, *self.extra]
+        return [s for s in steps if s is not None]
+
+
+class PipelineMiddleware(ASGIMiddleware):
+    """Runs the inner steps in order; a raised Problem becomes the problem+json answer."""
+
+    exclude_opt_key = "public_probe"  # health probes skip the pipeline
+
+    def __init__(self, steps: Sequence[PipelineStep]) -> None:
+        self.steps = list(steps)
+
+    async def handle(
+        self,
+        scope: LitestarScope,
+        receive: LitestarReceive,
+        send: LitestarSend,
+        next_app: LitestarASGIApp,
+    ) -> None:
+        if self.steps:
+            request: Request[Any, Any, Any] = Request(scope, receive)
+            for step in self.steps:
+                await step(request)
+        await next_app(scope, receive, send)

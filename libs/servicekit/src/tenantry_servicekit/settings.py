@@ -1,0 +1,71 @@
+"""Settings from the environment, validated at start-up.
+
+One style for every service: a msgspec Struct whose fields map to TENANTRY_<FIELD>
+variables. A missing or malformed variable stops the process with a message naming it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import msgspec
+
+PREFIX = "TENANTRY_"
+
+
+class SettingsError(SystemExit):
+    """Raised at start-up; its message names every bad variable."""
+
+
+class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """What every service process needs. Services subclass it to add their own."""
+
+    database_url: str
+    migration_database_url: str = ""
+    kafka_bootstrap: str
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    region: str = "local"
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    log_level: str = "INFO"
+    otel_exporter: str = "none"  # none | console | memory
+    db_pool_size: int = 10
+    request_max_body_bytes: int = 1_048_576
+    shutdown_grace_seconds: float = 10.0
+    service_urls: str = ""  # "tenancy=http://...,identity=http://..."
+
+    def service_url(self, service: str) -> str:
+        for item in self.service_urls.split(","):
+            name, _, url = item.partition("=")
+            if name.strip() == service:
+                return url.strip()
+        raise KeyError(f"{PREFIX}SERVICE_URLS names no URL for {service!r}")
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def load_settings(cls: type[S], environ: Mapping[str, str] | None = None) -> S:
+    env = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    problems: list[str] = []
+    fields = msgspec.structs.fields(cls)
+    for field in fields:
+        name = PREFIX + field.name.upper()
+        if name in env:
+            raw[field.name] = env[name]
+        elif field.required:
+            problems.append(f"{name} is required but not set")
+    if not problems:
+        try:
+            # strict=False lets "8000" become 8000 and "true" become True.
+            return msgspec.convert(raw, type=cls, strict=False)
+        except msgspec.ValidationError as exc:
+            # msgspec says "... - at `$.http_port`": name the variable instead.
+            message = str(exc)
+            for field in fields:
+                message = message.replace(f"`$.{field.name}`", PREFIX + field.name.upper())
+            problems.append(message)
+    raise SettingsError(f"{cls.__name__}: invalid settings: " + "; ".join(problems))

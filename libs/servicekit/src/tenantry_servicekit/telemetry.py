@@ -1,0 +1,88 @@
+"""OpenTelemetry and JSON logs, configured once per process.
+
+Traces: the ASGI middleware opens a server span per request (continuing an incoming W3C
+`traceparent`), the envelope carries it into Kafka, and consumers continue it. The
+exporter is a setting: none, console, or memory (tests read spans back).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextvars import ContextVar
+from datetime import UTC, datetime
+
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+memory_exporter = InMemorySpanExporter()
+_configured = False
+
+
+def setup_telemetry(service: str, exporter: str, region: str) -> None:
+    global _configured
+    if _configured:
+        return
+    _configured = True
+    resource = Resource.create(
+        {
+            "service.name": f"tenantry-{service}",
+            "service.namespace": "tenantry",
+            "cloud.region": region,
+        }
+    )
+    provider = TracerProvider(resource=resource)
+    chosen: SpanExporter | None = {
+        "console": ConsoleSpanExporter(out=sys.stderr),
+        "memory": memory_exporter,
+    }.get(exporter)
+    if chosen is not None:
+        provider.add_span_processor(SimpleSpanProcessor(chosen))
+    trace.set_tracer_provider(provider)
+    metrics.set_meter_provider(MeterProvider(resource=resource))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; never pass secrets to a logger."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "service": self.service,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        request_id = request_id_var.get()
+        if request_id:
+            entry["request_id"] = request_id
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            entry["trace_id"] = f"{span.trace_id:032x}"
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(service: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(service))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("aiokafka", "faststream"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,89 @@
+"""pytest fixtures against the real local stack: Postgres, Kafka, Redis, the services."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from uuid_utils.compat import uuid4
+
+from tenantry_events.pg import Database, Migration, backbone_migrations, migrate, package_migrations
+from tenantry_servicekit.testing.stack import Stack, load_stack
+
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="session")
+def stack() -> Stack:
+    return load_stack()
+
+
+@dataclass(frozen=True)
+class ScratchDatabase:
+    """A throwaway database with the backbone (and any extra) migrations applied."""
+
+    name: str
+    owner_dsn: str
+    app_dsn: str
+    db: Database
+
+
+async def create_scratch_database(
+    stack: Stack, migrations: list[Migration] | None = None, prefix: str = "t"
+) -> ScratchDatabase:
+    name = f"{prefix}_{uuid4().hex[:12]}"
+    admin = await asyncpg.connect(stack.owner_dsn("postgres"))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    owner_dsn, app_dsn = stack.owner_dsn(name), stack.app_dsn(name)
+    all_migrations = [*backbone_migrations(), *package_migrations("tenantry_servicekit"),
+                      *(migrations or [])]
+    await migrate(owner_dsn, all_migrations, app_role=stack.app_role)
+    db = Database(app_dsn, max_size=20)
+    await db.connect()
+    return ScratchDatabase(name, owner_dsn, app_dsn, db)
+
+
+async def drop_scratch_database(stack: Stack, scratch: ScratchDatabase) -> None:
+    await scratch.db.close()
+    admin = await asyncpg.connect(stack.owner_dsn("postgres"))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{scratch.name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest_asyncio.fixture
+async def scratch_db(stack: Stack) -> AsyncIterator[ScratchDatabase]:
+    scratch = await create_scratch_database(stack)
+    try:
+        yield scratch
+    finally:
+        await drop_scratch_database(stack, scratch)
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]],
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> T:
+    """Poll until `probe` returns something truthy; fail with `message` after `timeout`.
+    Tests wait on conditions with deadlines, never on fixed sleeps."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        await asyncio.sleep(interval)

@@ -1,0 +1,76 @@
+"""The worker process of a service: its Kafka consumers and its outbox relay.
+
+Graceful shutdown on SIGTERM/SIGINT: stop consuming (FastStream finishes the record in
+hand and commits), stop the relay (one last flush, bounded), close the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from faststream.kafka import KafkaBroker
+from tenantry_events.consumer import BrokerDeadLetters, EventConsumer, attach
+from tenantry_events.relay import KafkaPublisher, run_relay
+
+from tenantry_servicekit.app import ServiceSpec
+from tenantry_servicekit.runtime import Runtime
+
+log = logging.getLogger("tenantry.worker")
+
+
+async def run_worker(
+    spec: ServiceSpec, runtime: Runtime, stop: asyncio.Event | None = None
+) -> None:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    await runtime.db.connect()
+    broker = KafkaBroker(
+        runtime.settings.kafka_bootstrap,
+        client_id=f"{spec.consumer_group}-worker",
+        enable_idempotence=True,
+        acks="all",
+        graceful_timeout=runtime.settings.shutdown_grace_seconds,
+    )
+    if spec.consumer_handlers:
+        consumer = EventConsumer(
+            group=spec.consumer_group,
+            db=runtime.db,
+            inbox=runtime.inbox,
+            handlers=spec.consumer_handlers,
+            dead_letters=BrokerDeadLetters(broker),
+        )
+        attach(broker, consumer)
+    publisher = KafkaPublisher(
+        runtime.settings.kafka_bootstrap, client_id=f"{spec.consumer_group}-relay"
+    )
+    await _start_with_retry(broker.start, stop)
+    await _start_with_retry(publisher.start, stop)
+    log.info("worker started: group %s", spec.consumer_group)
+    try:
+        await run_relay(runtime.settings.database_url, runtime.outbox, publisher, stop)
+    finally:
+        await broker.stop()
+        await publisher.stop()
+        await runtime.db.close()
+        log.info("worker stopped")
+
+
+async def _start_with_retry(start: object, stop: asyncio.Event) -> None:
+    """Kafka may still be starting (make up, a broker restart): wait for it, bounded by stop."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            await start()  # type: ignore[operator]
+            return
+        except Exception as exc:
+            log.warning("kafka not reachable yet (%r); retrying in %.1fs", exc, delay)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, 5.0)

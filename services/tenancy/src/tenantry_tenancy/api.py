@@ -1,0 +1,88 @@
+"""HTTP edge of tenancy (under /v1)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+from uuid import UUID
+
+import msgspec
+from litestar import Controller, get, post
+from litestar.params import Parameter
+from tenantry_servicekit.pagination import Page, clamp_limit, decode_cursor, page_of
+from tenantry_servicekit.problems import Problem
+from tenantry_servicekit.runtime import Runtime
+from uuid_utils.compat import uuid4
+
+from tenantry_tenancy.domain import DEFAULT_PLAN, DomainError, Tenant
+from tenantry_tenancy.store import SlugTaken, TenantRepository, TenantRow
+
+
+class CreateTenant(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    slug: Annotated[str, msgspec.Meta(min_length=1, max_length=63)]
+    plan: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = DEFAULT_PLAN
+    home_region: Annotated[str, msgspec.Meta(min_length=1, max_length=32)] | None = None
+
+
+def repository(runtime: Runtime) -> TenantRepository:
+    return TenantRepository(runtime.events, source=runtime.source, region=runtime.settings.region)
+
+
+class TenantsController(Controller):
+    path = "/tenants"
+    tags = ["tenants"]
+
+    @post("/", status_code=201, summary="Create a tenant")
+    async def create_tenant(self, data: CreateTenant, runtime: Runtime) -> TenantRow:
+        """Creates a tenant (active, on its plan, in its home region) and emits tenant.created.
+        Honours Idempotency-Key."""
+        tenant_id = uuid4()
+        try:
+            created = Tenant.create(
+                tenant_id,
+                name=data.name,
+                slug=data.slug,
+                plan=data.plan,
+                home_region=data.home_region or runtime.settings.region,
+                created_by="anonymous",  # the principal, once identity core lands
+            )
+        except DomainError as exc:
+            raise Problem(exc.status, exc.slug, "The tenant is not valid", str(exc)) from exc
+        try:
+            async with runtime.db.transaction(platform=True) as tx:
+                return await repository(runtime).add(tx, tenant_id, created)
+        except SlugTaken:
+            raise Problem(
+                409,
+                "slug-taken",
+                "This slug is taken",
+                f"a tenant with slug {data.slug!r} already exists",
+            ) from None
+
+    @get("/{tenant_id:uuid}", summary="Read a tenant")
+    async def get_tenant(self, tenant_id: UUID, runtime: Runtime) -> TenantRow:
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            row = await repository(runtime).get(tx, tenant_id)
+        if row is None:
+            raise Problem(404, "not-found", "Not found", "No such tenant")
+        return row
+
+    @get("/", summary="List tenants")
+    async def list_tenants(
+        self,
+        runtime: Runtime,
+        cursor: str | None = None,
+        limit: Annotated[int | None, Parameter(query="limit")] = None,
+    ) -> Page[TenantRow]:
+        size = clamp_limit(limit)
+        key = decode_cursor(cursor)
+        after: tuple[datetime, UUID] | None = None
+        if key is not None:
+            try:
+                after = (datetime.fromisoformat(key[0]), UUID(key[1]))
+            except (ValueError, IndexError, TypeError):
+                raise Problem(400, "invalid-cursor", "The cursor is not valid") from None
+        async with runtime.db.transaction(platform=True) as tx:
+            rows = await repository(runtime).list(tx, after=after, limit=size + 1)
+        return page_of(rows, size, lambda r: (r.created_at.isoformat(), str(r.tenant_id)))

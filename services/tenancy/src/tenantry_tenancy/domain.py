@@ -1,0 +1,56 @@
+"""The tenant aggregate: pure rules, no I/O.
+
+A command returns the events it causes; `apply` folds events into state. The repository
+(store.py) loads, calls, and appends with the version it loaded (optimistic concurrency).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from uuid import UUID
+
+from tenantry_events.payloads.tenancy import TenantCreated, TenantState
+
+SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+DEFAULT_PLAN = "free"
+
+
+class DomainError(Exception):
+    """A rule said no; `slug` is the problem type the HTTP edge reports."""
+
+    def __init__(self, slug: str, message: str, status: int = 409) -> None:
+        super().__init__(message)
+        self.slug = slug
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Tenant:
+    tenant_id: UUID
+    state: TenantState
+    version: int
+
+    @staticmethod
+    def create(
+        tenant_id: UUID, *, name: str, slug: str, plan: str, home_region: str, created_by: str
+    ) -> TenantCreated:
+        name = name.strip()
+        if not name:
+            raise DomainError("invalid-tenant", "name must not be blank", 400)
+        if not SLUG.match(slug):
+            raise DomainError(
+                "invalid-tenant",
+                "slug must be 1-63 lowercase letters, digits or inner hyphens",
+                400,
+            )
+        return TenantCreated(
+            tenant=TenantState(
+                name=name, slug=slug, status="active", plan=plan, home_region=home_region
+            ),
+            created_by=created_by,
+        )
+
+    @staticmethod
+    def from_created(tenant_id: UUID, event: TenantCreated, version: int) -> Tenant:
+        return Tenant(tenant_id=tenant_id, state=event.tenant, version=version)
