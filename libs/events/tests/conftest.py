@@ -37,7 +37,7 @@ class Ping(msgspec.Struct, frozen=True, kw_only=True):
 
 
 @dataclass
-class TestTopic:
+class ScratchTopic:
     """A catalogued event type of its own, so tests never touch the suite's topics."""
 
     name: str
@@ -56,13 +56,13 @@ class TestTopic:
 
 
 @pytest_asyncio.fixture
-async def topic(stack: Stack) -> TestTopic:
+async def topic(stack: Stack) -> ScratchTopic:
     suffix = uuid4().hex[:10]
     name = f"test.ping.{suffix}"
     payload = msgspec.defstruct(f"Ping_{suffix}", [("n", int)], frozen=True, kw_only=True)
     CATALOG.register(EventType(name, payload, "tests", False, 1, "backbone test event"))
     group = f"test-group-{suffix}"
-    t = TestTopic(name=name, payload=payload, dlt=dead_letter_topic(group))
+    t = ScratchTopic(name=name, payload=payload, dlt=dead_letter_topic(group))
     await ensure_topics(stack.kafka_bootstrap, [name, t.dlt], partitions=3)
     return t
 
@@ -110,8 +110,9 @@ async def start_consumer(
 ) -> AsyncIterator[Callable[..., Any]]:
     running: list[KafkaBroker] = []
 
-    async def start(topic: TestTopic, handler: Handler[asyncpg.Connection] = record_effect) -> RunningConsumer:
-        broker = KafkaBroker(stack.kafka_bootstrap, enable_idempotence=True, acks="all")
+    async def start(topic: ScratchTopic, handler: Handler[asyncpg.Connection] = record_effect) -> RunningConsumer:
+        broker = KafkaBroker(stack.kafka_bootstrap, enable_idempotence=True, acks="all",
+                             logger=None)
         consumer = EventConsumer(
             group=topic.dlt.removeprefix("dlt."),
             db=effects_db.db,

@@ -17,7 +17,7 @@ from tenantry_events.storage import PostgresEventStore, PostgresOutbox
 from tenantry_servicekit.testing.fixtures import ScratchDatabase, eventually
 from tenantry_servicekit.testing.stack import Stack
 
-from .conftest import TestTopic, read_topic
+from .conftest import ScratchTopic, read_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -30,7 +30,7 @@ async def effect_counts(db: ScratchDatabase) -> dict[UUID, int]:
 async def test_concurrent_writers_relay_consumer_see_exactly_what_was_written(
     stack: Stack,
     scratch_db: ScratchDatabase,
-    topic: TestTopic,
+    topic: ScratchTopic,
     start_consumer: Any,
     effects_db: ScratchDatabase,
     producer: Any,
@@ -91,7 +91,7 @@ async def test_concurrent_writers_relay_consumer_see_exactly_what_was_written(
 
 async def test_poison_records_go_to_the_dead_letter_topic_and_consumption_continues(
     stack: Stack,
-    topic: TestTopic,
+    topic: ScratchTopic,
     start_consumer: Any,
     effects_db: ScratchDatabase,
     producer: Any,

@@ -23,6 +23,8 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 from uuid import UUID
 
 import asyncpg
+from faststream import AckPolicy
+from faststream.kafka.annotations import KafkaMessage
 from opentelemetry import metrics
 
 from tenantry_events.catalog import dead_letter_topic
@@ -169,12 +171,11 @@ def attach(
     broker: Any, consumer: EventConsumer[Any], *, auto_offset_reset: str = "earliest"
 ) -> Any:
     """Register `consumer` on a FastStream KafkaBroker as one subscriber over its topics."""
-    from faststream import AckPolicy
-    from faststream.kafka import KafkaMessage
-
-    async def on_record(body: bytes, message: KafkaMessage) -> None:
+    async def on_record(message: KafkaMessage) -> None:
+        # The raw record, not FastStream's decoded body: decoding is the envelope codec's job.
         record = message.raw_message
-        await consumer.process(record.topic, record.key, list(record.headers or ()), body)
+        assert not isinstance(record, tuple)  # single-record subscriber
+        await consumer.process(record.topic, record.key, list(record.headers or ()), message.body)
 
     subscriber = broker.subscriber(
         *consumer.topics,

@@ -38,35 +38,70 @@ class Publisher(Protocol):
 
 
 class KafkaPublisher:
-    """aiokafka producer with idempotence and acks=all."""
+    """aiokafka producer with idempotence and acks=all.
 
-    def __init__(self, bootstrap_servers: str, *, client_id: str = "tenantry-relay") -> None:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers,
-            client_id=client_id,
+    A publish that fails or takes longer than `publish_timeout` throws the producer away
+    and builds a new one on the next call: after a broker restart an old producer can wait
+    forever on futures that never resolve, and a fresh one reconnects at once.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        client_id: str = "tenantry-relay",
+        publish_timeout: float = 30.0,
+    ) -> None:
+        self._bootstrap = bootstrap_servers
+        self._client_id = client_id
+        self._publish_timeout = publish_timeout
+        self._producer: AIOKafkaProducer | None = None
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
             enable_idempotence=True,
             acks="all",
             linger_ms=2,
             request_timeout_ms=10_000,
             retry_backoff_ms=200,
         )
-        self._started = False
 
     async def start(self) -> None:
-        await self._producer.start()
-        self._started = True
+        if self._producer is None:
+            producer = self._new_producer()
+            try:
+                await asyncio.wait_for(producer.start(), timeout=self._publish_timeout)
+            except BaseException:
+                await self._discard(producer)
+                raise
+            self._producer = producer
 
     async def stop(self) -> None:
-        if self._started:
-            await self._producer.stop()
-            self._started = False
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await self._discard(producer)
+
+    @staticmethod
+    async def _discard(producer: AIOKafkaProducer) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer.stop(), timeout=5.0)
 
     async def publish(self, records: Sequence[KafkaRecord]) -> None:
-        futures = [
-            await self._producer.send(r.topic, value=r.value, key=r.key, headers=r.headers)
-            for r in records
-        ]
-        await asyncio.gather(*futures)
+        await self.start()
+        assert self._producer is not None
+        producer = self._producer
+        try:
+            async with asyncio.timeout(self._publish_timeout):
+                futures = [
+                    await producer.send(r.topic, value=r.value, key=r.key, headers=r.headers)
+                    for r in records
+                ]
+                await asyncio.gather(*futures)
+        except BaseException:
+            await self.stop()
+            raise
 
 
 class OutboxRelay:
@@ -104,7 +139,7 @@ class OutboxRelay:
         """Publish until the outbox is empty, retrying through broker outages."""
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(Exception),
-            wait=wait_exponential_jitter(initial=0.1, max=self._max_backoff),
+            wait=wait_exponential_jitter(multiplier=0.1, max=self._max_backoff, jitter=0.1),
             reraise=True,
         ):
             with attempt:

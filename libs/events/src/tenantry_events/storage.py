@@ -20,6 +20,7 @@ from tenantry_events.kafka_codec import KafkaRecord, to_record
 from tenantry_events.pg import Database
 
 Tx = TypeVar("Tx", contravariant=True)
+_HEADERS = msgspec.json.Encoder()
 
 
 class ConcurrencyConflict(Exception):
@@ -85,11 +86,14 @@ class PostgresOutbox:
             return
         records = [to_record(e) for e in events]
         await tx.execute(
+            # jsonb travels as text: nested lists would become one multi-dimensional array.
             """INSERT INTO outbox (topic, key, headers, value, event_id)
-               SELECT * FROM unnest($1::text[], $2::bytea[], $3::jsonb[], $4::bytea[], $5::uuid[])""",
+               SELECT t, k, h::jsonb, v, e
+               FROM unnest($1::text[], $2::bytea[], $3::text[], $4::bytea[], $5::uuid[])
+                    AS u(t, k, h, v, e)""",
             [r.topic for r in records],
             [r.key for r in records],
-            [[[k, v.decode()] for k, v in r.headers] for r in records],
+            [_HEADERS.encode([[k, v.decode()] for k, v in r.headers]).decode() for r in records],
             [r.value for r in records],
             [e.id for e in events],
         )
@@ -143,15 +147,16 @@ class PostgresEventStore:
                 await tx.execute(
                     """INSERT INTO events (stream_id, version, event_id, event_type, tenant_id,
                                            occurred_at, envelope)
-                       SELECT $1, * FROM unnest($2::int[], $3::uuid[], $4::text[], $5::uuid[],
-                                                $6::timestamptz[], $7::jsonb[])""",
+                       SELECT $1, v, i, t, tn, o, e::jsonb
+                       FROM unnest($2::int[], $3::uuid[], $4::text[], $5::uuid[],
+                                   $6::timestamptz[], $7::text[]) AS u(v, i, t, tn, o, e)""",
                     stream_id,
                     versions,
                     [e.id for e in events],
                     [e.type for e in events],
                     [e.tenant_id for e in events],
                     [e.occurred_at for e in events],
-                    [msgspec.Raw(encode_envelope(e)) for e in events],
+                    [encode_envelope(e).decode() for e in events],
                 )
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name == "events_stream_id_version_key":

@@ -105,6 +105,7 @@ def create_app(spec: ServiceSpec, runtime: Runtime, pipeline: Pipeline | None = 
         ),
         request_max_body_size=runtime.settings.request_max_body_bytes,
         debug=False,
+        logging_config=None,  # JSON logs are configured once per process (telemetry.py)
     )
     app.state.runtime = runtime
     return app

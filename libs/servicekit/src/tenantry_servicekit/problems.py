@@ -62,7 +62,7 @@ class Problem(Exception):
 
 # Litestar's own HTTP errors mapped to stable problem types.
 _SLUGS: dict[int, tuple[str, str]] = {
-    400: ("bad-request", "Bad request"),
+    400: ("malformed-request", "The request could not be read"),
     401: ("unauthenticated", "Authentication required"),
     403: ("forbidden", "Forbidden"),
     404: ("not-found", "Not found"),

@@ -1,0 +1,43 @@
+# Tenantry: the two commands that work on a fresh machine are `make up` and `make test`.
+SHELL := /bin/bash
+LOCAL := deploy/local
+UV := uv run --no-sync
+PYTEST_ARGS ?=
+
+.PHONY: up down test unit lint typecheck docs bench clean install status
+
+install:
+	@bash $(LOCAL)/install.sh
+
+up: install
+	@bash $(LOCAL)/stack.sh start-all
+	@bash $(LOCAL)/services.sh start
+
+down:
+	@bash $(LOCAL)/services.sh stop
+	@bash $(LOCAL)/stack.sh stop-all
+
+status:
+	@bash $(LOCAL)/stack.sh status
+	@bash $(LOCAL)/services.sh status
+
+# Every test, against the real servers (brought up if they are not).
+test: up
+	$(UV) pytest $(PYTEST_ARGS)
+
+lint:
+	$(UV) ruff check .
+	$(UV) ruff format --check .
+
+typecheck:
+	$(UV) mypy libs services tests bench
+
+docs:
+	$(UV) python -m tenantry_events.docs docs/events
+	$(UV) python -m tenantry_servicekit.openapi docs/openapi.json
+
+bench: up
+	$(UV) python -m bench
+
+clean: down
+	rm -rf .local

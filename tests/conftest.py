@@ -1,0 +1,32 @@
+"""Cross-service tests against the running suite (`make up`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import pytest_asyncio
+
+from tenantry_servicekit.testing.stack import Stack
+
+SERVICES = ("tenancy", "identity", "provisioning", "webhooks", "ratelimit")
+PROJECTING = ("identity", "provisioning", "webhooks", "ratelimit")
+
+
+@pytest_asyncio.fixture
+async def tenancy(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=stack.service_url("tenancy"), timeout=10) as client:
+        yield client
+
+
+@pytest_asyncio.fixture
+async def service_dbs(stack: Stack) -> AsyncIterator[dict[str, asyncpg.Pool]]:
+    """Read-only peeks into each service's database, as its owner (tests only)."""
+    pools = {s: await asyncpg.create_pool(stack.owner_dsn(stack.service_database(s)), min_size=1,
+                                          max_size=2) for s in SERVICES}
+    try:
+        yield pools
+    finally:
+        for pool in pools.values():
+            await pool.close()
