@@ -1,7 +1,7 @@
 # Tenantry: the two commands that work on a fresh machine are `make up` and `make test`.
 SHELL := /bin/bash
 LOCAL := deploy/local
-UV := uv run --no-sync
+UV := $(shell command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv) run --no-sync
 PYTEST_ARGS ?=
 
 .PHONY: up down test unit lint typecheck docs bench clean install status

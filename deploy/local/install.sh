@@ -18,6 +18,8 @@ fi
 if ! command -v uv >/dev/null 2>&1; then
   log "installing uv from PyPI"
   python3 -m pip install -q uv
+  hash -r
+  command -v uv >/dev/null 2>&1 || pyenv rehash 2>/dev/null || true
 fi
 
 log "uv sync (Python environment in .venv)"

@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 from litestar import Litestar, Router, get
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Server
 from litestar.response import Response
@@ -54,7 +54,7 @@ def liveness() -> dict[str, str]:
 
 
 @get("/readyz", include_in_schema=False, opt={"public_probe": True})
-async def readiness(runtime: Runtime) -> Response[dict[str, Any]]:
+async def readiness(runtime: NamedDependency[Runtime]) -> Response[dict[str, Any]]:
     checks = {"postgres": await runtime.db.ping(), "kafka": await runtime.kafka.ok()}
     ready = all(checks.values())
     return Response(

@@ -8,7 +8,8 @@ from uuid import UUID
 
 import msgspec
 from litestar import Controller, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody
 from tenantry_servicekit.pagination import Page, clamp_limit, decode_cursor, page_of
 from tenantry_servicekit.problems import Problem
 from tenantry_servicekit.runtime import Runtime
@@ -25,7 +26,7 @@ class CreateTenant(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     home_region: Annotated[str, msgspec.Meta(min_length=1, max_length=32)] | None = None
 
 
-def repository(runtime: Runtime) -> TenantRepository:
+def repository(runtime: NamedDependency[Runtime]) -> TenantRepository:
     return TenantRepository(runtime.events, source=runtime.source, region=runtime.settings.region)
 
 
@@ -34,7 +35,7 @@ class TenantsController(Controller):
     tags = ["tenants"]
 
     @post("/", status_code=201, summary="Create a tenant")
-    async def create_tenant(self, data: CreateTenant, runtime: Runtime) -> TenantRow:
+    async def create_tenant(self, data: JSONBody[CreateTenant], runtime: NamedDependency[Runtime]) -> TenantRow:
         """Creates a tenant (active, on its plan, in its home region) and emits tenant.created.
         Honours Idempotency-Key."""
         tenant_id = uuid4()
@@ -61,7 +62,7 @@ class TenantsController(Controller):
             ) from None
 
     @get("/{tenant_id:uuid}", summary="Read a tenant")
-    async def get_tenant(self, tenant_id: UUID, runtime: Runtime) -> TenantRow:
+    async def get_tenant(self, tenant_id: FromPath[UUID], runtime: NamedDependency[Runtime]) -> TenantRow:
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
             row = await repository(runtime).get(tx, tenant_id)
         if row is None:
@@ -71,9 +72,9 @@ class TenantsController(Controller):
     @get("/", summary="List tenants")
     async def list_tenants(
         self,
-        runtime: Runtime,
-        cursor: str | None = None,
-        limit: Annotated[int | None, Parameter(query="limit")] = None,
+        runtime: NamedDependency[Runtime],
+        cursor: FromQuery[str | None] = None,
+        limit: FromQuery[int | None] = None,
     ) -> Page[TenantRow]:
         size = clamp_limit(limit)
         key = decode_cursor(cursor)

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tenantry_servicekit.openapi import SERVICES, merged_document, service_document, service_spec
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def test_each_service_publishes_openapi_31_under_v1() -> None:
+    for name in SERVICES:
+        doc = service_document(service_spec(name))
+        assert doc["openapi"].startswith("3.1")
+        assert all(path.startswith("/v1/") for path in doc.get("paths", {})), name
+
+
+def test_merged_document_holds_every_service_route_and_is_committed() -> None:
+    merged = merged_document()
+    tenancy = service_document(service_spec("tenancy"))
+    assert set(tenancy["paths"]) <= set(merged["paths"])
+    assert {t["name"] for t in merged["tags"]} == set(SERVICES)
+    committed = json.loads((REPO / "docs" / "openapi.json").read_text())
+    assert committed == json.loads(json.dumps(merged, sort_keys=True)), "run `make docs`"
