@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 import asyncpg
 import httpx
 import pytest_asyncio
-
 from tenantry_servicekit.testing.stack import Stack
 
 SERVICES = ("tenancy", "identity", "provisioning", "webhooks", "ratelimit")
@@ -23,8 +22,12 @@ async def tenancy(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
 @pytest_asyncio.fixture
 async def service_dbs(stack: Stack) -> AsyncIterator[dict[str, asyncpg.Pool]]:
     """Read-only peeks into each service's database, as its owner (tests only)."""
-    pools = {s: await asyncpg.create_pool(stack.owner_dsn(stack.service_database(s)), min_size=1,
-                                          max_size=2) for s in SERVICES}
+    pools = {
+        s: await asyncpg.create_pool(
+            stack.owner_dsn(stack.service_database(s)), min_size=1, max_size=2
+        )
+        for s in SERVICES
+    }
     try:
         yield pools
     finally:

@@ -11,13 +11,16 @@ from uuid_utils.compat import uuid4
 PROBLEM = "application/problem+json"
 
 
-async def tenant_count(pool: asyncpg.Pool) -> tuple[int, int, int]:
+async def written_for(pool: asyncpg.Pool, slug: str) -> tuple[int, int]:
+    """Tenant rows and events that carry `slug` (scoped, so other traffic cannot interfere)."""
     row = await pool.fetchrow(
-        "SELECT (SELECT count(*) FROM tenants) t, (SELECT count(*) FROM events) e,"
-        " (SELECT count(*) FROM outbox) + (SELECT count(*) FROM events) o"
+        """SELECT (SELECT count(*) FROM tenants WHERE slug = $1) AS tenants,
+                  (SELECT count(*) FROM events
+                    WHERE envelope -> 'payload' -> 'tenant' ->> 'slug' = $1) AS events""",
+        slug,
     )
     assert row is not None
-    return row["t"], row["e"], row["o"]
+    return row["tenants"], row["events"]
 
 
 def assert_problem(response: httpx.Response, status: int, slug: str) -> None:
@@ -33,17 +36,43 @@ def assert_problem(response: httpx.Response, status: int, slug: str) -> None:
     ("content", "headers", "status", "slug"),
     [
         (b"{not json", {"content-type": "application/json"}, 400, "malformed-request"),
-        (b'{"name": 5, "slug": "ok"}', {"content-type": "application/json"}, 400, "validation-error"),
-        (b'{"slug": "missing-name"}', {"content-type": "application/json"}, 400, "validation-error"),
-        (b'{"name": "x", "slug": "ok", "extra": 1}', {"content-type": "application/json"}, 400,
-         "validation-error"),
-        (b'{"name": "x", "slug": "Not A Slug"}', {"content-type": "application/json"}, 400,
-         "invalid-tenant"),
-        (b'{"name": "   ", "slug": "blank-name"}', {"content-type": "application/json"}, 400,
-         "invalid-tenant"),
-        (b'[1, 2, 3]', {"content-type": "application/json"}, 400, "validation-error"),
-        (b'{"name": "' + b"x" * 2_000_000 + b'", "slug": "big"}',
-         {"content-type": "application/json"}, 413, "payload-too-large"),
+        (
+            b'{"name": 5, "slug": "ok"}',
+            {"content-type": "application/json"},
+            400,
+            "validation-error",
+        ),
+        (
+            b'{"slug": "missing-name"}',
+            {"content-type": "application/json"},
+            400,
+            "validation-error",
+        ),
+        (
+            b'{"name": "x", "slug": "ok", "extra": 1}',
+            {"content-type": "application/json"},
+            400,
+            "validation-error",
+        ),
+        (
+            b'{"name": "x", "slug": "Not A Slug"}',
+            {"content-type": "application/json"},
+            400,
+            "invalid-tenant",
+        ),
+        (
+            b'{"name": "   ", "slug": "blank-name"}',
+            {"content-type": "application/json"},
+            400,
+            "invalid-tenant",
+        ),
+        (b"[1, 2, 3]", {"content-type": "application/json"}, 400, "validation-error"),
+        (
+            b'{"name": "' + b"x" * 2_000_000 + b'", "slug": "big"}',
+            {"content-type": "application/json"},
+            413,
+            "payload-too-large",
+        ),
     ],
 )
 async def test_bad_input_is_a_problem_and_writes_nothing(
@@ -54,11 +83,11 @@ async def test_bad_input_is_a_problem_and_writes_nothing(
     status: int,
     slug: str,
 ) -> None:
-    before = await tenant_count(service_dbs["tenancy"])
     response = await tenancy.post("/v1/tenants", content=content, headers=headers)
     assert_problem(response, status, slug)
     assert "x-request-id" in response.headers
-    assert await tenant_count(service_dbs["tenancy"]) == before
+    for tenant_slug in ("ok", "missing-name", "blank-name", "big", "Not A Slug"):
+        assert await written_for(service_dbs["tenancy"], tenant_slug) == (0, 0)
 
 
 async def test_unknown_route_and_wrong_method_are_problems(tenancy: httpx.AsyncClient) -> None:
@@ -75,22 +104,25 @@ async def test_idempotency_key_replays_the_first_response(
     body = {"name": "Once", "slug": f"once-{uuid4().hex[:10]}"}
     first = await tenancy.post("/v1/tenants", json=body, headers={"Idempotency-Key": key})
     assert first.status_code == 201
-    before = await tenant_count(service_dbs["tenancy"])
+    assert await written_for(service_dbs["tenancy"], body["slug"]) == (1, 1)
     again = await tenancy.post("/v1/tenants", json=body, headers={"Idempotency-Key": key})
     assert again.status_code == 201
     assert again.json() == first.json()
     assert again.headers["idempotent-replayed"] == "true"
-    assert await tenant_count(service_dbs["tenancy"]) == before
+    assert await written_for(service_dbs["tenancy"], body["slug"]) == (1, 1)
 
-    other = await tenancy.post("/v1/tenants", json={**body, "name": "Twice"},
-                               headers={"Idempotency-Key": key})
+    other = await tenancy.post(
+        "/v1/tenants", json={**body, "name": "Twice"}, headers={"Idempotency-Key": key}
+    )
     assert_problem(other, 422, "idempotency-key-reused")
-    assert await tenant_count(service_dbs["tenancy"]) == before
+    assert await written_for(service_dbs["tenancy"], body["slug"]) == (1, 1)
 
 
 async def test_tenant_list_pages_with_an_opaque_cursor(tenancy: httpx.AsyncClient) -> None:
     for i in range(3):
-        r = await tenancy.post("/v1/tenants", json={"name": f"p{i}", "slug": f"p-{uuid4().hex[:10]}"})
+        r = await tenancy.post(
+            "/v1/tenants", json={"name": f"p{i}", "slug": f"p-{uuid4().hex[:10]}"}
+        )
         assert r.status_code == 201
     seen: list[str] = []
     cursor: str | None = None
@@ -105,5 +137,7 @@ async def test_tenant_list_pages_with_an_opaque_cursor(tenancy: httpx.AsyncClien
     assert len(seen) == len(set(seen))
     everything = (await tenancy.get("/v1/tenants", params={"limit": "200"})).json()
     assert len(seen) >= len(everything["data"])
-    assert_problem(await tenancy.get("/v1/tenants", params={"cursor": "%%%"}), 400, "invalid-cursor")
+    assert_problem(
+        await tenancy.get("/v1/tenants", params={"cursor": "%%%"}), 400, "invalid-cursor"
+    )
     assert_problem(await tenancy.get("/v1/tenants", params={"limit": "0"}), 400, "invalid-limit")

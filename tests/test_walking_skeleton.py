@@ -10,10 +10,9 @@ from uuid import UUID
 import asyncpg
 import httpx
 import pytest
-from uuid_utils.compat import uuid4
-
 from tenantry_servicekit.testing.fixtures import eventually
 from tenantry_servicekit.testing.stack import Stack
+from uuid_utils.compat import uuid4
 
 from .conftest import PROJECTING
 
@@ -34,7 +33,9 @@ async def projected(pool: asyncpg.Pool, tenant_id: UUID) -> asyncpg.Record | Non
 async def test_a_new_tenant_reaches_all_four_services(
     tenancy: httpx.AsyncClient, service_dbs: dict[str, asyncpg.Pool]
 ) -> None:
-    response = await tenancy.post("/v1/tenants", json={"name": "Acme", "slug": new_slug(), "plan": "team"})
+    response = await tenancy.post(
+        "/v1/tenants", json={"name": "Acme", "slug": new_slug(), "plan": "team"}
+    )
     assert response.status_code == 201, response.text
     tenant = response.json()
     tenant_id = UUID(tenant["tenant_id"])
@@ -62,7 +63,8 @@ async def test_trace_context_flows_from_the_request_into_the_event(
     trace_id = uuid4().hex
     traceparent = f"00-{trace_id}-{uuid4().hex[:16]}-01"
     response = await tenancy.post(
-        "/v1/tenants", json={"name": "Traced", "slug": new_slug()},
+        "/v1/tenants",
+        json={"name": "Traced", "slug": new_slug()},
         headers={"traceparent": traceparent},
     )
     assert response.status_code == 201
@@ -78,10 +80,15 @@ async def test_trace_context_flows_from_the_request_into_the_event(
     # ...and it crossed Kafka: read the record's ce_traceparent header.
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer("tenant.created", bootstrap_servers=stack.kafka_bootstrap,
-                                auto_offset_reset="earliest", group_id=None)
+    consumer = AIOKafkaConsumer(
+        "tenant.created",
+        bootstrap_servers=stack.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
     await consumer.start()
     try:
+
         async def found() -> bytes | None:
             batch = await consumer.getmany(timeout_ms=300)
             for records in batch.values():

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,8 +15,6 @@ import msgspec
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from faststream.kafka import KafkaBroker
-from uuid_utils.compat import uuid4
-
 from tenantry_events.catalog import CATALOG, EventType, dead_letter_topic
 from tenantry_events.consumer import BrokerDeadLetters, EventConsumer, Handler, attach
 from tenantry_events.envelope import Envelope, new_event
@@ -30,6 +27,7 @@ from tenantry_servicekit.testing.fixtures import (
     drop_scratch_database,
 )
 from tenantry_servicekit.testing.stack import Stack
+from uuid_utils.compat import uuid4
 
 
 class Ping(msgspec.Struct, frozen=True, kw_only=True):
@@ -46,7 +44,7 @@ class ScratchTopic:
 
     def event(self, n: int, tenant_id: UUID | None = None, version: int = 1) -> Envelope[Any]:
         return new_event(
-            self.payload(n=n),  # type: ignore[call-arg]
+            self.payload(n=n),
             tenant_id=tenant_id or uuid4(),
             subject=f"ping-{n}",
             aggregate_version=version,
@@ -110,9 +108,12 @@ async def start_consumer(
 ) -> AsyncIterator[Callable[..., Any]]:
     running: list[KafkaBroker] = []
 
-    async def start(topic: ScratchTopic, handler: Handler[asyncpg.Connection] = record_effect) -> RunningConsumer:
-        broker = KafkaBroker(stack.kafka_bootstrap, enable_idempotence=True, acks="all",
-                             logger=None)
+    async def start(
+        topic: ScratchTopic, handler: Handler[asyncpg.Connection] = record_effect
+    ) -> RunningConsumer:
+        broker = KafkaBroker(
+            stack.kafka_bootstrap, enable_idempotence=True, acks="all", logger=None
+        )
         consumer = EventConsumer(
             group=topic.dlt.removeprefix("dlt."),
             db=effects_db.db,
@@ -142,7 +143,9 @@ async def start_consumer(
 
 @pytest_asyncio.fixture
 async def producer(stack: Stack) -> AsyncIterator[AIOKafkaProducer]:
-    p = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, enable_idempotence=True, acks="all")
+    p = AIOKafkaProducer(
+        bootstrap_servers=stack.kafka_bootstrap, enable_idempotence=True, acks="all"
+    )
     await p.start()
     yield p
     await p.stop()
@@ -151,8 +154,11 @@ async def producer(stack: Stack) -> AsyncIterator[AIOKafkaProducer]:
 async def read_topic(stack: Stack, topic: str, expected: int, timeout: float = 20.0) -> list[Any]:
     """Read `expected` records of a topic from the beginning (bounded in time)."""
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=stack.kafka_bootstrap, auto_offset_reset="earliest",
-        group_id=None, enable_auto_commit=False,
+        topic,
+        bootstrap_servers=stack.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+        enable_auto_commit=False,
     )
     await consumer.start()
     records: list[Any] = []

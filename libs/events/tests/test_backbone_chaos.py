@@ -19,11 +19,10 @@ from uuid import UUID
 
 import pytest
 import pytest_asyncio
-from uuid_utils.compat import uuid4
-
 from tenantry_events.storage import PostgresEventStore, PostgresOutbox
 from tenantry_servicekit.testing.fixtures import ScratchDatabase, eventually
 from tenantry_servicekit.testing.stack import Stack
+from uuid_utils.compat import uuid4
 
 from .conftest import ScratchTopic
 
@@ -38,9 +37,19 @@ class RelayProcess:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tenantry_events.relay", "--dsn", self.dsn,
-             "--bootstrap", self.stack.kafka_bootstrap, "--batch-size", "50"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "tenantry_events.relay",
+                "--dsn",
+                self.dsn,
+                "--bootstrap",
+                self.stack.kafka_bootstrap,
+                "--batch-size",
+                "50",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
 
     def kill(self) -> None:
@@ -79,8 +88,10 @@ class Writer:
         async def one(stream: int) -> None:
             tenant, version = uuid4(), 0
             while not self.stop.is_set():
-                batch = [self.topic.event(stream, tenant_id=tenant, version=version + i + 1)
-                         for i in range(5)]
+                batch = [
+                    self.topic.event(stream, tenant_id=tenant, version=version + i + 1)
+                    for i in range(5)
+                ]
                 async with self.db.db.transaction() as tx:
                     version = await self.store.append(tx, f"chaos-{stream}", version, batch)
                 self.written += [e.id for e in batch]
@@ -94,22 +105,29 @@ async def applied(effects_db: ScratchDatabase) -> dict[UUID, int]:
     return {r["event_id"]: r["applied"] for r in rows}
 
 
-async def wait_all_applied(effects_db: ScratchDatabase, written: list[UUID], timeout: float) -> dict[UUID, int]:
+async def wait_all_applied(
+    effects_db: ScratchDatabase, written: list[UUID], timeout: float
+) -> dict[UUID, int]:
     async def done() -> dict[UUID, int] | None:
         counts = await applied(effects_db)
         return counts if set(written) <= set(counts) else None
 
     try:
-        return await eventually(done, timeout=timeout, interval=0.2,
-                                message=f"all {len(written)} events applied")
+        return await eventually(
+            done, timeout=timeout, interval=0.2, message=f"all {len(written)} events applied"
+        )
     except AssertionError as exc:
         counts = await applied(effects_db)
         raise AssertionError(f"{exc}: {len(set(written) & set(counts))} applied") from None
 
 
 async def test_relay_killed_with_sigkill_mid_stream_loses_nothing(
-    stack: Stack, scratch_db: ScratchDatabase, topic: ScratchTopic, relay: RelayProcess,
-    start_consumer: Any, effects_db: ScratchDatabase,
+    stack: Stack,
+    scratch_db: ScratchDatabase,
+    topic: ScratchTopic,
+    relay: RelayProcess,
+    start_consumer: Any,
+    effects_db: ScratchDatabase,
 ) -> None:
     await start_consumer(topic)
     writer = Writer(scratch_db, topic)
@@ -133,15 +151,21 @@ async def test_relay_killed_with_sigkill_mid_stream_loses_nothing(
 
 
 async def test_broker_stopped_during_writes_loses_nothing(
-    stack: Stack, scratch_db: ScratchDatabase, topic: ScratchTopic, relay: RelayProcess,
-    start_consumer: Any, effects_db: ScratchDatabase,
+    stack: Stack,
+    scratch_db: ScratchDatabase,
+    topic: ScratchTopic,
+    relay: RelayProcess,
+    start_consumer: Any,
+    effects_db: ScratchDatabase,
 ) -> None:
     await start_consumer(topic)
     writer = Writer(scratch_db, topic)
     relay.start()
     writing = asyncio.create_task(writer.run())
     try:
-        await eventually(lambda: _published_some(effects_db), timeout=30, message="relay publishing")
+        await eventually(
+            lambda: _published_some(effects_db), timeout=30, message="relay publishing"
+        )
         await _stack("kafka", "stop", stack)
         stopped_at = len(writer.written)
         await asyncio.sleep(4.0)  # writes keep committing while the broker is down
@@ -168,8 +192,12 @@ async def _outbox_empty(outbox: PostgresOutbox) -> bool:
 async def _stack(component: str, action: str, stack: Stack) -> None:
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
-        "bash", str(stack.stack_script), component, action,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        "bash",
+        str(stack.stack_script),
+        component,
+        action,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await asyncio.wait_for(proc.communicate(), timeout=150)
     assert proc.returncode == 0, f"stack.sh {component} {action} failed:\n{out.decode()[-2000:]}"

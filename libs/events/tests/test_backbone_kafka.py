@@ -9,13 +9,12 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from uuid_utils.compat import uuid4
-
 from tenantry_events.kafka_codec import to_record
 from tenantry_events.relay import KafkaPublisher, run_relay
 from tenantry_events.storage import PostgresEventStore, PostgresOutbox
 from tenantry_servicekit.testing.fixtures import ScratchDatabase, eventually
 from tenantry_servicekit.testing.stack import Stack
+from uuid_utils.compat import uuid4
 
 from .conftest import ScratchTopic, read_topic
 
@@ -59,7 +58,8 @@ async def test_concurrent_writers_relay_consumer_see_exactly_what_was_written(
         await asyncio.gather(*(writer(w) for w in range(10)))
         counts = await eventually(
             lambda: _when(effect_counts(effects_db), lambda c: len(c) >= len(written)),
-            timeout=60, message="every written event applied",
+            timeout=60,
+            message="every written event applied",
         )
         assert set(counts) == set(written)
         assert set(counts.values()) == {1}
@@ -72,14 +72,16 @@ async def test_concurrent_writers_relay_consumer_see_exactly_what_was_written(
         for event in duplicates:
             record = to_record(event)
             for _ in range(2):
-                await producer.send_and_wait(record.topic, record.value, key=record.key,
-                                             headers=record.headers)
+                await producer.send_and_wait(
+                    record.topic, record.value, key=record.key, headers=record.headers
+                )
         marker = topic.event(99_999, tenant_id=tenant)
         mr = to_record(marker)
         await producer.send_and_wait(mr.topic, mr.value, key=mr.key, headers=mr.headers)
         counts = await eventually(
             lambda: _when(effect_counts(effects_db), lambda c: marker.id in c),
-            timeout=30, message="the marker applied",
+            timeout=30,
+            message="the marker applied",
         )
         assert all(counts[e.id] == 1 for e in duplicates)
         assert running.outcomes.count("duplicate") >= 20
@@ -111,7 +113,8 @@ async def test_poison_records_go_to_the_dead_letter_topic_and_consumption_contin
 
     counts = await eventually(
         lambda: _when(effect_counts(effects_db), lambda c: good.id in c),
-        timeout=30, message="the good record after the poison ones applied",
+        timeout=30,
+        message="the good record after the poison ones applied",
     )
     assert counts == {good.id: 1}
     dead = await read_topic(stack, topic.dlt, expected=2)

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from tenantry_events.catalog import load_all
 from tenantry_events.compat import breaking_changes
 from tenantry_events.docs import asyncapi_document
@@ -22,8 +21,11 @@ def published_types() -> list[str]:
 
 def test_every_catalogued_type_is_published() -> None:
     """`make docs` was run after adding an event type (its schema is committed)."""
-    missing = [e.name for e in load_all() if not e.name.startswith("test.")
-               and not (PUBLISHED / f"{e.name}.json").exists()]
+    missing = [
+        e.name
+        for e in load_all()
+        if not e.name.startswith("test.") and not (PUBLISHED / f"{e.name}.json").exists()
+    ]
     assert missing == [], f"run `make docs`: no published schema for {missing}"
 
 
@@ -40,18 +42,18 @@ def schema(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
     return {"type": "object", "properties": props, "required": required}
 
 
-S = {"type": "string"}
-I = {"type": "integer"}
+STR = {"type": "string"}
+INT = {"type": "integer"}
 
 
 @pytest.mark.parametrize(
     ("old", "new", "breaking"),
     [
-        (schema({"a": S}, ["a"]), schema({"a": S, "b": I}, ["a"]), False),  # added optional
-        (schema({"a": S}, []), schema({"a": S}, ["a"]), False),  # now required
-        (schema({"a": S, "b": I}, ["a"]), schema({"a": S}, ["a"]), True),  # removed
-        (schema({"a": S}, ["a"]), schema({"a": I}, ["a"]), True),  # type changed
-        (schema({"a": S}, ["a"]), schema({"a": {"anyOf": [S, {"type": "null"}]}}, ["a"]), True),
+        (schema({"a": STR}, ["a"]), schema({"a": STR, "b": INT}, ["a"]), False),  # added optional
+        (schema({"a": STR}, []), schema({"a": STR}, ["a"]), False),  # now required
+        (schema({"a": STR, "b": INT}, ["a"]), schema({"a": STR}, ["a"]), True),  # removed
+        (schema({"a": STR}, ["a"]), schema({"a": INT}, ["a"]), True),  # type changed
+        (schema({"a": STR}, ["a"]), schema({"a": {"anyOf": [STR, {"type": "null"}]}}, ["a"]), True),
         (schema({"s": {"enum": ["x", "y"]}}, []), schema({"s": {"enum": ["x"]}}, []), False),
         (schema({"s": {"enum": ["x"]}}, []), schema({"s": {"enum": ["x", "z"]}}, []), True),
     ],

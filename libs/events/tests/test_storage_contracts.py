@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
-
 from tenantry_events.memory import MemoryDatabase, MemoryEventStore, MemoryInbox, MemoryOutbox
 from tenantry_events.storage import PostgresEventStore, PostgresInbox, PostgresOutbox
 from tenantry_events.testing.contracts import (
@@ -25,19 +22,21 @@ def memory_stores() -> Stores:
 
 def postgres_stores(scratch: ScratchDatabase) -> Stores:
     outbox = PostgresOutbox(scratch.db)
-    return Stores(db=scratch.db, events=PostgresEventStore(outbox), outbox=outbox, inbox=PostgresInbox())
+    return Stores(
+        db=scratch.db, events=PostgresEventStore(outbox), outbox=outbox, inbox=PostgresInbox()
+    )
 
 
 class MemoryFixture:
     @pytest.fixture
-    async def stores(self) -> AsyncIterator[Stores]:
-        yield memory_stores()
+    async def stores(self) -> Stores:
+        return memory_stores()
 
 
 class PostgresFixture:
     @pytest.fixture
-    async def stores(self, scratch_db: ScratchDatabase) -> AsyncIterator[Stores]:
-        yield postgres_stores(scratch_db)
+    async def stores(self, scratch_db: ScratchDatabase) -> Stores:
+        return postgres_stores(scratch_db)
 
 
 class TestMemoryEventStore(MemoryFixture, EventStoreContract):

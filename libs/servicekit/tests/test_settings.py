@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-
 from tenantry_servicekit.settings import ServiceSettings, SettingsError, load_settings
 
 BASE = {

@@ -56,10 +56,13 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-class TransactionFactory(Protocol[TxT]):
+TxCo = TypeVar("TxCo", covariant=True)
+
+
+class TransactionFactory(Protocol[TxCo]):
     def transaction(
         self, *, tenant_id: UUID | None = None, platform: bool = False
-    ) -> AbstractAsyncContextManager[TxT]: ...
+    ) -> AbstractAsyncContextManager[TxCo]: ...
 
 
 class DeadLetterSink(Protocol):
@@ -171,6 +174,7 @@ def attach(
     broker: Any, consumer: EventConsumer[Any], *, auto_offset_reset: str = "earliest"
 ) -> Any:
     """Register `consumer` on a FastStream KafkaBroker as one subscriber over its topics."""
+
     async def on_record(message: KafkaMessage) -> None:
         # The raw record, not FastStream's decoded body: decoding is the envelope codec's job.
         record = message.raw_message

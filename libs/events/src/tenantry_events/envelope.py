@@ -12,7 +12,7 @@ from uuid_utils.compat import uuid7
 from tenantry_events.catalog import CATALOG, Catalog
 from tenantry_events.tracing import current_trace_headers
 
-P = TypeVar("P", bound=msgspec.Struct)
+P = TypeVar("P")  # the payload: a catalogued msgspec Struct (msgspec.Raw while decoding)
 
 
 class Envelope(msgspec.Struct, Generic[P], frozen=True, kw_only=True):
@@ -34,8 +34,11 @@ class MalformedEvent(ValueError):
     """Bytes that do not decode to a catalogued event: a poison message."""
 
 
+S = TypeVar("S", bound=msgspec.Struct)
+
+
 def new_event(
-    payload: P,
+    payload: S,
     *,
     tenant_id: UUID,
     subject: str,
@@ -44,7 +47,7 @@ def new_event(
     region: str,
     occurred_at: datetime | None = None,
     catalog: Catalog = CATALOG,
-) -> Envelope[P]:
+) -> Envelope[S]:
     """Wrap a payload; type and schema version come from the catalog, trace context from the
     current span, so a consumer continues the trace of the request that caused the event."""
     event_type = catalog.by_payload(type(payload))
@@ -81,4 +84,4 @@ def decode_envelope(data: bytes, catalog: Catalog = CATALOG) -> Envelope[Any]:
         payload = msgspec.json.decode(raw.payload, type=payload_type)
     except (msgspec.DecodeError, msgspec.ValidationError, LookupError) as exc:
         raise MalformedEvent(str(exc)) from exc
-    return msgspec.structs.replace(raw, payload=payload)  # type: ignore[arg-type]
+    return msgspec.structs.replace(raw, payload=payload)

@@ -60,8 +60,9 @@ class MemoryOutbox:
         return (list(self._entries), self._next_id)
 
     def restore(self, state: object) -> None:
-        entries, next_id = state  # type: ignore[misc]
-        self._entries, self._next_id = list(entries), next_id
+        assert isinstance(state, tuple)
+        entries, next_id = state
+        self._entries, self._next_id = list(entries), int(next_id)
 
     async def put(self, tx: MemoryTx, events: Sequence[Envelope[Any]]) -> None:
         for event in events:

@@ -64,7 +64,9 @@ class Database:
     ) -> AsyncIterator[asyncpg.Connection]:
         """A transaction; `tenant_id` scopes row-level security to one tenant, `platform`
         opens cross-tenant rows to operator and system work (relay, projections)."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.pool.acquire() as proxy, proxy.transaction():
+            # Stores are typed against Connection; the pool's proxy forwards every call.
+            conn: asyncpg.Connection = proxy  # type: ignore[assignment]
             if tenant_id is not None:
                 await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant_id))
             if platform:

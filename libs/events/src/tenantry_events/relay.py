@@ -152,19 +152,14 @@ class OutboxRelay:
         while not stop.is_set():
             await self.drain()
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    _first(self._wake.wait(), stop.wait()), timeout=self._poll_interval
+            waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
+            try:
+                await asyncio.wait(
+                    waiters, timeout=self._poll_interval, return_when=asyncio.FIRST_COMPLETED
                 )
-
-
-async def _first(*aws: object) -> None:
-    tasks = [asyncio.ensure_future(a) for a in aws]  # type: ignore[arg-type]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
 
 
 async def run_relay(
@@ -229,7 +224,9 @@ def main() -> None:
         publisher = KafkaPublisher(args.bootstrap)
         await publisher.start()
         try:
-            await run_relay(args.dsn, PostgresOutbox(db), publisher, stop, batch_size=args.batch_size)
+            await run_relay(
+                args.dsn, PostgresOutbox(db), publisher, stop, batch_size=args.batch_size
+            )
         finally:
             await publisher.stop()
             await db.close()

@@ -12,9 +12,9 @@ import hashlib
 from datetime import timedelta
 
 import msgspec
-from tenantry_servicekit.asgi import ASGIApp, Message, Receive, Scope, Send
 from tenantry_events.pg import Database
 
+from tenantry_servicekit.asgi import ASGIApp, Message, Receive, Scope, Send
 from tenantry_servicekit.problems import PROBLEM_JSON, Problem
 
 HEADER = b"idempotency-key"
@@ -137,7 +137,8 @@ class IdempotencyMiddleware:
     async def _claim(self, scope_key: str, key: str, fingerprint: str) -> _Stored | Problem | None:
         async with self.db.transaction() as tx:
             await tx.execute(
-                "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND created_at < now() - $3::interval",
+                """DELETE FROM idempotency_keys
+                   WHERE scope = $1 AND key = $2 AND created_at < now() - $3::interval""",
                 scope_key,
                 key,
                 RETENTION,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -49,10 +50,8 @@ class KafkaProbe:
     async def close(self) -> None:
         if self._admin is not None:
             admin, self._admin = self._admin, None
-            try:
+            with contextlib.suppress(Exception):  # closing a broken client is best effort
                 await admin.close()
-            except Exception:  # noqa: S110  (closing a broken client is best effort)
-                pass
 
 
 @dataclass

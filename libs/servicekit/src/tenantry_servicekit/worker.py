@@ -7,6 +7,7 @@ hand and commits), stop the relay (one last flush, bounded), close the pool.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
@@ -69,8 +70,6 @@ async def _start_with_retry(start: object, stop: asyncio.Event) -> None:
             return
         except Exception as exc:
             log.warning("kafka not reachable yet (%r); retrying in %.1fs", exc, delay)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
-            except TimeoutError:
-                pass
             delay = min(delay * 2, 5.0)

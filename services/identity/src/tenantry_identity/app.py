@@ -7,6 +7,8 @@ from tenantry_servicekit.projections import tenant_projection_handlers
 
 SPEC = ServiceSpec(
     name="identity",
-    description="Login accounts, SSO connections, sessions and tokens, API keys, email verification.",
+    description=(
+        "Login accounts, SSO connections, sessions and tokens, API keys, email verification."
+    ),
     consumer_handlers=tenant_projection_handlers(),
 )

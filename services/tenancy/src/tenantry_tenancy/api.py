@@ -35,7 +35,9 @@ class TenantsController(Controller):
     tags = ["tenants"]
 
     @post("/", status_code=201, summary="Create a tenant")
-    async def create_tenant(self, data: JSONBody[CreateTenant], runtime: NamedDependency[Runtime]) -> TenantRow:
+    async def create_tenant(
+        self, data: JSONBody[CreateTenant], runtime: NamedDependency[Runtime]
+    ) -> TenantRow:
         """Creates a tenant (active, on its plan, in its home region) and emits tenant.created.
         Honours Idempotency-Key."""
         tenant_id = uuid4()
@@ -62,7 +64,9 @@ class TenantsController(Controller):
             ) from None
 
     @get("/{tenant_id:uuid}", summary="Read a tenant")
-    async def get_tenant(self, tenant_id: FromPath[UUID], runtime: NamedDependency[Runtime]) -> TenantRow:
+    async def get_tenant(
+        self, tenant_id: FromPath[UUID], runtime: NamedDependency[Runtime]
+    ) -> TenantRow:
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
             row = await repository(runtime).get(tx, tenant_id)
         if row is None:

@@ -47,7 +47,8 @@ class TenantRepository:
         try:
             async with tx.transaction():
                 row = await tx.fetchrow(
-                    f"""INSERT INTO tenants (tenant_id, name, slug, status, plan, home_region, version)
+                    f"""INSERT INTO tenants
+                            (tenant_id, name, slug, status, plan, home_region, version)
                         VALUES ($1, $2, $3, $4, $5, $6, 1) RETURNING {_COLUMNS}""",
                     tenant_id,
                     created.tenant.name,

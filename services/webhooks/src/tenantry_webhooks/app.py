@@ -7,6 +7,8 @@ from tenantry_servicekit.projections import tenant_projection_handlers
 
 SPEC = ServiceSpec(
     name="webhooks",
-    description="Customer endpoints, subscriptions, signing secrets, messages and delivery attempts.",
+    description=(
+        "Customer endpoints, subscriptions, signing secrets, messages and delivery attempts."
+    ),
     consumer_handlers=tenant_projection_handlers(),
 )

@@ -80,9 +80,7 @@ class EventStoreContract:
         async with stores.db.transaction() as tx:
             assert len(await stores.events.load(tx, "s-2")) == 1
 
-    async def test_concurrent_writers_of_one_version_exactly_one_wins(
-        self, stores: Stores
-    ) -> None:
+    async def test_concurrent_writers_of_one_version_exactly_one_wins(self, stores: Stores) -> None:
         async def write(n: int) -> bool:
             try:
                 async with stores.db.transaction() as tx:
@@ -135,8 +133,12 @@ class OutboxContract:
         assert [e.id for e in entries] == sorted(e.id for e in entries)
         first_two = [e.id for e in entries[-5:-3]]
         await stores.outbox.remove(first_two)
-        left = [from_record(e.record.headers, e.record.value).id for e in await stores.outbox.fetch(10_000)]
-        assert events[0].id not in left and events[1].id not in left
+        left = [
+            from_record(e.record.headers, e.record.value).id
+            for e in await stores.outbox.fetch(10_000)
+        ]
+        assert events[0].id not in left
+        assert events[1].id not in left
         assert [e.id for e in events[2:]] == left[-3:]
 
     async def test_records_carry_topic_key_and_cloudevents_headers(self, stores: Stores) -> None:

@@ -11,9 +11,9 @@ from typing import TypeVar
 import asyncpg
 import pytest
 import pytest_asyncio
+from tenantry_events.pg import Database, Migration, backbone_migrations, migrate, package_migrations
 from uuid_utils.compat import uuid4
 
-from tenantry_events.pg import Database, Migration, backbone_migrations, migrate, package_migrations
 from tenantry_servicekit.testing.stack import Stack, load_stack
 
 T = TypeVar("T")
@@ -44,8 +44,11 @@ async def create_scratch_database(
     finally:
         await admin.close()
     owner_dsn, app_dsn = stack.owner_dsn(name), stack.app_dsn(name)
-    all_migrations = [*backbone_migrations(), *package_migrations("tenantry_servicekit"),
-                      *(migrations or [])]
+    all_migrations = [
+        *backbone_migrations(),
+        *package_migrations("tenantry_servicekit"),
+        *(migrations or []),
+    ]
     await migrate(owner_dsn, all_migrations, app_role=stack.app_role)
     db = Database(app_dsn, max_size=20)
     await db.connect()

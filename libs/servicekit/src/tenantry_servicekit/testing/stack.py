@@ -33,16 +33,22 @@ class Stack:
         return int(self._get("PG_PORT"))
 
     def owner_dsn(self, database: str) -> str:
-        return (f"postgresql://{self._get('PG_OWNER')}:{self._get('PG_OWNER_PASSWORD')}"
-                f"@127.0.0.1:{self.pg_port}/{database}")
+        return (
+            f"postgresql://{self._get('PG_OWNER')}:{self._get('PG_OWNER_PASSWORD')}"
+            f"@127.0.0.1:{self.pg_port}/{database}"
+        )
 
     def app_dsn(self, database: str) -> str:
-        return (f"postgresql://{self._get('PG_APP')}:{self._get('PG_APP_PASSWORD')}"
-                f"@127.0.0.1:{self.pg_port}/{database}")
+        return (
+            f"postgresql://{self._get('PG_APP')}:{self._get('PG_APP_PASSWORD')}"
+            f"@127.0.0.1:{self.pg_port}/{database}"
+        )
 
     def super_dsn(self, database: str = "postgres") -> str:
-        return (f"postgresql://{self._get('PG_SUPERUSER')}:{self._get('PG_SUPERPASSWORD')}"
-                f"@127.0.0.1:{self.pg_port}/{database}")
+        return (
+            f"postgresql://{self._get('PG_SUPERUSER')}:{self._get('PG_SUPERPASSWORD')}"
+            f"@127.0.0.1:{self.pg_port}/{database}"
+        )
 
     @property
     def app_role(self) -> str:
