@@ -35,3 +35,13 @@ def test_service_urls_are_looked_up_by_name() -> None:
     assert settings.service_url("identity") == "http://127.0.0.1:2"
     with pytest.raises(KeyError):
         settings.service_url("webhooks")
+
+
+def test_a_concurrency_conflict_is_a_409_problem() -> None:
+    from tenantry_events.storage import ConcurrencyConflict
+    from tenantry_servicekit.problems import problem_from_exception
+
+    problem = problem_from_exception(ConcurrencyConflict("tenant-1", 3, 4))
+    assert problem.status == 409
+    assert problem.slug == "concurrency-conflict"
+    assert problem.extensions["current_version"] == 4
