@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import httpx
 import pytest_asyncio
+
 from tenantry_servicekit.testing.stack import Stack
 
 SERVICES = ("tenancy", "identity", "provisioning", "webhooks", "ratelimit")

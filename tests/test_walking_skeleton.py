@@ -10,9 +10,10 @@ from uuid import UUID
 import asyncpg
 import httpx
 import pytest
+from uuid_utils.compat import uuid4
+
 from tenantry_servicekit.testing.fixtures import eventually
 from tenantry_servicekit.testing.stack import Stack
-from uuid_utils.compat import uuid4
 
 from .conftest import PROJECTING
 

@@ -15,6 +15,8 @@ import msgspec
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from faststream.kafka import KafkaBroker
+from uuid_utils.compat import uuid4
+
 from tenantry_events.catalog import CATALOG, EventType, dead_letter_topic
 from tenantry_events.consumer import BrokerDeadLetters, EventConsumer, Handler, attach
 from tenantry_events.envelope import Envelope, new_event
@@ -27,7 +29,6 @@ from tenantry_servicekit.testing.fixtures import (
     drop_scratch_database,
 )
 from tenantry_servicekit.testing.stack import Stack
-from uuid_utils.compat import uuid4
 
 
 class Ping(msgspec.Struct, frozen=True, kw_only=True):

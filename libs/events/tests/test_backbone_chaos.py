@@ -20,10 +20,11 @@ from uuid import UUID
 import httpx
 import pytest
 import pytest_asyncio
+from uuid_utils.compat import uuid4
+
 from tenantry_events.storage import PostgresEventStore, PostgresOutbox
 from tenantry_servicekit.testing.fixtures import ScratchDatabase, eventually
 from tenantry_servicekit.testing.stack import Stack
-from uuid_utils.compat import uuid4
 
 from .conftest import ScratchTopic
 

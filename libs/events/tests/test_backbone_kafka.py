@@ -9,12 +9,13 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from uuid_utils.compat import uuid4
+
 from tenantry_events.kafka_codec import to_record
 from tenantry_events.relay import KafkaPublisher, run_relay
 from tenantry_events.storage import PostgresEventStore, PostgresOutbox
 from tenantry_servicekit.testing.fixtures import ScratchDatabase, eventually
 from tenantry_servicekit.testing.stack import Stack
-from uuid_utils.compat import uuid4
 
 from .conftest import ScratchTopic, read_topic
 

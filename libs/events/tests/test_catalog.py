@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tenantry_events.catalog import load_all
 from tenantry_events.compat import breaking_changes
 from tenantry_events.docs import asyncapi_document

@@ -7,6 +7,7 @@ from uuid import UUID
 
 from hypothesis import given
 from hypothesis import strategies as st
+
 from tenantry_events.envelope import MalformedEvent, decode_envelope, encode_envelope, new_event
 from tenantry_events.kafka_codec import from_record, to_record
 from tenantry_events.payloads.tenancy import TenantCreated, TenantState

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tenantry_events.memory import MemoryDatabase, MemoryEventStore, MemoryInbox, MemoryOutbox
 from tenantry_events.storage import PostgresEventStore, PostgresInbox, PostgresOutbox
 from tenantry_events.testing.contracts import (

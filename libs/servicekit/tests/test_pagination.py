@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from tenantry_servicekit.pagination import clamp_limit, decode_cursor, encode_cursor, page_of
 from tenantry_servicekit.problems import Problem
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tenantry_servicekit.settings import ServiceSettings, SettingsError, load_settings
 
 BASE = {

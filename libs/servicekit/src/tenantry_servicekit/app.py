@@ -15,8 +15,8 @@ from litestar.openapi.spec import Server
 from litestar.response import Response
 from litestar.types import ControllerRouterHandler
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
-from tenantry_events.consumer import Handler
 
+from tenantry_events.consumer import Handler
 from tenantry_servicekit.asgi import ASGIApp
 from tenantry_servicekit.idempotency import IdempotencyMiddleware
 from tenantry_servicekit.pipeline import Pipeline, PipelineMiddleware, RequestIdMiddleware

@@ -15,7 +15,6 @@ import sys
 from urllib.parse import urlparse
 
 from tenantry_events.pg import backbone_migrations, migrate, package_migrations
-
 from tenantry_servicekit.app import ServiceSpec, asgi_app, create_app
 from tenantry_servicekit.runtime import Runtime
 from tenantry_servicekit.settings import ServiceSettings, SettingsError, load_settings

@@ -12,8 +12,8 @@ import hashlib
 from datetime import timedelta
 
 import msgspec
-from tenantry_events.pg import Database
 
+from tenantry_events.pg import Database
 from tenantry_servicekit.asgi import ASGIApp, Message, Receive, Scope, Send
 from tenantry_servicekit.problems import PROBLEM_JSON, Problem
 

@@ -18,6 +18,7 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
 from tenantry_events.storage import ConcurrencyConflict
 
 PROBLEM_BASE = "https://tenantry.dev/problems/"

@@ -8,6 +8,7 @@ from uuid import UUID
 
 import asyncpg
 import msgspec
+
 from tenantry_events.consumer import Handler
 from tenantry_events.envelope import Envelope
 from tenantry_events.payloads.tenancy import TenantCreated, TenantState

@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient
+
 from tenantry_events.pg import Database
 from tenantry_events.storage import PostgresEventStore, PostgresInbox, PostgresOutbox
-
 from tenantry_servicekit.settings import ServiceSettings
 
 

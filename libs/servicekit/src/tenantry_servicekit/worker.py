@@ -12,9 +12,9 @@ import logging
 import signal
 
 from faststream.kafka import KafkaBroker
+
 from tenantry_events.consumer import BrokerDeadLetters, EventConsumer, attach
 from tenantry_events.relay import KafkaPublisher, run_relay
-
 from tenantry_servicekit.app import ServiceSpec
 from tenantry_servicekit.runtime import Runtime
 

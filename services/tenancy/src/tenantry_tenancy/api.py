@@ -10,11 +10,11 @@ import msgspec
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
+from uuid_utils.compat import uuid4
+
 from tenantry_servicekit.pagination import Page, clamp_limit, decode_cursor, page_of
 from tenantry_servicekit.problems import Problem
 from tenantry_servicekit.runtime import Runtime
-from uuid_utils.compat import uuid4
-
 from tenantry_tenancy.domain import DEFAULT_PLAN, DomainError, Tenant
 from tenantry_tenancy.store import SlugTaken, TenantRepository, TenantRow
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from tenantry_servicekit.app import ServiceSpec
-
 from tenantry_tenancy.api import TenantsController
 
 SPEC = ServiceSpec(

@@ -7,6 +7,7 @@ from uuid import UUID
 
 import asyncpg
 import msgspec
+
 from tenantry_events.envelope import new_event
 from tenantry_events.payloads.tenancy import TenantCreated
 from tenantry_events.storage import PostgresEventStore

@@ -11,9 +11,9 @@ from typing import TypeVar
 import asyncpg
 import pytest
 import pytest_asyncio
-from tenantry_events.pg import Database, Migration, backbone_migrations, migrate, package_migrations
 from uuid_utils.compat import uuid4
 
+from tenantry_events.pg import Database, Migration, backbone_migrations, migrate, package_migrations
 from tenantry_servicekit.testing.stack import Stack, load_stack
 
 T = TypeVar("T")
