@@ -20,7 +20,8 @@ def test_generated_keys_are_well_formed_unique_and_prefixed() -> None:
         assert looks_like_api_key(key)
         assert is_well_formed(key)
         assert len(key_hash(key)) == 32
-        assert key.startswith(display_prefix(key)) and len(display_prefix(key)) < len(key) // 2
+        assert key.startswith(display_prefix(key))
+        assert len(display_prefix(key)) < len(key) // 2
     assert generate("test").startswith("tnty_test_")
 
 

@@ -20,7 +20,7 @@ ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 SECRET_LENGTH = 32  # 32 base62 chars = 190 bits of randomness
 CHECKSUM_LENGTH = 6
 Environment = Literal["live", "test"]
-_SHAPE = re.compile(r"^tnty_(live|test)_([0-9A-Za-z]{%d})$" % (SECRET_LENGTH + CHECKSUM_LENGTH))
+_SHAPE = re.compile(rf"^tnty_(live|test)_([0-9A-Za-z]{{{SECRET_LENGTH + CHECKSUM_LENGTH}}})$")
 
 
 def _base62(number: int, width: int) -> str:
