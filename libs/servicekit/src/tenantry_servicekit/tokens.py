@@ -1,5 +1,6 @@
 """Access tokens: Ed25519-signed JWTs (alg Ed25519, RFC 9864) issued by identity and
-verified locally by every service against identity's JWKS, cached with a TTL and refetched on an unknown `kid`.
+verified locally by every service against identity's JWKS, cached with a TTL and refetched
+on an unknown `kid`.
 
 Claims: iss, aud, sub (account id), tid (tenant id, absent for operators), kind
 ("user" | "operator"), roles, scope (space-separated), ev (email verified), sid (session
