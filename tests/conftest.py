@@ -15,8 +15,13 @@ PROJECTING = ("identity", "provisioning", "webhooks", "ratelimit")
 
 
 @pytest_asyncio.fixture
-async def tenancy(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.service_url("tenancy"), timeout=10) as client:
+async def tenancy(
+    stack: Stack, operator_headers: dict[str, str]
+) -> AsyncIterator[httpx.AsyncClient]:
+    """tenancy, called as the platform operator."""
+    async with httpx.AsyncClient(
+        base_url=stack.service_url("tenancy"), timeout=10, headers=operator_headers
+    ) as client:
         yield client
 
 

@@ -2,9 +2,10 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 LOCAL="$REPO/.local"
-while IFS='=' read -r key value; do
-  [[ -z "$key" || "$key" == \#* ]] && continue
-  if [[ -z "${!key:-}" ]]; then export "$key=$value"; fi
+while read -r line; do
+  [[ -z "$line" || "$line" == \#* ]] && continue
+  key="${line%%=*}"
+  if [[ -z "${!key:-}" ]]; then export "$key=${line#*=}"; fi
 done < "$REPO/deploy/local/stack.env"
 PG_BIN="${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}"
 PYTHON="$REPO/.venv/bin/python"

@@ -21,6 +21,8 @@ service_env() {
   echo "TENANTRY_SERVICE_URLS=$urls"
   echo "TENANTRY_SMTP_HOST=127.0.0.1"
   echo "TENANTRY_SMTP_PORT=$TENANTRY_SMTP_PORT"
+  echo "TENANTRY_MASTER_KEY=$TENANTRY_MASTER_KEY"
+  echo "TENANTRY_BOOTSTRAP_SECRET=$TENANTRY_BOOTSTRAP_SECRET"
 }
 
 run_in_env() {  # run_in_env SERVICE COMMAND... (execs: the pid stays the program's)

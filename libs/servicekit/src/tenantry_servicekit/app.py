@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import httpx
 from litestar import Litestar, Router, get
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
@@ -18,11 +19,14 @@ from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
 from tenantry_events.consumer import Handler
 from tenantry_servicekit.asgi import ASGIApp
+from tenantry_servicekit.auth import Authenticator
 from tenantry_servicekit.idempotency import IdempotencyMiddleware
 from tenantry_servicekit.pipeline import Pipeline, PipelineMiddleware, RequestIdMiddleware
 from tenantry_servicekit.problems import problem_response
+from tenantry_servicekit.projections import PostgresApiKeyLookup
 from tenantry_servicekit.runtime import Runtime
 from tenantry_servicekit.settings import ServiceSettings
+from tenantry_servicekit.tokens import AccessTokenVerifier, JwksCache
 
 API_PREFIX = "/v1"
 Hook = Callable[[Runtime], Awaitable[None]]
@@ -34,11 +38,12 @@ class ServiceSpec:
 
     name: str
     description: str
-    route_handlers: Sequence[ControllerRouterHandler] = ()
+    route_handlers: Sequence[ControllerRouterHandler] = ()  # mounted under /v1
+    root_route_handlers: Sequence[ControllerRouterHandler] = ()  # e.g. /.well-known/...
     consumer_handlers: Mapping[str, Handler[asyncpg.Connection]] = field(default_factory=dict)
     migration_packages: Sequence[str] = ()
     settings_cls: type[ServiceSettings] = ServiceSettings
-    pipeline: Callable[[Runtime], Pipeline] = lambda _runtime: Pipeline()
+    pipeline: Callable[[Runtime], Pipeline] = lambda runtime: default_pipeline(runtime)
     on_startup: Sequence[Hook] = ()
     on_shutdown: Sequence[Hook] = ()
     version: str = "0.1.0"
@@ -46,6 +51,22 @@ class ServiceSpec:
     @property
     def consumer_group(self) -> str:
         return f"tenantry-{self.name}"
+
+
+def default_pipeline(runtime: Runtime) -> Pipeline:
+    """Authentication for every service: tokens against identity's JWKS, API keys against
+    the local projection. Later issues add admission, tenant guard and rate limits."""
+    identity = runtime.settings.service_url("identity")
+
+    async def fetch_jwks() -> dict[str, Any]:
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            response = await client.get(f"{identity}/.well-known/jwks.json")
+            response.raise_for_status()
+            document: dict[str, Any] = response.json()
+            return document
+
+    verifier = AccessTokenVerifier(JwksCache(fetch_jwks, ttl=runtime.settings.jwks_ttl_seconds))
+    return Pipeline(authentication=Authenticator(verifier, PostgresApiKeyLookup(runtime.db)))
 
 
 @get("/healthz", include_in_schema=False, opt={"public_probe": True}, sync_to_thread=False)
@@ -81,6 +102,7 @@ def create_app(spec: ServiceSpec, runtime: Runtime, pipeline: Pipeline | None = 
     app = Litestar(
         route_handlers=[
             Router(path=API_PREFIX, route_handlers=list(spec.route_handlers)),
+            *spec.root_route_handlers,
             liveness,
             readiness,
         ],

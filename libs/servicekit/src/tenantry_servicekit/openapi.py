@@ -28,7 +28,9 @@ def service_spec(name: str) -> ServiceSpec:
 def service_document(spec: ServiceSpec) -> dict[str, Any]:
     """The service's OpenAPI document, built without connecting to anything."""
     settings = ServiceSettings(
-        database_url="postgresql://docs@127.0.0.1/docs", kafka_bootstrap="docs"
+        database_url="postgresql://docs@127.0.0.1/docs",
+        kafka_bootstrap="docs",
+        service_urls="identity=http://127.0.0.1:1",
     )
     runtime = Runtime.build(spec.name, settings)
     document: dict[str, Any] = create_app(spec, runtime).openapi_schema.to_schema()

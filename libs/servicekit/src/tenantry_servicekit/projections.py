@@ -11,7 +11,10 @@ import msgspec
 
 from tenantry_events.consumer import Handler
 from tenantry_events.envelope import Envelope
+from tenantry_events.payloads.identity import ApiKeyCreated, ApiKeyRevoked
 from tenantry_events.payloads.tenancy import TenantCreated, TenantState
+from tenantry_events.pg import Database
+from tenantry_servicekit.auth import ApiKeyRecord
 
 
 class ProjectedTenant(msgspec.Struct, frozen=True, kw_only=True):
@@ -54,6 +57,66 @@ async def _on_tenant_created(tx: asyncpg.Connection, event: Envelope[Any]) -> No
 
 def tenant_projection_handlers() -> dict[str, Handler[asyncpg.Connection]]:
     return {"tenant.created": _on_tenant_created}
+
+
+async def _on_apikey_created(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
+    payload: ApiKeyCreated = event.payload
+    # A revocation may arrive first (another topic): never un-revoke.
+    await tx.execute(
+        """INSERT INTO api_key_projection
+               (key_sha256, key_id, tenant_id, scopes, owner_account_id, expires_at)
+           VALUES ($1, $2, $3, $4, $5, $6)
+           ON CONFLICT (key_sha256) DO NOTHING""",
+        bytes.fromhex(payload.key_sha256),
+        payload.key_id,
+        event.tenant_id,
+        payload.scopes,
+        payload.owner_account_id,
+        payload.expires_at,
+    )
+
+
+async def _on_apikey_revoked(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
+    payload: ApiKeyRevoked = event.payload
+    await tx.execute(
+        """INSERT INTO api_key_projection (key_sha256, key_id, tenant_id, scopes, revoked)
+           VALUES ($1, $2, $3, '{}', true)
+           ON CONFLICT (key_sha256) DO UPDATE SET revoked = true, updated_at = now()""",
+        bytes.fromhex(payload.key_sha256),
+        payload.key_id,
+        event.tenant_id,
+    )
+
+
+def api_key_projection_handlers() -> dict[str, Handler[asyncpg.Connection]]:
+    return {"apikey.created": _on_apikey_created, "apikey.revoked": _on_apikey_revoked}
+
+
+def standard_projections() -> dict[str, Handler[asyncpg.Connection]]:
+    """What every service projects to authorise requests locally."""
+    return {**tenant_projection_handlers(), **api_key_projection_handlers()}
+
+
+class PostgresApiKeyLookup:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def by_hash(self, digest: bytes) -> ApiKeyRecord | None:
+        row = await self._db.pool.fetchrow(
+            """SELECT key_id, tenant_id, scopes, owner_account_id, expires_at, revoked
+               FROM api_key_projection WHERE key_sha256 = $1""",
+            digest,
+        )
+        if row is None:
+            return None
+        return ApiKeyRecord(
+            key_id=row["key_id"],
+            tenant_id=row["tenant_id"],
+            scopes=frozenset(row["scopes"]),
+            owner_account_id=row["owner_account_id"],
+            expires_at=row["expires_at"],
+            revoked=row["revoked"],
+        )
 
 
 async def get_tenant(

@@ -35,6 +35,8 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     request_max_body_bytes: int = 1_048_576
     shutdown_grace_seconds: float = 10.0
     service_urls: str = ""  # "tenancy=http://...,identity=http://..."
+    jwks_ttl_seconds: float = 300.0
+    master_key: str = ""  # base64 of 32 bytes; services that keep readable secrets need it
 
     def service_url(self, service: str) -> str:
         for item in self.service_urls.split(","):

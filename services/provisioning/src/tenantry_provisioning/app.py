@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from tenantry_servicekit.app import ServiceSpec
-from tenantry_servicekit.projections import tenant_projection_handlers
+from tenantry_servicekit.projections import standard_projections
 
 SPEC = ServiceSpec(
     name="provisioning",
     description="The SCIM 2.0 directory: users, groups, memberships.",
-    consumer_handlers=tenant_projection_handlers(),
+    consumer_handlers=standard_projections(),
 )

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
-from litestar import Controller, get, post
+from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 from uuid_utils.compat import uuid4
 
+from tenantry_servicekit.auth import principal_of, requires, tenant_of_path
 from tenantry_servicekit.pagination import Page, clamp_limit, decode_cursor, page_of
 from tenantry_servicekit.problems import Problem
 from tenantry_servicekit.runtime import Runtime
@@ -34,9 +35,12 @@ class TenantsController(Controller):
     path = "/tenants"
     tags = ["tenants"]
 
-    @post("/", status_code=201, summary="Create a tenant")
+    @post("/", status_code=201, opt=requires(operator_only=True), summary="Create a tenant")
     async def create_tenant(
-        self, data: JSONBody[CreateTenant], runtime: NamedDependency[Runtime]
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[CreateTenant],
+        runtime: NamedDependency[Runtime],
     ) -> TenantRow:
         """Creates a tenant (active, on its plan, in its home region) and emits tenant.created.
         Honours Idempotency-Key."""
@@ -48,7 +52,7 @@ class TenantsController(Controller):
                 slug=data.slug,
                 plan=data.plan,
                 home_region=data.home_region or runtime.settings.region,
-                created_by="anonymous",  # the principal, once identity core lands
+                created_by=f"operator:{principal_of(request).subject}",
             )
         except DomainError as exc:
             raise Problem(exc.status, exc.slug, "The tenant is not valid", str(exc)) from exc
@@ -63,17 +67,21 @@ class TenantsController(Controller):
                 f"a tenant with slug {data.slug!r} already exists",
             ) from None
 
-    @get("/{tenant_id:uuid}", summary="Read a tenant")
+    @get("/{tenant_id:uuid}", opt=requires(scopes=("tenant:read",)), summary="Read a tenant")
     async def get_tenant(
-        self, tenant_id: FromPath[UUID], runtime: NamedDependency[Runtime]
+        self,
+        request: Request[Any, Any, Any],
+        tenant_id: FromPath[UUID],
+        runtime: NamedDependency[Runtime],
     ) -> TenantRow:
+        tenant_of_path(request, principal_of(request))
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
             row = await repository(runtime).get(tx, tenant_id)
         if row is None:
             raise Problem(404, "not-found", "Not found", "No such tenant")
         return row
 
-    @get("/", summary="List tenants")
+    @get("/", opt=requires(operator_only=True), summary="List tenants")
     async def list_tenants(
         self,
         runtime: NamedDependency[Runtime],

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from tenantry_servicekit.app import ServiceSpec
-from tenantry_servicekit.projections import tenant_projection_handlers
+from tenantry_servicekit.projections import standard_projections
 
 SPEC = ServiceSpec(
     name="webhooks",
     description=(
         "Customer endpoints, subscriptions, signing secrets, messages and delivery attempts."
     ),
-    consumer_handlers=tenant_projection_handlers(),
+    consumer_handlers=standard_projections(),
 )

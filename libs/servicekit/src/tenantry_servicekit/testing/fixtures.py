@@ -73,6 +73,29 @@ async def scratch_db(stack: Stack) -> AsyncIterator[ScratchDatabase]:
         await drop_scratch_database(stack, scratch)
 
 
+async def operator_token(stack: Stack) -> str:
+    """An access token of the local stack's operator (bootstrapped on first use)."""
+    import httpx
+
+    identity = stack.service_url("identity")
+    email, password = stack.env["TENANTRY_OPERATOR_EMAIL"], stack.env["TENANTRY_OPERATOR_PASSWORD"]
+    async with httpx.AsyncClient(base_url=identity, timeout=10) as client:
+        await client.post(
+            "/v1/operators/bootstrap",
+            json={"email": email, "password": password},
+            headers={"X-Bootstrap-Secret": stack.env["TENANTRY_BOOTSTRAP_SECRET"]},
+        )  # 201 the first time, 409 after: either way the operator exists
+        response = await client.post("/v1/sessions", json={"email": email, "password": password})
+        response.raise_for_status()
+        token: str = response.json()["access_token"]
+        return token
+
+
+@pytest_asyncio.fixture(scope="session")
+async def operator_headers(stack: Stack) -> dict[str, str]:
+    return {"Authorization": f"Bearer {await operator_token(stack)}"}
+
+
 async def eventually(
     probe: Callable[[], Awaitable[T | None]],
     *,

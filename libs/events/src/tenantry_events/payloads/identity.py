@@ -1,0 +1,51 @@
+"""Events owned by the identity service."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+from uuid import UUID
+
+import msgspec
+
+from tenantry_events.catalog import event
+
+Role = Literal["owner", "admin", "member"]
+
+
+@event("account.created", owner="identity", public=True)
+class AccountCreated(msgspec.Struct, frozen=True, kw_only=True):
+    """A login account was created in a tenant (invite, tenant owner, SCIM or JIT)."""
+
+    account_id: UUID
+    email: str
+    role: Role
+    status: Literal["active", "disabled"]
+    email_verified: bool
+    created_by: str
+
+
+@event("apikey.created", owner="identity", public=False)
+class ApiKeyCreated(msgspec.Struct, frozen=True, kw_only=True):
+    """An API key was created. Internal: it carries the key's SHA-256, which every service
+    projects to verify keys locally (the secret itself is never in an event)."""
+
+    key_id: str
+    key_sha256: str
+    display_prefix: str
+    name: str
+    kind: Literal["service", "personal"]
+    owner_account_id: UUID | None
+    scopes: list[str]
+    expires_at: datetime | None
+    created_by: str
+
+
+@event("apikey.revoked", owner="identity", public=False)
+class ApiKeyRevoked(msgspec.Struct, frozen=True, kw_only=True):
+    """An API key was revoked; every service refuses it from the moment it applies this."""
+
+    key_id: str
+    key_sha256: str
+    reason: str
+    revoked_by: str

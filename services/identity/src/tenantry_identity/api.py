@@ -1,0 +1,389 @@
+"""HTTP edge of identity."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+from uuid import UUID
+
+import msgspec
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from litestar import Controller, Request, delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
+from uuid_utils.compat import uuid7
+
+from tenantry_identity.domain import (
+    ADMIN_ROLES,
+    IdentityRuleBroken,
+    Role,
+    check_password,
+    check_scopes,
+    normalise_email,
+)
+from tenantry_identity.keys import SigningKeys
+from tenantry_identity.settings import IdentitySettings
+from tenantry_identity.store import (
+    AccountRow,
+    ApiKeyRow,
+    EmailTaken,
+    IdentityStore,
+    RefreshRefused,
+)
+from tenantry_servicekit import apikeys
+from tenantry_servicekit.auth import PUBLIC, principal_of, requires, tenant_of_path
+from tenantry_servicekit.problems import Problem
+from tenantry_servicekit.runtime import Runtime
+from tenantry_servicekit.tokens import AUDIENCE, ISSUER, sign
+
+HASHER = PasswordHasher()  # argon2id, library defaults (RFC 9106 second recommendation)
+_DUMMY_HASH = HASHER.hash("a password nobody has, to spend the same time on unknown users")
+
+
+def store(runtime: Runtime) -> IdentityStore:
+    return IdentityStore(runtime.events, source=runtime.source, region=runtime.settings.region)
+
+
+def settings(runtime: Runtime) -> IdentitySettings:
+    assert isinstance(runtime.settings, IdentitySettings)
+    return runtime.settings
+
+
+def signing_keys(runtime: Runtime) -> SigningKeys:
+    keys = runtime.extras["signing_keys"]
+    assert isinstance(keys, SigningKeys)
+    return keys
+
+
+def rule_problem(exc: IdentityRuleBroken) -> Problem:
+    return Problem(exc.status, exc.slug, "The request breaks an identity rule", str(exc))
+
+
+async def hash_password(password: str) -> str:
+    return await asyncio.to_thread(HASHER.hash, password)
+
+
+async def password_matches(stored: str | None, password: str) -> bool:
+    try:
+        return await asyncio.to_thread(HASHER.verify, stored or _DUMMY_HASH, password) and bool(
+            stored
+        )
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+# ---------------------------------------------------------------------------- models
+Email = Annotated[str, msgspec.Meta(min_length=3, max_length=320)]
+Password = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+
+class Bootstrap(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    email: Email
+    password: Password
+
+
+class Login(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    email: Email
+    password: Password
+    tenant_id: UUID | None = None  # omitted by platform operators
+
+
+class Refresh(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    refresh_token: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class TokenPair(msgspec.Struct, kw_only=True):
+    access_token: str
+    token_type: str
+    expires_in: int
+    refresh_token: str
+
+
+class NewAccount(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    email: Email
+    role: Role = "member"
+    password: Password | None = None
+
+
+class NewApiKey(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    scopes: Annotated[list[str], msgspec.Meta(max_length=20)]
+    kind: str = "service"
+    expires_at: datetime | None = None
+    environment: str = "live"
+
+
+class CreatedApiKey(msgspec.Struct, kw_only=True):
+    key: str  # shown once, never again
+    api_key: ApiKeyRow
+
+
+# ---------------------------------------------------------------------------- tokens
+async def issue_tokens(
+    runtime: Runtime, account: AccountRow, family_id: UUID, tx: Any
+) -> TokenPair:
+    conf = settings(runtime)
+    now = int(time.time())
+    kind = "operator" if account.role == "operator" else "user"
+    claims: dict[str, Any] = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": str(account.account_id),
+        "kind": kind,
+        "roles": [account.role],
+        "ev": account.email_verified,
+        "sid": str(family_id),
+        "jti": str(uuid7()),
+        "iat": now,
+        "nbf": now,
+        "exp": now + conf.access_token_ttl_seconds,
+    }
+    if account.tenant_id is not None:
+        claims["tid"] = str(account.tenant_id)
+    token = sign(claims, await signing_keys(runtime).active())
+    refresh = await store(runtime).issue_refresh(
+        tx, account.account_id, family_id, timedelta(seconds=conf.refresh_token_ttl_seconds)
+    )
+    return TokenPair(
+        access_token=token,
+        token_type="Bearer",  # noqa: S106  (the OAuth token type, not a secret)
+        expires_in=conf.access_token_ttl_seconds,
+        refresh_token=refresh,
+    )
+
+
+class SessionsController(Controller):
+    path = "/"
+    tags = ["sessions"]
+
+    @post(
+        "/operators/bootstrap",
+        status_code=201,
+        opt={"auth": PUBLIC},
+        summary="Create the first platform operator",
+    )
+    async def bootstrap(
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[Bootstrap],
+        runtime: NamedDependency[Runtime],
+    ) -> AccountRow:
+        """Works once: with the bootstrap secret and while no operator exists."""
+        expected = settings(runtime).bootstrap_secret
+        x_bootstrap_secret = request.headers.get("x-bootstrap-secret", "")
+        if not expected or not hmac.compare_digest(expected.encode(), x_bootstrap_secret.encode()):
+            raise Problem(403, "forbidden", "Not allowed", "bad or missing X-Bootstrap-Secret")
+        try:
+            email = normalise_email(data.email)
+            check_password(data.password)
+        except IdentityRuleBroken as exc:
+            raise rule_problem(exc) from None
+        password_hash = await hash_password(data.password)
+        async with runtime.db.transaction(platform=True) as tx:
+            await tx.execute("SELECT pg_advisory_xact_lock(hashtext('identity.bootstrap'))")
+            if await store(runtime).operators_exist(tx):
+                raise Problem(409, "already-bootstrapped", "An operator already exists")
+            return await store(runtime).create_account(
+                tx,
+                tenant_id=None,
+                email=email,
+                role="operator",
+                password_hash=password_hash,
+                created_by="bootstrap",
+            )
+
+    @post("/sessions", status_code=201, opt={"auth": PUBLIC}, summary="Sign in with a password")
+    async def login(self, data: JSONBody[Login], runtime: NamedDependency[Runtime]) -> TokenPair:
+        refused = Problem(
+            401,
+            "invalid-credentials",
+            "Wrong email or password",
+            headers={"WWW-Authenticate": 'Bearer realm="tenantry"'},
+        )
+        async with runtime.db.transaction(platform=True) as tx:
+            found = await store(runtime).account_for_login(tx, data.email.strip(), data.tenant_id)
+            account, stored_hash = found if found else (None, None)
+            if not await password_matches(stored_hash, data.password) or account is None:
+                raise refused
+            if account.status != "active":
+                raise refused
+            return await issue_tokens(runtime, account, uuid7(), tx)
+
+    @post(
+        "/sessions/refresh", status_code=201, opt={"auth": PUBLIC}, summary="Rotate a refresh token"
+    )
+    async def refresh(
+        self, data: JSONBody[Refresh], runtime: NamedDependency[Runtime]
+    ) -> TokenPair:
+        """Each refresh token works once. Presenting a used one revokes its whole family."""
+        try:
+            async with runtime.db.transaction(platform=True) as tx:
+                account_id, family_id = await store(runtime).use_refresh(tx, data.refresh_token)
+                account = await store(runtime).get_account(tx, account_id)
+                if account is None or account.status != "active":
+                    raise RefreshRefused()
+                return await issue_tokens(runtime, account, family_id, tx)
+        except RefreshRefused as exc:
+            detail = "refresh token reused: the session is revoked" if exc.reused else None
+            raise Problem(401, "invalid-refresh-token", "Refresh token refused", detail) from None
+
+    @post(
+        "/signing-keys/rotate",
+        status_code=201,
+        opt=requires(operator_only=True),
+        summary="Rotate the token signing key",
+    )
+    async def rotate(self, runtime: NamedDependency[Runtime]) -> dict[str, str]:
+        key = await signing_keys(runtime).rotate()
+        return {"kid": str(key.kid)}
+
+
+@get(
+    "/.well-known/jwks.json",
+    opt={"auth": PUBLIC},
+    include_in_schema=True,
+    tags=["sessions"],
+    summary="Public keys that verify access tokens",
+)
+async def jwks(runtime: NamedDependency[Runtime]) -> dict[str, Any]:
+    return await signing_keys(runtime).jwks()
+
+
+class AccountsController(Controller):
+    path = "/tenants/{tenant_id:uuid}/accounts"
+    tags = ["accounts"]
+
+    @post(
+        "/",
+        status_code=201,
+        opt=requires(roles=ADMIN_ROLES, scopes=("accounts:write",)),
+        summary="Invite an account",
+    )
+    async def create(
+        self,
+        request: Request[Any, Any, Any],
+        tenant_id: FromPath[UUID],
+        data: JSONBody[NewAccount],
+        runtime: NamedDependency[Runtime],
+    ) -> AccountRow:
+        principal = principal_of(request)
+        tenant_of_path(request, principal)
+        try:
+            email = normalise_email(data.email)
+            if data.password is not None:
+                check_password(data.password)
+        except IdentityRuleBroken as exc:
+            raise rule_problem(exc) from None
+        if data.role == "owner" and not principal.is_operator and "owner" not in principal.roles:
+            raise Problem(403, "forbidden", "Only an owner can make an owner")
+        password_hash = await hash_password(data.password) if data.password else None
+        try:
+            async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+                return await store(runtime).create_account(
+                    tx,
+                    tenant_id=tenant_id,
+                    email=email,
+                    role=data.role,
+                    password_hash=password_hash,
+                    created_by=f"{principal.kind}:{principal.subject}",
+                )
+        except EmailTaken:
+            raise Problem(409, "email-taken", "An account with this email exists") from None
+
+    @get("/", opt=requires(scopes=("accounts:read",)), summary="List accounts")
+    async def list_accounts(
+        self,
+        request: Request[Any, Any, Any],
+        tenant_id: FromPath[UUID],
+        runtime: NamedDependency[Runtime],
+    ) -> list[AccountRow]:
+        tenant_of_path(request, principal_of(request))
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            return await store(runtime).list_accounts(tx, tenant_id, after=None, limit=200)
+
+
+class ApiKeysController(Controller):
+    path = "/tenants/{tenant_id:uuid}/api-keys"
+    tags = ["api-keys"]
+
+    @post(
+        "/",
+        status_code=201,
+        opt=requires(roles=ADMIN_ROLES, scopes=("apikeys:write",)),
+        summary="Create an API key (the secret is shown once)",
+    )
+    async def create(
+        self,
+        request: Request[Any, Any, Any],
+        tenant_id: FromPath[UUID],
+        data: JSONBody[NewApiKey],
+        runtime: NamedDependency[Runtime],
+    ) -> CreatedApiKey:
+        principal = principal_of(request)
+        tenant_of_path(request, principal)
+        try:
+            scopes = check_scopes(data.scopes)
+        except IdentityRuleBroken as exc:
+            raise rule_problem(exc) from None
+        if data.kind not in ("service", "personal") or data.environment not in ("live", "test"):
+            raise Problem(400, "invalid-api-key", "kind is service|personal, environment live|test")
+        owner = (
+            UUID(principal.subject)
+            if data.kind == "personal" and principal.kind == "user"
+            else None
+        )
+        if data.kind == "personal" and owner is None:
+            raise Problem(400, "invalid-api-key", "personal keys are created by a signed-in user")
+        key = apikeys.generate("live" if data.environment == "live" else "test")
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            row = await store(runtime).create_api_key(
+                tx,
+                tenant_id=tenant_id,
+                key=key,
+                display_prefix=apikeys.display_prefix(key),
+                name=data.name,
+                kind=data.kind,
+                owner_account_id=owner,
+                scopes=scopes,
+                expires_at=data.expires_at,
+                created_by=f"{principal.kind}:{principal.subject}",
+            )
+        return CreatedApiKey(key=key, api_key=row)
+
+    @get("/", opt=requires(scopes=("apikeys:read",)), summary="List API keys (no secrets)")
+    async def list_keys(
+        self,
+        request: Request[Any, Any, Any],
+        tenant_id: FromPath[UUID],
+        runtime: NamedDependency[Runtime],
+    ) -> list[ApiKeyRow]:
+        tenant_of_path(request, principal_of(request))
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            return await store(runtime).list_api_keys(tx, tenant_id)
+
+    @delete(
+        "/{key_id:str}",
+        status_code=200,
+        opt=requires(roles=ADMIN_ROLES, scopes=("apikeys:write",)),
+        summary="Revoke an API key",
+    )
+    async def revoke(
+        self,
+        request: Request[Any, Any, Any],
+        tenant_id: FromPath[UUID],
+        key_id: FromPath[str],
+        runtime: NamedDependency[Runtime],
+    ) -> ApiKeyRow:
+        principal = principal_of(request)
+        tenant_of_path(request, principal)
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            row = await store(runtime).revoke_api_key(
+                tx, tenant_id, key_id, f"{principal.kind}:{principal.subject}", "revoked by request"
+            )
+        if row is None:
+            raise Problem(404, "not-found", "Not found", "No such active API key")
+        return row

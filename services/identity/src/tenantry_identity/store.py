@@ -1,0 +1,292 @@
+"""Postgres edge of identity: accounts, refresh tokens and API keys (state rows written in
+the same transaction as their events)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import msgspec
+from uuid_utils.compat import uuid4, uuid7
+
+from tenantry_events.envelope import new_event
+from tenantry_events.payloads.identity import AccountCreated, ApiKeyCreated, ApiKeyRevoked
+from tenantry_events.storage import PostgresEventStore
+
+PLATFORM_TENANT = UUID(int=0)  # the envelope's tenant for operator-level events
+
+
+class AccountRow(msgspec.Struct, frozen=True, kw_only=True):
+    account_id: UUID
+    tenant_id: UUID | None
+    email: str
+    role: str
+    status: str
+    email_verified: bool
+    created_at: datetime
+
+
+class ApiKeyRow(msgspec.Struct, frozen=True, kw_only=True):
+    key_id: str
+    tenant_id: UUID
+    display_prefix: str
+    name: str
+    kind: str
+    owner_account_id: UUID | None
+    scopes: list[str]
+    expires_at: datetime | None
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class EmailTaken(Exception):
+    pass
+
+
+class RefreshRefused(Exception):
+    """Unknown, expired or revoked refresh token; `reused` when an old one came back."""
+
+    def __init__(self, reused: bool = False) -> None:
+        super().__init__("refresh token refused")
+        self.reused = reused
+
+
+_ACCOUNT = "account_id, tenant_id, email, role, status, email_verified, created_at"
+_KEY = (
+    "key_id, tenant_id, display_prefix, name, kind, owner_account_id, scopes, expires_at,"
+    " created_at, created_by, revoked_at, last_used_at"
+)
+
+
+def sha256(value: str) -> bytes:
+    return hashlib.sha256(value.encode()).digest()
+
+
+class IdentityStore:
+    def __init__(self, events: PostgresEventStore, *, source: str, region: str) -> None:
+        self._events = events
+        self._source = source
+        self._region = region
+
+    def _event(self, payload: Any, tenant_id: UUID | None, subject: str, version: int) -> Any:
+        return new_event(
+            payload,
+            tenant_id=tenant_id or PLATFORM_TENANT,
+            subject=subject,
+            aggregate_version=version,
+            source=self._source,
+            region=self._region,
+        )
+
+    # ------------------------------------------------------------------ accounts
+    async def create_account(
+        self,
+        tx: asyncpg.Connection,
+        *,
+        tenant_id: UUID | None,
+        email: str,
+        role: str,
+        password_hash: str | None,
+        created_by: str,
+    ) -> AccountRow:
+        account_id = uuid7()
+        try:
+            async with tx.transaction():
+                row = await tx.fetchrow(
+                    f"""INSERT INTO accounts (account_id, tenant_id, email, role, status,
+                                              password_hash, version)
+                        VALUES ($1, $2, $3, $4, 'active', $5, 1) RETURNING {_ACCOUNT}""",
+                    account_id,
+                    tenant_id,
+                    email,
+                    role,
+                    password_hash,
+                )
+        except asyncpg.UniqueViolationError:
+            raise EmailTaken(email) from None
+        assert row is not None
+        account = AccountRow(**dict(row))
+        if tenant_id is not None:
+            payload = AccountCreated(
+                account_id=account_id,
+                email=email,
+                role=role,  # type: ignore[arg-type]
+                status="active",
+                email_verified=False,
+                created_by=created_by,
+            )
+            await self._events.append(
+                tx,
+                f"account-{account_id}",
+                0,
+                [self._event(payload, tenant_id, str(account_id), 1)],
+            )
+        return account
+
+    async def operators_exist(self, tx: asyncpg.Connection) -> bool:
+        return bool(
+            await tx.fetchval("SELECT EXISTS (SELECT 1 FROM accounts WHERE role = 'operator')")
+        )
+
+    async def account_for_login(
+        self, tx: asyncpg.Connection, email: str, tenant_id: UUID | None
+    ) -> tuple[AccountRow, str | None] | None:
+        row = await tx.fetchrow(
+            f"""SELECT {_ACCOUNT}, password_hash FROM accounts
+                WHERE lower(email) = lower($1) AND tenant_id IS NOT DISTINCT FROM $2""",
+            email,
+            tenant_id,
+        )
+        if row is None:
+            return None
+        data = dict(row)
+        password_hash = data.pop("password_hash")
+        return AccountRow(**data), password_hash
+
+    async def get_account(self, tx: asyncpg.Connection, account_id: UUID) -> AccountRow | None:
+        row = await tx.fetchrow(
+            f"SELECT {_ACCOUNT} FROM accounts WHERE account_id = $1", account_id
+        )
+        return AccountRow(**dict(row)) if row else None
+
+    async def list_accounts(
+        self, tx: asyncpg.Connection, tenant_id: UUID, *, after: str | None, limit: int
+    ) -> list[AccountRow]:
+        rows = await tx.fetch(
+            f"""SELECT {_ACCOUNT} FROM accounts WHERE tenant_id = $1
+                AND ($2::uuid IS NULL OR account_id > $2::uuid)
+                ORDER BY account_id LIMIT $3""",
+            tenant_id,
+            after,
+            limit,
+        )
+        return [AccountRow(**dict(r)) for r in rows]
+
+    # ------------------------------------------------------------------ refresh tokens
+    async def issue_refresh(
+        self, tx: asyncpg.Connection, account_id: UUID, family_id: UUID, ttl: timedelta
+    ) -> str:
+        token = "rt_" + secrets.token_urlsafe(32)
+        await tx.execute(
+            """INSERT INTO refresh_tokens (token_sha256, family_id, account_id, expires_at)
+               VALUES ($1, $2, $3, now() + $4::interval)""",
+            sha256(token),
+            family_id,
+            account_id,
+            ttl,
+        )
+        return token
+
+    async def use_refresh(self, tx: asyncpg.Connection, token: str) -> tuple[UUID, UUID]:
+        """Mark a refresh token used and return (account, family). A token used twice is
+        a theft signal: the whole family is revoked (RFC 9700 refresh token rotation)."""
+        row = await tx.fetchrow(
+            """SELECT family_id, account_id, used_at, revoked_at, expires_at < now() AS expired
+               FROM refresh_tokens WHERE token_sha256 = $1 FOR UPDATE""",
+            sha256(token),
+        )
+        if row is None or row["revoked_at"] is not None or row["expired"]:
+            raise RefreshRefused()
+        if row["used_at"] is not None:
+            await tx.execute(
+                "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1"
+                " AND revoked_at IS NULL",
+                row["family_id"],
+            )
+            raise RefreshRefused(reused=True)
+        await tx.execute(
+            "UPDATE refresh_tokens SET used_at = now() WHERE token_sha256 = $1", sha256(token)
+        )
+        return row["account_id"], row["family_id"]
+
+    async def family_revoked(self, tx: asyncpg.Connection, family_id: UUID) -> bool:
+        return bool(
+            await tx.fetchval(
+                "SELECT bool_or(revoked_at IS NOT NULL) FROM refresh_tokens WHERE family_id = $1",
+                family_id,
+            )
+        )
+
+    # ------------------------------------------------------------------ API keys
+    async def create_api_key(
+        self,
+        tx: asyncpg.Connection,
+        *,
+        tenant_id: UUID,
+        key: str,
+        display_prefix: str,
+        name: str,
+        kind: str,
+        owner_account_id: UUID | None,
+        scopes: list[str],
+        expires_at: datetime | None,
+        created_by: str,
+    ) -> ApiKeyRow:
+        key_id = f"key_{uuid4().hex[:20]}"
+        digest = sha256(key)
+        row = await tx.fetchrow(
+            f"""INSERT INTO api_keys (key_id, tenant_id, key_sha256, display_prefix, name, kind,
+                                      owner_account_id, scopes, expires_at, created_by, version)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1) RETURNING {_KEY}""",
+            key_id,
+            tenant_id,
+            digest,
+            display_prefix,
+            name,
+            kind,
+            owner_account_id,
+            scopes,
+            expires_at,
+            created_by,
+        )
+        payload = ApiKeyCreated(
+            key_id=key_id,
+            key_sha256=digest.hex(),
+            display_prefix=display_prefix,
+            name=name,
+            kind="personal" if kind == "personal" else "service",
+            owner_account_id=owner_account_id,
+            scopes=scopes,
+            expires_at=expires_at,
+            created_by=created_by,
+        )
+        await self._events.append(
+            tx, f"apikey-{key_id}", 0, [self._event(payload, tenant_id, key_id, 1)]
+        )
+        assert row is not None
+        return ApiKeyRow(**dict(row))
+
+    async def list_api_keys(self, tx: asyncpg.Connection, tenant_id: UUID) -> list[ApiKeyRow]:
+        rows = await tx.fetch(
+            f"SELECT {_KEY} FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, key_id",
+            tenant_id,
+        )
+        return [ApiKeyRow(**dict(r)) for r in rows]
+
+    async def revoke_api_key(
+        self, tx: asyncpg.Connection, tenant_id: UUID, key_id: str, revoked_by: str, reason: str
+    ) -> ApiKeyRow | None:
+        row = await tx.fetchrow(
+            f"""UPDATE api_keys SET revoked_at = now(), version = version + 1
+                WHERE tenant_id = $1 AND key_id = $2 AND revoked_at IS NULL
+                RETURNING {_KEY}, key_sha256, version""",
+            tenant_id,
+            key_id,
+        )
+        if row is None:
+            return None
+        data = dict(row)
+        digest, version = data.pop("key_sha256"), data.pop("version")
+        payload = ApiKeyRevoked(
+            key_id=key_id, key_sha256=digest.hex(), reason=reason, revoked_by=revoked_by
+        )
+        await self._events.append(
+            tx, f"apikey-{key_id}", version - 1, [self._event(payload, tenant_id, key_id, version)]
+        )
+        return ApiKeyRow(**data)
