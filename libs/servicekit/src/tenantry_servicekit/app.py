@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 import httpx
-from litestar import Litestar, Router, get
+from litestar import Litestar, Request, Router, get
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Server
@@ -19,7 +19,7 @@ from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
 from tenantry_events.consumer import Handler
 from tenantry_servicekit.asgi import ASGIApp
-from tenantry_servicekit.auth import Authenticator
+from tenantry_servicekit.auth import Authenticator, Principal, principal_of
 from tenantry_servicekit.idempotency import IdempotencyMiddleware
 from tenantry_servicekit.pipeline import Pipeline, PipelineMiddleware, RequestIdMiddleware
 from tenantry_servicekit.problems import problem_response
@@ -69,6 +69,13 @@ def default_pipeline(runtime: Runtime) -> Pipeline:
     return Pipeline(authentication=Authenticator(verifier, PostgresApiKeyLookup(runtime.db)))
 
 
+@get("/whoami", tags=["session"], summary="The principal behind the credential")
+async def whoami(request: Request[Any, Any, Any]) -> Principal:
+    """Every service answers it, from its own projections: handy to see how a credential
+    resolves here (and how tests prove a revoked key is refused everywhere)."""
+    return principal_of(request)
+
+
 @get("/healthz", include_in_schema=False, opt={"public_probe": True}, sync_to_thread=False)
 def liveness() -> dict[str, str]:
     return {"status": "ok"}
@@ -101,7 +108,7 @@ def create_app(spec: ServiceSpec, runtime: Runtime, pipeline: Pipeline | None = 
 
     app = Litestar(
         route_handlers=[
-            Router(path=API_PREFIX, route_handlers=list(spec.route_handlers)),
+            Router(path=API_PREFIX, route_handlers=[*spec.route_handlers, whoami]),
             *spec.root_route_handlers,
             liveness,
             readiness,

@@ -18,6 +18,7 @@ from tenantry_servicekit.runtime import Runtime
 from tenantry_servicekit.settings import ServiceSettings
 
 SERVICES = ("tenancy", "identity", "provisioning", "webhooks", "ratelimit")
+SHARED_PATHS = frozenset({"/v1/whoami"})  # servicekit's own routes, in every service
 
 
 def service_spec(name: str) -> ServiceSpec:
@@ -78,9 +79,12 @@ def merged_document(services: tuple[str, ...] = SERVICES) -> dict[str, Any]:
                 body, renames
             )
         for path, item in doc.get("paths", {}).items():
-            if path in merged["paths"]:
-                raise ValueError(f"two services serve {path}")
             item = _rename_refs(item, renames)
+            if path in merged["paths"]:
+                # Routes every service answers alike (/v1/whoami) appear once.
+                if path not in SHARED_PATHS:
+                    raise ValueError(f"two services serve {path}")
+                continue
             for operation in item.values():
                 if isinstance(operation, dict):
                     operation["tags"] = [name, *operation.get("tags", [])]
@@ -90,12 +94,22 @@ def merged_document(services: tuple[str, ...] = SERVICES) -> dict[str, Any]:
     return merged
 
 
+def _plain(value: Any) -> Any:
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    raise TypeError(f"cannot write {type(value).__name__} into the OpenAPI document")
+
+
+def to_json(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2, sort_keys=True, default=_plain) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out", type=Path, nargs="?", default=Path("docs/openapi.json"))
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(merged_document(), indent=2, sort_keys=True) + "\n")
+    args.out.write_text(to_json(merged_document()))
     print(args.out)
 
 

@@ -90,6 +90,7 @@ class PipelineMiddleware(ASGIMiddleware):
     """Runs the inner steps in order; a raised Problem becomes the problem+json answer."""
 
     exclude_opt_key = "public_probe"  # health probes skip the pipeline
+    exclude_path_pattern = ("^/schema",)  # the OpenAPI document and its viewers are public
 
     def __init__(self, steps: Sequence[PipelineStep]) -> None:
         self.steps = list(steps)

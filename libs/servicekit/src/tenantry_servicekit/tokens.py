@@ -51,7 +51,7 @@ class JwksCache:
         fetch: JwksFetcher,
         *,
         ttl: float = 300.0,
-        min_refetch: float = 5.0,
+        min_refetch: float = 1.0,
         clock: Clock | None = None,
     ) -> None:
         self._fetch = fetch

@@ -220,16 +220,21 @@ class SessionsController(Controller):
         self, data: JSONBody[Refresh], runtime: NamedDependency[Runtime]
     ) -> TokenPair:
         """Each refresh token works once. Presenting a used one revokes its whole family."""
+        reused = False
         try:
             async with runtime.db.transaction(platform=True) as tx:
-                account_id, family_id = await store(runtime).use_refresh(tx, data.refresh_token)
-                account = await store(runtime).get_account(tx, account_id)
-                if account is None or account.status != "active":
-                    raise RefreshRefused()
-                return await issue_tokens(runtime, account, family_id, tx)
-        except RefreshRefused as exc:
-            detail = "refresh token reused: the session is revoked" if exc.reused else None
-            raise Problem(401, "invalid-refresh-token", "Refresh token refused", detail) from None
+                used = await store(runtime).use_refresh(tx, data.refresh_token)
+                if used is None:
+                    reused = True  # the family's revocation commits with this transaction
+                else:
+                    account = await store(runtime).get_account(tx, used[0])
+                    if account is None or account.status != "active":
+                        raise RefreshRefused()
+                    return await issue_tokens(runtime, account, used[1], tx)
+        except RefreshRefused:
+            pass
+        detail = "refresh token reused: the session is revoked" if reused else None
+        raise Problem(401, "invalid-refresh-token", "Refresh token refused", detail)
 
     @post(
         "/signing-keys/rotate",

@@ -50,11 +50,7 @@ class EmailTaken(Exception):
 
 
 class RefreshRefused(Exception):
-    """Unknown, expired or revoked refresh token; `reused` when an old one came back."""
-
-    def __init__(self, reused: bool = False) -> None:
-        super().__init__("refresh token refused")
-        self.reused = reused
+    """Unknown, expired or revoked refresh token."""
 
 
 _ACCOUNT = "account_id, tenant_id, email, role, status, email_verified, created_at"
@@ -183,9 +179,10 @@ class IdentityStore:
         )
         return token
 
-    async def use_refresh(self, tx: asyncpg.Connection, token: str) -> tuple[UUID, UUID]:
+    async def use_refresh(self, tx: asyncpg.Connection, token: str) -> tuple[UUID, UUID] | None:
         """Mark a refresh token used and return (account, family). A token used twice is
-        a theft signal: the whole family is revoked (RFC 9700 refresh token rotation)."""
+        a theft signal: the whole family is revoked (RFC 9700 refresh token rotation) and
+        None is returned, so the caller commits the revocation before refusing."""
         row = await tx.fetchrow(
             """SELECT family_id, account_id, used_at, revoked_at, expires_at < now() AS expired
                FROM refresh_tokens WHERE token_sha256 = $1 FOR UPDATE""",
@@ -199,19 +196,12 @@ class IdentityStore:
                 " AND revoked_at IS NULL",
                 row["family_id"],
             )
-            raise RefreshRefused(reused=True)
+            return None
         await tx.execute(
             "UPDATE refresh_tokens SET used_at = now() WHERE token_sha256 = $1", sha256(token)
         )
         return row["account_id"], row["family_id"]
 
-    async def family_revoked(self, tx: asyncpg.Connection, family_id: UUID) -> bool:
-        return bool(
-            await tx.fetchval(
-                "SELECT bool_or(revoked_at IS NOT NULL) FROM refresh_tokens WHERE family_id = $1",
-                family_id,
-            )
-        )
 
     # ------------------------------------------------------------------ API keys
     async def create_api_key(
