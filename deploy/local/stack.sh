@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The local servers: PostgreSQL, Redis and a real Apache Kafka broker (KRaft, one node).
-#   stack.sh {pg|redis|kafka} {start|stop|status}
+#   stack.sh {pg|redis|kafka|mail} {start|stop|status}
 #   stack.sh {start-all|stop-all|status}
 # Every start is idempotent; state lives under .local/.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -175,13 +175,31 @@ kafka_stop() {
 
 kafka_status() { pid_alive "$KAFKA_PID" && kafka_ready && echo "kafka: up on 127.0.0.1:$TENANTRY_KAFKA_PORT" || echo "kafka: down"; }
 
+# ------------------------------------------------------------------ mail sink
+MAIL_PID="$LOCAL/run/mail-sink.pid"
+mail_ready() {
+  "$PYTHON" -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 2).close()' \
+    "$TENANTRY_SMTP_PORT"
+}
+mail_start() {
+  if pid_alive "$MAIL_PID" && mail_ready 2>/dev/null; then return 0; fi
+  log "starting the mail sink on 127.0.0.1:$TENANTRY_SMTP_PORT (.local/mail/new)"
+  (exec setsid nohup "$PYTHON" "$REPO/deploy/local/mail_sink.py" --port "$TENANTRY_SMTP_PORT" \
+    --dir "$LOCAL/mail" >>"$LOCAL/log/mail-sink.log" 2>&1 </dev/null) &
+  echo $! > "$MAIL_PID"
+  wait_for "mail sink" 30 mail_ready
+}
+mail_stop() { stop_pid "$MAIL_PID" 10; }
+mail_status() { pid_alive "$MAIL_PID" && echo "mail sink: up on 127.0.0.1:$TENANTRY_SMTP_PORT" || echo "mail sink: down"; }
+
 # ------------------------------------------------------------------ dispatch
 case "${1:-}/${2:-}" in
   pg/start) pg_start ;;       pg/stop) pg_stop ;;       pg/status) pg_status ;;
   redis/start) redis_start ;; redis/stop) redis_stop ;; redis/status) redis_status ;;
   kafka/start) kafka_start ;; kafka/stop) kafka_stop ;; kafka/status) kafka_status ;;
-  start-all/) pg_start; redis_start; kafka_start ;;
-  stop-all/) kafka_stop; redis_stop; pg_stop ;;
-  status/) pg_status; redis_status; kafka_status ;;
+  mail/start) mail_start ;;   mail/stop) mail_stop ;;   mail/status) mail_status ;;
+  start-all/) pg_start; redis_start; kafka_start; mail_start ;;
+  stop-all/) mail_stop; kafka_stop; redis_stop; pg_stop ;;
+  status/) pg_status; redis_status; kafka_status; mail_status ;;
   *) echo "usage: $0 {pg|redis|kafka} {start|stop|status} | start-all | stop-all | status" >&2; exit 2 ;;
 esac

@@ -202,7 +202,6 @@ class IdentityStore:
         )
         return row["account_id"], row["family_id"]
 
-
     # ------------------------------------------------------------------ API keys
     async def create_api_key(
         self,
