@@ -1,14 +1,17 @@
 # Tenantry: the two commands that work on a fresh machine are `make up` and `make test`.
 SHELL := /bin/bash
 LOCAL := deploy/local
-UV := $(shell command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv) run --no-sync
+# Expanded when a recipe runs (after install.sh may have installed uv): uv from PATH,
+# else the module `pip install uv` put into python3.
+UV = $(shell command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv) run --no-sync
 PYTEST_ARGS ?=
 
-.PHONY: up down test unit lint typecheck docs bench clean install status
+.PHONY: up down test lint typecheck docs bench clean install status
 
 install:
 	@bash $(LOCAL)/install.sh
 
+# PostgreSQL, Redis, Kafka (and the SMTP sink), then the five services; prints the URLs.
 up: install
 	@bash $(LOCAL)/stack.sh start-all
 	@bash $(LOCAL)/services.sh start
@@ -18,8 +21,8 @@ down:
 	@bash $(LOCAL)/stack.sh stop-all
 
 status:
-	@bash $(LOCAL)/stack.sh status
-	@bash $(LOCAL)/services.sh status
+	-@bash $(LOCAL)/stack.sh status
+	-@bash $(LOCAL)/services.sh status
 
 # Every test, against the real servers (brought up if they are not).
 test: up

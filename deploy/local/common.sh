@@ -2,16 +2,30 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 LOCAL="$REPO/.local"
-while read -r line; do
-  [[ -z "$line" || "$line" == \#* ]] && continue
+while IFS= read -r line || [[ -n "$line" ]]; do
+  line="${line%$'\r'}"
+  [[ -z "${line//[[:space:]]/}" || "$line" == \#* || "$line" != *=* ]] && continue
   key="${line%%=*}"
   if [[ -z "${!key:-}" ]]; then export "$key=${line#*=}"; fi
 done < "$REPO/deploy/local/stack.env"
-PG_BIN="${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}"
+# The newest PostgreSQL on the machine (empty until install.sh has installed one).
+if [[ -z "${PG_BIN:-}" ]]; then
+  PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
+fi
 PYTHON="$REPO/.venv/bin/python"
+export PATH="$PATH:${HOME:-/root}/.local/bin"  # where `pip install --user uv` puts uv
 mkdir -p "$LOCAL/log" "$LOCAL/run"
 
 log() { printf '[tenantry] %s\n' "$*" >&2; }
+die() { log "$*"; exit 1; }
+
+# uv ARGS...: uv from PATH, else the module `pip install uv` put into python3.
+uv() {
+  if type -P uv >/dev/null 2>&1; then command uv "$@"; else python3 -m uv "$@"; fi
+}
+
+# port_open PORT: something accepts TCP connections on 127.0.0.1:PORT.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # wait_for DESCRIPTION SECONDS COMMAND...: poll until COMMAND succeeds or the deadline passes.
 wait_for() {
@@ -23,18 +37,33 @@ wait_for() {
   done
 }
 
-pid_alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+pid_alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null; }
 
-# stop_pid PIDFILE SECONDS: SIGTERM, wait, then SIGKILL.
+# signal_tree SIGNAL PID: the whole process group when PID leads one (started by setsid),
+# else PID alone.
+signal_tree() {
+  local sig="$1" pid="$2" pgid
+  pgid="$(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ' || true)"
+  if [[ "$pgid" == "$pid" ]]; then kill "-$sig" -- "-$pid" 2>/dev/null || true
+  else kill "-$sig" "$pid" 2>/dev/null || true; fi
+}
+
+# stop_pid PIDFILE SECONDS: SIGTERM, wait up to SECONDS, then SIGKILL.
 stop_pid() {
   local pidfile="$1" seconds="${2:-15}"
   pid_alive "$pidfile" || { rm -f "$pidfile"; return 0; }
   local pid; pid="$(cat "$pidfile")"
-  kill -TERM "$pid" 2>/dev/null || true
+  signal_tree TERM "$pid"
   local deadline=$(( $(date +%s) + seconds ))
   while kill -0 "$pid" 2>/dev/null; do
-    if (( $(date +%s) > deadline )); then kill -KILL "$pid" 2>/dev/null || true; break; fi
+    if (( $(date +%s) > deadline )); then
+      log "pid $pid ignored SIGTERM for ${seconds}s: SIGKILL"
+      signal_tree KILL "$pid"
+      break
+    fi
     sleep 0.1
   done
+  # SIGKILL is not instant either: wait (briefly) until the process is gone and its ports free.
+  local _; for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   rm -f "$pidfile"
 }

@@ -1,34 +1,62 @@
 #!/usr/bin/env bash
-# Install what a fresh machine lacks (idempotent): Debian packages, uv, the Python
-# environment, and the Kafka broker's jars from Maven Central.
+# Install what a fresh machine lacks (idempotent, non-interactive): Debian packages, uv,
+# the Python environment (.venv with every workspace member), and the Kafka broker's jars
+# from Maven Central (.local/kafka/libs).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
+# ------------------------------------------------------------------ Debian packages
 need_apt=()
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql postgresql-contrib)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if (( ${#need_apt[@]} )); then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+# (Debian's postgresql package also sets up a cluster of its own on port 5432; ours lives
+# in .local/pg on its own port, so the two never meet.)
 
-if ! command -v uv >/dev/null 2>&1; then
+# ------------------------------------------------------------------ uv
+if ! type -P uv >/dev/null 2>&1 && ! python3 -m uv --version >/dev/null 2>&1; then
   log "installing uv from PyPI"
-  python3 -m pip install -q uv
+  python3 -m pip install -q --disable-pip-version-check uv 2>/dev/null \
+    || python3 -m pip install -q --disable-pip-version-check --break-system-packages uv
   hash -r
-  command -v uv >/dev/null 2>&1 || pyenv rehash 2>/dev/null || true
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash 2>/dev/null || true; fi
 fi
 
+# ------------------------------------------------------------------ Python environment
+# The root project is virtual and depends on every member; --all-packages says so anyway.
 log "uv sync (Python environment in .venv)"
-(cd "$REPO" && uv sync --all-packages -q)
+# Without SSL_CERT_FILE, let uv trust the system's CA store (as pip and curl do here).
+if [[ -z "${SSL_CERT_FILE:-}" && -z "${UV_NATIVE_TLS:-}" ]]; then export UV_NATIVE_TLS=1; fi
+(cd "$REPO" && uv sync --all-packages --quiet)
 
+# ------------------------------------------------------------------ Kafka jars
+# Resolved into a scratch folder and moved into place only when complete; resolved again
+# when deploy/local/kafka/pom.xml changes (its hash is kept beside the jars), but never
+# under a running broker.
 libs="$LOCAL/kafka/libs"
-if [[ -z "$(ls -A "$libs" 2>/dev/null)" ]]; then
-  log "resolving Apache Kafka jars from Maven Central"
-  mkdir -p "$libs"
-  mvn -q -B -f "$REPO/deploy/local/kafka/pom.xml" dependency:copy-dependencies \
-    -DoutputDirectory="$libs" -DincludeScope=runtime
+pom="$REPO/deploy/local/kafka/pom.xml"
+pom_hash="$(sha256sum "$pom" | cut -d' ' -f1)"
+have_jars() { [[ -n "$(ls -A "$libs" 2>/dev/null)" ]]; }
+jars_current() { [[ "$(cat "$LOCAL/kafka/libs.pom.sha256" 2>/dev/null)" == "$pom_hash" ]]; }
+if have_jars && ! jars_current && pid_alive "$LOCAL/run/kafka.pid"; then
+  log "kafka/pom.xml changed: its jars are resolved again once the broker is stopped (make down; make up)"
+elif ! have_jars || ! jars_current; then
+  log "resolving the Apache Kafka broker's jars from Maven Central"
+  mkdir -p "$LOCAL/kafka"
+  rm -rf "$libs.partial"
+  mvn -q -B -Dstyle.color=never -f "$pom" dependency:copy-dependencies \
+    -DoutputDirectory="$libs.partial" -DincludeScope=runtime >"$LOCAL/kafka/mvn.log" 2>&1 \
+    || { tail -n 40 "$LOCAL/kafka/mvn.log" >&2; die "maven could not resolve the Kafka jars"; }
+  [[ -n "$(ls -A "$libs.partial" 2>/dev/null)" ]] || die "maven resolved no jars"
+  rm -rf "$libs"
+  mv "$libs.partial" "$libs"
+  echo "$pom_hash" > "$LOCAL/kafka/libs.pom.sha256"
+  log "$(ls "$libs" | wc -l) jars in $libs"
 fi

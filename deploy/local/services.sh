@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The five services, each as an api and a worker process.
-#   services.sh {start|stop|status}
+#   services.sh {start|stop|restart|status|urls}
 # start: create the Kafka topics, migrate each database, start the processes, wait until
 # every api answers /readyz, print the URLs.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -31,30 +31,56 @@ run_in_env() {  # run_in_env SERVICE COMMAND... (execs: the pid stays the progra
   exec env "${vars[@]}" "$@"
 }
 
-ready() { curl -fsS "http://127.0.0.1:$(port_of "$1")/readyz" >/dev/null; }
+ready() { curl -fsS -m 3 -o /dev/null "http://127.0.0.1:$(port_of "$1")/readyz"; }
+
+tails() {  # tails SERVICE: the end of both of its logs, on stderr
+  local role
+  for role in api worker; do
+    [[ -f "$LOCAL/log/$1-$role.log" ]] || continue
+    echo "----- $LOCAL/log/$1-$role.log (last 40 lines)" >&2
+    tail -n 40 "$LOCAL/log/$1-$role.log" >&2
+  done
+}
+
+# wait_ready SERVICE SECONDS: /readyz answers 200; fails early if the api or worker exits.
+wait_ready() {
+  local svc="$1" deadline=$(( $(date +%s) + $2 )) role
+  until ready "$svc" 2>/dev/null; do
+    for role in api worker; do
+      if ! pid_alive "$LOCAL/run/$svc-$role.pid"; then
+        log "$svc $role exited before $svc was ready"; tails "$svc"; return 1
+      fi
+    done
+    if (( $(date +%s) > deadline )); then
+      log "$svc: no 200 from http://127.0.0.1:$(port_of "$svc")/readyz within ${2}s"; tails "$svc"; return 1
+    fi
+    sleep 0.25
+  done
+}
 
 start() {
+  [[ -x "$PYTHON" ]] || die ".venv is missing: run deploy/local/install.sh"
   "$PYTHON" -m tenantry_events.topics --bootstrap "127.0.0.1:$TENANTRY_KAFKA_PORT" \
-    --partitions "$TENANTRY_KAFKA_PARTITIONS" >&2
+    --partitions "$TENANTRY_KAFKA_PARTITIONS" >&2 \
+    || die "creating the Kafka topics failed (is the stack up? deploy/local/stack.sh status)"
   local svc role
   for svc in "${SERVICES[@]}"; do
-    (run_in_env "$svc" "$REPO/.venv/bin/tenantry-$svc" migrate) >&2
+    [[ -x "$REPO/.venv/bin/tenantry-$svc" ]] || die "no .venv/bin/tenantry-$svc: run deploy/local/install.sh"
+    (run_in_env "$svc" "$REPO/.venv/bin/tenantry-$svc" migrate) >&2 || die "tenantry-$svc migrate failed"
   done
   for svc in "${SERVICES[@]}"; do
     for role in api worker; do
       local pidfile="$LOCAL/run/$svc-$role.pid"
       pid_alive "$pidfile" && continue
+      if [[ $role == api ]] && port_open "$(port_of "$svc")"; then
+        die "$svc: 127.0.0.1:$(port_of "$svc") is taken by a process this checkout did not start"
+      fi
       (run_in_env "$svc" setsid nohup "$REPO/.venv/bin/tenantry-$svc" "$role" \
         >>"$LOCAL/log/$svc-$role.log" 2>&1 < /dev/null) &
       echo $! > "$pidfile"
     done
   done
-  for svc in "${SERVICES[@]}"; do
-    if ! wait_for "$svc /readyz" 60 ready "$svc"; then
-      tail -n 30 "$LOCAL/log/$svc-api.log" >&2 || true
-      return 1
-    fi
-  done
+  for svc in "${SERVICES[@]}"; do wait_ready "$svc" 60 || return 1; done
   print_urls
 }
 
@@ -67,12 +93,16 @@ stop() {
 }
 
 status() {
-  local svc role
+  local svc role rc=0
   for svc in "${SERVICES[@]}"; do
     for role in api worker; do
-      pid_alive "$LOCAL/run/$svc-$role.pid" && echo "$svc $role: running" || echo "$svc $role: stopped"
+      if pid_alive "$LOCAL/run/$svc-$role.pid"; then echo "$svc $role: running (pid $(cat "$LOCAL/run/$svc-$role.pid"))"
+      else echo "$svc $role: stopped"; rc=1; fi
     done
+    if ready "$svc" 2>/dev/null; then echo "$svc: ready on http://127.0.0.1:$(port_of "$svc")"
+    else echo "$svc: not ready"; rc=1; fi
   done
+  return $rc
 }
 
 print_urls() {
@@ -85,11 +115,12 @@ print_urls() {
   done
   echo "  postgres      postgresql://127.0.0.1:$TENANTRY_PG_PORT  (databases tenantry_<service>)"
   echo "  redis         redis://127.0.0.1:$TENANTRY_REDIS_PORT"
-  echo "  kafka         127.0.0.1:$TENANTRY_KAFKA_PORT"
+  echo "  kafka         127.0.0.1:$TENANTRY_KAFKA_PORT  (KRaft, one node; $TENANTRY_KAFKA_PARTITIONS partitions per topic)"
+  echo "  smtp          127.0.0.1:$TENANTRY_SMTP_PORT  (sink: mail lands in $LOCAL/mail/new)"
   echo "  logs          $LOCAL/log/"
 }
 
 case "${1:-}" in
-  start) start ;; stop) stop ;; status) status ;; urls) print_urls ;;
-  *) echo "usage: $0 {start|stop|status|urls}" >&2; exit 2 ;;
+  start) start ;; stop) stop ;; restart) stop; start ;; status) status ;; urls) print_urls ;;
+  *) echo "usage: $0 {start|stop|restart|status|urls}" >&2; exit 2 ;;
 esac
