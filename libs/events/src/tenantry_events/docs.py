@@ -106,7 +106,7 @@ def catalog_markdown(catalog: Catalog) -> str:
     for et in catalog:
         lines.append(
             f"| `{et.name}` | {et.owner} | {'yes' if et.public else 'no'} | {et.version} "
-            f"| {et.description} |"
+            f"| {' '.join(et.description.split())} |"
         )
     return "\n".join(lines) + "\n"
 

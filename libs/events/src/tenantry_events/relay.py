@@ -150,8 +150,10 @@ class OutboxRelay:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await self.drain()
+            # Clear before draining: a NOTIFY that lands during the drain must wake the next
+            # round, not be erased after it (that cost a full poll interval, seen in bench).
             self._wake.clear()
+            await self.drain()
             waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
             try:
                 await asyncio.wait(

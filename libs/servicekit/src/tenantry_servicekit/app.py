@@ -11,6 +11,7 @@ import asyncpg
 import httpx
 from litestar import Litestar, Request, Router, get
 from litestar.di import NamedDependency, Provide
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Server
 from litestar.response import Response
@@ -41,6 +42,8 @@ class ServiceSpec:
     route_handlers: Sequence[ControllerRouterHandler] = ()  # mounted under /v1
     root_route_handlers: Sequence[ControllerRouterHandler] = ()  # e.g. /.well-known/...
     consumer_handlers: Mapping[str, Handler[asyncpg.Connection]] = field(default_factory=dict)
+    # Handlers that need the runtime (a mailer, settings): built once per worker.
+    consumer_factory: Callable[[Runtime], Mapping[str, Handler[asyncpg.Connection]]] | None = None
     migration_packages: Sequence[str] = ()
     settings_cls: type[ServiceSettings] = ServiceSettings
     pipeline: Callable[[Runtime], Pipeline] = lambda runtime: default_pipeline(runtime)
@@ -51,6 +54,10 @@ class ServiceSpec:
     @property
     def consumer_group(self) -> str:
         return f"tenantry-{self.name}"
+
+    def handlers(self, runtime: Runtime) -> dict[str, Handler[asyncpg.Connection]]:
+        built = self.consumer_factory(runtime) if self.consumer_factory else {}
+        return {**self.consumer_handlers, **built}
 
 
 def default_pipeline(runtime: Runtime) -> Pipeline:
@@ -119,7 +126,16 @@ def create_app(spec: ServiceSpec, runtime: Runtime, pipeline: Pipeline | None = 
             "event_store": Provide(lambda: runtime.events, use_cache=True, sync_to_thread=False),
             "settings": Provide(lambda: runtime.settings, use_cache=True, sync_to_thread=False),
         },
-        middleware=[PipelineMiddleware(pipeline.inner_steps())],
+        # Idempotency runs after authentication, so a revoked credential can never replay
+        # a stored response, and records are scoped to the principal, not to a header.
+        middleware=[
+            PipelineMiddleware(pipeline.inner_steps()),
+            DefineMiddleware(
+                IdempotencyMiddleware,  # type: ignore[arg-type]  # loose ASGI types (asgi.py)
+                db=runtime.db,
+                max_body=runtime.settings.request_max_body_bytes,
+            ),
+        ],
         exception_handlers={Exception: problem_response},
         on_startup=[startup],
         on_shutdown=[shutdown],
@@ -141,10 +157,10 @@ def create_app(spec: ServiceSpec, runtime: Runtime, pipeline: Pipeline | None = 
 
 
 def asgi_app(spec: ServiceSpec, runtime: Runtime) -> ASGIApp:
-    """The full ASGI stack: tracing and request id, admission, idempotency, then Litestar."""
+    """The full ASGI stack: tracing and request id, admission, then Litestar (whose own
+    middleware runs the inner pipeline steps, then Idempotency-Key handling)."""
     pipeline = spec.pipeline(runtime)
     app: ASGIApp = create_app(spec, runtime, pipeline)  # type: ignore[assignment]
-    app = IdempotencyMiddleware(app, runtime.db, max_body=runtime.settings.request_max_body_bytes)
     if pipeline.admission is not None:
         app = pipeline.admission.wrap(app)
     app = RequestIdMiddleware(app)

@@ -41,8 +41,18 @@ async def _send_problem(send: Send, problem: Problem, path: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _principal_scope(scope: Scope) -> str:
+    """Whose key this is: the authenticated principal (set by the pipeline before us), so
+    two callers never share records and a revoked credential never reaches them."""
+    principal = scope.get("state", {}).get("principal")
+    if principal is None:
+        return "anonymous"
+    return f"{principal.kind}:{principal.subject}:{principal.tenant_id}"
+
+
 class IdempotencyMiddleware:
-    """Pure ASGI middleware around the app; only POSTs that carry the header are affected."""
+    """ASGI middleware inside Litestar, after authentication; only POSTs that carry the
+    header are affected."""
 
     def __init__(self, app: ASGIApp, db: Database, *, max_body: int) -> None:
         self.app = app
@@ -88,8 +98,7 @@ class IdempotencyMiddleware:
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        credential = _header(scope, b"authorization") or b""
-        scope_key = hashlib.sha256(credential).hexdigest()
+        scope_key = _principal_scope(scope)
         fingerprint = hashlib.sha256(
             b"POST " + path.encode() + b"?" + scope.get("query_string", b"") + b"\n" + body
         ).hexdigest()
