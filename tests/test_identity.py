@@ -23,6 +23,8 @@ PUBLIC_ROUTES = {
     ("POST", "/v1/sessions"),
     ("POST", "/v1/sessions/refresh"),
     ("GET", "/.well-known/jwks.json"),
+    ("POST", "/v1/email-verifications"),
+    ("GET", "/v1/email-verifications/confirm"),
 }
 
 
@@ -77,8 +79,8 @@ async def test_no_route_of_any_service_is_reachable_without_a_credential(stack: 
                     if (method.upper(), path) in PUBLIC_ROUTES:
                         continue
                     url = base + path.replace("{tenant_id}", str(uuid4())).replace(
-                        "{key_id}", "key_x"
-                    )
+                        "{account_id}", str(uuid4())
+                    ).replace("{key_id}", "key_x")
                     for headers in ({}, bearer("garbage"), bearer("tnty_live_" + "A" * 38)):
                         r = await client.request(method.upper(), url, headers=headers, json={})
                         assert r.status_code == 401, (service, method, path, r.status_code)
@@ -245,3 +247,35 @@ async def test_signing_key_rotation_keeps_old_tokens_valid_and_new_ones_verify(
 async def _when(probe: Any, condition: Any) -> Any:
     value = await probe
     return value if condition(value) else None
+
+
+async def test_a_revoked_key_cannot_replay_an_idempotent_response(
+    stack: Stack, operator_headers: dict[str, str]
+) -> None:
+    tenant_id = await new_tenant(stack, operator_headers)
+    created = await create_key(
+        stack, operator_headers, tenant_id, ["apikeys:read", "apikeys:write"]
+    )
+    key, key_id = created["key"], created["api_key"]["key_id"]
+    await eventually(
+        lambda: _when(whoami_everywhere(stack, bearer(key)), lambda s: s["identity"] == 200),
+        timeout=30,
+        message="the key accepted by identity",
+    )
+    async with httpx.AsyncClient(base_url=stack.service_url("identity"), timeout=10) as client:
+        url = f"/v1/tenants/{tenant_id}/api-keys"
+        headers = {**bearer(key), "Idempotency-Key": str(uuid4())}
+        body = {"name": "child", "scopes": ["tenant:read"]}
+        first = await client.post(url, json=body, headers=headers)
+        assert first.status_code == 201, first.text
+        replay = await client.post(url, json=body, headers=headers)
+        assert replay.headers.get("idempotent-replayed") == "true"
+        assert (await client.delete(f"{url}/{key_id}", headers=operator_headers)).status_code == 200
+        await eventually(
+            lambda: _when(whoami_everywhere(stack, bearer(key)), lambda s: s["identity"] == 401),
+            timeout=30,
+            message="the key refused by identity",
+        )
+        after = await client.post(url, json=body, headers=headers)
+        assert after.status_code == 401, "no stored response for a revoked credential"
+        assert "idempotent-replayed" not in after.headers

@@ -37,12 +37,13 @@ async def run_worker(
         acks="all",
         graceful_timeout=runtime.settings.shutdown_grace_seconds,
     )
-    if spec.consumer_handlers:
+    handlers = spec.handlers(runtime)
+    if handlers:
         consumer = EventConsumer(
             group=spec.consumer_group,
             db=runtime.db,
             inbox=runtime.inbox,
-            handlers=spec.consumer_handlers,
+            handlers=handlers,
             dead_letters=BrokerDeadLetters(broker),
         )
         attach(broker, consumer)

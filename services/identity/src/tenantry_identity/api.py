@@ -34,6 +34,7 @@ from tenantry_identity.store import (
     IdentityStore,
     RefreshRefused,
 )
+from tenantry_identity.verification import EmailVerification, TooSoon, VerificationRefused
 from tenantry_servicekit import apikeys
 from tenantry_servicekit.auth import PUBLIC, principal_of, requires, tenant_of_path
 from tenantry_servicekit.problems import Problem
@@ -265,7 +266,7 @@ class AccountsController(Controller):
     @post(
         "/",
         status_code=201,
-        opt=requires(roles=ADMIN_ROLES, scopes=("accounts:write",)),
+        opt=requires(roles=ADMIN_ROLES, scopes=("accounts:write",), verified_email=True),
         summary="Invite an account",
     )
     async def create(
@@ -318,7 +319,7 @@ class ApiKeysController(Controller):
     @post(
         "/",
         status_code=201,
-        opt=requires(roles=ADMIN_ROLES, scopes=("apikeys:write",)),
+        opt=requires(roles=ADMIN_ROLES, scopes=("apikeys:write",), verified_email=True),
         summary="Create an API key (the secret is shown once)",
     )
     async def create(
@@ -373,7 +374,7 @@ class ApiKeysController(Controller):
     @delete(
         "/{key_id:str}",
         status_code=200,
-        opt=requires(roles=ADMIN_ROLES, scopes=("apikeys:write",)),
+        opt=requires(roles=ADMIN_ROLES, scopes=("apikeys:write",), verified_email=True),
         summary="Revoke an API key",
     )
     async def revoke(
@@ -392,3 +393,97 @@ class ApiKeysController(Controller):
         if row is None:
             raise Problem(404, "not-found", "Not found", "No such active API key")
         return row
+
+
+def verification(runtime: Runtime) -> EmailVerification:
+    service = runtime.extras["verification"]
+    assert isinstance(service, EmailVerification)
+    return service
+
+
+class VerificationToken(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    token: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class Verified(msgspec.Struct, kw_only=True):
+    account_id: UUID
+    email_verified: bool
+
+
+CONFIRM_PAGE = """<!doctype html><meta charset="utf-8"><title>Verify your email</title>
+<p>Confirm that this email address is yours.</p>
+<button onclick="fetch('../email-verifications',{method:'POST',headers:{'content-type':
+'application/json'},body:JSON.stringify({token:new URLSearchParams(location.search).get('token')})})
+.then(r=>{document.body.append(r.ok?' Verified.':' This link is not valid any more.')})">
+Verify</button>"""
+
+
+class VerificationController(Controller):
+    path = "/"
+    tags = ["email-verification"]
+
+    @get(
+        "/email-verifications/confirm",
+        opt={"auth": PUBLIC},
+        media_type="text/html",
+        summary="The page a verification link opens",
+    )
+    async def confirm_page(self) -> str:
+        """Shows a button and changes nothing: mail scanners that open links must not
+        consume the single-use token."""
+        return CONFIRM_PAGE
+
+    @post(
+        "/email-verifications",
+        status_code=200,
+        opt={"auth": PUBLIC},
+        summary="Confirm an email address with the token from the link",
+    )
+    async def confirm(
+        self, data: JSONBody[VerificationToken], runtime: NamedDependency[Runtime]
+    ) -> Verified:
+        try:
+            async with runtime.db.transaction(platform=True) as tx:
+                account_id = await verification(runtime).confirm(tx, data.token)
+        except VerificationRefused as exc:
+            raise Problem(exc.status, exc.slug, str(exc)) from None
+        return Verified(account_id=account_id, email_verified=True)
+
+    @post(
+        "/tenants/{tenant_id:uuid}/accounts/{account_id:uuid}/verification-email",
+        status_code=202,
+        summary="Send the verification email again (spaced and capped)",
+    )
+    async def resend(
+        self,
+        request: Request[Any, Any, Any],
+        tenant_id: FromPath[UUID],
+        account_id: FromPath[UUID],
+        runtime: NamedDependency[Runtime],
+    ) -> Verified:
+        principal = principal_of(request)
+        tenant_of_path(request, principal)
+        if not (
+            principal.is_operator
+            or principal.subject == str(account_id)
+            or principal.roles & set(ADMIN_ROLES)
+        ):
+            raise Problem(403, "forbidden", "Not allowed")
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            account = await store(runtime).get_account(tx, account_id)
+            if account is None or account.tenant_id != tenant_id:
+                raise Problem(404, "not-found", "Not found", "No such account")
+            if account.email_verified:
+                raise Problem(409, "already-verified", "This address is already verified")
+            try:
+                await verification(runtime).send(
+                    tx, account_id, account.email, enforce_spacing=True
+                )
+            except TooSoon as exc:
+                raise Problem(
+                    429,
+                    "too-many-verification-emails",
+                    "Wait before asking again",
+                    headers={"Retry-After": str(int(exc.retry_after) + 1)},
+                ) from None
+        return Verified(account_id=account_id, email_verified=False)

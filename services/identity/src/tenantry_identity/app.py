@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
-from tenantry_identity.api import AccountsController, ApiKeysController, SessionsController, jwks
+import asyncpg
+
+from tenantry_events.consumer import Handler
+from tenantry_events.envelope import Envelope
+from tenantry_events.payloads.identity import AccountCreated
+from tenantry_identity.api import (
+    AccountsController,
+    ApiKeysController,
+    SessionsController,
+    VerificationController,
+    jwks,
+)
 from tenantry_identity.keys import SigningKeys
 from tenantry_identity.settings import IdentitySettings
+from tenantry_identity.verification import EmailVerification
 from tenantry_servicekit.app import ServiceSpec
+from tenantry_servicekit.clock import SystemClock
 from tenantry_servicekit.crypto import SecretBox
+from tenantry_servicekit.mail import Mailer, SmtpSettings
 from tenantry_servicekit.projections import standard_projections
 from tenantry_servicekit.runtime import Runtime
 
@@ -23,6 +38,33 @@ async def start_signing_keys(runtime: Runtime) -> None:
     )
     await keys.active()  # creates the first key on a new database
     runtime.extras["signing_keys"] = keys
+    runtime.extras["verification"] = email_verification(runtime)
+
+
+def email_verification(runtime: Runtime) -> EmailVerification:
+    settings = runtime.settings
+    assert isinstance(settings, IdentitySettings)
+    return EmailVerification(
+        runtime.events,
+        Mailer(SmtpSettings.from_env()),
+        SystemClock(),
+        confirm_url=settings.verification_url(),
+        source=runtime.source,
+        region=settings.region,
+    )
+
+
+def identity_consumers(runtime: Runtime) -> dict[str, Handler[asyncpg.Connection]]:
+    """identity reacts to its own account.created by mailing the verification link (the
+    operational mail is sent from the worker, retried like any other effect)."""
+    verification = email_verification(runtime)
+
+    async def on_account_created(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
+        payload: AccountCreated = event.payload
+        if not payload.email_verified:
+            await verification.send(tx, payload.account_id, payload.email, enforce_spacing=False)
+
+    return {**standard_projections(), "account.created": on_account_created}
 
 
 SPEC = ServiceSpec(
@@ -30,9 +72,14 @@ SPEC = ServiceSpec(
     description=(
         "Login accounts, SSO connections, sessions and tokens, API keys, email verification."
     ),
-    route_handlers=[SessionsController, AccountsController, ApiKeysController],
+    route_handlers=[
+        SessionsController,
+        AccountsController,
+        ApiKeysController,
+        VerificationController,
+    ],
     root_route_handlers=[jwks],
-    consumer_handlers=standard_projections(),
+    consumer_factory=identity_consumers,
     migration_packages=["tenantry_identity"],
     settings_cls=IdentitySettings,
     on_startup=[start_signing_keys],

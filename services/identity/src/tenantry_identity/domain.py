@@ -57,3 +57,22 @@ def check_scopes(scopes: list[str]) -> list[str]:
     if not scopes:
         raise IdentityRuleBroken("unknown-scope", "an API key needs at least one scope")
     return sorted(set(scopes))
+
+
+# Email verification: links live a day; resends are spaced and capped so the endpoint
+# cannot be used to flood someone's mailbox.
+VERIFICATION_TTL_SECONDS = 24 * 3600
+RESEND_MIN_INTERVAL_SECONDS = 60
+RESEND_MAX_PER_DAY = 5
+
+
+def resend_wait(previous_sends: list[float], now: float) -> float:
+    """Seconds until another verification email may go out (0: now). `previous_sends` are
+    the epoch times of earlier sends for the same account."""
+    recent = sorted(t for t in previous_sends if now - t < 24 * 3600)
+    waits = [0.0]
+    if recent:
+        waits.append(recent[-1] + RESEND_MIN_INTERVAL_SECONDS - now)
+    if len(recent) >= RESEND_MAX_PER_DAY:
+        waits.append(recent[-RESEND_MAX_PER_DAY] + 24 * 3600 - now)
+    return max(waits)

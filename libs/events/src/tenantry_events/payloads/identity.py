@@ -49,3 +49,11 @@ class ApiKeyRevoked(msgspec.Struct, frozen=True, kw_only=True):
     key_sha256: str
     reason: str
     revoked_by: str
+
+
+@event("user.email_verified", owner="identity", public=True)
+class EmailVerified(msgspec.Struct, frozen=True, kw_only=True):
+    """An account proved it controls its email address."""
+
+    account_id: UUID
+    email: str

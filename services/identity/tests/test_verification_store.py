@@ -1,0 +1,120 @@
+"""EmailVerification on real Postgres with a fake clock: single use, expiry, forgery."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from uuid import UUID
+
+import pytest
+import pytest_asyncio
+
+from tenantry_events.pg import package_migrations
+from tenantry_events.storage import PostgresEventStore, PostgresOutbox
+from tenantry_identity.store import IdentityStore
+from tenantry_identity.verification import EmailVerification, TooSoon, VerificationRefused
+from tenantry_servicekit.clock import FakeClock
+from tenantry_servicekit.testing.fixtures import (
+    ScratchDatabase,
+    create_scratch_database,
+    drop_scratch_database,
+)
+from tenantry_servicekit.testing.mailbox import MemoryMailer, links
+from tenantry_servicekit.testing.stack import Stack
+
+
+@pytest_asyncio.fixture
+async def identity_db(stack: Stack) -> AsyncIterator[ScratchDatabase]:
+    scratch = await create_scratch_database(stack, package_migrations("tenantry_identity"), "id")
+    try:
+        yield scratch
+    finally:
+        await drop_scratch_database(stack, scratch)
+
+
+async def setup(db: ScratchDatabase) -> tuple[EmailVerification, MemoryMailer, FakeClock, UUID]:
+    events = PostgresEventStore(PostgresOutbox(db.db))
+    clock, mailer = FakeClock(), MemoryMailer()
+    verification = EmailVerification(
+        events,
+        mailer,
+        clock,
+        confirm_url="http://127.0.0.1/c",
+        source="/tenantry/identity",
+        region="local",
+    )
+    async with db.db.transaction() as tx:
+        account = await IdentityStore(events, source="/t", region="local").create_account(
+            tx,
+            tenant_id=UUID(int=7),
+            email="a@example.com",
+            role="admin",
+            password_hash=None,
+            created_by="test",
+        )
+    return verification, mailer, clock, account.account_id
+
+
+def token_of(mailer: MemoryMailer) -> str:
+    (link,) = links(mailer.sent[-1])
+    return link.split("token=", 1)[1]
+
+
+async def test_link_works_once_and_emits_user_email_verified(identity_db: ScratchDatabase) -> None:
+    verification, mailer, _, account_id = await setup(identity_db)
+    async with identity_db.db.transaction() as tx:
+        await verification.send(tx, account_id, "a@example.com", enforce_spacing=False)
+    token = token_of(mailer)
+    stored = await identity_db.db.pool.fetchval(
+        "SELECT count(*) FROM email_verifications WHERE token_sha256 = convert_to($1, 'UTF8')",
+        token,
+    )
+    assert stored == 0, "the raw token is never stored"
+    async with identity_db.db.transaction() as tx:
+        assert await verification.confirm(tx, token) == account_id
+    row = await identity_db.db.pool.fetchrow(
+        "SELECT email_verified, version FROM accounts WHERE account_id = $1", account_id
+    )
+    assert row is not None
+    assert row["email_verified"] is True
+    assert row["version"] == 2
+    types = await identity_db.db.pool.fetch(
+        "SELECT event_type FROM events WHERE stream_id = $1 ORDER BY version",
+        f"account-{account_id}",
+    )
+    assert [r["event_type"] for r in types] == ["account.created", "user.email_verified"]
+    with pytest.raises(VerificationRefused) as reused:
+        async with identity_db.db.transaction() as tx:
+            await verification.confirm(tx, token)
+    assert reused.value.slug == "verification-link-used"
+
+
+async def test_expired_and_forged_links_are_refused(identity_db: ScratchDatabase) -> None:
+    verification, mailer, clock, account_id = await setup(identity_db)
+    async with identity_db.db.transaction() as tx:
+        await verification.send(tx, account_id, "a@example.com", enforce_spacing=False)
+    clock.advance(24 * 3600 + 1)
+    with pytest.raises(VerificationRefused) as expired:
+        async with identity_db.db.transaction() as tx:
+            await verification.confirm(tx, token_of(mailer))
+    assert expired.value.slug == "verification-link-expired"
+    with pytest.raises(VerificationRefused) as forged:
+        async with identity_db.db.transaction() as tx:
+            await verification.confirm(tx, token_of(mailer)[:-2] + "xx")
+    assert forged.value.slug == "invalid-verification-link"
+    verified = await identity_db.db.pool.fetchval(
+        "SELECT email_verified FROM accounts WHERE account_id = $1", account_id
+    )
+    assert verified is False
+
+
+async def test_resends_are_spaced_by_the_clock(identity_db: ScratchDatabase) -> None:
+    verification, mailer, clock, account_id = await setup(identity_db)
+    async with identity_db.db.transaction() as tx:
+        await verification.send(tx, account_id, "a@example.com", enforce_spacing=True)
+    with pytest.raises(TooSoon):
+        async with identity_db.db.transaction() as tx:
+            await verification.send(tx, account_id, "a@example.com", enforce_spacing=True)
+    clock.advance(61)
+    async with identity_db.db.transaction() as tx:
+        await verification.send(tx, account_id, "a@example.com", enforce_spacing=True)
+    assert len(mailer.sent) == 2
