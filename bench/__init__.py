@@ -1,0 +1,1 @@
+"""Tenantry benchmarks: `python -m bench` (or `make bench`). See docs/benchmarks.md."""

@@ -1,0 +1,132 @@
+"""python -m bench [--only NAME[,NAME...]] [--list]
+
+Runs the benchmarks against the local stack (`make up`), prints one table per benchmark and
+writes every figure to bench/results/<timestamp>.json. See docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import traceback
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from uuid_utils.compat import uuid4
+
+from bench import consume, projection, relay, store
+from bench.common import BenchResult, Context, now, probe_stack, render
+from tenantry_servicekit.testing.stack import load_stack
+
+Benchmark = Callable[[Context], Awaitable[BenchResult]]
+
+BENCHMARKS: dict[str, tuple[Benchmark, bool, str]] = {
+    # name: (run, needs the five services, one line of what it measures)
+    "store": (store.run, False, "event store appends/s, single and batched, vs plain INSERT"),
+    "relay": (relay.run, False, "outbox relay publish rate vs raw aiokafka producer"),
+    "projection": (
+        projection.run,
+        True,
+        "POST /v1/tenants -> identity tenant_projection latency vs POST, raw Kafka round trip",
+    ),
+    "consume": (
+        consume.run,
+        False,
+        "EventConsumer (FastStream) records/s vs raw aiokafka consumer, with/without commits",
+    ),
+}
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"run only these (repeatable or comma-separated): {', '.join(BENCHMARKS)}",
+    )
+    parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    parser.add_argument("--no-json", action="store_true", help="do not write bench/results/")
+    return parser.parse_args(argv)
+
+
+async def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.list:
+        for name, (_, _, what) in BENCHMARKS.items():
+            print(f"{name:12} {what}")
+        return 0
+    names = [n.strip() for item in args.only for n in item.split(",") if n.strip()] or list(
+        BENCHMARKS
+    )
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)}; know {', '.join(BENCHMARKS)}")
+        return 2
+
+    stack = load_stack()
+    problems = await probe_stack(stack, need_services=any(BENCHMARKS[n][1] for n in names))
+    if problems:
+        print("the local stack is not reachable (run `make up`):")
+        for problem in problems:
+            print(f"  {problem}")
+        return 1
+
+    started_at = datetime.now(UTC)
+    ctx = Context(stack, run_id=uuid4().hex[:8])
+    print(
+        f"Tenantry benchmarks, run {ctx.run_id}, {started_at:%Y-%m-%d %H:%M:%S} UTC, "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}"
+    )
+    report: dict[str, Any] = {
+        "run_id": ctx.run_id,
+        "started_at": started_at.isoformat(),
+        "host": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "node": platform.node(),
+        },
+        "benchmarks": {},
+        "errors": {},
+    }
+    failed = False
+    try:
+        for name in names:
+            run = BENCHMARKS[name][0]
+            print(f"\n-- running {name} ...", flush=True)
+            t0 = now()
+            try:
+                result = await run(ctx)
+            except Exception as exc:
+                failed = True
+                traceback.print_exc()
+                report["errors"][name] = repr(exc)
+                continue
+            result.seconds = now() - t0
+            report["benchmarks"][name] = result.to_json()
+            print(render(result), flush=True)
+    finally:
+        await ctx.delete_topics()
+    report["seconds"] = (datetime.now(UTC) - started_at).total_seconds()
+    if not args.no_json:
+        RESULTS.mkdir(exist_ok=True)
+        path = RESULTS / f"{started_at:%Y%m%dT%H%M%SZ}.json"
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+        print(f"\nresults: {shown}")
+    print(f"total {report['seconds']:.1f}s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(sys.argv[1:])))
