@@ -80,3 +80,53 @@ async def test_verification_round_trip_through_smtp(
             headers=bearer(verified),
         )
         assert already.status_code == 409
+
+
+async def test_a_tenant_created_with_an_owner_email_onboards_its_owner(
+    stack: Stack, operator_headers: dict[str, str]
+) -> None:
+    """The first admin without SSO: tenant.created -> owner account -> invitation mail ->
+    the link sets the password -> the owner signs in with a verified address."""
+    mailbox = Mailbox(REPO / ".local" / "mail")
+    owner = f"owner-{uuid4().hex[:8]}@Example.com"
+    async with httpx.AsyncClient(timeout=10) as client:
+        made = await client.post(
+            f"{stack.service_url('tenancy')}/v1/tenants",
+            headers=operator_headers,
+            json={"name": "Onboard", "slug": f"ob-{uuid4().hex[:10]}", "owner_email": owner},
+        )
+        assert made.status_code == 201, made.text
+        tenant_id = made.json()["tenant_id"]
+        bad = await client.post(
+            f"{stack.service_url('tenancy')}/v1/tenants",
+            headers=operator_headers,
+            json={"name": "Bad", "slug": f"ob-{uuid4().hex[:10]}", "owner_email": "not-an-email"},
+        )
+        assert bad.status_code == 400
+
+        message = await mailbox.wait_for(
+            owner.lower().replace("example.com", "example.com"),
+            subject_contains="Verify",
+            timeout=30,
+        )
+        token = links(message)[0].split("token=", 1)[1]
+        identity = stack.service_url("identity")
+        no_password = await client.post(f"{identity}/v1/email-verifications", json={"token": token})
+        assert no_password.status_code == 400
+        assert no_password.json()["type"].endswith("/password-required")
+        done = await client.post(
+            f"{identity}/v1/email-verifications", json={"token": token, "password": PASSWORD}
+        )
+        assert done.status_code == 200
+        session = await client.post(
+            f"{identity}/v1/sessions",
+            json={"email": owner, "password": PASSWORD, "tenant_id": tenant_id},
+        )
+        assert session.status_code == 201
+        me = (
+            await client.get(
+                f"{identity}/v1/whoami", headers=bearer(session.json()["access_token"])
+            )
+        ).json()
+        assert me["roles"] == ["owner"]
+        assert me["email_verified"] is True

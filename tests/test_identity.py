@@ -279,3 +279,52 @@ async def test_a_revoked_key_cannot_replay_an_idempotent_response(
         after = await client.post(url, json=body, headers=headers)
         assert after.status_code == 401, "no stored response for a revoked credential"
         assert "idempotent-replayed" not in after.headers
+
+
+async def test_disabling_an_account_ends_its_tokens_sessions_and_personal_keys_everywhere(
+    stack: Stack, operator_headers: dict[str, str]
+) -> None:
+    tenant_id = await new_tenant(stack, operator_headers)
+    email, password = f"d-{uuid4().hex[:8]}@example.com", "correct horse battery staple"
+    async with httpx.AsyncClient(base_url=stack.service_url("identity"), timeout=10) as client:
+        made = await client.post(
+            f"/v1/tenants/{tenant_id}/accounts",
+            headers=operator_headers,
+            json={"email": email, "password": password, "role": "member"},
+        )
+        account_id = made.json()["account_id"]
+        login = {"email": email, "password": password, "tenant_id": tenant_id}
+        session = (await client.post("/v1/sessions", json=login)).json()
+        token = session["access_token"]
+        await eventually(
+            lambda: _when(
+                whoami_everywhere(stack, bearer(token)), lambda s: set(s.values()) == {200}
+            ),
+            timeout=30,
+            message="the user's token accepted everywhere",
+        )
+        disabled = await client.post(
+            f"/v1/tenants/{tenant_id}/accounts/{account_id}/disable",
+            headers=operator_headers,
+            json={"reason": "left"},
+        )
+        assert disabled.status_code == 200
+        assert disabled.json()["status"] == "disabled"
+        again = await client.post(
+            f"/v1/tenants/{tenant_id}/accounts/{account_id}/disable",
+            headers=operator_headers,
+            json={},
+        )
+        assert again.status_code == 409
+        await eventually(
+            lambda: _when(
+                whoami_everywhere(stack, bearer(token)), lambda s: set(s.values()) == {401}
+            ),
+            timeout=30,
+            message="the disabled user's unexpired token refused everywhere",
+        )
+        assert (await client.post("/v1/sessions", json=login)).status_code == 401
+        refresh = await client.post(
+            "/v1/sessions/refresh", json={"refresh_token": session["refresh_token"]}
+        )
+        assert refresh.status_code == 401

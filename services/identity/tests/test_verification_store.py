@@ -69,8 +69,12 @@ async def test_link_works_once_and_emits_user_email_verified(identity_db: Scratc
         token,
     )
     assert stored == 0, "the raw token is never stored"
+    with pytest.raises(VerificationRefused) as no_password:
+        async with identity_db.db.transaction() as tx:
+            await verification.confirm(tx, token)
+    assert no_password.value.slug == "password-required", "an invite sets its password here"
     async with identity_db.db.transaction() as tx:
-        assert await verification.confirm(tx, token) == account_id
+        assert await verification.confirm(tx, token, "argon2-hash") == account_id
     row = await identity_db.db.pool.fetchrow(
         "SELECT email_verified, version FROM accounts WHERE account_id = $1", account_id
     )
@@ -84,7 +88,7 @@ async def test_link_works_once_and_emits_user_email_verified(identity_db: Scratc
     assert [r["event_type"] for r in types] == ["account.created", "user.email_verified"]
     with pytest.raises(VerificationRefused) as reused:
         async with identity_db.db.transaction() as tx:
-            await verification.confirm(tx, token)
+            await verification.confirm(tx, token, "argon2-hash")
     assert reused.value.slug == "verification-link-used"
 
 
@@ -95,7 +99,7 @@ async def test_expired_and_forged_links_are_refused(identity_db: ScratchDatabase
     clock.advance(24 * 3600 + 1)
     with pytest.raises(VerificationRefused) as expired:
         async with identity_db.db.transaction() as tx:
-            await verification.confirm(tx, token_of(mailer))
+            await verification.confirm(tx, token_of(mailer), "argon2-hash")
     assert expired.value.slug == "verification-link-expired"
     with pytest.raises(VerificationRefused) as forged:
         async with identity_db.db.transaction() as tx:

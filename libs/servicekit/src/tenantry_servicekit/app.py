@@ -24,7 +24,7 @@ from tenantry_servicekit.auth import Authenticator, Principal, principal_of
 from tenantry_servicekit.idempotency import IdempotencyMiddleware
 from tenantry_servicekit.pipeline import Pipeline, PipelineMiddleware, RequestIdMiddleware
 from tenantry_servicekit.problems import problem_response
-from tenantry_servicekit.projections import PostgresApiKeyLookup
+from tenantry_servicekit.projections import PostgresAccountStatus, PostgresApiKeyLookup
 from tenantry_servicekit.runtime import Runtime
 from tenantry_servicekit.settings import ServiceSettings
 from tenantry_servicekit.tokens import AccessTokenVerifier, JwksCache
@@ -73,7 +73,11 @@ def default_pipeline(runtime: Runtime) -> Pipeline:
             return document
 
     verifier = AccessTokenVerifier(JwksCache(fetch_jwks, ttl=runtime.settings.jwks_ttl_seconds))
-    return Pipeline(authentication=Authenticator(verifier, PostgresApiKeyLookup(runtime.db)))
+    return Pipeline(
+        authentication=Authenticator(
+            verifier, PostgresApiKeyLookup(runtime.db), PostgresAccountStatus(runtime.db)
+        )
+    )
 
 
 @get("/whoami", tags=["session"], summary="The principal behind the credential")

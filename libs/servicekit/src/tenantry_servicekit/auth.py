@@ -91,6 +91,10 @@ class ApiKeyLookup(Protocol):
     async def by_hash(self, digest: bytes) -> ApiKeyRecord | None: ...
 
 
+class AccountStatus(Protocol):
+    async def is_disabled(self, account_id: UUID) -> bool: ...
+
+
 def unauthenticated(detail: str, error: str = "invalid_token") -> Problem:
     return Problem(
         401,
@@ -109,10 +113,16 @@ class Authenticator:
     """PipelineStep: resolve the credential to a Principal and check the route's needs."""
 
     def __init__(
-        self, tokens: AccessTokenVerifier, api_keys: ApiKeyLookup, *, clock: Clock | None = None
+        self,
+        tokens: AccessTokenVerifier,
+        api_keys: ApiKeyLookup,
+        accounts: AccountStatus,
+        *,
+        clock: Clock | None = None,
     ) -> None:
         self._tokens = tokens
         self._api_keys = api_keys
+        self._accounts = accounts
         self._clock = clock or SystemClock()
 
     async def __call__(self, request: Request[Any, Any, Any]) -> None:
@@ -162,6 +172,12 @@ class Authenticator:
         tid = claims.get("tid")
         if kind not in ("user", "operator") or (kind == "user" and not tid):
             raise unauthenticated("token has no principal")
+        try:
+            account_id = UUID(claims["sub"])
+        except ValueError:
+            raise unauthenticated("token has no principal") from None
+        if kind == "user" and await self._accounts.is_disabled(account_id):
+            raise unauthenticated("the account is disabled")
         return Principal(
             kind=kind,
             subject=claims["sub"],

@@ -11,7 +11,12 @@ import msgspec
 
 from tenantry_events.consumer import Handler
 from tenantry_events.envelope import Envelope
-from tenantry_events.payloads.identity import ApiKeyCreated, ApiKeyRevoked
+from tenantry_events.payloads.identity import (
+    AccountCreated,
+    AccountDisabled,
+    ApiKeyCreated,
+    ApiKeyRevoked,
+)
 from tenantry_events.payloads.tenancy import TenantCreated, TenantState
 from tenantry_events.pg import Database
 from tenantry_servicekit.auth import ApiKeyRecord
@@ -92,9 +97,54 @@ def api_key_projection_handlers() -> dict[str, Handler[asyncpg.Connection]]:
     return {"apikey.created": _on_apikey_created, "apikey.revoked": _on_apikey_revoked}
 
 
+async def _set_account_status(
+    tx: asyncpg.Connection, event: Envelope[Any], account_id: UUID, status: str
+) -> None:
+    await tx.execute(
+        """INSERT INTO account_projection AS p (account_id, tenant_id, status, version)
+           VALUES ($1, $2, $3, $4)
+           ON CONFLICT (account_id) DO UPDATE
+               SET status = EXCLUDED.status, version = EXCLUDED.version, updated_at = now()
+               WHERE p.version < EXCLUDED.version""",
+        account_id,
+        event.tenant_id,
+        status,
+        event.aggregate_version,
+    )
+
+
+async def _on_account_created(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
+    payload: AccountCreated = event.payload
+    await _set_account_status(tx, event, payload.account_id, payload.status)
+
+
+async def _on_account_disabled(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
+    payload: AccountDisabled = event.payload
+    await _set_account_status(tx, event, payload.account_id, "disabled")
+
+
+def account_projection_handlers() -> dict[str, Handler[asyncpg.Connection]]:
+    return {"account.created": _on_account_created, "account.disabled": _on_account_disabled}
+
+
 def standard_projections() -> dict[str, Handler[asyncpg.Connection]]:
     """What every service projects to authorise requests locally."""
-    return {**tenant_projection_handlers(), **api_key_projection_handlers()}
+    return {
+        **tenant_projection_handlers(),
+        **api_key_projection_handlers(),
+        **account_projection_handlers(),
+    }
+
+
+class PostgresAccountStatus:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def is_disabled(self, account_id: UUID) -> bool:
+        status = await self._db.pool.fetchval(
+            "SELECT status FROM account_projection WHERE account_id = $1", account_id
+        )
+        return bool(status == "disabled")
 
 
 class PostgresApiKeyLookup:

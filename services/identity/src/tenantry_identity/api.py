@@ -312,6 +312,65 @@ class AccountsController(Controller):
             return await store(runtime).list_accounts(tx, tenant_id, after=None, limit=200)
 
 
+class DisableAccount(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)] = "disabled by an admin"
+
+
+class AccountAdminController(Controller):
+    path = "/tenants/{tenant_id:uuid}/accounts/{account_id:uuid}"
+    tags = ["accounts"]
+
+    @get("/", opt=requires(scopes=("accounts:read",)), summary="Read an account")
+    async def read(
+        self,
+        request: Request[Any, Any, Any],
+        tenant_id: FromPath[UUID],
+        account_id: FromPath[UUID],
+        runtime: NamedDependency[Runtime],
+    ) -> AccountRow:
+        tenant_of_path(request, principal_of(request))
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            account = await store(runtime).get_account(tx, account_id)
+        if account is None or account.tenant_id != tenant_id:
+            raise Problem(404, "not-found", "Not found", "No such account")
+        return account
+
+    @post(
+        "/disable",
+        status_code=200,
+        opt=requires(roles=ADMIN_ROLES, scopes=("accounts:write",), verified_email=True),
+        summary="Disable an account (sessions and personal API keys end with it)",
+    )
+    async def disable(
+        self,
+        request: Request[Any, Any, Any],
+        tenant_id: FromPath[UUID],
+        account_id: FromPath[UUID],
+        data: JSONBody[DisableAccount],
+        runtime: NamedDependency[Runtime],
+    ) -> AccountRow:
+        principal = principal_of(request)
+        tenant_of_path(request, principal)
+        if principal.subject == str(account_id):
+            raise Problem(409, "cannot-disable-self", "You cannot disable your own account")
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            target = await store(runtime).get_account(tx, account_id)
+            if target is None or target.tenant_id != tenant_id:
+                raise Problem(404, "not-found", "Not found", "No such account")
+            if target.role == "owner" and not (principal.is_operator or "owner" in principal.roles):
+                raise Problem(403, "forbidden", "Only an owner can disable an owner")
+            row = await store(runtime).disable_account(
+                tx,
+                tenant_id,
+                account_id,
+                disabled_by=f"{principal.kind}:{principal.subject}",
+                reason=data.reason,
+            )
+        if row is None:
+            raise Problem(409, "already-disabled", "This account is already disabled")
+        return row
+
+
 class ApiKeysController(Controller):
     path = "/tenants/{tenant_id:uuid}/api-keys"
     tags = ["api-keys"]
@@ -403,6 +462,7 @@ def verification(runtime: Runtime) -> EmailVerification:
 
 class VerificationToken(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     token: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    password: Password | None = None  # required when the account has none yet (invites)
 
 
 class Verified(msgspec.Struct, kw_only=True):
@@ -442,9 +502,16 @@ class VerificationController(Controller):
     async def confirm(
         self, data: JSONBody[VerificationToken], runtime: NamedDependency[Runtime]
     ) -> Verified:
+        password_hash = None
+        if data.password is not None:
+            try:
+                check_password(data.password)
+            except IdentityRuleBroken as exc:
+                raise rule_problem(exc) from None
+            password_hash = await hash_password(data.password)
         try:
             async with runtime.db.transaction(platform=True) as tx:
-                account_id = await verification(runtime).confirm(tx, data.token)
+                account_id = await verification(runtime).confirm(tx, data.token, password_hash)
         except VerificationRefused as exc:
             raise Problem(exc.status, exc.slug, str(exc)) from None
         return Verified(account_id=account_id, email_verified=True)

@@ -10,15 +10,19 @@ import asyncpg
 from tenantry_events.consumer import Handler
 from tenantry_events.envelope import Envelope
 from tenantry_events.payloads.identity import AccountCreated
+from tenantry_events.payloads.tenancy import TenantCreated
 from tenantry_identity.api import (
+    AccountAdminController,
     AccountsController,
     ApiKeysController,
     SessionsController,
     VerificationController,
     jwks,
 )
+from tenantry_identity.domain import IdentityRuleBroken, normalise_email
 from tenantry_identity.keys import SigningKeys
 from tenantry_identity.settings import IdentitySettings
+from tenantry_identity.store import EmailTaken, IdentityStore
 from tenantry_identity.verification import EmailVerification
 from tenantry_servicekit.app import ServiceSpec
 from tenantry_servicekit.clock import SystemClock
@@ -64,7 +68,47 @@ def identity_consumers(runtime: Runtime) -> dict[str, Handler[asyncpg.Connection
         if not payload.email_verified:
             await verification.send(tx, payload.account_id, payload.email, enforce_spacing=False)
 
-    return {**standard_projections(), "account.created": on_account_created}
+    async def on_tenant_created(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
+        """The tenant's owner gets an account (no password yet) and, through
+        account.created, the invitation that verifies the address and sets the password."""
+        payload: TenantCreated = event.payload
+        if payload.owner_email is None:
+            return
+        try:
+            email = normalise_email(payload.owner_email)
+        except IdentityRuleBroken:
+            return  # tenancy validated it; a bad address cannot be invited anyway
+        try:
+            async with tx.transaction():
+                await IdentityStore(
+                    runtime.events, source=runtime.source, region=runtime.settings.region
+                ).create_account(
+                    tx,
+                    tenant_id=event.tenant_id,
+                    email=email,
+                    role="owner",
+                    password_hash=None,
+                    created_by="tenant.created",
+                )
+        except EmailTaken:
+            pass  # already there (an earlier delivery, or an operator created it)
+
+    projections = standard_projections()
+    return {
+        **projections,
+        "account.created": chain(projections["account.created"], on_account_created),
+        "tenant.created": chain(projections["tenant.created"], on_tenant_created),
+    }
+
+
+def chain(*handlers: Handler[asyncpg.Connection]) -> Handler[asyncpg.Connection]:
+    """One subscriber per event type: run several handlers in the same transaction."""
+
+    async def run_all(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
+        for handler in handlers:
+            await handler(tx, event)
+
+    return run_all
 
 
 SPEC = ServiceSpec(
@@ -75,6 +119,7 @@ SPEC = ServiceSpec(
     route_handlers=[
         SessionsController,
         AccountsController,
+        AccountAdminController,
         ApiKeysController,
         VerificationController,
     ],

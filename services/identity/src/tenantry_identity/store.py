@@ -14,7 +14,12 @@ import msgspec
 from uuid_utils.compat import uuid4, uuid7
 
 from tenantry_events.envelope import new_event
-from tenantry_events.payloads.identity import AccountCreated, ApiKeyCreated, ApiKeyRevoked
+from tenantry_events.payloads.identity import (
+    AccountCreated,
+    AccountDisabled,
+    ApiKeyCreated,
+    ApiKeyRevoked,
+)
 from tenantry_events.storage import PostgresEventStore
 
 PLATFORM_TENANT = UUID(int=0)  # the envelope's tenant for operator-level events
@@ -279,3 +284,47 @@ class IdentityStore:
             tx, f"apikey-{key_id}", version - 1, [self._event(payload, tenant_id, key_id, version)]
         )
         return ApiKeyRow(**data)
+
+    async def disable_account(
+        self,
+        tx: asyncpg.Connection,
+        tenant_id: UUID,
+        account_id: UUID,
+        *,
+        disabled_by: str,
+        reason: str,
+    ) -> AccountRow | None:
+        """Disable the account, end its sessions and revoke its personal API keys (they die
+        with the user), all in one transaction."""
+        row = await tx.fetchrow(
+            f"""UPDATE accounts SET status = 'disabled', version = version + 1
+                WHERE tenant_id = $1 AND account_id = $2 AND status = 'active'
+                RETURNING {_ACCOUNT}, version""",
+            tenant_id,
+            account_id,
+        )
+        if row is None:
+            return None
+        data = dict(row)
+        version = data.pop("version")
+        payload = AccountDisabled(account_id=account_id, reason=reason, disabled_by=disabled_by)
+        await self._events.append(
+            tx,
+            f"account-{account_id}",
+            version - 1,
+            [self._event(payload, tenant_id, str(account_id), version)],
+        )
+        await tx.execute(
+            "UPDATE refresh_tokens SET revoked_at = now()"
+            " WHERE account_id = $1 AND revoked_at IS NULL",
+            account_id,
+        )
+        personal = await tx.fetch(
+            "SELECT key_id FROM api_keys WHERE owner_account_id = $1 AND revoked_at IS NULL",
+            account_id,
+        )
+        for key in personal:
+            await self.revoke_api_key(
+                tx, tenant_id, key["key_id"], disabled_by, "the owning account was disabled"
+            )
+        return AccountRow(**data)

@@ -88,10 +88,15 @@ class EmailVerification:
             f"{link}\n\nIf you did not expect this message, ignore it.\n",
         )
 
-    async def confirm(self, tx: asyncpg.Connection, token: str) -> UUID:
+    async def confirm(
+        self, tx: asyncpg.Connection, token: str, password_hash: str | None = None
+    ) -> UUID:
+        """Confirm the address. An invited account without a password (a tenant's owner,
+        an invite without one) sets it here: the link proves the mailbox."""
         row = await tx.fetchrow(
             """SELECT v.account_id, v.email, v.expires_at, v.used_at, a.email AS current_email,
-                      a.tenant_id, a.version, a.email_verified
+                      a.tenant_id, a.version, a.email_verified,
+                      a.password_hash IS NULL AS needs_password
                FROM email_verifications v JOIN accounts a USING (account_id)
                WHERE v.token_sha256 = $1 FOR UPDATE OF v, a""",
             sha256(token),
@@ -104,6 +109,16 @@ class EmailVerification:
             raise VerificationRefused("verification-link-expired", "This link has expired", 410)
         if row["email"].lower() != row["current_email"].lower():
             raise VerificationRefused("verification-link-stale", "The address has changed", 410)
+        if row["needs_password"]:
+            if password_hash is None:
+                raise VerificationRefused(
+                    "password-required", "Choose a password to finish setting up the account"
+                )
+            await tx.execute(
+                "UPDATE accounts SET password_hash = $2 WHERE account_id = $1",
+                row["account_id"],
+                password_hash,
+            )
         await tx.execute(
             "UPDATE email_verifications SET used_at = $2 WHERE token_sha256 = $1",
             sha256(token),

@@ -25,6 +25,10 @@ class CreateTenant(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     slug: Annotated[str, msgspec.Meta(min_length=1, max_length=63)]
     plan: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = DEFAULT_PLAN
     home_region: Annotated[str, msgspec.Meta(min_length=1, max_length=32)] | None = None
+    # The first owner: identity creates the account and mails the invitation.
+    owner_email: (
+        Annotated[str, msgspec.Meta(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=320)] | None
+    ) = None
 
 
 def repository(runtime: NamedDependency[Runtime]) -> TenantRepository:
@@ -52,6 +56,7 @@ class TenantsController(Controller):
                 slug=data.slug,
                 plan=data.plan,
                 home_region=data.home_region or runtime.settings.region,
+                owner_email=data.owner_email,
                 created_by=f"operator:{principal_of(request).subject}",
             )
         except DomainError as exc:

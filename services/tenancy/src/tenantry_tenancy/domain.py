@@ -33,7 +33,14 @@ class Tenant:
 
     @staticmethod
     def create(
-        tenant_id: UUID, *, name: str, slug: str, plan: str, home_region: str, created_by: str
+        tenant_id: UUID,
+        *,
+        name: str,
+        slug: str,
+        plan: str,
+        home_region: str,
+        created_by: str,
+        owner_email: str | None = None,
     ) -> TenantCreated:
         name = name.strip()
         if not name:
@@ -49,6 +56,7 @@ class Tenant:
                 name=name, slug=slug, status="active", plan=plan, home_region=home_region
             ),
             created_by=created_by,
+            owner_email=owner_email,
         )
 
     @staticmethod

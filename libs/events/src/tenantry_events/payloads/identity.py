@@ -57,3 +57,13 @@ class EmailVerified(msgspec.Struct, frozen=True, kw_only=True):
 
     account_id: UUID
     email: str
+
+
+@event("account.disabled", owner="identity", public=True)
+class AccountDisabled(msgspec.Struct, frozen=True, kw_only=True):
+    """An account was disabled: it cannot sign in, its sessions and personal API keys are
+    revoked, and every service refuses its access tokens."""
+
+    account_id: UUID
+    reason: str
+    disabled_by: str

@@ -32,3 +32,5 @@ class TenantCreated(msgspec.Struct, frozen=True, kw_only=True):
 
     tenant: TenantState
     created_by: str
+    # identity creates the owner's account from it and mails the invitation.
+    owner_email: str | None = None
