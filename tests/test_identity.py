@@ -221,8 +221,23 @@ async def test_refresh_tokens_rotate_and_a_reused_one_revokes_the_family(
 async def test_signing_key_rotation_keeps_old_tokens_valid_and_new_ones_verify(
     stack: Stack, operator_headers: dict[str, str]
 ) -> None:
+    # Requests keep flowing through the rotation; none may be refused.
+    stop = asyncio.Event()
+    seen: list[int] = []
+
+    async def traffic() -> None:
+        while not stop.is_set():
+            seen.extend((await whoami_everywhere(stack, operator_headers)).values())
+
+    background = asyncio.create_task(traffic())
     async with httpx.AsyncClient(base_url=stack.service_url("identity"), timeout=10) as client:
+        await asyncio.sleep(0.2)
         rotated = await client.post("/v1/signing-keys/rotate", headers=operator_headers)
+        await asyncio.sleep(0.5)
+        stop.set()
+        await background
+        assert len(seen) >= 10
+        assert set(seen) == {200}, "no request refused while the key rotated"
         assert rotated.status_code == 201
         jwks = (await client.get("/.well-known/jwks.json")).json()
         kids = [k["kid"] for k in jwks["keys"]]
