@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -343,3 +344,34 @@ async def test_disabling_an_account_ends_its_tokens_sessions_and_personal_keys_e
             "/v1/sessions/refresh", json={"refresh_token": session["refresh_token"]}
         )
         assert refresh.status_code == 401
+
+
+async def test_api_key_last_used_time_reaches_identity_from_any_service(
+    stack: Stack, operator_headers: dict[str, str]
+) -> None:
+    tenant_id = await new_tenant(stack, operator_headers)
+    created = await create_key(stack, operator_headers, tenant_id, ["apikeys:read"])
+    key = created["key"]
+    assert created["api_key"]["last_used_at"] is None
+    async with httpx.AsyncClient(timeout=10) as client:
+
+        async def used_via_webhooks() -> bool:
+            r = await client.get(f"{stack.service_url('webhooks')}/v1/whoami", headers=bearer(key))
+            return r.status_code == 200
+
+        await eventually(used_via_webhooks, timeout=30, message="the key accepted by webhooks")
+
+        async def last_used() -> str | None:
+            keys = (
+                await client.get(
+                    f"{stack.service_url('identity')}/v1/tenants/{tenant_id}/api-keys",
+                    headers=operator_headers,
+                )
+            ).json()
+            value: str | None = keys[0]["last_used_at"]
+            return value
+
+        stamp = await eventually(
+            last_used, timeout=60, interval=0.5, message="last_used_at recorded by identity"
+        )
+        assert stamp.startswith(str(datetime.now(UTC).year))

@@ -75,7 +75,10 @@ def default_pipeline(runtime: Runtime) -> Pipeline:
     verifier = AccessTokenVerifier(JwksCache(fetch_jwks, ttl=runtime.settings.jwks_ttl_seconds))
     return Pipeline(
         authentication=Authenticator(
-            verifier, PostgresApiKeyLookup(runtime.db), PostgresAccountStatus(runtime.db)
+            verifier,
+            PostgresApiKeyLookup(runtime.db),
+            PostgresAccountStatus(runtime.db),
+            usage=runtime.key_usage,
         )
     )
 
@@ -108,12 +111,14 @@ def create_app(spec: ServiceSpec, runtime: Runtime, pipeline: Pipeline | None = 
 
     async def startup() -> None:
         await runtime.db.connect()
+        runtime.key_usage.start()
         for hook in spec.on_startup:
             await hook(runtime)
 
     async def shutdown() -> None:
         for hook in spec.on_shutdown:
             await hook(runtime)
+        await runtime.key_usage.stop()  # last flush of API key usage
         await runtime.kafka.close()
         await runtime.db.close()
 

@@ -95,6 +95,10 @@ class AccountStatus(Protocol):
     async def is_disabled(self, account_id: UUID) -> bool: ...
 
 
+class UsageRecorder(Protocol):
+    def note(self, key_id: str, tenant_id: UUID) -> None: ...
+
+
 def unauthenticated(detail: str, error: str = "invalid_token") -> Problem:
     return Problem(
         401,
@@ -118,8 +122,10 @@ class Authenticator:
         api_keys: ApiKeyLookup,
         accounts: AccountStatus,
         *,
+        usage: UsageRecorder | None = None,
         clock: Clock | None = None,
     ) -> None:
+        self._usage = usage
         self._tokens = tokens
         self._api_keys = api_keys
         self._accounts = accounts
@@ -155,6 +161,8 @@ class Authenticator:
             raise unauthenticated("unknown or revoked API key")
         if record.expires_at is not None and record.expires_at <= utc(self._clock):
             raise unauthenticated("expired API key")
+        if self._usage is not None:
+            self._usage.note(record.key_id, record.tenant_id)
         return Principal(
             kind="api_key",
             subject=record.key_id,

@@ -11,6 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from tenantry_events.pg import Database
 from tenantry_events.storage import PostgresEventStore, PostgresInbox, PostgresOutbox
+from tenantry_servicekit.key_usage import KeyUsage
 from tenantry_servicekit.settings import ServiceSettings
 
 
@@ -63,6 +64,7 @@ class Runtime:
     events: PostgresEventStore
     inbox: PostgresInbox
     kafka: KafkaProbe
+    key_usage: KeyUsage
     extras: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -74,6 +76,13 @@ class Runtime:
     def build(cls, service: str, settings: ServiceSettings) -> Runtime:
         db = Database(settings.database_url, max_size=settings.db_pool_size)
         outbox = PostgresOutbox(db)
+        usage = KeyUsage(
+            db,
+            outbox,
+            service=service,
+            region=settings.region,
+            interval=settings.apikey_usage_flush_seconds,
+        )
         return cls(
             service=service,
             settings=settings,
@@ -82,4 +91,5 @@ class Runtime:
             events=PostgresEventStore(outbox),
             inbox=PostgresInbox(),
             kafka=KafkaProbe(settings.kafka_bootstrap),
+            key_usage=usage,
         )

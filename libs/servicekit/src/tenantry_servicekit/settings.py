@@ -36,6 +36,7 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     shutdown_grace_seconds: float = 10.0
     service_urls: str = ""  # "tenancy=http://...,identity=http://..."
     jwks_ttl_seconds: float = 300.0
+    apikey_usage_flush_seconds: float = 10.0
     master_key: str = ""  # base64 of 32 bytes; services that keep readable secrets need it
 
     def service_url(self, service: str) -> str:

@@ -9,7 +9,7 @@ import asyncpg
 
 from tenantry_events.consumer import Handler
 from tenantry_events.envelope import Envelope
-from tenantry_events.payloads.identity import AccountCreated
+from tenantry_events.payloads.identity import AccountCreated, ApiKeyUsed
 from tenantry_events.payloads.tenancy import TenantCreated
 from tenantry_identity.api import (
     AccountAdminController,
@@ -93,11 +93,22 @@ def identity_consumers(runtime: Runtime) -> dict[str, Handler[asyncpg.Connection
         except EmailTaken:
             pass  # already there (an earlier delivery, or an operator created it)
 
+    async def on_apikey_used(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
+        payload: ApiKeyUsed = event.payload
+        await tx.execute(
+            """UPDATE api_keys SET last_used_at = greatest(last_used_at, $2)
+               WHERE key_id = $1 AND tenant_id = $3""",
+            payload.key_id,
+            payload.last_used_at,
+            event.tenant_id,
+        )
+
     projections = standard_projections()
     return {
         **projections,
         "account.created": chain(projections["account.created"], on_account_created),
         "tenant.created": chain(projections["tenant.created"], on_tenant_created),
+        "apikey.used": on_apikey_used,
     }
 
 

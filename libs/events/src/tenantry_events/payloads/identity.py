@@ -67,3 +67,13 @@ class AccountDisabled(msgspec.Struct, frozen=True, kw_only=True):
     account_id: UUID
     reason: str
     disabled_by: str
+
+
+@event("apikey.used", owner="identity", public=False)
+class ApiKeyUsed(msgspec.Struct, frozen=True, kw_only=True):
+    """A service accepted this key recently. Each service batches its uses and reports at
+    most one of these per key per flush interval; identity keeps the latest as last_used_at."""
+
+    key_id: str
+    last_used_at: datetime
+    service: str
