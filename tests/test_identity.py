@@ -375,3 +375,38 @@ async def test_api_key_last_used_time_reaches_identity_from_any_service(
             last_used, timeout=60, interval=0.5, message="last_used_at recorded by identity"
         )
         assert stamp.startswith(str(datetime.now(UTC).year))
+
+
+async def test_no_tenant_scoped_route_of_any_service_serves_another_tenant(
+    stack: Stack, operator_headers: dict[str, str]
+) -> None:
+    """Walk every /v1/tenants/{tenant_id}/... route of every service's OpenAPI with a key of
+    tenant A that holds every scope: each one, every method, answers 404 for tenant B."""
+    from tenantry_identity.domain import KNOWN_SCOPES
+
+    tenant_a = await new_tenant(stack, operator_headers)
+    tenant_b = await new_tenant(stack, operator_headers)
+    key = (await create_key(stack, operator_headers, tenant_a, sorted(KNOWN_SCOPES)))["key"]
+    await eventually(
+        lambda: _when(whoami_everywhere(stack, bearer(key)), lambda s: set(s.values()) == {200}),
+        timeout=30,
+        message="key of A accepted",
+    )
+    walked = 0
+    async with httpx.AsyncClient(timeout=10) as client:
+        for service in SERVICES:
+            base = stack.service_url(service)
+            spec = (await client.get(f"{base}/schema/openapi.json")).json()
+            for path, item in spec["paths"].items():
+                if "{tenant_id}" not in path:
+                    continue
+                for method in item:
+                    if method.upper() not in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+                        continue
+                    url = base + path.replace("{tenant_id}", tenant_b).replace(
+                        "{account_id}", str(uuid4())
+                    ).replace("{key_id}", "key_x")
+                    r = await client.request(method.upper(), url, headers=bearer(key), json={})
+                    assert r.status_code == 404, (service, method, path, r.status_code)
+                    walked += 1
+    assert walked >= 8

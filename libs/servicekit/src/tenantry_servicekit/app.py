@@ -20,7 +20,7 @@ from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
 from tenantry_events.consumer import Handler
 from tenantry_servicekit.asgi import ASGIApp
-from tenantry_servicekit.auth import Authenticator, Principal, principal_of
+from tenantry_servicekit.auth import Authenticator, Principal, TenantGuard, principal_of
 from tenantry_servicekit.idempotency import IdempotencyMiddleware
 from tenantry_servicekit.pipeline import Pipeline, PipelineMiddleware, RequestIdMiddleware
 from tenantry_servicekit.problems import problem_response
@@ -79,7 +79,8 @@ def default_pipeline(runtime: Runtime) -> Pipeline:
             PostgresApiKeyLookup(runtime.db),
             PostgresAccountStatus(runtime.db),
             usage=runtime.key_usage,
-        )
+        ),
+        tenant_guard=TenantGuard(),
     )
 
 

@@ -226,3 +226,17 @@ def tenant_of_path(request: Request[Any, Any, Any], principal: Principal) -> UUI
     if not principal.can_act_on(tenant_id):
         raise Problem(404, "not-found", "Not found", "No resource at this URL")
     return tenant_id
+
+
+class TenantGuard:
+    """PipelineStep after authentication: on /v1/tenants/{tenant_id}/... a credential of
+    another tenant gets 404 before the route reads its body, so no route can forget the
+    check. (Tenant status and home region join here with the tenant lifecycle.)"""
+
+    async def __call__(self, request: Request[Any, Any, Any]) -> None:
+        tenant_id: object = request.scope.get("path_params", {}).get("tenant_id")
+        principal: Principal | None = request.state.get(STATE_KEY)
+        if tenant_id is None or principal is None:
+            return
+        if not isinstance(tenant_id, UUID) or not principal.can_act_on(tenant_id):
+            raise Problem(404, "not-found", "Not found", "No resource at this URL")
