@@ -42,6 +42,7 @@ class FakeRequest:
         self.headers = {"authorization": authorization}
         self.route_handler = type("H", (), {"opt": {"auth": requirement}})()
         self.state: dict[str, Any] = {}
+        self.scope: dict[str, Any] = {"path_params": {}}
 
 
 async def no_jwks() -> dict[str, Any]:

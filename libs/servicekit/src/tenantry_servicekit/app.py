@@ -24,7 +24,11 @@ from tenantry_servicekit.auth import Authenticator, Principal, TenantGuard, prin
 from tenantry_servicekit.idempotency import IdempotencyMiddleware
 from tenantry_servicekit.pipeline import Pipeline, PipelineMiddleware, RequestIdMiddleware
 from tenantry_servicekit.problems import problem_response
-from tenantry_servicekit.projections import PostgresAccountStatus, PostgresApiKeyLookup
+from tenantry_servicekit.projections import (
+    PostgresAccountStatus,
+    PostgresApiKeyLookup,
+    PostgresTenantStatus,
+)
 from tenantry_servicekit.runtime import Runtime
 from tenantry_servicekit.settings import ServiceSettings
 from tenantry_servicekit.tokens import AccessTokenVerifier, JwksCache
@@ -80,7 +84,7 @@ def default_pipeline(runtime: Runtime) -> Pipeline:
             PostgresAccountStatus(runtime.db),
             usage=runtime.key_usage,
         ),
-        tenant_guard=TenantGuard(),
+        tenant_guard=TenantGuard(PostgresTenantStatus(runtime.db)),
     )
 
 

@@ -150,6 +150,13 @@ class Authenticator:
             principal = await self._api_key_principal(credential)
         else:
             principal = await self._token_principal(credential)
+        # Another tenant's resource is "not found" before anything else is said about it
+        # (not even that the route needs a role the caller lacks).
+        path_tenant: object = request.scope.get("path_params", {}).get("tenant_id")
+        if path_tenant is not None and (
+            not isinstance(path_tenant, UUID) or not principal.can_act_on(path_tenant)
+        ):
+            raise Problem(404, "not-found", "Not found", "No resource at this URL")
         check(principal, requirement)
         request.state[STATE_KEY] = principal
 
@@ -228,15 +235,40 @@ def tenant_of_path(request: Request[Any, Any, Any], principal: Principal) -> UUI
     return tenant_id
 
 
+class TenantStatus(Protocol):
+    async def status(self, tenant_id: UUID) -> str | None: ...
+
+
+def tenant_suspended() -> Problem:
+    return Problem(
+        403,
+        "tenant-suspended",
+        "This tenant is suspended",
+        "Contact the platform operator to restore access",
+    )
+
+
 class TenantGuard:
-    """PipelineStep after authentication: on /v1/tenants/{tenant_id}/... a credential of
-    another tenant gets 404 before the route reads its body, so no route can forget the
-    check. (Tenant status and home region join here with the tenant lifecycle.)"""
+    """PipelineStep after authentication.
+
+    (The Authenticator already answered 404 to another tenant's credential on
+    /v1/tenants/{tenant_id}/..., before the route reads its body.)
+
+    - Every request of a suspended tenant gets 403 tenant-suspended, whatever credential it
+      carries (token or API key, issued before the suspension or not), from this service's
+      own projection of tenant.* events. Operators pass: they reactivate.
+    """
+
+    def __init__(self, tenants: TenantStatus) -> None:
+        self._tenants = tenants
 
     async def __call__(self, request: Request[Any, Any, Any]) -> None:
-        tenant_id: object = request.scope.get("path_params", {}).get("tenant_id")
         principal: Principal | None = request.state.get(STATE_KEY)
-        if tenant_id is None or principal is None:
+        if principal is None:
             return
-        if not isinstance(tenant_id, UUID) or not principal.can_act_on(tenant_id):
-            raise Problem(404, "not-found", "Not found", "No resource at this URL")
+        if (
+            principal.tenant_id is not None
+            and not principal.is_operator
+            and await self._tenants.status(principal.tenant_id) == "suspended"
+        ):
+            raise tenant_suspended()

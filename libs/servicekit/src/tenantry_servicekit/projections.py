@@ -17,7 +17,12 @@ from tenantry_events.payloads.identity import (
     ApiKeyCreated,
     ApiKeyRevoked,
 )
-from tenantry_events.payloads.tenancy import TenantCreated, TenantState
+from tenantry_events.payloads.tenancy import (
+    TenantCreated,
+    TenantReactivated,
+    TenantState,
+    TenantSuspended,
+)
 from tenantry_events.pg import Database
 from tenantry_servicekit.auth import ApiKeyRecord
 
@@ -55,13 +60,28 @@ async def upsert_tenant(
     )
 
 
-async def _on_tenant_created(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
-    payload: TenantCreated = event.payload
+async def _on_tenant_event(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
+    """Every tenant.* event carries the full TenantState, so one handler serves them all."""
+    payload: TenantCreated | TenantSuspended | TenantReactivated = event.payload
     await upsert_tenant(tx, event.tenant_id, payload.tenant, event.aggregate_version)
 
 
 def tenant_projection_handlers() -> dict[str, Handler[asyncpg.Connection]]:
-    return {"tenant.created": _on_tenant_created}
+    return {
+        name: _on_tenant_event
+        for name in ("tenant.created", "tenant.suspended", "tenant.reactivated")
+    }
+
+
+class PostgresTenantStatus:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def status(self, tenant_id: UUID) -> str | None:
+        value = await self._db.pool.fetchval(
+            "SELECT status FROM tenant_projection WHERE tenant_id = $1", tenant_id
+        )
+        return str(value) if value is not None else None
 
 
 async def _on_apikey_created(tx: asyncpg.Connection, event: Envelope[Any]) -> None:

@@ -36,8 +36,15 @@ from tenantry_identity.store import (
 )
 from tenantry_identity.verification import EmailVerification, TooSoon, VerificationRefused
 from tenantry_servicekit import apikeys
-from tenantry_servicekit.auth import PUBLIC, principal_of, requires, tenant_of_path
+from tenantry_servicekit.auth import (
+    PUBLIC,
+    principal_of,
+    requires,
+    tenant_of_path,
+    tenant_suspended,
+)
 from tenantry_servicekit.problems import Problem
+from tenantry_servicekit.projections import PostgresTenantStatus
 from tenantry_servicekit.runtime import Runtime
 from tenantry_servicekit.tokens import AUDIENCE, ISSUER, sign
 
@@ -124,6 +131,14 @@ class CreatedApiKey(msgspec.Struct, kw_only=True):
 
 
 # ---------------------------------------------------------------------------- tokens
+async def refuse_if_suspended(runtime: Runtime, account: AccountRow) -> None:
+    """No new tokens for a suspended tenant's users (identity's own tenant projection)."""
+    if account.tenant_id is not None:
+        status = await PostgresTenantStatus(runtime.db).status(account.tenant_id)
+        if status == "suspended":
+            raise tenant_suspended()
+
+
 async def issue_tokens(
     runtime: Runtime, account: AccountRow, family_id: UUID, tx: Any
 ) -> TokenPair:
@@ -212,6 +227,7 @@ class SessionsController(Controller):
                 raise refused
             if account.status != "active":
                 raise refused
+            await refuse_if_suspended(runtime, account)
             return await issue_tokens(runtime, account, uuid7(), tx)
 
     @post(
@@ -231,6 +247,7 @@ class SessionsController(Controller):
                     account = await store(runtime).get_account(tx, used[0])
                     if account is None or account.status != "active":
                         raise RefreshRefused()
+                    await refuse_if_suspended(runtime, account)
                     return await issue_tokens(runtime, account, used[1], tx)
         except RefreshRefused:
             pass

@@ -18,6 +18,7 @@ from tenantry_servicekit.problems import Problem
 from tenantry_servicekit.runtime import Runtime
 from tenantry_tenancy.domain import DEFAULT_PLAN, DomainError, Tenant
 from tenantry_tenancy.store import SlugTaken, TenantRepository, TenantRow
+from tenantry_tenancy.store import Transition as TenantTransition
 
 
 class CreateTenant(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -104,3 +105,79 @@ class TenantsController(Controller):
         async with runtime.db.transaction(platform=True) as tx:
             rows = await repository(runtime).list(tx, after=after, limit=size + 1)
         return page_of(rows, size, lambda r: (r.created_at.isoformat(), str(r.tenant_id)))
+
+
+class Transition(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+
+
+class LifecycleController(Controller):
+    """Suspension and reactivation: operator actions, so they pass the suspended check."""
+
+    path = "/tenants/{tenant_id:uuid}"
+    tags = ["tenant lifecycle"]
+
+    async def _transition(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: Runtime,
+        tenant_id: UUID,
+        reason: str,
+        action: str,
+    ) -> TenantRow:
+        by = f"operator:{principal_of(request).subject}"
+        repo = repository(runtime)
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            tenant = await repo.load(tx, tenant_id)
+            if tenant is None:
+                raise Problem(404, "not-found", "Not found", "No such tenant")
+            try:
+                change = (tenant.suspend if action == "suspend" else tenant.reactivate)(
+                    reason=reason, by=by
+                )
+            except DomainError as exc:
+                raise Problem(
+                    exc.status,
+                    exc.slug,
+                    "This transition is not allowed",
+                    str(exc),
+                    status_now=tenant.state.status,
+                ) from exc
+            return await repo.record(tx, tenant, change)
+
+    @post(
+        "/suspend",
+        status_code=200,
+        opt=requires(operator_only=True),
+        summary="Suspend a tenant (every service refuses its requests)",
+    )
+    async def suspend(
+        self,
+        request: Request[Any, Any, Any],
+        tenant_id: FromPath[UUID],
+        data: JSONBody[Transition],
+        runtime: NamedDependency[Runtime],
+    ) -> TenantRow:
+        return await self._transition(request, runtime, tenant_id, data.reason, "suspend")
+
+    @post(
+        "/reactivate",
+        status_code=200,
+        opt=requires(operator_only=True),
+        summary="Lift a suspension",
+    )
+    async def reactivate(
+        self,
+        request: Request[Any, Any, Any],
+        tenant_id: FromPath[UUID],
+        data: JSONBody[Transition],
+        runtime: NamedDependency[Runtime],
+    ) -> TenantRow:
+        return await self._transition(request, runtime, tenant_id, data.reason, "reactivate")
+
+    @get("/history", opt=requires(scopes=("tenant:read",)), summary="The tenant's audit trail")
+    async def history(
+        self, tenant_id: FromPath[UUID], runtime: NamedDependency[Runtime]
+    ) -> list[TenantTransition]:
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            return await repository(runtime).history(tx, tenant_id)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from tenantry_servicekit.app import ServiceSpec
 from tenantry_servicekit.projections import standard_projections
-from tenantry_tenancy.api import TenantsController
+from tenantry_tenancy.api import LifecycleController, TenantsController
 
 SPEC = ServiceSpec(
     name="tenancy",
     description="Tenants, plans and limits, lifecycle state, home region.",
-    route_handlers=[TenantsController],
+    route_handlers=[TenantsController, LifecycleController],
     consumer_handlers=standard_projections(),
     migration_packages=["tenantry_tenancy"],
 )

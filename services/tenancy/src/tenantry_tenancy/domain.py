@@ -10,7 +10,14 @@ import re
 from dataclasses import dataclass
 from uuid import UUID
 
-from tenantry_events.payloads.tenancy import TenantCreated, TenantState
+import msgspec
+
+from tenantry_events.payloads.tenancy import (
+    TenantCreated,
+    TenantReactivated,
+    TenantState,
+    TenantSuspended,
+)
 
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 DEFAULT_PLAN = "free"
@@ -62,3 +69,30 @@ class Tenant:
     @staticmethod
     def from_created(tenant_id: UUID, event: TenantCreated, version: int) -> Tenant:
         return Tenant(tenant_id=tenant_id, state=event.tenant, version=version)
+
+    def suspend(self, *, reason: str, by: str) -> TenantSuspended:
+        if self.state.status != "active":
+            raise DomainError(
+                "illegal-transition", f"a tenant that is {self.state.status} cannot be suspended"
+            )
+        reason = _reason(reason)
+        return TenantSuspended(
+            tenant=msgspec.structs.replace(self.state, status="suspended"), reason=reason, by=by
+        )
+
+    def reactivate(self, *, reason: str, by: str) -> TenantReactivated:
+        if self.state.status != "suspended":
+            raise DomainError(
+                "illegal-transition", f"a tenant that is {self.state.status} cannot be reactivated"
+            )
+        reason = _reason(reason)
+        return TenantReactivated(
+            tenant=msgspec.structs.replace(self.state, status="active"), reason=reason, by=by
+        )
+
+
+def _reason(reason: str) -> str:
+    reason = reason.strip()
+    if not reason:
+        raise DomainError("invalid-transition", "a reason is required", 400)
+    return reason

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from datetime import datetime
 from uuid import UUID
 
@@ -9,8 +10,14 @@ import asyncpg
 import msgspec
 
 from tenantry_events.envelope import new_event
-from tenantry_events.payloads.tenancy import TenantCreated
+from tenantry_events.payloads.tenancy import (
+    TenantCreated,
+    TenantReactivated,
+    TenantState,
+    TenantSuspended,
+)
 from tenantry_events.storage import PostgresEventStore
+from tenantry_tenancy.domain import Tenant
 
 
 class TenantRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,3 +99,65 @@ class TenantRepository:
                 limit,
             )
         return [TenantRow(**dict(r)) for r in rows]
+
+    async def load(self, tx: asyncpg.Connection, tenant_id: UUID) -> Tenant | None:
+        """The aggregate from its state row, locked for this transaction."""
+        row = await tx.fetchrow(
+            """SELECT name, slug, status, plan, home_region, version FROM tenants
+               WHERE tenant_id = $1 FOR UPDATE""",
+            tenant_id,
+        )
+        if row is None:
+            return None
+        data = dict(row)
+        version = data.pop("version")
+        return Tenant(tenant_id=tenant_id, state=TenantState(**data), version=version)
+
+    async def record(
+        self, tx: asyncpg.Connection, tenant: Tenant, change: TenantSuspended | TenantReactivated
+    ) -> TenantRow:
+        """Append the change after the loaded version and update the state row with it."""
+        version = tenant.version + 1
+        event = new_event(
+            change,
+            tenant_id=tenant.tenant_id,
+            subject=str(tenant.tenant_id),
+            aggregate_version=version,
+            source=self._source,
+            region=self._region,
+        )
+        await self._events.append(tx, self.stream(tenant.tenant_id), tenant.version, [event])
+        row = await tx.fetchrow(
+            f"""UPDATE tenants SET status = $2, version = $3, updated_at = now()
+                WHERE tenant_id = $1 RETURNING {_COLUMNS}""",
+            tenant.tenant_id,
+            change.tenant.status,
+            version,
+        )
+        assert row is not None
+        return TenantRow(**dict(row))
+
+    async def history(self, tx: asyncpg.Connection, tenant_id: UUID) -> builtins.list[Transition]:
+        events = await self._events.load(tx, self.stream(tenant_id))
+        return [
+            Transition(
+                version=e.aggregate_version,
+                type=e.type,
+                status=e.payload.tenant.status,
+                reason=getattr(e.payload, "reason", None),
+                by=getattr(e.payload, "by", None) or getattr(e.payload, "created_by", None),
+                occurred_at=e.occurred_at,
+            )
+            for e in events
+        ]
+
+
+class Transition(msgspec.Struct, frozen=True, kw_only=True):
+    """One line of a tenant's audit trail."""
+
+    version: int
+    type: str
+    status: str
+    reason: str | None
+    by: str | None
+    occurred_at: datetime

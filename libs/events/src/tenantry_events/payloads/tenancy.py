@@ -34,3 +34,21 @@ class TenantCreated(msgspec.Struct, frozen=True, kw_only=True):
     created_by: str
     # identity creates the owner's account from it and mails the invitation.
     owner_email: str | None = None
+
+
+@event("tenant.suspended", owner="tenancy", public=True)
+class TenantSuspended(msgspec.Struct, frozen=True, kw_only=True):
+    """An operator suspended the tenant: every service refuses its requests."""
+
+    tenant: TenantState
+    reason: str
+    by: str
+
+
+@event("tenant.reactivated", owner="tenancy", public=True)
+class TenantReactivated(msgspec.Struct, frozen=True, kw_only=True):
+    """An operator lifted a suspension: access is restored."""
+
+    tenant: TenantState
+    reason: str
+    by: str
