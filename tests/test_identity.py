@@ -8,7 +8,9 @@ import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
+import asyncpg
 import httpx
 import pytest
 from uuid_utils.compat import uuid4
@@ -42,7 +44,19 @@ async def new_tenant(stack: Stack, operator_headers: dict[str, str]) -> str:
         )
         assert r.status_code == 201, r.text
         tenant_id: str = r.json()["tenant_id"]
-        return tenant_id
+    # identity enforces plan limits from its own projection: wait until it has them.
+    conn = await asyncpg.connect(stack.owner_dsn(stack.service_database("identity")))
+    try:
+        await eventually(
+            lambda: conn.fetchval(
+                "SELECT 1 FROM tenant_limits WHERE tenant_id = $1", UUID(tenant_id)
+            ),
+            timeout=30,
+            message="the tenant's limits known to identity",
+        )
+    finally:
+        await conn.close()
+    return tenant_id
 
 
 async def create_key(

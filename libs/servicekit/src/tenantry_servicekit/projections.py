@@ -25,6 +25,7 @@ from tenantry_events.payloads.tenancy import (
 )
 from tenantry_events.pg import Database
 from tenantry_servicekit.auth import ApiKeyRecord
+from tenantry_servicekit.limits import limits_projection_handlers
 
 
 class ProjectedTenant(msgspec.Struct, frozen=True, kw_only=True):
@@ -153,6 +154,7 @@ def standard_projections() -> dict[str, Handler[asyncpg.Connection]]:
         **tenant_projection_handlers(),
         **api_key_projection_handlers(),
         **account_projection_handlers(),
+        **limits_projection_handlers(),
     }
 
 

@@ -43,10 +43,15 @@ from tenantry_servicekit.auth import (
     tenant_of_path,
     tenant_suspended,
 )
+from tenantry_servicekit.limits import guard_quantity
 from tenantry_servicekit.problems import Problem
 from tenantry_servicekit.projections import PostgresTenantStatus
 from tenantry_servicekit.runtime import Runtime
 from tenantry_servicekit.tokens import AUDIENCE, ISSUER, sign
+
+# Usage counted in identity's own rows, inside the creating transaction.
+SEATS_IN_USE = "SELECT count(*) FROM accounts WHERE tenant_id = $1 AND status = 'active'"
+API_KEYS_IN_USE = "SELECT count(*) FROM api_keys WHERE tenant_id = $1 AND revoked_at IS NULL"
 
 HASHER = PasswordHasher()  # argon2id, library defaults (RFC 9106 second recommendation)
 _DUMMY_HASH = HASHER.hash("a password nobody has, to spend the same time on unknown users")
@@ -306,6 +311,7 @@ class AccountsController(Controller):
         password_hash = await hash_password(data.password) if data.password else None
         try:
             async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+                await guard_quantity(tx, tenant_id, "seats", SEATS_IN_USE)
                 return await store(runtime).create_account(
                     tx,
                     tenant_id=tenant_id,
@@ -422,6 +428,7 @@ class ApiKeysController(Controller):
             raise Problem(400, "invalid-api-key", "personal keys are created by a signed-in user")
         key = apikeys.generate("live" if data.environment == "live" else "test")
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            await guard_quantity(tx, tenant_id, "api_keys", API_KEYS_IN_USE)
             row = await store(runtime).create_api_key(
                 tx,
                 tenant_id=tenant_id,

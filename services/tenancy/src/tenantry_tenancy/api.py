@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 from uuid_utils.compat import uuid4
@@ -17,7 +17,15 @@ from tenantry_servicekit.pagination import Page, clamp_limit, decode_cursor, pag
 from tenantry_servicekit.problems import Problem
 from tenantry_servicekit.runtime import Runtime
 from tenantry_tenancy.domain import DEFAULT_PLAN, DomainError, Tenant
-from tenantry_tenancy.store import SlugTaken, TenantRepository, TenantRow
+from tenantry_tenancy.plans import InvalidOverride, effective_limits
+from tenantry_tenancy.store import (
+    LimitsView,
+    PlanRow,
+    PlanStore,
+    SlugTaken,
+    TenantRepository,
+    TenantRow,
+)
 from tenantry_tenancy.store import Transition as TenantTransition
 
 
@@ -32,8 +40,12 @@ class CreateTenant(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ) = None
 
 
-def repository(runtime: NamedDependency[Runtime]) -> TenantRepository:
+def repository(runtime: Runtime) -> TenantRepository:
     return TenantRepository(runtime.events, source=runtime.source, region=runtime.settings.region)
+
+
+def plan_store(runtime: Runtime) -> PlanStore:
+    return PlanStore(runtime.outbox, source=runtime.source, region=runtime.settings.region)
 
 
 class TenantsController(Controller):
@@ -64,7 +76,11 @@ class TenantsController(Controller):
             raise Problem(exc.status, exc.slug, "The tenant is not valid", str(exc)) from exc
         try:
             async with runtime.db.transaction(platform=True) as tx:
-                return await repository(runtime).add(tx, tenant_id, created)
+                if await plan_store(runtime).plan(tx, data.plan) is None:
+                    raise Problem(400, "unknown-plan", "No such plan", f"no plan {data.plan!r}")
+                row = await repository(runtime).add(tx, tenant_id, created)
+                await plan_store(runtime).publish(tx, tenant_id)
+                return row
         except SlugTaken:
             raise Problem(
                 409,
@@ -181,3 +197,77 @@ class LifecycleController(Controller):
     ) -> list[TenantTransition]:
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
             return await repository(runtime).history(tx, tenant_id)
+
+
+@get("/plans", tags=["plans"], summary="Every plan and its limits")
+async def list_plans(runtime: NamedDependency[Runtime]) -> list[PlanRow]:
+    async with runtime.db.transaction() as tx:
+        return await plan_store(runtime).plans(tx)
+
+
+class LimitsController(Controller):
+    path = "/tenants/{tenant_id:uuid}"
+    tags = ["plans"]
+
+    @get(
+        "/limits",
+        opt=requires(scopes=("tenant:read",)),
+        summary="The tenant's plan, effective limits and overrides",
+    )
+    async def limits(
+        self, tenant_id: FromPath[UUID], runtime: NamedDependency[Runtime]
+    ) -> LimitsView:
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            view = await plan_store(runtime).view(tx, tenant_id)
+        if view is None:
+            raise Problem(404, "not-found", "Not found", "No such tenant")
+        return view
+
+    @post(
+        "/limit-overrides",
+        status_code=200,
+        opt=requires(operator_only=True),
+        summary="Override some of the tenant's limits (operators)",
+    )
+    async def set_overrides(
+        self,
+        request: Request[Any, Any, Any],
+        tenant_id: FromPath[UUID],
+        data: JSONBody[dict[str, Any]],
+        runtime: NamedDependency[Runtime],
+    ) -> LimitsView:
+        store = plan_store(runtime)
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            view = await store.view(tx, tenant_id)
+            if view is None:
+                raise Problem(404, "not-found", "Not found", "No such tenant")
+            plan = await store.plan(tx, view.plan)
+            assert plan is not None
+            try:
+                effective_limits(plan.limits, {**view.overrides, **data})
+            except InvalidOverride as exc:
+                raise Problem(
+                    400, "invalid-override", "The override is not valid", str(exc)
+                ) from None
+            await store.set_overrides(
+                tx, tenant_id, data, f"operator:{principal_of(request).subject}"
+            )
+            return await store.publish(tx, tenant_id)
+
+    @delete(
+        "/limit-overrides/{limit_name:str}",
+        status_code=200,
+        opt=requires(operator_only=True),
+        summary="Remove an override",
+    )
+    async def clear_override(
+        self,
+        tenant_id: FromPath[UUID],
+        limit_name: FromPath[str],
+        runtime: NamedDependency[Runtime],
+    ) -> LimitsView:
+        store = plan_store(runtime)
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            if not await store.clear_override(tx, tenant_id, limit_name):
+                raise Problem(404, "not-found", "Not found", "No such override")
+            return await store.publish(tx, tenant_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -11,13 +12,17 @@ import msgspec
 
 from tenantry_events.envelope import new_event
 from tenantry_events.payloads.tenancy import (
+    Limits,
+    PlanOffer,
     TenantCreated,
+    TenantLimitsChanged,
     TenantReactivated,
     TenantState,
     TenantSuspended,
 )
-from tenantry_events.storage import PostgresEventStore
+from tenantry_events.storage import PostgresEventStore, PostgresOutbox
 from tenantry_tenancy.domain import Tenant
+from tenantry_tenancy.plans import effective_limits
 
 
 class TenantRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -161,3 +166,107 @@ class Transition(msgspec.Struct, frozen=True, kw_only=True):
     reason: str | None
     by: str | None
     occurred_at: datetime
+
+
+class PlanRow(msgspec.Struct, frozen=True, kw_only=True):
+    plan_id: str
+    name: str
+    rank: int
+    limits: Limits
+
+
+class LimitsView(msgspec.Struct, frozen=True, kw_only=True):
+    plan: str
+    limits: Limits
+    overrides: dict[str, Any]
+    limits_version: int
+
+
+class PlanStore:
+    """Plans, overrides and the tenant.limits_changed event that carries the result."""
+
+    def __init__(self, outbox: PostgresOutbox, *, source: str, region: str) -> None:
+        self._outbox = outbox
+        self._source = source
+        self._region = region
+
+    async def plans(self, tx: asyncpg.Connection) -> builtins.list[PlanRow]:
+        rows = await tx.fetch("SELECT plan_id, name, rank, limits FROM plans ORDER BY rank")
+        return [msgspec.convert(dict(r), PlanRow) for r in rows]
+
+    async def plan(self, tx: asyncpg.Connection, plan_id: str) -> PlanRow | None:
+        row = await tx.fetchrow(
+            "SELECT plan_id, name, rank, limits FROM plans WHERE plan_id = $1", plan_id
+        )
+        return msgspec.convert(dict(row), PlanRow) if row else None
+
+    async def overrides(self, tx: asyncpg.Connection, tenant_id: UUID) -> dict[str, Any]:
+        rows = await tx.fetch(
+            "SELECT limit_name, value FROM tenant_limit_overrides WHERE tenant_id = $1",
+            tenant_id,
+        )
+        return {r["limit_name"]: r["value"] for r in rows}
+
+    async def set_overrides(
+        self, tx: asyncpg.Connection, tenant_id: UUID, overrides: dict[str, Any], set_by: str
+    ) -> None:
+        for name, value in overrides.items():
+            await tx.execute(
+                """INSERT INTO tenant_limit_overrides (tenant_id, limit_name, value, set_by)
+                   VALUES ($1, $2, $3, $4)
+                   ON CONFLICT (tenant_id, limit_name)
+                   DO UPDATE SET value = EXCLUDED.value, set_by = EXCLUDED.set_by,
+                                 set_at = now()""",
+                tenant_id,
+                name,
+                value,
+                set_by,
+            )
+
+    async def clear_override(self, tx: asyncpg.Connection, tenant_id: UUID, name: str) -> bool:
+        status = await tx.execute(
+            "DELETE FROM tenant_limit_overrides WHERE tenant_id = $1 AND limit_name = $2",
+            tenant_id,
+            name,
+        )
+        return bool(status.endswith(" 1"))
+
+    async def view(self, tx: asyncpg.Connection, tenant_id: UUID) -> LimitsView | None:
+        row = await tx.fetchrow(
+            "SELECT plan, limits_version FROM tenants WHERE tenant_id = $1", tenant_id
+        )
+        if row is None:
+            return None
+        plan = await self.plan(tx, row["plan"])
+        assert plan is not None
+        overrides = await self.overrides(tx, tenant_id)
+        return LimitsView(
+            plan=plan.plan_id,
+            limits=effective_limits(plan.limits, overrides),
+            overrides=overrides,
+            limits_version=row["limits_version"],
+        )
+
+    async def publish(self, tx: asyncpg.Connection, tenant_id: UUID) -> LimitsView:
+        """Bump the tenant's limits version and emit its effective limits (same tx)."""
+        await tx.execute(
+            "UPDATE tenants SET limits_version = limits_version + 1 WHERE tenant_id = $1",
+            tenant_id,
+        )
+        view = await self.view(tx, tenant_id)
+        assert view is not None
+        offers = [
+            PlanOffer(plan_id=p.plan_id, rank=p.rank, limits=p.limits) for p in await self.plans(tx)
+        ]
+        event = new_event(
+            TenantLimitsChanged(
+                plan=view.plan, limits=view.limits, limits_version=view.limits_version, plans=offers
+            ),
+            tenant_id=tenant_id,
+            subject=str(tenant_id),
+            aggregate_version=view.limits_version,
+            source=self._source,
+            region=self._region,
+        )
+        await self._outbox.put(tx, [event])
+        return view

@@ -52,3 +52,35 @@ class TenantReactivated(msgspec.Struct, frozen=True, kw_only=True):
     tenant: TenantState
     reason: str
     by: str
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    """A tenant's resolved limits. Three kinds: feature switches (bool), quantities (int,
+    None = unlimited) and rates (requests per second with a burst)."""
+
+    sso: bool
+    scim: bool
+    data_export: bool
+    seats: int | None
+    webhook_endpoints: int | None
+    api_keys: int | None
+    requests_per_second: float
+    burst: int
+
+
+class PlanOffer(msgspec.Struct, frozen=True, kw_only=True):
+    plan_id: str
+    rank: int
+    limits: Limits
+
+
+@event("tenant.limits_changed", owner="tenancy", public=True)
+class TenantLimitsChanged(msgspec.Struct, frozen=True, kw_only=True):
+    """The tenant's effective limits (plan plus overrides) changed. `limits_version` grows
+    with every change, so a projection keeps the highest. `plans` lists every plan, so the
+    service that refuses a creation can name the plan that would allow it."""
+
+    plan: str
+    limits: Limits
+    limits_version: int
+    plans: list[PlanOffer]

@@ -1,0 +1,143 @@
+"""Plans as data and limits enforced where things are created (identity: seats and API
+keys), correct under concurrency, with overrides by an operator."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from uuid_utils.compat import uuid4
+
+from tenantry_servicekit.testing.fixtures import eventually
+from tenantry_servicekit.testing.stack import Stack
+
+from .test_identity import bearer, create_key, new_tenant
+
+pytestmark = pytest.mark.kafka
+
+
+async def limits_version_at_identity(stack: Stack, tenant_id: str) -> int:
+    conn = await asyncpg.connect(stack.owner_dsn(stack.service_database("identity")))
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT limits_version FROM tenant_limits WHERE tenant_id = $1::uuid", tenant_id
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def override(
+    stack: Stack, headers: dict[str, str], tenant_id: str, values: dict[str, Any]
+) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=stack.service_url("tenancy"), timeout=10) as client:
+        r = await client.post(
+            f"/v1/tenants/{tenant_id}/limit-overrides", json=values, headers=headers
+        )
+        assert r.status_code == 200, r.text
+        view: dict[str, Any] = r.json()
+    await eventually(
+        lambda: _at_least(limits_version_at_identity(stack, tenant_id), view["limits_version"]),
+        timeout=30,
+        message="identity applied the new limits",
+    )
+    return view
+
+
+async def _at_least(probe: Any, version: int) -> bool:
+    return bool(await probe >= version)
+
+
+async def test_the_plan_catalog_and_a_tenants_limits_are_readable(
+    stack: Stack, operator_headers: dict[str, str]
+) -> None:
+    tenant_id = await new_tenant(stack, operator_headers)
+    key = (await create_key(stack, operator_headers, tenant_id, ["tenant:read"]))["key"]
+    async with httpx.AsyncClient(base_url=stack.service_url("tenancy"), timeout=10) as client:
+        plans = (await client.get("/v1/plans", headers=bearer(key))).json()
+        assert [p["plan_id"] for p in plans] == ["free", "team", "business", "enterprise"]
+        assert plans[0]["limits"]["seats"] == 3
+        assert plans[-1]["limits"]["seats"] is None
+        mine = (await client.get(f"/v1/tenants/{tenant_id}/limits", headers=bearer(key))).json()
+        assert mine["plan"] == "free"
+        assert mine["limits"]["sso"] is False
+        unknown = await client.post(
+            "/v1/tenants",
+            headers=operator_headers,
+            json={"name": "x", "slug": f"u-{uuid4().hex[:8]}", "plan": "platinum"},
+        )
+        assert unknown.status_code == 400
+        assert unknown.json()["type"].endswith("/unknown-plan")
+
+
+async def test_one_seat_left_and_concurrent_invites_exactly_one_wins(
+    stack: Stack, operator_headers: dict[str, str]
+) -> None:
+    tenant_id = await new_tenant(stack, operator_headers)
+    await override(stack, operator_headers, tenant_id, {"seats": 2})
+    async with httpx.AsyncClient(base_url=stack.service_url("identity"), timeout=20) as client:
+        url = f"/v1/tenants/{tenant_id}/accounts"
+        first = await client.post(
+            url, headers=operator_headers, json={"email": f"a-{uuid4().hex[:6]}@example.com"}
+        )
+        assert first.status_code == 201
+        responses = await asyncio.gather(
+            *(
+                client.post(
+                    url,
+                    headers=operator_headers,
+                    json={"email": f"c{i}-{uuid4().hex[:6]}@example.com"},
+                )
+                for i in range(6)
+            )
+        )
+        statuses = sorted(r.status_code for r in responses)
+        assert statuses == [201] + [403] * 5, statuses
+        refused = next(r for r in responses if r.status_code == 403).json()
+        assert refused["type"].endswith("/plan-limit-exceeded")
+        assert (refused["limit"], refused["usage"], refused["allowed"]) == ("seats", 2, 2)
+        assert refused["plan"] == "free"
+        assert refused["upgrade_to"] == "team"
+        listed = (await client.get(url, headers=operator_headers)).json()
+        assert len(listed) == 2
+
+
+async def test_api_key_limit_at_the_boundary_and_after_an_override(
+    stack: Stack, operator_headers: dict[str, str]
+) -> None:
+    tenant_id = await new_tenant(stack, operator_headers)  # free: 2 API keys
+    for _ in range(2):
+        await create_key(stack, operator_headers, tenant_id, ["tenant:read"])
+    async with httpx.AsyncClient(base_url=stack.service_url("identity"), timeout=10) as client:
+        url = f"/v1/tenants/{tenant_id}/api-keys"
+        third = await client.post(
+            url, headers=operator_headers, json={"name": "3", "scopes": ["tenant:read"]}
+        )
+        assert third.status_code == 403
+        body = third.json()
+        assert (body["limit"], body["usage"], body["allowed"], body["upgrade_to"]) == (
+            "api_keys",
+            2,
+            2,
+            "team",
+        )
+    await override(stack, operator_headers, tenant_id, {"api_keys": 3})
+    await create_key(stack, operator_headers, tenant_id, ["tenant:read"])
+    async with httpx.AsyncClient(base_url=stack.service_url("tenancy"), timeout=10) as client:
+        bad = await client.post(
+            f"/v1/tenants/{tenant_id}/limit-overrides",
+            headers=operator_headers,
+            json={"api_keys": "lots"},
+        )
+        assert bad.status_code == 400
+        assert bad.json()["type"].endswith("/invalid-override")
+        unknown = await client.post(
+            f"/v1/tenants/{tenant_id}/limit-overrides",
+            headers=operator_headers,
+            json={"moon_rockets": 1},
+        )
+        assert unknown.status_code == 400
