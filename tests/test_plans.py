@@ -141,3 +141,95 @@ async def test_api_key_limit_at_the_boundary_and_after_an_override(
             json={"moon_rockets": 1},
         )
         assert unknown.status_code == 400
+
+
+async def tenancy_usage(stack: Stack, tenant_id: str) -> dict[str, Any]:
+    conn = await asyncpg.connect(stack.owner_dsn(stack.service_database("tenancy")))
+    try:
+        row = await conn.fetchrow(
+            "SELECT * FROM tenant_usage WHERE tenant_id = $1::uuid", tenant_id
+        )
+        return dict(row) if row else {}
+    finally:
+        await conn.close()
+
+
+async def test_upgrade_applies_at_once_and_a_downgrade_usage_would_break_is_refused(
+    stack: Stack, operator_headers: dict[str, str]
+) -> None:
+    tenant_id = await new_tenant(stack, operator_headers)  # free: 3 seats
+    tenancy, identity = stack.service_url("tenancy"), stack.service_url("identity")
+    async with httpx.AsyncClient(timeout=10) as client:
+        accounts = f"{identity}/v1/tenants/{tenant_id}/accounts"
+        made = []
+        for i in range(3):
+            r = await client.post(
+                accounts,
+                headers=operator_headers,
+                json={"email": f"p{i}-{uuid4().hex[:6]}@example.com"},
+            )
+            assert r.status_code == 201
+            made.append(r.json()["account_id"])
+        full = await client.post(
+            accounts, headers=operator_headers, json={"email": f"x-{uuid4().hex[:6]}@example.com"}
+        )
+        assert full.status_code == 403
+        await eventually(
+            lambda: _seats(stack, tenant_id, 3),
+            timeout=30,
+            message="tenancy counted 3 seats from account.created",
+        )
+
+        options = (
+            await client.get(f"{tenancy}/v1/tenants/{tenant_id}/plan", headers=operator_headers)
+        ).json()
+        assert options["usage"]["seats"] == 3
+        by_plan = {o["plan_id"]: o for o in options["options"]}
+        assert by_plan["team"]["direction"] == "upgrade"
+        assert by_plan["team"]["allowed"] is True
+
+        plan_url = f"{tenancy}/v1/tenants/{tenant_id}/plan"
+        up = await client.post(plan_url, headers=operator_headers, json={"plan": "team"})
+        assert up.status_code == 200, up.text
+        assert up.json()["plan"] == "team"
+        same = await client.post(plan_url, headers=operator_headers, json={"plan": "team"})
+        assert same.status_code == 409
+
+        async def fourth_fits() -> bool:
+            r = await client.post(
+                accounts,
+                headers=operator_headers,
+                json={"email": f"y-{uuid4().hex[:6]}@example.com"},
+            )
+            return r.status_code == 201
+
+        await eventually(
+            fourth_fits,
+            timeout=30,
+            interval=0.2,
+            message="identity follows the upgrade (team: 25 seats)",
+        )
+        await eventually(lambda: _seats(stack, tenant_id, 4), timeout=30, message="4 seats")
+
+        down = await client.post(plan_url, headers=operator_headers, json={"plan": "free"})
+        assert down.status_code == 409
+        body = down.json()
+        assert body["type"].endswith("/downgrade-blocked")
+        assert body["blockers"] == [{"limit": "seats", "usage": 4, "allowed": 3}]
+
+        disabled = await client.post(
+            f"{accounts}/{made[0]}/disable", headers=operator_headers, json={}
+        )
+        assert disabled.status_code == 200
+        await eventually(lambda: _seats(stack, tenant_id, 3), timeout=30, message="3 seats")
+        down = await client.post(plan_url, headers=operator_headers, json={"plan": "free"})
+        assert down.status_code == 200
+        assert down.json()["plan"] == "free"
+        history = (
+            await client.get(f"{tenancy}/v1/tenants/{tenant_id}/history", headers=operator_headers)
+        ).json()
+        assert [h["type"] for h in history].count("tenant.plan_changed") == 2
+
+
+async def _seats(stack: Stack, tenant_id: str, expected: int) -> bool:
+    return (await tenancy_usage(stack, tenant_id)).get("seats") == expected

@@ -207,3 +207,22 @@ class BrokerDeadLetters:
             key=key,
             headers={k: v.decode(errors="replace") for k, v in headers},
         )
+
+
+def chain(*handlers: Handler[TxT]) -> Handler[TxT]:
+    """Several handlers of one event type, run in order in the same transaction."""
+
+    async def run_all(tx: TxT, event: Envelope[Any]) -> None:
+        for handler in handlers:
+            await handler(tx, event)
+
+    return run_all
+
+
+def merge_handlers(*maps: Mapping[str, Handler[TxT]]) -> dict[str, Handler[TxT]]:
+    """One handler per event type (one subscriber): types named by several maps chain."""
+    grouped: dict[str, list[Handler[TxT]]] = {}
+    for handlers in maps:
+        for name, handler in handlers.items():
+            grouped.setdefault(name, []).append(handler)
+    return {name: hs[0] if len(hs) == 1 else chain(*hs) for name, hs in grouped.items()}

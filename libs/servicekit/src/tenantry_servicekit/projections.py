@@ -70,7 +70,12 @@ async def _on_tenant_event(tx: asyncpg.Connection, event: Envelope[Any]) -> None
 def tenant_projection_handlers() -> dict[str, Handler[asyncpg.Connection]]:
     return {
         name: _on_tenant_event
-        for name in ("tenant.created", "tenant.suspended", "tenant.reactivated")
+        for name in (
+            "tenant.created",
+            "tenant.suspended",
+            "tenant.reactivated",
+            "tenant.plan_changed",
+        )
     }
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from tenantry_events.consumer import Handler
+from tenantry_events.consumer import Handler, merge_handlers
 from tenantry_events.envelope import Envelope
 from tenantry_events.payloads.identity import AccountCreated, ApiKeyUsed
 from tenantry_events.payloads.tenancy import TenantCreated
@@ -103,23 +103,14 @@ def identity_consumers(runtime: Runtime) -> dict[str, Handler[asyncpg.Connection
             event.tenant_id,
         )
 
-    projections = standard_projections()
-    return {
-        **projections,
-        "account.created": chain(projections["account.created"], on_account_created),
-        "tenant.created": chain(projections["tenant.created"], on_tenant_created),
-        "apikey.used": on_apikey_used,
-    }
-
-
-def chain(*handlers: Handler[asyncpg.Connection]) -> Handler[asyncpg.Connection]:
-    """One subscriber per event type: run several handlers in the same transaction."""
-
-    async def run_all(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
-        for handler in handlers:
-            await handler(tx, event)
-
-    return run_all
+    return merge_handlers(
+        standard_projections(),
+        {
+            "account.created": on_account_created,
+            "tenant.created": on_tenant_created,
+            "apikey.used": on_apikey_used,
+        },
+    )
 
 
 SPEC = ServiceSpec(

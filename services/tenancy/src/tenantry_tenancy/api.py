@@ -12,12 +12,13 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 from uuid_utils.compat import uuid4
 
+from tenantry_events.payloads.tenancy import Limits
 from tenantry_servicekit.auth import principal_of, requires, tenant_of_path
 from tenantry_servicekit.pagination import Page, clamp_limit, decode_cursor, page_of
 from tenantry_servicekit.problems import Problem
 from tenantry_servicekit.runtime import Runtime
 from tenantry_tenancy.domain import DEFAULT_PLAN, DomainError, Tenant
-from tenantry_tenancy.plans import InvalidOverride, effective_limits
+from tenantry_tenancy.plans import InvalidOverride, downgrade_blockers, effective_limits
 from tenantry_tenancy.store import (
     LimitsView,
     PlanRow,
@@ -27,6 +28,7 @@ from tenantry_tenancy.store import (
     TenantRow,
 )
 from tenantry_tenancy.store import Transition as TenantTransition
+from tenantry_tenancy.usage import Usage, usage_of
 
 
 class CreateTenant(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -271,3 +273,103 @@ class LimitsController(Controller):
             if not await store.clear_override(tx, tenant_id, limit_name):
                 raise Problem(404, "not-found", "Not found", "No such override")
             return await store.publish(tx, tenant_id)
+
+
+class PlanChange(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    plan: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class PlanOptions(msgspec.Struct, kw_only=True):
+    plan: str
+    usage: Usage
+    limits: Limits
+    options: list[PlanOption]
+
+
+class PlanOption(msgspec.Struct, kw_only=True):
+    plan_id: str
+    direction: str  # upgrade | downgrade
+    allowed: bool
+    blockers: list[dict[str, Any]]
+
+
+class PlanController(Controller):
+    """Self-service plan changes. Upgrades and downgrades both apply at once (Tenantry has
+    no billing period of its own; a billing system calls this when a period ends). A
+    downgrade that current usage would break is refused with the limits in the way."""
+
+    path = "/tenants/{tenant_id:uuid}/plan"
+    tags = ["plans"]
+
+    @get(
+        "/",
+        opt=requires(scopes=("tenant:read",)),
+        summary="Usage against each limit and the plans the tenant could move to",
+    )
+    async def options(
+        self, tenant_id: FromPath[UUID], runtime: NamedDependency[Runtime]
+    ) -> PlanOptions:
+        store = plan_store(runtime)
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            view = await store.view(tx, tenant_id)
+            if view is None:
+                raise Problem(404, "not-found", "Not found", "No such tenant")
+            usage = await usage_of(tx, tenant_id)
+            plans = await store.plans(tx)
+        rank = {p.plan_id: p.rank for p in plans}
+        counts = msgspec.structs.asdict(usage)
+        options = []
+        for p in plans:
+            if p.plan_id == view.plan:
+                continue
+            blockers = downgrade_blockers(effective_limits(p.limits, view.overrides), counts)
+            options.append(
+                PlanOption(
+                    plan_id=p.plan_id,
+                    direction="upgrade" if p.rank > rank[view.plan] else "downgrade",
+                    allowed=not blockers,
+                    blockers=blockers,
+                )
+            )
+        return PlanOptions(plan=view.plan, usage=usage, limits=view.limits, options=options)
+
+    @post(
+        "/",
+        status_code=200,
+        opt=requires(roles=("owner",), scopes=("tenant:write",), verified_email=True),
+        summary="Change plan (the tenant owner, or an operator)",
+    )
+    async def change(
+        self,
+        request: Request[Any, Any, Any],
+        tenant_id: FromPath[UUID],
+        data: JSONBody[PlanChange],
+        runtime: NamedDependency[Runtime],
+    ) -> TenantRow:
+        principal = principal_of(request)
+        store, repo = plan_store(runtime), repository(runtime)
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            tenant = await repo.load(tx, tenant_id)
+            if tenant is None:
+                raise Problem(404, "not-found", "Not found", "No such tenant")
+            target = await store.plan(tx, data.plan)
+            if target is None:
+                raise Problem(400, "unknown-plan", "No such plan", f"no plan {data.plan!r}")
+            overrides = await store.overrides(tx, tenant_id)
+            usage = msgspec.structs.asdict(await usage_of(tx, tenant_id))
+            blockers = downgrade_blockers(effective_limits(target.limits, overrides), usage)
+            if blockers:
+                raise Problem(
+                    409,
+                    "downgrade-blocked",
+                    "Current usage does not fit that plan",
+                    f"reduce usage first: {', '.join(b['limit'] for b in blockers)}",
+                    blockers=blockers,
+                )
+            try:
+                change = tenant.change_plan(data.plan, by=f"{principal.kind}:{principal.subject}")
+            except DomainError as exc:
+                raise Problem(exc.status, exc.slug, "The plan cannot change", str(exc)) from exc
+            row = await repo.record(tx, tenant, change)
+            await store.publish(tx, tenant_id)
+            return row

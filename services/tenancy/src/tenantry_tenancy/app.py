@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+from tenantry_events.consumer import merge_handlers
 from tenantry_servicekit.app import ServiceSpec
 from tenantry_servicekit.projections import standard_projections
 from tenantry_tenancy.api import (
     LifecycleController,
     LimitsController,
+    PlanController,
     TenantsController,
     list_plans,
 )
+from tenantry_tenancy.usage import usage_handlers
 
 SPEC = ServiceSpec(
     name="tenancy",
     description="Tenants, plans and limits, lifecycle state, home region.",
-    route_handlers=[TenantsController, LifecycleController, LimitsController, list_plans],
-    consumer_handlers=standard_projections(),
+    route_handlers=[
+        TenantsController,
+        LifecycleController,
+        LimitsController,
+        PlanController,
+        list_plans,
+    ],
+    consumer_handlers=merge_handlers(standard_projections(), usage_handlers()),
     migration_packages=["tenantry_tenancy"],
 )

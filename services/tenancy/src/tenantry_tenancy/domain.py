@@ -14,6 +14,7 @@ import msgspec
 
 from tenantry_events.payloads.tenancy import (
     TenantCreated,
+    TenantPlanChanged,
     TenantReactivated,
     TenantState,
     TenantSuspended,
@@ -78,6 +79,19 @@ class Tenant:
         reason = _reason(reason)
         return TenantSuspended(
             tenant=msgspec.structs.replace(self.state, status="suspended"), reason=reason, by=by
+        )
+
+    def change_plan(self, plan: str, *, by: str) -> TenantPlanChanged:
+        if plan == self.state.plan:
+            raise DomainError("same-plan", f"the tenant is already on {plan}")
+        if self.state.status != "active":
+            raise DomainError(
+                "illegal-transition", f"a {self.state.status} tenant cannot change plan"
+            )
+        return TenantPlanChanged(
+            tenant=msgspec.structs.replace(self.state, plan=plan),
+            previous_plan=self.state.plan,
+            by=by,
         )
 
     def reactivate(self, *, reason: str, by: str) -> TenantReactivated:

@@ -53,3 +53,13 @@ def allows(limits: Limits, name: str, usage: int) -> bool:
     if KINDS[name] == "feature":
         return bool(value)
     return value is None or usage < value
+
+
+def downgrade_blockers(limits: Limits, usage: dict[str, int]) -> list[dict[str, Any]]:
+    """The quantity limits that current usage would break on `limits` (empty: it fits)."""
+    blockers = []
+    for name, used in sorted(usage.items()):
+        allowed = getattr(limits, name)
+        if KINDS.get(name) == "quantity" and allowed is not None and used > allowed:
+            blockers.append({"limit": name, "usage": used, "allowed": allowed})
+    return blockers

@@ -16,6 +16,7 @@ from tenantry_events.payloads.tenancy import (
     PlanOffer,
     TenantCreated,
     TenantLimitsChanged,
+    TenantPlanChanged,
     TenantReactivated,
     TenantState,
     TenantSuspended,
@@ -119,7 +120,10 @@ class TenantRepository:
         return Tenant(tenant_id=tenant_id, state=TenantState(**data), version=version)
 
     async def record(
-        self, tx: asyncpg.Connection, tenant: Tenant, change: TenantSuspended | TenantReactivated
+        self,
+        tx: asyncpg.Connection,
+        tenant: Tenant,
+        change: TenantSuspended | TenantReactivated | TenantPlanChanged,
     ) -> TenantRow:
         """Append the change after the loaded version and update the state row with it."""
         version = tenant.version + 1
@@ -133,11 +137,12 @@ class TenantRepository:
         )
         await self._events.append(tx, self.stream(tenant.tenant_id), tenant.version, [event])
         row = await tx.fetchrow(
-            f"""UPDATE tenants SET status = $2, version = $3, updated_at = now()
+            f"""UPDATE tenants SET status = $2, plan = $4, version = $3, updated_at = now()
                 WHERE tenant_id = $1 RETURNING {_COLUMNS}""",
             tenant.tenant_id,
             change.tenant.status,
             version,
+            change.tenant.plan,
         )
         assert row is not None
         return TenantRow(**dict(row))

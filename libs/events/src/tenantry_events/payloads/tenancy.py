@@ -84,3 +84,12 @@ class TenantLimitsChanged(msgspec.Struct, frozen=True, kw_only=True):
     limits: Limits
     limits_version: int
     plans: list[PlanOffer]
+
+
+@event("tenant.plan_changed", owner="tenancy", public=True)
+class TenantPlanChanged(msgspec.Struct, frozen=True, kw_only=True):
+    """The tenant moved to another plan (an owner's self-service change or an operator's)."""
+
+    tenant: TenantState
+    previous_plan: str
+    by: str
