@@ -496,10 +496,15 @@ class Verified(msgspec.Struct, kw_only=True):
 
 CONFIRM_PAGE = """<!doctype html><meta charset="utf-8"><title>Verify your email</title>
 <p>Confirm that this email address is yours.</p>
-<button onclick="fetch('../email-verifications',{method:'POST',headers:{'content-type':
-'application/json'},body:JSON.stringify({token:new URLSearchParams(location.search).get('token')})})
-.then(r=>{document.body.append(r.ok?' Verified.':' This link is not valid any more.')})">
-Verify</button>"""
+<form id="f"><label>Password (only when you are setting up a new account)
+<input type="password" name="password" autocomplete="new-password" minlength="12"></label>
+<button>Verify</button></form><p id="r"></p>
+<script>document.getElementById('f').onsubmit=async e=>{e.preventDefault();
+const body={token:new URLSearchParams(location.search).get('token')};
+const p=e.target.password.value;if(p)body.password=p;
+const r=await fetch('../email-verifications',{method:'POST',
+headers:{'content-type':'application/json'},body:JSON.stringify(body)});
+document.getElementById('r').textContent=r.ok?'Verified.':(await r.json()).title;};</script>"""
 
 
 class VerificationController(Controller):

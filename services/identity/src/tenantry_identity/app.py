@@ -27,7 +27,7 @@ from tenantry_identity.verification import EmailVerification
 from tenantry_servicekit.app import ServiceSpec
 from tenantry_servicekit.clock import SystemClock
 from tenantry_servicekit.crypto import SecretBox
-from tenantry_servicekit.mail import Mailer, SmtpSettings
+from tenantry_servicekit.mail import Mailer, MailError, SmtpSettings
 from tenantry_servicekit.projections import standard_projections
 from tenantry_servicekit.runtime import Runtime
 
@@ -66,7 +66,15 @@ def identity_consumers(runtime: Runtime) -> dict[str, Handler[asyncpg.Connection
     async def on_account_created(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
         payload: AccountCreated = event.payload
         if not payload.email_verified:
-            await verification.send(tx, payload.account_id, payload.email, enforce_spacing=False)
+            try:
+                await verification.send(
+                    tx, payload.account_id, payload.email, enforce_spacing=False
+                )
+            except MailError as exc:
+                if exc.temporary:
+                    # The relay is down or busy: redeliver later, never dead-letter the invite.
+                    raise ConnectionError(str(exc)) from exc
+                raise
 
     async def on_tenant_created(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
         """The tenant's owner gets an account (no password yet) and, through
