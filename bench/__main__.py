@@ -20,7 +20,7 @@ from typing import Any
 
 from uuid_utils.compat import uuid4
 
-from bench import consume, projection, relay, store
+from bench import auth, consume, projection, relay, store
 from bench.common import BenchResult, Context, now, probe_stack, render
 from tenantry_servicekit.testing.stack import load_stack
 
@@ -39,6 +39,16 @@ BENCHMARKS: dict[str, tuple[Benchmark, bool, str]] = {
         consume.run,
         False,
         "EventConsumer (FastStream) records/s vs raw aiokafka consumer, with/without commits",
+    ),
+    "auth": (
+        auth.run_auth,
+        True,
+        "GET /v1/whoami with token / API key vs /healthz: latency added by authentication",
+    ),
+    "revoke": (
+        auth.run_revoke,
+        True,
+        "API key revoke call -> 401 from all five services, quiet and with background POSTs",
     ),
 }
 
