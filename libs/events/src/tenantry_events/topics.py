@@ -23,6 +23,7 @@ CONSUMER_GROUPS = (
     "tenantry-provisioning",
     "tenantry-webhooks",
     "tenantry-ratelimit",
+    "tenantry-identity.background",  # apikey.used, apart from revocations (servicekit worker)
 )
 
 

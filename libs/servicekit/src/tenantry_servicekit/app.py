@@ -34,6 +34,8 @@ from tenantry_servicekit.settings import ServiceSettings
 from tenantry_servicekit.tokens import AccessTokenVerifier, JwksCache
 
 API_PREFIX = "/v1"
+# Event types a worker consumes in a separate group (see worker.py).
+BACKGROUND_TOPICS = frozenset({"apikey.used"})
 Hook = Callable[[Runtime], Awaitable[None]]
 
 
@@ -58,6 +60,10 @@ class ServiceSpec:
     @property
     def consumer_group(self) -> str:
         return f"tenantry-{self.name}"
+
+    @property
+    def background_group(self) -> str:
+        return f"tenantry-{self.name}.background"
 
     def handlers(self, runtime: Runtime) -> dict[str, Handler[asyncpg.Connection]]:
         built = self.consumer_factory(runtime) if self.consumer_factory else {}
