@@ -20,7 +20,7 @@ from typing import Any
 
 from uuid_utils.compat import uuid4
 
-from bench import auth, consume, projection, relay, store
+from bench import auth, consume, projection, relay, store, suspend
 from bench.common import BenchResult, Context, now, probe_stack, render
 from tenantry_servicekit.testing.stack import load_stack
 
@@ -49,6 +49,11 @@ BENCHMARKS: dict[str, tuple[Benchmark, bool, str]] = {
         auth.run_revoke,
         True,
         "API key revoke call -> 401 from all five services, quiet and with background POSTs",
+    ),
+    "suspend": (
+        suspend.run,
+        True,
+        "tenant suspend call -> 403 from all five services, quiet and with background POSTs",
     ),
 }
 

@@ -70,7 +70,16 @@ async def create_key(
         )
         assert r.status_code == 201, r.text
         body: dict[str, Any] = r.json()
-        return body
+    # Keys work everywhere once each service has projected apikey.created: wait for it,
+    # so a test never races the projection it is not about.
+    key = body["key"]
+
+    async def accepted() -> bool:
+        statuses = await whoami_everywhere(stack, bearer(key))
+        return set(statuses.values()) == {200}
+
+    await eventually(accepted, timeout=30, message="the new key accepted by all five")
+    return body
 
 
 async def whoami_everywhere(stack: Stack, headers: dict[str, str]) -> dict[str, int]:

@@ -4,6 +4,7 @@ keys), correct under concurrency, with overrides by an operator."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import asyncpg
@@ -233,3 +234,50 @@ async def test_upgrade_applies_at_once_and_a_downgrade_usage_would_break_is_refu
 
 async def _seats(stack: Stack, tenant_id: str, expected: int) -> bool:
     return (await tenancy_usage(stack, tenant_id)).get("seats") == expected
+
+
+async def test_an_operator_changes_a_plan_and_its_tenants_follow(
+    stack: Stack, operator_headers: dict[str, str]
+) -> None:
+    async with httpx.AsyncClient(base_url=stack.service_url("tenancy"), timeout=30) as client:
+        made = await client.post(
+            "/v1/tenants",
+            headers=operator_headers,
+            json={"name": "T", "slug": f"pl-{uuid4().hex[:8]}", "plan": "business"},
+        )
+        tenant_id = made.json()["tenant_id"]
+        plans = {
+            p["plan_id"]: p
+            for p in (await client.get("/v1/plans", headers=operator_headers)).json()
+        }
+        original = plans["business"]["limits"]
+        try:
+            bad = await client.put(
+                "/v1/plans/business", headers=operator_headers, json={**original, "seats": -5}
+            )
+            assert bad.status_code == 400
+            changed = await client.put(
+                "/v1/plans/business",
+                headers=operator_headers,
+                json={**original, "api_keys": original["api_keys"] + 1},
+            )
+            assert changed.status_code == 200, changed.text
+            assert changed.json()["tenants_updated"] >= 1
+
+            async def identity_follows() -> bool:
+                conn = await asyncpg.connect(stack.owner_dsn(stack.service_database("identity")))
+                try:
+                    limits = await conn.fetchval(
+                        "SELECT limits FROM tenant_limits WHERE tenant_id = $1::uuid", tenant_id
+                    )
+                finally:
+                    await conn.close()
+                wanted = original["api_keys"] + 1
+                return bool(limits) and json.loads(limits)["api_keys"] == wanted
+
+            await eventually(identity_follows, timeout=30, message="identity has the new plan")
+        finally:
+            restored = await client.put(
+                "/v1/plans/business", headers=operator_headers, json=original
+            )
+            assert restored.status_code == 200

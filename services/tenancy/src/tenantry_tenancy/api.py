@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
-from litestar import Controller, Request, delete, get, post
+from litestar import Controller, Request, delete, get, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 from uuid_utils.compat import uuid4
@@ -205,6 +205,40 @@ class LifecycleController(Controller):
 async def list_plans(runtime: NamedDependency[Runtime]) -> list[PlanRow]:
     async with runtime.db.transaction() as tx:
         return await plan_store(runtime).plans(tx)
+
+
+class PlanUpdated(msgspec.Struct, kw_only=True):
+    plan: PlanRow
+    tenants_updated: int
+
+
+@put(
+    "/plans/{plan_id:str}",
+    opt=requires(operator_only=True),
+    tags=["plans"],
+    summary="Change a plan's limits (operators); every tenant on it follows",
+)
+async def update_plan(
+    plan_id: FromPath[str], data: JSONBody[Limits], runtime: NamedDependency[Runtime]
+) -> PlanUpdated:
+    """Each tenant on the plan gets a tenant.limits_changed with its new effective limits,
+    in the same transaction. (Tenants over a lowered quantity keep what they have; only
+    new creations are refused.)"""
+    store = plan_store(runtime)
+    async with runtime.db.transaction(platform=True) as tx:
+        plan = await store.plan(tx, plan_id)
+        if plan is None:
+            raise Problem(404, "not-found", "Not found", f"no plan {plan_id!r}")
+        try:
+            effective_limits(data, msgspec.structs.asdict(data))  # checks every kind
+        except InvalidOverride as exc:
+            raise Problem(400, "invalid-plan", "The plan is not valid", str(exc)) from None
+        tenants = await store.update_plan(tx, plan_id, data)
+        for tenant_id in tenants:
+            await store.publish(tx, tenant_id)
+        updated = await store.plan(tx, plan_id)
+    assert updated is not None
+    return PlanUpdated(plan=updated, tenants_updated=len(tenants))
 
 
 class LimitsController(Controller):

@@ -11,6 +11,7 @@ from tenantry_tenancy.api import (
     PlanController,
     TenantsController,
     list_plans,
+    update_plan,
 )
 from tenantry_tenancy.usage import usage_handlers
 
@@ -23,6 +24,7 @@ SPEC = ServiceSpec(
         LimitsController,
         PlanController,
         list_plans,
+        update_plan,
     ],
     consumer_handlers=merge_handlers(standard_projections(), usage_handlers()),
     migration_packages=["tenantry_tenancy"],

@@ -205,6 +205,18 @@ class PlanStore:
         )
         return msgspec.convert(dict(row), PlanRow) if row else None
 
+    async def update_plan(
+        self, tx: asyncpg.Connection, plan_id: str, limits: Limits
+    ) -> builtins.list[UUID]:
+        """Change a plan's definition; returns the tenants on it (their limits follow)."""
+        await tx.execute(
+            "UPDATE plans SET limits = $2, updated_at = now() WHERE plan_id = $1",
+            plan_id,
+            msgspec.to_builtins(limits),
+        )
+        rows = await tx.fetch("SELECT tenant_id FROM tenants WHERE plan = $1", plan_id)
+        return [r["tenant_id"] for r in rows]
+
     async def overrides(self, tx: asyncpg.Connection, tenant_id: UUID) -> dict[str, Any]:
         rows = await tx.fetch(
             "SELECT limit_name, value FROM tenant_limit_overrides WHERE tenant_id = $1",
