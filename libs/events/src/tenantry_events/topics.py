@@ -23,7 +23,12 @@ CONSUMER_GROUPS = (
     "tenantry-provisioning",
     "tenantry-webhooks",
     "tenantry-ratelimit",
-    "tenantry-identity.background",  # apikey.used, apart from revocations (servicekit worker)
+    # servicekit's worker lanes: critical events and bulk usage reports apart (worker.py)
+    *(
+        f"tenantry-{s}.critical"
+        for s in ("tenancy", "identity", "provisioning", "webhooks", "ratelimit")
+    ),
+    "tenantry-identity.background",
 )
 
 

@@ -34,7 +34,12 @@ from tenantry_servicekit.settings import ServiceSettings
 from tenantry_servicekit.tokens import AccessTokenVerifier, JwksCache
 
 API_PREFIX = "/v1"
-# Event types a worker consumes in a separate group (see worker.py).
+# Event types a worker consumes in groups of their own (see worker.py): access-cutting
+# events never queue behind bulk traffic, and bulk usage reports behind nothing important.
+# Safe because projections converge whatever the order across topics.
+CRITICAL_TOPICS = frozenset(
+    {"tenant.suspended", "tenant.reactivated", "apikey.revoked", "account.disabled"}
+)
 BACKGROUND_TOPICS = frozenset({"apikey.used"})
 Hook = Callable[[Runtime], Awaitable[None]]
 
@@ -64,6 +69,10 @@ class ServiceSpec:
     @property
     def background_group(self) -> str:
         return f"tenantry-{self.name}.background"
+
+    @property
+    def critical_group(self) -> str:
+        return f"tenantry-{self.name}.critical"
 
     def handlers(self, runtime: Runtime) -> dict[str, Handler[asyncpg.Connection]]:
         built = self.consumer_factory(runtime) if self.consumer_factory else {}

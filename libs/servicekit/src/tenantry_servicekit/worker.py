@@ -15,7 +15,7 @@ from faststream.kafka import KafkaBroker
 
 from tenantry_events.consumer import BrokerDeadLetters, EventConsumer, attach
 from tenantry_events.relay import KafkaPublisher, run_relay
-from tenantry_servicekit.app import BACKGROUND_TOPICS, ServiceSpec
+from tenantry_servicekit.app import BACKGROUND_TOPICS, CRITICAL_TOPICS, ServiceSpec
 from tenantry_servicekit.runtime import Runtime
 
 log = logging.getLogger("tenantry.worker")
@@ -38,10 +38,12 @@ async def run_worker(
         graceful_timeout=runtime.settings.shutdown_grace_seconds,
     )
     handlers = spec.handlers(runtime)
-    # Bulk, low-value topics get a consumer group of their own, so a burst of them never
-    # queues in front of a revocation or a suspension (seen in the revoke benchmark).
+    # Three lanes (consumer groups): critical events (suspension, revocation) never queue
+    # behind bulk ones, and bulk usage reports never in front of anything (seen in bench).
+    lanes = CRITICAL_TOPICS | BACKGROUND_TOPICS
     groups = {
-        spec.consumer_group: {t: h for t, h in handlers.items() if t not in BACKGROUND_TOPICS},
+        spec.critical_group: {t: h for t, h in handlers.items() if t in CRITICAL_TOPICS},
+        spec.consumer_group: {t: h for t, h in handlers.items() if t not in lanes},
         spec.background_group: {t: h for t, h in handlers.items() if t in BACKGROUND_TOPICS},
     }
     for group, group_handlers in groups.items():

@@ -23,9 +23,10 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
 async def _add(tx: asyncpg.Connection, tenant_id: UUID, column: str, delta: int) -> None:
     assert column in COUNTED
     await tx.execute(
-        f"""INSERT INTO tenant_usage (tenant_id, {column}) VALUES ($1, greatest($2, 0))
-            ON CONFLICT (tenant_id) DO UPDATE
-                SET {column} = greatest(tenant_usage.{column} + $2, 0)""",
+        # No clamping at 0: a disable may arrive before its create (another topic), and
+        # plain sums converge whatever the order.
+        f"""INSERT INTO tenant_usage (tenant_id, {column}) VALUES ($1, $2)
+            ON CONFLICT (tenant_id) DO UPDATE SET {column} = tenant_usage.{column} + $2""",
         tenant_id,
         delta,
     )
@@ -54,4 +55,6 @@ async def usage_of(tx: asyncpg.Connection, tenant_id: UUID) -> Usage:
         "SELECT seats, api_keys, webhook_endpoints FROM tenant_usage WHERE tenant_id = $1",
         tenant_id,
     )
-    return Usage(**dict(row)) if row else Usage()
+    if row is None:
+        return Usage()
+    return Usage(**{k: max(v, 0) for k, v in dict(row).items()})
