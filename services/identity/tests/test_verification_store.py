@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from uuid import UUID
 
+import asyncpg
 import pytest
 import pytest_asyncio
 
@@ -42,7 +43,7 @@ async def setup(db: ScratchDatabase) -> tuple[EmailVerification, MemoryMailer, F
         source="/tenantry/identity",
         region="local",
     )
-    async with db.db.transaction() as tx:
+    async with db.db.transaction(tenant_id=UUID(int=7)) as tx:
         account = await IdentityStore(events, source="/t", region="local").create_account(
             tx,
             tenant_id=UUID(int=7),
@@ -70,14 +71,15 @@ async def test_link_works_once_and_emits_user_email_verified(identity_db: Scratc
     )
     assert stored == 0, "the raw token is never stored"
     with pytest.raises(VerificationRefused) as no_password:
-        async with identity_db.db.transaction() as tx:
+        async with identity_db.db.transaction(platform=True) as tx:
             await verification.confirm(tx, token)
     assert no_password.value.slug == "password-required", "an invite sets its password here"
-    async with identity_db.db.transaction() as tx:
+    async with identity_db.db.transaction(platform=True) as tx:
         assert await verification.confirm(tx, token, "argon2-hash") == account_id
-    row = await identity_db.db.pool.fetchrow(
-        "SELECT email_verified, version FROM accounts WHERE account_id = $1", account_id
-    )
+    async with identity_db.db.transaction(platform=True) as tx:
+        row = await tx.fetchrow(
+            "SELECT email_verified, version FROM accounts WHERE account_id = $1", account_id
+        )
     assert row is not None
     assert row["email_verified"] is True
     assert row["version"] == 2
@@ -87,7 +89,7 @@ async def test_link_works_once_and_emits_user_email_verified(identity_db: Scratc
     )
     assert [r["event_type"] for r in types] == ["account.created", "user.email_verified"]
     with pytest.raises(VerificationRefused) as reused:
-        async with identity_db.db.transaction() as tx:
+        async with identity_db.db.transaction(platform=True) as tx:
             await verification.confirm(tx, token, "argon2-hash")
     assert reused.value.slug == "verification-link-used"
 
@@ -98,16 +100,17 @@ async def test_expired_and_forged_links_are_refused(identity_db: ScratchDatabase
         await verification.send(tx, account_id, "a@example.com", enforce_spacing=False)
     clock.advance(24 * 3600 + 1)
     with pytest.raises(VerificationRefused) as expired:
-        async with identity_db.db.transaction() as tx:
+        async with identity_db.db.transaction(platform=True) as tx:
             await verification.confirm(tx, token_of(mailer), "argon2-hash")
     assert expired.value.slug == "verification-link-expired"
     with pytest.raises(VerificationRefused) as forged:
-        async with identity_db.db.transaction() as tx:
+        async with identity_db.db.transaction(platform=True) as tx:
             await verification.confirm(tx, token_of(mailer)[:-2] + "xx")
     assert forged.value.slug == "invalid-verification-link"
-    verified = await identity_db.db.pool.fetchval(
-        "SELECT email_verified FROM accounts WHERE account_id = $1", account_id
-    )
+    async with identity_db.db.transaction(platform=True) as tx:
+        verified = await tx.fetchval(
+            "SELECT email_verified FROM accounts WHERE account_id = $1", account_id
+        )
     assert verified is False
 
 
@@ -122,3 +125,26 @@ async def test_resends_are_spaced_by_the_clock(identity_db: ScratchDatabase) -> 
     async with identity_db.db.transaction() as tx:
         await verification.send(tx, account_id, "a@example.com", enforce_spacing=True)
     assert len(mailer.sent) == 2
+
+
+async def test_row_level_security_hides_accounts_outside_their_tenant(
+    identity_db: ScratchDatabase,
+) -> None:
+    """The second wall: an unscoped query returns no rows; another tenant's scope neither;
+    the account's own tenant scope does. A write into another tenant is refused."""
+    _, _, _, account_id = await setup(identity_db)
+    query = "SELECT count(*) FROM accounts WHERE account_id = $1"
+    assert await identity_db.db.pool.fetchval(query, account_id) == 0
+    async with identity_db.db.transaction(tenant_id=UUID(int=8)) as tx:
+        assert await tx.fetchval(query, account_id) == 0
+        assert await tx.fetchval("SELECT count(*) FROM accounts") == 0
+    async with identity_db.db.transaction(tenant_id=UUID(int=7)) as tx:
+        assert await tx.fetchval(query, account_id) == 1
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        async with identity_db.db.transaction(tenant_id=UUID(int=8)) as tx:
+            await tx.execute(
+                """INSERT INTO accounts (account_id, tenant_id, email, role, status, version)
+                   VALUES ($1, $2, 'x@example.com', 'member', 'active', 1)""",
+                UUID(int=99),
+                UUID(int=7),
+            )
