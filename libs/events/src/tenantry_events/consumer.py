@@ -2,8 +2,8 @@
 
 For each record: decode the CloudEvents envelope; open one transaction; claim the event id
 in the inbox (a redelivery finds it claimed and does nothing); run the handler; commit;
-only then is the Kafka offset committed (FastStream AckPolicy.NACK_ON_ERROR: ack after the
-handler returns, rewind on an exception).
+only then may the Kafka offset be committed (AckPolicy.MANUAL, see `attach`: commits at
+most every 100 ms after an applied record, rewind on an exception).
 
 Failures split in two:
 - transient (the database or the network is down): back off and raise, so the record is
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -171,20 +172,44 @@ class EventConsumer(Generic[TxT]):
 
 
 def attach(
-    broker: Any, consumer: EventConsumer[Any], *, auto_offset_reset: str = "earliest"
+    broker: Any,
+    consumer: EventConsumer[Any],
+    *,
+    auto_offset_reset: str = "earliest",
+    commit_interval: float = 0.1,
 ) -> Any:
-    """Register `consumer` on a FastStream KafkaBroker as one subscriber over its topics."""
+    """Register `consumer` on a FastStream KafkaBroker as one subscriber over its topics.
+
+    Offsets are committed at most every `commit_interval` seconds, after a record's
+    transaction committed: the subscriber handles records one at a time, so the position
+    committed never passes an unapplied record. A crash redelivers what was applied since
+    the last commit, and the inbox drops those duplicates (a per-record commit cost more
+    than half the throughput, see docs/benchmarks.md). A record that fails is rewound
+    (nack) and handled again; nothing after it is committed before it.
+    """
+    last_commit = 0.0
 
     async def on_record(message: KafkaMessage) -> None:
+        nonlocal last_commit
         # The raw record, not FastStream's decoded body: decoding is the envelope codec's job.
         record = message.raw_message
         assert not isinstance(record, tuple)  # single-record subscriber
-        await consumer.process(record.topic, record.key, list(record.headers or ()), message.body)
+        try:
+            await consumer.process(
+                record.topic, record.key, list(record.headers or ()), message.body
+            )
+        except BaseException:
+            await message.nack()  # rewind to this record: it comes back
+            raise
+        now = time.monotonic()
+        if now - last_commit >= commit_interval:
+            await message.ack()  # commits the position after this record
+            last_commit = now
 
     subscriber = broker.subscriber(
         *consumer.topics,
         group_id=consumer.group,
-        ack_policy=AckPolicy.NACK_ON_ERROR,
+        ack_policy=AckPolicy.MANUAL,
         auto_offset_reset=auto_offset_reset,
         title=f"{consumer.group}",
     )

@@ -40,7 +40,16 @@ async def create_scratch_database(
     name = f"{prefix}_{uuid4().hex[:12]}"
     admin = await asyncpg.connect(stack.owner_dsn("postgres"))
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        for attempt in range(20):
+            try:
+                await admin.execute(f'CREATE DATABASE "{name}"')
+                break
+            except asyncpg.ObjectInUseError:
+                # "template1 is being accessed by other users": a short-lived connection
+                # elsewhere; wait for it (bounded).
+                if attempt == 19:
+                    raise
+                await asyncio.sleep(0.1)
     finally:
         await admin.close()
     owner_dsn, app_dsn = stack.owner_dsn(name), stack.app_dsn(name)
