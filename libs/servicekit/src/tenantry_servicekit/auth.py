@@ -227,14 +227,6 @@ def principal_of(request: Request[Any, Any, Any]) -> Principal:
     return principal
 
 
-def tenant_of_path(request: Request[Any, Any, Any], principal: Principal) -> UUID:
-    """For /v1/tenants/{tenant_id}/...: another tenant's credential gets 404, never the data."""
-    tenant_id: UUID = request.path_params["tenant_id"]
-    if not principal.can_act_on(tenant_id):
-        raise Problem(404, "not-found", "Not found", "No resource at this URL")
-    return tenant_id
-
-
 class TenantStatus(Protocol):
     async def status(self, tenant_id: UUID) -> str | None: ...
 

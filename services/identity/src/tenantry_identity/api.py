@@ -40,7 +40,6 @@ from tenantry_servicekit.auth import (
     PUBLIC,
     principal_of,
     requires,
-    tenant_of_path,
     tenant_suspended,
 )
 from tenantry_servicekit.limits import guard_quantity
@@ -299,7 +298,6 @@ class AccountsController(Controller):
         runtime: NamedDependency[Runtime],
     ) -> AccountRow:
         principal = principal_of(request)
-        tenant_of_path(request, principal)
         try:
             email = normalise_email(data.email)
             if data.password is not None:
@@ -326,11 +324,9 @@ class AccountsController(Controller):
     @get("/", opt=requires(scopes=("accounts:read",)), summary="List accounts")
     async def list_accounts(
         self,
-        request: Request[Any, Any, Any],
         tenant_id: FromPath[UUID],
         runtime: NamedDependency[Runtime],
     ) -> list[AccountRow]:
-        tenant_of_path(request, principal_of(request))
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
             return await store(runtime).list_accounts(tx, tenant_id, after=None, limit=200)
 
@@ -346,12 +342,10 @@ class AccountAdminController(Controller):
     @get("/", opt=requires(scopes=("accounts:read",)), summary="Read an account")
     async def read(
         self,
-        request: Request[Any, Any, Any],
         tenant_id: FromPath[UUID],
         account_id: FromPath[UUID],
         runtime: NamedDependency[Runtime],
     ) -> AccountRow:
-        tenant_of_path(request, principal_of(request))
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
             account = await store(runtime).get_account(tx, account_id)
         if account is None or account.tenant_id != tenant_id:
@@ -373,7 +367,6 @@ class AccountAdminController(Controller):
         runtime: NamedDependency[Runtime],
     ) -> AccountRow:
         principal = principal_of(request)
-        tenant_of_path(request, principal)
         if principal.subject == str(account_id):
             raise Problem(409, "cannot-disable-self", "You cannot disable your own account")
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
@@ -412,7 +405,6 @@ class ApiKeysController(Controller):
         runtime: NamedDependency[Runtime],
     ) -> CreatedApiKey:
         principal = principal_of(request)
-        tenant_of_path(request, principal)
         try:
             scopes = check_scopes(data.scopes)
         except IdentityRuleBroken as exc:
@@ -446,11 +438,9 @@ class ApiKeysController(Controller):
     @get("/", opt=requires(scopes=("apikeys:read",)), summary="List API keys (no secrets)")
     async def list_keys(
         self,
-        request: Request[Any, Any, Any],
         tenant_id: FromPath[UUID],
         runtime: NamedDependency[Runtime],
     ) -> list[ApiKeyRow]:
-        tenant_of_path(request, principal_of(request))
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
             return await store(runtime).list_api_keys(tx, tenant_id)
 
@@ -468,7 +458,6 @@ class ApiKeysController(Controller):
         runtime: NamedDependency[Runtime],
     ) -> ApiKeyRow:
         principal = principal_of(request)
-        tenant_of_path(request, principal)
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
             row = await store(runtime).revoke_api_key(
                 tx, tenant_id, key_id, f"{principal.kind}:{principal.subject}", "revoked by request"
@@ -558,7 +547,6 @@ class VerificationController(Controller):
         runtime: NamedDependency[Runtime],
     ) -> Verified:
         principal = principal_of(request)
-        tenant_of_path(request, principal)
         if not (
             principal.is_operator
             or principal.subject == str(account_id)

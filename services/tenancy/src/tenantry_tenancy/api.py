@@ -13,7 +13,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from uuid_utils.compat import uuid4
 
 from tenantry_events.payloads.tenancy import Limits
-from tenantry_servicekit.auth import principal_of, requires, tenant_of_path
+from tenantry_servicekit.auth import principal_of, requires
 from tenantry_servicekit.pagination import Page, clamp_limit, decode_cursor, page_of
 from tenantry_servicekit.problems import Problem
 from tenantry_servicekit.runtime import Runtime
@@ -94,11 +94,9 @@ class TenantsController(Controller):
     @get("/{tenant_id:uuid}", opt=requires(scopes=("tenant:read",)), summary="Read a tenant")
     async def get_tenant(
         self,
-        request: Request[Any, Any, Any],
         tenant_id: FromPath[UUID],
         runtime: NamedDependency[Runtime],
     ) -> TenantRow:
-        tenant_of_path(request, principal_of(request))
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
             row = await repository(runtime).get(tx, tenant_id)
         if row is None:
