@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tenantry_resilience import BreakerConfig, BreakerState, CircuitBreaker
 from tenantry_servicekit.clock import FakeClock
 from tenantry_servicekit.tokens import (
     AUDIENCE,
@@ -123,3 +124,67 @@ async def test_alg_none_and_tampered_payloads_are_refused(setup: Any) -> None:
         await verifier.verify(f"{none_header}.{payload}.")
     with pytest.raises(InvalidToken):
         await verifier.verify("not-a-token")
+
+
+class FlakyJwks(Jwks):
+    """Identity that can go down."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    async def fetch(self) -> dict[str, Any]:
+        document = await super().fetch()
+        if self.down:
+            raise ConnectionError("identity unreachable")
+        return document
+
+
+def jwks_breaker(clock: FakeClock) -> CircuitBreaker:
+    config = BreakerConfig(
+        sliding_window_size=2,
+        minimum_number_of_calls=2,
+        wait_duration_in_open_state=60,
+        permitted_calls_in_half_open_state=1,
+    )
+    return CircuitBreaker("jwks", config, clock=clock.now)
+
+
+async def test_an_open_breaker_keeps_serving_cached_keys_without_fetching() -> None:
+    jwks, clock = FlakyJwks(), FakeClock()
+    breaker = jwks_breaker(clock)
+    verifier = AccessTokenVerifier(
+        JwksCache(jwks.fetch, ttl=300, min_refetch=5, clock=clock, breaker=breaker), clock=clock
+    )
+    token = sign(claims(clock), jwks.keys[0])
+    await verifier.verify(token)
+    jwks.down = True
+    clock.advance(301)  # the keys are stale: the next request refetches, and fails
+    await verifier.verify(token)
+    assert (jwks.fetches, breaker.state) == (2, BreakerState.OPEN)
+    for _ in range(20):  # stale keys and unknown kids would each refetch: the breaker refuses
+        await verifier.verify(token)
+        with pytest.raises(InvalidToken, match="unknown signing key"):
+            await verifier.verify(sign(claims(clock), new_signing_key("forged")))
+        clock.advance(1)
+    assert jwks.fetches == 2
+    jwks.down = False
+    clock.advance(40)  # past the open wait: one trial fetch, and it closes the breaker
+    await verifier.verify(token)
+    assert (jwks.fetches, breaker.state) == (3, BreakerState.CLOSED)
+
+
+async def test_an_open_breaker_with_no_keys_yet_refuses_tokens() -> None:
+    jwks, clock = FlakyJwks(), FakeClock()
+    breaker = jwks_breaker(clock)
+    verifier = AccessTokenVerifier(
+        JwksCache(jwks.fetch, ttl=300, min_refetch=5, clock=clock, breaker=breaker), clock=clock
+    )
+    token = sign(claims(clock), jwks.keys[0])
+    breaker.force_open()
+    with pytest.raises(InvalidToken, match="cannot load signing keys"):
+        await verifier.verify(token)
+    assert jwks.fetches == 0
+    breaker.reset()
+    await verifier.verify(token)
+    assert jwks.fetches == 1

@@ -8,6 +8,9 @@
   producer); a crash between the ack and the delete republishes it, and consumers drop the
   duplicate through their inbox. A broker outage leaves the rows in place and the relay
   retries with backoff (tenacity) until the broker is back.
+- Fails fast through a long outage: the publisher's circuit breaker opens after repeated
+  failures and refuses publishes at once (CallNotPermitted) instead of letting each one wait
+  out its timeout; the retry loop then waits until the breaker lets a trial through.
 """
 
 from __future__ import annotations
@@ -15,20 +18,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from tenantry_events.kafka_codec import KafkaRecord
 from tenantry_events.storage import Outbox, OutboxEntry
+from tenantry_resilience import BreakerConfig, CallNotPermitted, CircuitBreaker
 
 log = logging.getLogger("tenantry.relay")
 
 RELAY_LOCK_KEY = 0x7E_4A_47_52  # one advisory lock id for "the relay" in each database
 NOTIFY_CHANNEL = "tenantry_outbox"
+
+KAFKA_PRODUCER_BREAKER = BreakerConfig(
+    # A publish is a whole batch and the relay makes few of them, so a short window decides.
+    sliding_window_size=10,
+    minimum_number_of_calls=3,
+    failure_rate_threshold=50.0,
+    # Healthy acks=all batches take milliseconds; ten seconds means the cluster is in trouble.
+    slow_call_duration_threshold=10.0,
+    slow_call_rate_threshold=100.0,
+    wait_duration_in_open_state=5.0,
+    # One trial batch tells whether the broker is back; it is bounded by publish_timeout.
+    permitted_calls_in_half_open_state=1,
+)
+"""The default breaker config of `KafkaPublisher` (named "kafka-producer")."""
 
 
 class Publisher(Protocol):
@@ -43,6 +61,10 @@ class KafkaPublisher:
     A publish that fails or takes longer than `publish_timeout` throws the producer away
     and builds a new one on the next call: after a broker restart an old producer can wait
     forever on futures that never resolve, and a fresh one reconnects at once.
+
+    Every publish goes through `breaker` (by default its own, named "kafka-producer", with
+    `KAFKA_PRODUCER_BREAKER`; pass one from a `BreakerRegistry` to list it): while it is
+    open, publish raises `CallNotPermitted` at once.
     """
 
     def __init__(
@@ -51,11 +73,13 @@ class KafkaPublisher:
         *,
         client_id: str = "tenantry-relay",
         publish_timeout: float = 30.0,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._bootstrap = bootstrap_servers
         self._client_id = client_id
         self._publish_timeout = publish_timeout
         self._producer: AIOKafkaProducer | None = None
+        self.breaker = breaker or CircuitBreaker("kafka-producer", KAFKA_PRODUCER_BREAKER)
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -89,19 +113,20 @@ class KafkaPublisher:
             await asyncio.wait_for(producer.stop(), timeout=5.0)
 
     async def publish(self, records: Sequence[KafkaRecord]) -> None:
-        await self.start()
-        assert self._producer is not None
-        producer = self._producer
-        try:
-            async with asyncio.timeout(self._publish_timeout):
-                futures = [
-                    await producer.send(r.topic, value=r.value, key=r.key, headers=r.headers)
-                    for r in records
-                ]
-                await asyncio.gather(*futures)
-        except BaseException:
-            await self.stop()
-            raise
+        async with self.breaker.guard():
+            await self.start()
+            assert self._producer is not None
+            producer = self._producer
+            try:
+                async with asyncio.timeout(self._publish_timeout):
+                    futures = [
+                        await producer.send(r.topic, value=r.value, key=r.key, headers=r.headers)
+                        for r in records
+                    ]
+                    await asyncio.gather(*futures)
+            except BaseException:
+                await self.stop()
+                raise
 
 
 class OutboxRelay:
@@ -139,7 +164,7 @@ class OutboxRelay:
         """Publish until the outbox is empty, retrying through broker outages."""
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(Exception),
-            wait=wait_exponential_jitter(multiplier=0.1, max=self._max_backoff, jitter=0.1),
+            wait=_backoff(self._max_backoff),
             reraise=True,
         ):
             with attempt:
@@ -162,6 +187,23 @@ class OutboxRelay:
             finally:
                 for waiter in waiters:
                     waiter.cancel()
+
+
+def _backoff(max_backoff: float) -> Callable[[RetryCallState], float]:
+    """Exponential backoff with jitter (0.1 s, 0.2 s, ... up to `max_backoff`), but never
+    sooner than an open breaker lets a trial through: each attempt also reads a batch from
+    the outbox, which is wasted while the breaker refuses to publish it."""
+    exponential = wait_exponential_jitter(multiplier=0.1, max=max_backoff, jitter=0.1)
+
+    def wait(retry_state: RetryCallState) -> float:
+        delay = exponential(retry_state)
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None and outcome.failed else None
+        if isinstance(error, CallNotPermitted) and error.retry_after is not None:
+            return max(delay, min(error.retry_after, max_backoff))
+        return delay
+
+    return wait
 
 
 async def run_relay(

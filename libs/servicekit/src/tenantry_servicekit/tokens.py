@@ -1,6 +1,7 @@
 """Access tokens: Ed25519-signed JWTs (alg Ed25519, RFC 9864) issued by identity and
 verified locally by every service against identity's JWKS, cached with a TTL and refetched
-on an unknown `kid`.
+on an unknown `kid`. Fetches go through a circuit breaker, so an identity outage costs
+each request nothing once the breaker is open: the cached keys keep verifying tokens.
 
 Claims: iss, aud, sub (account id), tid (tenant id, absent for operators), kind
 ("user" | "operator"), roles, scope (space-separated), ev (email verified), sid (session
@@ -17,6 +18,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, OKPKey
 
+from tenantry_resilience import BreakerConfig, CircuitBreaker
 from tenantry_servicekit.clock import Clock, SystemClock
 
 # RFC 9864 names the fully-specified algorithm "Ed25519" (the polymorphic "EdDSA" is deprecated).
@@ -40,11 +42,28 @@ def sign(claims: dict[str, Any], key: OKPKey) -> str:
 
 JwksFetcher = Callable[[], Awaitable[dict[str, Any]]]
 
+JWKS_BREAKER = BreakerConfig(
+    # Fetches are rare (a TTL, a rotation), so a few failures in a row are the signal.
+    sliding_window_size=10,
+    minimum_number_of_calls=3,
+    failure_rate_threshold=50.0,
+    slow_call_duration_threshold=5.0,
+    slow_call_rate_threshold=100.0,
+    # Keys rotate on a scale of days: cached keys stay good while identity recovers.
+    wait_duration_in_open_state=30.0,
+    permitted_calls_in_half_open_state=1,
+)
+"""The default breaker config of `JwksCache` (named "jwks")."""
+
 
 class JwksCache:
     """Identity's public keys. Refreshed after `ttl` seconds, and at once when a token names
     a kid we do not know (a rotation), but at most every `min_refetch` seconds so a flood of
-    forged kids cannot turn into a flood of fetches."""
+    forged kids cannot turn into a flood of fetches.
+
+    A fetch that fails, or that `breaker` refuses (by default its own, named "jwks", with
+    `JWKS_BREAKER`, timed by `clock`), keeps the cached keys; only a cache that never got
+    keys raises `InvalidToken`."""
 
     def __init__(
         self,
@@ -53,11 +72,13 @@ class JwksCache:
         ttl: float = 300.0,
         min_refetch: float = 1.0,
         clock: Clock | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._fetch = fetch
         self._ttl = ttl
         self._min_refetch = min_refetch
         self._clock = clock or SystemClock()
+        self.breaker = breaker or CircuitBreaker("jwks", JWKS_BREAKER, clock=self._clock.now)
         self._keys: KeySet | None = None
         self._fetched_at = float("-inf")
         self._lock = asyncio.Lock()
@@ -82,12 +103,14 @@ class JwksCache:
 
     async def _refresh(self) -> None:
         try:
-            document = await self._fetch()
-            self._keys = KeySet.import_key_set(document)  # type: ignore[arg-type]
+            async with self.breaker.guard():  # raises CallNotPermitted while open
+                document = await self._fetch()
+                keys = KeySet.import_key_set(document)  # type: ignore[arg-type]
         except Exception as exc:
             if self._keys is None:
                 raise InvalidToken(f"cannot load signing keys: {type(exc).__name__}") from exc
             return  # keep serving with the keys we have
+        self._keys = keys
         self._fetched_at = self._clock.now()
 
 
