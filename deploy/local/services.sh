@@ -122,5 +122,6 @@ print_urls() {
 
 case "${1:-}" in
   start) start ;; stop) stop ;; restart) stop; start ;; status) status ;; urls) print_urls ;;
-  *) echo "usage: $0 {start|stop|restart|status|urls}" >&2; exit 2 ;;
+  env) service_env "${2:?usage: $0 env SERVICE}" ;;  # what an extra instance needs (tests, bench)
+  *) echo "usage: $0 {start|stop|restart|status|urls|env SERVICE}" >&2; exit 2 ;;
 esac

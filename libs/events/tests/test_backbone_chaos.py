@@ -198,14 +198,5 @@ async def _outbox_empty(outbox: PostgresOutbox) -> bool:
 
 async def _stack(component: str, action: str, stack: Stack) -> None:
     started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        "bash",
-        str(stack.stack_script),
-        component,
-        action,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout=150)
-    assert proc.returncode == 0, f"stack.sh {component} {action} failed:\n{out.decode()[-2000:]}"
+    await stack.control(component, action)
     print(f"stack.sh {component} {action}: {time.monotonic() - started:.1f}s")

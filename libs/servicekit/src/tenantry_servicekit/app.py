@@ -17,8 +17,16 @@ from litestar.openapi.spec import Server
 from litestar.response import Response
 from litestar.types import ControllerRouterHandler
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tenantry_events.consumer import Handler
+from tenantry_events.consumer import Handler, merge_handlers
+from tenantry_events.payloads.ratelimit import RatePolicy
+from tenantry_resilience import CircuitBreaker
+from tenantry_servicekit.admission import (
+    AdmissionController,
+    AdmissionMiddleware,
+    AdmissionSettings,
+)
 from tenantry_servicekit.asgi import ASGIApp
 from tenantry_servicekit.auth import Authenticator, Principal, TenantGuard, principal_of
 from tenantry_servicekit.idempotency import IdempotencyMiddleware
@@ -28,6 +36,15 @@ from tenantry_servicekit.projections import (
     PostgresAccountStatus,
     PostgresApiKeyLookup,
     PostgresTenantStatus,
+)
+from tenantry_servicekit.ratelimit import (
+    REDIS_BREAKER,
+    LocalLimiter,
+    PolicyCache,
+    RateLimiter,
+    RateLimitStep,
+    RedisDecider,
+    requests_policy,
 )
 from tenantry_servicekit.runtime import Runtime
 from tenantry_servicekit.settings import ServiceSettings
@@ -75,13 +92,15 @@ class ServiceSpec:
         return f"tenantry-{self.name}.critical"
 
     def handlers(self, runtime: Runtime) -> dict[str, Handler[asyncpg.Connection]]:
+        """The static handlers, then the built ones; an event type named by both runs
+        both, in that order, in one transaction (projection first, reaction after)."""
         built = self.consumer_factory(runtime) if self.consumer_factory else {}
-        return {**self.consumer_handlers, **built}
+        return merge_handlers(self.consumer_handlers, built)
 
 
 def default_pipeline(runtime: Runtime) -> Pipeline:
     """Authentication for every service: tokens against identity's JWKS, API keys against
-    the local projection. Later issues add admission, tenant guard and rate limits."""
+    the local projection; the tenant guard; per-tenant rate limits; admission control."""
     identity = runtime.settings.service_url("identity")
 
     async def fetch_jwks() -> dict[str, Any]:
@@ -92,7 +111,13 @@ def default_pipeline(runtime: Runtime) -> Pipeline:
             return document
 
     verifier = AccessTokenVerifier(JwksCache(fetch_jwks, ttl=runtime.settings.jwks_ttl_seconds))
+    settings = runtime.settings
     return Pipeline(
+        admission=(
+            AdmissionController(AdmissionSettings.from_prefixed(settings), name=runtime.service)
+            if settings.admission_enabled
+            else None
+        ),
         authentication=Authenticator(
             verifier,
             PostgresApiKeyLookup(runtime.db),
@@ -100,7 +125,38 @@ def default_pipeline(runtime: Runtime) -> Pipeline:
             usage=runtime.key_usage,
         ),
         tenant_guard=TenantGuard(PostgresTenantStatus(runtime.db)),
+        rate_limit=rate_limit_step(runtime) if settings.ratelimit_enabled else None,
     )
+
+
+def rate_limit_step(runtime: Runtime) -> RateLimitStep:
+    """The process's one rate limiter (built once: its cache of refused keys and its local
+    fallback state are per process), shared by the pipeline and ratelimit's decision API."""
+    existing = runtime.extras.get("rate_limit_step")
+    if isinstance(existing, RateLimitStep):
+        return existing
+    settings = runtime.settings
+    step = RateLimitStep(
+        RateLimiter(
+            RedisDecider(runtime.redis),
+            LocalLimiter(divisor=settings.ratelimit_local_divisor),
+            breaker=CircuitBreaker("redis-ratelimit", REDIS_BREAKER),
+            slot_ttl_seconds=settings.ratelimit_slot_ttl_seconds,
+        ),
+        PolicyCache(
+            runtime.db,
+            ttl=settings.ratelimit_policy_ttl_seconds,
+            default=default_rate(settings),
+            default_max_in_flight=settings.ratelimit_max_in_flight or None,
+        ),
+    )
+    runtime.extras["rate_limit_step"] = step
+    return step
+
+
+def default_rate(settings: ServiceSettings) -> RatePolicy:
+    """What a tenant gets before anything is known about it here."""
+    return requests_policy(settings.ratelimit_default_rps, settings.ratelimit_default_burst)
 
 
 @get("/whoami", tags=["session"], summary="The principal behind the credential")
@@ -113,6 +169,13 @@ async def whoami(request: Request[Any, Any, Any]) -> Principal:
 @get("/healthz", include_in_schema=False, opt={"public_probe": True}, sync_to_thread=False)
 def liveness() -> dict[str, str]:
     return {"status": "ok"}
+
+
+@get("/metrics", include_in_schema=False, opt={"public_probe": True}, sync_to_thread=False)
+def prometheus_metrics() -> Response[bytes]:
+    """Every OpenTelemetry instrument of the process (rate-limit decision paths, breaker
+    states, admission) in the Prometheus text format, for the cluster's scraper."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 @get("/readyz", include_in_schema=False, opt={"public_probe": True})
@@ -140,6 +203,7 @@ def create_app(spec: ServiceSpec, runtime: Runtime, pipeline: Pipeline | None = 
             await hook(runtime)
         await runtime.key_usage.stop()  # last flush of API key usage
         await runtime.kafka.close()
+        await runtime.redis.aclose()
         await runtime.db.close()
 
     app = Litestar(
@@ -148,6 +212,7 @@ def create_app(spec: ServiceSpec, runtime: Runtime, pipeline: Pipeline | None = 
             *spec.root_route_handlers,
             liveness,
             readiness,
+            prometheus_metrics,
         ],
         dependencies={
             "runtime": Provide(lambda: runtime, use_cache=True, sync_to_thread=False),
@@ -158,6 +223,7 @@ def create_app(spec: ServiceSpec, runtime: Runtime, pipeline: Pipeline | None = 
         # Idempotency runs after authentication, so a revoked credential can never replay
         # a stored response, and records are scoped to the principal, not to a header.
         middleware=[
+            *([AdmissionMiddleware(pipeline.admission)] if pipeline.admission else []),
             PipelineMiddleware(pipeline.inner_steps()),
             DefineMiddleware(
                 IdempotencyMiddleware,  # type: ignore[arg-type]  # loose ASGI types (asgi.py)
@@ -190,8 +256,6 @@ def asgi_app(spec: ServiceSpec, runtime: Runtime) -> ASGIApp:
     middleware runs the inner pipeline steps, then Idempotency-Key handling)."""
     pipeline = spec.pipeline(runtime)
     app: ASGIApp = create_app(spec, runtime, pipeline)  # type: ignore[assignment]
-    if pipeline.admission is not None:
-        app = pipeline.admission.wrap(app)
     app = RequestIdMiddleware(app)
     traced: ASGIApp = OpenTelemetryMiddleware(app, exclude_spans=["receive", "send"])
     return traced

@@ -3,16 +3,16 @@
     request id and tracing -> admission control -> authentication -> tenant status and home
     region -> per-tenant concurrency and rate limits -> the route
 
-The outer steps are pure ASGI (they run before routing, so even a 404 passes admission).
-The inner steps are `PipelineStep`s run by one Litestar middleware after routing, so they
-can read what each route declares (its `opt`: required scopes, priority class, ...).
-Later issues fill the slots; a service passes its steps to `create_app`.
+Request id and tracing are pure ASGI around everything. Admission control is the first
+Litestar middleware: it runs just after routing, because a request's priority class is
+what its route declares (`opt={"priority": ...}`); an unrouted 404 costs nothing to refuse
+anyway. The inner steps are `PipelineStep`s run by one Litestar middleware after it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ from litestar.types import Scope as LitestarScope
 from litestar.types import Send as LitestarSend
 from uuid_utils.compat import uuid7
 
+from tenantry_servicekit.admission import AdmissionController
 from tenantry_servicekit.asgi import ASGIApp, Message, Receive, Scope, Send
 from tenantry_servicekit.telemetry import request_id_var
 
@@ -61,12 +62,6 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
 
 
-class AdmissionControl(Protocol):
-    """Outer slot (issue: guardrails): wraps the whole app, may answer 503 before any work."""
-
-    def wrap(self, app: ASGIApp) -> ASGIApp: ...
-
-
 class PipelineStep(Protocol):
     """Inner slot: raise a `Problem` to stop the request, or return to let it through."""
 
@@ -75,7 +70,7 @@ class PipelineStep(Protocol):
 
 @dataclass
 class Pipeline:
-    admission: AdmissionControl | None = None
+    admission: AdmissionController | None = None
     authentication: PipelineStep | None = None
     tenant_guard: PipelineStep | None = None
     rate_limit: PipelineStep | None = None
@@ -84,6 +79,24 @@ class Pipeline:
     def inner_steps(self) -> list[PipelineStep]:
         steps = [self.authentication, self.tenant_guard, self.rate_limit, *self.extra]
         return [s for s in steps if s is not None]
+
+
+_RESPONSE_HEADERS = "tenantry.response_headers"
+_AFTER_RESPONSE = "tenantry.after_response"
+AfterResponse = Callable[[], Awaitable[None]]
+
+
+def add_response_headers(scope: LitestarScope, headers: dict[str, str]) -> None:
+    """Headers a step wants on the response, whatever the route answers (RateLimit...)."""
+    state: dict[str, Any] = scope.setdefault("state", {})
+    state.setdefault(_RESPONSE_HEADERS, {}).update(headers)
+
+
+def after_response(scope: LitestarScope, callback: AfterResponse) -> None:
+    """Work a step needs done once the response is over, even if the route failed (give
+    back an in-flight slot)."""
+    state: dict[str, Any] = scope.setdefault("state", {})
+    state.setdefault(_AFTER_RESPONSE, []).append(callback)
 
 
 class PipelineMiddleware(ASGIMiddleware):
@@ -102,8 +115,26 @@ class PipelineMiddleware(ASGIMiddleware):
         send: LitestarSend,
         next_app: LitestarASGIApp,
     ) -> None:
-        if self.steps:
+        if not self.steps:
+            await next_app(scope, receive, send)
+            return
+        try:
             request: Request[Any, Any, Any] = Request(scope, receive)
             for step in self.steps:
                 await step(request)
-        await next_app(scope, receive, send)
+            state: dict[str, Any] = scope.get("state", {})
+            extra: dict[str, str] = state.get(_RESPONSE_HEADERS, {})
+            if extra:
+                encoded = [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+
+                async def send_with_headers(message: Any) -> None:
+                    if message["type"] == "http.response.start":
+                        message["headers"] = [*message.get("headers", []), *encoded]
+                    await send(message)
+
+                await next_app(scope, receive, send_with_headers)
+            else:
+                await next_app(scope, receive, send)
+        finally:
+            for callback in scope.get("state", {}).get(_AFTER_RESPONSE, ()):
+                await callback()

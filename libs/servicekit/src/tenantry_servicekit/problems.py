@@ -125,7 +125,7 @@ _ENCODER = msgspec.json.Encoder()
 
 def problem_response(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     problem = problem_from_exception(exc)
-    if problem.status >= 500:
+    if problem.status >= 500 and not isinstance(exc, Problem):  # a Problem is deliberate
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     request_id = request.scope.get("state", {}).get("request_id")
     body = problem.body(instance=request.url.path)

@@ -26,6 +26,7 @@ from tenantry_events.payloads.tenancy import (
 from tenantry_events.pg import Database
 from tenantry_servicekit.auth import ApiKeyRecord
 from tenantry_servicekit.limits import limits_projection_handlers
+from tenantry_servicekit.ratelimit import rate_policy_projection_handlers
 
 
 class ProjectedTenant(msgspec.Struct, frozen=True, kw_only=True):
@@ -160,6 +161,7 @@ def standard_projections() -> dict[str, Handler[asyncpg.Connection]]:
         **api_key_projection_handlers(),
         **account_projection_handlers(),
         **limits_projection_handlers(),
+        **rate_policy_projection_handlers(),
     }
 
 

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient
+from redis.asyncio import Redis
 
 from tenantry_events.pg import Database
 from tenantry_events.storage import PostgresEventStore, PostgresInbox, PostgresOutbox
@@ -65,6 +66,7 @@ class Runtime:
     inbox: PostgresInbox
     kafka: KafkaProbe
     key_usage: KeyUsage
+    redis: Redis
     extras: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -92,4 +94,12 @@ class Runtime:
             inbox=PostgresInbox(),
             kafka=KafkaProbe(settings.kafka_bootstrap),
             key_usage=usage,
+            # Connects on first use; short timeouts, since a slow Redis must not slow
+            # requests down (the rate limiter falls back to local limits instead).
+            redis=Redis.from_url(
+                settings.redis_url,
+                socket_timeout=settings.redis_timeout_seconds,
+                socket_connect_timeout=settings.redis_timeout_seconds,
+                max_connections=64,
+            ),
         )

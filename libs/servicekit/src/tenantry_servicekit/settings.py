@@ -38,6 +38,28 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     jwks_ttl_seconds: float = 300.0
     apikey_usage_flush_seconds: float = 10.0
     master_key: str = ""  # base64 of 32 bytes; services that keep readable secrets need it
+    redis_timeout_seconds: float = 0.25  # past it a rate-limit decision falls back to local
+    # Rate limits (ratelimit.py): what applies before the ratelimit service has published a
+    # tenant's policies, how fresh a policy read must be, and the local fallback's share.
+    ratelimit_enabled: bool = True
+    ratelimit_policy_ttl_seconds: float = 1.0
+    ratelimit_default_rps: float = 10.0
+    ratelimit_default_burst: int = 20
+    ratelimit_max_in_flight: int = 20  # per tenant, until ratelimit publishes one; 0 = none
+    ratelimit_slot_ttl_seconds: float = 60.0
+    ratelimit_local_divisor: int = 1  # instances expected to share the limit if Redis is down
+    # Admission control (admission.py; every knob there, these are the ones worth setting).
+    admission_enabled: bool = True
+    admission_mode: str = "adaptive"  # adaptive (Gradient2) | aimd | fixed
+    admission_fixed_limit: int = 64
+    admission_initial_limit: int = 20
+    admission_min_limit: int = 4
+    admission_max_limit: int = 256
+    admission_max_queue: int = 128
+    admission_critical_max_wait_seconds: float = 5.0
+    admission_default_max_wait_seconds: float = 1.0
+    admission_sheddable_max_wait_seconds: float = 0.25
+    admission_large_list_threshold: int = 200
 
     def service_url(self, service: str) -> str:
         for item in self.service_urls.split(","):

@@ -14,6 +14,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 
 from opentelemetry import metrics, trace
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -49,7 +50,11 @@ def setup_telemetry(service: str, exporter: str, region: str) -> None:
     if chosen is not None:
         provider.add_span_processor(SimpleSpanProcessor(chosen))
     trace.set_tracer_provider(provider)
-    metrics.set_meter_provider(MeterProvider(resource=resource))
+    # Metrics leave through /metrics in the Prometheus text format (app.py), which is what
+    # a Kubernetes cluster scrapes; the reader bridges OpenTelemetry instruments to it.
+    metrics.set_meter_provider(
+        MeterProvider(resource=resource, metric_readers=[PrometheusMetricReader()])
+    )
 
 
 class JsonFormatter(logging.Formatter):

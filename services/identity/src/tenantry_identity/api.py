@@ -216,7 +216,12 @@ class SessionsController(Controller):
                 created_by="bootstrap",
             )
 
-    @post("/sessions", status_code=201, opt={"auth": PUBLIC}, summary="Sign in with a password")
+    @post(
+        "/sessions",
+        status_code=201,
+        opt={"auth": PUBLIC, "priority": "critical", "rate_class": "auth"},
+        summary="Sign in with a password",
+    )
     async def login(self, data: JSONBody[Login], runtime: NamedDependency[Runtime]) -> TokenPair:
         refused = Problem(
             401,
@@ -235,7 +240,10 @@ class SessionsController(Controller):
             return await issue_tokens(runtime, account, uuid7(), tx)
 
     @post(
-        "/sessions/refresh", status_code=201, opt={"auth": PUBLIC}, summary="Rotate a refresh token"
+        "/sessions/refresh",
+        status_code=201,
+        opt={"auth": PUBLIC, "priority": "critical", "rate_class": "auth"},
+        summary="Rotate a refresh token",
     )
     async def refresh(
         self, data: JSONBody[Refresh], runtime: NamedDependency[Runtime]

@@ -164,7 +164,7 @@ class LifecycleController(Controller):
     @post(
         "/suspend",
         status_code=200,
-        opt=requires(operator_only=True),
+        opt={**requires(operator_only=True), "priority": "critical"},
         summary="Suspend a tenant (every service refuses its requests)",
     )
     async def suspend(
@@ -179,7 +179,7 @@ class LifecycleController(Controller):
     @post(
         "/reactivate",
         status_code=200,
-        opt=requires(operator_only=True),
+        opt={**requires(operator_only=True), "priority": "critical"},
         summary="Lift a suspension",
     )
     async def reactivate(

@@ -109,11 +109,13 @@ async def eventually(
     probe: Callable[[], Awaitable[T | None]],
     *,
     timeout: float = 20.0,
-    interval: float = 0.05,
+    interval: float = 0.02,
+    max_interval: float = 0.2,
     message: str = "condition",
 ) -> T:
     """Poll until `probe` returns something truthy; fail with `message` after `timeout`.
-    Tests wait on conditions with deadlines, never on fixed sleeps."""
+    Tests wait on conditions with deadlines, never on fixed sleeps. The interval grows to
+    `max_interval`, so a long wait does not spend the tenant's rate limit."""
     deadline = time.monotonic() + timeout
     while True:
         result = await probe()
@@ -122,3 +124,4 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         await asyncio.sleep(interval)
+        interval = min(max_interval, interval * 1.5)

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 REPO = Path(__file__).resolve().parents[5]
 STACK_ENV = REPO / "deploy" / "local" / "stack.env"
@@ -71,6 +78,66 @@ class Stack:
     @property
     def stack_script(self) -> Path:
         return REPO / "deploy" / "local" / "stack.sh"
+
+    async def control(self, component: str, action: str) -> None:
+        """`stack.sh COMPONENT ACTION` (kafka stop, redis start, ...), for chaos tests."""
+        proc = await asyncio.create_subprocess_exec(
+            "bash",
+            str(self.stack_script),
+            component,
+            action,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=150)
+        assert proc.returncode == 0, f"stack.sh {component} {action}:\n{out.decode()[-2000:]}"
+
+    def service_env(self, service: str) -> dict[str, str]:
+        """The environment `make up` gives a service (deploy/local/services.sh env)."""
+        out = subprocess.run(
+            ["bash", str(REPO / "deploy" / "local" / "services.sh"), "env", service],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    @contextlib.contextmanager
+    def extra_api(
+        self, service: str, port: int, overrides: Mapping[str, str] | None = None
+    ) -> Iterator[str]:
+        """One more api process of `service` on `port` with some settings changed (a
+        second instance, or one sized small to overload); yields its base URL once
+        /readyz answers, and kills it on exit."""
+        env = {**os.environ, **self.service_env(service), "TENANTRY_HTTP_PORT": str(port)}
+        env.update(overrides or {})
+        log = (REPO / ".local" / "log" / f"{service}-extra-{port}.log").open("ab")
+        process = subprocess.Popen(
+            [str(REPO / ".venv" / "bin" / f"tenantry-{service}"), "api"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"{service} api on {port} exited ({process.returncode})")
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{service} api on {port} never became ready")
+                time.sleep(0.2)
+            yield url
+        finally:
+            process.kill()
+            process.wait(timeout=30)
+            log.close()
 
 
 def load_stack() -> Stack:

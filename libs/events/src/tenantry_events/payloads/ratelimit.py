@@ -1,0 +1,48 @@
+"""Events owned by the ratelimit service.
+
+ratelimit resolves each tenant's rate policies (the plan's request rate from
+tenant.limits_changed, the plan's extra policies, tenant and API key overrides) and
+publishes the whole resolved set, so every service decides locally without asking it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from tenantry_events.catalog import event
+
+PolicyScope = Literal["tenant", "api_key"]
+
+
+class RatePolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """A GCRA rate: `limit` requests per `period_seconds` on average, with up to `burst`
+    requests at once. `route_class` "*" applies to every request; otherwise only to routes
+    of that class (read, write, auth, scim, export, ...)."""
+
+    name: str
+    limit: int
+    period_seconds: float
+    burst: int
+    route_class: str = "*"
+
+
+class KeyPolicies(msgspec.Struct, frozen=True, kw_only=True):
+    """Extra policies for one API key, on top of the tenant's (they can only narrow)."""
+
+    api_key_id: str
+    policies: list[RatePolicy]
+
+
+@event("ratelimit.policies_changed", owner="ratelimit", public=False)
+class RatePoliciesChanged(msgspec.Struct, frozen=True, kw_only=True):
+    """A tenant's resolved rate policies changed. `version` grows with every change, so a
+    projection keeps the highest. `max_in_flight` caps the tenant's concurrent requests
+    across the suite (None = no cap)."""
+
+    plan: str
+    policies: list[RatePolicy]
+    key_policies: list[KeyPolicies]
+    max_in_flight: int | None
+    version: int

@@ -1,0 +1,230 @@
+"""HTTP edge of ratelimit (under /v1): policies per plan, tenant and API key, and the
+decision API for callers outside the suite (gateways)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+import msgspec
+from litestar import Controller, Request, get, post, put
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
+from litestar.response import Response
+
+from tenantry_events.payloads.ratelimit import RatePolicy
+from tenantry_ratelimit.domain import InvalidPolicies, validate, validate_in_flight
+from tenantry_ratelimit.store import PlanPolicies, PolicyStore, TenantPolicies
+from tenantry_servicekit.app import rate_limit_step
+from tenantry_servicekit.auth import principal_of, requires
+from tenantry_servicekit.problems import Problem
+from tenantry_servicekit.ratelimit import TenantRatePolicies, applicable
+from tenantry_servicekit.runtime import Runtime
+
+ADMINS = ("owner", "admin")
+
+
+class PolicySet(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    policies: list[RatePolicy]
+    max_in_flight: int | None = None
+
+
+class KeyPolicySet(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    policies: list[RatePolicy]
+
+
+def store(runtime: Runtime) -> PolicyStore:
+    return PolicyStore(runtime.outbox, source=runtime.source, region=runtime.settings.region)
+
+
+def checked(policies: list[RatePolicy], max_in_flight: int | None = None) -> None:
+    try:
+        validate(policies)
+        validate_in_flight(max_in_flight)
+    except InvalidPolicies as exc:
+        raise Problem(
+            422, "invalid-rate-policy", "The rate policies are not valid", str(exc)
+        ) from exc
+
+
+def by(request: Request[Any, Any, Any]) -> str:
+    principal = principal_of(request)
+    return f"{principal.kind}:{principal.subject}"
+
+
+class TenantPoliciesController(Controller):
+    path = "/tenants/{tenant_id:uuid}"
+    tags = ["rate limits"]
+
+    @get(
+        "/rate-policies",
+        opt=requires(roles=ADMINS, scopes=("tenant:read",)),
+        summary="The tenant's rate policies",
+    )
+    async def read(
+        self, tenant_id: FromPath[UUID], runtime: NamedDependency[Runtime]
+    ) -> TenantPolicies:
+        """The resolved policies every service enforces (plan rate, plan policies, the
+        tenant's overrides, per-key policies) and the tenant's own overrides."""
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            view = await store(runtime).view(tx, tenant_id)
+        if view is None:
+            raise Problem(404, "not-found", "Not found", "no limits known for this tenant yet")
+        return view
+
+    @put(
+        "/rate-policies",
+        opt=requires(operator_only=True),
+        summary="Override the tenant's rate policies",
+    )
+    async def override(
+        self,
+        request: Request[Any, Any, Any],
+        tenant_id: FromPath[UUID],
+        data: JSONBody[PolicySet],
+        runtime: NamedDependency[Runtime],
+    ) -> TenantPolicies:
+        """A policy named like one of the plan's replaces it ("requests" replaces the
+        plan's rate); others are added. Every service enforces the change within seconds."""
+        checked(data.policies, data.max_in_flight)
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            policy_store = store(runtime)
+            await policy_store.set_tenant(
+                tx, tenant_id, data.policies, data.max_in_flight, by(request)
+            )
+            await policy_store.publish(tx, tenant_id)
+            view = await policy_store.view(tx, tenant_id)
+        if view is None:
+            raise Problem(404, "not-found", "Not found", "no limits known for this tenant yet")
+        return view
+
+    @put(
+        "/api-keys/{key_id:str}/rate-policies",
+        opt=requires(roles=ADMINS, scopes=("apikeys:write",)),
+        summary="Set an API key's own rate policies",
+    )
+    async def set_key_policies(
+        self,
+        request: Request[Any, Any, Any],
+        tenant_id: FromPath[UUID],
+        key_id: FromPath[str],
+        data: JSONBody[KeyPolicySet],
+        runtime: NamedDependency[Runtime],
+    ) -> TenantPolicies:
+        """Limits for one key, on top of the tenant's (they can only narrow, so tenant
+        admins may set them). An empty list removes them."""
+        checked(data.policies)
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            known = await tx.fetchval(
+                "SELECT 1 FROM api_key_projection WHERE key_id = $1 AND tenant_id = $2",
+                key_id,
+                tenant_id,
+            )
+            if not known:
+                raise Problem(404, "not-found", "Not found", "no such API key in this tenant")
+            policy_store = store(runtime)
+            await policy_store.set_key(tx, tenant_id, key_id, data.policies, by(request))
+            await policy_store.publish(tx, tenant_id)
+            view = await policy_store.view(tx, tenant_id)
+        assert view is not None
+        return view
+
+
+class PlanPoliciesController(Controller):
+    path = "/rate-plans"
+    tags = ["rate limits"]
+
+    @get("/", opt=requires(operator_only=True), summary="Rate policies of every plan")
+    async def list_plans(self, runtime: NamedDependency[Runtime]) -> list[PlanPolicies]:
+        async with runtime.db.transaction(platform=True) as tx:
+            return await store(runtime).plans(tx)
+
+    @put(
+        "/{plan_id:str}",
+        opt=requires(operator_only=True),
+        summary="Set a plan's rate policies",
+    )
+    async def set_plan(
+        self,
+        request: Request[Any, Any, Any],
+        plan_id: FromPath[str],
+        data: JSONBody[PolicySet],
+        runtime: NamedDependency[Runtime],
+    ) -> PlanPolicies:
+        """Policies every tenant on the plan gets besides the plan's request rate (which
+        tenancy owns). Republishes the policies of every tenant on the plan."""
+        checked(data.policies, data.max_in_flight)
+        async with runtime.db.transaction(platform=True) as tx:
+            policy_store = store(runtime)
+            tenants = await policy_store.set_plan(
+                tx, plan_id, data.policies, data.max_in_flight, by(request)
+            )
+            for tenant_id in tenants:
+                await policy_store.publish(tx, tenant_id)
+            plans = await policy_store.plans(tx)
+        return next(p for p in plans if p.plan_id == plan_id)
+
+
+class DecisionRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    tenant_id: UUID
+    api_key_id: str | None = None
+    route_class: Annotated[str, msgspec.Meta(max_length=32)] = "*"
+    cost: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
+
+
+class PolicyState(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    limit: int
+    period_seconds: float
+    burst: int
+    allowed: bool
+    remaining: int
+    reset_seconds: float
+    retry_after_seconds: float
+
+
+class DecisionResponse(msgspec.Struct, frozen=True, kw_only=True):
+    allowed: bool
+    retry_after_seconds: float
+    path: str  # redis, cached, or local (Redis unreachable: this instance's own limits)
+    policies: list[PolicyState]
+
+
+@post(
+    "/decisions",
+    status_code=200,
+    opt={**requires(operator_only=True), "priority": "critical"},
+    tags=["rate limits"],
+    summary="Decide one request against a tenant's rate policies",
+)
+async def decide(
+    data: JSONBody[DecisionRequest], runtime: NamedDependency[Runtime]
+) -> Response[DecisionResponse]:
+    """For gateways in front of the SaaS product: the same decision every Tenantry service
+    makes in its pipeline (same Redis keys, so the product's traffic and Tenantry's share
+    the tenant's limits). The answer is 200 either way; `allowed` says, and the RateLimit
+    headers come with it."""
+    step = rate_limit_step(runtime)
+    book: TenantRatePolicies = await step.policies.get(data.tenant_id)
+    decision = await step.limiter.decide(
+        applicable(book, data.tenant_id, data.route_class, data.api_key_id), cost=data.cost
+    )
+    body = DecisionResponse(
+        allowed=decision.allowed,
+        retry_after_seconds=decision.retry_after_seconds,
+        path=decision.path,
+        policies=[
+            PolicyState(
+                name=o.applied.policy.name,
+                limit=o.applied.policy.limit,
+                period_seconds=o.applied.policy.period_seconds,
+                burst=o.applied.policy.burst,
+                allowed=o.allowed,
+                remaining=max(0, o.remaining),
+                reset_seconds=o.reset_seconds,
+                retry_after_seconds=o.retry_after_seconds,
+            )
+            for o in decision.outcomes
+        ],
+    )
+    return Response(body, headers=decision.headers())

@@ -1,0 +1,330 @@
+"""Rate limits across the running suite: policies published by ratelimit reach every
+service, one tenant's budget is shared by all five (one Redis key per tenant and policy),
+429 problem+json with Retry-After and the IETF RateLimit fields, plan changes and key
+policies followed, the in-flight cap, the decision API, and Redis killed mid-traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from tenantry_servicekit.testing.fixtures import eventually
+from tenantry_servicekit.testing.stack import Stack
+
+from .conftest import SERVICES
+from .test_identity import bearer, create_key, new_tenant
+
+pytestmark = pytest.mark.kafka
+KEY_SCOPES = ["tenant:read", "apikeys:read", "apikeys:write", "accounts:read"]
+
+
+async def policy_versions(service_dbs: dict[str, asyncpg.Pool], tenant_id: str) -> list[int]:
+    return [
+        await pool.fetchval(
+            "SELECT coalesce(max(version), 0) FROM rate_policies WHERE tenant_id = $1::uuid",
+            tenant_id,
+        )
+        for pool in service_dbs.values()
+    ]
+
+
+async def published_everywhere(
+    service_dbs: dict[str, asyncpg.Pool], tenant_id: str, version: int
+) -> None:
+    async def reached() -> bool:
+        return min(await policy_versions(service_dbs, tenant_id)) >= version
+
+    await eventually(reached, timeout=30, message=f"rate policies v{version} in all five")
+    # Each service reads the projection at most once per policy TTL (1 s): let it expire.
+    await asyncio.sleep(1.1)
+
+
+async def set_tenant_policies(
+    client: httpx.AsyncClient,
+    stack: Stack,
+    operator_headers: dict[str, str],
+    tenant_id: str,
+    body: dict[str, Any],
+) -> dict[str, Any]:
+    r = await client.put(
+        f"{stack.service_url('ratelimit')}/v1/tenants/{tenant_id}/rate-policies",
+        headers=operator_headers,
+        json=body,
+    )
+    assert r.status_code == 200, r.text
+    view: dict[str, Any] = r.json()
+    return view
+
+
+def requests_a_minute(burst: int) -> dict[str, Any]:
+    """One request a minute after a burst: easy to exhaust, slow to refill."""
+    return {"policies": [{"name": "requests", "limit": 1, "period_seconds": 60, "burst": burst}]}
+
+
+async def limited_tenant(
+    stack: Stack,
+    operator_headers: dict[str, str],
+    service_dbs: dict[str, asyncpg.Pool],
+    policies: dict[str, Any],
+) -> tuple[str, str]:
+    """A new tenant with an API key and `policies` as its override, in force everywhere."""
+    tenant_id = await new_tenant(stack, operator_headers)
+    key = (await create_key(stack, operator_headers, tenant_id, KEY_SCOPES))["key"]
+    async with httpx.AsyncClient(timeout=10) as client:
+        view = await set_tenant_policies(client, stack, operator_headers, tenant_id, policies)
+    await published_everywhere(service_dbs, tenant_id, view["version"])
+    return tenant_id, key
+
+
+async def test_a_tenant_gets_its_plans_policies_in_every_service_with_ratelimit_headers(
+    stack: Stack, operator_headers: dict[str, str], service_dbs: dict[str, asyncpg.Pool]
+) -> None:
+    tenant_id = await new_tenant(stack, operator_headers)  # free: 20/s, 40 at once
+    key = (await create_key(stack, operator_headers, tenant_id, KEY_SCOPES))["key"]
+    await published_everywhere(service_dbs, tenant_id, 1)
+    async with httpx.AsyncClient(timeout=10) as client:
+        view = (
+            await client.get(
+                f"{stack.service_url('ratelimit')}/v1/tenants/{tenant_id}/rate-policies",
+                headers=bearer(key),
+            )
+        ).json()
+        assert view["plan"] == "free"
+        by_name = {p["name"]: p for p in view["policies"]}
+        assert by_name["requests"]["limit"] == 20
+        assert by_name["requests"]["burst"] == 40
+        assert "hourly" in by_name
+        assert view["max_in_flight"] == 10
+        for service in SERVICES:
+            r = await client.get(f"{stack.service_url(service)}/v1/whoami", headers=bearer(key))
+            assert r.status_code == 200
+            assert '"requests";q=40;w=2' in r.headers["RateLimit-Policy"], service
+            assert '"hourly";q=2000;w=360' in r.headers["RateLimit-Policy"], service
+            assert re.match(
+                r'^"requests";r=\d+;t=\d+, "hourly";r=\d+;t=\d+$', r.headers["RateLimit"]
+            )
+        # operators are not rate limited (platform staff), so they get no RateLimit fields
+        r = await client.get(f"{stack.service_url('identity')}/v1/whoami", headers=operator_headers)
+        assert "RateLimit" not in r.headers
+
+
+async def test_one_budget_across_all_five_services_and_a_429_that_says_when(
+    stack: Stack, operator_headers: dict[str, str], service_dbs: dict[str, asyncpg.Pool]
+) -> None:
+    _, key = await limited_tenant(stack, operator_headers, service_dbs, requests_a_minute(5))
+    async with httpx.AsyncClient(timeout=10) as client:
+        statuses = []
+        for service in SERVICES:  # one request to each: five in all, the burst
+            r = await client.get(f"{stack.service_url(service)}/v1/whoami", headers=bearer(key))
+            statuses.append(r.status_code)
+        assert statuses == [200] * 5
+        for service in SERVICES:
+            refused = await client.get(
+                f"{stack.service_url(service)}/v1/whoami", headers=bearer(key)
+            )
+            assert refused.status_code == 429, service
+            assert refused.headers["content-type"].startswith("application/problem+json")
+            body = refused.json()
+            assert body["type"] == "https://tenantry.dev/problems/rate-limited"
+            assert body["policy"] == "requests"
+            assert 50 <= int(refused.headers["Retry-After"]) <= 60  # one request a minute
+            assert body["retry_after"] == int(refused.headers["Retry-After"])
+            assert '"requests";r=0;' in refused.headers["RateLimit"]
+
+
+async def test_a_plan_change_moves_the_tenants_rate_everywhere(
+    stack: Stack, operator_headers: dict[str, str], service_dbs: dict[str, asyncpg.Pool]
+) -> None:
+    tenant_id = await new_tenant(stack, operator_headers)
+    key = (await create_key(stack, operator_headers, tenant_id, KEY_SCOPES))["key"]
+    await published_everywhere(service_dbs, tenant_id, 1)
+    before = max(await policy_versions(service_dbs, tenant_id))
+    async with httpx.AsyncClient(timeout=10) as client:
+        up = await client.post(
+            f"{stack.service_url('tenancy')}/v1/tenants/{tenant_id}/plan",
+            headers=operator_headers,
+            json={"plan": "team"},
+        )
+        assert up.status_code == 200, up.text
+        await published_everywhere(service_dbs, tenant_id, before + 1)
+        for service in SERVICES:
+            r = await client.get(f"{stack.service_url(service)}/v1/whoami", headers=bearer(key))
+            assert '"requests";q=100;w=2' in r.headers["RateLimit-Policy"], service
+            assert '"hourly";q=10000;' in r.headers["RateLimit-Policy"], service
+
+
+async def test_an_admin_narrows_one_key_and_the_tenants_other_keys_are_untouched(
+    stack: Stack, operator_headers: dict[str, str], service_dbs: dict[str, asyncpg.Pool]
+) -> None:
+    tenant_id = await new_tenant(stack, operator_headers)
+    narrowed = await create_key(stack, operator_headers, tenant_id, KEY_SCOPES)
+    other = await create_key(stack, operator_headers, tenant_id, KEY_SCOPES)
+    ratelimit = stack.service_url("ratelimit")
+    async with httpx.AsyncClient(timeout=10) as client:
+        r = await client.put(
+            f"{ratelimit}/v1/tenants/{tenant_id}/api-keys/{narrowed['api_key']['key_id']}/rate-policies",
+            headers=bearer(other["key"]),  # a key with apikeys:write may narrow another key
+            json={"policies": [{"name": "script", "limit": 1, "period_seconds": 60, "burst": 2}]},
+        )
+        assert r.status_code == 200, r.text
+        await published_everywhere(service_dbs, tenant_id, r.json()["version"])
+        identity = stack.service_url("identity")
+        results = [
+            (await client.get(f"{identity}/v1/whoami", headers=bearer(narrowed["key"]))).status_code
+            for _ in range(3)
+        ]
+        assert results == [200, 200, 429]
+        r = await client.get(f"{identity}/v1/whoami", headers=bearer(other["key"]))
+        assert r.status_code == 200
+        assert "script" not in r.headers["RateLimit-Policy"]
+        unknown = await client.put(
+            f"{ratelimit}/v1/tenants/{tenant_id}/api-keys/key_nope/rate-policies",
+            headers=operator_headers,
+            json={"policies": []},
+        )
+        assert unknown.status_code == 404
+
+
+async def test_bad_policies_are_refused_and_change_nothing(
+    stack: Stack, operator_headers: dict[str, str], service_dbs: dict[str, asyncpg.Pool]
+) -> None:
+    tenant_id = await new_tenant(stack, operator_headers)
+    await published_everywhere(service_dbs, tenant_id, 1)
+    url = f"{stack.service_url('ratelimit')}/v1/tenants/{tenant_id}/rate-policies"
+    async with httpx.AsyncClient(timeout=10) as client:
+        before = (await client.get(url, headers=operator_headers)).json()
+        for bad in (
+            {"policies": [{"name": "x", "limit": 0, "period_seconds": 1, "burst": 1}]},
+            {"policies": [{"name": "Bad Name", "limit": 1, "period_seconds": 1, "burst": 1}]},
+            {"policies": [{"name": "x", "limit": 1, "period_seconds": 0, "burst": 1}]},
+            {"policies": [{"name": "x", "limit": 1, "period_seconds": 1, "burst": 1}] * 2},
+            {"policies": [], "max_in_flight": 0},
+            {"policies": "nope"},
+        ):
+            r = await client.put(url, headers=operator_headers, json=bad)
+            assert r.status_code in (400, 422), (bad, r.status_code)
+            assert r.headers["content-type"].startswith("application/problem+json")
+        assert (await client.get(url, headers=operator_headers)).json() == before
+        tenant_admin_key = (await create_key(stack, operator_headers, tenant_id, KEY_SCOPES))["key"]
+        r = await client.put(url, headers=bearer(tenant_admin_key), json={"policies": []})
+        assert r.status_code == 403, "only operators override a tenant's policies"
+
+
+async def test_the_in_flight_cap_refuses_the_request_over_it_and_frees_on_completion(
+    stack: Stack, operator_headers: dict[str, str], service_dbs: dict[str, asyncpg.Pool]
+) -> None:
+    tenant_id, key = await limited_tenant(
+        stack, operator_headers, service_dbs, {"policies": [], "max_in_flight": 1}
+    )
+    identity = stack.service_url("identity")
+    async with httpx.AsyncClient(timeout=20) as client:
+        release = asyncio.Event()
+
+        async def slow_body() -> AsyncIterator[bytes]:
+            # The pipeline (and its slot) runs before the route reads the body: a body
+            # that is slow to arrive holds the tenant's only slot.
+            yield b'{"name": "slow", '
+            await release.wait()
+            yield b'"scopes": ["tenant:read"]}'
+
+        held = asyncio.create_task(
+            client.post(
+                f"{identity}/v1/tenants/{tenant_id}/api-keys",
+                headers={**bearer(key), "Content-Type": "application/json"},
+                content=slow_body(),
+            )
+        )
+
+        async def refused() -> httpx.Response | None:
+            r = await client.get(f"{identity}/v1/whoami", headers=bearer(key))
+            return r if r.status_code == 429 else None
+
+        over = await eventually(refused, timeout=10, message="the second request refused")
+        assert over.json()["policy"] == "in-flight"
+        assert over.headers["Retry-After"] == "1"
+        release.set()
+        assert (await held).status_code in (201, 403)  # created, or the plan's key limit
+        r = await client.get(f"{identity}/v1/whoami", headers=bearer(key))
+        assert r.status_code == 200, "the slot came back when the first request ended"
+
+
+async def test_the_decision_api_shares_the_tenants_budget_with_the_services(
+    stack: Stack, operator_headers: dict[str, str], service_dbs: dict[str, asyncpg.Pool]
+) -> None:
+    tenant_id, key = await limited_tenant(
+        stack, operator_headers, service_dbs, requests_a_minute(3)
+    )
+    ratelimit = stack.service_url("ratelimit")
+    async with httpx.AsyncClient(timeout=10) as client:
+        decide = f"{ratelimit}/v1/decisions"
+        first = await client.post(decide, headers=operator_headers, json={"tenant_id": tenant_id})
+        assert first.status_code == 200
+        assert first.json()["allowed"] is True
+        assert first.json()["path"] == "redis"
+        assert first.json()["policies"][0]["remaining"] == 2
+        assert '"requests";r=2;' in first.headers["RateLimit"]
+        assert (await client.get(f"{ratelimit}/v1/whoami", headers=bearer(key))).status_code == 200
+        second = await client.post(
+            decide, headers=operator_headers, json={"tenant_id": tenant_id, "cost": 2}
+        )
+        assert second.json()["allowed"] is False, "1 + 1 used, 2 more do not fit in 3"
+        assert second.json()["retry_after_seconds"] > 0
+        tenant_key = await client.post(decide, headers=bearer(key), json={"tenant_id": tenant_id})
+        assert tenant_key.status_code == 403
+
+
+def _decisions(metrics_text: str, path: str) -> float:
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith("tenantry_ratelimit_decisions_total{") and f'path="{path}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.mark.chaos
+async def test_redis_killed_mid_traffic_requests_flow_under_local_limits_then_redis_returns(
+    stack: Stack, operator_headers: dict[str, str], service_dbs: dict[str, asyncpg.Pool]
+) -> None:
+    tenant_id, key = await limited_tenant(
+        stack, operator_headers, service_dbs, requests_a_minute(20)
+    )
+    identity = stack.service_url("identity")
+    async with httpx.AsyncClient(timeout=10) as client:
+        local_before = _decisions((await client.get(f"{identity}/metrics")).text, "local")
+        await stack.control("redis", "stop")
+        try:
+            statuses = [
+                (await client.get(f"{identity}/v1/whoami", headers=bearer(key))).status_code
+                for _ in range(25)
+            ]
+            # Requests keep flowing, under this instance's own copy of the limits.
+            assert statuses == [200] * 20 + [429] * 5
+            local_after = _decisions((await client.get(f"{identity}/metrics")).text, "local")
+            assert local_after - local_before >= 25
+        finally:
+            await stack.control("redis", "start")
+
+        # Redis is back (empty: it keeps no state on disk here), and so are shared limits.
+        async def shared_again() -> bool:
+            r = await client.post(
+                f"{stack.service_url('ratelimit')}/v1/decisions",
+                headers=operator_headers,
+                json={"tenant_id": tenant_id},
+            )
+            return r.status_code == 200 and r.json()["path"] == "redis"
+
+        await eventually(shared_again, timeout=30, message="decisions in Redis again")
+        redis_before = _decisions((await client.get(f"{identity}/metrics")).text, "redis")
+
+        async def identity_uses_redis() -> bool:
+            await client.get(f"{identity}/v1/whoami", headers=bearer(key))
+            text = (await client.get(f"{identity}/metrics")).text
+            return _decisions(text, "redis") > redis_before
+
+        await eventually(identity_uses_redis, timeout=30, message="identity back on Redis")
