@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 from tenantry_servicekit.testing.fixtures import eventually
 from tenantry_servicekit.testing.stack import Stack
@@ -241,11 +242,16 @@ async def test_the_in_flight_cap_refuses_the_request_over_it_and_frees_on_comple
             )
         )
 
-        async def refused() -> httpx.Response | None:
-            r = await client.get(f"{identity}/v1/whoami", headers=bearer(key))
-            return r if r.status_code == 429 else None
-
-        over = await eventually(refused, timeout=10, message="the second request refused")
+        redis = Redis.from_url(stack.redis_url)
+        try:
+            # Wait until the slow request holds the slot (a probe sent earlier could take
+            # it first and get the slow one refused instead).
+            slots = f"rl:{{{tenant_id}}}:inflight"
+            await eventually(lambda: redis.zcard(slots), timeout=10, message="the slot taken")
+        finally:
+            await redis.aclose()
+        over = await client.get(f"{identity}/v1/whoami", headers=bearer(key))
+        assert over.status_code == 429
         assert over.json()["policy"] == "in-flight"
         assert over.headers["Retry-After"] == "1"
         release.set()

@@ -3,6 +3,7 @@ pipeline and lifecycle in all five."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,7 @@ CRITICAL_TOPICS = frozenset(
 )
 BACKGROUND_TOPICS = frozenset({"apikey.used"})
 Hook = Callable[[Runtime], Awaitable[None]]
+WorkerTask = Callable[[Runtime, asyncio.Event], Awaitable[None]]
 
 
 @dataclass
@@ -77,6 +79,9 @@ class ServiceSpec:
     pipeline: Callable[[Runtime], Pipeline] = lambda runtime: default_pipeline(runtime)
     on_startup: Sequence[Hook] = ()
     on_shutdown: Sequence[Hook] = ()
+    # Loops the worker process runs beside its consumers and relay (webhooks' dispatcher,
+    # retention jobs), each until `stop` is set.
+    worker_tasks: Sequence[WorkerTask] = ()
     version: str = "0.1.0"
 
     @property

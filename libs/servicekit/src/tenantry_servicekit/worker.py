@@ -15,7 +15,7 @@ from faststream.kafka import KafkaBroker
 
 from tenantry_events.consumer import BrokerDeadLetters, EventConsumer, attach
 from tenantry_events.relay import KafkaPublisher, run_relay
-from tenantry_servicekit.app import BACKGROUND_TOPICS, CRITICAL_TOPICS, ServiceSpec
+from tenantry_servicekit.app import BACKGROUND_TOPICS, CRITICAL_TOPICS, ServiceSpec, WorkerTask
 from tenantry_servicekit.runtime import Runtime
 
 log = logging.getLogger("tenantry.worker")
@@ -64,13 +64,31 @@ async def run_worker(
     await _start_with_retry(broker.start, stop)
     await _start_with_retry(publisher.start, stop)
     log.info("worker started: group %s", spec.consumer_group)
+    tasks = [asyncio.create_task(_supervised(task, runtime, stop)) for task in spec.worker_tasks]
     try:
         await run_relay(runtime.settings.database_url, runtime.outbox, publisher, stop)
     finally:
+        stop.set()
+        if tasks:  # each task finishes what it holds once stop is set
+            await asyncio.gather(*tasks, return_exceptions=True)
         await broker.stop()
         await publisher.stop()
         await runtime.db.close()
         log.info("worker stopped")
+
+
+async def _supervised(task: WorkerTask, runtime: Runtime, stop: asyncio.Event) -> None:
+    """Run a worker task until stop; a crash is logged and the task restarted (backing
+    off), never left dead while the process looks healthy."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            await task(runtime, stop)
+        except Exception:
+            log.exception("worker task %s crashed; restarting in %.1fs", task.__name__, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            delay = min(delay * 2, 30.0)
 
 
 async def _start_with_retry(start: object, stop: asyncio.Event) -> None:

@@ -11,6 +11,7 @@ from tenantry_events.consumer import Handler, merge_handlers
 from tenantry_events.envelope import Envelope
 from tenantry_events.payloads.identity import AccountCreated, ApiKeyUsed
 from tenantry_events.payloads.tenancy import TenantCreated
+from tenantry_events.payloads.webhooks import WebhookEndpointDisabled
 from tenantry_identity.api import (
     AccountAdminController,
     AccountsController,
@@ -111,12 +112,45 @@ def identity_consumers(runtime: Runtime) -> dict[str, Handler[asyncpg.Connection
             event.tenant_id,
         )
 
+    mailer = Mailer(SmtpSettings.from_env())
+
+    async def on_endpoint_disabled(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
+        """The operational notice: the tenant's owners and admins learn that an endpoint
+        stopped receiving webhooks, and why (identity sends every operational mail)."""
+        payload: WebhookEndpointDisabled = event.payload
+        admins = await tx.fetch(
+            """SELECT email FROM accounts WHERE tenant_id = $1 AND status = 'active'
+                 AND role IN ('owner', 'admin') AND email_verified""",
+            event.tenant_id,
+        )
+        why = {
+            "gone": "it answered 410 Gone",
+            "failing": f"every delivery to it has failed since {payload.failing_since}",
+        }.get(payload.reason, payload.reason)
+        for admin in admins:
+            try:
+                await mailer.send(
+                    admin["email"],
+                    "A webhook endpoint was disabled",
+                    f"Tenantry stopped sending webhooks to {payload.url} "
+                    f"(endpoint {payload.endpoint_id}) because {why}.\n\n"
+                    "Messages for it are kept. Fix the endpoint, enable it again, and recover "
+                    "what failed meanwhile (POST .../webhooks/endpoints/"
+                    f"{payload.endpoint_id}/recover).\n",
+                    headers={"X-Tenantry-Notice": "webhook-endpoint-disabled"},
+                )
+            except MailError as exc:
+                if exc.temporary:
+                    raise ConnectionError(str(exc)) from exc  # redeliver later
+                raise
+
     return merge_handlers(
         standard_projections(),
         {
             "account.created": on_account_created,
             "tenant.created": on_tenant_created,
             "apikey.used": on_apikey_used,
+            "webhook.endpoint_disabled": on_endpoint_disabled,
         },
     )
 

@@ -87,17 +87,21 @@ class PolicyStore:
         )
 
     async def publish(self, tx: asyncpg.Connection, tenant_id: UUID) -> Resolved | None:
-        """Resolve the tenant's policies and emit them with the next version."""
-        inputs = await self.inputs(tx, tenant_id)
-        if inputs is None:
-            return None  # published when tenant.limits_changed arrives
-        resolved = resolve(inputs)
+        """Resolve the tenant's policies and emit them with the next version.
+
+        The version row is locked *before* the inputs are read: of two concurrent
+        publishers, the one that gets the higher version also reads after the other
+        committed, so the highest version always carries the latest policies."""
         version = await tx.fetchval(
             """INSERT INTO rate_policy_versions AS v (tenant_id, version) VALUES ($1, 1)
                ON CONFLICT (tenant_id) DO UPDATE SET version = v.version + 1
                RETURNING version""",
             tenant_id,
         )
+        inputs = await self.inputs(tx, tenant_id)
+        if inputs is None:
+            return None  # published when tenant.limits_changed arrives
+        resolved = resolve(inputs)
         event: Envelope[RatePoliciesChanged] = new_event(
             RatePoliciesChanged(
                 plan=resolved.plan,

@@ -2,13 +2,82 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime, timedelta
+
+from tenantry_events.consumer import merge_handlers
 from tenantry_servicekit.app import ServiceSpec
+from tenantry_servicekit.crypto import SecretBox
+from tenantry_servicekit.outbound import OutboundClient
 from tenantry_servicekit.projections import standard_projections
+from tenantry_servicekit.runtime import Runtime
+from tenantry_webhooks.api import EndpointsController, MessagesController, event_types
+from tenantry_webhooks.dispatcher import Dispatcher, DispatcherSettings
+from tenantry_webhooks.fanout import fanout_handlers
+from tenantry_webhooks.sender import OutboundSender, outbound_policy
+from tenantry_webhooks.settings import WebhooksSettings
+from tenantry_webhooks.store import expunge_older_than
+
+log = logging.getLogger("tenantry.webhooks")
+
+
+def build_dispatcher(runtime: Runtime, client: OutboundClient) -> Dispatcher:
+    settings = runtime.settings
+    assert isinstance(settings, WebhooksSettings)
+    return Dispatcher(
+        db=runtime.db,
+        listen_dsn=settings.database_url,
+        sender=OutboundSender(client),
+        box=SecretBox.from_base64(settings.master_key),
+        outbox=runtime.outbox,
+        schedule=settings.schedule(),
+        settings=DispatcherSettings(
+            concurrency=settings.webhook_concurrency,
+            per_endpoint=settings.webhook_per_endpoint_concurrency,
+            lease_seconds=settings.webhook_timeout_seconds + settings.webhook_lease_margin_seconds,
+            auto_disable_after=settings.auto_disable_after,
+        ),
+        source=runtime.source,
+        region=settings.region,
+    )
+
+
+async def dispatch(runtime: Runtime, stop: asyncio.Event) -> None:
+    """The dispatcher, in the worker process."""
+    settings = runtime.settings
+    assert isinstance(settings, WebhooksSettings)
+    async with OutboundClient(outbound_policy(settings)) as client:
+        await build_dispatcher(runtime, client).run(stop)
+
+
+async def retention(runtime: Runtime, stop: asyncio.Event) -> None:
+    """Payloads older than TENANTRY_WEBHOOK_PAYLOAD_RETENTION_DAYS are expunged, in
+    batches, every few minutes; the log of attempts stays."""
+    settings = runtime.settings
+    assert isinstance(settings, WebhooksSettings)
+    keep = timedelta(days=settings.webhook_payload_retention_days)
+    while not stop.is_set():
+        while True:
+            async with runtime.db.transaction(platform=True) as tx:
+                done = await expunge_older_than(tx, datetime.now(UTC) - keep, 1000)
+            if done:
+                log.info("expunged %d message payloads past retention", done)
+            if done < 1000:
+                break
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=300)
+
 
 SPEC = ServiceSpec(
     name="webhooks",
     description=(
         "Customer endpoints, subscriptions, signing secrets, messages and delivery attempts."
     ),
-    consumer_handlers=standard_projections(),
+    route_handlers=[EndpointsController, MessagesController, event_types],
+    consumer_handlers=merge_handlers(standard_projections(), fanout_handlers()),
+    migration_packages=["tenantry_webhooks"],
+    settings_cls=WebhooksSettings,
+    worker_tasks=[dispatch, retention],
 )

@@ -1,0 +1,457 @@
+"""HTTP edge of webhooks (under /v1/tenants/{tenant_id}/webhooks): endpoints, their
+secrets, the delivery log, resend, recover and test events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+from uuid import UUID
+
+import msgspec
+from litestar import Controller, delete, get, patch, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody
+from uuid_utils.compat import uuid7
+
+from tenantry_servicekit.auth import requires
+from tenantry_servicekit.crypto import SecretBox
+from tenantry_servicekit.limits import guard_quantity
+from tenantry_servicekit.pagination import Page, clamp_limit, decode_cursor, page_of
+from tenantry_servicekit.problems import Problem
+from tenantry_servicekit.runtime import Runtime
+from tenantry_webhooks import store
+from tenantry_webhooks.domain import (
+    TEST_EVENT,
+    InvalidEndpoint,
+    literal_ip,
+    new_secret,
+    validate_channels,
+    validate_event_types,
+    validate_headers,
+    validate_url,
+)
+from tenantry_webhooks.fanout import public_event_types
+from tenantry_webhooks.sender import outbound_policy
+from tenantry_webhooks.settings import WebhooksSettings
+from tenantry_webhooks.store import AttemptRow, DeliveryRow, EndpointFields, EndpointRow, MessageRow
+
+READ = requires(roles=("owner", "admin"), scopes=("webhooks:read",))
+WRITE = requires(roles=("owner", "admin"), scopes=("webhooks:write",), verified_email=True)
+SECRET_CONTEXT = "webhooks.endpoint_secret"  # noqa: S105  (AES-GCM associated data)
+_ENCODER = msgspec.json.Encoder()
+
+
+def settings_of(runtime: Runtime) -> WebhooksSettings:
+    assert isinstance(runtime.settings, WebhooksSettings)
+    return runtime.settings
+
+
+def secret_box(runtime: Runtime) -> SecretBox:
+    return SecretBox.from_base64(settings_of(runtime).master_key)
+
+
+def encrypt_secret(runtime: Runtime, endpoint_id: str, secret: str) -> bytes:
+    return secret_box(runtime).encrypt(secret.encode(), f"{SECRET_CONTEXT}:{endpoint_id}")
+
+
+def not_found(what: str) -> Problem:
+    return Problem(404, "not-found", "Not found", f"no such {what} in this tenant")
+
+
+class EndpointIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+    event_types: list[str]
+    description: Annotated[str, msgspec.Meta(max_length=500)] = ""
+    channels: list[str] = msgspec.field(default_factory=list)
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    enabled: bool = True
+    rate_limit_per_second: Annotated[float, msgspec.Meta(gt=0, le=10_000)] | None = None
+    fifo: bool = False
+
+
+class EndpointPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)] | None = None
+    event_types: list[str] | None = None
+    description: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    channels: list[str] | None = None
+    headers: dict[str, str] | None = None
+    enabled: bool | None = None
+    # absent: unchanged; null: no per-endpoint rate any more
+    rate_limit_per_second: (
+        Annotated[float, msgspec.Meta(gt=0, le=10000)] | msgspec.UnsetType | None
+    ) = msgspec.UNSET
+    fifo: bool | None = None
+
+
+class CreatedEndpoint(msgspec.Struct, kw_only=True):
+    endpoint: EndpointRow
+    secret: str  # whsec_...: verify signatures with it (readable again at /secret)
+
+
+class Secret(msgspec.Struct, kw_only=True):
+    secret: str
+
+
+class Recover(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    since: datetime
+
+
+class Recovered(msgspec.Struct, kw_only=True):
+    deliveries: int
+
+
+class SentTest(msgspec.Struct, kw_only=True):
+    message_id: str
+
+
+class MessageDetail(msgspec.Struct, kw_only=True):
+    message: MessageRow
+    deliveries: list[DeliveryRow]
+
+
+class EventTypes(msgspec.Struct, kw_only=True):
+    event_types: list[str]
+
+
+def validated(runtime: Runtime, data: EndpointIn) -> EndpointFields:
+    """Everything an endpoint must satisfy to be saved; a 422 names what to fix."""
+    settings = settings_of(runtime)
+    try:
+        url = validate_url(data.url, allow_http=settings.webhook_allow_http)
+        ip = literal_ip(url)
+        reason = outbound_policy(settings).refusal(ip) if ip is not None else None
+        if reason is not None:
+            raise InvalidEndpoint(f"the URL's address is {reason}: it cannot receive webhooks")
+        return EndpointFields(
+            url=url,
+            description=data.description,
+            event_types=validate_event_types(data.event_types, public_event_types()),
+            channels=validate_channels(data.channels),
+            headers=validate_headers(data.headers),
+            enabled=data.enabled,
+            rate_limit_per_second=data.rate_limit_per_second,
+            fifo=data.fifo,
+        )
+    except InvalidEndpoint as exc:
+        raise Problem(422, "invalid-endpoint", "The endpoint is not valid", str(exc)) from exc
+
+
+class EndpointsController(Controller):
+    path = "/tenants/{tenant_id:uuid}/webhooks/endpoints"
+    tags = ["webhooks"]
+
+    @post("/", status_code=201, opt=WRITE, summary="Create an endpoint")
+    async def create(
+        self,
+        tenant_id: FromPath[UUID],
+        data: JSONBody[EndpointIn],
+        runtime: NamedDependency[Runtime],
+    ) -> CreatedEndpoint:
+        """Validated on save (URL, address, event types, headers); counted against the
+        plan's webhook_endpoints. Returns the signing secret. Honours Idempotency-Key."""
+        fields = validated(runtime, data)
+        endpoint_id = f"ep_{uuid7().hex}"
+        secret = new_secret()
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            await guard_quantity(tx, tenant_id, "webhook_endpoints", store.ENDPOINT_USAGE_SQL)
+            row = await store.insert_endpoint(
+                tx, endpoint_id, tenant_id, fields, encrypt_secret(runtime, endpoint_id, secret)
+            )
+        return CreatedEndpoint(endpoint=row, secret=secret)
+
+    @get("/", opt=READ, summary="List endpoints")
+    async def list_endpoints(
+        self,
+        tenant_id: FromPath[UUID],
+        runtime: NamedDependency[Runtime],
+        cursor: FromQuery[str | None] = None,
+        limit: FromQuery[int | None] = None,
+    ) -> Page[EndpointRow]:
+        size = clamp_limit(limit)
+        after = decode_cursor(cursor)
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            rows = await store.list_endpoints(tx, tenant_id, str(after[0]) if after else None, size)
+        return page_of(rows, size, lambda r: [r.endpoint_id])
+
+    @get("/{endpoint_id:str}", opt=READ, summary="Read an endpoint")
+    async def read(
+        self,
+        tenant_id: FromPath[UUID],
+        endpoint_id: FromPath[str],
+        runtime: NamedDependency[Runtime],
+    ) -> EndpointRow:
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            row = await store.get_endpoint(tx, tenant_id, endpoint_id)
+        if row is None:
+            raise not_found("endpoint")
+        return row
+
+    @patch("/{endpoint_id:str}", opt=WRITE, summary="Change an endpoint")
+    async def change(
+        self,
+        tenant_id: FromPath[UUID],
+        endpoint_id: FromPath[str],
+        data: JSONBody[EndpointPatch],
+        runtime: NamedDependency[Runtime],
+    ) -> EndpointRow:
+        """Only the fields sent change. Re-enabling a disabled endpoint sends what waited
+        for it; `recover` sends again what failed."""
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            current = await store.get_endpoint(tx, tenant_id, endpoint_id, for_update=True)
+            if current is None:
+                raise not_found("endpoint")
+            merged = EndpointIn(
+                url=data.url if data.url is not None else current.url,
+                event_types=data.event_types
+                if data.event_types is not None
+                else current.event_types,
+                description=data.description
+                if data.description is not None
+                else current.description,
+                channels=data.channels if data.channels is not None else current.channels,
+                headers=data.headers if data.headers is not None else current.headers,
+                enabled=data.enabled if data.enabled is not None else current.enabled,
+                rate_limit_per_second=(
+                    current.rate_limit_per_second
+                    if data.rate_limit_per_second is msgspec.UNSET
+                    else data.rate_limit_per_second
+                ),
+                fifo=data.fifo if data.fifo is not None else current.fifo,
+            )
+            row = await store.update_endpoint(
+                tx, tenant_id, endpoint_id, validated(runtime, merged)
+            )
+            if row is not None and row.enabled and not current.enabled:
+                await store.notify_due(tx)
+        assert row is not None
+        return row
+
+    @delete("/{endpoint_id:str}", status_code=204, opt=WRITE, summary="Delete an endpoint")
+    async def remove(
+        self,
+        tenant_id: FromPath[UUID],
+        endpoint_id: FromPath[str],
+        runtime: NamedDependency[Runtime],
+    ) -> None:
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            if not await store.delete_endpoint(tx, tenant_id, endpoint_id):
+                raise not_found("endpoint")
+
+    @get("/{endpoint_id:str}/secret", opt=WRITE, summary="Read the signing secret")
+    async def read_secret(
+        self,
+        tenant_id: FromPath[UUID],
+        endpoint_id: FromPath[str],
+        runtime: NamedDependency[Runtime],
+    ) -> Secret:
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            secrets = await store.secrets_of(tx, tenant_id, endpoint_id)
+        if secrets is None:
+            raise not_found("endpoint")
+        context = f"{SECRET_CONTEXT}:{endpoint_id}"
+        return Secret(secret=secret_box(runtime).decrypt(secrets[0], context).decode())
+
+    @post(
+        "/{endpoint_id:str}/secret/rotate", status_code=200, opt=WRITE, summary="Rotate the secret"
+    )
+    async def rotate(
+        self,
+        tenant_id: FromPath[UUID],
+        endpoint_id: FromPath[str],
+        runtime: NamedDependency[Runtime],
+    ) -> Secret:
+        """A new secret signs from now on; the old one keeps signing too (a second
+        signature) for TENANTRY_WEBHOOK_SECRET_GRACE_HOURS, so receivers can switch."""
+        secret = new_secret()
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            done = await store.rotate_secret(
+                tx,
+                tenant_id,
+                endpoint_id,
+                encrypt_secret(runtime, endpoint_id, secret),
+                settings_of(runtime).secret_grace,
+            )
+        if not done:
+            raise not_found("endpoint")
+        return Secret(secret=secret)
+
+    @post(
+        "/{endpoint_id:str}/test",
+        status_code=202,
+        opt={**WRITE, "priority": "sheddable"},
+        summary="Send a test event",
+    )
+    async def send_test(
+        self,
+        tenant_id: FromPath[UUID],
+        endpoint_id: FromPath[str],
+        runtime: NamedDependency[Runtime],
+    ) -> SentTest:
+        """A webhook.test message to this endpoint only, signed and retried like any other."""
+        message_id = f"msg_{uuid7().hex}"
+        now = datetime.now(UTC)
+        body = _ENCODER.encode(
+            {
+                "type": TEST_EVENT,
+                "timestamp": now.isoformat(),
+                "data": {"tenant_id": str(tenant_id), "endpoint_id": endpoint_id},
+            }
+        )
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            if await store.get_endpoint(tx, tenant_id, endpoint_id) is None:
+                raise not_found("endpoint")
+            await store.insert_message(
+                tx,
+                message_id=message_id,
+                tenant_id=tenant_id,
+                event_id=None,
+                event_type=TEST_EVENT,
+                channels=[],
+                body=body,
+            )
+            await store.insert_deliveries(tx, tenant_id, message_id, [endpoint_id])
+            await store.notify_due(tx)
+        return SentTest(message_id=message_id)
+
+    @post(
+        "/{endpoint_id:str}/recover", status_code=200, opt=WRITE, summary="Recover failed messages"
+    )
+    async def recover(
+        self,
+        tenant_id: FromPath[UUID],
+        endpoint_id: FromPath[str],
+        data: JSONBody[Recover],
+        runtime: NamedDependency[Runtime],
+    ) -> Recovered:
+        """Every delivery to this endpoint that failed since `since` goes out again."""
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            if await store.get_endpoint(tx, tenant_id, endpoint_id) is None:
+                raise not_found("endpoint")
+            count = await store.recover(tx, tenant_id, endpoint_id, data.since)
+            if count:
+                await store.notify_due(tx)
+        return Recovered(deliveries=count)
+
+    @post(
+        "/{endpoint_id:str}/messages/{message_id:str}/resend",
+        status_code=202,
+        opt=WRITE,
+        summary="Resend one message",
+    )
+    async def resend(
+        self,
+        tenant_id: FromPath[UUID],
+        endpoint_id: FromPath[str],
+        message_id: FromPath[str],
+        runtime: NamedDependency[Runtime],
+    ) -> None:
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            if await store.get_endpoint(tx, tenant_id, endpoint_id) is None:
+                raise not_found("endpoint")
+            if not await store.resend(tx, tenant_id, endpoint_id, message_id):
+                raise not_found("message (or its payload was expunged)")
+            await store.notify_due(tx)
+
+    @get("/{endpoint_id:str}/attempts", opt=READ, summary="Attempts to an endpoint")
+    async def endpoint_attempts(
+        self,
+        tenant_id: FromPath[UUID],
+        endpoint_id: FromPath[str],
+        runtime: NamedDependency[Runtime],
+        cursor: FromQuery[str | None] = None,
+        limit: FromQuery[int | None] = None,
+    ) -> Page[AttemptRow]:
+        """Newest first: status, latency, the start of the response body, next attempt."""
+        return await attempts_page(runtime, tenant_id, cursor, limit, endpoint_id=endpoint_id)
+
+
+async def attempts_page(
+    runtime: Runtime,
+    tenant_id: UUID,
+    cursor: str | None,
+    limit: int | None,
+    *,
+    message_id: str | None = None,
+    endpoint_id: str | None = None,
+) -> Page[AttemptRow]:
+    size = clamp_limit(limit)
+    before = decode_cursor(cursor)
+    async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+        rows = await store.list_attempts(
+            tx,
+            tenant_id,
+            message_id=message_id,
+            endpoint_id=endpoint_id,
+            before=int(before[0]) if before else None,
+            limit=size,
+        )
+    return page_of(rows, size, lambda r: [r.attempt_id])
+
+
+class MessagesController(Controller):
+    path = "/tenants/{tenant_id:uuid}/webhooks/messages"
+    tags = ["webhooks"]
+
+    @get("/", opt=READ, summary="List messages")
+    async def list_messages(
+        self,
+        tenant_id: FromPath[UUID],
+        runtime: NamedDependency[Runtime],
+        cursor: FromQuery[str | None] = None,
+        limit: FromQuery[int | None] = None,
+        event_type: FromQuery[str | None] = None,
+        since: FromQuery[datetime | None] = None,
+    ) -> Page[MessageRow]:
+        """Newest first; each message is one event as your endpoints receive it."""
+        size = clamp_limit(limit)
+        before = decode_cursor(cursor)
+        key = (datetime.fromisoformat(before[0]), str(before[1])) if before else None
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            rows = await store.list_messages(
+                tx, tenant_id, before=key, limit=size, event_type=event_type, since=since
+            )
+        return page_of(rows, size, lambda r: [r.created_at.isoformat(), r.message_id])
+
+    @get("/{message_id:str}", opt=READ, summary="Read a message and its deliveries")
+    async def read(
+        self,
+        tenant_id: FromPath[UUID],
+        message_id: FromPath[str],
+        runtime: NamedDependency[Runtime],
+    ) -> MessageDetail:
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            message = await store.get_message(tx, tenant_id, message_id)
+            if message is None:
+                raise not_found("message")
+            deliveries = await store.deliveries_of(tx, tenant_id, message_id)
+        return MessageDetail(message=message, deliveries=deliveries)
+
+    @get("/{message_id:str}/attempts", opt=READ, summary="Attempts of a message")
+    async def attempts(
+        self,
+        tenant_id: FromPath[UUID],
+        message_id: FromPath[str],
+        runtime: NamedDependency[Runtime],
+        cursor: FromQuery[str | None] = None,
+        limit: FromQuery[int | None] = None,
+    ) -> Page[AttemptRow]:
+        return await attempts_page(runtime, tenant_id, cursor, limit, message_id=message_id)
+
+    @delete("/{message_id:str}/content", status_code=204, opt=WRITE, summary="Expunge a payload")
+    async def expunge(
+        self,
+        tenant_id: FromPath[UUID],
+        message_id: FromPath[str],
+        runtime: NamedDependency[Runtime],
+    ) -> None:
+        """Deletes the message's body now (before retention would); the log of attempts
+        stays. It cannot be resent afterwards."""
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            if not await store.expunge(tx, tenant_id, message_id):
+                raise not_found("message with a payload")
+
+
+@get("/webhooks/event-types", tags=["webhooks"], summary="Event types you can subscribe to")
+async def event_types() -> EventTypes:
+    """Every public event type (their JSON Schemas are in docs/events/schemas)."""
+    return EventTypes(event_types=public_event_types())

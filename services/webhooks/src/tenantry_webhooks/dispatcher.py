@@ -1,0 +1,484 @@
+"""The dispatcher: sends due deliveries, records every attempt, schedules the next one.
+
+Durability: a delivery is claimed with a lease (a time in `leased_until`), committed,
+then sent, then its attempt recorded in a second transaction. A dispatcher killed
+mid-send never records the attempt; once the lease is over, any dispatcher sends it again,
+with the same webhook-id. So nothing is lost, and a repeat is always the same message.
+
+Isolation: at most `per_endpoint` sends in flight per endpoint (1 in FIFO mode), a
+circuit breaker per endpoint, an optional rate per endpoint, and a claim that takes the
+same number of deliveries from every tenant with due work (round robin by rank), so one
+tenant's backlog or one dead endpoint cannot starve the others. A suspended tenant's
+deliveries are not claimed: they wait, and go out once it is reactivated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+from uuid import UUID
+
+import asyncpg
+
+from tenantry_events.envelope import new_event
+from tenantry_events.payloads.webhooks import WebhookEndpointDisabled
+from tenantry_events.pg import Database
+from tenantry_events.storage import PostgresOutbox
+from tenantry_resilience import BreakerConfig, BreakerRegistry, CallNotPermitted
+from tenantry_servicekit.crypto import SecretBox
+from tenantry_servicekit.ratelimit import AppliedPolicy, LocalLimiter, requests_policy
+from tenantry_webhooks.domain import (
+    RetrySchedule,
+    Verdict,
+    parse_retry_after,
+    signature_header,
+    verdict,
+)
+
+log = logging.getLogger("tenantry.webhooks.dispatcher")
+NOTIFY_CHANNEL = "tenantry_webhook_deliveries"
+USER_AGENT = "Tenantry-Webhooks/1"
+
+ENDPOINT_BREAKER = BreakerConfig(
+    # Judged on the endpoint's last 10 attempts once 5 are in: a dead endpoint stops
+    # taking dispatcher time within seconds, and one trial a minute tells when it is back.
+    sliding_window_size=10,
+    minimum_number_of_calls=5,
+    failure_rate_threshold=50.0,
+    slow_call_duration_threshold=10.0,
+    slow_call_rate_threshold=100.0,
+    wait_duration_in_open_state=60.0,
+    permitted_calls_in_half_open_state=1,
+)
+
+
+@dataclass(frozen=True)
+class Response:
+    """What the receiver answered (status None: no answer, see `error`)."""
+
+    status: int | None
+    headers: Mapping[str, str]
+    body: str
+    truncated: bool
+    error: str | None = None
+
+
+class Sender(Protocol):
+    async def send(self, url: str, headers: Mapping[str, str], body: bytes) -> Response: ...
+
+
+@dataclass
+class DispatcherSettings:
+    concurrency: int = 64
+    per_endpoint: int = 4
+    per_tenant_claim: int = 16
+    lease_seconds: float = 60.0
+    poll_seconds: float = 0.5
+    auto_disable_after: timedelta = timedelta(days=5)
+    secret_context: str = "webhooks.endpoint_secret"  # noqa: S105  (AES-GCM associated data)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    delivery_id: int
+    message_id: str
+    endpoint_id: str
+    tenant_id: UUID
+    attempts: int
+
+
+@dataclass
+class Dispatcher:
+    db: Database
+    listen_dsn: str  # LISTEN needs a connection of its own, outside the pool
+    sender: Sender
+    box: SecretBox
+    outbox: PostgresOutbox
+    schedule: RetrySchedule = field(default_factory=RetrySchedule)
+    settings: DispatcherSettings = field(default_factory=DispatcherSettings)
+    source: str = "/tenantry/webhooks"
+    region: str = "local"
+    clock: Callable[[], float] = time.time
+    rng: random.Random = field(default_factory=random.Random)
+    breakers: BreakerRegistry = field(default_factory=lambda: BreakerRegistry(ENDPOINT_BREAKER))
+    _in_flight: Counter[str] = field(default_factory=Counter)
+    _rates: LocalLimiter = field(default_factory=LocalLimiter)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    # ------------------------------------------------------------ the loop
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim and send until `stop`; woken by NOTIFY at fan-out, polling as well."""
+        wake = asyncio.Event()
+        listener: asyncpg.Connection | None = None
+        try:
+            listener = await asyncpg.connect(self.listen_dsn)
+            await listener.add_listener(NOTIFY_CHANNEL, lambda *_: wake.set())
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("no LISTEN connection (%r): polling only", exc)
+        try:
+            while not stop.is_set():
+                wake.clear()
+                try:
+                    claimed = await self.claim_and_start()
+                except (OSError, asyncpg.PostgresError) as exc:
+                    log.warning("claim failed (%r); retrying", exc)
+                    claimed = 0
+                if claimed and len(self._tasks) < self.settings.concurrency:
+                    continue  # there may be more due right now
+                waiters: list[asyncio.Future[object]] = [
+                    asyncio.ensure_future(wake.wait()),
+                    asyncio.ensure_future(stop.wait()),
+                ]
+                if self._tasks:  # a finished send frees a slot (and maybe an endpoint)
+                    waiters.append(
+                        asyncio.ensure_future(
+                            asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+                        )
+                    )
+                _, pending = await asyncio.wait(
+                    waiters, timeout=self.settings.poll_seconds, return_when=asyncio.FIRST_COMPLETED
+                )
+                for waiter in pending:
+                    waiter.cancel()
+        finally:
+            if self._tasks:  # let sends in flight finish and record, bounded by the lease
+                await asyncio.wait(set(self._tasks), timeout=self.settings.lease_seconds)
+            if listener is not None:
+                with contextlib.suppress(Exception):
+                    await listener.close()
+
+    async def drain(self) -> None:
+        """Claim and send until nothing is due (tests and the benchmark drive it)."""
+        while True:
+            # A send that finishes during a claim is recorded after the claim's snapshot:
+            # only a claim that started with nothing in flight may end the drain.
+            was_busy = bool(self._tasks)
+            claimed = await self.claim_and_start()
+            if self._tasks:
+                await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+            elif not claimed and not was_busy:
+                return
+
+    async def claim_and_start(self) -> int:
+        free = self.settings.concurrency - len(self._tasks)
+        if free <= 0:
+            return 0
+        claimed = await self._claim(free)
+        for item in claimed:
+            self._in_flight[item.endpoint_id] += 1
+            task = asyncio.create_task(self._deliver(item))
+            self._tasks.add(task)
+            task.add_done_callback(self._done(item))
+        return len(claimed)
+
+    def _done(self, item: Claimed) -> Callable[[asyncio.Task[None]], None]:
+        def finished(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            self._in_flight[item.endpoint_id] -= 1
+            if self._in_flight[item.endpoint_id] <= 0:
+                del self._in_flight[item.endpoint_id]
+            if not task.cancelled() and task.exception() is not None:
+                log.error("delivery %s crashed", item.delivery_id, exc_info=task.exception())
+
+        return finished
+
+    # ------------------------------------------------------------ claiming
+
+    async def _claim(self, limit: int) -> list[Claimed]:
+        busy = [e for e, n in self._in_flight.items() if n >= self.settings.per_endpoint]
+        async with self.db.transaction(platform=True) as tx:
+            rows = await tx.fetch(
+                """WITH tenants AS (
+                       SELECT DISTINCT d.tenant_id FROM deliveries d
+                       WHERE d.status = 'pending' AND d.next_attempt_at <= $6
+                         AND (d.leased_until IS NULL OR d.leased_until < $6)
+                   ), candidates AS (
+                       SELECT c.delivery_id, c.endpoint_id, c.next_attempt_at,
+                              row_number() OVER (PARTITION BY t.tenant_id
+                                                 ORDER BY c.next_attempt_at) AS tenant_rank,
+                              row_number() OVER (PARTITION BY c.endpoint_id
+                                                 ORDER BY c.next_attempt_at) AS endpoint_rank
+                       FROM tenants t
+                       JOIN tenant_projection tp
+                         ON tp.tenant_id = t.tenant_id AND tp.status = 'active'
+                       CROSS JOIN LATERAL (
+                           SELECT d.delivery_id, d.endpoint_id, d.next_attempt_at
+                           FROM deliveries d
+                           JOIN endpoints e ON e.endpoint_id = d.endpoint_id AND e.enabled
+                           JOIN messages m ON m.message_id = d.message_id
+                           WHERE d.tenant_id = t.tenant_id AND d.status = 'pending'
+                             AND d.next_attempt_at <= $6
+                             AND (d.leased_until IS NULL OR d.leased_until < $6)
+                             AND NOT (d.endpoint_id = ANY($1::text[]))
+                             -- FIFO: only an endpoint's oldest pending message may go
+                             AND (NOT e.fifo OR NOT EXISTS (
+                                 SELECT 1 FROM deliveries d2
+                                 JOIN messages m2 ON m2.message_id = d2.message_id
+                                 WHERE d2.endpoint_id = d.endpoint_id
+                                   AND d2.status = 'pending' AND m2.sequence < m.sequence))
+                           ORDER BY d.next_attempt_at
+                           LIMIT $2
+                       ) c
+                   ), picked AS (
+                       SELECT delivery_id FROM candidates
+                       WHERE endpoint_rank <= $3
+                       ORDER BY tenant_rank, next_attempt_at
+                       LIMIT $4
+                   )
+                   UPDATE deliveries d
+                   SET leased_until = $6 + make_interval(secs => $5)
+                   FROM picked
+                   WHERE d.delivery_id = picked.delivery_id AND d.status = 'pending'
+                     AND (d.leased_until IS NULL OR d.leased_until < $6)
+                   RETURNING d.delivery_id, d.message_id, d.endpoint_id, d.tenant_id,
+                             d.attempts""",
+                busy,
+                self.settings.per_tenant_claim,
+                self.settings.per_endpoint,
+                limit,
+                self.settings.lease_seconds,
+                self._now(),
+            )
+        claimed = [Claimed(**dict(r)) for r in rows]
+        # Never more than per_endpoint in flight: give back what would pass the cap.
+        kept: list[Claimed] = []
+        taken: Counter[str] = Counter()
+        extra: list[int] = []
+        for item in claimed:
+            if (
+                self._in_flight[item.endpoint_id] + taken[item.endpoint_id]
+                < self.settings.per_endpoint
+            ):
+                taken[item.endpoint_id] += 1
+                kept.append(item)
+            else:
+                extra.append(item.delivery_id)
+        for endpoint_id in list(self._in_flight):
+            if self._in_flight[endpoint_id] == 0:
+                del self._in_flight[endpoint_id]
+        if extra:
+            # Platform scope: row-level security hides every delivery from a bare pool query.
+            async with self.db.transaction(platform=True) as tx:
+                await tx.execute(
+                    "UPDATE deliveries SET leased_until = NULL WHERE delivery_id = ANY($1)", extra
+                )
+        return kept
+
+    # ------------------------------------------------------------ one delivery
+
+    async def _deliver(self, item: Claimed) -> None:
+        async with self.db.transaction(platform=True) as tx:
+            row = await tx.fetchrow(
+                """SELECT e.url, e.headers, e.enabled, e.rate_limit_per_second, e.secret,
+                          CASE WHEN e.previous_secret_expires_at > $2
+                               THEN e.previous_secret END AS previous_secret,
+                          m.body
+                   FROM deliveries d
+                   JOIN endpoints e ON e.endpoint_id = d.endpoint_id
+                   JOIN messages m ON m.message_id = d.message_id
+                   WHERE d.delivery_id = $1""",
+                item.delivery_id,
+                self._now(),
+            )
+        if row is None or not row["enabled"]:
+            await self._release(item.delivery_id)  # deleted or disabled meanwhile
+            return
+        if row["body"] is None:  # expunged meanwhile: nothing will ever be sent
+            async with self.db.transaction(platform=True) as tx:
+                await tx.execute(
+                    """UPDATE deliveries SET status = 'failed', last_error = 'payload expunged',
+                           next_attempt_at = NULL, leased_until = NULL, updated_at = now()
+                       WHERE delivery_id = $1 AND status = 'pending'""",
+                    item.delivery_id,
+                )
+            return
+        breaker = self.breakers.get(item.endpoint_id)
+        try:
+            breaker.try_acquire()
+        except CallNotPermitted as exc:
+            # The endpoint is failing: do not spend an attempt; look again when it may
+            # have recovered (the breaker's half-open trial decides).
+            await self._postpone(item.delivery_id, exc.retry_after or 5.0)
+            return
+        if row["rate_limit_per_second"]:
+            policy = requests_policy(row["rate_limit_per_second"], 1)
+            rate = self._rates.decide([AppliedPolicy(policy, f"endpoint:{item.endpoint_id}")])
+            if not rate.allowed:
+                breaker.release_permission()
+                await self._postpone(item.delivery_id, rate.retry_after_seconds)
+                return
+        secrets = [self._secret(row["secret"], item.endpoint_id)]
+        if row["previous_secret"] is not None:
+            secrets.append(self._secret(row["previous_secret"], item.endpoint_id))
+        body: bytes = row["body"]
+        timestamp = int(self.clock())
+        headers = {
+            **{str(k): str(v) for k, v in (row["headers"] or {}).items()},
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+            "webhook-id": item.message_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signature_header(secrets, item.message_id, timestamp, body),
+        }
+        started = self._now()
+        began = time.monotonic()
+        try:
+            response = await self.sender.send(row["url"], headers, body)
+        except BaseException:
+            breaker.release_permission()
+            raise
+        elapsed = time.monotonic() - began
+        outcome = verdict(response.status)
+        if outcome is Verdict.SUCCESS:
+            breaker.on_success(elapsed)
+        else:
+            breaker.on_error(elapsed, RuntimeError(response.error or f"HTTP {response.status}"))
+        await self._record(item, row["url"], response, outcome, started, elapsed)
+
+    def _secret(self, ciphertext: bytes, endpoint_id: str) -> str:
+        context = f"{self.settings.secret_context}:{endpoint_id}"
+        return self.box.decrypt(ciphertext, context).decode()
+
+    async def _release(self, delivery_id: int) -> None:
+        async with self.db.transaction(platform=True) as tx:
+            await tx.execute(
+                "UPDATE deliveries SET leased_until = NULL WHERE delivery_id = $1", delivery_id
+            )
+
+    async def _postpone(self, delivery_id: int, seconds: float) -> None:
+        async with self.db.transaction(platform=True) as tx:
+            await tx.execute(
+                """UPDATE deliveries SET leased_until = NULL,
+                       next_attempt_at = greatest(
+                           next_attempt_at, $3::timestamptz + make_interval(secs => $2))
+                   WHERE delivery_id = $1""",
+                delivery_id,
+                max(0.05, seconds),
+                self._now(),
+            )
+
+    def _now(self) -> datetime:
+        """Time comes from `clock` (tests move it), never from the database's now()."""
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+    async def _record(
+        self,
+        item: Claimed,
+        url: str,
+        response: Response,
+        outcome: Verdict,
+        started: datetime,
+        elapsed: float,
+    ) -> None:
+        attempt = item.attempts + 1
+        delay: float | None = None
+        if outcome is Verdict.RETRY:
+            delay = self.schedule.next_delay(
+                attempt,
+                response.status,
+                parse_retry_after(response.headers.get("retry-after")),
+                self.rng,
+            )
+        status = {
+            Verdict.SUCCESS: "succeeded",
+            Verdict.GONE: "failed",
+            Verdict.RETRY: "pending" if delay is not None else "failed",
+        }[outcome]
+        next_at = datetime.fromtimestamp(self.clock() + delay, UTC) if delay is not None else None
+        async with self.db.transaction(platform=True) as tx:
+            await tx.execute(
+                """INSERT INTO attempts (delivery_id, tenant_id, message_id, endpoint_id,
+                       attempt, started_at, latency_ms, status_code, error, response_body,
+                       response_truncated, next_attempt_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)""",
+                item.delivery_id,
+                item.tenant_id,
+                item.message_id,
+                item.endpoint_id,
+                attempt,
+                started,
+                elapsed * 1000,
+                response.status,
+                response.error,
+                response.body.replace("\x00", "\ufffd"),  # text cannot hold NUL
+                response.truncated,
+                next_at,
+            )
+            await tx.execute(
+                """UPDATE deliveries SET status = $2, attempts = $3, next_attempt_at = $4,
+                       leased_until = NULL, last_status = $5, last_error = $6, updated_at = now()
+                   WHERE delivery_id = $1""",
+                item.delivery_id,
+                status,
+                attempt,
+                next_at,
+                response.status,
+                response.error,
+            )
+            await self._endpoint_health(tx, item, url, outcome)
+
+    async def _endpoint_health(
+        self, tx: asyncpg.Connection, item: Claimed, url: str, outcome: Verdict
+    ) -> None:
+        if outcome is Verdict.SUCCESS:
+            await tx.execute(
+                """UPDATE endpoints SET failing_since = NULL
+                   WHERE endpoint_id = $1 AND failing_since IS NOT NULL""",
+                item.endpoint_id,
+            )
+            return
+        now = self._now()
+        failing_since: datetime | None = await tx.fetchval(
+            """UPDATE endpoints SET failing_since = coalesce(failing_since, $2)
+               WHERE endpoint_id = $1 RETURNING failing_since""",
+            item.endpoint_id,
+            now,
+        )
+        if outcome is Verdict.GONE:
+            await self._disable(tx, item, url, "gone", None)
+        elif failing_since is not None and now - failing_since >= self.settings.auto_disable_after:
+            await self._disable(tx, item, url, "failing", failing_since)
+
+    async def _disable(
+        self,
+        tx: asyncpg.Connection,
+        item: Claimed,
+        url: str,
+        reason: str,
+        failing_since: datetime | None,
+    ) -> None:
+        """Disable once (the UPDATE says whether this attempt did it) and tell the tenant:
+        webhook.endpoint_disabled, which identity turns into a mail to its admins. The
+        endpoint's pending deliveries wait: re-enabling it sends them."""
+        disabled = await tx.fetchval(
+            """UPDATE endpoints SET enabled = false, disabled_reason = $2, updated_at = now()
+               WHERE endpoint_id = $1 AND enabled RETURNING true""",
+            item.endpoint_id,
+            reason,
+        )
+        if not disabled:
+            return
+        log.warning("endpoint %s disabled: %s", item.endpoint_id, reason)
+        event = new_event(
+            WebhookEndpointDisabled(
+                endpoint_id=item.endpoint_id,
+                url=url,
+                reason=reason,
+                failing_since=failing_since.isoformat() if failing_since else None,
+            ),
+            tenant_id=item.tenant_id,
+            subject=item.endpoint_id,
+            aggregate_version=0,  # an operational fact, not an aggregate change
+            source=self.source,
+            region=self.region,
+        )
+        await self.outbox.put(tx, [event])

@@ -1,0 +1,251 @@
+"""The rules of webhooks, pure (no I/O): which endpoints an event goes to, how a message is
+signed (Standard Webhooks v1), what an endpoint may look like, and when to try again."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import random
+import re
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from urllib.parse import urlsplit
+
+SECRET_PREFIX = "whsec_"  # noqa: S105  (the format's prefix, not a secret)
+TEST_EVENT = "webhook.test"
+MAX_EVENT_TYPES = 50
+MAX_CHANNELS = 10
+MAX_HEADERS = 20
+_PATTERN = re.compile(r"^(\*|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*(\.\*)?)$")
+_CHANNEL = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
+# What the outbound client can send: it encodes header values as ASCII (a non-ASCII value
+# raises in every delivery), and receivers refuse control characters.
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]{0,1000}")
+# Headers the platform sets or that would change how the request travels.
+_RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "user-agent",
+    }
+)
+
+
+class InvalidEndpoint(ValueError):
+    """The endpoint as sent cannot be saved; the message says what to fix."""
+
+
+# ---------------------------------------------------------------- subscriptions
+
+
+def pattern_matches(pattern: str, event_type: str) -> bool:
+    """`*` matches everything, `user.*` every type under `user.`, anything else itself."""
+    if pattern == "*":
+        return True
+    if pattern.endswith(".*"):
+        return event_type.startswith(pattern[:-1])
+    return pattern == event_type
+
+
+def subscribed(
+    event_types: Sequence[str],
+    channels: Sequence[str],
+    event_type: str,
+    message_channels: Sequence[str],
+) -> bool:
+    """An endpoint gets a message if one of its patterns matches the type and, when it
+    filters on channels, the message carries one of them. The test event goes only where
+    it is sent, never through subscriptions."""
+    if event_type == TEST_EVENT:
+        return False
+    if not any(pattern_matches(p, event_type) for p in event_types):
+        return False
+    return not channels or bool(set(channels) & set(message_channels))
+
+
+def validate_event_types(patterns: Sequence[str], known: Iterable[str]) -> list[str]:
+    """Each pattern must be well formed and match at least one public event type, so a
+    typo is refused on save instead of silently receiving nothing."""
+    if not patterns:
+        raise InvalidEndpoint("subscribe to at least one event type (or *)")
+    if len(patterns) > MAX_EVENT_TYPES:
+        raise InvalidEndpoint(f"at most {MAX_EVENT_TYPES} event types")
+    known_types = list(known)
+    for pattern in patterns:
+        if not _PATTERN.fullmatch(pattern):
+            raise InvalidEndpoint(f"event type {pattern!r} is not a type or a pattern like user.*")
+        if not any(pattern_matches(pattern, t) for t in known_types):
+            raise InvalidEndpoint(f"event type {pattern!r} matches no event Tenantry sends")
+    return sorted(set(patterns))
+
+
+def validate_channels(channels: Sequence[str]) -> list[str]:
+    if len(channels) > MAX_CHANNELS:
+        raise InvalidEndpoint(f"at most {MAX_CHANNELS} channels")
+    for channel in channels:
+        if not _CHANNEL.fullmatch(channel):
+            raise InvalidEndpoint(f"channel {channel!r}: letters, digits and _ . : - only")
+    return sorted(set(channels))
+
+
+def validate_headers(headers: dict[str, str]) -> dict[str, str]:
+    if len(headers) > MAX_HEADERS:
+        raise InvalidEndpoint(f"at most {MAX_HEADERS} custom headers")
+    for name, value in headers.items():
+        lowered = name.lower()
+        if not _HEADER_NAME.fullmatch(name):
+            raise InvalidEndpoint(f"header name {name!r} is not a valid HTTP field name")
+        if lowered in _RESERVED_HEADERS or lowered.startswith("webhook-"):
+            raise InvalidEndpoint(f"header {name!r} is set by Tenantry and cannot be overridden")
+        if not _HEADER_VALUE.fullmatch(value):
+            raise InvalidEndpoint(
+                f"header {name!r}: at most 1000 characters of printable ASCII, no line breaks"
+            )
+    return headers
+
+
+def validate_url(url: str, *, allow_http: bool) -> str:
+    """Syntax and scheme here; the address is checked on every connection (the outbound
+    client's SSRF guard), since DNS can change after the endpoint is saved. A literal IP
+    is judged by the caller with the same classifier before saving."""
+    if len(url) > 2048:
+        raise InvalidEndpoint("the URL is longer than 2048 characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidEndpoint(f"the URL is not valid: {exc}") from exc
+    if parts.scheme not in (("https", "http") if allow_http else ("https",)):
+        raise InvalidEndpoint("the URL must use https")
+    if not parts.hostname:
+        raise InvalidEndpoint("the URL has no host")
+    if parts.username or parts.password:
+        raise InvalidEndpoint("put credentials in a custom header, not in the URL")
+    if parts.fragment:
+        raise InvalidEndpoint("the URL must not have a #fragment")
+    if port == 0:
+        raise InvalidEndpoint("port 0 is not a port")
+    return url
+
+
+def literal_ip(url: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    host = urlsplit(url).hostname or ""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------- signing
+
+
+def new_secret() -> str:
+    """whsec_ + base64 of 32 random bytes (Standard Webhooks allows 24 to 64)."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def secret_bytes(secret: str) -> bytes:
+    return base64.b64decode(secret.removeprefix(SECRET_PREFIX))
+
+
+def signature(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    """`v1,` + base64 HMAC-SHA256 over `id.timestamp.body`."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    digest = hmac.new(secret_bytes(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def signature_header(
+    secrets_in_force: Sequence[str], message_id: str, timestamp: int, body: bytes
+) -> str:
+    """One signature per secret in force (during a rotation, the new and the old), space
+    separated: a receiver verifying with either secret accepts the message."""
+    return " ".join(signature(s, message_id, timestamp, body) for s in secrets_in_force)
+
+
+# ---------------------------------------------------------------- attempts and retries
+
+
+class Verdict(StrEnum):
+    SUCCESS = "success"
+    RETRY = "retry"
+    GONE = "gone"  # 410: the receiver says the endpoint no longer exists; disable it
+
+
+def verdict(status: int | None) -> Verdict:
+    """Any 2xx is success; 410 disables; everything else (3xx included: redirects are never
+    followed) fails and is tried again; no status means the request never completed."""
+    if status is not None and 200 <= status < 300:
+        return Verdict.SUCCESS
+    if status == 410:
+        return Verdict.GONE
+    return Verdict.RETRY
+
+
+@dataclass(frozen=True)
+class RetrySchedule:
+    """Delays before attempt 2, 3, ... (the first is immediate); Svix's by default."""
+
+    delays: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    jitter: float = 0.2
+    min_retry_after: float = 1.0
+    max_retry_after: float = 86400.0
+
+    @classmethod
+    def parse(cls, text: str, *, jitter: float = 0.2) -> RetrySchedule:
+        """ "5,300,1800" (seconds) from a setting."""
+        try:
+            delays = tuple(float(part) for part in text.split(",") if part.strip())
+        except ValueError as exc:
+            raise ValueError(f"a retry schedule is seconds separated by commas: {text!r}") from exc
+        if any(d < 0 for d in delays):
+            raise ValueError("retry delays cannot be negative")
+        return cls(delays=delays, jitter=jitter)
+
+    @property
+    def max_attempts(self) -> int:
+        return len(self.delays) + 1
+
+    def next_delay(
+        self,
+        attempts_made: int,
+        status: int | None,
+        retry_after: float | None,
+        rng: random.Random | None = None,
+    ) -> float | None:
+        """Seconds until the next attempt after `attempts_made` failed ones, or None when
+        the schedule is exhausted. Retry-After is honoured within bounds; 429 and 503
+        without one back off twice as long as the schedule says."""
+        if attempts_made >= self.max_attempts:
+            return None
+        base = self.delays[attempts_made - 1]
+        if retry_after is not None:
+            return min(self.max_retry_after, max(self.min_retry_after, retry_after))
+        if status in (429, 503):
+            base *= 2
+        spread = (rng or random).uniform(1 - self.jitter, 1 + self.jitter)
+        return base * spread
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds only (an HTTP date is rare from webhook receivers and easy to get wrong)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
