@@ -20,7 +20,7 @@ from typing import Any
 
 from uuid_utils.compat import uuid4
 
-from bench import auth, consume, projection, relay, store, suspend
+from bench import auth, consume, guardrails, projection, relay, store, suspend
 from bench.common import BenchResult, Context, now, probe_stack, render
 from tenantry_servicekit.testing.stack import load_stack
 
@@ -54,6 +54,21 @@ BENCHMARKS: dict[str, tuple[Benchmark, bool, str]] = {
         suspend.run,
         True,
         "tenant suspend call -> 403 from all five services, quiet and with background POSTs",
+    ),
+    "ratelimit": (
+        guardrails.run_ratelimit,
+        False,
+        "rate-limit decisions/s and p99: Redis path vs plain INCR, cached refusal, local path",
+    ),
+    "pipeline": (
+        guardrails.run_pipeline,
+        True,
+        "latency the rate-limit and admission steps add to GET /v1/whoami (extra instances)",
+    ),
+    "overload": (
+        guardrails.run_overload,
+        True,
+        "one instance at 1.5x/3x capacity: critical success, served p99, time to refuse",
     ),
 }
 

@@ -108,10 +108,18 @@ class Dispatcher:
     region: str = "local"
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
-    breakers: BreakerRegistry = field(default_factory=lambda: BreakerRegistry(ENDPOINT_BREAKER))
+    breakers: BreakerRegistry | None = None  # built on `clock` unless given
     _in_flight: Counter[str] = field(default_factory=Counter)
-    _rates: LocalLimiter = field(default_factory=LocalLimiter)
+    _rates: LocalLimiter | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        # Breakers and endpoint rates run on the dispatcher's clock, so tests that move
+        # time move them too.
+        if self.breakers is None:
+            self.breakers = BreakerRegistry(ENDPOINT_BREAKER, clock=self.clock)
+        if self._rates is None:
+            self._rates = LocalLimiter(clock=self.clock)
 
     # ------------------------------------------------------------ the loop
 
@@ -301,6 +309,8 @@ class Dispatcher:
                     item.delivery_id,
                 )
             return
+        assert self.breakers is not None
+        assert self._rates is not None
         breaker = self.breakers.get(item.endpoint_id)
         try:
             breaker.try_acquire()
@@ -316,26 +326,34 @@ class Dispatcher:
                 breaker.release_permission()
                 await self._postpone(item.delivery_id, rate.retry_after_seconds)
                 return
-        secrets = [self._secret(row["secret"], item.endpoint_id)]
-        if row["previous_secret"] is not None:
-            secrets.append(self._secret(row["previous_secret"], item.endpoint_id))
-        body: bytes = row["body"]
-        timestamp = int(self.clock())
-        headers = {
-            **{str(k): str(v) for k, v in (row["headers"] or {}).items()},
-            "content-type": "application/json",
-            "user-agent": USER_AGENT,
-            "webhook-id": item.message_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": signature_header(secrets, item.message_id, timestamp, body),
-        }
-        started = self._now()
         began = time.monotonic()
+        started = self._now()
         try:
+            secrets = [self._secret(row["secret"], item.endpoint_id)]
+            if row["previous_secret"] is not None:
+                secrets.append(self._secret(row["previous_secret"], item.endpoint_id))
+            body: bytes = row["body"]
+            timestamp = int(self.clock())
+            headers = {
+                **{str(k): str(v) for k, v in (row["headers"] or {}).items()},
+                "content-type": "application/json",
+                "user-agent": USER_AGENT,
+                "webhook-id": item.message_id,
+                "webhook-timestamp": str(timestamp),
+                "webhook-signature": signature_header(secrets, item.message_id, timestamp, body),
+            }
+            started = self._now()
+            began = time.monotonic()
             response = await self.sender.send(row["url"], headers, body)
-        except BaseException:
+        except asyncio.CancelledError:
             breaker.release_permission()
             raise
+        except Exception as exc:
+            # Not the receiver's answer but our failure (an unencodable header, a bug):
+            # record it as a failed attempt, so it is visible and scheduled, never a
+            # delivery that crashes on every lease.
+            log.exception("delivery %s failed before an answer", item.delivery_id)
+            response = Response(None, {}, "", False, f"could not send: {type(exc).__name__}")
         elapsed = time.monotonic() - began
         outcome = verdict(response.status)
         if outcome is Verdict.SUCCESS:

@@ -68,7 +68,12 @@ async def drop_scratch_database(stack: Stack, scratch: ScratchDatabase) -> None:
     await scratch.db.close()
     admin = await asyncpg.connect(stack.owner_dsn("postgres"))
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{scratch.name}" WITH (FORCE)')
+        try:
+            # A plain DROP waits (up to 5 s) for the app role's closing connections;
+            # FORCE as the owner can fail on them ("must be a member of the role...").
+            await admin.execute(f'DROP DATABASE IF EXISTS "{scratch.name}"')
+        except asyncpg.ObjectInUseError:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{scratch.name}" WITH (FORCE)')
     finally:
         await admin.close()
 
