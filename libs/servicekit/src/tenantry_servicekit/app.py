@@ -61,6 +61,7 @@ CRITICAL_TOPICS = frozenset(
 BACKGROUND_TOPICS = frozenset({"apikey.used"})
 Hook = Callable[[Runtime], Awaitable[None]]
 WorkerTask = Callable[[Runtime, asyncio.Event], Awaitable[None]]
+ErrorRenderer = Callable[[Request[Any, Any, Any], Exception], Response[bytes]]
 
 
 @dataclass
@@ -82,6 +83,9 @@ class ServiceSpec:
     # Loops the worker process runs beside its consumers and relay (webhooks' dispatcher,
     # retention jobs), each until `stop` is set.
     worker_tasks: Sequence[WorkerTask] = ()
+    # Error renderers by path prefix, for mounts that speak another protocol than
+    # problem+json (SCIM Errors under /scim/v2), unknown URLs there included.
+    error_renderers: Mapping[str, ErrorRenderer] = field(default_factory=dict)
     version: str = "0.1.0"
 
     @property
@@ -193,6 +197,21 @@ async def readiness(runtime: NamedDependency[Runtime]) -> Response[dict[str, Any
     )
 
 
+def renderer_for(mounts: Mapping[str, ErrorRenderer]) -> ErrorRenderer:
+    """problem+json everywhere, except under the prefixes that name their own renderer."""
+    if not mounts:
+        return problem_response
+
+    def render(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+        path = request.url.path
+        for prefix, renderer in mounts.items():
+            if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+                return renderer(request, exc)
+        return problem_response(request, exc)
+
+    return render
+
+
 def create_app(spec: ServiceSpec, runtime: Runtime, pipeline: Pipeline | None = None) -> Litestar:
     """The Litestar app alone (routes, errors, health, lifecycle); `asgi_app` wraps it."""
     pipeline = pipeline or spec.pipeline(runtime)
@@ -236,7 +255,7 @@ def create_app(spec: ServiceSpec, runtime: Runtime, pipeline: Pipeline | None = 
                 max_body=runtime.settings.request_max_body_bytes,
             ),
         ],
-        exception_handlers={Exception: problem_response},
+        exception_handlers={Exception: renderer_for(spec.error_renderers)},
         on_startup=[startup],
         on_shutdown=[shutdown],
         openapi_config=OpenAPIConfig(

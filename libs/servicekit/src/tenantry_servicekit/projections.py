@@ -14,6 +14,7 @@ from tenantry_events.envelope import Envelope
 from tenantry_events.payloads.identity import (
     AccountCreated,
     AccountDisabled,
+    AccountEnabled,
     ApiKeyCreated,
     ApiKeyRevoked,
 )
@@ -150,8 +151,17 @@ async def _on_account_disabled(tx: asyncpg.Connection, event: Envelope[Any]) -> 
     await _set_account_status(tx, event, payload.account_id, "disabled")
 
 
+async def _on_account_enabled(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
+    payload: AccountEnabled = event.payload
+    await _set_account_status(tx, event, payload.account_id, "active")
+
+
 def account_projection_handlers() -> dict[str, Handler[asyncpg.Connection]]:
-    return {"account.created": _on_account_created, "account.disabled": _on_account_disabled}
+    return {
+        "account.created": _on_account_created,
+        "account.disabled": _on_account_disabled,
+        "account.enabled": _on_account_enabled,
+    }
 
 
 def standard_projections() -> dict[str, Handler[asyncpg.Connection]]:

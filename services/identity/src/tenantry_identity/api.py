@@ -395,6 +395,109 @@ class AccountAdminController(Controller):
         return row
 
 
+class ProvisionedAccount(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    email: Annotated[str, msgspec.Meta(min_length=3, max_length=320)]
+
+
+SCIM = requires(scopes=("scim:write",))
+
+
+class ProvisioningController(Controller):
+    """What the provisioning service (SCIM) asks of identity, with the tenant's SCIM key:
+    an account per provisioned user (identity allocates the id and the seat, so SCIM,
+    invites and JIT share one seat count), and deprovisioning that cuts access."""
+
+    path = "/tenants/{tenant_id:uuid}/provisioned-accounts"
+    tags = ["provisioning"]
+
+    @post(
+        "/", status_code=201, opt={**SCIM, "priority": "critical"}, summary="Provision an account"
+    )
+    async def provision(
+        self,
+        request: Request[Any, Any, Any],
+        tenant_id: FromPath[UUID],
+        data: JSONBody[ProvisionedAccount],
+        runtime: NamedDependency[Runtime],
+    ) -> AccountRow:
+        """A member account, its address vouched for by the tenant's identity provider
+        (verified). Within the seat limit (403 plan-limit-exceeded). Honours
+        Idempotency-Key, so a retried SCIM create never takes two seats."""
+        principal = principal_of(request)
+        try:
+            email = normalise_email(data.email)
+        except IdentityRuleBroken as exc:
+            # SCIM requires no email: a userName that is not an address is the login
+            # name, kept as the identity provider sent it (lower case, no spaces).
+            email = data.email.strip().lower()
+            if not email.isprintable() or any(c.isspace() for c in email):
+                raise rule_problem(exc) from None
+        try:
+            async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+                await guard_quantity(tx, tenant_id, "seats", SEATS_IN_USE)
+                return await store(runtime).create_account(
+                    tx,
+                    tenant_id=tenant_id,
+                    email=email,
+                    role="member",
+                    password_hash=None,
+                    created_by=f"scim:{principal.subject}",
+                    email_verified=True,
+                )
+        except EmailTaken:
+            raise Problem(409, "email-taken", "An account with this email exists") from None
+
+    @post(
+        "/{account_id:uuid}/deprovision",
+        status_code=200,
+        opt={**SCIM, "priority": "critical"},
+        summary="Deprovision: disable, end sessions and personal keys",
+    )
+    async def deprovision(
+        self,
+        request: Request[Any, Any, Any],
+        tenant_id: FromPath[UUID],
+        account_id: FromPath[UUID],
+        runtime: NamedDependency[Runtime],
+    ) -> AccountRow:
+        """Idempotent: an account already disabled is returned as it is."""
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            row = await store(runtime).disable_account(
+                tx,
+                tenant_id,
+                account_id,
+                disabled_by=f"scim:{principal_of(request).subject}",
+                reason="deprovisioned by the identity provider (SCIM)",
+            )
+            row = row or await store(runtime).get_account(tx, account_id)
+        if row is None or row.tenant_id != tenant_id:
+            raise Problem(404, "not-found", "Not found", "No such account")
+        return row
+
+    @post(
+        "/{account_id:uuid}/reprovision",
+        status_code=200,
+        opt={**SCIM, "priority": "critical"},
+        summary="Reprovision: the account is active again",
+    )
+    async def reprovision(
+        self,
+        request: Request[Any, Any, Any],
+        tenant_id: FromPath[UUID],
+        account_id: FromPath[UUID],
+        runtime: NamedDependency[Runtime],
+    ) -> AccountRow:
+        """Idempotent: an active account is returned as it is."""
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            row = await store(runtime).enable_account(
+                tx, tenant_id, account_id, enabled_by=f"scim:{principal_of(request).subject}"
+            )
+            row = row or await store(runtime).get_account(tx, account_id)
+        if row is None or row.tenant_id != tenant_id:
+            raise Problem(404, "not-found", "Not found", "No such account")
+        return row
+
+
 class ApiKeysController(Controller):
     path = "/tenants/{tenant_id:uuid}/api-keys"
     tags = ["api-keys"]

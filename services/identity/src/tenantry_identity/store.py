@@ -17,6 +17,7 @@ from tenantry_events.envelope import new_event
 from tenantry_events.payloads.identity import (
     AccountCreated,
     AccountDisabled,
+    AccountEnabled,
     ApiKeyCreated,
     ApiKeyRevoked,
 )
@@ -95,19 +96,21 @@ class IdentityStore:
         role: str,
         password_hash: str | None,
         created_by: str,
+        email_verified: bool = False,
     ) -> AccountRow:
         account_id = uuid7()
         try:
             async with tx.transaction():
                 row = await tx.fetchrow(
                     f"""INSERT INTO accounts (account_id, tenant_id, email, role, status,
-                                              password_hash, version)
-                        VALUES ($1, $2, $3, $4, 'active', $5, 1) RETURNING {_ACCOUNT}""",
+                                              password_hash, email_verified, version)
+                        VALUES ($1, $2, $3, $4, 'active', $5, $6, 1) RETURNING {_ACCOUNT}""",
                     account_id,
                     tenant_id,
                     email,
                     role,
                     password_hash,
+                    email_verified,
                 )
         except asyncpg.UniqueViolationError:
             raise EmailTaken(email) from None
@@ -119,7 +122,7 @@ class IdentityStore:
                 email=email,
                 role=role,  # type: ignore[arg-type]
                 status="active",
-                email_verified=False,
+                email_verified=email_verified,
                 created_by=created_by,
             )
             await self._events.append(
@@ -284,6 +287,31 @@ class IdentityStore:
             tx, f"apikey-{key_id}", version - 1, [self._event(payload, tenant_id, key_id, version)]
         )
         return ApiKeyRow(**data)
+
+    async def enable_account(
+        self, tx: asyncpg.Connection, tenant_id: UUID, account_id: UUID, *, enabled_by: str
+    ) -> AccountRow | None:
+        """Active again; None if it was not disabled. What ended when it was disabled
+        (sessions, personal keys) stays ended: the user signs in afresh."""
+        row = await tx.fetchrow(
+            f"""UPDATE accounts SET status = 'active', version = version + 1
+                WHERE tenant_id = $1 AND account_id = $2 AND status = 'disabled'
+                RETURNING {_ACCOUNT}, version""",
+            tenant_id,
+            account_id,
+        )
+        if row is None:
+            return None
+        data = dict(row)
+        version = data.pop("version")
+        payload = AccountEnabled(account_id=account_id, enabled_by=enabled_by)
+        await self._events.append(
+            tx,
+            f"account-{account_id}",
+            version - 1,
+            [self._event(payload, tenant_id, str(account_id), version)],
+        )
+        return AccountRow(**data)
 
     async def disable_account(
         self,

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from tenantry_provisioning.scim.api import SCIM_ROUTER
+from tenantry_provisioning.scim.errors import scim_error_response
 from tenantry_servicekit.app import ServiceSpec
 from tenantry_servicekit.projections import standard_projections
 
 SPEC = ServiceSpec(
     name="provisioning",
-    description="The SCIM 2.0 directory: users, groups, memberships.",
+    description="SCIM 2.0 for Okta and Microsoft Entra ID: users, groups, memberships.",
+    root_route_handlers=[SCIM_ROUTER],
     consumer_handlers=standard_projections(),
+    migration_packages=["tenantry_provisioning"],
+    error_renderers={"/scim/v2": scim_error_response},
 )

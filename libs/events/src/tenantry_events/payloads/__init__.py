@@ -1,5 +1,5 @@
 """Payload types of every event, one module per owning service. Importing registers them."""
 
-from tenantry_events.payloads import identity, ratelimit, tenancy, webhooks
+from tenantry_events.payloads import identity, provisioning, ratelimit, tenancy, webhooks
 
-__all__ = ["identity", "ratelimit", "tenancy", "webhooks"]
+__all__ = ["identity", "provisioning", "ratelimit", "tenancy", "webhooks"]

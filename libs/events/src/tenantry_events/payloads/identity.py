@@ -69,6 +69,15 @@ class AccountDisabled(msgspec.Struct, frozen=True, kw_only=True):
     disabled_by: str
 
 
+@event("account.enabled", owner="identity", public=True)
+class AccountEnabled(msgspec.Struct, frozen=True, kw_only=True):
+    """A disabled account is active again (reprovisioned through SCIM, or an admin): it may
+    sign in; sessions and keys revoked when it was disabled stay revoked."""
+
+    account_id: UUID
+    enabled_by: str
+
+
 @event("apikey.used", owner="identity", public=False)
 class ApiKeyUsed(msgspec.Struct, frozen=True, kw_only=True):
     """A service accepted this key recently. Each service batches its uses and reports at

@@ -1,0 +1,812 @@
+"""The SCIM 2.0 HTTP edge, mounted at /scim/v2 (RFC 7644).
+
+Every request is authenticated by the pipeline with a tenant API key carrying scim:write;
+the tenant is the key's. Every error is a SCIM Error (errors.py is the mount's renderer).
+Writes call identity first (the account, the seat, access) and then change the directory
+and emit its event in one transaction, so a failure in between is repaired by the
+identity provider's retry, which both steps absorb.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import msgspec
+from litestar import Request, Response, Router, delete, get, patch, post, put
+from litestar.di import NamedDependency
+from uuid_utils.compat import uuid7
+
+from tenantry_events.envelope import new_event
+from tenantry_events.payloads.provisioning import (
+    DirectoryGroup,
+    DirectoryUser,
+    GroupCreated,
+    GroupDeleted,
+    GroupMembersChanged,
+    GroupUpdated,
+    UserDeprovisioned,
+    UserProvisioned,
+    UserUpdated,
+)
+from tenantry_provisioning.scim import discovery, store
+from tenantry_provisioning.scim.accounts import IdentityAccounts
+from tenantry_provisioning.scim.errors import SCIM_JSON, ScimError, scim_error_response
+from tenantry_provisioning.scim.filter import FilterError, parse_filter, sort_sql, to_sql
+from tenantry_provisioning.scim.patch import GROUP_SCHEMA, USER_SCHEMA, PatchError, apply_patch
+from tenantry_provisioning.scim.resources import (
+    BULK_REQUEST_URN,
+    BULK_RESPONSE_URN,
+    LIST_RESPONSE_URN,
+    PATCH_OP_URN,
+    SEARCH_URN,
+    ResourceError,
+    etag,
+    group_columns,
+    group_resource,
+    primary_email,
+    project,
+    user_columns,
+    user_resource,
+)
+from tenantry_servicekit.auth import principal_of, requires
+from tenantry_servicekit.limits import guard_feature
+from tenantry_servicekit.problems import Problem
+from tenantry_servicekit.runtime import Runtime
+
+SCIM_OPT: dict[str, Any] = {**requires(scopes=("scim:write",)), "priority": "critical"}
+MAX_BODY = discovery.BULK_MAX_PAYLOAD
+
+
+# ---------------------------------------------------------------- request plumbing
+
+
+def tenant_of(request: Request[Any, Any, Any]) -> UUID:
+    principal = principal_of(request)
+    if principal.kind != "api_key" or principal.tenant_id is None:
+        raise ScimError(403, "SCIM takes a tenant API key with the scim:write scope")
+    return principal.tenant_id
+
+
+def base_url(request: Request[Any, Any, Any]) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+async def body_of(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """application/scim+json or application/json alike; anything else that is not JSON
+    is invalidSyntax."""
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise ScimError(413, f"the body is larger than {MAX_BODY} bytes", "tooLarge")
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise ScimError(400, f"the body is not JSON: {exc}", "invalidSyntax") from None
+    if not isinstance(body, dict):
+        raise ScimError(400, "the body must be a JSON object", "invalidSyntax")
+    return body
+
+
+async def search_body(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    body = await body_of(request)
+    if SEARCH_URN not in body.get("schemas", []):
+        raise ScimError(400, f"a search request has the schema {SEARCH_URN}", "invalidSyntax")
+    return body
+
+
+def scim_response(
+    content: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response[bytes]:
+    return Response(
+        content=msgspec.json.encode(content),
+        status_code=status,
+        media_type=SCIM_JSON,
+        headers=dict(headers or {}),
+    )
+
+
+def parse_id(value: str, kind: str) -> UUID:
+    try:
+        return UUID(value)
+    except ValueError:
+        raise ScimError(404, f"{kind} {value} not found") from None
+
+
+def check_if_match(request: Request[Any, Any, Any], version: int) -> None:
+    wanted = request.headers.get("if-match")
+    if (
+        wanted
+        and wanted.strip() != "*"
+        and etag(version) not in [w.strip() for w in wanted.split(",")]
+    ):
+        raise ScimError(412, "the resource changed since that version (If-Match)", None)
+
+
+async def scim_allowed(tx: asyncpg.Connection, tenant_id: UUID) -> None:
+    try:
+        await guard_feature(tx, tenant_id, "scim")
+    except Problem as problem:
+        raise ScimError(
+            problem.status, problem.detail or problem.title, None, problem.headers
+        ) from None
+
+
+def accounts(runtime: Runtime) -> IdentityAccounts:
+    client = runtime.extras.get("identity_accounts")
+    if not isinstance(client, IdentityAccounts):
+        client = IdentityAccounts(runtime.settings.service_url("identity"))
+        runtime.extras["identity_accounts"] = client
+    return client
+
+
+def directory_user(row: Mapping[str, Any]) -> DirectoryUser:
+    return DirectoryUser(
+        user_id=row["id"],
+        user_name=row["user_name"],
+        external_id=row["external_id"],
+        active=row["active"] is not False,
+        display_name=row["display_name"],
+        email=primary_email(row),
+    )
+
+
+def directory_group(row: Mapping[str, Any]) -> DirectoryGroup:
+    return DirectoryGroup(
+        group_id=row["id"], display_name=row["display_name"], external_id=row["external_id"]
+    )
+
+
+async def emit(
+    runtime: Runtime, tx: asyncpg.Connection, tenant_id: UUID, row: Mapping[str, Any], payload: Any
+) -> None:
+    event = new_event(
+        payload,
+        tenant_id=tenant_id,
+        subject=str(row["id"]),
+        aggregate_version=row["version"],
+        source=runtime.source,
+        region=runtime.settings.region,
+    )
+    await runtime.outbox.put(tx, [event])
+
+
+def list_params(
+    request: Request[Any, Any, Any], body: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Query parameters, or the body of a POST .search (same names, case-insensitive)."""
+    source: Mapping[str, Any] = body if body is not None else dict(request.query_params)
+    lowered = {k.lower(): v for k, v in source.items()}
+
+    def number(name: str, default: int) -> int:
+        value = lowered.get(name.lower())
+        if value is None or value == "":
+            return default
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ScimError(400, f"{name} must be an integer", "invalidValue") from None
+
+    def names(name: str) -> list[str] | None:
+        value = lowered.get(name.lower())
+        if value is None:
+            return None
+        items = value if isinstance(value, list) else str(value).split(",")
+        return [str(i).strip() for i in items if str(i).strip()]
+
+    return {
+        "filter": lowered.get("filter"),
+        "start_index": max(1, number("startIndex", 1)),
+        "count": min(max(0, number("count", 100)), discovery.MAX_RESULTS),
+        "sort_by": lowered.get("sortby"),
+        "sort_order": lowered.get("sortorder") or "ascending",
+        "attributes": names("attributes"),
+        "excluded": names("excludedAttributes"),
+    }
+
+
+SOURCES = {
+    "User": (store.USER_SELECT, "scim_users", "u", user_resource),
+    "Group": (store.GROUP_SELECT, "scim_groups", "g", group_resource),
+}
+
+
+def _query(resource: str, params: Mapping[str, Any]) -> tuple[str, list[Any], str]:
+    """WHERE fragment, its parameters, and the ORDER BY for one resource type."""
+    alias = SOURCES[resource][2]
+    where, args = "", list[Any]()
+    if params["filter"]:
+        where, args = to_sql(
+            parse_filter(params["filter"]), resource=resource, first_param=2, alias=alias
+        )
+    order = (
+        sort_sql(params["sort_by"], params["sort_order"], resource, alias=alias)
+        if params["sort_by"]
+        else f"{alias}.created_at"
+    )
+    return where, args, order
+
+
+async def list_resources(
+    request: Request[Any, Any, Any],
+    runtime: Runtime,
+    resources: tuple[str, ...],
+    params: Mapping[str, Any],
+) -> Response[bytes]:
+    """A ListResponse over one resource type, or several (the root .search: users, then
+    groups, paged as one list). At the root, a filter naming an attribute one type does
+    not have simply matches nothing of that type."""
+    tenant_id = tenant_of(request)
+    queries: list[tuple[str, tuple[str, list[Any], str]]] = []
+    for resource in resources:
+        try:
+            queries.append((resource, _query(resource, params)))
+        except FilterError as exc:
+            if len(resources) == 1:
+                raise ScimError(400, str(exc), getattr(exc, "scim_type", "invalidFilter")) from None
+    url = base_url(request)
+    skip, wanted = params["start_index"] - 1, params["count"]
+    total, out = 0, list[dict[str, Any]]()
+    async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+        await scim_allowed(tx, tenant_id)
+        for resource, (where, args, order) in queries:
+            select, table, alias, render = SOURCES[resource]
+            count, rows = await store.page(
+                tx,
+                select,
+                table,
+                alias,
+                tenant_id,
+                where,
+                args,
+                order,
+                max(0, skip - total),
+                max(0, wanted - len(out)),
+            )
+            total += count
+            out += [project(render(r, url), params["attributes"], params["excluded"]) for r in rows]
+    return scim_response(
+        {
+            "schemas": [LIST_RESPONSE_URN],
+            "totalResults": total,
+            "startIndex": params["start_index"],
+            "itemsPerPage": len(out),
+            "Resources": out,
+        }
+    )
+
+
+async def read_one(
+    request: Request[Any, Any, Any], runtime: Runtime, resource: str, raw_id: str
+) -> Response[bytes]:
+    """GET of one User or Group: 304 for a matching If-None-Match, attributes and
+    excludedAttributes honoured."""
+    tenant_id = tenant_of(request)
+    fetch, render = (
+        (store.get_user, user_resource) if resource == "User" else (store.get_group, group_resource)
+    )
+    async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+        await scim_allowed(tx, tenant_id)
+        row = await fetch(tx, tenant_id, parse_id(raw_id, resource))
+    if row is None:
+        raise ScimError(404, f"{resource} {raw_id} not found")
+    tag = etag(row["version"])
+    if request.headers.get("if-none-match", "").strip() == tag:
+        return Response(content=b"", status_code=304, headers={"ETag": tag})
+    params = list_params(request)
+    resource_json = project(
+        render(row, base_url(request)), params["attributes"], params["excluded"]
+    )
+    return scim_response(resource_json, headers={"ETag": tag})
+
+
+# ---------------------------------------------------------------- Users
+
+
+async def create_user(
+    request: Request[Any, Any, Any], runtime: Runtime, body: dict[str, Any]
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    tenant_id = tenant_of(request)
+    try:
+        columns = user_columns(body)
+    except ResourceError as exc:
+        raise ScimError(400, str(exc), exc.scim_type) from None
+    async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+        await scim_allowed(tx, tenant_id)
+        if await store.user_name_owner(tx, tenant_id, columns["user_name"]) is not None:
+            raise ScimError(409, f"userName {columns['user_name']} exists", "uniqueness")
+    email = primary_email(columns) or columns["user_name"]
+    identity = accounts(runtime)
+    authorization = request.headers["authorization"]
+    account_id = await identity.provision(
+        tenant_id, email, authorization, f"scim-user:{columns['user_name'].lower()}"
+    )
+    if columns["active"] is False:
+        await identity.deprovision(tenant_id, account_id, authorization)
+    try:
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            row = await store.insert_user(tx, tenant_id, account_id, columns)
+            await emit(runtime, tx, tenant_id, row, UserProvisioned(user=directory_user(row)))
+    except asyncpg.UniqueViolationError:
+        raise ScimError(409, f"userName {columns['user_name']} exists", "uniqueness") from None
+    resource = user_resource(row, base_url(request))
+    return 201, resource, {"Location": resource["meta"]["location"], "ETag": etag(row["version"])}
+
+
+async def write_user(
+    request: Request[Any, Any, Any],
+    runtime: Runtime,
+    user_id: UUID,
+    change: Any,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """PUT and PATCH: `change(current_resource) -> new full resource`."""
+    tenant_id = tenant_of(request)
+    url = base_url(request)
+    async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+        await scim_allowed(tx, tenant_id)
+        current = await store.get_user(tx, tenant_id, user_id)
+    if current is None:
+        raise ScimError(404, f"User {user_id} not found")
+    check_if_match(request, current["version"])
+    wanted = change(user_resource(current, url))
+    try:
+        columns = user_columns(wanted)
+    except ResourceError as exc:
+        raise ScimError(400, str(exc), exc.scim_type) from None
+    identity = accounts(runtime)
+    authorization = request.headers["authorization"]
+    was_active, now_active = current["active"] is not False, columns["active"] is not False
+    if was_active and not now_active:
+        await identity.deprovision(tenant_id, user_id, authorization)
+    elif now_active and not was_active:
+        await identity.reprovision(tenant_id, user_id, authorization)
+    try:
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            owner = await store.user_name_owner(tx, tenant_id, columns["user_name"])
+            if owner is not None and owner != user_id:
+                raise ScimError(409, f"userName {columns['user_name']} exists", "uniqueness")
+            locked = await tx.fetchval(
+                "SELECT version FROM scim_users WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+                tenant_id,
+                user_id,
+            )
+            if locked is None:
+                raise ScimError(404, f"User {user_id} not found")
+            if locked != current["version"]:
+                raise ScimError(412, "the resource changed meanwhile; read it again", None)
+            row = await store.update_user(tx, tenant_id, user_id, columns)
+            user = directory_user(row)
+            payload: Any = (
+                UserDeprovisioned(user=user, deleted=False)
+                if was_active and not now_active
+                else UserUpdated(user=user)
+            )
+            await emit(runtime, tx, tenant_id, row, payload)
+    except asyncpg.UniqueViolationError:
+        raise ScimError(409, f"userName {columns['user_name']} exists", "uniqueness") from None
+    return user_resource(row, url), {"ETag": etag(row["version"])}
+
+
+@post("/Users", opt=SCIM_OPT, status_code=201, include_in_schema=False)
+async def post_user(
+    request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+) -> Response[bytes]:
+    status, resource, headers = await create_user(request, runtime, await body_of(request))
+    return scim_response(resource, status, headers)
+
+
+@get("/Users", opt=SCIM_OPT, include_in_schema=False)
+async def list_users(
+    request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+) -> Response[bytes]:
+    return await list_resources(request, runtime, ("User",), list_params(request))
+
+
+@post("/Users/.search", opt=SCIM_OPT, status_code=200, include_in_schema=False)
+async def search_users(
+    request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+) -> Response[bytes]:
+    body = await search_body(request)
+    return await list_resources(request, runtime, ("User",), list_params(request, body))
+
+
+@get("/Users/{user_id:str}", opt=SCIM_OPT, include_in_schema=False)
+async def get_user(
+    request: Request[Any, Any, Any], user_id: str, runtime: NamedDependency[Runtime]
+) -> Response[bytes]:
+    return await read_one(request, runtime, "User", user_id)
+
+
+@put("/Users/{user_id:str}", opt=SCIM_OPT, include_in_schema=False)
+async def put_user(
+    request: Request[Any, Any, Any], user_id: str, runtime: NamedDependency[Runtime]
+) -> Response[bytes]:
+    body = await body_of(request)
+    uid = parse_id(user_id, "User")
+    if "id" in body and str(body["id"]) != str(uid):
+        raise ScimError(400, "id cannot change", "mutability")
+    resource, headers = await write_user(request, runtime, uid, lambda current: body)
+    return scim_response(resource, headers=headers)
+
+
+def patched(body: Mapping[str, Any], schema: Any) -> Any:
+    if PATCH_OP_URN not in body.get("schemas", []):
+        raise ScimError(400, f"a PATCH body has the schema {PATCH_OP_URN}", "invalidSyntax")
+
+    def change(current: dict[str, Any]) -> dict[str, Any]:
+        try:
+            result: dict[str, Any] = apply_patch(current, dict(body), schema=schema)
+        except PatchError as exc:
+            raise ScimError(exc.status, exc.detail, exc.scim_type) from None
+        return result
+
+    return change
+
+
+@patch("/Users/{user_id:str}", opt=SCIM_OPT, include_in_schema=False)
+async def patch_user(
+    request: Request[Any, Any, Any], user_id: str, runtime: NamedDependency[Runtime]
+) -> Response[bytes]:
+    body = await body_of(request)
+    resource, headers = await write_user(
+        request, runtime, parse_id(user_id, "User"), patched(body, USER_SCHEMA)
+    )
+    return scim_response(resource, headers=headers)
+
+
+async def remove_user(request: Request[Any, Any, Any], runtime: Runtime, user_id: UUID) -> None:
+    tenant_id = tenant_of(request)
+    async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+        await scim_allowed(tx, tenant_id)
+        current = await store.get_user(tx, tenant_id, user_id)
+    if current is None:
+        raise ScimError(404, f"User {user_id} not found")
+    check_if_match(request, current["version"])
+    await accounts(runtime).deprovision(tenant_id, user_id, request.headers["authorization"])
+    async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+        left = await store.delete_user(tx, tenant_id, user_id)
+        user = DirectoryUser(**{**msgspec.structs.asdict(directory_user(current)), "active": False})
+        await emit(runtime, tx, tenant_id, current, UserDeprovisioned(user=user, deleted=True))
+        for group_id in left:
+            group = await store.get_group(tx, tenant_id, group_id)
+            if group is not None:
+                await emit(
+                    runtime,
+                    tx,
+                    tenant_id,
+                    group,
+                    GroupMembersChanged(group=directory_group(group), added=[], removed=[user_id]),
+                )
+
+
+@delete("/Users/{user_id:str}", opt=SCIM_OPT, status_code=204, include_in_schema=False)
+async def delete_user(
+    request: Request[Any, Any, Any], user_id: str, runtime: NamedDependency[Runtime]
+) -> None:
+    await remove_user(request, runtime, parse_id(user_id, "User"))
+
+
+# ---------------------------------------------------------------- Groups
+
+
+async def save_group(
+    request: Request[Any, Any, Any],
+    runtime: Runtime,
+    group_id: UUID | None,
+    change: Any,
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """POST (group_id None), PUT and PATCH of a group, members included."""
+    tenant_id = tenant_of(request)
+    url = base_url(request)
+    async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+        await scim_allowed(tx, tenant_id)
+        current = await store.get_group(tx, tenant_id, group_id) if group_id else None
+        if group_id is not None and current is None:
+            raise ScimError(404, f"Group {group_id} not found")
+        if current is not None:
+            check_if_match(request, current["version"])
+        wanted = change(group_resource(current, url) if current is not None else None)
+        try:
+            columns, members = group_columns(wanted)
+        except ResourceError as exc:
+            raise ScimError(400, str(exc), exc.scim_type) from None
+        new_id = group_id or uuid7()
+        if current is None:
+            await store.insert_group(tx, tenant_id, new_id, columns)
+        else:
+            await tx.execute("SELECT 1 FROM scim_groups WHERE id = $1 FOR UPDATE", new_id)
+            await store.update_group(tx, tenant_id, new_id, columns)
+        added, removed = await store.set_members(tx, tenant_id, new_id, members)
+        row = await store.get_group(tx, tenant_id, new_id)
+        assert row is not None
+        group = directory_group(row)
+        if current is None:
+            await emit(runtime, tx, tenant_id, row, GroupCreated(group=group))
+        elif (current["display_name"], current["external_id"]) != (
+            row["display_name"],
+            row["external_id"],
+        ):
+            await emit(runtime, tx, tenant_id, row, GroupUpdated(group=group))
+        if added or removed:
+            await emit(
+                runtime,
+                tx,
+                tenant_id,
+                row,
+                GroupMembersChanged(group=group, added=added, removed=removed),
+            )
+    resource = group_resource(row, url)
+    headers = {"ETag": etag(row["version"])}
+    if current is None:
+        headers["Location"] = resource["meta"]["location"]
+    return (201 if current is None else 200), resource, headers
+
+
+@post("/Groups", opt=SCIM_OPT, status_code=201, include_in_schema=False)
+async def post_group(
+    request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+) -> Response[bytes]:
+    body = await body_of(request)
+    status, resource, headers = await save_group(request, runtime, None, lambda _: body)
+    return scim_response(resource, status, headers)
+
+
+@get("/Groups", opt=SCIM_OPT, include_in_schema=False)
+async def list_groups(
+    request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+) -> Response[bytes]:
+    return await list_resources(request, runtime, ("Group",), list_params(request))
+
+
+@post("/Groups/.search", opt=SCIM_OPT, status_code=200, include_in_schema=False)
+async def search_groups(
+    request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+) -> Response[bytes]:
+    body = await search_body(request)
+    return await list_resources(request, runtime, ("Group",), list_params(request, body))
+
+
+@get("/Groups/{group_id:str}", opt=SCIM_OPT, include_in_schema=False)
+async def get_group(
+    request: Request[Any, Any, Any], group_id: str, runtime: NamedDependency[Runtime]
+) -> Response[bytes]:
+    return await read_one(request, runtime, "Group", group_id)
+
+
+@put("/Groups/{group_id:str}", opt=SCIM_OPT, include_in_schema=False)
+async def put_group(
+    request: Request[Any, Any, Any], group_id: str, runtime: NamedDependency[Runtime]
+) -> Response[bytes]:
+    body = await body_of(request)
+    _, resource, headers = await save_group(
+        request, runtime, parse_id(group_id, "Group"), lambda _: body
+    )
+    return scim_response(resource, headers=headers)
+
+
+@patch("/Groups/{group_id:str}", opt=SCIM_OPT, include_in_schema=False)
+async def patch_group(
+    request: Request[Any, Any, Any], group_id: str, runtime: NamedDependency[Runtime]
+) -> Response[bytes]:
+    body = await body_of(request)
+    change = patched(body, GROUP_SCHEMA)
+    _, resource, headers = await save_group(request, runtime, parse_id(group_id, "Group"), change)
+    return scim_response(resource, headers=headers)
+
+
+@delete("/Groups/{group_id:str}", opt=SCIM_OPT, status_code=204, include_in_schema=False)
+async def delete_group(
+    request: Request[Any, Any, Any], group_id: str, runtime: NamedDependency[Runtime]
+) -> None:
+    tenant_id = tenant_of(request)
+    gid = parse_id(group_id, "Group")
+    async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+        await scim_allowed(tx, tenant_id)
+        row = await store.get_group(tx, tenant_id, gid)
+        if row is None:
+            raise ScimError(404, f"Group {group_id} not found")
+        check_if_match(request, row["version"])
+        await store.delete_group(tx, tenant_id, gid)
+        await emit(runtime, tx, tenant_id, row, GroupDeleted(group=directory_group(row)))
+
+
+# ---------------------------------------------------------------- discovery
+
+
+@get("/ServiceProviderConfig", opt=SCIM_OPT, include_in_schema=False)
+async def service_provider_config(request: Request[Any, Any, Any]) -> Response[bytes]:
+    return scim_response(discovery.service_provider_config(base_url(request)))
+
+
+@get("/ResourceTypes", opt=SCIM_OPT, include_in_schema=False)
+async def resource_types(request: Request[Any, Any, Any]) -> Response[bytes]:
+    types = discovery.resource_types(base_url(request))
+    return scim_response(
+        {
+            "schemas": [LIST_RESPONSE_URN],
+            "totalResults": len(types),
+            "startIndex": 1,
+            "itemsPerPage": len(types),
+            "Resources": types,
+        }
+    )
+
+
+@get("/ResourceTypes/{name:str}", opt=SCIM_OPT, include_in_schema=False)
+async def resource_type(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
+    for item in discovery.resource_types(base_url(request)):
+        if item["id"] == name:
+            return scim_response(item)
+    raise ScimError(404, f"ResourceType {name} not found")
+
+
+@get("/Schemas", opt=SCIM_OPT, include_in_schema=False)
+async def all_schemas(request: Request[Any, Any, Any]) -> Response[bytes]:
+    items = discovery.schemas(base_url(request))
+    return scim_response(
+        {
+            "schemas": [LIST_RESPONSE_URN],
+            "totalResults": len(items),
+            "startIndex": 1,
+            "itemsPerPage": len(items),
+            "Resources": items,
+        }
+    )
+
+
+@get("/Schemas/{urn:str}", opt=SCIM_OPT, include_in_schema=False)
+async def one_schema(request: Request[Any, Any, Any], urn: str) -> Response[bytes]:
+    for item in discovery.schemas(base_url(request)):
+        if item["id"] == urn:
+            return scim_response(item)
+    raise ScimError(404, f"Schema {urn} not found")
+
+
+@post("/.search", opt=SCIM_OPT, status_code=200, include_in_schema=False)
+async def search_all(
+    request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+) -> Response[bytes]:
+    """Root search: users and groups in one list (RFC 7644 §3.4.3)."""
+    body = await search_body(request)
+    return await list_resources(request, runtime, ("User", "Group"), list_params(request, body))
+
+
+# ---------------------------------------------------------------- Bulk
+
+
+@post("/Bulk", opt=SCIM_OPT, status_code=200, include_in_schema=False)
+async def bulk(
+    request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+) -> Response[bytes]:
+    """RFC 7644 §3.7: operations in order, bulkId references resolved as created,
+    failOnErrors honoured; limits as advertised."""
+    body = await body_of(request)
+    if BULK_REQUEST_URN not in body.get("schemas", []):
+        raise ScimError(400, f"a bulk request has the schema {BULK_REQUEST_URN}", "invalidSyntax")
+    operations = body.get("Operations") or []
+    if not isinstance(operations, list) or len(operations) > discovery.BULK_MAX_OPERATIONS:
+        raise ScimError(413, f"at most {discovery.BULK_MAX_OPERATIONS} operations", "tooMany")
+    fail_on_errors = body.get("failOnErrors")
+    ids: dict[str, str] = {}
+    results: list[dict[str, Any]] = []
+    errors = 0
+    for operation in operations:
+        method = str(operation.get("method", "")).upper()
+        path = str(operation.get("path", ""))
+        bulk_id = operation.get("bulkId")
+        data = _resolve_bulk_ids(operation.get("data"), ids)
+        path = _resolve_bulk_ids(path, ids)
+        result: dict[str, Any] = {"method": method}
+        if bulk_id:
+            result["bulkId"] = bulk_id
+        try:
+            status, location, resource_id = await _bulk_one(request, runtime, method, path, data)
+            result["status"] = str(status)
+            if location:
+                result["location"] = location
+            if bulk_id and resource_id:
+                ids[str(bulk_id)] = resource_id
+        except ScimError as exc:
+            errors += 1
+            result["status"] = str(exc.status)
+            result["response"] = {
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"],
+                "status": str(exc.status),
+                "detail": exc.detail,
+                **({"scimType": exc.scim_type} if exc.scim_type else {}),
+            }
+        results.append(result)
+        if isinstance(fail_on_errors, int) and fail_on_errors > 0 and errors >= fail_on_errors:
+            break
+    return scim_response({"schemas": [BULK_RESPONSE_URN], "Operations": results})
+
+
+def _resolve_bulk_ids(value: Any, ids: Mapping[str, str]) -> Any:
+    if isinstance(value, str) and value.startswith("bulkId:"):
+        key = value.removeprefix("bulkId:")
+        if key not in ids:
+            raise ScimError(409, f"bulkId {key} is not known (yet)", "invalidValue")
+        return ids[key]
+    if isinstance(value, str) and "/bulkId:" in value:
+        head, _, key = value.partition("bulkId:")
+        if key not in ids:
+            raise ScimError(409, f"bulkId {key} is not known (yet)", "invalidValue")
+        return head + ids[key]
+    if isinstance(value, dict):
+        return {k: _resolve_bulk_ids(v, ids) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_bulk_ids(v, ids) for v in value]
+    return value
+
+
+async def _bulk_one(
+    request: Request[Any, Any, Any], runtime: Runtime, method: str, path: str, data: Any
+) -> tuple[int, str | None, str | None]:
+    parts = [p for p in path.split("/") if p]
+    if not parts or parts[0] not in ("Users", "Groups") or len(parts) > 2:
+        raise ScimError(400, f"unsupported bulk path {path!r}", "invalidPath")
+    kind, target = parts[0], (parts[1] if len(parts) == 2 else None)
+    if method == "POST" and target is None:
+        if not isinstance(data, dict):
+            raise ScimError(400, "data must be an object", "invalidSyntax")
+        if kind == "Users":
+            status, resource, headers = await create_user(request, runtime, data)
+        else:
+            status, resource, headers = await save_group(request, runtime, None, lambda _: data)
+        return status, headers.get("Location"), resource["id"]
+    if target is None:
+        raise ScimError(400, f"{method} needs a resource id in the path", "invalidPath")
+    resource_id = parse_id(target, kind[:-1])
+    if method == "DELETE":
+        if kind == "Users":
+            await remove_user(request, runtime, resource_id)
+        else:
+            async with runtime.db.transaction(tenant_id=tenant_of(request)) as tx:
+                if not await store.delete_group(tx, tenant_of(request), resource_id):
+                    raise ScimError(404, f"Group {target} not found")
+        return 204, None, None
+    if method in ("PUT", "PATCH"):
+        if not isinstance(data, dict):
+            raise ScimError(400, "data must be an object", "invalidSyntax")
+        change = (
+            patched(data, USER_SCHEMA if kind == "Users" else GROUP_SCHEMA)
+            if method == "PATCH"
+            else (lambda _: data)
+        )
+        if kind == "Users":
+            resource, headers = await write_user(request, runtime, resource_id, change)
+        else:
+            _, resource, headers = await save_group(request, runtime, resource_id, change)
+        return 200, resource["meta"]["location"], resource["id"]
+    raise ScimError(405, f"{method} is not a bulk method", None)
+
+
+SCIM_ROUTER = Router(
+    path="/scim/v2",
+    route_handlers=[
+        post_user,
+        list_users,
+        search_users,
+        get_user,
+        put_user,
+        patch_user,
+        delete_user,
+        post_group,
+        list_groups,
+        search_groups,
+        get_group,
+        put_group,
+        patch_group,
+        delete_group,
+        service_provider_config,
+        resource_types,
+        resource_type,
+        all_schemas,
+        one_schema,
+        search_all,
+        bulk,
+    ],
+    exception_handlers={Exception: scim_error_response},
+    tags=["scim"],
+)

@@ -1,0 +1,65 @@
+"""SCIM Error responses (RFC 7644 §3.12) for everything under /scim/v2, 401 and unknown
+URLs included: the error renderer of the SCIM mount."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+
+from tenantry_provisioning.scim.resources import ERROR_URN
+from tenantry_servicekit.problems import problem_from_exception, problem_response
+
+SCIM_JSON = "application/scim+json"
+_ENCODER = msgspec.json.Encoder()
+
+# problem types that have a SCIM scimType of their own
+_SCIM_TYPES = {
+    "validation-error": "invalidSyntax",
+    "malformed-request": "invalidSyntax",
+    "email-taken": "uniqueness",
+}
+
+
+class ScimError(Exception):
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        scim_type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.scim_type = scim_type
+        self.headers = headers or {}
+
+
+def scim_error_body(status: int, detail: str, scim_type: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"schemas": [ERROR_URN], "status": str(status), "detail": detail}
+    if scim_type:
+        body["scimType"] = scim_type
+    return body
+
+
+def scim_error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """Any exception on the SCIM mount as a SCIM Error: our own ScimErrors as they are,
+    problems (401 from the pipeline, 403 plan limits, 404, 429, ...) translated."""
+    if isinstance(exc, ScimError):
+        status, detail, scim_type, headers = exc.status, exc.detail, exc.scim_type, exc.headers
+    else:
+        problem = problem_from_exception(exc)
+        if problem.status >= 500:
+            # Unexpected: let the shared handler log it, then answer in SCIM's words.
+            problem_response(request, exc)
+        status, headers = problem.status, problem.headers
+        detail = problem.detail or problem.title
+        scim_type = _SCIM_TYPES.get(problem.slug)
+    return Response(
+        content=_ENCODER.encode(scim_error_body(status, detail, scim_type)),
+        status_code=status,
+        media_type=SCIM_JSON,
+        headers=headers,
+    )

@@ -1,0 +1,1407 @@
+"""SCIM 2.0 PATCH (RFC 7644 §3.5.2) applied to a resource's JSON representation.
+
+Pure: no I/O, no clock. `apply_patch` takes the resource as a client would read it (a plain
+dict) and the whole PatchOp request body, and returns a new dict, or raises `PatchError`
+carrying the RFC 7644 §3.12 `scimType`. The input is never mutated: the operations run on a
+deep copy, in order, and any failure discards the copy, so a request applies whole or not at
+all (RFC 7644 §3.5.2: "the entire PATCH request ... SHALL NOT be applied" on an error).
+
+What the RFC leaves open, or what real clients do against it, is decided here without any
+per-client switch. Each decision, with the client that needs it:
+
+1. `op` is matched case-insensitively: Entra ID sends "Add", "Replace", "Remove".
+2. A boolean attribute accepts the strings "true"/"false" in any case: Entra ID sends
+   `"active": "False"` and `"primary": "True"`. Filters accept them too (`primary eq "true"`).
+3. A path-less `add`/`replace` value may hold dotted keys ("name.givenName") and fully
+   qualified keys ("urn:...:enterprise:2.0:User:employeeNumber") as well as an extension
+   URN whose value is an object: each key is read as a path (Entra ID, SCIM-compliant mode).
+4. In a path-less value, keys that name no attribute of the schema are ignored: Entra's extra
+   group schema, provider profile attributes we do not keep, `schemas`. Server-maintained
+   read-only attributes (`meta`, `groups`) are ignored there too (RFC 7644 §3.5.1 ignores
+   them on PUT). `id` is the exception: an `id` equal to the resource's id is ignored (Okta
+   sends it with every group rename); a different id is a `mutability` error, because the
+   client is confused about which resource it is changing.
+   An explicit `path` naming an unknown attribute is `invalidPath`: a targeted change the
+   server cannot keep must not be answered with a silent success.
+5. `replace` (and `add`) on `attr[filter].sub` with no matching element, where the filter
+   is one `eq` comparison or an `and` of them, creates the element from those comparisons
+   plus the sub-attribute: Entra ID relies on it to set a work email that does not exist
+   yet, and sends it as `add` too (RFC 7644 erratum 8097). `add` on `attr[filter]` without
+   a sub-attribute does the same with the object value. Any other filter, or `replace` on
+   `attr[filter]` without a sub-attribute, follows the RFC: `noTarget`.
+6. `remove` of a multi-valued attribute with a `value` (Entra ID's
+   `{"op":"Remove","path":"members","value":[{"value":"id"}]}`) removes only the listed
+   elements: by `value` for members, by the given sub-attributes otherwise. The value may
+   also be wrapped as `{"members": [...]}`. Without a value the whole attribute goes.
+7. `remove` of something absent is a no-op, also with a filter matching nothing.
+8. `add` to a multi-valued attribute appends, skipping values already present; group
+   members are identified by `value` (a re-added member updates its `display`).
+9. Setting `primary: true` on one element sets it to false on the others (RFC 7643 §2.4,
+   RFC 7644 §3.5.2); two new primaries in one operation are `invalidValue`.
+10. `null`, `[]` and `{}` mean "unassigned" (RFC 7643 §2.5): replacing with them removes;
+    adding them changes nothing.
+11. A scalar given for a complex attribute that has a `value` sub-attribute becomes
+    `{"value": scalar}` (Entra ID sends the enterprise `manager` as a bare id); a scalar
+    given as `[{"value": x}]` is unwrapped.
+12. A single object given for a multi-valued attribute is taken as a one-element list.
+13. Paths accept single-quoted strings in filters and the legacy `urn...:User.attr` form.
+14. Read-only attributes targeted by a path (`id`, `meta`, `groups`, `manager.displayName`)
+    are a `mutability` error unless the operation would leave them unchanged; immutable ones
+    (a member's `value`) can be set once, never changed. Removing a required attribute
+    (`userName`, `displayName`) is a `mutability` error (RFC 7644 §3.5.2.2).
+15. Sub-attributes a value object does not define (for example `members[].$ref: null` or an
+    unknown key) are dropped; read-only sub-attributes in values are dropped.
+
+Limits: `MAX_OPERATIONS` operations a request, `MAX_PATH_LENGTH` characters a path,
+`MAX_VALUE_ITEMS` items in one value (list elements or object keys), `MAX_STRING_LENGTH`
+characters a string, `MAX_FILTER_DEPTH` nesting levels in a path filter.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final, Literal, TypeAlias
+
+__all__ = [
+    "ENTERPRISE_USER_URN",
+    "ENTRA_GROUP_URN",
+    "ERROR_URN",
+    "GROUP_SCHEMA",
+    "GROUP_URN",
+    "MAX_FILTER_DEPTH",
+    "MAX_OPERATIONS",
+    "MAX_PATH_LENGTH",
+    "MAX_STRING_LENGTH",
+    "MAX_VALUE_ITEMS",
+    "PATCH_OP_URN",
+    "USER_SCHEMA",
+    "USER_URN",
+    "Attribute",
+    "Extension",
+    "PatchError",
+    "ResourceSchema",
+    "apply_patch",
+]
+
+PATCH_OP_URN: Final = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+ERROR_URN: Final = "urn:ietf:params:scim:api:messages:2.0:Error"
+USER_URN: Final = "urn:ietf:params:scim:schemas:core:2.0:User"
+GROUP_URN: Final = "urn:ietf:params:scim:schemas:core:2.0:Group"
+ENTERPRISE_USER_URN: Final = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+ENTRA_GROUP_URN: Final = "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"
+
+MAX_OPERATIONS: Final = 1000
+MAX_PATH_LENGTH: Final = 1024
+MAX_VALUE_ITEMS: Final = 10_000
+MAX_STRING_LENGTH: Final = 65_536
+MAX_FILTER_DEPTH: Final = 16
+
+ScimType: TypeAlias = Literal[
+    "invalidPath", "noTarget", "invalidValue", "mutability", "invalidSyntax", "invalidFilter"
+]
+AttributeType: TypeAlias = Literal[
+    "string", "boolean", "decimal", "integer", "dateTime", "reference", "binary", "complex"
+]
+Mutability: TypeAlias = Literal["readWrite", "readOnly", "immutable", "writeOnly"]
+Op: TypeAlias = Literal["add", "remove", "replace"]
+
+
+class PatchError(Exception):
+    """A PATCH the server refuses: HTTP `status` with a SCIM `scimType` and a `detail`."""
+
+    def __init__(self, scim_type: ScimType, detail: str, status: int = 400) -> None:
+        super().__init__(f"{scim_type}: {detail}")
+        self.status = status
+        self.scim_type: ScimType = scim_type
+        self.detail = detail
+
+    def to_scim(self) -> dict[str, Any]:
+        """The RFC 7644 §3.12 error body."""
+        return {
+            "schemas": [ERROR_URN],
+            "status": str(self.status),
+            "scimType": self.scim_type,
+            "detail": self.detail,
+        }
+
+
+class _UnknownAttribute(PatchError):
+    """invalidPath because the path names no attribute (ignored inside path-less values)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("invalidPath", detail)
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One attribute definition (RFC 7643 §7), enough of it to patch a resource."""
+
+    name: str
+    type: AttributeType = "string"
+    multi_valued: bool = False
+    sub_attributes: tuple[Attribute, ...] = ()
+    case_exact: bool = False
+    mutability: Mutability = "readWrite"
+    required: bool = False
+    # multi-valued complex only: the sub-attribute that identifies an element (members: value)
+    unique_by: str | None = None
+    _subs: Mapping[str, Attribute] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if (self.type == "complex") != bool(self.sub_attributes):
+            raise ValueError(f"{self.name}: complex attributes, and only they, have sub-attributes")
+        subs = {sub.name.lower(): sub for sub in self.sub_attributes}
+        if self.unique_by is not None and self.unique_by.lower() not in subs:
+            raise ValueError(f"{self.name}: unique_by names no sub-attribute")
+        object.__setattr__(self, "_subs", subs)
+
+    @property
+    def is_complex(self) -> bool:
+        return self.type == "complex"
+
+    def sub(self, name: str) -> Attribute | None:
+        """The sub-attribute called `name`, case-insensitively."""
+        return self._subs.get(name.lower())
+
+
+@dataclass(frozen=True)
+class Extension:
+    """A schema's attributes under one schema URN (the core schema is one too)."""
+
+    urn: str
+    attributes: tuple[Attribute, ...]
+    _by_name: Mapping[str, Attribute] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {a.name.lower(): a for a in self.attributes})
+
+    def attribute(self, name: str) -> Attribute | None:
+        return self._by_name.get(name.lower())
+
+
+@dataclass(frozen=True)
+class ResourceSchema:
+    """A resource type: core attributes, extensions, and schema URNs to accept and ignore."""
+
+    name: str
+    core_urn: str
+    attributes: tuple[Attribute, ...]
+    extensions: tuple[Extension, ...] = ()
+    ignored_schemas: tuple[str, ...] = ()
+    core: Extension = field(init=False, repr=False, compare=False)
+    _scopes: tuple[Extension, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        core = Extension(self.core_urn, self.attributes)
+        object.__setattr__(self, "core", core)
+        scopes = sorted((core, *self.extensions), key=lambda s: len(s.urn), reverse=True)
+        object.__setattr__(self, "_scopes", tuple(scopes))
+
+    def attribute(self, name: str) -> Attribute | None:
+        """A core attribute by name, case-insensitively."""
+        return self.core.attribute(name)
+
+    def extension(self, urn: str) -> Extension | None:
+        return next((e for e in self.extensions if e.urn.lower() == urn.lower()), None)
+
+    @property
+    def scopes(self) -> tuple[Extension, ...]:
+        """The core schema and the extensions, longest URN first (for prefix matching)."""
+        return self._scopes
+
+
+def _s(name: str, **kw: Any) -> Attribute:
+    return Attribute(name, "string", **kw)
+
+
+def _complex(name: str, *subs: Attribute, **kw: Any) -> Attribute:
+    return Attribute(name, "complex", sub_attributes=subs, **kw)
+
+
+def _plural(name: str, *subs: Attribute, **kw: Any) -> Attribute:
+    return Attribute(name, "complex", multi_valued=True, sub_attributes=subs, **kw)
+
+
+def _plural_subs(value: Attribute | None = None) -> tuple[Attribute, ...]:
+    return (
+        value or _s("value"),
+        _s("display"),
+        _s("type"),
+        Attribute("primary", "boolean"),
+    )
+
+
+_META = _complex(
+    "meta",
+    _s("resourceType", case_exact=True, mutability="readOnly"),
+    Attribute("created", "dateTime", mutability="readOnly"),
+    Attribute("lastModified", "dateTime", mutability="readOnly"),
+    Attribute("location", "reference", case_exact=True, mutability="readOnly"),
+    _s("version", case_exact=True, mutability="readOnly"),
+    mutability="readOnly",
+)
+
+USER_SCHEMA: Final = ResourceSchema(
+    name="User",
+    core_urn=USER_URN,
+    attributes=(
+        _s("id", case_exact=True, mutability="readOnly"),
+        _s("externalId", case_exact=True),
+        _META,
+        _s("userName", required=True),
+        _complex(
+            "name",
+            _s("formatted"),
+            _s("familyName"),
+            _s("givenName"),
+            _s("middleName"),
+            _s("honorificPrefix"),
+            _s("honorificSuffix"),
+        ),
+        _s("displayName"),
+        _s("nickName"),
+        Attribute("profileUrl", "reference"),
+        _s("title"),
+        _s("userType"),
+        _s("preferredLanguage"),
+        _s("locale"),
+        _s("timezone"),
+        Attribute("active", "boolean"),
+        _s("password", case_exact=True, mutability="writeOnly"),
+        _plural("emails", *_plural_subs()),
+        _plural("phoneNumbers", *_plural_subs()),
+        _plural("ims", *_plural_subs()),
+        _plural("photos", *_plural_subs(Attribute("value", "reference", case_exact=True))),
+        _plural(
+            "addresses",
+            # value and display are not in RFC 7643's addresses, but common client models
+            # (scim2-models) send them: kept, so what a client sets reads back.
+            _s("value"),
+            _s("display"),
+            _s("formatted"),
+            _s("streetAddress"),
+            _s("locality"),
+            _s("region"),
+            _s("postalCode"),
+            _s("country"),
+            _s("type"),
+            Attribute("primary", "boolean"),
+        ),
+        _plural(
+            "groups",
+            _s("value", mutability="readOnly"),
+            Attribute("$ref", "reference", case_exact=True, mutability="readOnly"),
+            _s("display", mutability="readOnly"),
+            _s("type", mutability="readOnly"),
+            mutability="readOnly",
+        ),
+        _plural("entitlements", *_plural_subs()),
+        _plural("roles", *_plural_subs()),
+        _plural(
+            "x509Certificates",
+            *_plural_subs(Attribute("value", "binary", case_exact=True)),
+        ),
+    ),
+    extensions=(
+        Extension(
+            ENTERPRISE_USER_URN,
+            (
+                _s("employeeNumber"),
+                _s("costCenter"),
+                _s("organization"),
+                _s("division"),
+                _s("department"),
+                _complex(
+                    "manager",
+                    _s("value"),
+                    Attribute("$ref", "reference", case_exact=True),
+                    _s("displayName", mutability="readOnly"),
+                ),
+            ),
+        ),
+    ),
+)
+
+GROUP_SCHEMA: Final = ResourceSchema(
+    name="Group",
+    core_urn=GROUP_URN,
+    attributes=(
+        _s("id", case_exact=True, mutability="readOnly"),
+        _s("externalId", case_exact=True),
+        _META,
+        _s("displayName", required=True),
+        _plural(
+            "members",
+            _s("value", case_exact=True, mutability="immutable", required=True),
+            Attribute("$ref", "reference", case_exact=True, mutability="immutable"),
+            _s("type", mutability="immutable"),
+            # Not in RFC 7643 §8.7.1, but every client sends it (Okta, RFC 7644 examples).
+            _s("display"),
+            unique_by="value",
+        ),
+    ),
+    ignored_schemas=(ENTRA_GROUP_URN,),
+)
+
+
+# --------------------------------------------------------------------------- dict helpers
+
+
+class _Missing(enum.Enum):
+    MISSING = 0
+
+
+_MISSING: Final = _Missing.MISSING
+
+
+def _find_key(d: Mapping[str, Any], name: str) -> str | None:
+    if name in d:
+        return name
+    low = name.lower()
+    return next((k for k in d if isinstance(k, str) and k.lower() == low), None)
+
+
+def _get(d: Mapping[str, Any], name: str) -> Any:
+    key = _find_key(d, name)
+    return _MISSING if key is None else d[key]
+
+
+def _put(d: dict[str, Any], name: str, value: Any) -> None:
+    """Set `name` (canonical casing), replacing a differently cased key in its place."""
+    key = _find_key(d, name)
+    if key is None or key == name:
+        d[name] = value
+        return
+    items = [(name, value) if k == key else (k, v) for k, v in d.items()]
+    d.clear()
+    d.update(items)
+
+
+def _pop(d: dict[str, Any], name: str) -> None:
+    low = name.lower()
+    for key in [k for k in d if isinstance(k, str) and k.lower() == low]:
+        del d[key]
+
+
+def _absent(value: Any) -> bool:
+    """Unassigned per RFC 7643 §2.5 (missing, null, empty list or object)."""
+    return value is _MISSING or value is None or value == [] or value == {}
+
+
+def _present(value: Any) -> bool:
+    """The filter `pr` test: a non-empty value."""
+    return not (_absent(value) or value == "")
+
+
+def _clip(value: Any) -> str:
+    """A client value short enough for an error detail (containers only by their kind)."""
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# --------------------------------------------------------------------------- values
+
+
+def _as_bool(raw: Any) -> bool | None:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
+        return raw.strip().lower() == "true"
+    return None
+
+
+def _coerce_scalar(attr: Attribute, raw: Any) -> Any:
+    """A client value for a simple attribute, checked against its type (never None)."""
+    kind = attr.type
+    if kind == "boolean":
+        flag = _as_bool(raw)
+        if flag is None:
+            raise PatchError("invalidValue", f"{attr.name} takes a boolean, not {_clip(raw)}")
+        return flag
+    if kind == "integer":
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        raise PatchError("invalidValue", f"{attr.name} takes an integer, not {_clip(raw)}")
+    if kind == "decimal":
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            return raw
+        raise PatchError("invalidValue", f"{attr.name} takes a number, not {_clip(raw)}")
+    if kind == "complex":
+        raise PatchError("invalidValue", f"{attr.name} takes an object")
+    if not isinstance(raw, str):
+        raise PatchError("invalidValue", f"{attr.name} takes a string, not {_clip(raw)}")
+    if len(raw) > MAX_STRING_LENGTH:
+        raise PatchError("invalidValue", f"{attr.name} is longer than {MAX_STRING_LENGTH}")
+    if kind == "dateTime":
+        try:
+            datetime.fromisoformat(raw)
+        except ValueError:
+            raise PatchError("invalidValue", f"{attr.name} takes a dateTime") from None
+    return raw
+
+
+def _coerce_single(attr: Attribute, raw: Any) -> Any:
+    """A value for a simple single-valued (sub-)attribute; None means unassign."""
+    if isinstance(raw, list) and len(raw) == 1 and isinstance(raw[0], Mapping):
+        keys = {k.lower() for k in raw[0] if isinstance(k, str)}
+        if keys == {"value"}:  # [{"value": x}] for a scalar: unwrap (decision 11)
+            raw = _get(raw[0], "value")
+    if raw is None:
+        return None
+    return _coerce_scalar(attr, raw)
+
+
+def _coerce_complex(attr: Attribute, raw: Any) -> dict[str, Any]:
+    """Sub-attribute values by canonical name; None marks an explicit null (unassign)."""
+    if not isinstance(raw, Mapping):
+        value_sub = attr.sub("value")
+        if value_sub is not None and isinstance(raw, str | int | float | bool):
+            return {value_sub.name: _coerce_scalar(value_sub, raw)}  # decision 11
+        raise PatchError("invalidValue", f"{attr.name} takes an object, not {_clip(raw)}")
+    if len(raw) > MAX_VALUE_ITEMS:
+        raise PatchError("invalidValue", f"{attr.name}: more than {MAX_VALUE_ITEMS} keys")
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        sub = attr.sub(key) if isinstance(key, str) else None
+        if sub is None or sub.mutability == "readOnly":
+            continue  # decision 15
+        out[sub.name] = _coerce_single(sub, value)
+    return out
+
+
+def _coerce_element(attr: Attribute, raw: Any, *, for_match: bool = False) -> Any:
+    """One element of a multi-valued attribute; {} or None when it carries nothing."""
+    if not attr.is_complex:
+        return _coerce_single(attr, raw)
+    element = {k: v for k, v in _coerce_complex(attr, raw).items() if v is not None}
+    if element and not for_match:
+        for sub in attr.sub_attributes:
+            if sub.required and sub.name not in element:
+                raise PatchError("invalidValue", f"each of {attr.name} needs a {sub.name}")
+    return element
+
+
+def _coerce_multi(attr: Attribute, raw: Any) -> list[Any]:
+    if raw is None:
+        return []
+    items = raw if isinstance(raw, list) else [raw]  # decision 12
+    if len(items) > MAX_VALUE_ITEMS:
+        raise PatchError("invalidValue", f"{attr.name}: more than {MAX_VALUE_ITEMS} values")
+    elements = (_coerce_element(attr, item) for item in items)
+    return [e for e in elements if e is not None and e != {}]
+
+
+def _same(attr: Attribute, a: Any, b: Any) -> bool:
+    """Scalar equality under the attribute's caseExact rule."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, str) and isinstance(b, str) and not attr.case_exact:
+        return a.casefold() == b.casefold()
+    return bool(a == b)
+
+
+def _same_element(attr: Attribute, a: Any, b: Any) -> bool:
+    if not attr.is_complex:
+        return _same(attr, a, b)
+    if not (isinstance(a, Mapping) and isinstance(b, Mapping)):
+        return False
+    left = {k.lower(): v for k, v in a.items() if isinstance(k, str) and v is not None}
+    right = {k.lower(): v for k, v in b.items() if isinstance(k, str) and v is not None}
+    if left.keys() != right.keys():
+        return False
+    for key, value in left.items():
+        sub = attr.sub(key)
+        if sub is None or sub.is_complex:
+            if value != right[key]:
+                return False
+        elif not _same(sub, value, right[key]):
+            return False
+    return True
+
+
+def _assign(container: dict[str, Any], attr: Attribute, new: Any) -> None:
+    """Set one single-valued (sub-)attribute, or unassign it when `new` is None."""
+    current = _get(container, attr.name)
+    if (
+        attr.mutability == "immutable"
+        and not _absent(current)
+        and (new is None or not _same(attr, current, new))
+    ):
+        raise PatchError("mutability", f"{attr.name} is immutable")
+    if new is None:
+        _pop(container, attr.name)
+    else:
+        _put(container, attr.name, new)
+
+
+# --------------------------------------------------------------------------- filters
+
+
+@dataclass(frozen=True)
+class _Compare:
+    attr: Attribute
+    op: str
+    value: Any
+    whole_element: bool  # a simple multi-valued attribute: "value" is the element itself
+
+
+@dataclass(frozen=True)
+class _And:
+    left: _Node
+    right: _Node
+
+
+@dataclass(frozen=True)
+class _Or:
+    left: _Node
+    right: _Node
+
+
+@dataclass(frozen=True)
+class _Not:
+    operand: _Node
+
+
+_Node: TypeAlias = _Compare | _And | _Or | _Not
+
+_COMPARE_OPS: Final = frozenset({"eq", "ne", "co", "sw", "ew", "gt", "ge", "lt", "le"})
+_ORDER_OPS: Final = frozenset({"gt", "ge", "lt", "le"})
+_STRING_OPS: Final = frozenset({"co", "sw", "ew"})
+_TOKEN_RE: Final = re.compile(
+    r"""\s*(?:
+        (?P<lp>\() | (?P<rp>\)) |
+        (?P<dq>"(?:[^"\\]|\\.)*") |
+        (?P<sq>'(?:[^'\\]|\\.)*') |
+        (?P<num>-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)(?![A-Za-z0-9_$]) |
+        (?P<word>[A-Za-z$][A-Za-z0-9_$:.\-]*)
+    )""",
+    re.VERBOSE,
+)
+
+_Token: TypeAlias = tuple[str, Any]  # (kind, value): lp rp str num word end
+
+
+def _tokenize(text: str) -> list[_Token]:
+    tokens: list[_Token] = []
+    pos = 0
+    while text[pos:].strip():
+        match = _TOKEN_RE.match(text, pos)
+        if match is None:
+            raise PatchError("invalidFilter", f"cannot read the filter at {_clip(text[pos:])}")
+        kind = match.lastgroup or ""
+        raw = match.group(kind)
+        if kind == "dq":
+            try:
+                tokens.append(("str", json.loads(raw)))
+            except ValueError:
+                raise PatchError("invalidFilter", f"bad string {_clip(raw)}") from None
+        elif kind == "sq":  # decision 13
+            tokens.append(("str", re.sub(r"\\(.)", r"\1", raw[1:-1])))
+        elif kind == "num":
+            tokens.append(("num", json.loads(raw)))
+        else:
+            tokens.append((kind, raw))
+        pos = match.end()
+    tokens.append(("end", None))
+    return tokens
+
+
+class _FilterParser:
+    """valFilter of RFC 7644 §3.4.2.2: or < and < not/parentheses < comparison."""
+
+    def __init__(self, text: str, resolve: Callable[[str], tuple[Attribute, bool]]) -> None:
+        self._tokens = _tokenize(text)
+        self._pos = 0
+        self._resolve = resolve
+
+    def parse(self) -> _Node:
+        node = self._or(0)
+        if self._peek()[0] != "end":
+            raise PatchError("invalidFilter", f"unexpected {_clip(self._peek()[1])} in filter")
+        return node
+
+    def _peek(self) -> _Token:
+        return self._tokens[self._pos]
+
+    def _next(self) -> _Token:
+        token = self._tokens[self._pos]
+        self._pos += 1
+        return token
+
+    def _keyword(self, word: str) -> bool:
+        kind, value = self._peek()
+        if kind == "word" and str(value).lower() == word:
+            self._pos += 1
+            return True
+        return False
+
+    def _or(self, depth: int) -> _Node:
+        node = self._and(depth)
+        while self._keyword("or"):
+            node = _Or(node, self._and(depth))
+        return node
+
+    def _and(self, depth: int) -> _Node:
+        node = self._factor(depth)
+        while self._keyword("and"):
+            node = _And(node, self._factor(depth))
+        return node
+
+    def _factor(self, depth: int) -> _Node:
+        if depth >= MAX_FILTER_DEPTH:
+            raise PatchError("invalidFilter", "filter nested too deeply")
+        if self._keyword("not"):
+            return _Not(self._factor(depth + 1))
+        kind, value = self._next()
+        if kind == "lp":
+            node = self._or(depth + 1)
+            if self._next()[0] != "rp":
+                raise PatchError("invalidFilter", "unbalanced parentheses in filter")
+            return node
+        if kind != "word":
+            raise PatchError("invalidFilter", f"expected an attribute, found {_clip(value)}")
+        attr, whole = self._resolve(str(value))
+        op_kind, op = self._next()
+        op = str(op).lower() if op_kind == "word" else ""
+        if op == "pr":
+            return _Compare(attr, "pr", None, whole)
+        if op not in _COMPARE_OPS:
+            raise PatchError("invalidFilter", f"unknown filter operator {_clip(op)}")
+        return _Compare(attr, op, self._comparison_value(attr, op), whole)
+
+    def _comparison_value(self, attr: Attribute, op: str) -> Any:
+        kind, raw = self._next()
+        if kind == "word" and str(raw).lower() in ("true", "false", "null"):
+            value: Any = {"true": True, "false": False, "null": None}[str(raw).lower()]
+        elif kind in ("str", "num"):
+            value = raw
+        else:
+            raise PatchError("invalidFilter", f"expected a value after {op}")
+        if value is None:
+            if op in ("eq", "ne"):
+                return None
+            raise PatchError("invalidFilter", f"{op} cannot compare with null")
+        if attr.type == "boolean":
+            flag = _as_bool(value)  # decision 2
+            if flag is None or op not in ("eq", "ne"):
+                raise PatchError("invalidFilter", f"{attr.name} is boolean: eq/ne true/false")
+            return flag
+        if attr.type in ("integer", "decimal"):
+            if isinstance(value, bool) or not isinstance(value, int | float) or op in _STRING_OPS:
+                raise PatchError("invalidFilter", f"{attr.name} is a number")
+            return value
+        if not isinstance(value, str):
+            raise PatchError("invalidFilter", f"{attr.name} compares with a string")
+        if attr.type == "binary" and op in _ORDER_OPS:
+            raise PatchError("invalidFilter", f"{attr.name} is binary: no ordering")
+        return value
+
+
+def _parse_filter(text: str, owner: Attribute) -> _Node:
+    def resolve(name: str) -> tuple[Attribute, bool]:
+        prefix = owner.name.lower() + "."
+        short = name[len(prefix) :] if name.lower().startswith(prefix) else name
+        if owner.is_complex:
+            sub = owner.sub(short)
+            if sub is None or sub.is_complex:
+                raise PatchError("invalidFilter", f"{owner.name} has no sub-attribute {name}")
+            return sub, False
+        if short.lower() != "value":
+            raise PatchError("invalidFilter", f"filter on {owner.name} compares 'value'")
+        return owner, True
+
+    return _FilterParser(text, resolve).parse()
+
+
+def _ordered(attr: Attribute, a: Any, b: Any) -> tuple[Any, Any] | None:
+    """Two values made comparable for ordering and (sub)string tests, or None."""
+    if attr.type in ("integer", "decimal"):
+        numbers = all(isinstance(x, int | float) and not isinstance(x, bool) for x in (a, b))
+        return (a, b) if numbers else None
+    if not (isinstance(a, str) and isinstance(b, str)):
+        return None
+    if attr.type == "dateTime":
+        try:
+            left, right = datetime.fromisoformat(a), datetime.fromisoformat(b)
+        except ValueError:
+            pass
+        else:
+            if (left.tzinfo is None) == (right.tzinfo is None):
+                return left, right
+    if attr.case_exact:
+        return a, b
+    return a.casefold(), b.casefold()
+
+
+def _compare(node: _Compare, element: Any) -> bool:
+    if node.whole_element:
+        actual = element
+    elif isinstance(element, Mapping):
+        actual = _get(element, node.attr.name)
+    else:
+        return False
+    op, expected = node.op, node.value
+    if op == "pr":
+        return _present(actual)
+    if actual is _MISSING or actual is None:
+        return (op == "eq" and expected is None) or (op == "ne" and expected is not None)
+    if expected is None:
+        return op == "ne"
+    if node.attr.type == "boolean":
+        same = _as_bool(actual) == expected
+        return same if op == "eq" else not same
+    pair = _ordered(node.attr, actual, expected)
+    if pair is None:
+        return op == "ne"
+    left, right = pair
+    if op == "eq":
+        return bool(left == right)
+    if op == "ne":
+        return bool(left != right)
+    if op in _STRING_OPS:
+        if not (isinstance(left, str) and isinstance(right, str)):
+            return False
+        if op == "co":
+            return right in left
+        return left.startswith(right) if op == "sw" else left.endswith(right)
+    try:
+        if op == "gt":
+            return bool(left > right)
+        if op == "ge":
+            return bool(left >= right)
+        if op == "lt":
+            return bool(left < right)
+        return bool(left <= right)
+    except TypeError:
+        return False
+
+
+def _matches(node: _Node, element: Any) -> bool:
+    if isinstance(node, _Compare):
+        return _compare(node, element)
+    if isinstance(node, _And):
+        return _matches(node.left, element) and _matches(node.right, element)
+    if isinstance(node, _Or):
+        return _matches(node.left, element) or _matches(node.right, element)
+    return not _matches(node.operand, element)
+
+
+def _eq_terms(node: _Node) -> dict[str, Any] | None:
+    """{sub: value} when the filter is `a eq x [and b eq y ...]`, else None (decision 5)."""
+    pairs = _eq_pairs(node)
+    if pairs is None:
+        return None
+    terms: dict[str, Any] = {}
+    for attr, value in pairs:
+        if attr.name in terms and not _same(attr, terms[attr.name], value):
+            return None  # `type eq "a" and type eq "b"` describes no element to create
+        terms[attr.name] = value
+    return terms
+
+
+def _eq_pairs(node: _Node) -> list[tuple[Attribute, Any]] | None:
+    if isinstance(node, _Compare):
+        if node.op != "eq" or node.value is None or node.whole_element:
+            return None
+        return [(node.attr, node.value)]
+    if isinstance(node, _And):
+        left, right = _eq_pairs(node.left), _eq_pairs(node.right)
+        return None if left is None or right is None else left + right
+    return None
+
+
+# --------------------------------------------------------------------------- paths
+
+
+@dataclass(frozen=True)
+class _Target:
+    scope: Extension
+    attr: Attribute | None = None  # None: the whole extension object
+    filter: _Node | None = None
+    sub: Attribute | None = None
+    ignored: bool = False  # under a schema we accept and drop (Entra's group schema)
+
+
+_NAME_RE: Final = re.compile(r"[A-Za-z$][A-Za-z0-9_$\-]*")
+
+
+def _closing_bracket(text: str, start: int) -> int:
+    quote = ""
+    i = start + 1
+    while i < len(text):
+        char = text[i]
+        if quote:
+            if char == "\\":
+                i += 1
+            elif char == quote:
+                quote = ""
+        elif char in "\"'":
+            quote = char
+        elif char == "]":
+            return i
+        elif char == "[":
+            raise PatchError("invalidFilter", "nested filters are not supported in a path")
+        i += 1
+    raise PatchError("invalidPath", "unclosed '[' in path")
+
+
+def _resolve(schema: ResourceSchema, path: str, scope: Extension | None = None) -> _Target:
+    """Parse `PATH = attrPath / valuePath [subAttr]` (RFC 7644 §3.5.2) against `schema`."""
+    text = path.strip()
+    if not text:
+        raise PatchError("invalidPath", "empty path")
+    if len(text) > MAX_PATH_LENGTH:
+        raise PatchError("invalidPath", f"path longer than {MAX_PATH_LENGTH}")
+    low = text.lower()
+    for ignored in schema.ignored_schemas:
+        if low == ignored.lower() or low.startswith(ignored.lower() + ":"):
+            return _Target(schema.core, ignored=True)
+    for candidate in schema.scopes:
+        urn = candidate.urn.lower()
+        if low == urn:
+            if candidate is schema.core:
+                raise PatchError("invalidPath", "a path names an attribute, not the core schema")
+            return _Target(candidate)
+        if low.startswith(urn + ":") or low.startswith(urn + "."):  # decision 13: legacy "."
+            scope, text = candidate, text[len(urn) + 1 :]
+            break
+    else:
+        if low.startswith("urn:"):
+            raise _UnknownAttribute(f"unknown schema in path {_clip(path)}")
+        scope = scope or schema.core
+    match = _NAME_RE.match(text)
+    if match is None:
+        raise _UnknownAttribute(f"malformed path {_clip(path)}")
+    name, pos = match.group(), match.end()
+    filter_text: str | None = None
+    if pos < len(text) and text[pos] == "[":
+        close = _closing_bracket(text, pos)
+        filter_text, pos = text[pos + 1 : close], close + 1
+    sub_name: str | None = None
+    if pos < len(text) and text[pos] == ".":
+        sub_match = _NAME_RE.match(text, pos + 1)
+        if sub_match is None:
+            raise _UnknownAttribute(f"malformed path {_clip(path)}")
+        sub_name, pos = sub_match.group(), sub_match.end()
+    if pos != len(text):
+        raise _UnknownAttribute(f"malformed path {_clip(path)}")
+    attr = scope.attribute(name)
+    if attr is None:
+        raise _UnknownAttribute(f"{schema.name} has no attribute {_clip(name)}")
+    if filter_text is not None and not attr.multi_valued:
+        raise PatchError("invalidPath", f"{attr.name} is single-valued: no filter")
+    sub: Attribute | None = None
+    if sub_name is not None:
+        sub = attr.sub(sub_name)
+        if sub is None:
+            raise _UnknownAttribute(f"{attr.name} has no sub-attribute {_clip(sub_name)}")
+    node = _parse_filter(filter_text, attr) if filter_text is not None else None
+    return _Target(scope, attr, node, sub)
+
+
+# --------------------------------------------------------------------------- operations
+
+
+@dataclass(frozen=True)
+class _Operation:
+    op: Op
+    path: str | None
+    value: Any
+    has_value: bool
+
+
+def _operations(body: Any) -> list[_Operation]:
+    if not isinstance(body, Mapping):
+        raise PatchError("invalidSyntax", "the body must be a PatchOp object")
+    schemas = _get(body, "schemas")
+    if not isinstance(schemas, list) or not any(
+        isinstance(s, str) and s.lower() == PATCH_OP_URN.lower() for s in schemas
+    ):
+        raise PatchError("invalidSyntax", f"schemas must hold {PATCH_OP_URN}")
+    raw_ops = _get(body, "Operations")
+    if not isinstance(raw_ops, list) or not raw_ops:
+        raise PatchError("invalidSyntax", "Operations must be a non-empty list")
+    if len(raw_ops) > MAX_OPERATIONS:
+        raise PatchError("invalidSyntax", f"more than {MAX_OPERATIONS} operations")
+    out: list[_Operation] = []
+    for index, raw in enumerate(raw_ops):
+        if not isinstance(raw, Mapping):
+            raise PatchError("invalidSyntax", f"Operations[{index}] is not an object")
+        op = _get(raw, "op")
+        name = op.strip().lower() if isinstance(op, str) else ""
+        if name not in ("add", "remove", "replace"):
+            raise PatchError("invalidSyntax", f"Operations[{index}]: unknown op {_clip(op)}")
+        path = _get(raw, "path")
+        if path is _MISSING or path is None or (isinstance(path, str) and not path.strip()):
+            path = None
+        elif not isinstance(path, str):
+            raise PatchError("invalidPath", f"Operations[{index}]: path must be a string")
+        value = _get(raw, "value")
+        has_value = value is not _MISSING
+        if name != "remove" and not has_value:
+            raise PatchError("invalidValue", f"Operations[{index}]: {name} needs a value")
+        checked: Op = "add" if name == "add" else "remove" if name == "remove" else "replace"
+        out.append(_Operation(checked, path, None if value is _MISSING else value, has_value))
+    return out
+
+
+def _extensions_present(resource: Mapping[str, Any], schema: ResourceSchema) -> set[str]:
+    return {e.urn for e in schema.extensions if not _absent(_get(resource, e.urn))}
+
+
+def apply_patch(
+    resource: Mapping[str, Any], patch_body: Mapping[str, Any], *, schema: ResourceSchema
+) -> dict[str, Any]:
+    """Apply a SCIM PatchOp request to `resource`; return the patched copy.
+
+    Raises PatchError (status 400) with scimType invalidSyntax, invalidPath, invalidFilter,
+    noTarget, invalidValue or mutability. The operations apply in order and atomically.
+    """
+    if not isinstance(resource, Mapping):
+        raise TypeError("resource must be a mapping")
+    operations = _operations(patch_body)
+    result: dict[str, Any] = copy.deepcopy(dict(resource))
+    before = _extensions_present(result, schema)
+    for index, operation in enumerate(operations):
+        try:
+            _apply(result, schema, operation)
+        except PatchError as error:
+            raise PatchError(
+                error.scim_type, f"Operations[{index}]: {error.detail}", error.status
+            ) from None
+    for extension in schema.extensions:
+        if _get(result, extension.urn) == {}:
+            _pop(result, extension.urn)
+    _sync_schemas(result, schema, before, _extensions_present(result, schema))
+    _check_required(resource, result, schema)
+    return result
+
+
+def _apply(root: dict[str, Any], schema: ResourceSchema, operation: _Operation) -> None:
+    if operation.path is None:
+        if operation.op == "remove":
+            raise PatchError("noTarget", "remove needs a path")
+        if not isinstance(operation.value, Mapping):
+            raise PatchError("invalidValue", f"{operation.op} without a path takes an object")
+        _apply_map(root, schema, operation.op, operation.value, schema.core)
+        return
+    target = _resolve(schema, operation.path)
+    _apply_target(root, schema, operation.op, target, operation, in_value=False)
+
+
+def _apply_map(
+    root: dict[str, Any],
+    schema: ResourceSchema,
+    op: Op,
+    values: Mapping[str, Any],
+    scope: Extension,
+) -> None:
+    """A path-less add/replace: each key read as a path (decisions 3 and 4)."""
+    if len(values) > MAX_VALUE_ITEMS:
+        raise PatchError("invalidValue", f"more than {MAX_VALUE_ITEMS} attributes in a value")
+    for key, value in values.items():
+        if not isinstance(key, str) or key.lower() == "schemas":
+            continue
+        try:
+            target = _resolve(schema, key, scope)
+        except PatchError as error:
+            if error.scim_type == "invalidPath":
+                continue  # not an attribute we keep
+            raise
+        if target.ignored or (target.attr is None and scope is not schema.core):
+            continue  # an extension object inside an extension object: nothing we keep
+        attr = target.attr
+        if attr is not None and attr.mutability == "readOnly":
+            if attr.name == "id" and target.sub is None:
+                current = _get(root, "id")
+                if not (isinstance(value, str) and current == value):
+                    raise PatchError("mutability", "id is readOnly and differs from the resource")
+            continue
+        if target.sub is not None and target.sub.mutability == "readOnly":
+            continue
+        _apply_target(root, schema, op, target, _Operation(op, key, value, True), in_value=True)
+
+
+def _container(root: dict[str, Any], scope: Extension, schema: ResourceSchema) -> Any:
+    return root if scope is schema.core else _get(root, scope.urn)
+
+
+def _apply_target(
+    root: dict[str, Any],
+    schema: ResourceSchema,
+    op: Op,
+    target: _Target,
+    operation: _Operation,
+    *,
+    in_value: bool,
+) -> None:
+    value = operation.value
+    if target.ignored or (op == "add" and _absent(value)):
+        return  # adding nothing changes nothing (decision 10)
+    attr = target.attr
+    if attr is None:  # the extension object itself
+        if op == "remove" or value is None:
+            _pop(root, target.scope.urn)
+            return
+        if not isinstance(value, Mapping):
+            raise PatchError("invalidValue", f"{target.scope.urn} takes an object")
+        _apply_map(root, schema, op, value, target.scope)
+        return
+    container = _container(root, target.scope, schema)
+    if not in_value and _read_only_noop(container, op, target, value):
+        return
+    if not isinstance(container, dict):
+        if op == "remove":
+            return
+        container = {}
+        _put(root, target.scope.urn, container)
+    if attr.multi_valued:
+        _apply_multi(container, op, attr, target, operation)
+    elif target.sub is not None:
+        _apply_sub(container, op, attr, target.sub, value)
+    elif attr.is_complex:
+        if op == "remove" or _absent(value):
+            _pop(container, attr.name)
+            return
+        current = _get(container, attr.name)
+        merged = dict(current) if isinstance(current, dict) else {}
+        for name, sub_value in _coerce_complex(attr, value).items():
+            sub = attr.sub(name)
+            assert sub is not None
+            _assign(merged, sub, sub_value)
+        if merged:
+            _put(container, attr.name, merged)
+        else:
+            _pop(container, attr.name)
+    else:
+        _assign(container, attr, None if op == "remove" else _coerce_single(attr, value))
+
+
+def _read_only_noop(container: Any, op: Op, target: _Target, value: Any) -> bool:
+    """Decision 14: a path at a readOnly attribute is allowed only when it changes nothing."""
+    attr = target.attr
+    assert attr is not None
+    sub = target.sub
+    if attr.mutability != "readOnly" and (sub is None or sub.mutability != "readOnly"):
+        return False
+    leaf = sub or attr
+    scalar = not attr.multi_valued and target.filter is None and not leaf.is_complex
+    if op != "remove" and scalar and isinstance(container, Mapping):
+        current = _get(container, attr.name)
+        if sub is not None:
+            current = _get(current, sub.name) if isinstance(current, Mapping) else _MISSING
+        new = _coerce_single(leaf, value)
+        if not _absent(current) and new is not None and _same(leaf, current, new):
+            return True
+    raise PatchError("mutability", f"{leaf.name} is readOnly")
+
+
+def _apply_sub(
+    container: dict[str, Any], op: Op, attr: Attribute, sub: Attribute, value: Any
+) -> None:
+    """`name.givenName`: one sub-attribute of a single-valued complex attribute."""
+    current = _get(container, attr.name)
+    obj = dict(current) if isinstance(current, dict) else {}
+    _assign(obj, sub, None if op == "remove" else _coerce_single(sub, value))
+    if obj:
+        _put(container, attr.name, obj)
+    else:
+        _pop(container, attr.name)
+
+
+def _apply_multi(
+    container: dict[str, Any], op: Op, attr: Attribute, target: _Target, operation: _Operation
+) -> None:
+    current = _get(container, attr.name)
+    elements: list[Any] = (
+        list(current) if isinstance(current, list) else [] if _absent(current) else [current]
+    )
+    value, sub, node = operation.value, target.sub, target.filter
+    written: list[Any] = []
+    if node is None and sub is None:
+        if op == "remove":
+            listed = operation.has_value and value is not None
+            elements = _without_listed(attr, elements, value) if listed else []
+        else:
+            if op == "replace":
+                elements = []
+            index = _Index(attr, elements)
+            for element in _coerce_multi(attr, value):
+                written.append(index.add(element))
+    elif node is None:
+        assert sub is not None
+        _sub_of_all(attr, sub, elements, op, value, written)
+    else:
+        positions = _matching(attr, node, elements)
+        matches = [elements[i] for i in positions]
+        if op == "remove":
+            if sub is None:
+                elements = _without_positions(elements, positions)
+            else:
+                for match in matches:
+                    _assign(match, sub, None)
+        elif sub is None:
+            _filtered_element(attr, node, elements, matches, op, value, written)
+        else:
+            new = _coerce_single(sub, value)
+            if matches:
+                for match in matches:
+                    _assign(match, sub, new)
+                    written.append(match)
+            elif new is not None:
+                terms = _eq_terms(node)
+                if terms is None:
+                    raise PatchError("noTarget", f"no {attr.name} value matches the filter")
+                element = _coerce_element(attr, terms | {sub.name: new})  # decision 5
+                elements.append(element)
+                written.append(element)
+    if sub is not None or (node is not None and op != "remove"):  # values may now be empty
+        elements = [e for e in elements if not _absent(e)]
+    _one_primary(attr, elements, written)
+    if elements:
+        _put(container, attr.name, elements)
+    else:
+        _pop(container, attr.name)
+
+
+def _sub_of_all(
+    attr: Attribute, sub: Attribute, elements: list[Any], op: Op, value: Any, written: list[Any]
+) -> None:
+    """`emails.value` without a filter: the sub-attribute of every element (one if none)."""
+    new = None if op == "remove" else _coerce_single(sub, value)
+    dicts = [e for e in elements if isinstance(e, dict)]
+    if not dicts:
+        if new is not None:
+            element = _coerce_element(attr, {sub.name: new})
+            elements.append(element)
+            written.append(element)
+        return
+    for element in dicts:
+        _assign(element, sub, new)
+        written.append(element)
+
+
+def _filtered_element(
+    attr: Attribute,
+    node: _Node,
+    elements: list[Any],
+    matches: list[Any],
+    op: Op,
+    value: Any,
+    written: list[Any],
+) -> None:
+    """add/replace on `attr[filter]`: merge into (add) or replace the matching elements."""
+    if not attr.is_complex:
+        raise PatchError("invalidPath", f"{attr.name}[filter] needs a complex attribute")
+    if not matches:
+        terms = _eq_terms(node)
+        if op != "add" or terms is None:
+            raise PatchError("noTarget", f"no {attr.name} value matches the filter")
+        patch = {k: v for k, v in _coerce_complex(attr, value).items() if v is not None}
+        element = _coerce_element(attr, terms | patch)  # decision 5
+        elements.append(element)
+        written.append(element)
+        return
+    patch = _coerce_complex(attr, value)
+    for match in matches:
+        if op == "add":
+            for name, sub_value in patch.items():
+                sub = attr.sub(name)
+                assert sub is not None
+                _assign(match, sub, sub_value)
+        else:  # RFC 7644 §3.5.2.3: "all matching record values SHALL be replaced"
+            replacement = _coerce_element(attr, {k: v for k, v in patch.items() if v is not None})
+            for sub in attr.sub_attributes:
+                if sub.mutability == "immutable":
+                    kept = _get(replacement, sub.name) if replacement else None
+                    _assign(dict(match), sub, None if kept is _MISSING else kept)
+            match.clear()
+            match.update(replacement)
+        written.append(match)
+
+
+def _norm(attr: Attribute | None, value: Any) -> Any:
+    """A hashable form of a scalar under the attribute's caseExact rule."""
+    if isinstance(value, str):
+        return ("s", value if attr is None or attr.case_exact else value.casefold())
+    if isinstance(value, bool | int | float) or value is None:
+        return (type(value).__name__, value)
+    return ("j", json.dumps(value, sort_keys=True, default=str))
+
+
+def _identity(attr: Attribute, element: Any) -> Any:
+    """Elements with equal identities are the same value (decision 8)."""
+    if attr.unique_by is not None and isinstance(element, Mapping):
+        key = attr.sub(attr.unique_by)
+        assert key is not None
+        wanted = _get(element, key.name)
+        if not _absent(wanted):
+            return ("key", _norm(key, wanted))
+    if not attr.is_complex or not isinstance(element, Mapping):
+        return ("value", _norm(attr, element))
+    items = sorted(
+        (str(k).lower(), _norm(attr.sub(k) if isinstance(k, str) else None, v))
+        for k, v in element.items()
+        if v is not None
+    )
+    return ("complex", tuple(items))
+
+
+class _Index:
+    """The values of a multi-valued attribute by identity, for appending without duplicates."""
+
+    def __init__(self, attr: Attribute, elements: list[Any]) -> None:
+        self._attr = attr
+        self._elements = elements
+        self._by_identity: dict[Any, Any] = {}
+        for element in elements:
+            self._by_identity.setdefault(_identity(attr, element), element)
+
+    def add(self, element: Any) -> Any:
+        """Append `element` unless present; return the element now holding it."""
+        identity = _identity(self._attr, element)
+        existing = self._by_identity.get(identity)
+        if existing is None:
+            self._elements.append(element)
+            self._by_identity[identity] = element
+            return element
+        if self._attr.unique_by is not None and isinstance(existing, dict):
+            for name, sub_value in element.items():  # a re-added member refreshes its display
+                sub = self._attr.sub(name)
+                if sub is not None and sub.mutability == "readWrite":
+                    _put(existing, sub.name, sub_value)
+        return existing
+
+
+def _without_positions(elements: list[Any], positions: list[int]) -> list[Any]:
+    if len(positions) <= 16:
+        for position in reversed(positions):
+            del elements[position]
+        return elements
+    dropped = set(positions)
+    return [e for i, e in enumerate(elements) if i not in dropped]
+
+
+def _matching(attr: Attribute, node: _Node, elements: list[Any]) -> list[int]:
+    """Positions of the elements the filter selects (`key eq "x"` on a unique key is fast)."""
+    key = attr.sub(attr.unique_by) if attr.unique_by is not None else None
+    if (
+        key is not None
+        and key.case_exact
+        and isinstance(node, _Compare)
+        and node.op == "eq"
+        and node.attr is key
+        and isinstance(node.value, str)
+    ):
+        name, wanted = key.name, node.value
+        return [
+            i
+            for i, e in enumerate(elements)
+            if isinstance(e, dict)
+            and (e.get(name) == wanted or (name not in e and _matches(node, e)))
+        ]
+    return [i for i, e in enumerate(elements) if _matches(node, e)]
+
+
+def _without_listed(attr: Attribute, elements: list[Any], value: Any) -> list[Any]:
+    """Decision 6: remove only the elements a remove's `value` lists."""
+    if isinstance(value, Mapping) and len(value) == 1:
+        only = next(iter(value))
+        if isinstance(only, str) and only.lower() == attr.name.lower():
+            value = value[only]
+    items = value if isinstance(value, list) else [value]
+    if len(items) > MAX_VALUE_ITEMS:
+        raise PatchError("invalidValue", f"{attr.name}: more than {MAX_VALUE_ITEMS} values")
+    listed = [_coerce_element(attr, item, for_match=True) for item in items if item is not None]
+    key = attr.sub(attr.unique_by) if attr.unique_by is not None else None
+    if key is not None:
+        keys = {_norm(key, w[key.name]) for w in listed if isinstance(w, dict) and key.name in w}
+        listed = [w for w in listed if not (isinstance(w, dict) and key.name in w)]
+
+        def by_key(element: Any) -> bool:
+            if not isinstance(element, Mapping):
+                return False
+            current = _get(element, key.name)
+            return not _absent(current) and _norm(key, current) in keys
+
+        elements = [e for e in elements if not by_key(e)]
+        if not listed:
+            return elements
+
+    def listed_match(element: Any) -> bool:
+        for wanted in listed:
+            if _absent(wanted):
+                continue
+            if not attr.is_complex:
+                if _same(attr, element, wanted):
+                    return True
+                continue
+            if not isinstance(element, Mapping):
+                continue
+            subs = (attr.sub(name) for name in wanted)
+            if all(s is not None and _same(s, _get(element, s.name), wanted[s.name]) for s in subs):
+                return True
+        return False
+
+    return [e for e in elements if not listed_match(e)]
+
+
+def _one_primary(attr: Attribute, elements: Iterable[Any], written: list[Any]) -> None:
+    """Decision 9: a primary written by this operation demotes every other one."""
+    primary = attr.sub("primary")
+    if primary is None:
+        return
+    winners = [w for w in written if isinstance(w, Mapping) and _get(w, "primary") is True]
+    if len({id(w) for w in winners}) > 1:
+        raise PatchError("invalidValue", f"more than one primary {attr.name} value")
+    if not winners:
+        return
+    for element in elements:
+        demote = element is not winners[0] and isinstance(element, dict)
+        if demote and _as_bool(_get(element, "primary")) is True:
+            _put(element, primary.name, False)
+
+
+def _sync_schemas(
+    root: dict[str, Any], schema: ResourceSchema, before: set[str], after: set[str]
+) -> None:
+    """Keep `schemas` listing exactly the extensions this patch added or emptied."""
+    if before == after:
+        return
+    schemas = _get(root, "schemas")
+    listed = list(schemas) if isinstance(schemas, list) else [schema.core_urn]
+    lowered = {s.lower() for s in listed if isinstance(s, str)}
+    for urn in sorted(after - before):
+        if urn.lower() not in lowered:
+            listed.append(urn)
+    gone = {urn.lower() for urn in before - after}
+    _put(root, "schemas", [s for s in listed if not (isinstance(s, str) and s.lower() in gone)])
+
+
+def _check_required(
+    original: Mapping[str, Any], result: Mapping[str, Any], schema: ResourceSchema
+) -> None:
+    """RFC 7644 §3.5.2.2: a required attribute may not become unassigned."""
+    for scope in (schema.core, *schema.extensions):
+        before = original if scope is schema.core else _get(original, scope.urn)
+        after = result if scope is schema.core else _get(result, scope.urn)
+        for attr in scope.attributes:
+            if not attr.required or not isinstance(before, Mapping):
+                continue
+            was = _get(before, attr.name)
+            now = _get(after, attr.name) if isinstance(after, Mapping) else _MISSING
+            if _present(was) and not _present(now):
+                raise PatchError("mutability", f"{attr.name} is required and cannot be removed")

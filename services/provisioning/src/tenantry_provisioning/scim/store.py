@@ -1,0 +1,229 @@
+"""Postgres access of the SCIM directory (scim_users, scim_groups, scim_group_members)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+USER_SELECT = """
+    SELECT u.*,
+           (SELECT coalesce(jsonb_agg(jsonb_build_object('value', g.id,
+                                                         'display', g.display_name)
+                                      ORDER BY g.display_name), '[]'::jsonb)
+            FROM scim_group_members m JOIN scim_groups g ON g.id = m.group_id
+            WHERE m.member_id = u.id) AS groups
+    FROM scim_users u"""
+
+GROUP_SELECT = """
+    SELECT g.*,
+           (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                       'value', m.member_id,
+                       'display', coalesce(m.display, u.display_name, u.user_name),
+                       'type', coalesce(m.type, 'User'))
+                   ORDER BY m.member_id), '[]'::jsonb)
+            FROM scim_group_members m LEFT JOIN scim_users u ON u.id = m.member_id
+            WHERE m.group_id = g.id) AS members
+    FROM scim_groups g"""
+
+_USER_WRITABLE = (
+    "user_name",
+    "external_id",
+    "display_name",
+    "nick_name",
+    "profile_url",
+    "title",
+    "user_type",
+    "preferred_language",
+    "locale",
+    "timezone",
+    "active",
+    "name_formatted",
+    "name_family",
+    "name_given",
+    "name_middle",
+    "name_prefix",
+    "name_suffix",
+    "emails",
+    "phone_numbers",
+    "addresses",
+    "roles",
+    "enterprise",
+    "extra",
+)
+
+
+Row = dict[str, Any]
+
+
+async def get_user(tx: asyncpg.Connection, tenant_id: UUID, user_id: UUID) -> Row | None:
+    row = await tx.fetchrow(
+        f"{USER_SELECT} WHERE u.tenant_id = $1 AND u.id = $2", tenant_id, user_id
+    )
+    return dict(row) if row is not None else None
+
+
+async def user_name_owner(tx: asyncpg.Connection, tenant_id: UUID, user_name: str) -> UUID | None:
+    value: UUID | None = await tx.fetchval(
+        "SELECT id FROM scim_users WHERE tenant_id = $1 AND lower(user_name) = lower($2)",
+        tenant_id,
+        user_name,
+    )
+    return value
+
+
+async def insert_user(
+    tx: asyncpg.Connection, tenant_id: UUID, user_id: UUID, columns: Mapping[str, Any]
+) -> Row:
+    names = ", ".join(_USER_WRITABLE)
+    values = ", ".join(f"${i + 3}" for i in range(len(_USER_WRITABLE)))
+    await tx.execute(
+        f"INSERT INTO scim_users (id, tenant_id, {names}) VALUES ($1, $2, {values})",
+        user_id,
+        tenant_id,
+        *(columns[c] for c in _USER_WRITABLE),
+    )
+    row = await get_user(tx, tenant_id, user_id)
+    assert row is not None
+    return row
+
+
+async def update_user(
+    tx: asyncpg.Connection, tenant_id: UUID, user_id: UUID, columns: Mapping[str, Any]
+) -> Row:
+    sets = ", ".join(f"{c} = ${i + 3}" for i, c in enumerate(_USER_WRITABLE))
+    await tx.execute(
+        f"""UPDATE scim_users SET {sets}, version = version + 1, updated_at = now()
+            WHERE tenant_id = $1 AND id = $2""",
+        tenant_id,
+        user_id,
+        *(columns[c] for c in _USER_WRITABLE),
+    )
+    row = await get_user(tx, tenant_id, user_id)
+    assert row is not None
+    return row
+
+
+async def delete_user(tx: asyncpg.Connection, tenant_id: UUID, user_id: UUID) -> list[UUID]:
+    """Deletes the user and its memberships; returns the groups it left."""
+    groups = await tx.fetch(
+        "DELETE FROM scim_group_members WHERE tenant_id = $1 AND member_id = $2 RETURNING group_id",
+        tenant_id,
+        user_id,
+    )
+    await tx.execute("DELETE FROM scim_users WHERE tenant_id = $1 AND id = $2", tenant_id, user_id)
+    return [g["group_id"] for g in groups]
+
+
+async def page(
+    tx: asyncpg.Connection,
+    select: str,
+    table: str,
+    alias: str,
+    tenant_id: UUID,
+    where: str,
+    params: Sequence[Any],
+    order: str,
+    offset: int,
+    limit: int,
+) -> tuple[int, list[Row]]:
+    """One page of a filtered, sorted listing and the total count. `where` uses $2...;
+    the order always ends with the id, so pages are stable."""
+    condition = f"{alias}.tenant_id = $1" + (f" AND ({where})" if where else "")
+    total = await tx.fetchval(
+        f"SELECT count(*) FROM {table} {alias} WHERE {condition}", tenant_id, *params
+    )
+    if limit == 0:
+        return int(total), []
+    n = len(params) + 2
+    rows = await tx.fetch(
+        f"{select} WHERE {condition} ORDER BY {order}, {alias}.id LIMIT ${n} OFFSET ${n + 1}",
+        tenant_id,
+        *params,
+        limit,
+        offset,
+    )
+    return int(total), [dict(r) for r in rows]
+
+
+async def get_group(tx: asyncpg.Connection, tenant_id: UUID, group_id: UUID) -> Row | None:
+    row = await tx.fetchrow(
+        f"{GROUP_SELECT} WHERE g.tenant_id = $1 AND g.id = $2", tenant_id, group_id
+    )
+    return dict(row) if row is not None else None
+
+
+async def insert_group(
+    tx: asyncpg.Connection, tenant_id: UUID, group_id: UUID, columns: Mapping[str, Any]
+) -> None:
+    await tx.execute(
+        """INSERT INTO scim_groups (id, tenant_id, display_name, external_id, extra)
+           VALUES ($1, $2, $3, $4, $5)""",
+        group_id,
+        tenant_id,
+        columns["display_name"],
+        columns["external_id"],
+        columns["extra"],
+    )
+
+
+async def update_group(
+    tx: asyncpg.Connection, tenant_id: UUID, group_id: UUID, columns: Mapping[str, Any]
+) -> None:
+    await tx.execute(
+        """UPDATE scim_groups SET display_name = $3, external_id = $4, extra = $5,
+               version = version + 1, updated_at = now()
+           WHERE tenant_id = $1 AND id = $2""",
+        tenant_id,
+        group_id,
+        columns["display_name"],
+        columns["external_id"],
+        columns["extra"],
+    )
+
+
+async def set_members(
+    tx: asyncpg.Connection,
+    tenant_id: UUID,
+    group_id: UUID,
+    members: Sequence[tuple[UUID, str | None, str | None]],
+) -> tuple[list[UUID], list[UUID]]:
+    """Make the membership exactly `members` ((id, display, type) each); returns (added,
+    removed)."""
+    current = {
+        r["member_id"]
+        for r in await tx.fetch(
+            "SELECT member_id FROM scim_group_members WHERE group_id = $1", group_id
+        )
+    }
+    details = {m[0]: m for m in members}
+    wanted = list(details)
+    added = [m for m in wanted if m not in current]
+    removed = sorted(current - set(wanted))
+    if removed:
+        await tx.execute(
+            "DELETE FROM scim_group_members WHERE group_id = $1 AND member_id = ANY($2::uuid[])",
+            group_id,
+            removed,
+        )
+    if added:
+        await tx.executemany(
+            """INSERT INTO scim_group_members (group_id, member_id, tenant_id, display, type)
+               VALUES ($1, $2, $3, $4, $5)""",
+            [(group_id, m, tenant_id, details[m][1], details[m][2]) for m in added],
+        )
+    if added or removed:
+        await tx.execute(
+            "UPDATE scim_groups SET version = version + 1, updated_at = now() WHERE id = $1",
+            group_id,
+        )
+    return added, removed
+
+
+async def delete_group(tx: asyncpg.Connection, tenant_id: UUID, group_id: UUID) -> bool:
+    done: str = await tx.execute(
+        "DELETE FROM scim_groups WHERE tenant_id = $1 AND id = $2", tenant_id, group_id
+    )
+    return done.endswith(" 1")
