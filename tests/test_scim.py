@@ -429,3 +429,41 @@ async def test_scim2_client_drives_users_and_groups(
             client.delete(replaced)  # the latest version: `user` is stale now (If-Match)
 
     await asyncio.to_thread(run)
+
+
+async def test_index_and_cursor_paging_walk_every_user_once(
+    stack: Stack, operator_headers: dict[str, str]
+) -> None:
+    _, key = await scim_tenant(stack, operator_headers)
+    async with scim_client(stack, key) as scim:
+        made = set()
+        for i in range(7):
+            r = await scim.post(
+                "/Users",
+                json={"schemas": [USER], "userName": f"p{i}-{uuid4().hex[:6]}@example.com"},
+            )
+            made.add(r.json()["id"])
+        by_index, start = [], 1
+        while True:
+            page = (await scim.get("/Users", params={"startIndex": start, "count": 3})).json()
+            assert page["totalResults"] == 7
+            by_index += [u["id"] for u in page["Resources"]]
+            if start + 3 > page["totalResults"]:
+                break
+            start += 3
+        assert len(by_index) == 7
+        assert set(by_index) == made
+        by_cursor, cursor = [], ""
+        while True:
+            page = (await scim.get("/Users", params={"cursor": cursor, "count": 3})).json()
+            assert "startIndex" not in page
+            by_cursor += [u["id"] for u in page["Resources"]]
+            if "nextCursor" not in page:
+                break
+            cursor = page["nextCursor"]
+        assert by_cursor == by_index, "the same stable order"
+        bad = await scim.get("/Users", params={"cursor": "garbage!", "count": 3})
+        assert bad.status_code == 400
+        assert bad.json()["scimType"] == "invalidCursor"
+        config = (await scim.get("/ServiceProviderConfig")).json()
+        assert config["pagination"]["cursor"] is True

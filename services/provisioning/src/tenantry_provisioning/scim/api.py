@@ -10,6 +10,7 @@ identity provider's retry, which both steps absorb.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -53,6 +54,7 @@ from tenantry_provisioning.scim.resources import (
 )
 from tenantry_servicekit.auth import principal_of, requires
 from tenantry_servicekit.limits import guard_feature
+from tenantry_servicekit.pagination import decode_cursor, encode_cursor
 from tenantry_servicekit.problems import Problem
 from tenantry_servicekit.runtime import Runtime
 
@@ -195,7 +197,9 @@ def list_params(
         items = value if isinstance(value, list) else str(value).split(",")
         return [str(i).strip() for i in items if str(i).strip()]
 
+    cursor = lowered.get("cursor")
     return {
+        "cursor": None if cursor is None else str(cursor),
         "filter": lowered.get("filter"),
         "start_index": max(1, number("startIndex", 1)),
         "count": min(max(0, number("count", 100)), discovery.MAX_RESULTS),
@@ -246,8 +250,11 @@ async def list_resources(
             if len(resources) == 1:
                 raise ScimError(400, str(exc), getattr(exc, "scim_type", "invalidFilter")) from None
     url = base_url(request)
+    after = cursor_position(params, resources)
     skip, wanted = params["start_index"] - 1, params["count"]
-    total, out = 0, list[dict[str, Any]]()
+    if params["cursor"] is not None:
+        skip, wanted = 0, wanted + 1  # one more row says whether there is a next page
+    total, out, rows_seen = 0, list[dict[str, Any]](), list[dict[str, Any]]()
     async with runtime.db.transaction(tenant_id=tenant_id) as tx:
         await scim_allowed(tx, tenant_id)
         for resource, (where, args, order) in queries:
@@ -263,18 +270,45 @@ async def list_resources(
                 order,
                 max(0, skip - total),
                 max(0, wanted - len(out)),
+                after,
             )
             total += count
+            rows_seen += rows
             out += [project(render(r, url), params["attributes"], params["excluded"]) for r in rows]
-    return scim_response(
-        {
-            "schemas": [LIST_RESPONSE_URN],
-            "totalResults": total,
-            "startIndex": params["start_index"],
-            "itemsPerPage": len(out),
-            "Resources": out,
-        }
-    )
+    body: dict[str, Any] = {"schemas": [LIST_RESPONSE_URN], "totalResults": total}
+    if params["cursor"] is None:
+        body["startIndex"] = params["start_index"]
+    elif len(out) > params["count"]:
+        out, rows_seen = out[: params["count"]], rows_seen[: params["count"]]
+        last = rows_seen[-1]
+        body["nextCursor"] = encode_cursor([last["created_at"].isoformat(), str(last["id"])])
+    body["itemsPerPage"] = len(out)
+    body["Resources"] = out
+    return scim_response(body)
+
+
+def cursor_position(
+    params: Mapping[str, Any], resources: tuple[str, ...]
+) -> tuple[datetime, UUID] | None:
+    """RFC 9865 cursors: `cursor=` (empty) starts, a nextCursor continues. They follow the
+    default order (creation), so they do not combine with sortBy, nor with the root
+    search across two resource types."""
+    cursor = params["cursor"]
+    if cursor is None:
+        return None
+    if params["sort_by"] or len(resources) > 1:
+        raise ScimError(
+            400, "cursor paging works in the default order, without sortBy", "invalidValue"
+        )
+    if cursor == "":
+        return None
+    try:
+        key = decode_cursor(cursor)
+        if key is None or len(key) != 2:
+            raise ValueError("not a cursor")
+        return datetime.fromisoformat(str(key[0])), UUID(str(key[1]))
+    except (Problem, ValueError):
+        raise ScimError(400, "the cursor is not valid", "invalidCursor") from None
 
 
 async def read_one(

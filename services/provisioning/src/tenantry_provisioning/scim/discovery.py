@@ -23,6 +23,15 @@ def service_provider_config(base_url: str) -> dict[str, Any]:
             "maxPayloadSize": BULK_MAX_PAYLOAD,
         },
         "filter": {"supported": True, "maxResults": MAX_RESULTS},
+        # RFC 9865: index paging (startIndex) by default, cursor paging on request.
+        "pagination": {
+            "cursor": True,
+            "index": True,
+            "defaultPaginationMethod": "index",
+            "defaultPageSize": 100,
+            "maxPageSize": MAX_RESULTS,
+            "cursorTimeout": 3600,
+        },
         "changePassword": {"supported": False},
         "sort": {"supported": True},
         "etag": {"supported": True},

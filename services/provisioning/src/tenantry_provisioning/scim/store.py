@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -128,9 +129,11 @@ async def page(
     order: str,
     offset: int,
     limit: int,
+    after: tuple[datetime, UUID] | None = None,
 ) -> tuple[int, list[Row]]:
     """One page of a filtered, sorted listing and the total count. `where` uses $2...;
-    the order always ends with the id, so pages are stable."""
+    the order always ends with the id, so pages are stable. `after` is a cursor (RFC
+    9865) in the default order (created_at, id): rows strictly after it."""
     condition = f"{alias}.tenant_id = $1" + (f" AND ({where})" if where else "")
     total = await tx.fetchval(
         f"SELECT count(*) FROM {table} {alias} WHERE {condition}", tenant_id, *params
@@ -138,12 +141,13 @@ async def page(
     if limit == 0:
         return int(total), []
     n = len(params) + 2
+    args: list[Any] = [tenant_id, *params, limit, offset]
+    if after is not None:
+        condition += f" AND ({alias}.created_at, {alias}.id) > (${n + 2}, ${n + 3})"
+        args += list(after)
     rows = await tx.fetch(
         f"{select} WHERE {condition} ORDER BY {order}, {alias}.id LIMIT ${n} OFFSET ${n + 1}",
-        tenant_id,
-        *params,
-        limit,
-        offset,
+        *args,
     )
     return int(total), [dict(r) for r in rows]
 
