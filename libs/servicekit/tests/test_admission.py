@@ -22,6 +22,7 @@ from litestar.testing import AsyncTestClient
 from tenantry_servicekit.admission import (
     PRIORITIES,
     AdmissionController,
+    AdmissionGate,
     AdmissionMiddleware,
     AdmissionSettings,
     AimdLimit,
@@ -30,6 +31,7 @@ from tenantry_servicekit.admission import (
     Priority,
     Rejected,
     RejectReason,
+    RouteTable,
     Ticket,
     WindowedLimit,
     build_limit,
@@ -581,7 +583,7 @@ class Calls:
     count: int = 0
 
 
-def http_app(admission: AdmissionController, calls: Calls) -> Litestar:
+def http_app(admission: AdmissionController, calls: Calls, *, middleware: bool = True) -> Litestar:
     @get("/healthz", opt={"public_probe": True}, sync_to_thread=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -607,7 +609,7 @@ def http_app(admission: AdmissionController, calls: Calls) -> Litestar:
 
     return Litestar(
         route_handlers=[healthz, items, token, export, boom],
-        middleware=[AdmissionMiddleware(admission)],
+        middleware=[AdmissionMiddleware(admission)] if middleware else [],
         debug=False,
         logging_config=None,
     )
@@ -760,3 +762,35 @@ async def test_retry_after_grows_with_the_queue_and_is_capped() -> None:
     for task in queue:
         task.cancel()
     await settle()
+
+
+def test_the_route_table_finds_priorities_and_path_params_without_routing() -> None:
+    app = http_app(busy(), Calls())
+    table = RouteTable.of(app)
+    tenant = "0190f1c2-0000-7000-8000-000000000001"
+    assert table.match("POST", "/v1/token") == (Priority.CRITICAL, {})
+    assert table.match("GET", "/v1/export") == (Priority.SHEDDABLE, {})
+    assert table.match("GET", f"/v1/tenants/{tenant}/items") == (None, {"tenant_id": tenant})
+    assert table.match("GET", "/v1/nowhere") == (None, {})
+
+
+async def test_the_outer_gate_sheds_by_declared_priority_before_the_app_runs() -> None:
+    """The gate in front of the whole app (tracing, request ids and routing behind it):
+    with half the slots taken, a sheddable route (whose share is half) is refused and the
+    app never sees it, while a critical one (whose share is all) is served."""
+    admission = busy(2, sheddable_capacity_share=0.5, sheddable_queue_share=0.0)
+    calls = Calls()
+    bare = http_app(admission, calls, middleware=False)
+    gate = AdmissionGate(bare, admission, RouteTable.of(bare))
+    held = await admission.acquire(CRITICAL, "someone-else")
+    async with AsyncTestClient(gate) as client:
+        shed = await client.get("/v1/export")
+        assert shed.status_code == 503
+        assert shed.json()["reason"] == "shed"
+        assert calls.count == 0
+        served = await client.post("/v1/token")
+        assert served.status_code == 201, served.text
+        assert calls.count == 1
+        assert (await client.get("/healthz")).status_code == 200  # probes bypass the gate
+    held.release(0.01, ok=True)
+    assert admission.inflight == 0

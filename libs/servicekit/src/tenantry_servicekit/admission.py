@@ -25,14 +25,15 @@ import asyncio
 import functools
 import hashlib
 import math
+import re
 import secrets
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 from urllib.parse import parse_qsl
 
 import msgspec
@@ -833,14 +834,18 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def request_priority(scope: Scope, large_list_threshold: int) -> Priority:
-    """The class of a routed request: the route's `opt["priority"]` (default DEFAULT),
-    demoted to sheddable for a large GET list (`?limit=` above the threshold), and
-    demoted further if the client asks with X-Tenantry-Priority. Never promoted."""
-    handler = scope.get("route_handler")
-    opt: Mapping[str, Any] = getattr(handler, "opt", None) or {}
-    declared = opt.get("priority")
-    priority = Priority.DEFAULT if declared is None else Priority(declared)
+def request_priority(
+    scope: Scope, large_list_threshold: int, *, declared: Priority | None = None
+) -> Priority:
+    """The class of a request: what its route declares (`opt["priority"]`, from the routed
+    handler or given as `declared`; default DEFAULT), demoted to sheddable for a large GET
+    list (`?limit=` above the threshold), and demoted further if the client asks with
+    X-Tenantry-Priority. Never promoted."""
+    if declared is None:
+        handler = scope.get("route_handler")
+        opt: Mapping[str, Any] = getattr(handler, "opt", None) or {}
+        declared = None if opt.get("priority") is None else Priority(opt["priority"])
+    priority = Priority.DEFAULT if declared is None else declared
     if scope.get("method") == "GET":
         query = scope.get("query_string", b"").decode("latin-1")
         for name, value in parse_qsl(query):
@@ -936,38 +941,120 @@ class AdmissionMiddleware(ASGIMiddleware):
         self.should_bypass_for_scope = _is_schema_path
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        controller = self.controller
-        clock = controller.clock
-        priority = request_priority(scope, controller.settings.large_list_threshold)
-        deadline = client_deadline(scope, clock())
-        try:
-            ticket = await controller.acquire(priority, fairness_key(scope), deadline)
-        except Rejected as rejected:
-            await _send_problem(scope, send, rejection_problem(rejected))
+        priority = request_priority(scope, self.controller.settings.large_list_threshold)
+        await admit(self.controller, priority, fairness_key(scope), scope, receive, send, next_app)
+
+
+async def admit(
+    controller: AdmissionController,
+    priority: Priority,
+    key: str,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    next_app: ASGIApp,
+) -> None:
+    """Take a slot (or answer 503 at once), run the request, and feed its latency back to
+    the limit: the one admission path of the Litestar middleware and the outer gate."""
+    clock = controller.clock
+    deadline = client_deadline(scope, clock())
+    try:
+        ticket = await controller.acquire(priority, key, deadline)
+    except Rejected as rejected:
+        await _send_problem(scope, send, rejection_problem(rejected))
+        return
+
+    started = clock()
+    response_started: float | None = None
+    status = 500
+
+    async def timed_send(message: Message) -> None:
+        nonlocal response_started, status
+        if message["type"] == "http.response.start":
+            response_started = clock()
+            status = message["status"]
+        await send(message)
+
+    try:
+        await next_app(scope, receive, timed_send)
+    except asyncio.CancelledError:
+        ticket.abandon()
+        raise
+    except BaseException as exc:
+        # Litestar renders the exception after we return; its status decides "ok".
+        ticket.release(clock() - started, ok=_status_of(exc) < 500)
+        raise
+    finished = response_started if response_started is not None else clock()
+    ticket.release(finished - started, ok=status < 500)
+
+
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([a-z]+))?\}")
+
+
+class RouteTable:
+    """Which priority each route declares, found without Litestar's router: the outer gate
+    classifies a request before tracing, request ids and routing cost anything."""
+
+    def __init__(self, routes: Sequence[tuple[str, Mapping[str, Priority | None]]]) -> None:
+        self._routes: list[tuple[re.Pattern[str], Mapping[str, Priority | None]]] = []
+        for path, by_method in routes:
+            pattern = ""
+            position = 0
+            for match in _PARAM.finditer(path):
+                pattern += re.escape(path[position : match.start()])
+                kind = match.group(2)
+                pattern += f"(?P<{match.group(1)}>" + (".*" if kind == "path" else "[^/]+") + ")"
+                position = match.end()
+            pattern += re.escape(path[position:])
+            self._routes.append((re.compile(pattern + r"/?\Z"), by_method))
+
+    @classmethod
+    def of(cls, app: Any) -> RouteTable:
+        """From a Litestar app's routes and each handler's `opt["priority"]`."""
+        table: list[tuple[str, dict[str, Priority | None]]] = []
+        for route in app.routes:
+            by_method: dict[str, Priority | None] = {}
+            for handler in getattr(route, "route_handlers", ()):
+                declared = (getattr(handler, "opt", None) or {}).get("priority")
+                for method in getattr(handler, "http_methods", ()):
+                    by_method[method] = None if declared is None else Priority(declared)
+            table.append((route.path, by_method))
+        return cls(table)
+
+    def match(self, method: str, path: str) -> tuple[Priority | None, dict[str, str]]:
+        for pattern, by_method in self._routes:
+            found = pattern.match(path)
+            if found is not None:
+                return by_method.get(method), found.groupdict()
+        return None, {}
+
+
+class AdmissionGate:
+    """Admission control as the outermost ASGI layer: a refused request is answered before
+    OpenTelemetry, request ids and Litestar's routing spend anything on it (under
+    overload, the cost of saying no decides how much capacity is left for saying yes).
+    Probes, /metrics and the OpenAPI document pass untouched."""
+
+    BYPASS = ("/healthz", "/readyz", "/metrics")
+
+    def __init__(self, app: ASGIApp, controller: AdmissionController, routes: RouteTable) -> None:
+        self.app = app
+        self.controller = controller
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != ScopeType.HTTP or path in self.BYPASS or _is_schema_path(scope):
+            await self.app(scope, receive, send)
             return
-
-        started = clock()
-        response_started: float | None = None
-        status = 500
-
-        async def timed_send(message: Message) -> None:
-            nonlocal response_started, status
-            if message["type"] == "http.response.start":
-                response_started = clock()
-                status = message["status"]
-            await send(message)
-
-        try:
-            await next_app(scope, receive, timed_send)
-        except asyncio.CancelledError:
-            ticket.abandon()
-            raise
-        except BaseException as exc:
-            # Litestar renders the exception after we return; its status decides "ok".
-            ticket.release(clock() - started, ok=_status_of(exc) < 500)
-            raise
-        finished = response_started if response_started is not None else clock()
-        ticket.release(finished - started, ok=status < 500)
+        declared, params = self.routes.match(str(scope.get("method", "GET")), path)
+        classified = cast(Scope, {**scope, "path_params": params})
+        priority = request_priority(
+            classified, self.controller.settings.large_list_threshold, declared=declared
+        )
+        await admit(
+            self.controller, priority, fairness_key(classified), scope, receive, send, self.app
+        )
 
 
 async def _send_problem(scope: Scope, send: Send, problem: Problem) -> None:

@@ -25,8 +25,9 @@ from tenantry_events.payloads.ratelimit import RatePolicy
 from tenantry_resilience import CircuitBreaker
 from tenantry_servicekit.admission import (
     AdmissionController,
-    AdmissionMiddleware,
+    AdmissionGate,
     AdmissionSettings,
+    RouteTable,
 )
 from tenantry_servicekit.asgi import ASGIApp
 from tenantry_servicekit.auth import Authenticator, Principal, TenantGuard, principal_of
@@ -247,7 +248,6 @@ def create_app(spec: ServiceSpec, runtime: Runtime, pipeline: Pipeline | None = 
         # Idempotency runs after authentication, so a revoked credential can never replay
         # a stored response, and records are scoped to the principal, not to a header.
         middleware=[
-            *([AdmissionMiddleware(pipeline.admission)] if pipeline.admission else []),
             PipelineMiddleware(pipeline.inner_steps()),
             DefineMiddleware(
                 IdempotencyMiddleware,  # type: ignore[arg-type]  # loose ASGI types (asgi.py)
@@ -276,10 +276,19 @@ def create_app(spec: ServiceSpec, runtime: Runtime, pipeline: Pipeline | None = 
 
 
 def asgi_app(spec: ServiceSpec, runtime: Runtime) -> ASGIApp:
-    """The full ASGI stack: tracing and request id, admission, then Litestar (whose own
+    """The full ASGI stack: admission, tracing and request id, then Litestar (whose own
     middleware runs the inner pipeline steps, then Idempotency-Key handling)."""
     pipeline = spec.pipeline(runtime)
-    app: ASGIApp = create_app(spec, runtime, pipeline)  # type: ignore[assignment]
+    litestar_app = create_app(spec, runtime, pipeline)
+    app: ASGIApp = litestar_app  # type: ignore[assignment]
     app = RequestIdMiddleware(app)
-    traced: ASGIApp = OpenTelemetryMiddleware(app, exclude_spans=["receive", "send"])
-    return traced
+    app = OpenTelemetryMiddleware(app, exclude_spans=["receive", "send"])
+    if pipeline.admission is not None:
+        # Outermost: a refusal must cost as little as possible (see AdmissionGate).
+        gate = AdmissionGate(
+            app,  # type: ignore[arg-type]  # loose ASGI types (asgi.py)
+            pipeline.admission,
+            RouteTable.of(litestar_app),
+        )
+        app = gate  # type: ignore[assignment]
+    return app
