@@ -36,6 +36,7 @@ def build_dispatcher(runtime: Runtime, client: OutboundClient) -> Dispatcher:
         settings=DispatcherSettings(
             concurrency=settings.webhook_concurrency,
             per_endpoint=settings.webhook_per_endpoint_concurrency,
+            per_tenant=settings.webhook_per_tenant_concurrency,
             lease_seconds=settings.webhook_timeout_seconds + settings.webhook_lease_margin_seconds,
             auto_disable_after=settings.auto_disable_after,
         ),

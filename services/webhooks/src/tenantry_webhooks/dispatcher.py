@@ -79,6 +79,9 @@ class Sender(Protocol):
 class DispatcherSettings:
     concurrency: int = 64
     per_endpoint: int = 4
+    # At most this many sends of one tenant in flight, so a tenant with many hanging
+    # endpoints cannot hold every slot while its sends time out (found by bench/webhooks).
+    per_tenant: int = 16
     per_tenant_claim: int = 16
     lease_seconds: float = 60.0
     poll_seconds: float = 0.5
@@ -110,6 +113,7 @@ class Dispatcher:
     rng: random.Random = field(default_factory=random.Random)
     breakers: BreakerRegistry | None = None  # built on `clock` unless given
     _in_flight: Counter[str] = field(default_factory=Counter)
+    _tenant_in_flight: Counter[UUID] = field(default_factory=Counter)
     _rates: LocalLimiter | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -183,6 +187,7 @@ class Dispatcher:
         claimed = await self._claim(free)
         for item in claimed:
             self._in_flight[item.endpoint_id] += 1
+            self._tenant_in_flight[item.tenant_id] += 1
             task = asyncio.create_task(self._deliver(item))
             self._tasks.add(task)
             task.add_done_callback(self._done(item))
@@ -194,6 +199,9 @@ class Dispatcher:
             self._in_flight[item.endpoint_id] -= 1
             if self._in_flight[item.endpoint_id] <= 0:
                 del self._in_flight[item.endpoint_id]
+            self._tenant_in_flight[item.tenant_id] -= 1
+            if self._tenant_in_flight[item.tenant_id] <= 0:
+                del self._tenant_in_flight[item.tenant_id]
             if not task.cancelled() and task.exception() is not None:
                 log.error("delivery %s crashed", item.delivery_id, exc_info=task.exception())
 
@@ -203,6 +211,7 @@ class Dispatcher:
 
     async def _claim(self, limit: int) -> list[Claimed]:
         busy = [e for e, n in self._in_flight.items() if n >= self.settings.per_endpoint]
+        full = [t for t, n in self._tenant_in_flight.items() if n >= self.settings.per_tenant]
         async with self.db.transaction(platform=True) as tx:
             rows = await tx.fetch(
                 """WITH tenants AS (
@@ -218,6 +227,7 @@ class Dispatcher:
                        FROM tenants t
                        JOIN tenant_projection tp
                          ON tp.tenant_id = t.tenant_id AND tp.status = 'active'
+                         AND NOT (t.tenant_id = ANY($7::uuid[]))
                        CROSS JOIN LATERAL (
                            SELECT d.delivery_id, d.endpoint_id, d.next_attempt_at
                            FROM deliveries d
@@ -255,24 +265,33 @@ class Dispatcher:
                 limit,
                 self.settings.lease_seconds,
                 self._now(),
+                full,
             )
         claimed = [Claimed(**dict(r)) for r in rows]
-        # Never more than per_endpoint in flight: give back what would pass the cap.
+        # Never more than per_endpoint (or per_tenant) in flight: give back what would
+        # pass a cap.
         kept: list[Claimed] = []
         taken: Counter[str] = Counter()
+        taken_by_tenant: Counter[UUID] = Counter()
         extra: list[int] = []
         for item in claimed:
+            endpoint_load = self._in_flight[item.endpoint_id] + taken[item.endpoint_id]
+            tenant_load = self._tenant_in_flight[item.tenant_id] + taken_by_tenant[item.tenant_id]
             if (
-                self._in_flight[item.endpoint_id] + taken[item.endpoint_id]
-                < self.settings.per_endpoint
+                endpoint_load < self.settings.per_endpoint
+                and tenant_load < self.settings.per_tenant
             ):
                 taken[item.endpoint_id] += 1
+                taken_by_tenant[item.tenant_id] += 1
                 kept.append(item)
             else:
                 extra.append(item.delivery_id)
         for endpoint_id in list(self._in_flight):
             if self._in_flight[endpoint_id] == 0:
                 del self._in_flight[endpoint_id]
+        for tenant_id in list(self._tenant_in_flight):
+            if self._tenant_in_flight[tenant_id] == 0:
+                del self._tenant_in_flight[tenant_id]
         if extra:
             # Platform scope: row-level security hides every delivery from a bare pool query.
             async with self.db.transaction(platform=True) as tx:

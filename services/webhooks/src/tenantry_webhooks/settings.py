@@ -25,6 +25,9 @@ class WebhooksSettings(ServiceSettings, frozen=True, kw_only=True):
     webhook_lease_margin_seconds: float = 30.0
     webhook_concurrency: int = 64
     webhook_per_endpoint_concurrency: int = 4
+    webhook_per_tenant_concurrency: int = (
+        16  # of the 64: one tenant's dead endpoints can't take all
+    )
     webhook_auto_disable_days: float = 5.0
     webhook_secret_grace_hours: float = 24.0  # how long a rotated-out secret still signs
     webhook_payload_retention_days: float = 30.0
