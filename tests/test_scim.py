@@ -467,3 +467,87 @@ async def test_index_and_cursor_paging_walk_every_user_once(
         assert bad.json()["scimType"] == "invalidCursor"
         config = (await scim.get("/ServiceProviderConfig")).json()
         assert config["pagination"]["cursor"] is True
+
+
+async def test_bulk_resolves_bulk_ids_and_stops_after_fail_on_errors(
+    stack: Stack, operator_headers: dict[str, str]
+) -> None:
+    _, key = await scim_tenant(stack, operator_headers)
+    bulk = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
+    name = f"bulk-{uuid4().hex[:6]}@example.com"
+    async with scim_client(stack, key) as scim:
+        r = await scim.post(
+            "/Bulk",
+            json={
+                "schemas": [bulk],
+                "Operations": [
+                    {
+                        "method": "POST",
+                        "path": "/Users",
+                        "bulkId": "u1",
+                        "data": {"schemas": [USER], "userName": name},
+                    },
+                    {
+                        "method": "POST",
+                        "path": "/Groups",
+                        "bulkId": "g1",
+                        "data": {
+                            "schemas": [GROUP],
+                            "displayName": "Bulk group",
+                            "members": [{"value": "bulkId:u1"}],
+                        },
+                    },
+                    {
+                        "method": "PATCH",
+                        "path": "/Users/bulkId:u1",
+                        "data": {
+                            "schemas": [PATCH_OP],
+                            "Operations": [{"op": "replace", "path": "title", "value": "Bulked"}],
+                        },
+                    },
+                ],
+            },
+        )
+        assert r.status_code == 200, r.text
+        results = r.json()["Operations"]
+        assert [o["status"] for o in results] == ["201", "201", "200"]
+        user_id = results[0]["location"].rsplit("/", 1)[1]
+        group = (await scim.get(results[1]["location"].split("/scim/v2", 1)[1])).json()
+        assert [m["value"] for m in group["members"]] == [user_id]
+        assert (await scim.get(f"/Users/{user_id}")).json()["title"] == "Bulked"
+
+        failing = await scim.post(
+            "/Bulk",
+            json={
+                "schemas": [bulk],
+                "failOnErrors": 1,
+                "Operations": [
+                    {
+                        "method": "POST",
+                        "path": "/Users",
+                        "data": {"schemas": [USER], "userName": name},
+                    },
+                    {
+                        "method": "POST",
+                        "path": "/Users",
+                        "data": {"schemas": [USER], "userName": "x@y.z"},
+                    },
+                ],
+            },
+        )
+        outcome = failing.json()["Operations"]
+        assert len(outcome) == 1, "processing stops at the first error"
+        assert outcome[0]["status"] == "409"
+        assert outcome[0]["response"]["scimType"] == "uniqueness"
+        over = await scim.post(
+            "/Bulk",
+            json={
+                "schemas": [bulk],
+                "Operations": [{"method": "DELETE", "path": "/Users/x"}] * 101,
+            },
+        )
+        assert over.status_code == 413
+        assert over.json()["schemas"] == [ERROR]
+        wrong_method = await scim.post("/ServiceProviderConfig", json={})
+        assert wrong_method.status_code == 405
+        assert wrong_method.json()["schemas"] == [ERROR]
