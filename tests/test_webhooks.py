@@ -19,6 +19,7 @@ import pytest_asyncio
 from standardwebhooks.webhooks import Webhook
 
 from tenantry_servicekit.testing.fixtures import eventually
+from tenantry_servicekit.testing.mailbox import Mailbox, links
 from tenantry_servicekit.testing.receiver import Received, Receiver, running_receiver
 from tenantry_servicekit.testing.stack import REPO, Stack
 
@@ -295,3 +296,44 @@ async def test_kill_9_of_the_dispatcher_under_load_loses_no_delivery(
     # Repeats happen (sent, then killed before the attempt was recorded); each repeat
     # carries the same webhook-id, so a receiver deduplicates on it.
     assert len(received) - len(sent) <= 8 * 4, "at most the in-flight ones repeat"
+
+
+async def test_410_disables_the_endpoint_and_the_tenants_admins_are_told_by_mail(
+    stack: Stack, operator_headers: dict[str, str], receiver: Receiver
+) -> None:
+    mailbox = Mailbox(REPO / ".local" / "mail")
+    tenant_id = await tenant_on(stack, operator_headers, "team")
+    admin = f"hooks-admin-{uuid4().hex[:8]}@example.com"
+    identity = stack.service_url("identity")
+    async with httpx.AsyncClient(timeout=10) as client:
+        made = await client.post(
+            f"{identity}/v1/tenants/{tenant_id}/accounts",
+            headers=operator_headers,
+            json={"email": admin, "role": "admin", "password": "correct horse battery staple"},
+        )
+        assert made.status_code == 201, made.text
+        (link,) = links(await mailbox.wait_for(admin, subject_contains="Verify", timeout=30))
+        confirmed = await client.post(
+            f"{identity}/v1/email-verifications", json={"token": link.split("token=", 1)[1]}
+        )
+        assert confirmed.status_code == 200, confirmed.text
+        endpoint = (
+            await create_endpoint(
+                stack,
+                operator_headers,
+                tenant_id,
+                {"url": f"{receiver.url}/status/410", "event_types": ["account.created"]},
+            )
+        )["endpoint"]
+        url = f"{endpoints_url(stack, tenant_id)}/{endpoint['endpoint_id']}"
+        assert (await client.post(f"{url}/test", headers=operator_headers)).status_code == 202
+
+        async def disabled() -> dict[str, Any] | None:
+            body: dict[str, Any] = (await client.get(url, headers=operator_headers)).json()
+            return body if not body["enabled"] else None
+
+        state = await eventually(disabled, timeout=30, message="the endpoint disabled by 410")
+        assert state["disabled_reason"] == "gone"
+    notice = await mailbox.wait_for(admin, subject_contains="webhook endpoint", timeout=30)
+    assert endpoint["endpoint_id"] in str(notice)
+    assert len(receiver.to("/status/410")) == 1, "one attempt, then no more"
