@@ -288,6 +288,40 @@ async def jwks(runtime: NamedDependency[Runtime]) -> dict[str, Any]:
     return await signing_keys(runtime).jwks()
 
 
+async def seated_account(
+    runtime: Runtime,
+    tenant_id: UUID,
+    *,
+    email: str,
+    role: str,
+    password_hash: str | None,
+    created_by: str,
+    email_verified: bool = False,
+) -> AccountRow:
+    """A new account of the tenant within its seat limit: invites, SCIM and (later) JIT
+    all come through here, so they share one seat count in one transaction."""
+    try:
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            await guard_quantity(tx, tenant_id, "seats", SEATS_IN_USE)
+            return await store(runtime).create_account(
+                tx,
+                tenant_id=tenant_id,
+                email=email,
+                role=role,
+                password_hash=password_hash,
+                created_by=created_by,
+                email_verified=email_verified,
+            )
+    except EmailTaken:
+        raise Problem(409, "email-taken", "An account with this email exists") from None
+
+
+def in_tenant(row: AccountRow | None, tenant_id: UUID) -> AccountRow:
+    if row is None or row.tenant_id != tenant_id:
+        raise Problem(404, "not-found", "Not found", "No such account")
+    return row
+
+
 class AccountsController(Controller):
     path = "/tenants/{tenant_id:uuid}/accounts"
     tags = ["accounts"]
@@ -315,19 +349,14 @@ class AccountsController(Controller):
         if data.role == "owner" and not principal.is_operator and "owner" not in principal.roles:
             raise Problem(403, "forbidden", "Only an owner can make an owner")
         password_hash = await hash_password(data.password) if data.password else None
-        try:
-            async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-                await guard_quantity(tx, tenant_id, "seats", SEATS_IN_USE)
-                return await store(runtime).create_account(
-                    tx,
-                    tenant_id=tenant_id,
-                    email=email,
-                    role=data.role,
-                    password_hash=password_hash,
-                    created_by=f"{principal.kind}:{principal.subject}",
-                )
-        except EmailTaken:
-            raise Problem(409, "email-taken", "An account with this email exists") from None
+        return await seated_account(
+            runtime,
+            tenant_id,
+            email=email,
+            role=data.role,
+            password_hash=password_hash,
+            created_by=f"{principal.kind}:{principal.subject}",
+        )
 
     @get("/", opt=requires(scopes=("accounts:read",)), summary="List accounts")
     async def list_accounts(
@@ -432,20 +461,15 @@ class ProvisioningController(Controller):
             email = data.email.strip().lower()
             if not email.isprintable() or any(c.isspace() for c in email):
                 raise rule_problem(exc) from None
-        try:
-            async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-                await guard_quantity(tx, tenant_id, "seats", SEATS_IN_USE)
-                return await store(runtime).create_account(
-                    tx,
-                    tenant_id=tenant_id,
-                    email=email,
-                    role="member",
-                    password_hash=None,
-                    created_by=f"scim:{principal.subject}",
-                    email_verified=True,
-                )
-        except EmailTaken:
-            raise Problem(409, "email-taken", "An account with this email exists") from None
+        return await seated_account(
+            runtime,
+            tenant_id,
+            email=email,
+            role="member",
+            password_hash=None,
+            created_by=f"scim:{principal.subject}",
+            email_verified=True,
+        )
 
     @post(
         "/{account_id:uuid}/deprovision",
@@ -470,9 +494,7 @@ class ProvisioningController(Controller):
                 reason="deprovisioned by the identity provider (SCIM)",
             )
             row = row or await store(runtime).get_account(tx, account_id)
-        if row is None or row.tenant_id != tenant_id:
-            raise Problem(404, "not-found", "Not found", "No such account")
-        return row
+        return in_tenant(row, tenant_id)
 
     @post(
         "/{account_id:uuid}/reprovision",
@@ -493,9 +515,7 @@ class ProvisioningController(Controller):
                 tx, tenant_id, account_id, enabled_by=f"scim:{principal_of(request).subject}"
             )
             row = row or await store(runtime).get_account(tx, account_id)
-        if row is None or row.tenant_id != tenant_id:
-            raise Problem(404, "not-found", "Not found", "No such account")
-        return row
+        return in_tenant(row, tenant_id)
 
 
 class ApiKeysController(Controller):

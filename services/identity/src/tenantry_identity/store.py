@@ -288,23 +288,28 @@ class IdentityStore:
         )
         return ApiKeyRow(**data)
 
-    async def enable_account(
-        self, tx: asyncpg.Connection, tenant_id: UUID, account_id: UUID, *, enabled_by: str
+    async def _change_status(
+        self,
+        tx: asyncpg.Connection,
+        tenant_id: UUID,
+        account_id: UUID,
+        status: str,
+        payload: AccountEnabled | AccountDisabled,
     ) -> AccountRow | None:
-        """Active again; None if it was not disabled. What ended when it was disabled
-        (sessions, personal keys) stays ended: the user signs in afresh."""
+        """Move an account to `status` and append the event that says so; None if it was
+        already there (or is not in this tenant)."""
         row = await tx.fetchrow(
-            f"""UPDATE accounts SET status = 'active', version = version + 1
-                WHERE tenant_id = $1 AND account_id = $2 AND status = 'disabled'
+            f"""UPDATE accounts SET status = $3, version = version + 1
+                WHERE tenant_id = $1 AND account_id = $2 AND status <> $3
                 RETURNING {_ACCOUNT}, version""",
             tenant_id,
             account_id,
+            status,
         )
         if row is None:
             return None
         data = dict(row)
         version = data.pop("version")
-        payload = AccountEnabled(account_id=account_id, enabled_by=enabled_by)
         await self._events.append(
             tx,
             f"account-{account_id}",
@@ -312,6 +317,14 @@ class IdentityStore:
             [self._event(payload, tenant_id, str(account_id), version)],
         )
         return AccountRow(**data)
+
+    async def enable_account(
+        self, tx: asyncpg.Connection, tenant_id: UUID, account_id: UUID, *, enabled_by: str
+    ) -> AccountRow | None:
+        """Active again; None if it was not disabled. What ended when it was disabled
+        (sessions, personal keys) stays ended: the user signs in afresh."""
+        payload = AccountEnabled(account_id=account_id, enabled_by=enabled_by)
+        return await self._change_status(tx, tenant_id, account_id, "active", payload)
 
     async def disable_account(
         self,
@@ -324,24 +337,10 @@ class IdentityStore:
     ) -> AccountRow | None:
         """Disable the account, end its sessions and revoke its personal API keys (they die
         with the user), all in one transaction."""
-        row = await tx.fetchrow(
-            f"""UPDATE accounts SET status = 'disabled', version = version + 1
-                WHERE tenant_id = $1 AND account_id = $2 AND status = 'active'
-                RETURNING {_ACCOUNT}, version""",
-            tenant_id,
-            account_id,
-        )
-        if row is None:
-            return None
-        data = dict(row)
-        version = data.pop("version")
         payload = AccountDisabled(account_id=account_id, reason=reason, disabled_by=disabled_by)
-        await self._events.append(
-            tx,
-            f"account-{account_id}",
-            version - 1,
-            [self._event(payload, tenant_id, str(account_id), version)],
-        )
+        account = await self._change_status(tx, tenant_id, account_id, "disabled", payload)
+        if account is None:
+            return None
         await tx.execute(
             "UPDATE refresh_tokens SET revoked_at = now()"
             " WHERE account_id = $1 AND revoked_at IS NULL",
@@ -355,4 +354,4 @@ class IdentityStore:
             await self.revoke_api_key(
                 tx, tenant_id, key["key_id"], disabled_by, "the owning account was disabled"
             )
-        return AccountRow(**data)
+        return account
