@@ -334,3 +334,42 @@ async def test_redis_killed_mid_traffic_requests_flow_under_local_limits_then_re
             return _decisions(text, "redis") > redis_before
 
         await eventually(identity_uses_redis, timeout=30, message="identity back on Redis")
+
+
+async def test_bad_decision_and_key_policy_requests_are_refused_with_problems(
+    stack: Stack, operator_headers: dict[str, str], service_dbs: dict[str, asyncpg.Pool]
+) -> None:
+    tenant_id = await new_tenant(stack, operator_headers)
+    created = await create_key(stack, operator_headers, tenant_id, KEY_SCOPES)
+    ratelimit = stack.service_url("ratelimit")
+    key_url = (
+        f"{ratelimit}/v1/tenants/{tenant_id}/api-keys/{created['api_key']['key_id']}/rate-policies"
+    )
+    async with httpx.AsyncClient(timeout=10) as client:
+        bad_decisions: list[dict[str, Any]] = [
+            {},
+            {"tenant_id": "not-a-uuid"},
+            {"tenant_id": tenant_id, "cost": 0},
+            {"tenant_id": tenant_id, "cost": 1001},
+            {"tenant_id": tenant_id, "surprise": 1},
+        ]
+        for bad in bad_decisions:
+            r = await client.post(f"{ratelimit}/v1/decisions", headers=operator_headers, json=bad)
+            assert r.status_code == 400, (bad, r.text)
+            assert r.headers["content-type"].startswith("application/problem+json")
+        bad_policies: list[dict[str, Any]] = [
+            {"policies": [{"name": "x", "limit": -1, "period_seconds": 1, "burst": 1}]},
+            {
+                "policies": [
+                    {"name": "x", "limit": 1, "period_seconds": 1, "burst": 1, "route_class": "a b"}
+                ]
+            },
+            {"policies": None},
+        ]
+        for bad in bad_policies:
+            r = await client.put(key_url, headers=operator_headers, json=bad)
+            assert r.status_code in (400, 422), (bad, r.text)
+        view = await client.get(
+            f"{ratelimit}/v1/tenants/{tenant_id}/rate-policies", headers=operator_headers
+        )
+        assert view.json()["key_policies"] == [], "nothing stored by a refused request"

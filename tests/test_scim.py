@@ -551,3 +551,86 @@ async def test_bulk_resolves_bulk_ids_and_stops_after_fail_on_errors(
         wrong_method = await scim.post("/ServiceProviderConfig", json={})
         assert wrong_method.status_code == 405
         assert wrong_method.json()["schemas"] == [ERROR]
+
+
+async def test_directory_events_and_account_status_travel_the_real_broker(
+    stack: Stack, operator_headers: dict[str, str]
+) -> None:
+    """user.* and group.* leave provisioning through Kafka (here: to the tenant's webhook
+    endpoint), and identity's account.disabled / account.enabled reach the projections of
+    the other services."""
+    from tenantry_servicekit.testing.receiver import running_receiver
+
+    tenant_id, key = await scim_tenant(stack, operator_headers)
+    webhooks_db = await asyncpg.connect(stack.owner_dsn(stack.service_database("webhooks")))
+    async with running_receiver() as receiver, httpx.AsyncClient(timeout=10) as client:
+        r = await client.post(
+            f"{stack.service_url('webhooks')}/v1/tenants/{tenant_id}/webhooks/endpoints",
+            headers=operator_headers,
+            json={"url": f"{receiver.url}/ok", "event_types": ["user.*", "group.*"]},
+        )
+        assert r.status_code == 201, r.text
+        async with scim_client(stack, key) as scim:
+            made = await scim.post(
+                "/Users",
+                json={"schemas": [USER], "userName": f"ev-{uuid4().hex[:6]}@example.com"},
+            )
+            user_id = made.json()["id"]
+            group = await scim.post(
+                "/Groups",
+                json={"schemas": [GROUP], "displayName": "G", "members": [{"value": user_id}]},
+            )
+            assert group.status_code == 201
+            off = {
+                "schemas": [PATCH_OP],
+                "Operations": [{"op": "replace", "value": {"active": False}}],
+            }
+            assert (await scim.patch(f"/Users/{user_id}", json=off)).status_code == 200
+
+            async def projected(status: str) -> bool:
+                found = await webhooks_db.fetchval(
+                    "SELECT status FROM account_projection WHERE account_id = $1::uuid", user_id
+                )
+                return bool(found == status)
+
+            await eventually(lambda: projected("disabled"), timeout=30, message="disabled")
+            on = {
+                "schemas": [PATCH_OP],
+                "Operations": [{"op": "replace", "value": {"active": True}}],
+            }
+            assert (await scim.patch(f"/Users/{user_id}", json=on)).status_code == 200
+            await eventually(lambda: projected("active"), timeout=30, message="enabled again")
+
+        wanted = {
+            "user.provisioned",
+            "group.created",
+            "group.members_changed",
+            "user.deprovisioned",
+            "user.updated",
+        }
+
+        async def delivered() -> set[str] | None:
+            import json
+
+            types = {json.loads(r.body)["type"] for r in receiver.to("/ok")}
+            return types if wanted <= types else None
+
+        await eventually(delivered, timeout=30, message="directory events delivered")
+    await webhooks_db.close()
+
+
+async def test_identity_refuses_a_provisioned_account_it_cannot_name(
+    stack: Stack, operator_headers: dict[str, str]
+) -> None:
+    tenant_id, key = await scim_tenant(stack, operator_headers)
+    url = f"{stack.service_url('identity')}/v1/tenants/{tenant_id}/provisioned-accounts"
+    async with httpx.AsyncClient(timeout=10) as client:
+        for bad in ({"email": "has space@example.com"}, {"email": "x"}, {}, {"email": 5}):
+            r = await client.post(url, headers=bearer(key), json=bad)
+            assert r.status_code in (400, 422), (bad, r.text)
+            assert r.headers["content-type"].startswith("application/problem+json")
+        listed = await client.get(
+            f"{stack.service_url('identity')}/v1/tenants/{tenant_id}/accounts",
+            headers=operator_headers,
+        )
+        assert listed.json() == [], "no account was created"

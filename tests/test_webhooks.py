@@ -337,3 +337,28 @@ async def test_410_disables_the_endpoint_and_the_tenants_admins_are_told_by_mail
     notice = await mailbox.wait_for(admin, subject_contains="webhook endpoint", timeout=30)
     assert endpoint["endpoint_id"] in str(notice)
     assert len(receiver.to("/status/410")) == 1, "one attempt, then no more"
+
+
+async def test_bad_requests_to_the_delivery_log_change_nothing(
+    stack: Stack, operator_headers: dict[str, str], receiver: Receiver
+) -> None:
+    tenant_id, endpoint = await team_endpoint(stack, operator_headers, f"{receiver.url}/ok")
+    url = f"{endpoints_url(stack, tenant_id)}/{endpoint['endpoint_id']}"
+    base = f"{stack.service_url('webhooks')}/v1/tenants/{tenant_id}/webhooks"
+    async with httpx.AsyncClient(timeout=10) as client:
+        for method, target, body in (
+            ("POST", f"{url}/recover", {"since": "yesterday"}),
+            ("POST", f"{url}/recover", {}),
+            ("PATCH", url, {"fifo": "sometimes"}),
+            ("PATCH", url, {"rate_limit_per_second": 0}),
+            ("PATCH", url, {"url": "http://[::1"}),
+            ("GET", f"{base}/messages?cursor=%%%", None),
+            ("GET", f"{base}/messages?limit=0", None),
+            ("POST", f"{base}/endpoints/ep_nope/test", None),
+            ("GET", f"{base}/messages/msg_nope", None),
+        ):
+            r = await client.request(method, target, headers=operator_headers, json=body)
+            assert r.status_code in (400, 404, 422), (method, target, r.status_code)
+            assert r.headers["content-type"].startswith("application/problem+json")
+        after = (await client.get(url, headers=operator_headers)).json()
+    assert after == endpoint, "the endpoint is as it was created"
