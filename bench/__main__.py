@@ -20,7 +20,7 @@ from typing import Any
 
 from uuid_utils.compat import uuid4
 
-from bench import auth, consume, guardrails, projection, relay, store, suspend, webhooks
+from bench import auth, consume, guardrails, projection, relay, sso, store, suspend, webhooks
 from bench.common import BenchResult, Context, now, probe_stack, render
 from tenantry_servicekit.testing.stack import load_stack
 
@@ -69,6 +69,11 @@ BENCHMARKS: dict[str, tuple[Benchmark, bool, str]] = {
         guardrails.run_overload,
         True,
         "one instance at 1.5x/3x capacity: critical success, served p99, time to refuse",
+    ),
+    "sso": (
+        sso.run,
+        True,
+        "SAML ACS (signed, encrypted) and OIDC callback latency vs library / IdP floors",
     ),
     "webhooks": (
         webhooks.run,

@@ -11,6 +11,12 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# SSO tests: the xmlsec1 binary signs for the test IdP (pysaml2), Debian's chromium is the
+# browser Playwright drives (never a browser a tool downloads), npm installs the test OIDC
+# provider (oidc-provider).
+command -v xmlsec1 >/dev/null 2>&1 || need_apt+=(xmlsec1)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 if (( ${#need_apt[@]} )); then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -59,4 +65,17 @@ elif ! have_jars || ! jars_current; then
   mv "$libs.partial" "$libs"
   echo "$pom_hash" > "$LOCAL/kafka/libs.pom.sha256"
   log "$(ls "$libs" | wc -l) jars in $libs"
+fi
+
+# ------------------------------------------------------------------ test peers (npm)
+# The certified OpenID provider our OIDC tests sign in against; npm ci from its lockfile.
+peer="$REPO/tests/peers/oidc-provider"
+if [[ -f "$peer/package-lock.json" ]]; then
+  lock_hash="$(sha256sum "$peer/package-lock.json" | cut -d' ' -f1)"
+  if [[ ! -d "$peer/node_modules" || "$(cat "$peer/node_modules/.lock.sha256" 2>/dev/null)" != "$lock_hash" ]]; then
+    log "npm ci (tests/peers/oidc-provider)"
+    (cd "$peer" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) \
+      || die "npm ci failed in tests/peers/oidc-provider"
+    echo "$lock_hash" > "$peer/node_modules/.lock.sha256"
+  fi
 fi

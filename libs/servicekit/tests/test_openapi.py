@@ -18,8 +18,9 @@ def test_each_service_publishes_openapi_31_under_v1() -> None:
     for name in SERVICES:
         doc = service_document(service_spec(name))
         assert doc["openapi"].startswith("3.1")
-        # Everything public is versioned under /v1; only discovery documents sit at the root.
-        paths = [p for p in doc.get("paths", {}) if not p.startswith("/.well-known/")]
+        # Everything public is versioned under /v1; only discovery documents and the SSO
+        # protocol endpoints (URLs registered at identity providers) sit at the root.
+        paths = [p for p in doc.get("paths", {}) if not p.startswith(("/.well-known/", "/sso/"))]
         assert all(path.startswith("/v1/") for path in paths), name
 
 

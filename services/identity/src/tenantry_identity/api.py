@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 from uuid import UUID
 
+import asyncpg
 import msgspec
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -17,6 +19,8 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from uuid_utils.compat import uuid7
 
+from tenantry_events.envelope import new_event
+from tenantry_events.payloads.identity import UserJitProvisioned
 from tenantry_identity.domain import (
     ADMIN_ROLES,
     IdentityRuleBroken,
@@ -297,13 +301,17 @@ async def seated_account(
     password_hash: str | None,
     created_by: str,
     email_verified: bool = False,
+    jit_connection_id: UUID | None = None,
+    on_created: Callable[[asyncpg.Connection, AccountRow], Awaitable[None]] | None = None,
 ) -> AccountRow:
-    """A new account of the tenant within its seat limit: invites, SCIM and (later) JIT
-    all come through here, so they share one seat count in one transaction."""
+    """A new account of the tenant within its seat limit: invites, SCIM and SSO's
+    just-in-time accounts all come through here, so they share one seat count in one
+    transaction. A JIT account also emits user.jit_provisioned; `on_created` runs in the
+    same transaction (SSO links the IdP identity, so a concurrent login finds it)."""
     try:
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
             await guard_quantity(tx, tenant_id, "seats", SEATS_IN_USE)
-            return await store(runtime).create_account(
+            account = await store(runtime).create_account(
                 tx,
                 tenant_id=tenant_id,
                 email=email,
@@ -312,6 +320,29 @@ async def seated_account(
                 created_by=created_by,
                 email_verified=email_verified,
             )
+            if jit_connection_id is not None:
+                payload = UserJitProvisioned(
+                    account_id=account.account_id,
+                    email=account.email,
+                    role=role,  # type: ignore[arg-type]
+                    connection_id=jit_connection_id,
+                )
+                await runtime.outbox.put(
+                    tx,
+                    [
+                        new_event(
+                            payload,
+                            tenant_id=tenant_id,
+                            subject=str(account.account_id),
+                            aggregate_version=0,  # an operational event, not a stream's
+                            source=runtime.source,
+                            region=runtime.settings.region,
+                        )
+                    ],
+                )
+            if on_created is not None:
+                await on_created(tx, account)
+            return account
     except EmailTaken:
         raise Problem(409, "email-taken", "An account with this email exists") from None
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
 import asyncpg
+from onelogin.saml2.constants import OneLogin_Saml2_Constants
 
 from tenantry_events.consumer import Handler, merge_handlers
 from tenantry_events.envelope import Envelope
@@ -24,12 +26,25 @@ from tenantry_identity.api import (
 from tenantry_identity.domain import IdentityRuleBroken, normalise_email
 from tenantry_identity.keys import SigningKeys
 from tenantry_identity.settings import IdentitySettings
+from tenantry_identity.sso.api import (
+    SsoBrowserController,
+    SsoConnectionsController,
+    SsoDomainsController,
+    SsoProductController,
+)
+from tenantry_identity.sso.domains import TxtResolver
+from tenantry_identity.sso.metadata import MetadataFetcher
+from tenantry_identity.sso.oidc import OidcRelyingParty
+from tenantry_identity.sso.service import SsoService
+from tenantry_identity.sso.store import SsoStore
 from tenantry_identity.store import EmailTaken, IdentityStore
 from tenantry_identity.verification import EmailVerification
+from tenantry_resilience import BreakerConfig, BreakerRegistry
 from tenantry_servicekit.app import ServiceSpec
 from tenantry_servicekit.clock import SystemClock
 from tenantry_servicekit.crypto import SecretBox
 from tenantry_servicekit.mail import Mailer, MailError, SmtpSettings
+from tenantry_servicekit.outbound import OutboundClient, OutboundPolicy
 from tenantry_servicekit.projections import standard_projections
 from tenantry_servicekit.runtime import Runtime
 
@@ -45,6 +60,85 @@ async def start_signing_keys(runtime: Runtime) -> None:
     await keys.active()  # creates the first key on a new database
     runtime.extras["signing_keys"] = keys
     runtime.extras["verification"] = email_verification(runtime)
+
+
+def sso_outbound(settings: IdentitySettings) -> OutboundClient:
+    """The client for IdP metadata, discovery, JWKS, token and userinfo calls: the SSRF
+    guard, a size cap, and a breaker per IdP host so a dead IdP fails fast (10 calls,
+    half failing, open for 30 s)."""
+    policy = OutboundPolicy(
+        allow_networks=settings.sso_networks(),
+        allow_http=settings.sso_allow_http,
+        connect_timeout=min(5.0, settings.sso_fetch_timeout_seconds),
+        total_timeout=settings.sso_fetch_timeout_seconds,
+        max_response_bytes=settings.sso_max_document_bytes,
+        user_agent="Tenantry-SSO/1",
+    )
+    breakers = BreakerRegistry(
+        BreakerConfig(
+            sliding_window_size=10,
+            minimum_number_of_calls=10,
+            failure_rate_threshold=50.0,
+            wait_duration_in_open_state=30.0,
+            permitted_calls_in_half_open_state=2,
+        )
+    )
+    return OutboundClient(policy, breakers=breakers)
+
+
+def sso_parts(runtime: Runtime, client: OutboundClient) -> tuple[SsoService, MetadataFetcher]:
+    settings = runtime.settings
+    assert isinstance(settings, IdentitySettings)
+    # python3-saml's validity windows use this module-level allowance (300 s by default).
+    OneLogin_Saml2_Constants.ALLOWED_CLOCK_DRIFT = settings.sso_clock_skew_seconds
+    clock = SystemClock()
+    store = SsoStore(runtime.events, source=runtime.source, region=settings.region)
+    service = SsoService(
+        runtime,
+        identity=IdentityStore(runtime.events, source=runtime.source, region=settings.region),
+        store=store,
+        box=SecretBox.from_base64(settings.master_key),
+        rp=OidcRelyingParty(
+            client,
+            clock=clock,
+            jwks_ttl=settings.sso_jwks_ttl_seconds,
+            jwks_min_refetch_interval=settings.sso_jwks_min_refetch_seconds,
+            leeway=float(settings.sso_clock_skew_seconds),
+        ),
+        clock=clock,
+        public_url=settings.public_url(),
+        login_ttl=timedelta(seconds=settings.sso_login_ttl_seconds),
+        code_ttl=timedelta(seconds=settings.sso_code_ttl_seconds),
+    )
+    return service, MetadataFetcher(runtime, client, store, clock)
+
+
+async def start_sso(runtime: Runtime) -> None:
+    settings = runtime.settings
+    assert isinstance(settings, IdentitySettings)
+    client = sso_outbound(settings)
+    service, fetcher = sso_parts(runtime, client)
+    runtime.extras["sso_client"] = client
+    runtime.extras["sso"] = service
+    runtime.extras["sso_metadata"] = fetcher
+    runtime.extras["sso_dns"] = TxtResolver(
+        settings.dns_nameservers(), timeout=settings.sso_dns_timeout_seconds
+    )
+
+
+async def stop_sso(runtime: Runtime) -> None:
+    client = runtime.extras.get("sso_client")
+    if isinstance(client, OutboundClient):
+        await client.aclose()
+
+
+async def refresh_idp_metadata(runtime: Runtime, stop: asyncio.Event) -> None:
+    """The worker keeps metadata-URL connections current and sweeps expired login state."""
+    settings = runtime.settings
+    assert isinstance(settings, IdentitySettings)
+    async with sso_outbound(settings) as client:
+        _, fetcher = sso_parts(runtime, client)
+        await fetcher.run(stop, settings.sso_metadata_refresh_seconds)
 
 
 def email_verification(runtime: Runtime) -> EmailVerification:
@@ -168,10 +262,15 @@ SPEC = ServiceSpec(
         ApiKeysController,
         VerificationController,
         ProvisioningController,
+        SsoConnectionsController,
+        SsoDomainsController,
+        SsoProductController,
     ],
-    root_route_handlers=[jwks],
+    root_route_handlers=[jwks, SsoBrowserController],
     consumer_factory=identity_consumers,
     migration_packages=["tenantry_identity"],
     settings_cls=IdentitySettings,
-    on_startup=[start_signing_keys],
+    on_startup=[start_signing_keys, start_sso],
+    on_shutdown=[stop_sso],
+    worker_tasks=[refresh_idp_metadata],
 )

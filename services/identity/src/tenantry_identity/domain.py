@@ -20,6 +20,7 @@ KNOWN_SCOPES = frozenset(
         "webhooks:read",
         "webhooks:write",
         "scim:write",
+        "sso:read",
         "sso:write",
     }
 )

@@ -18,6 +18,7 @@ from tenantry_events.payloads.identity import (
     AccountCreated,
     AccountDisabled,
     AccountEnabled,
+    AccountRoleChanged,
     ApiKeyCreated,
     ApiKeyRevoked,
 )
@@ -355,3 +356,64 @@ class IdentityStore:
                 tx, tenant_id, key["key_id"], disabled_by, "the owning account was disabled"
             )
         return account
+
+    async def account_by_email(
+        self, tx: asyncpg.Connection, tenant_id: UUID, email: str
+    ) -> AccountRow | None:
+        row = await tx.fetchrow(
+            f"SELECT {_ACCOUNT} FROM accounts WHERE tenant_id = $1 AND lower(email) = lower($2)",
+            tenant_id,
+            email,
+        )
+        return AccountRow(**dict(row)) if row else None
+
+    async def change_role(
+        self,
+        tx: asyncpg.Connection,
+        tenant_id: UUID,
+        account_id: UUID,
+        role: str,
+        *,
+        changed_by: str,
+    ) -> AccountRow | None:
+        """Give the account `role`; None if it had it already. Owners keep their role: an
+        IdP group cannot demote the tenant's owner."""
+        before = await tx.fetchval(
+            "SELECT role FROM accounts WHERE tenant_id = $1 AND account_id = $2 FOR UPDATE",
+            tenant_id,
+            account_id,
+        )
+        if before is None or before == role or before == "owner":
+            return None
+        row = await tx.fetchrow(
+            f"""UPDATE accounts SET role = $3, version = version + 1
+                WHERE tenant_id = $1 AND account_id = $2 RETURNING {_ACCOUNT}, version""",
+            tenant_id,
+            account_id,
+            role,
+        )
+        assert row is not None
+        data = dict(row)
+        version = data.pop("version")
+        payload = AccountRoleChanged(
+            account_id=account_id,
+            role=role,  # type: ignore[arg-type]
+            previous_role=before,
+            changed_by=changed_by,
+        )
+        await self._events.append(
+            tx,
+            f"account-{account_id}",
+            version - 1,
+            [self._event(payload, tenant_id, str(account_id), version)],
+        )
+        return AccountRow(**data)
+
+    async def revoke_families(self, tx: asyncpg.Connection, family_ids: list[UUID]) -> int:
+        """End sessions (refresh token families): single logout."""
+        result = await tx.execute(
+            "UPDATE refresh_tokens SET revoked_at = now()"
+            " WHERE family_id = ANY($1::uuid[]) AND revoked_at IS NULL",
+            family_ids,
+        )
+        return int(result.split()[-1])

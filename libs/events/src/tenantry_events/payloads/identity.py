@@ -86,3 +86,47 @@ class ApiKeyUsed(msgspec.Struct, frozen=True, kw_only=True):
     key_id: str
     last_used_at: datetime
     service: str
+
+
+@event("sso.connection_changed", owner="identity", public=True)
+class SsoConnectionChanged(msgspec.Struct, frozen=True, kw_only=True):
+    """A tenant's SSO connection was created, changed (settings, certificates, enabled) or
+    deleted. Carries no secret and no certificate, only what changed hands."""
+
+    connection_id: UUID
+    kind: Literal["saml", "oidc"]
+    name: str
+    enabled: bool
+    change: Literal["created", "updated", "deleted"]
+    changed_by: str
+
+
+@event("user.jit_provisioned", owner="identity", public=True)
+class UserJitProvisioned(msgspec.Struct, frozen=True, kw_only=True):
+    """The first SSO login of a user the tenant did not have created their account (just in
+    time), with the role its IdP groups map to."""
+
+    account_id: UUID
+    email: str
+    role: Role
+    connection_id: UUID
+
+
+@event("user.signed_in", owner="identity", public=True)
+class UserSignedIn(msgspec.Struct, frozen=True, kw_only=True):
+    """A user signed in through an SSO connection and a session was issued."""
+
+    account_id: UUID
+    method: Literal["sso"]
+    connection_id: UUID
+
+
+@event("account.role_changed", owner="identity", public=True)
+class AccountRoleChanged(msgspec.Struct, frozen=True, kw_only=True):
+    """An account's role changed (an SSO login mapped the user's IdP groups to another
+    role)."""
+
+    account_id: UUID
+    role: Role
+    previous_role: Role
+    changed_by: str

@@ -19,16 +19,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
+import itertools
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from urllib.parse import urlsplit
 
-import uvicorn
-
-Scope = dict[str, Any]
+from tenantry_servicekit.testing.asgi import (
+    Receive,
+    Scope,
+    Send,
+    lifespan,
+    read_request,
+    reply,
+    serve,
+)
 
 
 @dataclass(frozen=True)
@@ -44,8 +50,7 @@ class Receiver:
     requests: list[Received] = field(default_factory=list)
     port: int = 0
     _failures: Counter[str] = field(default_factory=Counter)
-    _server: uvicorn.Server | None = None
-    _task: asyncio.Task[None] | None = None
+    _serving: contextlib.AsyncExitStack | None = None
 
     @property
     def url(self) -> str:
@@ -54,26 +59,15 @@ class Receiver:
     def to(self, path: str) -> list[Received]:
         return [r for r in self.requests if r.path == path]
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                event = (await receive())["type"]
-                if event == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif event == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        path: str = scope["path"]
-        self.requests.append(Received(path, headers, body, time.monotonic()))
+            return await lifespan(receive, send)
+        request = await read_request(scope, receive)
+        headers, path = request.headers, request.path
+        self.requests.append(Received(path, headers, request.body, time.monotonic()))
         parts = path.strip("/").split("/")
-        status, extra, stream_mb = 404, [], 0
+        status, extra = 404, []
+        body: bytes | Iterable[bytes] = b"received"
         if parts[0] == "ok":
             status = 200
         elif parts[0] == "status":
@@ -90,36 +84,20 @@ class Receiver:
         elif parts[0] == "redirect":
             status, extra = 302, [(b"location", f"{self.url}/ok".encode())]
         elif parts[0] == "huge":
-            status, stream_mb = 200, int(parts[1])
-        await send({"type": "http.response.start", "status": status, "headers": extra})
-        if stream_mb:
-            chunk = b"x" * 65536
-            for _ in range(stream_mb * 16):
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"received"})
+            status = 200
+            chunks = itertools.repeat(b"x" * 65536, int(parts[1]) * 16)  # made lazily
+            body = itertools.chain(chunks, [b"received"])
+        await reply(send, status, body, extra)
 
     async def start(self) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        config = uvicorn.Config(
-            self, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
-        )
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve())
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the receiver did not start in 10 s")
-            if self._task.done():
-                self._task.result()  # raises what stopped it
-            await asyncio.sleep(0.01)
+        self._serving = contextlib.AsyncExitStack()
+        url = await self._serving.enter_async_context(serve(self, name="the receiver"))
+        self.port = urlsplit(url).port or 0
 
     async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(self._task, timeout=10)
+        if self._serving is not None:
+            await self._serving.aclose()
+            self._serving = None
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,189 @@
+"""SSO rules: pure, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import msgspec
+
+ConnectionKind = Literal["saml", "oidc"]
+
+# Why a login was refused. The code and the detail go to the tenant admin's failure log
+# (GET .../sso/connections/{id}/login-failures); the user sees only USER_MESSAGES[code].
+RefusalCode = Literal[
+    "connection-disabled",
+    "malformed",
+    "idp-error",  # the IdP answered with an error status (SAML) or error= (OIDC)
+    "unsigned",
+    "bad-signature",
+    "unknown-certificate",
+    "deprecated-algorithm",
+    "wrong-issuer",
+    "wrong-audience",
+    "wrong-destination",
+    "wrong-recipient",
+    "expired",
+    "not-yet-valid",
+    "replay",
+    "unsolicited",  # IdP-initiated where the connection does not allow it
+    "unknown-request",  # InResponseTo / state that we never sent, or that expired
+    "wrong-nonce",
+    "token-exchange-failed",
+    "idp-unreachable",
+    "missing-email",
+    "email-domain-not-allowed",
+    "account-disabled",
+    "seat-limit",
+    "tenant-suspended",
+]
+
+USER_MESSAGES: Mapping[str, str] = {
+    "connection-disabled": "Single sign-on is turned off for this organisation.",
+    "idp-error": "Your identity provider did not sign you in.",
+    "unsolicited": "Start the sign-in from the application, not from your identity provider.",
+    "unknown-request": "This sign-in attempt expired or was already used. Please start again.",
+    "replay": "This sign-in attempt expired or was already used. Please start again.",
+    "expired": "The sign-in took too long or the clocks disagree. Please start again.",
+    "not-yet-valid": "The sign-in took too long or the clocks disagree. Please start again.",
+    "idp-unreachable": "We could not reach your identity provider. Please try again shortly.",
+    "missing-email": "Your identity provider did not send an email address for you.",
+    "email-domain-not-allowed": "Your email domain is not allowed for this organisation.",
+    "account-disabled": "Your account is disabled. Ask your administrator.",
+    "seat-limit": "Your organisation has no free seats. Ask your administrator.",
+    "tenant-suspended": "This organisation's account is suspended.",
+}
+DEFAULT_USER_MESSAGE = (
+    "Single sign-on failed. Your administrator can see the reason in the SSO login log."
+)
+
+
+class LoginRefused(Exception):
+    """A login that must not succeed. `code` is for programs and admins, `detail` for the
+    admin's failure log (never shown to the user: it may name certificates or claims)."""
+
+    def __init__(self, code: RefusalCode, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code: RefusalCode = code
+        self.detail = detail
+
+    @property
+    def user_message(self) -> str:
+        return USER_MESSAGES.get(self.code, DEFAULT_USER_MESSAGE)
+
+
+class IdpIdentity(msgspec.Struct, frozen=True, kw_only=True):
+    """Who the IdP says signed in: its stable subject and the raw attributes or claims."""
+
+    subject: str  # SAML NameID / OIDC sub
+    attributes: dict[str, list[str]]  # every value as a list of strings
+    session_index: str | None = None  # SAML SessionIndex, for single logout
+
+
+def as_attribute_lists(claims: Mapping[str, Any]) -> dict[str, list[str]]:
+    """OIDC claims in the same shape as SAML attributes (lists of strings)."""
+    out: dict[str, list[str]] = {}
+    for name, value in claims.items():
+        values: Sequence[Any] = value if isinstance(value, list) else [value]
+        out[name] = [str(v).lower() if isinstance(v, bool) else str(v) for v in values]
+    return out
+
+
+# ---------------------------------------------------------------------- attribute mapping
+
+MappedRole = Literal["admin", "member"]  # an IdP group never makes an owner
+_ROLE_RANK: Mapping[str, int] = {"member": 0, "admin": 1}
+SUBJECT = "$subject"  # in an email mapping: the NameID / sub itself
+
+# What Okta, Entra ID, Google, ADFS and OIDC providers call these, tried in order.
+DEFAULT_EMAIL = [
+    "email",
+    "mail",
+    "emailaddress",
+    "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/emailaddress",
+    "urn:oid:0.9.2342.19200300.100.1.3",
+    "preferred_username",
+    SUBJECT,
+]
+DEFAULT_GIVEN_NAME = [
+    "given_name",
+    "givenName",
+    "firstName",
+    "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/givenname",
+    "urn:oid:2.5.4.42",
+]
+DEFAULT_FAMILY_NAME = [
+    "family_name",
+    "sn",
+    "surname",
+    "lastName",
+    "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/surname",
+    "urn:oid:2.5.4.4",
+]
+DEFAULT_GROUPS = [
+    "groups",
+    "memberOf",
+    "http://schemas.microsoft.com/ws/2008/06/identity/claims/groups",
+]
+
+
+class AttributeMapping(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Which IdP attributes (SAML) or claims (OIDC) become the profile, configured per
+    connection; each field lists names tried in order."""
+
+    email: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_EMAIL))
+    given_name: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_GIVEN_NAME))
+    family_name: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_FAMILY_NAME))
+    groups: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_GROUPS))
+    # IdP group -> role; the highest role among the user's groups wins. Empty: roles are
+    # managed in Tenantry, SSO never changes them.
+    roles: dict[str, MappedRole] = msgspec.field(default_factory=dict)
+    default_role: MappedRole = "member"  # for JIT accounts whose groups map to nothing
+
+
+class MappedProfile(msgspec.Struct, frozen=True, kw_only=True):
+    email: str
+    given_name: str | None
+    family_name: str | None
+    groups: list[str]
+    role: MappedRole | None  # None: the mapping does not manage roles
+    email_verified_by_idp: bool | None  # OIDC email_verified when sent; SAML: None
+
+
+def _first(identity: IdpIdentity, names: Sequence[str]) -> str | None:
+    for name in names:
+        if name == SUBJECT:
+            if "@" in identity.subject:
+                return identity.subject
+            continue
+        values = identity.attributes.get(name)
+        if values and values[0].strip():
+            return values[0].strip()
+    return None
+
+
+def map_profile(identity: IdpIdentity, mapping: AttributeMapping) -> MappedProfile:
+    """The profile an SSO login yields (LoginRefused if it has no email address)."""
+    email = _first(identity, mapping.email)
+    if email is None or "@" not in email:
+        raise LoginRefused(
+            "missing-email",
+            f"none of the mapped email attributes {mapping.email} holds an address; "
+            f"received attributes: {sorted(identity.attributes)}",
+        )
+    groups: list[str] = []
+    for name in mapping.groups:
+        groups.extend(v for v in identity.attributes.get(name, []) if v not in groups)
+    role: MappedRole | None = None
+    if mapping.roles:
+        matched: list[MappedRole] = [mapping.roles[g] for g in groups if g in mapping.roles]
+        role = sorted(matched, key=_ROLE_RANK.__getitem__)[-1] if matched else mapping.default_role
+    verified = identity.attributes.get("email_verified")
+    return MappedProfile(
+        email=email,
+        given_name=_first(identity, mapping.given_name),
+        family_name=_first(identity, mapping.family_name),
+        groups=groups,
+        role=role,
+        email_verified_by_idp=(verified[0] == "true") if verified else None,
+    )

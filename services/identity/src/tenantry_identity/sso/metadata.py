@@ -1,0 +1,117 @@
+"""IdP metadata from a URL: fetched through servicekit's outbound client (SSRF guard on the
+connected address, timeouts, a size cap, a circuit breaker per host), parsed with
+python3-saml's parser, and refreshed on a schedule by the worker. A failed refresh keeps
+the last good settings and shows the error on the connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
+
+from tenantry_identity.sso import saml
+from tenantry_identity.sso.store import ConnectionRow, SsoStore
+from tenantry_servicekit.clock import Clock
+from tenantry_servicekit.outbound import (
+    BlockedDestination,
+    BreakerOpen,
+    OutboundClient,
+    OutboundError,
+    OutboundTimeout,
+)
+from tenantry_servicekit.runtime import Runtime
+
+log = logging.getLogger("tenantry.identity.sso")
+
+
+class MetadataFetcher:
+    def __init__(
+        self, runtime: Runtime, client: OutboundClient, store: SsoStore, clock: Clock
+    ) -> None:
+        self.runtime = runtime
+        self.client = client
+        self.store = store
+        self.clock = clock
+
+    async def fetch(self, url: str) -> saml.IdpMetadata:
+        """Fetch and parse; ValueError with a reason a tenant admin can act on."""
+        # One breaker per IdP origin: a dead IdP fails fast without pausing the others.
+        host = urlsplit(url).netloc or "?"
+        try:
+            answer = await self.client.request(
+                "GET",
+                url,
+                headers={"Accept": "application/samlmetadata+xml, application/xml"},
+                breaker_key=f"saml-metadata:{host}",
+            )
+        except BlockedDestination as exc:
+            raise ValueError(f"metadata URL refused: {exc.reason}") from None
+        except OutboundTimeout as exc:
+            raise ValueError(f"metadata URL timed out ({exc.phase})") from None
+        except BreakerOpen:
+            raise ValueError(f"{host} has been failing; fetching paused for a while") from None
+        except OutboundError as exc:
+            raise ValueError(f"metadata URL unreachable: {exc}") from None
+        if answer.status != 200:
+            raise ValueError(f"metadata URL answered HTTP {answer.status}")
+        if answer.truncated:
+            raise ValueError("metadata document is larger than the size cap")
+        return await asyncio.to_thread(saml.parse_idp_metadata, answer.body)
+
+    async def refresh(self, row: ConnectionRow) -> ConnectionRow:
+        """Fetch a connection's metadata URL and apply it (new certificates, endpoints)."""
+        url = str(row.config["metadata_url"])
+        try:
+            meta = await self.fetch(url)
+        except ValueError as exc:
+            async with self.runtime.db.transaction(tenant_id=row.tenant_id) as tx:
+                await self.store.record_metadata_error(tx, row.connection_id, str(exc))
+                fresh = await self.store.get_connection(tx, row.connection_id)
+            log.warning("metadata refresh of connection %s failed: %s", row.connection_id, exc)
+            return fresh or row
+        config = dict(row.config)
+        config.update(
+            idp_entity_id=meta.entity_id,
+            idp_sso_url=meta.sso_url,
+            idp_sso_post_url=meta.sso_post_url,
+            idp_slo_url=meta.slo_url,
+            idp_certs=meta.certs,
+        )
+        async with self.runtime.db.transaction(tenant_id=row.tenant_id) as tx:
+            current = await self.store.get_connection(tx, row.connection_id)
+            if current is None:
+                return row
+            if current.config == config:
+                await tx.execute(
+                    """UPDATE sso_connections SET metadata_fetched_at = now(),
+                           metadata_error = NULL WHERE connection_id = $1""",
+                    row.connection_id,
+                )
+                return await self.store.get_connection(tx, row.connection_id) or current
+            return await self.store.update_connection(
+                tx,
+                current,
+                changed_by="metadata-refresh",
+                config=config,
+                metadata_fetched_at=datetime.now(UTC),
+                metadata_error=None,
+            )
+
+    async def run(self, stop: asyncio.Event, every: float) -> None:
+        """The worker's loop: refresh what is due, then sleep a little."""
+        while not stop.is_set():
+            cutoff = datetime.fromtimestamp(self.clock.now(), UTC) - timedelta(seconds=every)
+            async with self.runtime.db.transaction(platform=True) as tx:
+                due = await self.store.connections_due_for_metadata(tx, cutoff)
+                await self.store.purge_expired(tx, datetime.fromtimestamp(self.clock.now(), UTC))
+            for row in due:
+                if stop.is_set():
+                    break
+                try:
+                    await self.refresh(row)
+                except Exception:  # one tenant's broken IdP must not stop the others
+                    log.exception("metadata refresh of %s crashed", row.connection_id)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=min(every, 30.0))

@@ -1,0 +1,561 @@
+"""The SSO use cases: start a login, finish it at the ACS or callback, sign the user in
+(just-in-time account, mapped profile), hand the product a one-time code, exchange it,
+and single logout. Routes (sso/api.py) call these; these call the stores, python3-saml
+(sso/saml.py) and the OIDC relying party (sso/oidc.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode, urlsplit, urlunsplit
+from uuid import UUID
+
+import asyncpg
+import msgspec
+from onelogin.saml2.settings import OneLogin_Saml2_Settings
+from uuid_utils.compat import uuid7
+
+from tenantry_events.envelope import new_event
+from tenantry_events.payloads.identity import UserSignedIn
+from tenantry_identity.api import TokenPair, issue_tokens, seated_account
+from tenantry_identity.sso import saml
+from tenantry_identity.sso.domain import (
+    AttributeMapping,
+    IdpIdentity,
+    LoginRefused,
+    MappedProfile,
+    map_profile,
+)
+from tenantry_identity.sso.domains import domain_of_email
+from tenantry_identity.sso.oidc import OidcConnectionConfig, OidcRelyingParty
+from tenantry_identity.sso.store import ConnectionRow, IssuedCode, PendingLogin, SsoStore
+from tenantry_identity.store import AccountRow, IdentityStore
+from tenantry_servicekit.clock import Clock
+from tenantry_servicekit.crypto import SecretBox
+from tenantry_servicekit.problems import Problem
+from tenantry_servicekit.projections import PostgresTenantStatus
+from tenantry_servicekit.runtime import Runtime
+
+
+class Redirect(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the browser goes next: a URL, or a page that posts itself (POST binding)."""
+
+    url: str | None = None
+    html: str | None = None
+
+
+class LoginFailed(Exception):
+    """A refused login, already recorded for the admin; `redirect` is the product's
+    callback with error parameters when we know it."""
+
+    def __init__(self, refused: LoginRefused, redirect: str | None) -> None:
+        super().__init__(refused.code)
+        self.refused = refused
+        self.redirect = redirect
+
+
+def with_query(url: str, params: Mapping[str, str | None]) -> str:
+    parts = urlsplit(url)
+    extra = urlencode({k: v for k, v in params.items() if v is not None})
+    query = f"{parts.query}&{extra}" if parts.query else extra
+    return urlunsplit(parts._replace(query=query))
+
+
+def _secret_context(connection_id: UUID) -> str:
+    return f"sso-connection:{connection_id}"
+
+
+class SsoService:
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        identity: IdentityStore,
+        store: SsoStore,
+        box: SecretBox,
+        rp: OidcRelyingParty,
+        clock: Clock,
+        public_url: str,
+        login_ttl: timedelta,
+        code_ttl: timedelta,
+    ) -> None:
+        self.runtime = runtime
+        self.db = runtime.db
+        self.identity = identity
+        self.store = store
+        self.box = box
+        self.rp = rp
+        self.clock = clock
+        self.public_url = public_url.rstrip("/")
+        self.login_ttl = login_ttl
+        self.code_ttl = code_ttl
+        self._saml_settings: dict[tuple[UUID, int], OneLogin_Saml2_Settings] = {}
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock.now(), UTC)
+
+    @property
+    def oidc_callback(self) -> str:
+        return f"{self.public_url}/sso/oidc/callback"
+
+    # ------------------------------------------------------------------ secrets
+    def seal(self, connection_id: UUID, values: Mapping[str, str]) -> bytes:
+        return self.box.encrypt(json.dumps(dict(values)).encode(), _secret_context(connection_id))
+
+    def unseal(self, connection_id: UUID, blob: bytes | None) -> dict[str, str]:
+        if blob is None:
+            return {}
+        opened: dict[str, str] = json.loads(self.box.decrypt(blob, _secret_context(connection_id)))
+        return opened
+
+    async def connection(self, connection_id: UUID) -> tuple[ConnectionRow, dict[str, str]]:
+        """A connection and its secrets, looked up across tenants (the ACS and callback
+        learn the tenant from the connection)."""
+        async with self.db.transaction(platform=True) as tx:
+            row = await self.store.get_connection(tx, connection_id)
+            blob = await self.store.connection_secrets(tx, connection_id) if row else None
+        if row is None:
+            raise LookupError(connection_id)
+        return row, self.unseal(connection_id, blob)
+
+    # ------------------------------------------------------------------ SAML settings
+    def saml_settings(
+        self, row: ConnectionRow, secrets_: Mapping[str, str]
+    ) -> tuple[saml.SamlConfig, saml.SpUrls, OneLogin_Saml2_Settings]:
+        conf = msgspec.convert(row.config, saml.SamlConfig)
+        urls = saml.sp_urls(self.public_url, str(row.connection_id))
+        key = (row.connection_id, row.version)
+        built = self._saml_settings.get(key)
+        if built is None:
+            built = saml.onelogin_settings(conf, secrets_["sp_private_key"], urls)
+            if len(self._saml_settings) > 1000:
+                self._saml_settings.clear()
+            self._saml_settings[key] = built
+        return conf, urls, built
+
+    def oidc_config(self, row: ConnectionRow, secrets_: Mapping[str, str]) -> OidcConnectionConfig:
+        config = dict(row.config)
+        config["client_secret"] = secrets_.get("client_secret", "")
+        return msgspec.convert(config, OidcConnectionConfig)
+
+    # ------------------------------------------------------------------ failures
+    async def refuse(
+        self,
+        row: ConnectionRow,
+        refused: LoginRefused,
+        *,
+        subject: str | None = None,
+        redirect_uri: str | None = None,
+        client_state: str | None = None,
+    ) -> LoginFailed:
+        """Record why for the admin; give the user the short reason."""
+        async with self.db.transaction(tenant_id=row.tenant_id) as tx:
+            await self.store.record_failure(
+                tx,
+                tenant_id=row.tenant_id,
+                connection_id=row.connection_id,
+                code=refused.code,
+                detail=refused.detail,
+                subject=subject,
+            )
+        redirect = None
+        if redirect_uri is not None:
+            redirect = with_query(
+                redirect_uri,
+                {
+                    "error": "access_denied",
+                    "error_code": refused.code,
+                    "error_description": refused.user_message,
+                    "state": client_state,
+                },
+            )
+        return LoginFailed(refused, redirect)
+
+    # ------------------------------------------------------------------ start
+    async def start(
+        self,
+        row: ConnectionRow,
+        secrets_: Mapping[str, str],
+        *,
+        redirect_uri: str,
+        client_state: str | None,
+        login_hint: str | None,
+    ) -> Redirect:
+        if not row.enabled:
+            raise await self.refuse(
+                row,
+                LoginRefused("connection-disabled", "login started on a disabled connection"),
+                redirect_uri=redirect_uri,
+                client_state=client_state,
+            )
+        expires = self.now() + self.login_ttl
+        if row.kind == "saml":
+            conf, urls, settings = self.saml_settings(row, secrets_)
+            relay = secrets.token_urlsafe(16)  # opaque; the request id is what we check
+            started = await asyncio.to_thread(
+                saml.start_login,
+                settings,
+                urls,
+                binding=conf.request_binding,
+                relay_state=relay,
+                post_url=conf.idp_sso_post_url,
+            )
+            key, sealed = started.request_id, None
+            target = Redirect(url=started.redirect_url, html=started.form_html)
+        else:
+            try:
+                authorization = await self.rp.begin(
+                    self.oidc_config(row, secrets_), self.oidc_callback, login_hint=login_hint
+                )
+            except LoginRefused as refused:
+                raise await self.refuse(
+                    row, refused, redirect_uri=redirect_uri, client_state=client_state
+                ) from None
+            key = authorization.state
+            sealed = self.box.encrypt(
+                json.dumps(
+                    {"nonce": authorization.nonce, "code_verifier": authorization.code_verifier}
+                ).encode(),
+                f"sso-login:{row.connection_id}",
+            )
+            target = Redirect(url=authorization.url)
+        async with self.db.transaction(tenant_id=row.tenant_id) as tx:
+            await self.store.save_login_request(
+                tx,
+                key,
+                tenant_id=row.tenant_id,
+                connection_id=row.connection_id,
+                redirect_uri=redirect_uri,
+                client_state=client_state,
+                secrets=sealed,
+                expires_at=expires,
+            )
+        return target
+
+    # ------------------------------------------------------------------ SAML ACS
+    async def saml_acs(self, connection_id: UUID, saml_response: str) -> str:
+        """Validate a SAML response and return the product's callback URL with a code."""
+        row, secrets_ = await self.connection(connection_id)
+        pending: PendingLogin | None = None
+        try:
+            if not row.enabled:
+                raise LoginRefused(
+                    "connection-disabled", "response arrived for a disabled connection"
+                )
+            conf, urls, settings = self.saml_settings(row, secrets_)
+            request_id = saml.peek_in_response_to(saml_response)
+            if request_id is not None:
+                async with self.db.transaction(tenant_id=row.tenant_id) as tx:
+                    pending = await self.store.take_login_request(tx, request_id, self.now())
+                if pending is None or pending.connection_id != row.connection_id:
+                    pending = None
+                    raise LoginRefused(
+                        "unknown-request",
+                        f"InResponseTo {request_id!r} is not a request this connection sent, "
+                        "or it expired or was answered already",
+                    )
+            elif not row.allow_idp_initiated:
+                raise LoginRefused(
+                    "unsolicited",
+                    "IdP-initiated response, and this connection does not allow IdP-initiated "
+                    "login",
+                )
+            assertion = await asyncio.to_thread(
+                saml.process_response, settings, conf, urls, saml_response, request_id=request_id
+            )
+            async with self.db.transaction(tenant_id=row.tenant_id) as tx:
+                fresh = await self.store.remember_assertion(
+                    tx,
+                    row.connection_id,
+                    assertion.assertion_id,
+                    row.tenant_id,
+                    max(assertion.not_on_or_after, self.now()) + timedelta(minutes=10),
+                )
+            if not fresh:
+                raise LoginRefused(
+                    "replay", f"assertion {assertion.assertion_id!r} was already used"
+                )
+        except LoginRefused as refused:
+            raise await self.refuse(
+                row,
+                refused,
+                redirect_uri=pending.redirect_uri if pending else self.default_redirect(row),
+                client_state=pending.client_state if pending else None,
+            ) from None
+        redirect_uri = pending.redirect_uri if pending else self.default_redirect(row)
+        if redirect_uri is None:
+            raise await self.refuse(
+                row,
+                LoginRefused(
+                    "unsolicited", "IdP-initiated login, but no default redirect URI is set"
+                ),
+            )
+        return await self.sign_in(
+            row,
+            assertion.identity,
+            redirect_uri=redirect_uri,
+            client_state=pending.client_state if pending else None,
+        )
+
+    def default_redirect(self, row: ConnectionRow) -> str | None:
+        value = row.config.get("default_redirect_uri")
+        return str(value) if value else None
+
+    # ------------------------------------------------------------------ OIDC callback
+    async def oidc_callback_(self, params: Mapping[str, str]) -> str:
+        state = params.get("state", "")
+        if not state:
+            raise LookupError("state")
+        async with self.db.transaction(platform=True) as tx:
+            pending = await self.store.take_login_request(tx, state, self.now())
+        if pending is None:
+            raise LookupError("state")
+        row, secrets_ = await self.connection(pending.connection_id)
+        try:
+            if not row.enabled:
+                raise LoginRefused("connection-disabled", "callback for a disabled connection")
+            sealed = json.loads(
+                self.box.decrypt(pending.secrets or b"", f"sso-login:{row.connection_id}")
+            )
+            identity = await self.rp.finish(
+                self.oidc_config(row, secrets_),
+                self.oidc_callback,
+                params=params,
+                expected_state=state,
+                nonce=sealed["nonce"],
+                code_verifier=sealed["code_verifier"],
+            )
+        except LoginRefused as refused:
+            raise await self.refuse(
+                row, refused, redirect_uri=pending.redirect_uri, client_state=pending.client_state
+            ) from None
+        return await self.sign_in(
+            row, identity, redirect_uri=pending.redirect_uri, client_state=pending.client_state
+        )
+
+    # ------------------------------------------------------------------ sign in
+    async def sign_in(
+        self,
+        row: ConnectionRow,
+        identity: IdpIdentity,
+        *,
+        redirect_uri: str,
+        client_state: str | None,
+    ) -> str:
+        """Map the profile, find or create the account (JIT), and hand the product a code."""
+        mapping = msgspec.convert(row.attribute_mapping, AttributeMapping)
+        try:
+            profile = map_profile(identity, mapping)
+            account = await self.account_for(row, identity, profile)
+        except LoginRefused as refused:
+            raise await self.refuse(
+                row,
+                refused,
+                subject=identity.subject,
+                redirect_uri=redirect_uri,
+                client_state=client_state,
+            ) from None
+        code = secrets.token_urlsafe(32)
+        issued = IssuedCode(
+            tenant_id=row.tenant_id,
+            connection_id=row.connection_id,
+            account_id=account.account_id,
+            subject=identity.subject,
+            session_index=identity.session_index,
+            redirect_uri=redirect_uri,
+            profile={
+                "id": str(account.account_id),
+                "tenant_id": str(row.tenant_id),
+                "connection_id": str(row.connection_id),
+                "connection_type": row.kind,
+                "idp_id": identity.subject,
+                "email": account.email,
+                "first_name": profile.given_name,
+                "last_name": profile.family_name,
+                "groups": profile.groups,
+                "role": account.role,
+                "raw_attributes": identity.attributes,
+            },
+        )
+        async with self.db.transaction(tenant_id=row.tenant_id) as tx:
+            await self.store.save_code(tx, code, issued, self.now() + self.code_ttl)
+        return with_query(redirect_uri, {"code": code, "state": client_state})
+
+    async def account_for(
+        self, row: ConnectionRow, identity: IdpIdentity, profile: MappedProfile
+    ) -> AccountRow:
+        """The account this login signs in: the one linked to the IdP subject, else an
+        existing one with the email (only where the tenant verified the email's domain),
+        else a new one (just in time). Two first logins of one user at once: the loser of
+        the email's unique index finds the winner's link and signs in too."""
+        tenant_id = row.tenant_id
+        if await PostgresTenantStatus(self.db).status(tenant_id) == "suspended":
+            raise LoginRefused("tenant-suspended", "the tenant is suspended")
+        account: AccountRow | None = None
+        for attempt in range(2):
+            try:
+                account = await self._find_or_create(row, identity, profile)
+                break
+            except Problem as problem:
+                if problem.status == 409 and attempt == 0:
+                    continue  # a concurrent first login created it: look again
+                if problem.status == 403:
+                    raise LoginRefused("seat-limit", problem.detail or "no free seat") from None
+                raise LoginRefused(
+                    "malformed", f"could not create the account: {problem.title}"
+                ) from None
+        assert account is not None
+        if account.status != "active":
+            raise LoginRefused(
+                "account-disabled",
+                f"account {account.account_id} is {account.status} (deprovisioned or disabled)",
+            )
+        by = f"sso:{row.connection_id}"
+        async with self.db.transaction(tenant_id=tenant_id) as tx:
+            if profile.role is not None:
+                changed = await self.identity.change_role(
+                    tx, tenant_id, account.account_id, profile.role, changed_by=by
+                )
+                account = changed or account
+            await self._link(tx, row, identity, profile, account)
+        return account
+
+    async def _link(
+        self,
+        tx: asyncpg.Connection,
+        row: ConnectionRow,
+        identity: IdpIdentity,
+        profile: MappedProfile,
+        account: AccountRow,
+    ) -> None:
+        await self.store.link_identity(
+            tx,
+            connection_id=row.connection_id,
+            subject=identity.subject,
+            tenant_id=row.tenant_id,
+            account_id=account.account_id,
+            profile={
+                "email": profile.email,
+                "given_name": profile.given_name,
+                "family_name": profile.family_name,
+                "groups": profile.groups,
+            },
+        )
+
+    async def _find_or_create(
+        self, row: ConnectionRow, identity: IdpIdentity, profile: MappedProfile
+    ) -> AccountRow:
+        tenant_id = row.tenant_id
+        async with self.db.transaction(tenant_id=tenant_id) as tx:
+            verified_domains = await self.store.verified_domain_names(tx, tenant_id)
+            email_domain = domain_of_email(profile.email)
+            domain_ok = email_domain in verified_domains
+            if row.config.get("restrict_email_domains") and not domain_ok:
+                raise LoginRefused(
+                    "email-domain-not-allowed",
+                    f"{email_domain} is not among the tenant's verified domains",
+                )
+            account_id = await self.store.identity_account(tx, row.connection_id, identity.subject)
+            account = await self.identity.get_account(tx, account_id) if account_id else None
+            if account is not None:
+                return account
+            existing = await self.identity.account_by_email(tx, tenant_id, profile.email)
+            if existing is not None:
+                if not domain_ok:
+                    raise LoginRefused(
+                        "email-domain-not-allowed",
+                        f"an account with {profile.email} exists; SSO may sign it in only "
+                        f"once the tenant has verified {email_domain}",
+                    )
+                return existing
+
+        async def link(tx: asyncpg.Connection, created: AccountRow) -> None:
+            await self._link(tx, row, identity, profile, created)
+
+        return await seated_account(
+            self.runtime,
+            tenant_id,
+            email=profile.email,
+            role=profile.role or row.attribute_mapping.get("default_role", "member"),
+            password_hash=None,
+            created_by=f"sso:{row.connection_id}",
+            email_verified=domain_ok or profile.email_verified_by_idp is True,
+            jit_connection_id=row.connection_id,
+            on_created=link,
+        )
+
+    # ------------------------------------------------------------------ code exchange
+    async def exchange(self, code: str) -> tuple[IssuedCode, AccountRow, TokenPair]:
+        """The product's backend trades a code for the profile and a session (once)."""
+        async with self.db.transaction(platform=True) as tx:
+            issued = await self.store.take_code(tx, code, self.now())
+        if issued is None:
+            raise LookupError("code")
+        async with self.db.transaction(tenant_id=issued.tenant_id) as tx:
+            account = await self.identity.get_account(tx, issued.account_id)
+            if account is None or account.status != "active":
+                raise LookupError("account")
+            family_id = _new_family()
+            tokens = await issue_tokens(self.runtime, account, family_id, tx)
+            await self.store.record_session(tx, family_id, issued)
+            signed_in = UserSignedIn(
+                account_id=account.account_id, method="sso", connection_id=issued.connection_id
+            )
+            await self.runtime.outbox.put(
+                tx,
+                [
+                    new_event(
+                        signed_in,
+                        tenant_id=issued.tenant_id,
+                        subject=str(account.account_id),
+                        aggregate_version=0,  # an operational event
+                        source=self.runtime.source,
+                        region=self.runtime.settings.region,
+                    )
+                ],
+            )
+        return issued, account, tokens
+
+    # ------------------------------------------------------------------ single logout
+    async def idp_logout(self, connection_id: UUID, query: Mapping[str, str]) -> str:
+        """An IdP-initiated LogoutRequest: end the subject's sessions from that connection,
+        answer with our LogoutResponse."""
+        row, secrets_ = await self.connection(connection_id)
+        _, urls, settings = self.saml_settings(row, secrets_)
+        logout = await asyncio.to_thread(saml.process_idp_logout_request, settings, urls, query)
+        async with self.db.transaction(tenant_id=row.tenant_id) as tx:
+            families = await self.store.session_families(
+                tx, row.connection_id, logout.name_id, logout.session_indexes
+            )
+            await self.identity.revoke_families(tx, families)
+        return logout.redirect_url
+
+    async def sp_logout(self, family_id: UUID, relay_state: str) -> str | None:
+        """End this session here and, for a SAML session whose IdP has an SLO endpoint,
+        return the URL that asks the IdP to end it there too."""
+        async with self.db.transaction(platform=True) as tx:
+            session = await self.store.session_of_family(tx, family_id)
+            await self.identity.revoke_families(tx, [family_id])
+        if session is None:
+            return None
+        connection_id, subject, session_index = session
+        row, secrets_ = await self.connection(connection_id)
+        if row.kind != "saml" or not row.config.get("idp_slo_url"):
+            return None
+        _, urls, settings = self.saml_settings(row, secrets_)
+        _, url = await asyncio.to_thread(
+            saml.start_logout,
+            settings,
+            urls,
+            name_id=subject,
+            session_index=session_index,
+            relay_state=relay_state,
+        )
+        return url
+
+
+def _new_family() -> UUID:
+    return uuid7()
