@@ -42,6 +42,11 @@ log "uv sync (Python environment in .venv)"
 if [[ -z "${SSL_CERT_FILE:-}" && -z "${UV_NATIVE_TLS:-}" ]]; then export UV_NATIVE_TLS=1; fi
 (cd "$REPO" && uv sync --all-packages --quiet)
 
+# ------------------------------------------------------------------ chart tooling
+# helm (from the Go module proxy) and the KEDA CRD schema, for tests/test_helm.py; cached
+# in .local/ (the first run builds helm: a few minutes).
+bash "$REPO/deploy/helm/install-tools.sh"
+
 # ------------------------------------------------------------------ Kafka jars
 # Resolved into a scratch folder and moved into place only when complete; resolved again
 # when deploy/local/kafka/pom.xml changes (its hash is kept beside the jars), but never

@@ -1,0 +1,356 @@
+{{/*
+Shared helpers. Every workload template loops over the five services in this order.
+*/}}
+
+{{- define "tenantry.services" -}}
+tenancy identity provisioning webhooks ratelimit
+{{- end -}}
+
+{{/* The port every api listens on inside its pod (TENANTRY_HTTP_PORT). */}}
+{{- define "tenantry.httpPort" -}}8000{{- end -}}
+
+{{/* The uid/gid the images run as (deploy/docker/Dockerfile). */}}
+{{- define "tenantry.uid" -}}10001{{- end -}}
+
+{{/*
+The release's base name: the release name when it already says "tenantry" (tenantry-us),
+else "<release>-tenantry". At most 40 characters, so "<base>-provisioning-worker" fits
+in 63.
+*/}}
+{{- define "tenantry.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels on everything the chart makes. */}}
+{{- define "tenantry.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: tenantry
+tenantry/region: {{ .Values.region }}
+{{- end -}}
+
+{{/* Selector labels of one workload: (dict "root" $ "service" name "component" api|worker|...) */}}
+{{- define "tenantry.selectorLabels" -}}
+app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- if .service }}
+tenantry/service: {{ .service }}
+{{- end }}
+{{- end -}}
+
+{{/* All labels of one workload (same dict as selectorLabels). */}}
+{{- define "tenantry.workloadLabels" -}}
+{{ include "tenantry.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- if .service }}
+tenantry/service: {{ .service }}
+{{- end }}
+{{- end -}}
+
+{{/* A service's ServiceAccount name: (dict "root" $ "service" name) */}}
+{{- define "tenantry.serviceAccountName" -}}
+{{- printf "%s-%s" (include "tenantry.fullname" .root) .service -}}
+{{- end -}}
+
+{{/* The image of a service: (dict "root" $ "service" name) */}}
+{{- define "tenantry.image" -}}
+{{- $image := .root.Values.image -}}
+{{- $name := printf "%s%s" $image.namePrefix .service -}}
+{{- if $image.registry -}}
+{{- $name = printf "%s/%s" (trimSuffix "/" $image.registry) $name -}}
+{{- end -}}
+{{- $digest := index (default dict $image.digests) .service -}}
+{{- if $digest -}}
+{{- printf "%s@%s" $name $digest -}}
+{{- else -}}
+{{- printf "%s:%s" $name (default .root.Chart.AppVersion $image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+deepMerge: merges .src into .dst in place (maps recursively; any other value, false and 0
+included, replaces; null keeps the destination's). sprig's mergeOverwrite would ignore an
+override of false or 0.
+*/}}
+{{- define "tenantry.deepMerge" -}}
+{{- $dst := .dst -}}
+{{- range $key, $value := .src -}}
+{{- if and (kindIs "map" $value) (kindIs "map" (index $dst $key)) -}}
+{{- include "tenantry.deepMerge" (dict "dst" (index $dst $key) "src" $value) -}}
+{{- else if not (kindIs "invalid" $value) -}}
+{{- $_ := set $dst $key $value -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The effective settings of one workload, written into .out: defaults.<role> with
+services.<name>.<role> merged over it. A pdb given for the service replaces the default
+one whole (maxUnavailable and minAvailable exclude each other). Checks what the schema
+cannot: minReplicas <= maxReplicas, KEDA's replica cap. (dict "root" $ "service" name "role" api|worker "out" (dict))
+*/}}
+{{- define "tenantry.config" -}}
+{{- $root := .root -}}
+{{- $out := .out -}}
+{{- $svc := index $root.Values.services .service -}}
+{{- $override := default dict (index $svc .role) -}}
+{{- $merged := deepCopy (index $root.Values.defaults .role) -}}
+{{- $_ := include "tenantry.deepMerge" (dict "dst" $merged "src" (deepCopy $override)) -}}
+{{- if $override.pdb -}}
+{{- $_ := set $merged "pdb" $override.pdb -}}
+{{- end -}}
+{{- range $key, $value := $merged -}}
+{{- $_ := set $out $key $value -}}
+{{- end -}}
+{{- $where := printf "services.%s.%s" .service .role -}}
+{{- if gt (int $out.autoscaling.minReplicas) (int $out.autoscaling.maxReplicas) -}}
+{{- fail (printf "%s.autoscaling: minReplicas (%v) is greater than maxReplicas (%v)" $where $out.autoscaling.minReplicas $out.autoscaling.maxReplicas) -}}
+{{- end -}}
+{{- /* the api's preStop sleeps 5 s before the process is asked to stop */ -}}
+{{- $stopping := add (ceil $out.shutdownGraceSeconds) (ternary 5 0 (eq .role "api")) -}}
+{{- if ge (int $stopping) (int $out.terminationGracePeriodSeconds) -}}
+{{- fail (printf "%s: terminationGracePeriodSeconds (%v) must exceed shutdownGraceSeconds (%v)%s, or Kubernetes kills the process mid-shutdown" $where $out.terminationGracePeriodSeconds $out.shutdownGraceSeconds (ternary " plus the api's 5 s preStop pause" "" (eq .role "api"))) -}}
+{{- end -}}
+{{- if eq .role "worker" -}}
+{{- $keda := $out.keda -}}
+{{- $enabled := $root.Values.keda.enabled -}}
+{{- if not (kindIs "invalid" $keda.enabled) -}}{{- $enabled = $keda.enabled -}}{{- end -}}
+{{- $_ := set $keda "enabled" $enabled -}}
+{{- $partitions := int $root.Values.kafka.partitions -}}
+{{- if kindIs "invalid" $keda.maxReplicaCount -}}
+{{- $_ := set $keda "maxReplicaCount" $partitions -}}
+{{- else if gt (int $keda.maxReplicaCount) $partitions -}}
+{{- fail (printf "%s.keda.maxReplicaCount (%v) is above kafka.partitions (%v): a consumer group has at most one active consumer per partition, and KEDA's Kafka scaler never scales past the partition count (docs/deploy.md, Scaling)" $where $keda.maxReplicaCount $partitions) -}}
+{{- end -}}
+{{- if gt (int $keda.minReplicaCount) (int $keda.maxReplicaCount) -}}
+{{- fail (printf "%s.keda: minReplicaCount (%v) is greater than maxReplicaCount (%v)" $where $keda.minReplicaCount $keda.maxReplicaCount) -}}
+{{- end -}}
+{{- if kindIs "invalid" $keda.lagThreshold -}}
+{{- $_ := set $keda "lagThreshold" $root.Values.keda.lagThreshold -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Variables every process of the suite sets itself; extraEnv may not name them. */}}
+{{- define "tenantry.managedEnv" -}}
+TENANTRY_REGION TENANTRY_LOG_LEVEL TENANTRY_KAFKA_BOOTSTRAP TENANTRY_REDIS_URL TENANTRY_DATABASE_URL TENANTRY_MIGRATION_DATABASE_URL TENANTRY_SERVICE_URLS TENANTRY_DB_POOL_SIZE TENANTRY_SHUTDOWN_GRACE_SECONDS TENANTRY_HTTP_HOST TENANTRY_HTTP_PORT TENANTRY_MASTER_KEY TENANTRY_BOOTSTRAP_SECRET TENANTRY_SSO_CLIENT_SECRET TENANTRY_SMTP_PASSWORD
+{{- end -}}
+
+{{/* TENANTRY_SERVICE_URLS: every api's in-cluster URL. */}}
+{{- define "tenantry.serviceUrls" -}}
+{{- $root := . -}}
+{{- $urls := list -}}
+{{- range $name := splitList " " (include "tenantry.services" $root) -}}
+{{- $host := printf "%s-%s.%s.svc.%s" (include "tenantry.fullname" $root) $name $root.Release.Namespace $root.Values.clusterDomain -}}
+{{- $port := int $root.Values.service.port -}}
+{{- if eq $port 80 -}}
+{{- $urls = append $urls (printf "%s=http://%s" $name $host) -}}
+{{- else -}}
+{{- $urls = append $urls (printf "%s=http://%s:%d" $name $host $port) -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $urls -}}
+{{- end -}}
+
+{{/* One env entry from a Secret: (dict "name" VAR "secret" name "key" key) */}}
+{{- define "tenantry.secretEnv" -}}
+- name: {{ .name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secret }}
+      key: {{ .key }}
+{{- end -}}
+
+{{/*
+The environment of a service's processes: (dict "root" $ "service" name "role" api|worker|migrate "config" cfg)
+Settings are TENANTRY_<FIELD> (libs/servicekit settings.py); secrets come from existing Secrets.
+*/}}
+{{- define "tenantry.env" -}}
+{{- $root := .root -}}
+{{- $values := $root.Values -}}
+{{- $name := .service -}}
+{{- $svc := index $values.services $name -}}
+{{- $cfg := .config -}}
+- name: TENANTRY_REGION
+  value: {{ $values.region | quote }}
+- name: TENANTRY_LOG_LEVEL
+  value: {{ $values.logLevel | default "INFO" | quote }}
+- name: TENANTRY_KAFKA_BOOTSTRAP
+  value: {{ $values.kafka.bootstrapServers | quote }}
+{{- if $values.redis.existingSecret }}
+{{ include "tenantry.secretEnv" (dict "name" "TENANTRY_REDIS_URL" "secret" $values.redis.existingSecret "key" $values.redis.urlKey) }}
+{{- else }}
+- name: TENANTRY_REDIS_URL
+  value: {{ $values.redis.url | quote }}
+{{- end }}
+{{ include "tenantry.secretEnv" (dict "name" "TENANTRY_DATABASE_URL" "secret" $svc.database.existingSecret "key" $svc.database.urlKey) }}
+{{- if eq .role "migrate" }}
+{{ include "tenantry.secretEnv" (dict "name" "TENANTRY_MIGRATION_DATABASE_URL" "secret" $svc.database.existingSecret "key" $svc.database.migrationUrlKey) }}
+{{- end }}
+- name: TENANTRY_SERVICE_URLS
+  value: {{ include "tenantry.serviceUrls" $root | quote }}
+{{- if ne .role "migrate" }}
+- name: TENANTRY_DB_POOL_SIZE
+  value: {{ $cfg.dbPoolSize | default 10 | quote }}
+- name: TENANTRY_SHUTDOWN_GRACE_SECONDS
+  value: {{ $cfg.shutdownGraceSeconds | quote }}
+{{- end }}
+{{- if eq .role "api" }}
+- name: TENANTRY_HTTP_HOST
+  value: "0.0.0.0"
+- name: TENANTRY_HTTP_PORT
+  value: {{ include "tenantry.httpPort" $root | quote }}
+{{- end }}
+{{- if $svc.masterKey }}
+{{ include "tenantry.secretEnv" (dict "name" "TENANTRY_MASTER_KEY" "secret" $svc.masterKey.existingSecret "key" $svc.masterKey.key) }}
+{{- end }}
+{{- if eq $name "identity" }}
+{{- if and $svc.bootstrapSecret $svc.bootstrapSecret.existingSecret }}
+{{ include "tenantry.secretEnv" (dict "name" "TENANTRY_BOOTSTRAP_SECRET" "secret" $svc.bootstrapSecret.existingSecret "key" $svc.bootstrapSecret.key) }}
+{{- end }}
+{{- if $svc.emailVerificationUrl }}
+- name: TENANTRY_EMAIL_VERIFICATION_URL
+  value: {{ $svc.emailVerificationUrl | quote }}
+{{- end }}
+{{- $sso := default dict $svc.sso }}
+{{- if $sso.publicUrl }}
+- name: TENANTRY_SSO_PUBLIC_URL
+  value: {{ $sso.publicUrl | quote }}
+{{- end }}
+{{- if $sso.redirectUris }}
+- name: TENANTRY_SSO_REDIRECT_URIS
+  value: {{ join "," $sso.redirectUris | quote }}
+{{- end }}
+{{- if and $sso.clientSecret $sso.clientSecret.existingSecret }}
+{{ include "tenantry.secretEnv" (dict "name" "TENANTRY_SSO_CLIENT_SECRET" "secret" $sso.clientSecret.existingSecret "key" $sso.clientSecret.key) }}
+{{- end }}
+{{- $smtp := $values.smtp }}
+- name: TENANTRY_SMTP_HOST
+  value: {{ $smtp.host | quote }}
+- name: TENANTRY_SMTP_PORT
+  value: {{ $smtp.port | quote }}
+- name: TENANTRY_SMTP_STARTTLS
+  value: {{ $smtp.starttls | default "required" | quote }}
+- name: TENANTRY_SMTP_FROM_ADDRESS
+  value: {{ $smtp.fromAddress | quote }}
+{{- $validate := true }}
+{{- if hasKey $smtp "validateCerts" }}{{ $validate = $smtp.validateCerts }}{{ end }}
+- name: TENANTRY_SMTP_VALIDATE_CERTS
+  value: {{ $validate | toString | quote }}
+- name: TENANTRY_SMTP_TIMEOUT
+  value: {{ $smtp.timeoutSeconds | default 15 | quote }}
+{{- if $smtp.username }}
+- name: TENANTRY_SMTP_USERNAME
+  value: {{ $smtp.username | quote }}
+{{- end }}
+{{- if $smtp.existingSecret }}
+{{ include "tenantry.secretEnv" (dict "name" "TENANTRY_SMTP_PASSWORD" "secret" $smtp.existingSecret "key" $smtp.passwordKey) }}
+{{- end }}
+{{- end }}
+{{- if eq .role "api" }}
+- name: TENANTRY_RATELIMIT_LOCAL_DIVISOR
+  value: {{ $cfg.autoscaling.minReplicas | quote }}
+{{- end }}
+{{- $managed := splitList " " (include "tenantry.managedEnv" $root) }}
+{{- $extra := default dict $cfg.extraEnv }}
+{{- range $key := keys $extra | sortAlpha }}
+{{- if has $key $managed }}
+{{- fail (printf "services.%s extraEnv: %s is set by the chart from its own values; set those instead" $name $key) }}
+{{- end }}
+- name: {{ $key }}
+  value: {{ index $extra $key | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Pod-level security: non-root, RuntimeDefault seccomp. */}}
+{{- define "tenantry.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ include "tenantry.uid" . }}
+runAsGroup: {{ include "tenantry.uid" . }}
+fsGroup: {{ include "tenantry.uid" . }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Container-level security: read-only root, no privilege escalation, no capabilities. */}}
+{{- define "tenantry.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ include "tenantry.uid" . }}
+runAsGroup: {{ include "tenantry.uid" . }}
+privileged: false
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* The only writable path: /tmp, a small emptyDir. */}}
+{{- define "tenantry.tmpVolume" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 64Mi
+{{- end -}}
+
+{{- define "tenantry.tmpMount" -}}
+- name: tmp
+  mountPath: /tmp
+{{- end -}}
+
+{{/* Spread a workload's pods over zones and nodes, softly. (same dict as selectorLabels) */}}
+{{- define "tenantry.topologySpread" -}}
+{{- $spread := .root.Values.topologySpread -}}
+{{- if $spread.enabled }}
+topologySpreadConstraints:
+  - maxSkew: 1
+    topologyKey: {{ $spread.zoneKey }}
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        {{- include "tenantry.selectorLabels" . | nindent 8 }}
+  - maxSkew: 1
+    topologyKey: {{ $spread.nodeKey }}
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        {{- include "tenantry.selectorLabels" . | nindent 8 }}
+{{- end }}
+{{- end -}}
+
+{{/* Scheduling fields of a pod spec from a workload's config. */}}
+{{- define "tenantry.scheduling" -}}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* An egress rule to a destination of networkPolicy (postgres, kafka, ...): the dict itself. */}}
+{{- define "tenantry.egressTo" -}}
+- to:
+    {{- toYaml .to | nindent 4 }}
+  ports:
+    {{- range .ports }}
+    - protocol: TCP
+      port: {{ . }}
+    {{- end }}
+{{- end -}}
