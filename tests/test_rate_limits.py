@@ -6,6 +6,7 @@ policies followed, the in-flight cap, the decision API, and Redis killed mid-tra
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -373,3 +374,46 @@ async def test_bad_decision_and_key_policy_requests_are_refused_with_problems(
             f"{ratelimit}/v1/tenants/{tenant_id}/rate-policies", headers=operator_headers
         )
         assert view.json()["key_policies"] == [], "nothing stored by a refused request"
+
+
+async def test_refusals_are_reported_as_sampled_ratelimit_throttled_events(
+    stack: Stack, operator_headers: dict[str, str], service_dbs: dict[str, asyncpg.Pool]
+) -> None:
+    """429s in several services become one ratelimit.throttled per tenant per window
+    (2 s locally), counted by policy, on the real broker."""
+    from aiokafka import AIOKafkaConsumer
+
+    tenant_id, key = await limited_tenant(
+        stack, operator_headers, service_dbs, requests_a_minute(2)
+    )
+    consumer = AIOKafkaConsumer(
+        "ratelimit.throttled",
+        bootstrap_servers=stack.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
+    await consumer.start()
+    refused = 0
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            for service in SERVICES * 2:
+                r = await client.get(f"{stack.service_url(service)}/v1/whoami", headers=bearer(key))
+                refused += r.status_code == 429
+        assert refused == 8  # two allowed, eight refused
+        reports: list[dict[str, Any]] = []
+
+        async def reported_all() -> bool:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                for record in records:
+                    if dict(record.headers).get("ce_tenantid") == tenant_id.encode():
+                        reports.append(json.loads(record.value))
+            return bool(reports)
+
+        await eventually(reported_all, timeout=30, message="ratelimit.throttled")
+        # Refusals a service answers from its cache of refused keys are not counted.
+        total = sum(r["total"] for r in reports)
+        assert 1 <= total <= refused
+        assert set().union(*(r["refusals"] for r in reports)) <= {"requests"}
+    finally:
+        await consumer.stop()

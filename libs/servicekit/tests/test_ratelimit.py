@@ -31,6 +31,7 @@ from tenantry_servicekit.ratelimit import (
     TenantRatePolicies,
     applicable,
     requests_policy,
+    throttle_key,
 )
 from tenantry_servicekit.testing.stack import Stack
 
@@ -271,3 +272,34 @@ async def test_an_unreachable_redis_falls_back_to_local_limits() -> None:
         assert [r.allowed for r in results] == [True, True, False]
     finally:
         await dead.aclose()
+
+
+async def test_refusals_are_counted_per_tenant_and_policy_inside_the_decision(
+    redis: Redis,
+) -> None:
+    """What ratelimit.throttled is made of: each refusal adds one to the refusing policy's
+    field (or "in-flight") of the tenant's counters; allowed requests add nothing."""
+    clock = StepClock()
+    tenant = uuid4()
+    decider = RedisDecider(redis, clock=clock, throttle_ttl_seconds=60)
+    burst, hourly = policy(10, 1.0, 2, "burst"), policy(100, 3600.0, 50, "hourly")
+    book = TenantRatePolicies(policies=(burst, hourly))
+    chosen = applicable(book, tenant, "read", None)
+    results = [await decider.decide(chosen, tenant_id=tenant) for _ in range(5)]
+    assert [r.allowed for r in results] == [True, True, False, False, False]
+    counts = await redis.hgetall(throttle_key(tenant))
+    assert counts == {b"burst": b"3"}
+    assert 0 < await redis.pttl(throttle_key(tenant)) <= 60_000
+
+    clock.advance(10)
+    slotted = await decider.decide(chosen, tenant_id=tenant, max_in_flight=1)
+    assert slotted.allowed
+    over = await decider.decide(chosen, tenant_id=tenant, max_in_flight=1)
+    assert over.in_flight_refused
+    assert (await redis.hgetall(throttle_key(tenant)))[b"in-flight"] == b"1"
+
+    quiet = RedisDecider(redis, clock=clock, throttle_ttl_seconds=0)
+    other = uuid4()
+    for _ in range(4):
+        await quiet.decide(applicable(book, other, "read", None), tenant_id=other)
+    assert await redis.exists(throttle_key(other)) == 0

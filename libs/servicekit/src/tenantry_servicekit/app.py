@@ -148,7 +148,11 @@ def rate_limit_step(runtime: Runtime) -> RateLimitStep:
     settings = runtime.settings
     step = RateLimitStep(
         RateLimiter(
-            RedisDecider(runtime.redis),
+            RedisDecider(
+                runtime.redis,
+                # Undrained refusal counters expire after ten sampling windows.
+                throttle_ttl_seconds=10 * settings.ratelimit_throttle_window_seconds,
+            ),
             LocalLimiter(divisor=settings.ratelimit_local_divisor),
             breaker=CircuitBreaker("redis-ratelimit", REDIS_BREAKER),
             slot_ttl_seconds=settings.ratelimit_slot_ttl_seconds,

@@ -113,6 +113,15 @@ def tenant_tag(tenant_id: UUID) -> str:
     return f"rl:{{{tenant_id}}}"
 
 
+THROTTLE_SUFFIX = ":throttled"
+
+
+def throttle_key(tenant_id: UUID) -> str:
+    """The hash of a tenant's refusals by policy since the ratelimit service last drained
+    it (same hash tag as the tenant's other keys)."""
+    return f"{tenant_tag(tenant_id)}{THROTTLE_SUFFIX}"
+
+
 def applicable(
     book: TenantRatePolicies,
     tenant_id: UUID,
@@ -295,10 +304,20 @@ class RedisDecider:
     """Runs lua/decide.lua. `clock` is for tests that need exact time; by default the
     script reads the Redis server's clock."""
 
-    def __init__(self, redis: Redis, *, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        clock: Callable[[], float] | None = None,
+        throttle_ttl_seconds: float = 3600.0,
+    ) -> None:
+        """`throttle_ttl_seconds` > 0: refusals are counted per tenant and policy in
+        `throttle_key(tenant)` (drained by the ratelimit service into ratelimit.throttled;
+        the TTL only bounds what nobody drains). 0 counts nothing."""
         self._redis = redis
         self._script = redis.register_script(DECIDE_SCRIPT)
         self._clock = clock
+        self._throttle_ttl_ms = int(throttle_ttl_seconds * 1000)
 
     async def decide(
         self,
@@ -320,6 +339,11 @@ class RedisDecider:
             args += [max_in_flight, int(slot_ttl_seconds * US), slot_id]
         else:
             args += [0, 0, ""]
+        if self._throttle_ttl_ms > 0 and tenant_id is not None:
+            keys.append(throttle_key(tenant_id))
+            args += [self._throttle_ttl_ms, *(p.policy.name for p in policies)]
+        else:
+            args += [0]
         reply: list[int] = await self._script(keys=keys, args=args)
         allowed, in_flight_ok = bool(reply[0]), bool(reply[1])
         outcomes = [

@@ -48,6 +48,9 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     ratelimit_max_in_flight: int = 20  # per tenant, until ratelimit publishes one; 0 = none
     ratelimit_slot_ttl_seconds: float = 60.0
     ratelimit_local_divisor: int = 1  # instances expected to share the limit if Redis is down
+    # Refusals are counted in Redis per tenant and policy; the ratelimit service reports
+    # them as ratelimit.throttled at most once per tenant per window. 0 counts nothing.
+    ratelimit_throttle_window_seconds: float = 60.0
     # Admission control (admission.py; every knob there, these are the ones worth setting).
     admission_enabled: bool = True
     admission_mode: str = "adaptive"  # adaptive (Gradient2) | aimd | fixed

@@ -10,6 +10,7 @@ from tenantry_events.consumer import Handler
 from tenantry_events.envelope import Envelope
 from tenantry_ratelimit.api import PlanPoliciesController, TenantPoliciesController, decide
 from tenantry_ratelimit.store import PolicyStore
+from tenantry_ratelimit.throttles import report_throttles
 from tenantry_servicekit.app import ServiceSpec
 from tenantry_servicekit.projections import standard_projections
 from tenantry_servicekit.runtime import Runtime
@@ -36,4 +37,5 @@ SPEC = ServiceSpec(
     consumer_handlers=standard_projections(),
     consumer_factory=lambda runtime: publishing_handlers(runtime),
     migration_packages=["tenantry_ratelimit"],
+    worker_tasks=[report_throttles],
 )

@@ -7,6 +7,7 @@ publishes the whole resolved set, so every service decides locally without askin
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 import msgspec
@@ -46,3 +47,17 @@ class RatePoliciesChanged(msgspec.Struct, frozen=True, kw_only=True):
     key_policies: list[KeyPolicies]
     max_in_flight: int | None
     version: int
+
+
+@event("ratelimit.throttled", owner="ratelimit", public=True)
+class RateLimitThrottled(msgspec.Struct, frozen=True, kw_only=True):
+    """The tenant's requests were refused (429) by its rate limits during a window. Sampled:
+    at most one event per tenant per window (TENANTRY_RATELIMIT_THROTTLE_WINDOW_SECONDS),
+    counting the refusals by policy name ("in-flight" for the concurrency cap). Counts are
+    the refusals decided in Redis: a service that refuses a key from its own cache, or
+    decides locally while Redis is down, does not add to them, so they are a lower bound."""
+
+    window_start: datetime
+    window_end: datetime
+    refusals: dict[str, int]
+    total: int

@@ -2,11 +2,15 @@
 -- optionally, a slot in the tenant's in-flight set. All or nothing: a request refused by
 -- one policy consumes nothing from the others.
 --
--- KEYS: the n policy keys, then the in-flight set when max_in_flight > 0. Every key
---       carries the tenant's hash tag ({tenant}), so the script is valid on Redis Cluster.
+-- KEYS: the n policy keys, then the in-flight set when max_in_flight > 0, then the
+--       tenant's throttle counters when throttle_ttl_ms > 0. Every key carries the
+--       tenant's hash tag ({tenant}), so the script is valid on Redis Cluster.
 -- ARGV: now_us (0 = the Redis server's clock, shared by every instance), n,
 --       then per policy: emission interval T_us, tolerance tau_us, cost;
---       then max_in_flight (0 = none), slot_ttl_us, slot_id.
+--       then max_in_flight (0 = none), slot_ttl_us, slot_id;
+--       then throttle_ttl_ms (0 = do not count refusals) and the n policy names.
+-- A refusal adds one to its policy's field (or "in-flight") in the throttle hash, which
+-- the ratelimit service drains into sampled ratelimit.throttled events.
 -- GCRA: a policy remembers one number, its theoretical arrival time (TAT). A request of
 -- cost c is allowed when now >= max(TAT, now) + c*T - tau; then TAT moves to that sum.
 -- Returns: {allowed, in_flight_ok, now_us, then per policy: ok, remaining, reset_us,
@@ -65,6 +69,21 @@ if allowed == 1 then
     redis.call('SET', KEYS[i], string.format('%d', new_tats[i]), 'PX',
       math.max(1, math.ceil((new_tats[i] - now) / 1000)))
   end
+end
+local throttle_ttl = tonumber(ARGV[2 + n * 3 + 4] or '0')
+if allowed == 0 and throttle_ttl > 0 then
+  local counters = KEYS[#KEYS]
+  if in_flight_ok == 0 then
+    redis.call('HINCRBY', counters, 'in-flight', 1)
+  else
+    for i = 1, n do
+      if out[(i - 1) * 4 + 1] == 0 then
+        redis.call('HINCRBY', counters, ARGV[2 + n * 3 + 4 + i], 1)
+      end
+    end
+  end
+  -- Undrained counters (no ratelimit service running) do not stay forever.
+  if redis.call('PTTL', counters) < 0 then redis.call('PEXPIRE', counters, throttle_ttl) end
 end
 local head = {allowed, in_flight_ok, now}
 for i = 1, #out do head[#head + 1] = out[i] end
