@@ -51,7 +51,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -173,6 +173,13 @@ class ConnectionCap(Exception):
 class _Conn:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+    idle_since: float = 0.0
+
+
+# uvicorn closes a kept-alive connection after 5 s idle; like httpx (keepalive_expiry), the
+# client retires idle connections before that, or it would write to ones the server has
+# already closed and count the EOF as the server's failure.
+IDLE_EXPIRY = 4.0
 
 
 class RawHttp:
@@ -222,6 +229,8 @@ class RawHttp:
 
     async def preconnect(self, n: int) -> None:
         conns = await asyncio.gather(*(self._connect() for _ in range(n)))
+        for conn in conns:
+            conn.idle_since = now()
         self._idle.extend(conns)
 
     def _drop(self, conn: _Conn) -> None:
@@ -233,7 +242,7 @@ class RawHttp:
         conn: _Conn | None = None
         try:
             async with asyncio.timeout(timeout):
-                conn = self._idle.pop() if self._idle else await self._connect()
+                conn = self._take_idle() or await self._connect()
                 conn.writer.write(payload)
                 head = await conn.reader.readuntil(b"\r\n\r\n")
                 status = int(head[9:12])
@@ -251,8 +260,17 @@ class RawHttp:
         if b"\r\nconnection: close" in lower:
             self._drop(conn)
         else:
+            conn.idle_since = now()
             self._idle.append(conn)
         return status, body
+
+    def _take_idle(self) -> _Conn | None:
+        while self._idle:
+            conn = self._idle.pop()
+            if now() - conn.idle_since < IDLE_EXPIRY:
+                return conn
+            self._drop(conn)
+        return None
 
     async def aclose(self) -> None:
         idle, self._idle = self._idle, []
@@ -754,6 +772,9 @@ class Traffic:
     tokens: list[str]
     lost_tokens: int = 0
     probe_tokens: int = 0
+    # Why requests got no answer, by exception (a timeout, or the server closing a kept-
+    # alive connection: IncompleteReadError / ConnectionResetError).
+    failures: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         accounts = f"/v1/tenants/{self.tenant_id}/accounts"
@@ -783,8 +804,9 @@ class Traffic:
             status, answer = await self.http.request(payload)
         except ConnectionCap:
             status, answer = -1, b""
-        except (TimeoutError, OSError, asyncio.IncompleteReadError, RuntimeError):
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, RuntimeError) as exc:
             status, answer = 0, b""
+            self.failures[type(exc).__name__] += 1
         latency = now() - t0
         reason = None
         if status == 503:
@@ -1161,6 +1183,7 @@ async def run_overload(ctx: Context) -> BenchResult:
                         await asyncio.sleep(2.0)  # let the instance settle
                         plan = _plan(capacity.serve_rps * factor, seconds)
                         traffic.probe_tokens = traffic.lost_tokens = 0
+                        traffic.failures.clear()
                         outcomes, cpu, samples = await _open_loop(traffic, plan, base, pid)
                         text = await _metrics(setup, base)
                         run = ModeRun(
@@ -1308,6 +1331,7 @@ def _report_run(result: BenchResult, run: ModeRun, capacity: Capacity) -> None:
         "critical_served": critical_ok,
         "critical_with_never_issued_token": run.traffic.probe_tokens,
         "refresh_tokens_lost": run.traffic.lost_tokens,
+        "no_answer_by_error": dict(run.traffic.failures),
         "connections_opened": run.traffic.http.opened,
         "server_cpu_s": run.cpu.server,
         "server_waited_for_cpu_s": run.cpu.server_waited,
@@ -1339,7 +1363,8 @@ def _report_run(result: BenchResult, run: ModeRun, capacity: Capacity) -> None:
     if unanswered:
         result.notes.append(
             f"ANOMALY ({mode}): {unanswered} requests got no answer within {HTTP_TIMEOUT:g} s "
-            f"or were not sent (more than {MAX_CONNECTIONS} outstanding)"
+            f"or were not sent (more than {MAX_CONNECTIONS} outstanding); "
+            f"no answer by error: {dict(run.traffic.failures)}"
         )
     if run.cpu.server_waited is not None and run.cpu.server_waited > 0.5 * run.cpu.wall:
         result.notes.append(

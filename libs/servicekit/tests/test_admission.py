@@ -28,6 +28,7 @@ from tenantry_servicekit.admission import (
     AimdLimit,
     FixedLimit,
     Gradient2Limit,
+    LoopLagMonitor,
     Priority,
     Rejected,
     RejectReason,
@@ -794,3 +795,52 @@ async def test_the_outer_gate_sheds_by_declared_priority_before_the_app_runs() -
         assert (await client.get("/healthz")).status_code == 200  # probes bypass the gate
     held.release(0.01, ok=True)
     assert admission.inflight == 0
+
+
+# --------------------------------------------------------------------------- loop lag
+
+
+async def test_a_lagging_loop_refuses_sheddable_then_default_at_once_never_critical() -> None:
+    """The utilization shedder: while the loop runs 25 ms late, sheddable requests are
+    refused before they queue; at 100 ms, default ones too; critical ones always pass."""
+    lag = [0.0]
+    admission = AdmissionController(
+        flat_settings(100), clock=FakeClock().now, loop_lag=lambda: lag[0]
+    )
+    for priority in PRIORITIES:
+        (await admission.acquire(priority, "t")).release(0.01, ok=True)
+    lag[0] = 0.05
+    with pytest.raises(Rejected) as refused:
+        await admission.acquire(SHEDDABLE, "t")
+    assert refused.value.reason is RejectReason.OVERLOADED
+    (await admission.acquire(DEFAULT, "t")).release(0.01, ok=True)
+    lag[0] = 0.2
+    with pytest.raises(Rejected) as refused:
+        await admission.acquire(DEFAULT, "t")
+    assert refused.value.reason is RejectReason.OVERLOADED
+    ticket = await admission.acquire(CRITICAL, "t")
+    assert admission.inflight == 1
+    ticket.release(0.01, ok=True)
+    assert admission.snapshot().rejected[(SHEDDABLE, RejectReason.OVERLOADED)] == 1
+
+    # 0 turns a class's threshold off.
+    off = AdmissionController(
+        flat_settings(10, sheddable_loop_lag_ms=0, default_loop_lag_ms=0),
+        clock=FakeClock().now,
+        loop_lag=lambda: 10.0,
+    )
+    (await off.acquire(SHEDDABLE, "t")).release(0.01, ok=True)
+
+
+async def test_the_loop_lag_monitor_sees_a_blocked_loop_and_the_reading_fades() -> None:
+    monitor = LoopLagMonitor(0.005, decay=0.8)
+    assert monitor() == 0.0  # starts its sampler
+    await asyncio.sleep(0.03)
+    assert monitor() < 0.02
+    time.sleep(0.12)  # noqa: ASYNC251  (blocks the loop, as a CPU-bound burst would)
+    await settle()
+    assert monitor() >= 0.08
+    for _ in range(60):  # decays once the loop is free again
+        await asyncio.sleep(0.005)
+    assert monitor() < 0.02
+    await monitor.aclose()

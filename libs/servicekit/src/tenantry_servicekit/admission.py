@@ -22,6 +22,7 @@ The pieces, from the inside out:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import math
@@ -83,6 +84,7 @@ class RejectReason(StrEnum):
     QUEUE_FULL = "queue-full"  # arrived to a full queue with nothing less important to evict
     SHED = "shed"  # pushed out for more important or fairer work, or its class may not queue
     DEADLINE_EXCEEDED = "deadline-exceeded"  # waited past its deadline; never started
+    OVERLOADED = "overloaded"  # the process's event loop lags: its CPU is spent
 
 
 class Rejected(Exception):
@@ -130,6 +132,14 @@ class AdmissionSettings(msgspec.Struct, frozen=True, kw_only=True):
     sheddable_max_wait_seconds: float = 0.25
     large_list_threshold: int = 200  # a GET asking for more items than this is sheddable
     max_retry_after_seconds: int = 30
+    # The utilization shedder (Stripe's "worker utilization" limiter, for an event loop):
+    # when the loop runs this many ms late, requests of the class are refused at once,
+    # before queueing, so the CPU left goes to critical work and to refusing fast. The
+    # concurrency limit only sees time spent inside the app; requests piling up unread in
+    # the kernel while the loop is saturated show only as loop lag. 0 disables a class's.
+    sheddable_loop_lag_ms: float = 25.0
+    default_loop_lag_ms: float = 100.0
+    loop_lag_sample_ms: float = 10.0
 
     def __post_init__(self) -> None:
         # msgspec turns a ValueError here into a ValidationError naming the struct, so a bad
@@ -158,6 +168,19 @@ class AdmissionSettings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("aimd_backoff_ratio must lie in (0, 1), aimd_timeout_seconds > 0")
         if self.large_list_threshold < 1 or self.max_retry_after_seconds < 1:
             raise ValueError("large_list_threshold and max_retry_after_seconds must be >= 1")
+        if min(self.sheddable_loop_lag_ms, self.default_loop_lag_ms) < 0:
+            raise ValueError("loop lag thresholds must not be negative (0 disables)")
+        if self.loop_lag_sample_ms <= 0:
+            raise ValueError("loop_lag_sample_ms must be > 0")
+
+    def loop_lag_limit(self, priority: Priority) -> float | None:
+        """Seconds of loop lag past which `priority` requests are refused (None: never)."""
+        ms = {
+            Priority.CRITICAL: 0.0,
+            Priority.DEFAULT: self.default_loop_lag_ms,
+            Priority.SHEDDABLE: self.sheddable_loop_lag_ms,
+        }[priority]
+        return ms / 1000 if ms > 0 else None
 
     def capacity_share(self, priority: Priority) -> float:
         """Fraction of the concurrency limit that requests of `priority` may fill."""
@@ -550,9 +573,13 @@ class AdmissionController:
         limit: ConcurrencyLimit | None = None,
         clock: Clock = time.monotonic,
         name: str = "http",
+        loop_lag: Callable[[], float] | None = None,
     ) -> None:
+        """`loop_lag` (seconds the event loop currently runs late; a `LoopLagMonitor`)
+        turns on the utilization shedder; None leaves it off."""
         self.settings = settings or AdmissionSettings()
         self.clock = clock
+        self._loop_lag = loop_lag
         self.name = name  # the `pool` attribute of the gauges
         self._limit = limit if limit is not None else build_limit(self.settings)
         self._inflight = 0
@@ -615,6 +642,9 @@ class AdmissionController:
         effective = class_deadline if deadline is None else min(deadline, class_deadline)
         if deadline is not None and deadline <= now:
             raise self._reject(priority, RejectReason.DEADLINE_EXCEEDED)
+        lag_limit = self.settings.loop_lag_limit(priority)
+        if self._loop_lag is not None and lag_limit is not None and self._loop_lag() > lag_limit:
+            raise self._reject(priority, RejectReason.OVERLOADED)
         if self._may_start(priority):
             return self._grant(priority, now)
         if effective <= now or self.queue_capacity(priority) == 0:
@@ -747,6 +777,47 @@ class AdmissionController:
                 rtt_seconds if previous is None else previous + 0.1 * (rtt_seconds - previous)
             )
         self._dispatch()
+
+
+# --------------------------------------------------------------------------- loop lag
+
+
+class LoopLagMonitor:
+    """How late this process's event loop runs: a task asks to wake every `interval` and
+    measures how much later it woke. The reading is a decaying peak (each sample, or the
+    last reading times `decay`, whichever is larger), so one slow callback shows at once
+    and fades within a few samples. Started lazily on first use, in the running loop."""
+
+    def __init__(
+        self, interval: float = 0.01, *, decay: float = 0.8, clock: Clock = time.monotonic
+    ) -> None:
+        self.interval = interval
+        self.decay = decay
+        self.clock = clock
+        self._lag = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def __call__(self) -> float:
+        """The current reading, in seconds (0 until the sampler has run)."""
+        if self._task is None or self._task.done():
+            with contextlib.suppress(RuntimeError):  # no running loop: nothing to sample
+                self._task = asyncio.get_running_loop().create_task(self._sample())
+        return self._lag
+
+    def observe(self, late_by: float) -> None:
+        self._lag = max(late_by, self._lag * self.decay)
+
+    async def _sample(self) -> None:
+        while True:
+            expected = self.clock() + self.interval
+            await asyncio.sleep(self.interval)
+            self.observe(max(0.0, self.clock() - expected))
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 # --------------------------------------------------------------------------- metrics

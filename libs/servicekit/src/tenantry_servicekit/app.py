@@ -27,6 +27,7 @@ from tenantry_servicekit.admission import (
     AdmissionController,
     AdmissionGate,
     AdmissionSettings,
+    LoopLagMonitor,
     RouteTable,
 )
 from tenantry_servicekit.asgi import ASGIApp
@@ -108,6 +109,16 @@ class ServiceSpec:
         return merge_handlers(self.consumer_handlers, built)
 
 
+def admission_controller(runtime: Runtime) -> AdmissionController:
+    """The process's admission controller, with the utilization shedder watching its loop."""
+    settings = AdmissionSettings.from_prefixed(runtime.settings)
+    return AdmissionController(
+        settings,
+        name=runtime.service,
+        loop_lag=LoopLagMonitor(settings.loop_lag_sample_ms / 1000),
+    )
+
+
 def default_pipeline(runtime: Runtime) -> Pipeline:
     """Authentication for every service: tokens against identity's JWKS, API keys against
     the local projection; the tenant guard; per-tenant rate limits; admission control."""
@@ -123,11 +134,7 @@ def default_pipeline(runtime: Runtime) -> Pipeline:
     verifier = AccessTokenVerifier(JwksCache(fetch_jwks, ttl=runtime.settings.jwks_ttl_seconds))
     settings = runtime.settings
     return Pipeline(
-        admission=(
-            AdmissionController(AdmissionSettings.from_prefixed(settings), name=runtime.service)
-            if settings.admission_enabled
-            else None
-        ),
+        admission=admission_controller(runtime) if settings.admission_enabled else None,
         authentication=Authenticator(
             verifier,
             PostgresApiKeyLookup(runtime.db),

@@ -63,6 +63,10 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     admission_default_max_wait_seconds: float = 1.0
     admission_sheddable_max_wait_seconds: float = 0.25
     admission_large_list_threshold: int = 200
+    # The utilization shedder: refuse a class at once while the event loop lags this much
+    # (ms; 0 = never). See AdmissionSettings.
+    admission_sheddable_loop_lag_ms: float = 25.0
+    admission_default_loop_lag_ms: float = 100.0
 
     def service_url(self, service: str) -> str:
         for item in self.service_urls.split(","):
