@@ -320,7 +320,7 @@ async def test_saml_post_binding_and_encrypted_assertions(
     )
     # Unencrypted assertions are refused once the connection wants encryption...
     refused = await saml_login(browser_http, stack, connection["id"])
-    assert error_of(refused) == "unsigned"
+    assert error_of(refused) == "not-encrypted"
     assert server.received[-1].binding == "post"
     assert server.received[-1].signature_valid
     # ...encrypted ones (signed inside, AES-256 to our SP certificate) sign in.
@@ -1120,10 +1120,16 @@ async def test_idp_initiated_single_logout_ends_that_session_only(
     assert not await refresh_works(stack, browser_http, laptop)
     assert await refresh_works(stack, browser_http, phone)
 
-    # A LogoutRequest with a bad signature changes nothing.
+    # A LogoutRequest with a bad signature, or none, changes nothing.
     forged = server.redirect_url(urls["sp_slo_url"], saml_request=request, relay_state="rs")
     forged = forged.replace("Signature=", "Signature=AAAA")
     r = await browser_http.get(forged)
+    assert r.status_code == 400, r.text
+    unsigned = server.redirect_url(
+        urls["sp_slo_url"], saml_request=request, relay_state="rs", sign=False
+    )
+    assert "Signature=" not in unsigned
+    r = await browser_http.get(unsigned)
     assert r.status_code == 400, r.text
     assert await refresh_works(stack, browser_http, phone)
 
@@ -1136,7 +1142,9 @@ async def test_sp_initiated_logout_ends_the_session_here_and_asks_the_idp(
     _, connection, server = saml_target
     tokens = await sso_session(stack, browser_http, connection, server, "idx-1")
     r = await browser_http.post(
-        f"{stack.service_url('identity')}/v1/sso/logout", headers=bearer(tokens["access_token"])
+        f"{stack.service_url('identity')}/v1/sso/logout",
+        headers=bearer(tokens["access_token"]),
+        json={"redirect_uri": REDIRECT},
     )
     assert r.status_code == 200, r.text
     url = r.json()["idp_logout_url"]
@@ -1148,8 +1156,13 @@ async def test_sp_initiated_logout_ends_the_session_here_and_asks_the_idp(
     assert request.kind == "request"
     assert request.signature_valid
     assert request.name_id == ALICE.name_id
+    # The IdP's LogoutResponse answers our request (InResponseTo), once; the browser
+    # lands on the product's page.
     done = await browser_http.get(at_idp.headers["location"])
-    assert done.status_code == 200, done.text
+    assert done.status_code == 303, done.text
+    assert done.headers["location"] == REDIRECT
+    again = await browser_http.get(at_idp.headers["location"])
+    assert again.status_code == 400, again.text
 
 
 async def test_a_suspended_tenant_cannot_sign_in_through_sso(
@@ -1245,3 +1258,53 @@ async def test_a_failing_metadata_host_trips_its_breaker(
     assert details[0] == "metadata URL answered HTTP 500"
     assert details[-1].endswith("fetching paused for a while"), details
     assert sent < 12  # the open breaker sent nothing
+
+
+async def test_idp_endpoints_must_be_http_urls(
+    stack: Stack,
+    operator_headers: dict[str, str],
+    identity: httpx.AsyncClient,
+    idp: tuple[SamlIdp, User],
+) -> None:
+    """The POST binding serves a page that submits itself to the IdP's address: a
+    `javascript:` address there would run script on identity's origin."""
+    server, _ = idp
+    tenant_id = await sso_tenant(stack, operator_headers)
+    evil = server.metadata_xml().replace(server.sso_post_url, "javascript:alert(document.domain)")
+    assert "javascript:" in evil
+    for saml_input in (
+        {"metadata_xml": evil},
+        {
+            "idp_entity_id": server.entity_id,
+            "idp_sso_url": "data:text/html,hi",
+            "idp_certs": [server.cert_pem],
+        },
+    ):
+        r = await identity.post(
+            f"/v1/tenants/{tenant_id}/sso/connections",
+            json={"kind": "saml", "name": "x", "saml": saml_input},
+        )
+        assert r.status_code == 422, r.text
+        assert "http(s) URL" in r.json()["detail"]
+
+
+async def test_a_plan_without_sso_refuses_logins_that_bypass_authorize(
+    stack: Stack,
+    operator_headers: dict[str, str],
+    browser_http: httpx.AsyncClient,
+    saml_target: SamlTarget,
+) -> None:
+    tenant_id, connection, server = saml_target
+    async with httpx.AsyncClient(timeout=10) as client:
+        down = await client.post(
+            f"{stack.service_url('tenancy')}/v1/tenants/{tenant_id}/plan",
+            headers=operator_headers,
+            json={"plan": "team"},
+        )
+        assert down.status_code == 200, down.text
+
+    async def refused() -> bool:
+        answer = await post_response(browser_http, connection, good_response(server, connection))
+        return error_of(answer) == "sso-not-in-plan"
+
+    await eventually(refused, timeout=30, message="identity applied the plan change")

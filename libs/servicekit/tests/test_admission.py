@@ -832,14 +832,18 @@ async def test_a_lagging_loop_refuses_sheddable_then_default_at_once_never_criti
     (await off.acquire(SHEDDABLE, "t")).release(0.01, ok=True)
 
 
-async def test_the_loop_lag_monitor_sees_a_blocked_loop_and_the_reading_fades() -> None:
-    monitor = LoopLagMonitor(0.005, decay=0.8)
+async def test_the_loop_lag_monitor_averages_lag_and_the_reading_fades() -> None:
+    monitor = LoopLagMonitor(0.005, alpha=0.25)
     assert monitor() == 0.0  # starts its sampler
     await asyncio.sleep(0.03)
     assert monitor() < 0.02
-    time.sleep(0.12)  # noqa: ASYNC251  (blocks the loop, as a CPU-bound burst would)
+    time.sleep(0.4)  # noqa: ASYNC251  (blocks the loop, as a CPU-bound burst would)
     await settle()
-    assert monitor() >= 0.08
+    assert monitor() >= 0.08  # a quarter of one long stall
+    for _ in range(20):  # sustained lag: every sample late by ~20 ms
+        time.sleep(0.02)  # noqa: ASYNC251
+        await asyncio.sleep(0)
+    assert monitor() >= 0.01
     for _ in range(60):  # decays once the loop is free again
         await asyncio.sleep(0.005)
     assert monitor() < 0.02

@@ -784,15 +784,18 @@ class AdmissionController:
 
 class LoopLagMonitor:
     """How late this process's event loop runs: a task asks to wake every `interval` and
-    measures how much later it woke. The reading is a decaying peak (each sample, or the
-    last reading times `decay`, whichever is larger), so one slow callback shows at once
-    and fades within a few samples. Started lazily on first use, in the running loop."""
+    measures how much later it woke. The reading is an exponential average of those
+    samples (`alpha` per sample), so sustained lag (a saturated CPU) shows within a few
+    samples while one slow callback moves it only by `alpha` of its length. Started
+    lazily on first use, in the running loop."""
 
     def __init__(
-        self, interval: float = 0.01, *, decay: float = 0.8, clock: Clock = time.monotonic
+        self, interval: float = 0.01, *, alpha: float = 0.25, clock: Clock = time.monotonic
     ) -> None:
+        if not 0 < alpha <= 1:
+            raise ValueError("alpha must lie in (0, 1]")
         self.interval = interval
-        self.decay = decay
+        self.alpha = alpha
         self.clock = clock
         self._lag = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -805,7 +808,7 @@ class LoopLagMonitor:
         return self._lag
 
     def observe(self, late_by: float) -> None:
-        self._lag = max(late_by, self._lag * self.decay)
+        self._lag += self.alpha * (late_by - self._lag)
 
     async def _sample(self) -> None:
         while True:

@@ -8,8 +8,10 @@ the one-time code for the profile and tokens at POST /v1/sso/token (WorkOS style
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote_plus
 from uuid import UUID
 
 import msgspec
@@ -205,7 +207,7 @@ async def saml_config(
                 meta = await fetcher(runtime).fetch(given.metadata_url)
                 config["metadata_url"] = given.metadata_url
             else:
-                meta = saml.parse_idp_metadata(given.metadata_xml or "")
+                meta = await asyncio.to_thread(saml.parse_idp_metadata, given.metadata_xml or "")
                 config.pop("metadata_url", None)
         except ValueError as exc:
             raise invalid(str(exc)) from None
@@ -236,10 +238,11 @@ async def saml_config(
         config["idp_certs"] = [saml.cert_der(c) and c for c in config["idp_certs"]]
     except ValueError as exc:
         raise invalid(f"saml.idp_certs: {exc}") from None
-    for url_field in ("idp_sso_url", "idp_slo_url"):
-        url = config.get(url_field)
-        if url and not str(url).startswith(("https://", "http://")):
-            raise invalid(f"saml.{url_field} must be an http(s) URL")
+    try:
+        for url_field in saml.IDP_URL_FIELDS:
+            saml.check_idp_url(f"saml.{url_field}", config.get(url_field))
+    except ValueError as exc:
+        raise invalid(str(exc)) from None
     return config
 
 
@@ -294,7 +297,10 @@ class SsoConnectionsController(Controller):
             if data.saml is None or data.oidc is not None:
                 raise invalid("a saml connection takes the saml object (and no oidc)")
             config = await saml_config(runtime, data.saml, None)
-            cert, key = saml.new_sp_keypair(f"tenantry-sso-{connection_id}")
+            # RSA key generation takes tens of ms: not on the event loop.
+            cert, key = await asyncio.to_thread(
+                saml.new_sp_keypair, f"tenantry-sso-{connection_id}"
+            )
             config["sp_cert"] = cert
             sealed = service.seal(connection_id, {"sp_private_key": key})
         else:
@@ -613,6 +619,10 @@ class CodeExchange(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     client_secret: str | None = None  # or HTTP Basic / Bearer with the secret
 
 
+class Logout(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    redirect_uri: str | None = None  # where the browser lands after the IdP logged out
+
+
 class SsoProfile(msgspec.Struct, kw_only=True):
     profile: dict[str, Any]
     tokens: TokenPair
@@ -627,7 +637,8 @@ def _presented_secret(request: Request[Any, Any, Any], body: CodeExchange) -> st
         import base64
 
         try:
-            return base64.b64decode(value).decode().partition(":")[2]
+            # RFC 6749 2.3.1: the client secret is form-urlencoded inside Basic.
+            return unquote_plus(base64.b64decode(value).decode().partition(":")[2])
         except ValueError:
             return ""
     return value if scheme.lower() == "bearer" else ""
@@ -673,12 +684,20 @@ class SsoProductController(Controller):
         summary="End the caller's session, and at the IdP when it supports single logout",
     )
     async def logout(
-        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        data: JSONBody[Logout] | None = None,
     ) -> dict[str, str | None]:
+        """Ends the session now. For a SAML session whose IdP does single logout, returns
+        `idp_logout_url`: send the browser there; the IdP's answer comes back to us and the
+        browser lands on `redirect_uri` (one of the product's registered URIs)."""
         principal = principal_of(request)
         if principal.kind != "user" or not principal.credential_id:
             raise Problem(400, "not-a-session", "Only a signed-in user's session can log out")
-        url = await sso(runtime).sp_logout(UUID(principal.credential_id), relay_state="logout")
+        return_to = data.redirect_uri if data is not None else None
+        check_redirect(runtime, return_to)
+        url = await sso(runtime).sp_logout(UUID(principal.credential_id), return_to)
         return {"idp_logout_url": url}
 
 
@@ -861,9 +880,9 @@ class SsoBrowserController(Controller):
                 url = await service.idp_logout(connection_id, query)
                 return RedirectResponse(path=url, status_code=302)
             if "SAMLResponse" in query:
-                row, secrets_ = await service.connection(connection_id)
-                _, urls, settings = service.saml_settings(row, secrets_)
-                saml.process_idp_logout_response(settings, urls, query, None)
+                target = await service.idp_logout_response(connection_id, query)
+                if target is not None:
+                    return RedirectResponse(path=target, status_code=303)
                 return Response(content={"logged_out": True}, status_code=200)
         except LookupError:
             raise Problem(404, "unknown-connection", "No such SSO connection") from None

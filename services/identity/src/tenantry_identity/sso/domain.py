@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from tenantry_identity.domain import IdentityRuleBroken, normalise_email
+
 ConnectionKind = Literal["saml", "oidc"]
 
 # Why a login was refused. The code and the detail go to the tenant admin's failure log
@@ -36,6 +38,9 @@ RefusalCode = Literal[
     "account-disabled",
     "seat-limit",
     "tenant-suspended",
+    "not-encrypted",  # the connection wants encrypted assertions and got a plain one
+    "sso-not-in-plan",  # the tenant's plan no longer includes SSO
+    "temporarily-unavailable",  # identity cannot decide now (e.g. limits not known yet)
 ]
 
 USER_MESSAGES: Mapping[str, str] = {
@@ -52,6 +57,8 @@ USER_MESSAGES: Mapping[str, str] = {
     "account-disabled": "Your account is disabled. Ask your administrator.",
     "seat-limit": "Your organisation has no free seats. Ask your administrator.",
     "tenant-suspended": "This organisation's account is suspended.",
+    "sso-not-in-plan": "Single sign-on is not part of this organisation's plan.",
+    "temporarily-unavailable": "Sign-in is briefly unavailable. Please try again shortly.",
 }
 DEFAULT_USER_MESSAGE = (
     "Single sign-on failed. Your administrator can see the reason in the SSO login log."
@@ -147,7 +154,8 @@ class MappedProfile(msgspec.Struct, frozen=True, kw_only=True):
     family_name: str | None
     groups: list[str]
     role: MappedRole | None  # None: the mapping does not manage roles
-    email_verified_by_idp: bool | None  # OIDC email_verified when sent; SAML: None
+    # An `email_verified` claim (OIDC) or attribute when the IdP sends one; else None.
+    email_verified_by_idp: bool | None
 
 
 def _first(identity: IdpIdentity, names: Sequence[str]) -> str | None:
@@ -164,13 +172,15 @@ def _first(identity: IdpIdentity, names: Sequence[str]) -> str | None:
 
 def map_profile(identity: IdpIdentity, mapping: AttributeMapping) -> MappedProfile:
     """The profile an SSO login yields (LoginRefused if it has no email address)."""
-    email = _first(identity, mapping.email)
-    if email is None or "@" not in email:
+    found = _first(identity, mapping.email)
+    try:
+        email = normalise_email(found or "")
+    except IdentityRuleBroken:
         raise LoginRefused(
             "missing-email",
-            f"none of the mapped email attributes {mapping.email} holds an address; "
-            f"received attributes: {sorted(identity.attributes)}",
-        )
+            f"none of the mapped email attributes {mapping.email} holds an address "
+            f"(found {found!r}); received attributes: {sorted(identity.attributes)}",
+        ) from None
     groups: list[str] = []
     for name in mapping.groups:
         groups.extend(v for v in identity.attributes.get(name, []) if v not in groups)

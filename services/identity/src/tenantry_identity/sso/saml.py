@@ -136,6 +136,20 @@ class IdpMetadata(msgspec.Struct, frozen=True, kw_only=True):
     certs: list[str]
 
 
+IDP_URL_FIELDS = ("idp_sso_url", "idp_sso_post_url", "idp_slo_url")
+
+
+def check_idp_url(field: str, url: str | None) -> None:
+    """IdP endpoints are http(s) URLs (ValueError otherwise): the POST binding serves a page
+    that submits itself to one, so `javascript:` or `data:` there would run script on our
+    origin."""
+    if url is None:
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"{field} must be an http(s) URL, got {url[:100]!r}")
+
+
 def parse_idp_metadata(xml: str | bytes, entity_id: str | None = None) -> IdpMetadata:
     """The IdP's entity id, SSO and SLO endpoints and signing certificates (ValueError
     with a reason an admin understands when the document is not usable)."""
@@ -160,13 +174,17 @@ def parse_idp_metadata(xml: str | bytes, entity_id: str | None = None) -> IdpMet
         certs.append(parsed["x509cert"])
     if not certs:
         raise ValueError("metadata has no signing certificate")
-    return IdpMetadata(
+    meta = IdpMetadata(
         entity_id=parsed["entityId"],
         sso_url=parsed["singleSignOnService"]["url"],
         sso_post_url=found["post"]["singleSignOnService"]["url"] if "post" in found else None,
         slo_url=(parsed.get("singleLogoutService") or {}).get("url"),
         certs=list(dict.fromkeys(certs)),
     )
+    check_idp_url("the SSO service", meta.sso_url)
+    check_idp_url("the POST SSO service", meta.sso_post_url)
+    check_idp_url("the SLO service", meta.slo_url)
+    return meta
 
 
 # ---------------------------------------------------------------------- python3-saml setup
@@ -341,7 +359,7 @@ _CODES: dict[int, RefusalCode] = {
     OneLogin_Saml2_ValidationError.NO_SIGNED_MESSAGE: "unsigned",
     OneLogin_Saml2_ValidationError.NO_SIGNED_ASSERTION: "unsigned",
     OneLogin_Saml2_ValidationError.NO_SIGNATURE_FOUND: "unsigned",
-    OneLogin_Saml2_ValidationError.NO_ENCRYPTED_ASSERTION: "unsigned",
+    OneLogin_Saml2_ValidationError.NO_ENCRYPTED_ASSERTION: "not-encrypted",
     OneLogin_Saml2_ValidationError.INVALID_SIGNATURE: "bad-signature",
     OneLogin_Saml2_ValidationError.DEPRECATED_SIGNATURE_METHOD: "deprecated-algorithm",
     OneLogin_Saml2_ValidationError.DEPRECATED_DIGEST_METHOD: "deprecated-algorithm",
@@ -447,7 +465,10 @@ def process_idp_logout_request(
     settings: OneLogin_Saml2_Settings, urls: SpUrls, query: Mapping[str, str]
 ) -> IdpLogout:
     """An IdP's LogoutRequest (redirect binding, signature checked): who to log out, and
-    where to send the browser with our LogoutResponse."""
+    where to send the browser with our LogoutResponse. Unsigned requests are refused
+    whatever the connection's settings: anyone could otherwise end a user's sessions."""
+    if not query.get("Signature") or not query.get("SigAlg"):
+        raise LoginRefused("unsigned", "LogoutRequest without a signature")
     request_data = _request_data(urls.slo, get=query)
     auth = OneLogin_Saml2_Auth(request_data, old_settings=settings)
     try:
@@ -465,6 +486,18 @@ def process_idp_logout_request(
         session_indexes=[str(s) for s in OneLogin_Saml2_Logout_Request.get_session_indexes(xml)],
         redirect_url=str(url),
     )
+
+
+def logout_response_in_response_to(saml_response: str) -> str | None:
+    """InResponseTo of a LogoutResponse (redirect binding: deflated), read to find the
+    LogoutRequest we sent; nothing else is trusted before validation."""
+    try:
+        xml = OneLogin_Saml2_Utils.decode_base64_and_inflate(saml_response)
+        root = OneLogin_Saml2_XML.to_etree(xml)
+    except Exception:
+        raise LoginRefused("malformed", "SAMLResponse is not a LogoutResponse") from None
+    value = root.get("InResponseTo")
+    return str(value) if value else None
 
 
 def process_idp_logout_response(

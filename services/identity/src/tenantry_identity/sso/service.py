@@ -35,6 +35,7 @@ from tenantry_identity.sso.store import ConnectionRow, IssuedCode, PendingLogin,
 from tenantry_identity.store import AccountRow, IdentityStore
 from tenantry_servicekit.clock import Clock
 from tenantry_servicekit.crypto import SecretBox
+from tenantry_servicekit.limits import guard_feature
 from tenantry_servicekit.problems import Problem
 from tenantry_servicekit.projections import PostgresTenantStatus
 from tenantry_servicekit.runtime import Runtime
@@ -394,6 +395,15 @@ class SsoService:
         tenant_id = row.tenant_id
         if await PostgresTenantStatus(self.db).status(tenant_id) == "suspended":
             raise LoginRefused("tenant-suspended", "the tenant is suspended")
+        # The plan is checked where a login completes too: IdP-initiated logins never pass
+        # /sso/authorize, and a tenant may have moved to a plan without SSO meanwhile.
+        async with self.db.transaction(tenant_id=tenant_id) as tx:
+            try:
+                await guard_feature(tx, tenant_id, "sso")
+            except Problem as problem:
+                if problem.status == 403:
+                    raise LoginRefused("sso-not-in-plan", problem.detail or "no SSO") from None
+                raise LoginRefused("temporarily-unavailable", problem.title) from None
         account: AccountRow | None = None
         for attempt in range(2):
             try:
@@ -404,6 +414,8 @@ class SsoService:
                     continue  # a concurrent first login created it: look again
                 if problem.status == 403:
                     raise LoginRefused("seat-limit", problem.detail or "no free seat") from None
+                if problem.status == 503:  # limits not known to identity yet
+                    raise LoginRefused("temporarily-unavailable", problem.title) from None
                 raise LoginRefused(
                     "malformed", f"could not create the account: {problem.title}"
                 ) from None
@@ -482,7 +494,9 @@ class SsoService:
             role=profile.role or row.attribute_mapping.get("default_role", "member"),
             password_hash=None,
             created_by=f"sso:{row.connection_id}",
-            email_verified=domain_ok or profile.email_verified_by_idp is True,
+            # The tenant's own IdP vouches for its users' addresses unless it says otherwise
+            # (an OIDC email_verified false); a verified domain settles it either way.
+            email_verified=domain_ok or profile.email_verified_by_idp is not False,
             jit_connection_id=row.connection_id,
             on_created=link,
         )
@@ -533,9 +547,10 @@ class SsoService:
             await self.identity.revoke_families(tx, families)
         return logout.redirect_url
 
-    async def sp_logout(self, family_id: UUID, relay_state: str) -> str | None:
+    async def sp_logout(self, family_id: UUID, return_to: str | None) -> str | None:
         """End this session here and, for a SAML session whose IdP has an SLO endpoint,
-        return the URL that asks the IdP to end it there too."""
+        return the URL that asks the IdP to end it there too (its answer comes back to
+        our SLO endpoint, which then sends the browser to `return_to`)."""
         async with self.db.transaction(platform=True) as tx:
             session = await self.store.session_of_family(tx, family_id)
             await self.identity.revoke_families(tx, [family_id])
@@ -546,15 +561,43 @@ class SsoService:
         if row.kind != "saml" or not row.config.get("idp_slo_url"):
             return None
         _, urls, settings = self.saml_settings(row, secrets_)
-        _, url = await asyncio.to_thread(
+        request_id, url = await asyncio.to_thread(
             saml.start_logout,
             settings,
             urls,
             name_id=subject,
             session_index=session_index,
-            relay_state=relay_state,
+            relay_state=secrets.token_urlsafe(16),
         )
+        async with self.db.transaction(tenant_id=row.tenant_id) as tx:
+            await self.store.save_login_request(
+                tx,
+                request_id,
+                tenant_id=row.tenant_id,
+                connection_id=row.connection_id,
+                redirect_uri=return_to or "",
+                client_state=None,
+                secrets=None,
+                expires_at=self.now() + self.login_ttl,
+            )
         return url
+
+    async def idp_logout_response(
+        self, connection_id: UUID, query: Mapping[str, str]
+    ) -> str | None:
+        """The IdP's answer to our LogoutRequest: it must answer a request this connection
+        sent (once); returns where the browser goes next (None: nowhere registered)."""
+        row, secrets_ = await self.connection(connection_id)
+        _, urls, settings = self.saml_settings(row, secrets_)
+        request_id = saml.logout_response_in_response_to(query.get("SAMLResponse", ""))
+        pending = None
+        if request_id is not None:
+            async with self.db.transaction(tenant_id=row.tenant_id) as tx:
+                pending = await self.store.take_login_request(tx, request_id, self.now())
+        if pending is None or pending.connection_id != row.connection_id:
+            raise LoginRefused("unknown-request", "LogoutResponse to no LogoutRequest of ours")
+        await asyncio.to_thread(saml.process_idp_logout_response, settings, urls, query, request_id)
+        return pending.redirect_uri or None
 
 
 def _new_family() -> UUID:

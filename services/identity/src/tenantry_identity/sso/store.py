@@ -4,7 +4,7 @@ pending logins, the replay cache, one-time codes, SSO sessions and the failure l
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -403,11 +403,18 @@ class SsoStore:
         )
         return bool(result.endswith(" 1"))
 
-    async def purge_expired(self, tx: asyncpg.Connection, now: datetime) -> int:
-        """Drop what can no longer be used (platform work, the worker's sweep)."""
+    async def purge_expired(
+        self, tx: asyncpg.Connection, now: datetime, keep: timedelta = timedelta(days=30)
+    ) -> int:
+        """Drop what can no longer be used (platform work, the worker's sweep): expired
+        logins, replay-cache entries and codes; failures and SSO sessions older than
+        `keep` (the refresh token lifetime: a session that old has no live token)."""
         total = 0
         for table in ("sso_login_requests", "sso_seen_assertions", "sso_codes"):
             result = await tx.execute(f"DELETE FROM {table} WHERE expires_at < $1", now)
+            total += int(result.split()[-1])
+        for table, column in (("sso_login_failures", "at"), ("sso_sessions", "created_at")):
+            result = await tx.execute(f"DELETE FROM {table} WHERE {column} < $1", now - keep)
             total += int(result.split()[-1])
         return total
 
