@@ -32,6 +32,7 @@ import pytest
 import yaml
 
 from tenantry_events.topics import CONSUMER_GROUPS
+from tenantry_servicekit.settings import ServiceSettings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 HELM_DIR = REPO / "deploy" / "helm"
@@ -255,28 +256,113 @@ def test_every_container_is_hardened_and_sized(variant: str) -> None:
             assert mounts == {"/tmp"}, where
 
 
+def probe_port(container: Obj, probe: Obj) -> int:
+    """The container port an httpGet probe calls: a name must be one the container declares."""
+    port = probe["httpGet"]["port"]
+    if isinstance(port, int):
+        return port
+    named = [p["containerPort"] for p in container.get("ports", []) if p.get("name") == port]
+    assert len(named) == 1, f"{container['name']}: the probe's port {port!r} is not declared"
+    return int(named[0])
+
+
+def process_settings(container: Obj) -> ServiceSettings:
+    """What the process makes of its environment: servicekit's own loader (Secret values
+    replaced by placeholders)."""
+    environ = {
+        name: entry.get("value", "secret-from-a-Secret")
+        for name, entry in env_of(container).items()
+    }
+    environ["TENANTRY_DATABASE_URL"] = "postgresql://app@postgres/placeholder"
+    return load_settings(ServiceSettings, environ)
+
+
+# The port each role serves its /healthz and /readyz on, by its setting.
+HEALTH_SETTING = {"api": "TENANTRY_HTTP_PORT", "worker": "TENANTRY_WORKER_HEALTH_PORT"}
+
+
+def check_probes(container: Obj, role: str, where: str) -> int:
+    """Every Deployment (api and worker) has HTTP startup, liveness and readiness probes on
+    the port its process serves (the setting, as servicekit reads it) on the pod's address.
+    Returns that port."""
+    for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert kind in container, f"{where}: no {kind}"
+        assert set(container[kind]) & {"httpGet", "exec", "tcpSocket", "grpc"} == {"httpGet"}, (
+            f"{where}: {kind} is not an HTTP probe"
+        )
+    # Liveness never depends on Postgres or Kafka: an outage must not restart every pod.
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz", where
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", where
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", where
+    ports = {
+        probe_port(container, container[kind])
+        for kind in ("startupProbe", "livenessProbe", "readinessProbe")
+    }
+    assert len(ports) == 1, f"{where}: the probes call different ports {ports}"
+    (port,) = ports
+    env = env_of(container)
+    assert env[HEALTH_SETTING[role]]["value"] == str(port), f"{where}: {HEALTH_SETTING[role]}"
+    settings = process_settings(container)
+    served = settings.http_port if role == "api" else settings.worker_health_port
+    assert served == port, f"{where}: the process serves {served}, the probes call {port}"
+    # The kubelet probes the pod's address, so the process must not listen on loopback only.
+    assert settings.http_host == "0.0.0.0", where  # noqa: S104 (inside the pod)
+    return port
+
+
 @variants
-def test_apis_have_liveness_and_readiness_probes_workers_none(variant: str) -> None:
-    """The api serves /healthz and /readyz; the worker serves no HTTP, so a readiness probe
-    would mean nothing (it is behind no Service) and it gets no probe by default: a worker
-    that fails exits, and Kubernetes restarts it (docs/deploy.md, Health)."""
+def test_every_deployment_has_http_probes_on_the_port_it_serves(variant: str) -> None:
+    """api: uvicorn on 8000 (/healthz; /readyz = Postgres and Kafka answer). worker: its
+    health endpoint on healthPort (/healthz = the event loop answers; /readyz = consumers and
+    relay started, Postgres answers), a port no Service exposes."""
     deployments = by_name(variant, "Deployment")
+    services = objects(variant, "Service")
     for service in SERVICES:
-        (api,) = deployments[workload(variant, service, "api")]["spec"]["template"]["spec"][
-            "containers"
-        ]
+        api_name = workload(variant, service, "api")
+        (api,) = deployments[api_name]["spec"]["template"]["spec"]["containers"]
         assert api["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
         assert api["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
         assert api["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-        assert api["startupProbe"]["httpGet"]["path"] == "/healthz"
-        env = env_of(api)
-        assert env["TENANTRY_HTTP_HOST"]["value"] == "0.0.0.0"  # noqa: S104 (inside the pod)
-        assert env["TENANTRY_HTTP_PORT"]["value"] == "8000"
-        (worker,) = deployments[workload(variant, service, "worker")]["spec"]["template"]["spec"][
-            "containers"
-        ]
-        assert "readinessProbe" not in worker
-        assert "ports" not in worker
+        assert check_probes(api, "api", api_name) == 8000
+
+        worker_name = workload(variant, service, "worker")
+        pod = deployments[worker_name]["spec"]["template"]
+        (worker,) = pod["spec"]["containers"]
+        assert worker["ports"] == [{"name": "health", "containerPort": 8081, "protocol": "TCP"}]
+        assert worker["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+        assert worker["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+        assert check_probes(worker, "worker", worker_name) == 8081
+        # Generous start-up: the liveness probe is held off for minutes, not seconds.
+        startup = worker["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, worker_name
+        # The health port is for the kubelet only: no Service selects a worker.
+        labels = pod["metadata"]["labels"]
+        for svc in services:
+            selector = svc["spec"].get("selector", {})
+            assert not selector.items() <= labels.items(), f"{svc['metadata']['name']}"
+
+
+def test_worker_health_port_and_probe_timings_are_values() -> None:
+    """healthPort moves the container port, the setting and the probes together, per service
+    too; probe timings merge key by key; the chart keeps the path and the port."""
+    result = run_helm(
+        *template_args("default"),
+        "--set", "defaults.worker.healthPort=9090",
+        "--set", "services.webhooks.worker.healthPort=9191",
+        "--set", "services.identity.worker.probes.startup.failureThreshold=120",
+        "--show-only", "templates/deployment-worker.yaml",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    deployments = {d["metadata"]["name"]: d for d in yaml.safe_load_all(result.stdout) if d}
+    for service in SERVICES:
+        name = workload("default", service, "worker")
+        (worker,) = deployments[name]["spec"]["template"]["spec"]["containers"]
+        expected = 9191 if service == "webhooks" else 9090
+        assert check_probes(worker, "worker", name) == expected
+        startup = worker["startupProbe"]
+        assert startup["failureThreshold"] == (120 if service == "identity" else 60), name
+        assert startup["periodSeconds"] == 5, name  # the rest of the default kept
+        kubernetes_validate.validate(deployments[name], KUBE_VERSION, strict=True)
 
 
 @variants
@@ -455,6 +541,8 @@ def test_network_policies_let_each_service_reach_only_what_it_needs(variant: str
                            "127.0.0.0/8", "100.64.0.0/10"}  # fmt: skip
                 assert private <= set(ipv4["except"]), name
             if role == "worker":
+                # Not even on its health port: the kubelet probes from the pod's own node,
+                # which NetworkPolicy always allows; no other pod needs it.
                 assert spec["ingress"] == [], f"{name}: a worker takes no connections"
     # identity's api takes calls from the other apis (JWKS, accounts); nobody else's does.
     identity = policies[workload(variant, "identity", "api")]["spec"]
@@ -587,6 +675,31 @@ BAD_VALUES = [
         ["--set", "smtp.username=tenantry"],
         "at '/smtp/existingSecret': minLength: got 0, want 1",
         id="smtp-user-without-password",
+    ),
+    pytest.param(
+        ["--set", "defaults.worker.healthPort=0"],
+        "at '/defaults/worker/healthPort': minimum: got 0, want 1,024",
+        id="worker-health-off",
+    ),
+    pytest.param(
+        ["--set", "services.tenancy.worker.healthPort=80"],
+        "at '/services/tenancy/worker/healthPort': minimum: got 80, want 1,024",
+        id="worker-health-privileged-port",
+    ),
+    pytest.param(
+        ["--set", "services.tenancy.worker.probes.liveness.exec.command={true}"],
+        "at '/services/tenancy/worker/probes/liveness': additional properties 'exec' not allowed",
+        id="worker-probe-handler",
+    ),
+    pytest.param(
+        ["--set", "services.tenancy.worker.livenessProbe.periodSeconds=10"],
+        "at '/services/tenancy/worker': additional properties 'livenessProbe' not allowed",
+        id="old-worker-liveness-override",
+    ),
+    pytest.param(
+        ["--set-string", "services.tenancy.worker.extraEnv.TENANTRY_WORKER_HEALTH_PORT=0"],
+        "TENANTRY_WORKER_HEALTH_PORT is set by the chart from its own values",
+        id="extra-env-overrides-health-port",
     ),
     pytest.param(
         ["--set", "networkPolicy.kafka.to=null"],

@@ -1308,3 +1308,40 @@ async def test_a_plan_without_sso_refuses_logins_that_bypass_authorize(
         return error_of(answer) == "sso-not-in-plan"
 
     await eventually(refused, timeout=30, message="identity applied the plan change")
+
+
+async def test_the_sweep_keeps_live_sso_sessions_and_drops_ended_ones(
+    stack: Stack,
+    browser_http: httpx.AsyncClient,
+    saml_target: SamlTarget,
+) -> None:
+    """sso_sessions rows live as long as their refresh family does (rotation keeps a
+    session alive past any fixed age); the sweep drops only ended ones."""
+    from datetime import UTC, datetime, timedelta
+
+    from tenantry_identity.sso.store import SsoStore
+
+    tenant_id, connection, server = saml_target
+    ended = await sso_session(stack, browser_http, connection, server, "idx-ended")
+    live = await sso_session(stack, browser_http, connection, server, "idx-live")
+    r = await browser_http.post(
+        f"{stack.service_url('identity')}/v1/sso/logout", headers=bearer(ended["access_token"])
+    )
+    assert r.status_code == 200, r.text
+    assert await refresh_works(stack, browser_http, live)  # rotated: a new token, same family
+    conn = await asyncpg.connect(stack.owner_dsn(stack.service_database("identity")))
+    try:
+        tx = conn.transaction()  # rolled back: the sweep's clock is in the future
+        await tx.start()
+        await conn.execute("SELECT set_config('app.platform', 'on', true)")
+        later = datetime.now(UTC) + timedelta(hours=2)
+        await SsoStore(None, source="test", region="local").purge_expired(  # type: ignore[arg-type]
+            conn, later
+        )
+        left = await conn.fetch(
+            "SELECT session_index FROM sso_sessions WHERE tenant_id = $1::uuid", tenant_id
+        )
+        await tx.rollback()
+        assert [r["session_index"] for r in left] == ["idx-live"]
+    finally:
+        await conn.close()

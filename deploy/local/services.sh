@@ -18,6 +18,8 @@ service_env() {
   echo "TENANTRY_REGION=$TENANTRY_REGION"
   echo "TENANTRY_HTTP_HOST=127.0.0.1"
   echo "TENANTRY_HTTP_PORT=$(port_of "$svc")"
+  # The worker's /healthz and /readyz, 100 above the api's port (8201 for tenancy, ...).
+  echo "TENANTRY_WORKER_HEALTH_PORT=$(( $(port_of "$svc") + 100 ))"
   echo "TENANTRY_SERVICE_URLS=$urls"
   echo "TENANTRY_SMTP_HOST=127.0.0.1"
   echo "TENANTRY_SMTP_PORT=$TENANTRY_SMTP_PORT"

@@ -143,7 +143,7 @@ cannot: minReplicas <= maxReplicas, KEDA's replica cap. (dict "root" $ "service"
 
 {{/* Variables every process of the suite sets itself; extraEnv may not name them. */}}
 {{- define "tenantry.managedEnv" -}}
-TENANTRY_REGION TENANTRY_LOG_LEVEL TENANTRY_KAFKA_BOOTSTRAP TENANTRY_REDIS_URL TENANTRY_DATABASE_URL TENANTRY_MIGRATION_DATABASE_URL TENANTRY_SERVICE_URLS TENANTRY_DB_POOL_SIZE TENANTRY_SHUTDOWN_GRACE_SECONDS TENANTRY_HTTP_HOST TENANTRY_HTTP_PORT TENANTRY_MASTER_KEY TENANTRY_BOOTSTRAP_SECRET TENANTRY_SSO_CLIENT_SECRET TENANTRY_SMTP_PASSWORD
+TENANTRY_REGION TENANTRY_LOG_LEVEL TENANTRY_KAFKA_BOOTSTRAP TENANTRY_REDIS_URL TENANTRY_DATABASE_URL TENANTRY_MIGRATION_DATABASE_URL TENANTRY_SERVICE_URLS TENANTRY_DB_POOL_SIZE TENANTRY_SHUTDOWN_GRACE_SECONDS TENANTRY_HTTP_HOST TENANTRY_HTTP_PORT TENANTRY_WORKER_HEALTH_PORT TENANTRY_MASTER_KEY TENANTRY_BOOTSTRAP_SECRET TENANTRY_SSO_CLIENT_SECRET TENANTRY_SMTP_PASSWORD
 {{- end -}}
 
 {{/* TENANTRY_SERVICE_URLS: every api's in-cluster URL. */}}
@@ -210,6 +210,13 @@ Settings are TENANTRY_<FIELD> (libs/servicekit settings.py); secrets come from e
   value: "0.0.0.0"
 - name: TENANTRY_HTTP_PORT
   value: {{ include "tenantry.httpPort" $root | quote }}
+{{- end }}
+{{- if eq .role "worker" }}
+{{- /* /healthz and /readyz on the pod's address (the kubelet probes it there), not loopback */}}
+- name: TENANTRY_HTTP_HOST
+  value: "0.0.0.0"
+- name: TENANTRY_WORKER_HEALTH_PORT
+  value: {{ $cfg.healthPort | quote }}
 {{- end }}
 {{- if $svc.masterKey }}
 {{ include "tenantry.secretEnv" (dict "name" "TENANTRY_MASTER_KEY" "secret" $svc.masterKey.existingSecret "key" $svc.masterKey.key) }}

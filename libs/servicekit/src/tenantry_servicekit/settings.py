@@ -29,6 +29,7 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     region: str = "local"
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    worker_health_port: int = 0  # the worker's /healthz and /readyz (0 = not served)
     log_level: str = "INFO"
     otel_exporter: str = "none"  # none | console | memory
     db_pool_size: int = 10

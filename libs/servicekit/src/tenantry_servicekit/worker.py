@@ -17,6 +17,7 @@ from tenantry_events.consumer import BrokerDeadLetters, EventConsumer, attach
 from tenantry_events.relay import KafkaPublisher, run_relay
 from tenantry_servicekit.app import BACKGROUND_TOPICS, CRITICAL_TOPICS, ServiceSpec, WorkerTask
 from tenantry_servicekit.runtime import Runtime
+from tenantry_servicekit.worker_health import WorkerHealth
 
 log = logging.getLogger("tenantry.worker")
 
@@ -61,13 +62,31 @@ async def run_worker(
     publisher = KafkaPublisher(
         runtime.settings.kafka_bootstrap, client_id=f"{spec.consumer_group}-relay"
     )
+    health = WorkerHealth(runtime.db.ping)
+    async with contextlib.AsyncExitStack() as exits:
+        port = runtime.settings.worker_health_port
+        if port:
+            await exits.enter_async_context(health.serving(runtime.settings.http_host, port))
+        await _run(spec, runtime, broker, publisher, health, stop)
+
+
+async def _run(
+    spec: ServiceSpec,
+    runtime: Runtime,
+    broker: KafkaBroker,
+    publisher: KafkaPublisher,
+    health: WorkerHealth,
+    stop: asyncio.Event,
+) -> None:
     await _start_with_retry(broker.start, stop)
     await _start_with_retry(publisher.start, stop)
+    health.started = True
     log.info("worker started: group %s", spec.consumer_group)
     tasks = [asyncio.create_task(_supervised(task, runtime, stop)) for task in spec.worker_tasks]
     try:
         await run_relay(runtime.settings.database_url, runtime.outbox, publisher, stop)
     finally:
+        health.started = False
         stop.set()
         if tasks:  # each task finishes what it holds once stop is set
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -407,15 +407,25 @@ class SsoStore:
         self, tx: asyncpg.Connection, now: datetime, keep: timedelta = timedelta(days=30)
     ) -> int:
         """Drop what can no longer be used (platform work, the worker's sweep): expired
-        logins, replay-cache entries and codes; failures and SSO sessions older than
-        `keep` (the refresh token lifetime: a session that old has no live token)."""
+        logins, replay-cache entries and codes; failures older than `keep`; SSO sessions
+        whose refresh family holds no live token any more (refresh rotation keeps a
+        session alive past any fixed age, so its age alone says nothing)."""
         total = 0
         for table in ("sso_login_requests", "sso_seen_assertions", "sso_codes"):
             result = await tx.execute(f"DELETE FROM {table} WHERE expires_at < $1", now)
             total += int(result.split()[-1])
-        for table, column in (("sso_login_failures", "at"), ("sso_sessions", "created_at")):
-            result = await tx.execute(f"DELETE FROM {table} WHERE {column} < $1", now - keep)
-            total += int(result.split()[-1])
+        result = await tx.execute("DELETE FROM sso_login_failures WHERE at < $1", now - keep)
+        total += int(result.split()[-1])
+        result = await tx.execute(
+            """DELETE FROM sso_sessions s
+               WHERE s.created_at < $1
+                 AND NOT EXISTS (SELECT 1 FROM refresh_tokens r
+                                 WHERE r.family_id = s.family_id AND r.revoked_at IS NULL
+                                   AND r.used_at IS NULL AND r.expires_at > $2)""",
+            now - timedelta(hours=1),
+            now,
+        )
+        total += int(result.split()[-1])
         return total
 
     # ------------------------------------------------------------------ identities
