@@ -37,7 +37,6 @@ from tenantry_servicekit.clock import Clock
 from tenantry_servicekit.crypto import SecretBox
 from tenantry_servicekit.limits import guard_feature
 from tenantry_servicekit.problems import Problem
-from tenantry_servicekit.projections import PostgresTenantStatus
 from tenantry_servicekit.runtime import Runtime
 
 
@@ -267,18 +266,6 @@ class SsoService:
             assertion = await asyncio.to_thread(
                 saml.process_response, settings, conf, urls, saml_response, request_id=request_id
             )
-            async with self.db.transaction(tenant_id=row.tenant_id) as tx:
-                fresh = await self.store.remember_assertion(
-                    tx,
-                    row.connection_id,
-                    assertion.assertion_id,
-                    row.tenant_id,
-                    max(assertion.not_on_or_after, self.now()) + timedelta(minutes=10),
-                )
-            if not fresh:
-                raise LoginRefused(
-                    "replay", f"assertion {assertion.assertion_id!r} was already used"
-                )
         except LoginRefused as refused:
             raise await self.refuse(
                 row,
@@ -299,6 +286,11 @@ class SsoService:
             assertion.identity,
             redirect_uri=redirect_uri,
             client_state=pending.client_state if pending else None,
+            # Kept past NotOnOrAfter plus the allowed clock skew, with room to spare.
+            assertion=(
+                assertion.assertion_id,
+                max(assertion.not_on_or_after, self.now()) + timedelta(minutes=10),
+            ),
         )
 
     def default_redirect(self, row: ConnectionRow) -> str | None:
@@ -345,12 +337,39 @@ class SsoService:
         *,
         redirect_uri: str,
         client_state: str | None,
+        assertion: tuple[str, datetime] | None = None,
     ) -> str:
-        """Map the profile, find or create the account (JIT), and hand the product a code."""
+        """Map the profile, find or create the account (JIT), and hand the product a code.
+        `assertion` (SAML: its id and how long to keep it) is remembered against replays
+        in the same transaction that issues the code."""
         mapping = msgspec.convert(row.attribute_mapping, AttributeMapping)
+        code = secrets.token_urlsafe(32)
         try:
             profile = map_profile(identity, mapping)
-            account = await self.account_for(row, identity, profile)
+            for attempt in range(2):
+                try:
+                    # A returning user: one transaction from the checks to the code.
+                    async with self.db.transaction(tenant_id=row.tenant_id) as tx:
+                        await self._admit(tx, row, assertion)
+                        account = await self._existing_account(tx, row, identity, profile)
+                        if account is not None:
+                            await self._complete(
+                                tx, row, identity, profile, account, code, redirect_uri
+                            )
+                            break
+                    assertion = None  # remembered: that transaction committed
+                    # A new one: the account is made within the seat limit (its own
+                    # transaction), then the same completion.
+                    created = await self._create_account(row, identity, profile)
+                    async with self.db.transaction(tenant_id=row.tenant_id) as tx:
+                        await self._complete(
+                            tx, row, identity, profile, created, code, redirect_uri
+                        )
+                    break
+                except Problem as problem:
+                    if problem.status == 409 and attempt == 0:
+                        continue  # a concurrent first login created it: look again
+                    raise _as_refusal(problem) from None
         except LoginRefused as refused:
             raise await self.refuse(
                 row,
@@ -359,7 +378,125 @@ class SsoService:
                 redirect_uri=redirect_uri,
                 client_state=client_state,
             ) from None
-        code = secrets.token_urlsafe(32)
+        return with_query(redirect_uri, {"code": code, "state": client_state})
+
+    async def _admit(
+        self,
+        tx: asyncpg.Connection,
+        row: ConnectionRow,
+        assertion: tuple[str, datetime] | None,
+    ) -> None:
+        """What every completing login must pass: the tenant not suspended, SSO in its plan
+        (IdP-initiated logins never pass /sso/authorize, and a plan may have changed since),
+        and a SAML assertion not seen before."""
+        tenant_id = row.tenant_id
+        status = await tx.fetchval(
+            "SELECT status FROM tenant_projection WHERE tenant_id = $1", tenant_id
+        )
+        if status == "suspended":
+            raise LoginRefused("tenant-suspended", "the tenant is suspended")
+        try:
+            await guard_feature(tx, tenant_id, "sso")
+        except Problem as problem:
+            if problem.status == 403:
+                raise LoginRefused("sso-not-in-plan", problem.detail or "no SSO") from None
+            raise LoginRefused("temporarily-unavailable", problem.title) from None
+        if assertion is not None:
+            assertion_id, keep_until = assertion
+            if not await self.store.remember_assertion(
+                tx, row.connection_id, assertion_id, tenant_id, keep_until
+            ):
+                raise LoginRefused("replay", f"assertion {assertion_id!r} was already used")
+
+    async def _existing_account(
+        self,
+        tx: asyncpg.Connection,
+        row: ConnectionRow,
+        identity: IdpIdentity,
+        profile: MappedProfile,
+    ) -> AccountRow | None:
+        """The account linked to the IdP subject, else one with the email (only where the
+        tenant verified the email's domain), else None (a JIT account is due)."""
+        tenant_id = row.tenant_id
+        domain_ok = await self._domain_verified(tx, row, profile)
+        account_id = await self.store.identity_account(tx, row.connection_id, identity.subject)
+        account = await self.identity.get_account(tx, account_id) if account_id else None
+        if account is not None:
+            return account
+        existing = await self.identity.account_by_email(tx, tenant_id, profile.email)
+        if existing is not None and not domain_ok:
+            raise LoginRefused(
+                "email-domain-not-allowed",
+                f"an account with {profile.email} exists; SSO may sign it in only once the "
+                f"tenant has verified {domain_of_email(profile.email)}",
+            )
+        return existing
+
+    async def _domain_verified(
+        self, tx: asyncpg.Connection, row: ConnectionRow, profile: MappedProfile
+    ) -> bool:
+        verified_domains = await self.store.verified_domain_names(tx, row.tenant_id)
+        email_domain = domain_of_email(profile.email)
+        domain_ok = email_domain in verified_domains
+        if row.config.get("restrict_email_domains") and not domain_ok:
+            raise LoginRefused(
+                "email-domain-not-allowed",
+                f"{email_domain} is not among the tenant's verified domains",
+            )
+        return domain_ok
+
+    async def _create_account(
+        self, row: ConnectionRow, identity: IdpIdentity, profile: MappedProfile
+    ) -> AccountRow:
+        """A just-in-time account, within the seat limit, linked to the IdP subject in the
+        creating transaction (a concurrent first login then finds the link)."""
+        async with self.db.transaction(tenant_id=row.tenant_id) as tx:
+            domain_ok = await self._domain_verified(tx, row, profile)
+
+        async def link(tx: asyncpg.Connection, created: AccountRow) -> None:
+            await self._link(tx, row, identity, profile, created)
+
+        return await seated_account(
+            self.runtime,
+            row.tenant_id,
+            email=profile.email,
+            role=profile.role or row.attribute_mapping.get("default_role", "member"),
+            password_hash=None,
+            created_by=f"sso:{row.connection_id}",
+            # The tenant's own IdP vouches for its users' addresses unless it says otherwise
+            # (an OIDC email_verified false); a verified domain settles it either way.
+            email_verified=domain_ok or profile.email_verified_by_idp is not False,
+            jit_connection_id=row.connection_id,
+            on_created=link,
+        )
+
+    async def _complete(
+        self,
+        tx: asyncpg.Connection,
+        row: ConnectionRow,
+        identity: IdpIdentity,
+        profile: MappedProfile,
+        account: AccountRow,
+        code: str,
+        redirect_uri: str,
+    ) -> None:
+        """Refuse a disabled account; apply the mapped role; record the link; save the
+        one-time code."""
+        if account.status != "active":
+            raise LoginRefused(
+                "account-disabled",
+                f"account {account.account_id} is {account.status} (deprovisioned or disabled)",
+            )
+        if profile.role is not None:
+            changed = await self.identity.change_role(
+                tx,
+                row.tenant_id,
+                account.account_id,
+                profile.role,
+                changed_by=f"sso:{row.connection_id}",
+            )
+            account = changed or account
+        await self._link(tx, row, identity, profile, account)
         issued = IssuedCode(
             tenant_id=row.tenant_id,
             connection_id=row.connection_id,
@@ -381,59 +518,7 @@ class SsoService:
                 "raw_attributes": identity.attributes,
             },
         )
-        async with self.db.transaction(tenant_id=row.tenant_id) as tx:
-            await self.store.save_code(tx, code, issued, self.now() + self.code_ttl)
-        return with_query(redirect_uri, {"code": code, "state": client_state})
-
-    async def account_for(
-        self, row: ConnectionRow, identity: IdpIdentity, profile: MappedProfile
-    ) -> AccountRow:
-        """The account this login signs in: the one linked to the IdP subject, else an
-        existing one with the email (only where the tenant verified the email's domain),
-        else a new one (just in time). Two first logins of one user at once: the loser of
-        the email's unique index finds the winner's link and signs in too."""
-        tenant_id = row.tenant_id
-        if await PostgresTenantStatus(self.db).status(tenant_id) == "suspended":
-            raise LoginRefused("tenant-suspended", "the tenant is suspended")
-        # The plan is checked where a login completes too: IdP-initiated logins never pass
-        # /sso/authorize, and a tenant may have moved to a plan without SSO meanwhile.
-        async with self.db.transaction(tenant_id=tenant_id) as tx:
-            try:
-                await guard_feature(tx, tenant_id, "sso")
-            except Problem as problem:
-                if problem.status == 403:
-                    raise LoginRefused("sso-not-in-plan", problem.detail or "no SSO") from None
-                raise LoginRefused("temporarily-unavailable", problem.title) from None
-        account: AccountRow | None = None
-        for attempt in range(2):
-            try:
-                account = await self._find_or_create(row, identity, profile)
-                break
-            except Problem as problem:
-                if problem.status == 409 and attempt == 0:
-                    continue  # a concurrent first login created it: look again
-                if problem.status == 403:
-                    raise LoginRefused("seat-limit", problem.detail or "no free seat") from None
-                if problem.status == 503:  # limits not known to identity yet
-                    raise LoginRefused("temporarily-unavailable", problem.title) from None
-                raise LoginRefused(
-                    "malformed", f"could not create the account: {problem.title}"
-                ) from None
-        assert account is not None
-        if account.status != "active":
-            raise LoginRefused(
-                "account-disabled",
-                f"account {account.account_id} is {account.status} (deprovisioned or disabled)",
-            )
-        by = f"sso:{row.connection_id}"
-        async with self.db.transaction(tenant_id=tenant_id) as tx:
-            if profile.role is not None:
-                changed = await self.identity.change_role(
-                    tx, tenant_id, account.account_id, profile.role, changed_by=by
-                )
-                account = changed or account
-            await self._link(tx, row, identity, profile, account)
-        return account
+        await self.store.save_code(tx, code, issued, self.now() + self.code_ttl)
 
     async def _link(
         self,
@@ -455,50 +540,6 @@ class SsoService:
                 "family_name": profile.family_name,
                 "groups": profile.groups,
             },
-        )
-
-    async def _find_or_create(
-        self, row: ConnectionRow, identity: IdpIdentity, profile: MappedProfile
-    ) -> AccountRow:
-        tenant_id = row.tenant_id
-        async with self.db.transaction(tenant_id=tenant_id) as tx:
-            verified_domains = await self.store.verified_domain_names(tx, tenant_id)
-            email_domain = domain_of_email(profile.email)
-            domain_ok = email_domain in verified_domains
-            if row.config.get("restrict_email_domains") and not domain_ok:
-                raise LoginRefused(
-                    "email-domain-not-allowed",
-                    f"{email_domain} is not among the tenant's verified domains",
-                )
-            account_id = await self.store.identity_account(tx, row.connection_id, identity.subject)
-            account = await self.identity.get_account(tx, account_id) if account_id else None
-            if account is not None:
-                return account
-            existing = await self.identity.account_by_email(tx, tenant_id, profile.email)
-            if existing is not None:
-                if not domain_ok:
-                    raise LoginRefused(
-                        "email-domain-not-allowed",
-                        f"an account with {profile.email} exists; SSO may sign it in only "
-                        f"once the tenant has verified {email_domain}",
-                    )
-                return existing
-
-        async def link(tx: asyncpg.Connection, created: AccountRow) -> None:
-            await self._link(tx, row, identity, profile, created)
-
-        return await seated_account(
-            self.runtime,
-            tenant_id,
-            email=profile.email,
-            role=profile.role or row.attribute_mapping.get("default_role", "member"),
-            password_hash=None,
-            created_by=f"sso:{row.connection_id}",
-            # The tenant's own IdP vouches for its users' addresses unless it says otherwise
-            # (an OIDC email_verified false); a verified domain settles it either way.
-            email_verified=domain_ok or profile.email_verified_by_idp is not False,
-            jit_connection_id=row.connection_id,
-            on_created=link,
         )
 
     # ------------------------------------------------------------------ code exchange
@@ -598,6 +639,15 @@ class SsoService:
             raise LoginRefused("unknown-request", "LogoutResponse to no LogoutRequest of ours")
         await asyncio.to_thread(saml.process_idp_logout_response, settings, urls, query, request_id)
         return pending.redirect_uri or None
+
+
+def _as_refusal(problem: Problem) -> LoginRefused:
+    """A problem from the shared account code, as the refusal an SSO admin reads."""
+    if problem.status == 403:
+        return LoginRefused("seat-limit", problem.detail or "no free seat")
+    if problem.status == 503:  # limits not known to identity yet
+        return LoginRefused("temporarily-unavailable", problem.title)
+    return LoginRefused("malformed", f"could not create the account: {problem.title}")
 
 
 def _new_family() -> UUID:
