@@ -896,6 +896,23 @@ async def test_oidc_connection_to_an_unreachable_issuer_is_refused_with_a_reason
         )
         assert r.status_code == 422, r.text
         assert r.json()["detail"].startswith("oidc.issuer:")
+    # Symmetric or no-signature ID tokens cannot be allowed (the client secret is shared).
+    for algorithms in (["HS256"], ["none"], []):
+        r = await identity.post(
+            f"/v1/tenants/{tenant_id}/sso/connections",
+            json={
+                "kind": "oidc",
+                "name": "Weak",
+                "oidc": {
+                    "issuer": "http://127.0.0.1:9/",
+                    "client_id": "x",
+                    "client_secret": "y",
+                    "allowed_algorithms": algorithms,
+                },
+            },
+        )
+        assert r.status_code == 422, r.text
+        assert "allowed_algorithms" in r.json()["detail"] or "algorithms" in r.json()["detail"]
 
 
 # ---------------------------------------------------------------------------- domains
@@ -962,6 +979,33 @@ async def test_domain_verification_by_dns_txt_and_home_realm_discovery(
     )
     assert start.status_code == 302, start.text
     assert start.headers["location"].startswith(server.sso_redirect_url)
+
+    # The admin routes the domain to another connection, or to none.
+    other_idp = await identity.post(
+        f"/v1/tenants/{tenant_id}/sso/connections",
+        json={"kind": "saml", "name": "Second", "saml": {"metadata_xml": server.metadata_xml()}},
+    )
+    assert other_idp.status_code == 201, other_idp.text
+    r = await identity.patch(
+        f"/v1/tenants/{tenant_id}/sso/domains/{domain}",
+        json={"connection_id": other_idp.json()["id"]},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["connection_id"] == other_idp.json()["id"]
+    r = await identity.patch(
+        f"/v1/tenants/{tenant_id}/sso/domains/{domain}", json={"connection_id": str(uuid4())}
+    )
+    assert r.status_code == 422, r.text
+    r = await identity.patch(
+        f"/v1/tenants/{tenant_id}/sso/domains/{domain}", json={"connection_id": None}
+    )
+    assert r.json()["connection_id"] is None
+    # With two connections and no route, the login must name one.
+    start = await browser_http.get(
+        f"{stack.service_url('identity')}/sso/authorize",
+        params={"email": f"erin@{domain}", "redirect_uri": REDIRECT},
+    )
+    assert start.status_code == 409, start.text
 
     # Another tenant cannot take the verified domain, even with its own valid record.
     other = await sso_tenant(stack, operator_headers)

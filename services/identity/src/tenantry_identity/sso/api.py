@@ -37,6 +37,7 @@ from tenantry_identity.sso.domains import (
     record_matches,
 )
 from tenantry_identity.sso.metadata import MetadataFetcher
+from tenantry_identity.sso.oidc import OidcConnectionConfig
 from tenantry_identity.sso.service import LoginFailed, Redirect, SsoService
 from tenantry_identity.sso.store import ConnectionRow, DomainRow, DomainTaken, FailureRow
 from tenantry_servicekit.auth import PUBLIC, principal_of, requires
@@ -90,6 +91,8 @@ class OidcInput(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     client_secret: str | None = None
     scopes: list[str] | None = None
     token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post"] | None = None
+    # ID token signature algorithms accepted (asymmetric only; none and HS* never).
+    allowed_algorithms: list[str] | None = None
 
 
 class NewConnection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -163,6 +166,7 @@ def view(row: ConnectionRow, service: SsoService) -> ConnectionView:
             "client_id": config.get("client_id"),
             "scopes": config.get("scopes"),
             "token_endpoint_auth_method": config.get("token_endpoint_auth_method"),
+            "allowed_algorithms": config.get("allowed_algorithms"),
             "redirect_uri": service.oidc_callback,  # register this at the IdP
         }
     return ConnectionView(
@@ -250,15 +254,23 @@ async def oidc_config(
     runtime: Runtime, given: OidcInput, base: dict[str, Any] | None
 ) -> tuple[dict[str, Any], str | None]:
     config = dict(base or {})
-    for field in ("issuer", "client_id", "scopes", "token_endpoint_auth_method"):
+    for field in (
+        "issuer",
+        "client_id",
+        "scopes",
+        "token_endpoint_auth_method",
+        "allowed_algorithms",
+    ):
         value = getattr(given, field)
         if value is not None:
             config[field] = value
     for needed in ("issuer", "client_id"):
         if not config.get(needed):
             raise invalid(f"oidc.{needed} is required")
-    if "openid" not in config.get("scopes", ["openid"]):
-        raise invalid("oidc.scopes must include openid")
+    try:  # the relying party's own rules (openid scope, algorithm allow-list)
+        msgspec.convert({**config, "client_secret": ""}, OidcConnectionConfig)
+    except msgspec.ValidationError as exc:
+        raise invalid(f"oidc: {exc}") from None
     try:
         await sso(runtime).rp.discover(config["issuer"])
     except LoginRefused as refused:
@@ -473,6 +485,10 @@ class NewDomain(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     connection_id: UUID | None = None  # the connection its users sign in with
 
 
+class DomainRoute(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    connection_id: UUID | None
+
+
 class DomainView(msgspec.Struct, kw_only=True):
     domain: str
     connection_id: UUID | None
@@ -596,6 +612,31 @@ class SsoDomainsController(Controller):
                 409, "domain-taken", "Another organisation verified this domain first"
             ) from None
         return domain_view(updated)
+
+    @patch(
+        "/{domain:str}",
+        opt=MANAGE,
+        summary="Route the domain's logins to a connection (null: the tenant's only one)",
+    )
+    async def route(
+        self,
+        tenant_id: FromPath[UUID],
+        domain: FromPath[str],
+        data: JSONBody[DomainRoute],
+        runtime: NamedDependency[Runtime],
+    ) -> DomainView:
+        store = sso(runtime).store
+        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+            if data.connection_id is not None:
+                owner = await store.get_connection(tx, data.connection_id)
+                if owner is None or owner.tenant_id != tenant_id:
+                    raise invalid("connection_id names no connection of this tenant")
+            row = await store.set_domain_connection(
+                tx, tenant_id, domain.lower(), data.connection_id
+            )
+        if row is None:
+            raise Problem(404, "not-found", "Not found", "This tenant does not claim the domain")
+        return domain_view(row)
 
     @delete("/{domain:str}", status_code=204, opt=MANAGE, summary="Release a claimed domain")
     async def release(
