@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import unquote_plus
 from uuid import UUID
 
+import asyncpg
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency
@@ -39,7 +40,13 @@ from tenantry_identity.sso.domains import (
 from tenantry_identity.sso.metadata import MetadataFetcher
 from tenantry_identity.sso.oidc import OidcConnectionConfig
 from tenantry_identity.sso.service import LoginFailed, Redirect, SsoService
-from tenantry_identity.sso.store import ConnectionRow, DomainRow, DomainTaken, FailureRow
+from tenantry_identity.sso.store import (
+    ConnectionRow,
+    DomainRow,
+    DomainTaken,
+    FailureRow,
+    SsoStore,
+)
 from tenantry_servicekit.auth import PUBLIC, principal_of, requires
 from tenantry_servicekit.limits import guard_feature
 from tenantry_servicekit.problems import Problem
@@ -513,6 +520,17 @@ def domain_view(row: DomainRow) -> DomainView:
     )
 
 
+async def check_own_connection(
+    store: SsoStore, tx: asyncpg.Connection, tenant_id: UUID, connection_id: UUID | None
+) -> None:
+    """A domain may only point at a connection of its own tenant (None: no connection)."""
+    if connection_id is None:
+        return
+    owner = await store.get_connection(tx, connection_id)
+    if owner is None or owner.tenant_id != tenant_id:
+        raise invalid("connection_id names no connection of this tenant")
+
+
 def domain_problem(exc: DomainRefused) -> Problem:
     return Problem(422, exc.code, "The domain cannot be claimed", str(exc))
 
@@ -542,10 +560,7 @@ class SsoDomainsController(Controller):
         service = sso(runtime)
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
             await guard_feature(tx, tenant_id, "sso")
-            if data.connection_id is not None:
-                owner = await service.store.get_connection(tx, data.connection_id)
-                if owner is None or owner.tenant_id != tenant_id:
-                    raise invalid("connection_id names no connection of this tenant")
+            await check_own_connection(service.store, tx, tenant_id, data.connection_id)
             row = await service.store.add_domain(
                 tx, tenant_id, domain, new_challenge_token(), data.connection_id
             )
@@ -627,10 +642,7 @@ class SsoDomainsController(Controller):
     ) -> DomainView:
         store = sso(runtime).store
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-            if data.connection_id is not None:
-                owner = await store.get_connection(tx, data.connection_id)
-                if owner is None or owner.tenant_id != tenant_id:
-                    raise invalid("connection_id names no connection of this tenant")
+            await check_own_connection(store, tx, tenant_id, data.connection_id)
             row = await store.set_domain_connection(
                 tx, tenant_id, domain.lower(), data.connection_id
             )
