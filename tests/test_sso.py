@@ -1389,3 +1389,54 @@ async def test_the_sweep_keeps_live_sso_sessions_and_drops_ended_ones(
         assert [r["session_index"] for r in left] == ["idx-live"]
     finally:
         await conn.close()
+
+
+async def test_anonymous_login_routes_are_billed_to_the_connections_tenant(
+    stack: Stack,
+    operator_headers: dict[str, str],
+    service_dbs: dict[str, asyncpg.Pool],
+    browser_http: httpx.AsyncClient,
+    saml_target: SamlTarget,
+) -> None:
+    """/sso/authorize and the ACS carry no credential; each request is charged to the
+    tenant of the connection it names (route class auth), so a flood against one
+    tenant's login is refused with 429 before any XML or database work."""
+    from .test_rate_limits import published_everywhere, set_tenant_policies
+
+    tenant_id, connection, server = saml_target
+    async with httpx.AsyncClient(timeout=10) as client:
+        view = await set_tenant_policies(
+            client,
+            stack,
+            operator_headers,
+            tenant_id,
+            {
+                "policies": [
+                    {
+                        "name": "logins",
+                        "limit": 1,
+                        "period_seconds": 60,
+                        "burst": 3,
+                        "route_class": "auth",
+                    }
+                ]
+            },
+        )
+    await published_everywhere(service_dbs, tenant_id, view["version"])
+    statuses = []
+    for _ in range(3):
+        r = await browser_http.get(
+            f"{stack.service_url('identity')}/sso/authorize",
+            params={"connection_id": connection["id"], "redirect_uri": REDIRECT},
+        )
+        statuses.append(r.status_code)
+    assert statuses == [302, 302, 302]
+    refused = await browser_http.get(
+        f"{stack.service_url('identity')}/sso/authorize",
+        params={"connection_id": connection["id"], "redirect_uri": REDIRECT},
+    )
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["policy"] == "logins"
+    assert int(refused.headers["Retry-After"]) > 0
+    acs = await post_response(browser_http, connection, good_response(server, connection))
+    assert acs.status_code == 429, acs.text

@@ -594,6 +594,17 @@ class RateLimitStep:
             slot = decision.slot
             after_response(request.scope, lambda: self.limiter.release(slot))
 
+    async def charge(self, tenant_id: UUID, route_class: str, cost: int = 1) -> None:
+        """Charge an anonymous request to the tenant it concerns (the SSO login routes:
+        the tenant is known from the connection, not from a credential), without an
+        in-flight slot; 429 problem when over."""
+        book = await self.policies.get(tenant_id)
+        decision = await self.limiter.decide(
+            applicable(book, tenant_id, route_class, None), cost=cost, tenant_id=tenant_id
+        )
+        if not decision.allowed:
+            raise rate_limited(decision, book, decision.headers())
+
 
 def rate_limited(decision: Decision, book: TenantRatePolicies, headers: dict[str, str]) -> Problem:
     retry_after = int(headers["Retry-After"])

@@ -40,7 +40,7 @@ from tenantry_identity.sso.store import SsoStore
 from tenantry_identity.store import EmailTaken, IdentityStore
 from tenantry_identity.verification import EmailVerification
 from tenantry_resilience import BreakerConfig, BreakerRegistry
-from tenantry_servicekit.app import ServiceSpec
+from tenantry_servicekit.app import ServiceSpec, rate_limit_step
 from tenantry_servicekit.clock import SystemClock
 from tenantry_servicekit.crypto import SecretBox
 from tenantry_servicekit.mail import Mailer, MailError, SmtpSettings
@@ -109,6 +109,12 @@ def sso_parts(runtime: Runtime, client: OutboundClient) -> tuple[SsoService, Met
         public_url=settings.public_url(),
         login_ttl=timedelta(seconds=settings.sso_login_ttl_seconds),
         code_ttl=timedelta(seconds=settings.sso_code_ttl_seconds),
+        # The login routes are anonymous: each is billed to its connection's tenant.
+        charge=(
+            (lambda tenant_id: rate_limit_step(runtime).charge(tenant_id, "auth"))
+            if settings.ratelimit_enabled
+            else None
+        ),
     )
     return service, MetadataFetcher(runtime, client, store, clock)
 

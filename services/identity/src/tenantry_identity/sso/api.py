@@ -855,6 +855,7 @@ class SsoBrowserController(Controller):
             runtime, connection_id=connection_id, email=email, tenant_id=tenant_id
         )
         service = sso(runtime)
+        await service.charge(row.tenant_id)  # anonymous: billed to the tenant it concerns
         async with runtime.db.transaction(tenant_id=row.tenant_id) as tx:
             await guard_feature(tx, row.tenant_id, "sso")
         _, secrets_ = await service.connection(row.connection_id)

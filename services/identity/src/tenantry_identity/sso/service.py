@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode, urlsplit, urlunsplit
 from uuid import UUID
@@ -81,7 +81,10 @@ class SsoService:
         public_url: str,
         login_ttl: timedelta,
         code_ttl: timedelta,
+        charge: Callable[[UUID], Awaitable[None]] | None = None,
     ) -> None:
+        """`charge` bills an anonymous login request to its tenant's rate limits (the
+        shared limiter's `charge`, class auth); it raises the 429 problem when over."""
         self.runtime = runtime
         self.db = runtime.db
         self.identity = identity
@@ -92,7 +95,12 @@ class SsoService:
         self.public_url = public_url.rstrip("/")
         self.login_ttl = login_ttl
         self.code_ttl = code_ttl
+        self._charge = charge
         self._saml_settings: dict[tuple[UUID, int], OneLogin_Saml2_Settings] = {}
+
+    async def charge(self, tenant_id: UUID) -> None:
+        if self._charge is not None:
+            await self._charge(tenant_id)
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock.now(), UTC)
@@ -239,6 +247,7 @@ class SsoService:
     async def saml_acs(self, connection_id: UUID, saml_response: str) -> str:
         """Validate a SAML response and return the product's callback URL with a code."""
         row, secrets_ = await self.connection(connection_id)
+        await self.charge(row.tenant_id)  # before any XML work: the ACS is anonymous
         pending: PendingLogin | None = None
         try:
             if not row.enabled:
@@ -306,6 +315,7 @@ class SsoService:
             pending = await self.store.take_login_request(tx, state, self.now())
         if pending is None:
             raise LookupError("state")
+        await self.charge(pending.tenant_id)
         row, secrets_ = await self.connection(pending.connection_id)
         try:
             if not row.enabled:
