@@ -7,6 +7,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 SERVICES=(tenancy identity provisioning webhooks ratelimit)
 
 port_of() { local var="TENANTRY_${1^^}_PORT"; echo "${!var}"; }
+# The worker's /healthz and /readyz: 100 above the api's port (8201 for tenancy, ...).
+worker_health_port_of() { echo $(( $(port_of "$1") + 100 )); }
 
 service_env() {
   local svc="$1" urls="" s
@@ -18,8 +20,7 @@ service_env() {
   echo "TENANTRY_REGION=$TENANTRY_REGION"
   echo "TENANTRY_HTTP_HOST=127.0.0.1"
   echo "TENANTRY_HTTP_PORT=$(port_of "$svc")"
-  # The worker's /healthz and /readyz, 100 above the api's port (8201 for tenancy, ...).
-  echo "TENANTRY_WORKER_HEALTH_PORT=$(( $(port_of "$svc") + 100 ))"
+  echo "TENANTRY_WORKER_HEALTH_PORT=$(worker_health_port_of "$svc")"
   echo "TENANTRY_SERVICE_URLS=$urls"
   echo "TENANTRY_SMTP_HOST=127.0.0.1"
   echo "TENANTRY_SMTP_PORT=$TENANTRY_SMTP_PORT"
@@ -103,6 +104,10 @@ status() {
     done
     if ready "$svc" 2>/dev/null; then echo "$svc: ready on http://127.0.0.1:$(port_of "$svc")"
     else echo "$svc: not ready"; rc=1; fi
+    local health; health="$(worker_health_port_of "$svc")"
+    if curl -fsS -m 3 -o /dev/null "http://127.0.0.1:$health/readyz" 2>/dev/null; then
+      echo "$svc worker: ready (http://127.0.0.1:$health/readyz)"
+    else echo "$svc worker: not ready"; rc=1; fi
   done
   return $rc
 }
