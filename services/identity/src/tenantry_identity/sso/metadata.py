@@ -69,7 +69,9 @@ class MetadataFetcher:
             async with self.runtime.db.transaction(tenant_id=row.tenant_id) as tx:
                 await self.store.record_metadata_error(tx, row.connection_id, str(exc))
                 fresh = await self.store.get_connection(tx, row.connection_id)
-            log.warning("metadata refresh of connection %s failed: %s", row.connection_id, exc)
+            # Said once per new error; the connection shows it (metadata_error) meanwhile.
+            if str(exc)[:500] != (row.metadata_error or ""):
+                log.warning("metadata refresh of connection %s failed: %s", row.connection_id, exc)
             return fresh or row
         config = dict(row.config)
         config.update(
