@@ -44,13 +44,15 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def new_tenant(stack: Stack, operator_headers: dict[str, str]) -> str:
+async def new_tenant(
+    stack: Stack, operator_headers: dict[str, str], plan: str | None = None
+) -> str:
+    """A new tenant (on `plan`, else the default plan) whose limits identity knows."""
+    body = {"name": "Id", "slug": f"id-{uuid4().hex[:10]}"}
+    if plan is not None:
+        body["plan"] = plan
     async with httpx.AsyncClient(base_url=stack.service_url("tenancy"), timeout=10) as client:
-        r = await client.post(
-            "/v1/tenants",
-            json={"name": "Id", "slug": f"id-{uuid4().hex[:10]}"},
-            headers=operator_headers,
-        )
+        r = await client.post("/v1/tenants", json=body, headers=operator_headers)
         assert r.status_code == 201, r.text
         tenant_id: str = r.json()["tenant_id"]
     # identity enforces plan limits from its own projection: wait until it has them.

@@ -28,7 +28,7 @@ from tenantry_servicekit.testing.oidc_provider import OidcAccount, OidcClient, O
 from tenantry_servicekit.testing.saml_idp import SamlIdp, SamlUser, running_idp
 from tenantry_servicekit.testing.stack import Stack
 
-from .test_identity import bearer
+from .test_identity import bearer, new_tenant
 from .test_plans import override
 
 pytestmark = pytest.mark.kafka
@@ -41,27 +41,8 @@ def client_secret(stack: Stack) -> str:
 
 
 async def sso_tenant(stack: Stack, operator_headers: dict[str, str], plan: str = "business") -> str:
-    """A tenant on a plan with SSO, known to identity (its limits projected)."""
-    async with httpx.AsyncClient(base_url=stack.service_url("tenancy"), timeout=10) as client:
-        r = await client.post(
-            "/v1/tenants",
-            json={"name": "Acme SSO", "slug": f"sso-{uuid4().hex[:10]}", "plan": plan},
-            headers=operator_headers,
-        )
-        assert r.status_code == 201, r.text
-        tenant_id: str = r.json()["tenant_id"]
-    conn = await asyncpg.connect(stack.owner_dsn(stack.service_database("identity")))
-    try:
-        await eventually(
-            lambda: conn.fetchval(
-                "SELECT 1 FROM tenant_limits WHERE tenant_id = $1::uuid", tenant_id
-            ),
-            timeout=30,
-            message="the tenant's limits known to identity",
-        )
-    finally:
-        await conn.close()
-    return tenant_id
+    """A tenant on a plan with SSO (business by default), known to identity."""
+    return await new_tenant(stack, operator_headers, plan)
 
 
 @pytest_asyncio.fixture
@@ -410,6 +391,19 @@ async def saml_target(
         identity, tenant_id, server, allow_idp_initiated=True, default_redirect_uri=REDIRECT
     )
     return tenant_id, connection, server
+
+
+async def refused_eventually(
+    http: httpx.AsyncClient, connection: dict[str, Any], server: SamlIdp, code: str
+) -> None:
+    """Good responses are refused with `code` once identity has applied a change that
+    travels by event (a suspension, a plan change)."""
+
+    async def refused() -> bool:
+        answer = await post_response(http, connection, good_response(server, connection))
+        return error_of(answer) == code
+
+    await eventually(refused, timeout=30, message=f"logins refused with {code}")
 
 
 def good_response(server: SamlIdp, connection: dict[str, Any], **options: Any) -> str:
@@ -1224,11 +1218,7 @@ async def test_a_suspended_tenant_cannot_sign_in_through_sso(
         )
         assert r.status_code == 200, r.text
 
-    async def refused() -> bool:
-        answer = await post_response(browser_http, connection, good_response(server, connection))
-        return error_of(answer) == "tenant-suspended"
-
-    await eventually(refused, timeout=30, message="identity applied the suspension")
+    await refused_eventually(browser_http, connection, server, "tenant-suspended")
 
 
 # ---------------------------------------------------------------------------- faults
@@ -1347,11 +1337,7 @@ async def test_a_plan_without_sso_refuses_logins_that_bypass_authorize(
         )
         assert down.status_code == 200, down.text
 
-    async def refused() -> bool:
-        answer = await post_response(browser_http, connection, good_response(server, connection))
-        return error_of(answer) == "sso-not-in-plan"
-
-    await eventually(refused, timeout=30, message="identity applied the plan change")
+    await refused_eventually(browser_http, connection, server, "sso-not-in-plan")
 
 
 async def test_the_sweep_keeps_live_sso_sessions_and_drops_ended_ones(

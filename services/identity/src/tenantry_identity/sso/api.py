@@ -222,13 +222,7 @@ async def saml_config(
                 config.pop("metadata_url", None)
         except ValueError as exc:
             raise invalid(str(exc)) from None
-        config.update(
-            idp_entity_id=meta.entity_id,
-            idp_sso_url=meta.sso_url,
-            idp_sso_post_url=meta.sso_post_url,
-            idp_slo_url=meta.slo_url,
-            idp_certs=meta.certs,
-        )
+        config.update(saml.config_fields(meta))
     for field in (
         "idp_entity_id",
         "idp_sso_url",
@@ -858,7 +852,8 @@ class SsoBrowserController(Controller):
         await service.charge(row.tenant_id)  # anonymous: billed to the tenant it concerns
         async with runtime.db.transaction(tenant_id=row.tenant_id) as tx:
             await guard_feature(tx, row.tenant_id, "sso")
-        _, secrets_ = await service.connection(row.connection_id)
+            blob = await service.store.connection_secrets(tx, row.connection_id)
+        secrets_ = service.unseal(row.connection_id, blob)
         try:
             target = await service.start(
                 row,

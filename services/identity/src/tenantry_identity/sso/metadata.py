@@ -74,13 +74,7 @@ class MetadataFetcher:
                 log.warning("metadata refresh of connection %s failed: %s", row.connection_id, exc)
             return fresh or row
         config = dict(row.config)
-        config.update(
-            idp_entity_id=meta.entity_id,
-            idp_sso_url=meta.sso_url,
-            idp_sso_post_url=meta.sso_post_url,
-            idp_slo_url=meta.slo_url,
-            idp_certs=meta.certs,
-        )
+        config.update(saml.config_fields(meta))
         async with self.runtime.db.transaction(tenant_id=row.tenant_id) as tx:
             current = await self.store.get_connection(tx, row.connection_id)
             if current is None:

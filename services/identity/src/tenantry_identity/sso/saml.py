@@ -139,6 +139,17 @@ class IdpMetadata(msgspec.Struct, frozen=True, kw_only=True):
 IDP_URL_FIELDS = ("idp_sso_url", "idp_sso_post_url", "idp_slo_url")
 
 
+def config_fields(meta: IdpMetadata) -> dict[str, Any]:
+    """The connection config fields an IdP's metadata sets (by hand or on refresh)."""
+    return {
+        "idp_entity_id": meta.entity_id,
+        "idp_sso_url": meta.sso_url,
+        "idp_sso_post_url": meta.sso_post_url,
+        "idp_slo_url": meta.slo_url,
+        "idp_certs": meta.certs,
+    }
+
+
 def check_idp_url(field: str, url: str | None) -> None:
     """IdP endpoints are http(s) URLs (ValueError otherwise): the POST binding serves a page
     that submits itself to one, so `javascript:` or `data:` there would run script on our
