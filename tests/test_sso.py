@@ -264,6 +264,22 @@ async def test_saml_sp_initiated_login_creates_the_account_just_in_time_and_sign
     assert r2.json()["profile"]["role"] == "member"
     account = await identity.get(f"/v1/tenants/{tenant_id}/accounts/{profile['id']}")
     assert account.json()["role"] == "member"
+    # The change travels as account.role_changed, and the session as user.signed_in.
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        "account.role_changed",
+        "user.signed_in",
+        bootstrap_servers=stack.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
+    await consumer.start()
+    try:
+        wanted = {"account.role_changed", "user.signed_in"}
+        await tenant_events_seen(consumer, tenant_id, wanted, timeout=30)
+    finally:
+        await consumer.stop()
 
 
 async def test_code_exchange_needs_the_product_secret(
@@ -1426,3 +1442,95 @@ async def test_anonymous_login_routes_are_billed_to_the_connections_tenant(
     assert int(refused.headers["Retry-After"]) > 0
     acs = await post_response(browser_http, connection, good_response(server, connection))
     assert acs.status_code == 429, acs.text
+
+
+async def test_bad_login_requests_get_clear_problems_and_change_nothing(
+    stack: Stack,
+    operator_headers: dict[str, str],
+    identity: httpx.AsyncClient,
+    browser_http: httpx.AsyncClient,
+    saml_target: SamlTarget,
+) -> None:
+    tenant_id, connection, server = saml_target
+    base = stack.service_url("identity")
+    cid = connection["id"]
+
+    def problem(r: httpx.Response, status: int, slug: str | None = None) -> None:
+        assert r.status_code == status, r.text
+        assert r.headers["content-type"].startswith("application/problem+json"), r.text
+        if slug is not None:
+            assert r.json()["type"].endswith("/" + slug), r.text
+
+    # Starting a login.
+    authorize = f"{base}/sso/authorize"
+    problem(await browser_http.get(authorize, params={"connection_id": cid}), 400)
+    problem(
+        await browser_http.get(
+            authorize, params={"connection_id": cid, "redirect_uri": "https://evil.example/cb"}
+        ),
+        400,
+        "invalid-redirect-uri",
+    )
+    for params, status, slug in (
+        ({"connection_id": str(uuid4())}, 404, "unknown-connection"),
+        ({}, 400, "connection-required"),
+        ({"email": "not-an-email"}, 400, "invalid-email"),
+        ({"email": f"x@unclaimed-{uuid4().hex[:6]}.example"}, 404, "no-sso-for-domain"),
+        ({"connection_id": "not-a-uuid"}, 400, None),
+    ):
+        r = await browser_http.get(authorize, params={**params, "redirect_uri": REDIRECT})
+        problem(r, status, slug)
+
+    # The assertion consumer, the OIDC callback, single logout.
+    acs = connection["saml"]["sp_acs_url"]
+    problem(await browser_http.post(acs, data={}), 400, "invalid-saml-response")
+    for garbage in ("%%%not-base64", base64.b64encode(b"<not-saml").decode()):
+        assert error_of(await browser_http.post(acs, data={"SAMLResponse": garbage})) == (
+            "malformed"
+        )
+    problem(
+        await browser_http.post(f"{base}/sso/saml/{uuid4()}/acs", data={"SAMLResponse": "eA=="}),
+        404,
+    )
+    problem(await browser_http.get(f"{base}/sso/oidc/callback"), 400, "sso-login-failed")
+    problem(await browser_http.get(connection["saml"]["sp_slo_url"]), 400, "invalid-logout")
+
+    # The product's code exchange.
+    token = f"{base}/v1/sso/token"
+    secret = ("product", client_secret(stack))
+    problem(await browser_http.post(token, json={}, auth=secret), 400)
+    problem(await browser_http.post(token, json={"code": "x", "extra": 1}, auth=secret), 400)
+    problem(await browser_http.post(token, json={"code": "never-issued"}, auth=secret), 400)
+
+    # Logout: only a user's session, only to a registered URI; a refused call ends nothing.
+    problem(await identity.post("/v1/sso/logout"), 400, "not-a-session")
+    tokens = await sso_session(stack, browser_http, connection, server, "idx-bad")
+    r = await browser_http.post(
+        f"{base}/v1/sso/logout",
+        headers=bearer(tokens["access_token"]),
+        json={"redirect_uri": "https://evil.example/after"},
+    )
+    problem(r, 422)
+    assert await refresh_works(stack, browser_http, tokens)
+
+    # Administration: domains, connections, the failure log.
+    domains = f"/v1/tenants/{tenant_id}/sso/domains"
+    problem(await identity.post(domains, json={"domain": "http://acme.example/x"}), 422)
+    problem(await identity.post(domains, json={"domain": "acme.example", "x": 1}), 400)
+    problem(await identity.patch(f"{domains}/nowhere.example", json={"connection_id": None}), 404)
+    assert (await identity.get(domains)).json() == []
+    one = f"/v1/tenants/{tenant_id}/sso/connections/{cid}"
+    before = (await identity.get(one)).json()
+    changes: list[tuple[dict[str, Any], int]] = [
+        ({"attribute_mapping": {"roles": {"staff": "owner"}}}, 400),  # IdPs never make owners
+        ({"attribute_mapping": {"unknown": []}}, 400),
+        ({"name": ""}, 400),
+        ({"default_redirect_uri": "https://evil.example/cb"}, 422),
+        ({"oidc": {"issuer": "https://idp.example"}}, 422),  # not an OIDC connection
+        ({"saml": {"idp_certs": ["not a certificate"]}}, 422),
+    ]
+    for body, status in changes:
+        problem(await identity.patch(one, json=body), status)
+    assert (await identity.get(one)).json() == before
+    problem(await identity.get(f"{one}/login-failures", params={"limit": 0}), 400)
+    problem(await identity.get(f"{one}/login-failures", params={"before": "x"}), 400)
