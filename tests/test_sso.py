@@ -195,9 +195,19 @@ async def post_response(
 
 
 async def tenant_events_seen(
-    consumer: Any, tenant_id: str, wanted: set[str], *, timeout: float
+    stack: Stack, tenant_id: str, wanted: set[str], *, timeout: float
 ) -> None:
-    """Wait until `consumer` has read a record of each topic in `wanted` for the tenant."""
+    """Wait until the broker holds a record of each topic in `wanted` for the tenant (read
+    from the start of each topic, so it may run after the events were published)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        *sorted(wanted),
+        bootstrap_servers=stack.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
+    await consumer.start()
     seen: set[str] = set()
 
     async def all_seen() -> bool:
@@ -208,7 +218,10 @@ async def tenant_events_seen(
                     seen.add(tp.topic)
         return wanted <= seen
 
-    await eventually(all_seen, timeout=timeout, message=f"{sorted(wanted)} on Kafka")
+    try:
+        await eventually(all_seen, timeout=timeout, message=f"{sorted(wanted)} on Kafka")
+    finally:
+        await consumer.stop()
 
 
 # ---------------------------------------------------------------------------- SAML logins
@@ -265,21 +278,8 @@ async def test_saml_sp_initiated_login_creates_the_account_just_in_time_and_sign
     account = await identity.get(f"/v1/tenants/{tenant_id}/accounts/{profile['id']}")
     assert account.json()["role"] == "member"
     # The change travels as account.role_changed, and the session as user.signed_in.
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(
-        "account.role_changed",
-        "user.signed_in",
-        bootstrap_servers=stack.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
-    await consumer.start()
-    try:
-        wanted = {"account.role_changed", "user.signed_in"}
-        await tenant_events_seen(consumer, tenant_id, wanted, timeout=30)
-    finally:
-        await consumer.stop()
+    wanted = {"account.role_changed", "user.signed_in"}
+    await tenant_events_seen(stack, tenant_id, wanted, timeout=30)
 
 
 async def test_code_exchange_needs_the_product_secret(
@@ -673,24 +673,11 @@ async def test_jit_respects_the_seat_limit_and_emits_user_jit_provisioned_on_kaf
     browser_http: httpx.AsyncClient,
     saml_target: SamlTarget,
 ) -> None:
-    from aiokafka import AIOKafkaConsumer
-
     tenant_id, connection, server = saml_target
-    consumer = AIOKafkaConsumer(
-        "user.jit_provisioned",
-        "sso.connection_changed",
-        bootstrap_servers=stack.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
-    await consumer.start()
-    try:
-        ok = await post_response(browser_http, connection, good_response(server, connection))
-        assert "code" in parse_qs(urlsplit(ok.headers["location"]).query)
-        wanted = {"user.jit_provisioned", "sso.connection_changed"}
-        await tenant_events_seen(consumer, tenant_id, wanted, timeout=30)
-    finally:
-        await consumer.stop()
+    ok = await post_response(browser_http, connection, good_response(server, connection))
+    assert "code" in parse_qs(urlsplit(ok.headers["location"]).query)
+    wanted = {"user.jit_provisioned", "sso.connection_changed"}
+    await tenant_events_seen(stack, tenant_id, wanted, timeout=30)
 
     # Alice holds the only seat the override leaves: the next new user is refused.
     await override(stack, operator_headers, tenant_id, {"seats": 1})
@@ -1247,8 +1234,6 @@ async def test_sso_logins_during_a_kafka_outage_lose_no_event(
 ) -> None:
     """The broker is stopped: logins still work (events wait in the outbox) and
     user.jit_provisioned and user.signed_in reach Kafka once it is back."""
-    from aiokafka import AIOKafkaConsumer
-
     tenant_id, connection, server = saml_target
     await stack.control("kafka", "stop")
     try:
@@ -1256,19 +1241,9 @@ async def test_sso_logins_during_a_kafka_outage_lose_no_event(
         assert tokens["access_token"]
     finally:
         await stack.control("kafka", "start")
-    consumer = AIOKafkaConsumer(
-        "user.jit_provisioned",
-        "user.signed_in",
-        bootstrap_servers=stack.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
-    await consumer.start()  # stack.sh waits until the broker serves again
-    try:
-        wanted = {"user.jit_provisioned", "user.signed_in"}
-        await tenant_events_seen(consumer, tenant_id, wanted, timeout=90)
-    finally:
-        await consumer.stop()
+    # stack.sh waits until the broker serves again.
+    wanted = {"user.jit_provisioned", "user.signed_in"}
+    await tenant_events_seen(stack, tenant_id, wanted, timeout=90)
 
 
 async def test_an_idp_killed_mid_login_gives_a_clear_reason_and_logins_resume(
