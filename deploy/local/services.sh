@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The five services, each as an api and a worker process.
-#   services.sh {start|stop|restart|status|urls}
-# start: create the Kafka topics, migrate each database, start the processes, wait until
-# every api answers /readyz, print the URLs.
+#   services.sh {start|stop|restart} [SERVICE...]   (all five when none is named)
+#   services.sh {status|urls|env SERVICE}
+# start: create the Kafka topics, migrate each named database, start the processes that are
+# not running, wait until each named api answers /readyz, print the URLs. `restart identity`
+# reloads one service's code in a few seconds without touching the others.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 SERVICES=(tenancy identity provisioning webhooks ratelimit)
 
@@ -61,17 +63,28 @@ wait_ready() {
   done
 }
 
+# selected SERVICE...: the named services (checked), or all five.
+selected() {
+  local s
+  if (( $# == 0 )); then printf '%s\n' "${SERVICES[@]}"; return; fi
+  for s in "$@"; do
+    [[ " ${SERVICES[*]} " == *" $s "* ]] || die "unknown service '$s' (one of: ${SERVICES[*]})"
+    echo "$s"
+  done
+}
+
 start() {
+  local targets; mapfile -t targets < <(selected "$@")
   [[ -x "$PYTHON" ]] || die ".venv is missing: run deploy/local/install.sh"
   "$PYTHON" -m tenantry_events.topics --bootstrap "127.0.0.1:$TENANTRY_KAFKA_PORT" \
     --partitions "$TENANTRY_KAFKA_PARTITIONS" >&2 \
     || die "creating the Kafka topics failed (is the stack up? deploy/local/stack.sh status)"
   local svc role
-  for svc in "${SERVICES[@]}"; do
+  for svc in "${targets[@]}"; do
     [[ -x "$REPO/.venv/bin/tenantry-$svc" ]] || die "no .venv/bin/tenantry-$svc: run deploy/local/install.sh"
     (run_in_env "$svc" "$REPO/.venv/bin/tenantry-$svc" migrate) >&2 || die "tenantry-$svc migrate failed"
   done
-  for svc in "${SERVICES[@]}"; do
+  for svc in "${targets[@]}"; do
     for role in api worker; do
       local pidfile="$LOCAL/run/$svc-$role.pid"
       pid_alive "$pidfile" && continue
@@ -83,13 +96,13 @@ start() {
       echo $! > "$pidfile"
     done
   done
-  for svc in "${SERVICES[@]}"; do wait_ready "$svc" 60 || return 1; done
-  print_urls
+  for svc in "${targets[@]}"; do wait_ready "$svc" 60 || return 1; done
+  (( $# > 0 )) || print_urls
 }
 
 stop() {
-  local svc role
-  for svc in "${SERVICES[@]}"; do
+  local targets svc role; mapfile -t targets < <(selected "$@")
+  for svc in "${targets[@]}"; do
     for role in api worker; do stop_pid "$LOCAL/run/$svc-$role.pid" 15 & done
   done
   wait
@@ -128,7 +141,7 @@ print_urls() {
 }
 
 case "${1:-}" in
-  start) start ;; stop) stop ;; restart) stop; start ;; status) status ;; urls) print_urls ;;
+  start) shift; start "$@" ;; stop) shift; stop "$@" ;; restart) shift; stop "$@"; start "$@" ;; status) status ;; urls) print_urls ;;
   env) service_env "${2:?usage: $0 env SERVICE}" ;;  # what an extra instance needs (tests, bench)
   *) echo "usage: $0 {start|stop|restart|status|urls|env SERVICE}" >&2; exit 2 ;;
 esac

@@ -33,6 +33,7 @@ from tenantry_servicekit.admission import (
 from tenantry_servicekit.asgi import ASGIApp
 from tenantry_servicekit.auth import Authenticator, Principal, TenantGuard, principal_of
 from tenantry_servicekit.idempotency import IdempotencyMiddleware
+from tenantry_servicekit.input_guard import InputGuardMiddleware
 from tenantry_servicekit.pipeline import Pipeline, PipelineMiddleware, RequestIdMiddleware
 from tenantry_servicekit.problems import problem_response
 from tenantry_servicekit.projections import (
@@ -260,6 +261,9 @@ def create_app(spec: ServiceSpec, runtime: Runtime, pipeline: Pipeline | None = 
         # a stored response, and records are scoped to the principal, not to a header.
         middleware=[
             PipelineMiddleware(pipeline.inner_steps()),
+            # Hostile input (bad encodings, NULs, deep or huge numbers) is refused here, in
+            # each mount's error format, before the route or a stored response sees it.
+            InputGuardMiddleware(runtime.settings.request_max_body_bytes),
             DefineMiddleware(
                 IdempotencyMiddleware,  # type: ignore[arg-type]  # loose ASGI types (asgi.py)
                 db=runtime.db,

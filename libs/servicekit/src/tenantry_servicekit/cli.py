@@ -57,14 +57,6 @@ def service_main(spec: ServiceSpec, argv: list[str] | None = None) -> None:
 
         asyncio.run(run_worker(spec, runtime))
     else:
-        import uvicorn
+        from tenantry_servicekit.http_server import serve
 
-        uvicorn.run(
-            asgi_app(spec, runtime),
-            host=settings.http_host,
-            port=settings.http_port,
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
-            lifespan="on",
-        )
+        serve(asgi_app(spec, runtime), settings)
