@@ -30,6 +30,7 @@ from tenantry_servicekit.admission import (
     LoopLagMonitor,
     RouteTable,
 )
+from tenantry_servicekit.api_docs import document_security_and_errors
 from tenantry_servicekit.asgi import ASGIApp
 from tenantry_servicekit.auth import Authenticator, Principal, TenantGuard, principal_of
 from tenantry_servicekit.idempotency import IdempotencyMiddleware
@@ -287,6 +288,7 @@ def create_app(spec: ServiceSpec, runtime: Runtime, pipeline: Pipeline | None = 
         logging_config=None,  # JSON logs are configured once per process (telemetry.py)
     )
     app.state.runtime = runtime
+    document_security_and_errors(app)
     return app
 
 

@@ -63,12 +63,18 @@ def merged_document(services: tuple[str, ...] = SERVICES) -> dict[str, Any]:
             "problem+json with types under https://tenantry.dev/problems/.",
         },
         "paths": {},
-        "components": {"schemas": {}},
+        "components": {"schemas": {}, "securitySchemes": {}},
+        "security": [],
         "tags": [],
     }
     for name in services:
         doc = service_document(service_spec(name))
         schemas: dict[str, Any] = doc.get("components", {}).get("schemas", {})
+        # Every service signs in the same way (api_docs.py): one scheme, one default.
+        merged["components"]["securitySchemes"].update(
+            doc.get("components", {}).get("securitySchemes", {})
+        )
+        merged["security"] = doc.get("security", [])
         renames = {
             s: f"{name}.{s}"
             for s, body in schemas.items()
