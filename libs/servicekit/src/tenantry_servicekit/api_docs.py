@@ -8,17 +8,15 @@ pipeline, so it is derived here from what the route declares, once for every ser
   the prefix). Routes marked `opt={"auth": PUBLIC}` say `security: []`.
 - error responses, each `application/problem+json` with the `Problem` schema:
 
-  | status | when | from |
-  |---|---|---|
-  | 400 | always | the input guard (URL and body), validation |
-  | 401, 403 | routes that need a credential | authentication, roles and scopes, tenant guard, plan features |
-  | 404 | routes with path parameters, or ones that declare it | another tenant's id, an unknown id |
-  | 409 | POST (a concurrent request with the same Idempotency-Key), PUT, PATCH, DELETE (a concurrent change) | idempotency, the event store |
-  | 413 | routes that take a body | the body limit |
-  | 414 | always | the input guard |
-  | 422 | POST (an Idempotency-Key reused with another body) | idempotency |
-  | 429 | routes that need a credential or charge a tenant (`rate_class`) | the rate limit |
-  | 503 | always | admission control (overload, deadline), a dependency down |
+  - 400 and 414, always: the input guard (URL and body) and validation;
+  - 401, 403 and 429 where a credential is needed (authentication, roles and scopes, the
+    tenant guard, plan features, the rate limit); 429 also where a public route charges a
+    tenant (`rate_class`);
+  - 404 where the path has parameters (another tenant's id, an unknown id);
+  - 409 on POST (a concurrent request with the same Idempotency-Key), PUT, PATCH and DELETE
+    (a concurrent change);
+  - 413 where a body is taken; 422 on POST (an Idempotency-Key reused with another body);
+  - 503, always: admission control (overload, deadlines) or a dependency that is down.
 
 A route that answers another error of its own declares it with `responses=problems(...)`
 on its handler, e.g. `@post(..., responses=problems(409, 422))`.
