@@ -19,6 +19,9 @@ XML, modelling a class of real SP bugs:
   node logs the attacker in as `victim@corp.test`.
 - `resign_with_unknown_key`: a signature by a key the SP never trusted, with its
   certificate in KeyInfo (SPs that trust KeyInfo instead of pinned metadata).
+- `corrupt_ciphertext`, `junk_encrypted_assertion`: encrypted assertions the SP cannot
+  decrypt (changed in transit, or made up in an unsigned response); SPs whose decryption
+  errors escape as server errors instead of refusals.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import copy
 import hashlib
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import xmlsec
 from lxml import etree
@@ -37,6 +40,7 @@ from tenantry_servicekit.testing.saml_idp import (
     NS_DS,
     NS_SAML,
     NS_SAMLP,
+    NS_XENC,
     SamlIdp,
     SamlUser,
     make_key_and_cert,
@@ -48,6 +52,7 @@ from tenantry_servicekit.testing.saml_idp import (
 _DS = f"{{{NS_DS}}}"
 _SAML = f"{{{NS_SAML}}}"
 _SAMLP = f"{{{NS_SAMLP}}}"
+_XENC = f"{{{NS_XENC}}}"
 
 _DIGESTS = {
     "http://www.w3.org/2000/09/xmldsig#sha1": hashlib.sha1,
@@ -427,4 +432,69 @@ def resign_with_unknown_key(xml: str, workdir: Path) -> str:
         sign_element(assertion, key_pem=key_text, cert_pem=cert_text)
     if response_signed:
         sign_element(root, key_pem=key_text, cert_pem=cert_text)
+    return _serialize(root)
+
+
+# --- encrypted assertions the SP cannot decrypt -------------------------------------------
+
+
+def _flip_base64(text: str) -> str:
+    """The same length of base64, every byte of what it encodes changed."""
+    data = base64.b64decode("".join(text.split()))
+    return base64.b64encode(bytes(b ^ 0x5A for b in data)).decode()
+
+
+def corrupt_ciphertext(xml: str, part: Literal["assertion", "key"] = "assertion") -> str:
+    """An EncryptedAssertion whose ciphertext changed in transit: the assertion's own
+    CipherValue, or the wrapped session key's. Signatures are left as they are (a signed
+    Response no longer verifies; an unsigned one gets as far as decryption)."""
+    root = parse_xml(xml)
+    encrypted = root.find(f"{_SAML}EncryptedAssertion/{_XENC}EncryptedData")
+    if encrypted is None:
+        raise ValueError("no EncryptedAssertion/EncryptedData: make the response with encrypt")
+    if part == "assertion":
+        value = encrypted.find(f"{_XENC}CipherData/{_XENC}CipherValue")
+    else:
+        value = encrypted.find(f".//{_XENC}EncryptedKey/{_XENC}CipherData/{_XENC}CipherValue")
+    if value is None:
+        raise ValueError(f"no CipherValue for the {part}")
+    value.text = _flip_base64(value.text or "")
+    return _serialize(root)
+
+
+JunkKind = Literal["ciphertext", "no-key-info", "empty-key-info", "retrieval-method"]
+
+
+def junk_encrypted_assertion(xml: str, kind: JunkKind = "ciphertext") -> str:
+    """An unsigned Response whose assertion is replaced by a made-up EncryptedAssertion:
+    well-formed XML Encryption with random ciphertext (`ciphertext`), or structurally
+    broken: no KeyInfo, an empty one, or a RetrievalMethod without its Type."""
+    root = parse_xml(xml)
+    for signature in list(root.iter(f"{_DS}Signature")):
+        _detach(signature)
+    for old in [*root.findall(f"{_SAML}Assertion"), *root.findall(f"{_SAML}EncryptedAssertion")]:
+        _detach(old)
+    wrapper = etree.SubElement(root, f"{_SAML}EncryptedAssertion")
+    data = etree.SubElement(
+        wrapper, f"{_XENC}EncryptedData", Type="http://www.w3.org/2001/04/xmlenc#Element"
+    )
+    etree.SubElement(
+        data, f"{_XENC}EncryptionMethod", Algorithm="http://www.w3.org/2001/04/xmlenc#aes256-cbc"
+    )
+    if kind != "no-key-info":
+        key_info = etree.SubElement(data, f"{_DS}KeyInfo")
+        if kind == "ciphertext":
+            key = etree.SubElement(key_info, f"{_XENC}EncryptedKey")
+            etree.SubElement(
+                key,
+                f"{_XENC}EncryptionMethod",
+                Algorithm="http://www.w3.org/2001/04/xmlenc#rsa-oaep-mgf1p",
+            )
+            key_data = etree.SubElement(key, f"{_XENC}CipherData")
+            cipher = etree.SubElement(key_data, f"{_XENC}CipherValue")
+            cipher.text = base64.b64encode(hashlib.sha512(b"key").digest() * 4).decode()
+        elif kind == "retrieval-method":
+            etree.SubElement(key_info, f"{_DS}RetrievalMethod", URI="#EK_1")
+    value = etree.SubElement(etree.SubElement(data, f"{_XENC}CipherData"), f"{_XENC}CipherValue")
+    value.text = base64.b64encode(hashlib.sha512(b"assertion").digest() * 8).decode()
     return _serialize(root)

@@ -644,12 +644,14 @@ class SamlIdp:
         encryption_alg: str = "aes256-cbc",
         destination: str | None = None,
         issuer: str | None = None,
+        encrypt_to: str | None = None,
     ) -> str:
         """A Response to `acs_url` for `user` (XML text; callers base64 it for the POST
         binding). `issued_at` moves the whole validity window (IssueInstant, NotBefore,
         AuthnInstant) and `valid_for` sets NotOnOrAfter relative to it, so an expired
         assertion is `issued_at=now - 1h`. With `encrypt`, the (signed) assertion is an
-        EncryptedAssertion to the SP's registered encryption certificate; the response
+        EncryptedAssertion to the SP's registered encryption certificate (or to `encrypt_to`,
+        a PEM certificate, as an IdP configured with the wrong one does); the response
         signature, when asked for, covers the encrypted form."""
         sign_alg = sig_alg_uri(sign_alg or "rsa-sha256")
         digest_alg = digest_alg_uri(digest_alg or "sha256")
@@ -694,12 +696,15 @@ class SamlIdp:
         encrypt_cert: str | None = None
         if encrypt:
             sp = self._sps.get(sp_entity_id)
-            if sp is None or not sp.encryption_certs:
+            if encrypt_to is not None:
+                encrypt_cert = encrypt_to
+            elif sp is None or not sp.encryption_certs:
                 raise LookupError(
                     f"cannot encrypt to {sp_entity_id!r}: register SP metadata with an "
                     "encryption certificate first"
                 )
-            encrypt_cert = sp.encryption_certs[0]
+            else:
+                encrypt_cert = sp.encryption_certs[0]
             server.data_encryption = ENCRYPTION_ALGS[encryption_alg]
         elif sign_assertion:
             # Unencrypted path: pysaml2 leaves preparing the assertion signature to the

@@ -936,7 +936,9 @@ class SsoBrowserController(Controller):
         except LookupError:
             raise Problem(404, "unknown-connection", "No such SSO connection") from None
         except LoginRefused as refused:
-            raise Problem(400, "invalid-logout", "Logout refused", refused.detail) from None
+            raise Problem(
+                400, "invalid-logout", "Logout refused", refused.detail, code=refused.code
+            ) from None
         raise Problem(400, "invalid-logout", "Neither SAMLRequest nor SAMLResponse given")
 
     @get("/oidc/callback", opt=BROWSER, summary="OIDC redirect URI (authorization code)")

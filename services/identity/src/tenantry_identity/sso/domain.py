@@ -39,6 +39,7 @@ RefusalCode = Literal[
     "seat-limit",
     "tenant-suspended",
     "not-encrypted",  # the connection wants encrypted assertions and got a plain one
+    "undecryptable",  # an encrypted assertion or NameID our key cannot decrypt
     "sso-not-in-plan",  # the tenant's plan no longer includes SSO
     "temporarily-unavailable",  # identity cannot decide now (e.g. limits not known yet)
 ]

@@ -8,7 +8,9 @@ sets it up the strict way and adds what it leaves to us (FIELD-NOTES):
 - exact Destination and Recipient (python3-saml compares prefixes and substrings);
 - a response signed by a certificate we do not know is named as such, not as a bad
   signature, so the tenant admin sees a rotation problem for what it is;
-- replay protection is the caller's (the assertion id and its NotOnOrAfter are returned).
+- replay protection is the caller's (the assertion id and its NotOnOrAfter are returned);
+- whatever python3-saml, xmlsec or lxml raise on a hostile message becomes a refusal with
+  a documented code (`refusing`), never an unhandled error.
 
 Everything here is synchronous and CPU-bound (xmlsec): callers run it in a thread.
 """
@@ -20,11 +22,14 @@ import binascii
 import datetime as dt
 import hashlib
 import html
-from collections.abc import Mapping
+import zlib
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
+import xmlsec
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -46,6 +51,10 @@ from tenantry_identity.sso.domain import IdpIdentity, LoginRefused, RefusalCode
 Binding = Literal["redirect", "post"]
 UNSPECIFIED = "urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified"
 MAX_MESSAGE_BYTES = 512 * 1024  # a SAMLResponse larger than this is refused unread
+REPLAY_MARGIN = dt.timedelta(minutes=10)  # beyond NotOnOrAfter: the clock skew and more
+# The latest instant a replay-cache entry is kept to: NotOnOrAfter may be as late as the
+# year 9999, and adding the margin to that would overflow.
+_LATEST_KEEP = dt.datetime.max.replace(tzinfo=dt.UTC) - REPLAY_MARGIN
 
 
 class SamlConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -343,12 +352,8 @@ def decode_message(b64: str) -> bytes:
 def peek_in_response_to(saml_response_b64: str) -> str | None:
     """InResponseTo of a response, read before validation to find the request we sent
     (nothing is trusted from it until `process_response` has checked everything)."""
-    try:
+    with refusing("SAMLResponse"):
         root = OneLogin_Saml2_XML.to_etree(decode_message(saml_response_b64))
-    except LoginRefused:
-        raise
-    except Exception:
-        raise LoginRefused("malformed", "SAMLResponse is not well-formed XML") from None
     value = root.get("InResponseTo")
     return str(value) if value else None
 
@@ -375,6 +380,67 @@ _CODES: dict[int, RefusalCode] = {
     OneLogin_Saml2_ValidationError.DEPRECATED_SIGNATURE_METHOD: "deprecated-algorithm",
     OneLogin_Saml2_ValidationError.DEPRECATED_DIGEST_METHOD: "deprecated-algorithm",
 }
+
+# python3-saml's own complaints about an EncryptedAssertion's key information.
+_UNDECRYPTABLE = {
+    OneLogin_Saml2_ValidationError.KEYINFO_NOT_FOUND_IN_ENCRYPTED_DATA,
+    OneLogin_Saml2_ValidationError.CHILDREN_NODE_NOT_FOUND_IN_KEYINFO,
+    OneLogin_Saml2_ValidationError.UNSUPPORTED_RETRIEVAL_METHOD,
+}
+
+# What python3-saml and lxml raise on a message that is not what they expect, besides
+# their own errors: XML that does not parse (lxml), base64 that does not decode
+# (binascii.Error), bytes that are not UTF-8 and a DTD or entity (defusedxml), all
+# ValueErrors; a redirect-binding message that does not inflate (zlib); and the lookups
+# python3-saml makes into a tree without checking the element or attribute is there
+# (KeyError, IndexError, AttributeError, TypeError); instants past year 9999.
+_UNREADABLE: tuple[type[Exception], ...] = (
+    etree.LxmlError,
+    ValueError,
+    zlib.error,
+    KeyError,
+    IndexError,
+    AttributeError,
+    TypeError,
+    OverflowError,
+    OneLogin_Saml2_Error,
+)
+
+
+def validation_code(error: OneLogin_Saml2_ValidationError) -> RefusalCode:
+    if error.code in _UNDECRYPTABLE:
+        return "undecryptable"
+    return _CODES.get(error.code, "malformed")
+
+
+@contextmanager
+def refusing(what: str) -> Iterator[None]:
+    """Turn whatever python3-saml, xmlsec or lxml raise while reading `what` into a
+    refusal with a documented code. xmlsec only raises out of python3-saml when it
+    decrypts (an EncryptedAssertion or EncryptedID): signature checks report False."""
+    try:
+        yield
+    except LoginRefused:
+        raise
+    except OneLogin_Saml2_ValidationError as exc:
+        raise LoginRefused(validation_code(exc), f"{what}: {exc}") from None
+    except xmlsec.Error as exc:
+        raise LoginRefused(
+            "undecryptable",
+            f"{what}: an encrypted element could not be decrypted with this connection's "
+            f"key ({exc}); the IdP must encrypt to sp_certificate",
+        ) from None
+    except _UNREADABLE as exc:
+        raise LoginRefused(
+            "malformed", f"{what} is unreadable: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def replay_keep_until(not_on_or_after: dt.datetime, now: dt.datetime) -> dt.datetime:
+    """How long an accepted assertion's id stays in the replay cache: past its
+    NotOnOrAfter by the margin, never beyond what a datetime holds."""
+    return min(max(not_on_or_after, now), _LATEST_KEEP) + REPLAY_MARGIN
+
 
 _DS = "http://www.w3.org/2000/09/xmldsig#"
 
@@ -406,11 +472,23 @@ def process_response(
     """Validate a response at the ACS and return who signed in (LoginRefused otherwise).
     `request_id` is the AuthnRequest we sent and matched, or None for IdP-initiated."""
     raw = decode_message(saml_response_b64)
+    with refusing("SAMLResponse"):
+        return _validated(settings, conf, urls, raw, request_id)
+
+
+def _validated(
+    settings: OneLogin_Saml2_Settings,
+    conf: SamlConfig,
+    urls: SpUrls,
+    raw: bytes,
+    request_id: str | None,
+) -> SamlAssertion:
     try:
+        # Parses, and decrypts an EncryptedAssertion (xmlsec.Error: see `refusing`).
         response = OneLogin_Saml2_Response(settings, base64.b64encode(raw).decode())
         response.is_valid(_request_data(urls.acs), request_id=request_id, raise_exceptions=True)
     except OneLogin_Saml2_ValidationError as exc:
-        code = _CODES.get(exc.code, "malformed")
+        code = validation_code(exc)
         if code == "bad-signature":
             try:
                 doc = OneLogin_Saml2_XML.to_etree(raw)
@@ -424,10 +502,6 @@ def process_response(
                     f"(SHA-256 {unknown[0]}); update the IdP certificates",
                 ) from None
         raise LoginRefused(code, str(exc)) from None
-    except OneLogin_Saml2_Error as exc:
-        raise LoginRefused("malformed", str(exc)) from None
-    except (etree.XMLSyntaxError, ValueError, TypeError) as exc:
-        raise LoginRefused("malformed", f"unreadable SAMLResponse: {exc}") from None
     if request_id is None and response.get_in_response_to() is not None:
         raise LoginRefused("unknown-request", "InResponseTo names a request we did not send")
     # Exact matches where python3-saml is lenient (prefix / substring comparisons).
@@ -446,7 +520,7 @@ def process_response(
     assertion_id = response.get_assertion_id()
     not_after = response.get_assertion_not_on_or_after()
     expires = (
-        dt.datetime.fromtimestamp(not_after, dt.UTC)
+        dt.datetime.fromtimestamp(min(not_after, _LATEST_KEEP.timestamp()), dt.UTC)
         if not_after
         else dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
     )
@@ -480,33 +554,30 @@ def process_idp_logout_request(
     whatever the connection's settings: anyone could otherwise end a user's sessions."""
     if not query.get("Signature") or not query.get("SigAlg"):
         raise LoginRefused("unsigned", "LogoutRequest without a signature")
+    if not settings.get_idp_data().get("singleLogoutService", {}).get("url"):
+        # python3-saml would build its answer to no URL at all.
+        raise LoginRefused("malformed", "LogoutRequest, but the connection has no idp_slo_url")
     request_data = _request_data(urls.slo, get=query)
     auth = OneLogin_Saml2_Auth(request_data, old_settings=settings)
-    try:
+    with refusing("LogoutRequest"):
         url = auth.process_slo(keep_local_session=True)
-    except OneLogin_Saml2_Error as exc:
-        raise LoginRefused("malformed", str(exc)) from None
-    errors = auth.get_errors()
-    if errors or not url:
-        reason = auth.get_last_error_reason() or ", ".join(errors)
-        code: RefusalCode = "bad-signature" if "signature" in reason.lower() else "malformed"
-        raise LoginRefused(code, f"LogoutRequest refused: {reason}")
-    xml = auth.get_last_request_xml()
-    return IdpLogout(
-        name_id=str(OneLogin_Saml2_Logout_Request.get_nameid(xml)),
-        session_indexes=[str(s) for s in OneLogin_Saml2_Logout_Request.get_session_indexes(xml)],
-        redirect_url=str(url),
-    )
+        errors = auth.get_errors()
+        if errors or not url:
+            reason = auth.get_last_error_reason() or ", ".join(errors)
+            code: RefusalCode = "bad-signature" if "signature" in reason.lower() else "malformed"
+            raise LoginRefused(code, f"LogoutRequest refused: {reason}")
+        xml = auth.get_last_request_xml()
+        name_id = str(OneLogin_Saml2_Logout_Request.get_nameid(xml))
+        indexes = [str(s) for s in OneLogin_Saml2_Logout_Request.get_session_indexes(xml)]
+    return IdpLogout(name_id=name_id, session_indexes=indexes, redirect_url=str(url))
 
 
 def logout_response_in_response_to(saml_response: str) -> str | None:
     """InResponseTo of a LogoutResponse (redirect binding: deflated), read to find the
     LogoutRequest we sent; nothing else is trusted before validation."""
-    try:
+    with refusing("LogoutResponse"):
         xml = OneLogin_Saml2_Utils.decode_base64_and_inflate(saml_response)
         root = OneLogin_Saml2_XML.to_etree(xml)
-    except Exception:
-        raise LoginRefused("malformed", "SAMLResponse is not a LogoutResponse") from None
     value = root.get("InResponseTo")
     return str(value) if value else None
 
@@ -519,10 +590,8 @@ def process_idp_logout_response(
 ) -> None:
     """The IdP's answer to our LogoutRequest (signature and InResponseTo checked)."""
     auth = OneLogin_Saml2_Auth(_request_data(urls.slo, get=query), old_settings=settings)
-    try:
+    with refusing("LogoutResponse"):
         auth.process_slo(keep_local_session=True, request_id=request_id)
-    except OneLogin_Saml2_Error as exc:
-        raise LoginRefused("malformed", str(exc)) from None
     if auth.get_errors():
         raise LoginRefused("malformed", f"LogoutResponse refused: {auth.get_last_error_reason()}")
 

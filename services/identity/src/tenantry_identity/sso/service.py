@@ -129,6 +129,14 @@ class SsoService:
             raise LookupError(connection_id)
         return row, self.unseal(connection_id, blob)
 
+    async def saml_connection(self, connection_id: UUID) -> tuple[ConnectionRow, dict[str, str]]:
+        """A SAML connection and its secrets (LookupError for an OIDC one: its ACS and SLO
+        do not exist)."""
+        row, secrets_ = await self.connection(connection_id)
+        if row.kind != "saml":
+            raise LookupError(connection_id)
+        return row, secrets_
+
     # ------------------------------------------------------------------ SAML settings
     def saml_settings(
         self, row: ConnectionRow, secrets_: Mapping[str, str]
@@ -245,8 +253,10 @@ class SsoService:
 
     # ------------------------------------------------------------------ SAML ACS
     async def saml_acs(self, connection_id: UUID, saml_response: str) -> str:
-        """Validate a SAML response and return the product's callback URL with a code."""
-        row, secrets_ = await self.connection(connection_id)
+        """Validate a SAML response and return the product's callback URL with a code.
+        The request it answers stays pending until a response is accepted: a bad one
+        naming it (forged, garbled) must not end that user's login."""
+        row, secrets_ = await self.saml_connection(connection_id)
         await self.charge(row.tenant_id)  # before any XML work: the ACS is anonymous
         pending: PendingLogin | None = None
         try:
@@ -258,7 +268,7 @@ class SsoService:
             request_id = saml.peek_in_response_to(saml_response)
             if request_id is not None:
                 async with self.db.transaction(tenant_id=row.tenant_id) as tx:
-                    pending = await self.store.take_login_request(tx, request_id, self.now())
+                    pending = await self.store.find_login_request(tx, request_id, self.now())
                 if pending is None or pending.connection_id != row.connection_id:
                     pending = None
                     raise LoginRefused(
@@ -295,10 +305,10 @@ class SsoService:
             assertion.identity,
             redirect_uri=redirect_uri,
             client_state=pending.client_state if pending else None,
-            # Kept past NotOnOrAfter plus the allowed clock skew, with room to spare.
+            answers=request_id,
             assertion=(
                 assertion.assertion_id,
-                max(assertion.not_on_or_after, self.now()) + timedelta(minutes=10),
+                saml.replay_keep_until(assertion.not_on_or_after, self.now()),
             ),
         )
 
@@ -312,7 +322,7 @@ class SsoService:
         if not state:
             raise LookupError("state")
         async with self.db.transaction(platform=True) as tx:
-            pending = await self.store.take_login_request(tx, state, self.now())
+            pending = await self.store.find_login_request(tx, state, self.now())
         if pending is None:
             raise LookupError("state")
         await self.charge(pending.tenant_id)
@@ -336,7 +346,11 @@ class SsoService:
                 row, refused, redirect_uri=pending.redirect_uri, client_state=pending.client_state
             ) from None
         return await self.sign_in(
-            row, identity, redirect_uri=pending.redirect_uri, client_state=pending.client_state
+            row,
+            identity,
+            redirect_uri=pending.redirect_uri,
+            client_state=pending.client_state,
+            answers=state,
         )
 
     # ------------------------------------------------------------------ sign in
@@ -347,11 +361,13 @@ class SsoService:
         *,
         redirect_uri: str,
         client_state: str | None,
+        answers: str | None = None,
         assertion: tuple[str, datetime] | None = None,
     ) -> str:
         """Map the profile, find or create the account (JIT), and hand the product a code.
-        `assertion` (SAML: its id and how long to keep it) is remembered against replays
-        in the same transaction that issues the code."""
+        `answers` (the pending login the response answers: SAML request id, OIDC state) is
+        consumed, and `assertion` (SAML: its id and how long to keep it) remembered against
+        replays, in the transaction that admits the login."""
         mapping = msgspec.convert(row.attribute_mapping, AttributeMapping)
         code = secrets.token_urlsafe(32)
         try:
@@ -360,14 +376,14 @@ class SsoService:
                 try:
                     # A returning user: one transaction from the checks to the code.
                     async with self.db.transaction(tenant_id=row.tenant_id) as tx:
-                        await self._admit(tx, row, assertion)
+                        await self._admit(tx, row, answers, assertion)
                         account = await self._existing_account(tx, row, identity, profile)
                         if account is not None:
                             await self._complete(
                                 tx, row, identity, profile, account, code, redirect_uri
                             )
                             break
-                    assertion = None  # remembered: that transaction committed
+                    answers, assertion = None, None  # used up: that transaction committed
                     # A new one: the account is made within the seat limit (its own
                     # transaction), then the same completion.
                     created = await self._create_account(row, identity, profile)
@@ -394,11 +410,13 @@ class SsoService:
         self,
         tx: asyncpg.Connection,
         row: ConnectionRow,
+        answers: str | None,
         assertion: tuple[str, datetime] | None,
     ) -> None:
         """What every completing login must pass: the tenant not suspended, SSO in its plan
         (IdP-initiated logins never pass /sso/authorize, and a plan may have changed since),
-        and a SAML assertion not seen before."""
+        a SAML assertion not seen before, and the pending login it answers still pending
+        (taken here, so of two accepted answers to one request only one completes)."""
         tenant_id = row.tenant_id
         status = await tx.fetchval(
             "SELECT status FROM tenant_projection WHERE tenant_id = $1", tenant_id
@@ -417,6 +435,13 @@ class SsoService:
                 tx, row.connection_id, assertion_id, tenant_id, keep_until
             ):
                 raise LoginRefused("replay", f"assertion {assertion_id!r} was already used")
+        if answers is not None:
+            pending = await self.store.take_login_request(tx, answers, self.now())
+            if pending is None or pending.connection_id != row.connection_id:
+                raise LoginRefused(
+                    "unknown-request",
+                    "the login this response answers was answered already or expired",
+                )
 
     async def _existing_account(
         self,
@@ -588,7 +613,7 @@ class SsoService:
     async def idp_logout(self, connection_id: UUID, query: Mapping[str, str]) -> str:
         """An IdP-initiated LogoutRequest: end the subject's sessions from that connection,
         answer with our LogoutResponse."""
-        row, secrets_ = await self.connection(connection_id)
+        row, secrets_ = await self.saml_connection(connection_id)
         _, urls, settings = self.saml_settings(row, secrets_)
         logout = await asyncio.to_thread(saml.process_idp_logout_request, settings, urls, query)
         async with self.db.transaction(tenant_id=row.tenant_id) as tx:
@@ -637,17 +662,22 @@ class SsoService:
         self, connection_id: UUID, query: Mapping[str, str]
     ) -> str | None:
         """The IdP's answer to our LogoutRequest: it must answer a request this connection
-        sent (once); returns where the browser goes next (None: nowhere registered)."""
-        row, secrets_ = await self.connection(connection_id)
+        sent (once); returns where the browser goes next (None: nowhere registered). The
+        request is used up only by a response that passes every check, so a forged one
+        cannot spend it."""
+        row, secrets_ = await self.saml_connection(connection_id)
         _, urls, settings = self.saml_settings(row, secrets_)
         request_id = saml.logout_response_in_response_to(query.get("SAMLResponse", ""))
         pending = None
         if request_id is not None:
             async with self.db.transaction(tenant_id=row.tenant_id) as tx:
-                pending = await self.store.take_login_request(tx, request_id, self.now())
-        if pending is None or pending.connection_id != row.connection_id:
+                pending = await self.store.find_login_request(tx, request_id, self.now())
+        if request_id is None or pending is None or pending.connection_id != row.connection_id:
             raise LoginRefused("unknown-request", "LogoutResponse to no LogoutRequest of ours")
         await asyncio.to_thread(saml.process_idp_logout_response, settings, urls, query, request_id)
+        async with self.db.transaction(tenant_id=row.tenant_id) as tx:
+            if await self.store.take_login_request(tx, request_id, self.now()) is None:
+                raise LoginRefused("unknown-request", "this LogoutRequest was answered already")
         return pending.redirect_uri or None
 
 

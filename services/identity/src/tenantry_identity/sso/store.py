@@ -89,6 +89,22 @@ class DomainTaken(Exception):
     """Another tenant verified this domain first."""
 
 
+_PENDING = "tenant_id, connection_id, redirect_uri, client_state, secrets"
+
+
+def _storable(text: str) -> str:
+    """Text from a hostile message as Postgres stores it (it refuses NUL characters)."""
+    return text.replace("\x00", "\\x00")
+
+
+def _pending(row: asyncpg.Record | None) -> PendingLogin | None:
+    if row is None:
+        return None
+    data = dict(row)
+    data["secrets"] = bytes(data["secrets"]) if data["secrets"] is not None else None
+    return PendingLogin(**data)
+
+
 class SsoStore:
     def __init__(self, events: PostgresEventStore, *, source: str, region: str) -> None:
         self._events = events
@@ -367,22 +383,33 @@ class SsoStore:
             expires_at,
         )
 
-    async def take_login_request(
+    async def find_login_request(
         self, tx: asyncpg.Connection, key: str, now: datetime
     ) -> PendingLogin | None:
-        """The pending login `key` names, marked used; None if unknown, used or expired."""
+        """The pending login `key` names, left pending (nothing an unvalidated answer
+        says may end it); None if unknown, used or expired."""
         row = await tx.fetchrow(
-            """UPDATE sso_login_requests SET used_at = $2
-               WHERE request_sha256 = $1 AND used_at IS NULL AND expires_at > $2
-               RETURNING tenant_id, connection_id, redirect_uri, client_state, secrets""",
+            f"""SELECT {_PENDING} FROM sso_login_requests
+               WHERE request_sha256 = $1 AND used_at IS NULL AND expires_at > $2""",
             digest(key),
             now,
         )
-        if row is None:
-            return None
-        data = dict(row)
-        data["secrets"] = bytes(data["secrets"]) if data["secrets"] is not None else None
-        return PendingLogin(**data)
+        return _pending(row)
+
+    async def take_login_request(
+        self, tx: asyncpg.Connection, key: str, now: datetime
+    ) -> PendingLogin | None:
+        """The pending login `key` names, marked used; None if unknown, used or expired.
+        Of two transactions taking one request, the second waits for the first's row
+        lock and then finds it used: only one answer can be accepted."""
+        row = await tx.fetchrow(
+            f"""UPDATE sso_login_requests SET used_at = $2
+               WHERE request_sha256 = $1 AND used_at IS NULL AND expires_at > $2
+               RETURNING {_PENDING}""",
+            digest(key),
+            now,
+        )
+        return _pending(row)
 
     async def remember_assertion(
         self,
@@ -557,8 +584,8 @@ class SsoStore:
             tenant_id,
             connection_id,
             code,
-            detail[:2000],
-            subject[:500] if subject else None,
+            _storable(detail)[:2000],
+            _storable(subject)[:500] if subject else None,
         )
 
     async def list_failures(
