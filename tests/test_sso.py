@@ -13,15 +13,17 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlsplit
 from uuid import uuid4
 
 import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from tenantry_servicekit.testing import saml_attacks
+from tenantry_servicekit.testing import saml_attacks, saml_fuzz
 from tenantry_servicekit.testing.dns import LoopbackDns
 from tenantry_servicekit.testing.fixtures import eventually
 from tenantry_servicekit.testing.oidc_provider import OidcAccount, OidcClient, OidcProvider
@@ -132,6 +134,15 @@ async def saml_login(
 ) -> httpx.Response:
     """SP-initiated: /sso/authorize -> IdP (redirect or POST binding) -> auto-post to our
     ACS. Returns the ACS's answer (303 to the product on success)."""
+    action, fields = await saml_login_at_idp(http, stack, connection_id, state=state)
+    return await http.post(action, data=fields)
+
+
+async def saml_login_at_idp(
+    http: httpx.AsyncClient, stack: Stack, connection_id: str, *, state: str = "st-1"
+) -> tuple[str, dict[str, str]]:
+    """An SP-initiated login walked as far as the IdP's answer, not yet posted to our ACS:
+    the ACS URL and the form fields (SAMLResponse, RelayState) the IdP's page would post."""
     r = await http.get(
         f"{stack.service_url('identity')}/sso/authorize",
         params={"connection_id": connection_id, "redirect_uri": REDIRECT, "state": state},
@@ -143,8 +154,7 @@ async def saml_login(
         action, fields = form_of(r.text)
         at_idp = await http.post(action, data=fields)
     assert at_idp.status_code == 200, at_idp.text
-    action, fields = form_of(at_idp.text)
-    return await http.post(action, data=fields)
+    return form_of(at_idp.text)
 
 
 def code_of(response: httpx.Response, state: str = "st-1") -> str:
@@ -1509,3 +1519,355 @@ async def test_bad_login_requests_get_clear_problems_and_change_nothing(
     assert (await identity.get(one)).json() == before
     problem(await identity.get(f"{one}/login-failures", params={"limit": 0}), 400)
     problem(await identity.get(f"{one}/login-failures", params={"before": "x"}), 400)
+
+
+# ---------------------------------------------------------------------------- hostile messages
+
+
+def other_sp_certificate() -> str:
+    from tenantry_servicekit.testing.saml_idp import make_key_and_cert, pem_of_cert
+
+    _, cert = make_key_and_cert("another SP")
+    return pem_of_cert(cert)
+
+
+def assert_signed_in(response: httpx.Response) -> None:
+    """An IdP-initiated login that reached the product with a code."""
+    assert response.status_code == 303, response.text
+    assert "code" in parse_qs(urlsplit(response.headers["location"]).query), response.headers
+
+
+def undecryptable(server: SamlIdp, connection: dict[str, Any], case: str, **options: Any) -> str:
+    """A response whose EncryptedAssertion the connection cannot decrypt."""
+    ours = connection["saml"]["sp_certificate"]
+    if case == "another-certificate":
+        return good_response(server, connection, encrypt=True, encrypt_to=other_sp_certificate())
+    if case == "changed-ciphertext":
+        encrypted = good_response(
+            server, connection, encrypt=True, encrypt_to=ours, sign_response=False, **options
+        )
+        return saml_attacks.corrupt_ciphertext(encrypted)
+    kind: saml_attacks.JunkKind = "ciphertext" if case == "junk-ciphertext" else "retrieval-method"
+    return saml_attacks.junk_encrypted_assertion(good_response(server, connection, **options), kind)
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("another-certificate", "undecryptable"),
+        ("changed-ciphertext", "undecryptable"),
+        ("junk-ciphertext", "undecryptable"),
+        ("junk-key-reference", "malformed"),
+    ],
+)
+async def test_an_assertion_that_cannot_be_decrypted_is_refused_and_logged(
+    stack: Stack,
+    identity: httpx.AsyncClient,
+    browser_http: httpx.AsyncClient,
+    saml_target: SamlTarget,
+    case: str,
+    expected: str,
+) -> None:
+    """Wrong certificate, ciphertext changed on the way, junk in an unsigned response: a
+    refusal the admin can read, the user's short reason, never a 500."""
+    from tenantry_identity.sso.domain import DEFAULT_USER_MESSAGE
+
+    tenant_id, connection, server = saml_target
+    # The connection decrypts what is encrypted to it (the baseline).
+    fine = good_response(
+        server, connection, encrypt=True, encrypt_to=connection["saml"]["sp_certificate"]
+    )
+    assert_signed_in(await post_response(browser_http, connection, fine))
+    refused = await post_response(browser_http, connection, undecryptable(server, connection, case))
+    assert refused.status_code == 303, refused.text
+    assert error_of(refused) == expected
+    query = parse_qs(urlsplit(refused.headers["location"]).query)
+    assert "code" not in query
+    assert query["error_description"] == [DEFAULT_USER_MESSAGE]
+    log = await identity.get(
+        f"/v1/tenants/{tenant_id}/sso/connections/{connection['id']}/login-failures"
+    )
+    newest = log.json()[0]
+    assert newest["code"] == expected
+    assert newest["detail"]
+
+
+async def test_a_bad_response_naming_a_pending_request_leaves_that_login_pending(
+    stack: Stack,
+    identity: httpx.AsyncClient,
+    browser_http: httpx.AsyncClient,
+    saml_sp: SamlTarget,
+    tmp_path: Path,
+) -> None:
+    """Forged or broken responses that name a real pending request are refused, and the
+    user's genuine response still signs in; a replay of it is still refused."""
+    tenant_id, connection, server = saml_sp
+    acs, genuine = await saml_login_at_idp(browser_http, stack, connection["id"])
+    request_id = server.received[-1].request_id
+    assert request_id
+
+    def answering(**options: Any) -> str:
+        return good_response(server, connection, in_response_to=request_id, **options)
+
+    evil = "mallory@evil.example"
+    forged = {
+        "bad-signature": saml_attacks.tamper_name_id(answering(), evil),
+        "unsigned": answering(sign_response=False, sign_assertion=False),
+        "unknown-certificate": saml_attacks.resign_with_unknown_key(answering(), tmp_path),
+        "undecryptable": undecryptable(
+            server, connection, "changed-ciphertext", in_response_to=request_id
+        ),
+        "malformed": undecryptable(
+            server, connection, "junk-key-reference", in_response_to=request_id
+        ),
+    }
+    for expected, xml in forged.items():
+        refused = await post_response(browser_http, connection, xml)
+        assert error_of(refused) == expected, refused.headers.get("location")
+    codes = await failures(identity, tenant_id, connection["id"])
+    assert set(forged) <= set(codes)
+    assert "unknown-request" not in codes
+
+    signed_in = await browser_http.post(acs, data=genuine)
+    assert (await exchange(browser_http, stack, code_of(signed_in))).status_code == 200
+    replayed = await browser_http.post(acs, data=genuine)
+    assert error_of(replayed) in {"unknown-request", "replay"}
+    # Once answered, even another genuine response to the same request is refused.
+    assert error_of(await post_response(browser_http, connection, answering())) == (
+        "unknown-request"
+    )
+
+
+async def test_of_several_genuine_responses_to_one_request_only_one_signs_in(
+    stack: Stack,
+    browser_http: httpx.AsyncClient,
+    saml_sp: SamlTarget,
+) -> None:
+    """The pending request is taken in the transaction that admits the login: answers
+    racing each other cannot both pass."""
+    _, connection, server = saml_sp
+    await saml_login_at_idp(browser_http, stack, connection["id"])
+    request_id = server.received[-1].request_id
+    bodies = [good_response(server, connection, in_response_to=request_id) for _ in range(4)]
+    answers = await asyncio.gather(*(post_response(browser_http, connection, b) for b in bodies))
+    outcomes = sorted(
+        "signed-in" if "code" in parse_qs(urlsplit(a.headers["location"]).query) else error_of(a)
+        for a in answers
+    )
+    assert outcomes == ["signed-in", "unknown-request", "unknown-request", "unknown-request"]
+
+
+async def test_a_bad_logout_response_does_not_use_up_our_logout_request(
+    stack: Stack,
+    browser_http: httpx.AsyncClient,
+    saml_target: SamlTarget,
+) -> None:
+    _, connection, server = saml_target
+    slo = connection["saml"]["sp_slo_url"]
+    tokens = await sso_session(stack, browser_http, connection, server, "idx-slo")
+    r = await browser_http.post(
+        f"{stack.service_url('identity')}/v1/sso/logout",
+        headers=bearer(tokens["access_token"]),
+        json={"redirect_uri": REDIRECT},
+    )
+    at_idp = await browser_http.get(r.json()["idp_logout_url"])
+    assert at_idp.status_code == 302, at_idp.text
+    genuine = at_idp.headers["location"]
+    request_id = server.logout_messages[-1].message_id
+
+    def answer(**options: Any) -> str:
+        xml = server.logout_response(in_response_to=request_id, destination=slo, **options)
+        return server.redirect_url(slo, saml_response=xml, relay_state="rs")
+
+    bad_signature = re.sub(r"Signature=[^&]+", "Signature=" + "A" * 344, answer())
+    for forged, code in (
+        (bad_signature, "malformed"),
+        (answer(status_ok=False), "malformed"),
+        (re.sub(r"SAMLResponse=[^&]+", "SAMLResponse=bm90IGRlZmxhdGVk", genuine), "malformed"),
+    ):
+        refused = await browser_http.get(forged)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["code"] == code
+    done = await browser_http.get(genuine)
+    assert done.status_code == 303, done.text
+    assert done.headers["location"] == REDIRECT
+    assert (await browser_http.get(genuine)).status_code == 400
+
+
+async def sso_state(stack: Stack, tenant_id: str) -> dict[str, list[Any]]:
+    """What a refused message must not change: the tenant's accounts and refresh tokens,
+    its pending logins, replay cache, codes and SSO sessions."""
+    conn = await asyncpg.connect(stack.owner_dsn(stack.service_database("identity")))
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('app.platform', 'on', true)")
+            queries = {
+                "accounts": "SELECT account_id, status, role, email_verified FROM accounts"
+                " WHERE tenant_id = $1::uuid ORDER BY account_id",
+                "refresh_tokens": "SELECT r.token_sha256, r.used_at, r.revoked_at"
+                " FROM refresh_tokens r JOIN accounts a USING (account_id)"
+                " WHERE a.tenant_id = $1::uuid ORDER BY 1",
+                "logins": "SELECT request_sha256, used_at FROM sso_login_requests"
+                " WHERE tenant_id = $1::uuid ORDER BY 1",
+            }
+            for table in ("sso_seen_assertions", "sso_codes", "sso_sessions", "sso_identities"):
+                queries[table] = f"SELECT * FROM {table} WHERE tenant_id = $1::uuid ORDER BY 1, 2"
+            return {
+                name: [tuple(r) for r in await conn.fetch(sql, tenant_id)]
+                for name, sql in queries.items()
+            }
+    finally:
+        await conn.close()
+
+
+FUZZ = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+async def test_hostile_messages_at_the_acs_and_slo_get_no_5xx_and_change_nothing(
+    stack: Stack,
+    identity: httpx.AsyncClient,
+    browser_http: httpx.AsyncClient,
+    saml_target: SamlTarget,
+) -> None:
+    """Damaged forms of real messages (saml_fuzz), thrown at the ACS (HTTP-POST) and the
+    SLO endpoint (HTTP-Redirect, requests and responses): every answer is a clear refusal,
+    nothing in the tenant changes, and the login and logout pending meanwhile still
+    complete with their genuine answers."""
+    tenant_id, connection, server = saml_target
+    urls = connection["saml"]
+    ours = urls["sp_certificate"]
+    keep = await sso_session(stack, browser_http, connection, server, "idx-keep")
+    # A logout of ours waiting for the IdP's answer, and a login waiting for the user's.
+    leaving = await sso_session(stack, browser_http, connection, server, "idx-leaving")
+    r = await browser_http.post(
+        f"{stack.service_url('identity')}/v1/sso/logout",
+        headers=bearer(leaving["access_token"]),
+        json={"redirect_uri": REDIRECT},
+    )
+    logout_answer = (await browser_http.get(r.json()["idp_logout_url"])).headers["location"]
+    acs, login_answer = await saml_login_at_idp(browser_http, stack, connection["id"])
+    request_id = server.received[-1].request_id
+
+    # Seeds: what the IdP genuinely sent before (each used once already, so that a
+    # mutation that changes nothing significant is a replay), and forgeries naming the
+    # pending request.
+    used = [
+        good_response(server, connection),
+        good_response(server, connection, encrypt=True, encrypt_to=ours),
+        good_response(server, connection, encrypt=True, encrypt_to=ours, sign_response=False),
+    ]
+    for xml in used:
+        assert_signed_in(await post_response(browser_http, connection, xml))
+    forged = [
+        good_response(server, connection, in_response_to=request_id, sign_assertion=False),
+        saml_attacks.tamper_name_id(
+            good_response(server, connection, in_response_to=request_id), "mallory@evil.example"
+        ),
+    ]
+    logout_request = server.logout_request(
+        sp_entity_id=urls["sp_entity_id"],
+        slo_url=urls["sp_slo_url"],
+        name_id=ALICE.name_id,
+        session_index="idx-nobody",
+    )
+    request_query = dict(
+        parse_qsl(
+            urlsplit(
+                server.redirect_url(
+                    urls["sp_slo_url"], saml_request=logout_request, relay_state="rs"
+                )
+            ).query
+        )
+    )
+    # Forged answers to the pending logout: a genuine one without its signature is
+    # accepted (the connection does not want_response_signed), so seeds are answers that
+    # no damage can make acceptable: a failure status, another Destination.
+    logout_id = server.logout_messages[-1].message_id
+    response_queries = [
+        dict(
+            parse_qsl(
+                urlsplit(
+                    server.redirect_url(
+                        urls["sp_slo_url"],
+                        saml_response=server.logout_response(
+                            in_response_to=logout_id, destination=destination, status_ok=ok
+                        ),
+                        relay_state="rs",
+                    )
+                ).query
+            )
+        )
+        for destination, ok in ((urls["sp_slo_url"], False), ("https://elsewhere.example/", True))
+    ]
+    before = await sso_state(stack, tenant_id)
+    answers: list[int] = []
+
+    with httpx.Client(timeout=20) as client:
+
+        @FUZZ
+        @given(value=saml_fuzz.post_values(used + forged))
+        def at_the_acs(value: str) -> None:
+            answer = client.post(urls["sp_acs_url"], data={"SAMLResponse": value})
+            answers.append(answer.status_code)
+            assert answer.status_code in (303, 400, 403), answer.text
+            if answer.status_code == 303:
+                query = parse_qs(urlsplit(answer.headers["location"]).query)
+                assert "code" not in query, "a damaged response signed someone in"
+                assert query["error_code"][0] in ACS_REFUSALS
+
+        @FUZZ
+        @given(query=saml_fuzz.redirect_queries(request_query, "SAMLRequest"))
+        def logout_requests(query: dict[str, str]) -> None:
+            answer = client.get(urls["sp_slo_url"], params=query)
+            answers.append(answer.status_code)
+            # 302: a message the mutation left intact (it names a session nobody has).
+            assert answer.status_code in (302, 400), answer.text
+
+        @FUZZ
+        @given(
+            query=st.one_of(
+                *(saml_fuzz.redirect_queries(q, "SAMLResponse") for q in response_queries)
+            )
+        )
+        def logout_responses(query: dict[str, str]) -> None:
+            answer = client.get(urls["sp_slo_url"], params=query)
+            answers.append(answer.status_code)
+            assert answer.status_code == 400, answer.text
+            assert answer.json()["code"] in ACS_REFUSALS
+
+        await asyncio.to_thread(at_the_acs)
+        await asyncio.to_thread(logout_requests)
+        await asyncio.to_thread(logout_responses)
+
+    assert 429 not in answers
+    assert await sso_state(stack, tenant_id) == before
+    assert await refresh_works(stack, browser_http, keep)
+    assert len(await failures(identity, tenant_id, connection["id"])) >= 20
+    # What was pending is still: the genuine answers complete.
+    done = await browser_http.get(logout_answer)
+    assert done.status_code == 303, done.text
+    signed_in = await browser_http.post(acs, data=login_answer)
+    assert (await exchange(browser_http, stack, code_of(signed_in))).status_code == 200
+
+
+ACS_REFUSALS = {
+    "malformed",
+    "undecryptable",
+    "unsigned",
+    "bad-signature",
+    "unknown-certificate",
+    "deprecated-algorithm",
+    "wrong-issuer",
+    "wrong-audience",
+    "wrong-destination",
+    "wrong-recipient",
+    "expired",
+    "not-yet-valid",
+    "replay",
+    "unsolicited",
+    "unknown-request",
+    "idp-error",
+    "missing-email",
+}
