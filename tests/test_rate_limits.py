@@ -417,3 +417,31 @@ async def test_refusals_are_reported_as_sampled_ratelimit_throttled_events(
         assert set().union(*(r["refusals"] for r in reports)) <= {"requests"}
     finally:
         await consumer.stop()
+
+
+async def test_rate_policies_exist_only_for_tenancys_plans_and_can_be_removed(
+    stack: Stack, operator_headers: dict[str, str], service_dbs: dict[str, asyncpg.Pool]
+) -> None:
+    base = f"{stack.service_url('ratelimit')}/v1/rate-plans"
+    generous = {"policies": [{"name": "daily", "limit": 10**6, "period_seconds": 1, "burst": 1}]}
+    async with httpx.AsyncClient(timeout=10, headers=operator_headers) as client:
+        for not_a_plan in ("no-such-plan", "FREE", "free "):
+            r = await client.put(f"{base}/{not_a_plan}", json=generous)
+            assert r.status_code == 404, r.text
+            assert r.json()["type"] == "https://tenantry.dev/problems/unknown-plan"
+        assert (
+            await service_dbs["ratelimit"].fetchval(
+                "SELECT count(*) FROM plan_rate_policies WHERE plan_id <> ALL($1::text[])",
+                ["free", "team", "business", "enterprise"],
+            )
+            == 0
+        )
+        set_ = await client.put(f"{base}/enterprise", json=generous)
+        assert set_.status_code == 200, set_.text
+        assert set_.json()["plan_id"] == "enterprise"
+        assert "enterprise" in {p["plan_id"] for p in (await client.get(base)).json()}
+        removed = await client.delete(f"{base}/enterprise")
+        assert removed.status_code == 204, removed.text
+        assert "enterprise" not in {p["plan_id"] for p in (await client.get(base)).json()}
+        again = await client.delete(f"{base}/enterprise")
+        assert again.status_code == 404, again.text

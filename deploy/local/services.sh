@@ -80,10 +80,15 @@ start() {
     --partitions "$TENANTRY_KAFKA_PARTITIONS" >&2 \
     || die "creating the Kafka topics failed (is the stack up? deploy/local/stack.sh status)"
   local svc role
+  # Each migration is its own process (mostly Python start-up): run them side by side.
+  local pids=() failed=0 pid
   for svc in "${targets[@]}"; do
     [[ -x "$REPO/.venv/bin/tenantry-$svc" ]] || die "no .venv/bin/tenantry-$svc: run deploy/local/install.sh"
-    (run_in_env "$svc" "$REPO/.venv/bin/tenantry-$svc" migrate) >&2 || die "tenantry-$svc migrate failed"
+    (run_in_env "$svc" "$REPO/.venv/bin/tenantry-$svc" migrate) >&2 &
+    pids+=($!)
   done
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  (( failed == 0 )) || die "a migration failed (see above)"
   for svc in "${targets[@]}"; do
     for role in api worker; do
       local pidfile="$LOCAL/run/$svc-$role.pid"

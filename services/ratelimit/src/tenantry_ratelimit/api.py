@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
+import httpx
 import msgspec
-from litestar import Controller, Request, get, post, put
+from litestar import Controller, Request, delete, get, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.response import Response
@@ -15,6 +16,7 @@ from litestar.response import Response
 from tenantry_events.payloads.ratelimit import RatePolicy
 from tenantry_ratelimit.domain import InvalidPolicies, validate, validate_in_flight
 from tenantry_ratelimit.store import PlanPolicies, PolicyStore, TenantPolicies
+from tenantry_servicekit.api_docs import problems
 from tenantry_servicekit.app import rate_limit_step
 from tenantry_servicekit.auth import principal_of, requires
 from tenantry_servicekit.problems import Problem
@@ -143,6 +145,7 @@ class PlanPoliciesController(Controller):
         "/{plan_id:str}",
         opt=requires(operator_only=True),
         summary="Set a plan's rate policies",
+        responses=problems(502),
     )
     async def set_plan(
         self,
@@ -152,8 +155,10 @@ class PlanPoliciesController(Controller):
         runtime: NamedDependency[Runtime],
     ) -> PlanPolicies:
         """Policies every tenant on the plan gets besides the plan's request rate (which
-        tenancy owns). Republishes the policies of every tenant on the plan."""
+        tenancy owns). Republishes the policies of every tenant on the plan. The plan must
+        be one of tenancy's (404 `unknown-plan` otherwise)."""
         checked(data.policies, data.max_in_flight)
+        await require_plan(runtime, plan_id, request.headers.get("authorization", ""))
         async with runtime.db.transaction(platform=True) as tx:
             policy_store = store(runtime)
             tenants = await policy_store.set_plan(
@@ -163,6 +168,53 @@ class PlanPoliciesController(Controller):
                 await policy_store.publish(tx, tenant_id)
             plans = await policy_store.plans(tx)
         return next(p for p in plans if p.plan_id == plan_id)
+
+    @delete(
+        "/{plan_id:str}",
+        opt=requires(operator_only=True),
+        summary="Remove a plan's rate policies (its tenants keep the plan's request rate)",
+    )
+    async def remove_plan(self, plan_id: FromPath[str], runtime: NamedDependency[Runtime]) -> None:
+        """Tenants on the plan go back to the plan's request rate alone, republished."""
+        async with runtime.db.transaction(platform=True) as tx:
+            policy_store = store(runtime)
+            tenants = await policy_store.remove_plan(tx, plan_id)
+            if tenants is None:
+                raise Problem(
+                    404, "not-found", "Not found", f"no rate policies are set for {plan_id!r}"
+                )
+            for tenant_id in tenants:
+                await policy_store.publish(tx, tenant_id)
+
+
+async def require_plan(runtime: Runtime, plan_id: str, authorization: str) -> None:
+    """tenancy owns the plans: ask it (with the operator's own credential) whether
+    `plan_id` is one, so no policy is ever stored for a plan that does not exist."""
+    try:
+        async with httpx.AsyncClient(
+            base_url=runtime.settings.service_url("tenancy"), timeout=5
+        ) as client:
+            response = await client.get("/v1/plans", headers={"Authorization": authorization})
+    except httpx.HTTPError as exc:
+        raise Problem(
+            503,
+            "unavailable",
+            "Service unavailable",
+            f"tenancy, which owns the plans, is unreachable ({type(exc).__name__})",
+            headers={"Retry-After": "5"},
+        ) from exc
+    if response.status_code != 200:
+        raise Problem(
+            502, "upstream-error", "Bad upstream answer", f"tenancy answered {response.status_code}"
+        )
+    known = {plan.get("plan_id") for plan in response.json()}
+    if plan_id not in known:
+        raise Problem(
+            404,
+            "unknown-plan",
+            "No such plan",
+            f"{plan_id!r} is not a plan (tenancy has: {', '.join(sorted(map(str, known)))})",
+        )
 
 
 class DecisionRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -211,5 +211,15 @@ class PolicyStore:
             max_in_flight,
             by,
         )
+        return await self._tenants_on(tx, plan_id)
+
+    async def remove_plan(self, tx: asyncpg.Connection, plan_id: str) -> list[UUID] | None:
+        """Forget a plan's policies; the tenants on it (to republish), None if none were set."""
+        removed = await tx.fetchval(
+            "DELETE FROM plan_rate_policies WHERE plan_id = $1 RETURNING plan_id", plan_id
+        )
+        return None if removed is None else await self._tenants_on(tx, plan_id)
+
+    async def _tenants_on(self, tx: asyncpg.Connection, plan_id: str) -> list[UUID]:
         rows = await tx.fetch("SELECT tenant_id FROM tenant_limits WHERE plan = $1", plan_id)
         return [r["tenant_id"] for r in rows]
