@@ -192,6 +192,69 @@ async def test_endpoints_are_validated_on_save_and_a_bad_one_changes_nothing(
         assert "private" in private.json()["detail"]
 
 
+# Every spelling the connection guard reads as a refused address (issue 14, item 9): one
+# number, short forms, hex, octal, IDNA full stops, IPv6 and IPv4-mapped. Before, these
+# were saved and then refused on every delivery.
+UNREACHABLE_URLS = [
+    ("http://2852039166/", "metadata"),  # 169.254.169.254
+    ("http://0/", "unspecified"),
+    ("http://10.1/", "private"),
+    ("http://0xa.0.0.1/", "private"),
+    ("http://012.0.0.1/", "not a valid URL"),  # 10.0.0.1 in octal: no client sends there
+    ("http://10\u30020\u30020\u30021/", "private"),
+    ("http://[::ffff:10.0.0.1]/", "ipv4-mapped:private"),
+    ("http://[::ffff:a9fe:a9fe]/", "ipv4-mapped:metadata"),
+    ("http://[64:ff9b::192.168.0.1]/", "nat64:private"),
+    ("http://[fd00::1]/", "unique-local"),
+    ("http://%31%30.0.0.1/", "neither an IP address nor a DNS name"),
+]
+
+
+async def test_every_spelling_of_a_refused_address_is_refused_on_save_and_nothing_is_written(
+    stack: Stack, operator_headers: dict[str, str], receiver: Receiver
+) -> None:
+    tenant_id, endpoint = await team_endpoint(stack, operator_headers, f"{receiver.url}/ok")
+    url = endpoints_url(stack, tenant_id)
+    one = f"{url}/{endpoint['endpoint_id']}"
+    async with httpx.AsyncClient(timeout=10) as client:
+        for bad, why in UNREACHABLE_URLS:
+            for r in [
+                await client.post(
+                    url, headers=operator_headers, json={"url": bad, "event_types": ["*"]}
+                ),
+                await client.patch(one, headers=operator_headers, json={"url": bad}),
+            ]:
+                assert r.status_code == 422, (bad, r.status_code, r.text)
+                assert r.headers["content-type"].startswith("application/problem+json")
+                problem = r.json()
+                assert problem["type"].endswith("/invalid-endpoint")
+                assert repr(bad) in problem["detail"], problem
+                assert why in problem["detail"], problem
+                assert [e["key"] for e in problem["errors"]] == ["url"]
+        listed = (await client.get(url, headers=operator_headers)).json()["data"]
+        assert [e["endpoint_id"] for e in listed] == [endpoint["endpoint_id"]]
+        assert listed[0] == endpoint, "the refused changes left the endpoint as it was"
+
+        # The allow-list (loopback, for tests) opens an address in every spelling, here
+        # and at connect time: the legacy spelling of 127.0.0.1 registers and receives.
+        numeric = f"http://2130706433:{receiver.port}/ok"
+        created = await create_endpoint(
+            stack, operator_headers, tenant_id, {"url": numeric, "event_types": ["*"]}
+        )
+        sent = await client.post(
+            f"{url}/{created['endpoint']['endpoint_id']}/test", headers=operator_headers
+        )
+        assert sent.status_code == 202, sent.text
+    arrived = await eventually(
+        lambda: _now(
+            [r for r in receiver.to("/ok") if r.headers["webhook-id"] == sent.json()["message_id"]]
+        ),
+        timeout=30,
+        message="the test message at the numeric loopback URL",
+    )
+    assert json.loads(arrived[0].body)["type"] == "webhook.test"
+
+
 async def test_a_suspended_tenants_deliveries_wait_and_go_out_on_reactivation(
     stack: Stack, operator_headers: dict[str, str], receiver: Receiver
 ) -> None:

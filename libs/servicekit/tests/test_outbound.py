@@ -36,6 +36,7 @@ from tenantry_servicekit.outbound import (
     SPECIAL_NETWORKS,
     BlockedDestination,
     BreakerOpen,
+    GuardedNetworkBackend,
     GuardedTransport,
     OutboundClient,
     OutboundConnectError,
@@ -43,6 +44,7 @@ from tenantry_servicekit.outbound import (
     OutboundTimeout,
     OutboundTransportError,
     classify,
+    parse_ip_literal,
 )
 from tenantry_servicekit.testing.tls import write_tls_files
 
@@ -327,6 +329,181 @@ def test_what_ipaddress_calls_not_global_is_blocked(ip: Any) -> None:
         assert (classify(ip) is None) == (classify(inner) is None)
     elif not ip.is_global or ip.is_private or ip.is_reserved or ip.is_multicast:
         assert classify(ip) is not None
+
+
+# -- the IP literal parser ------------------------------------------------------------------
+# Registration (check_without_dns) and the connection guard read a host with the same
+# parser, `parse_ip_literal`; it must read every numeric spelling the system's own parsers
+# (inet_aton, which getaddrinfo uses for IPv4, and inet_pton for IPv6) read, as they read
+# it. The references below are those libc functions, called on text only (no socket).
+
+
+def aton(text: str) -> ipaddress.IPv4Address | None:
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(text))
+    except OSError:
+        return None
+
+
+@st.composite
+def spellings_of(draw: st.DrawFn, address: ipaddress.IPv4Address) -> str:
+    """One of the inet_aton spellings of `address`: 1 to 4 parts (the last fills the bytes
+    the others leave), each decimal, octal or hex, padded with zeros."""
+    count = draw(st.integers(1, 4))
+    raw = int(address).to_bytes(4, "big")
+    values = [*raw[: count - 1], int.from_bytes(raw[count - 1 :], "big")]
+    parts = []
+    for value in values:
+        zeros = "0" * draw(st.integers(0, 3))
+        form = draw(st.sampled_from(["decimal", "octal", "hex", "HEX"]))
+        if form == "decimal":
+            parts.append(str(value))
+        elif form == "octal":
+            parts.append("0" + zeros + format(value, "o"))
+        else:
+            digits = format(value, "x" if form == "hex" else "X")
+            parts.append(draw(st.sampled_from(["0x", "0X"])) + zeros + digits)
+    return ".".join(parts)
+
+
+any_ipv4 = st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address)
+ipv4_spellings = any_ipv4.flatmap(lambda ip: spellings_of(ip).map(lambda text: (ip, text)))
+
+
+@given(ipv4_spellings)
+def test_every_inet_aton_spelling_of_an_ipv4_is_that_address(
+    spelled: tuple[ipaddress.IPv4Address, str],
+) -> None:
+    address, text = spelled
+    assert aton(text) == address  # the reference agrees this is a spelling of it
+    assert parse_ip_literal(text) == address
+    assert classify(parse_ip_literal(text) or "::") == classify(address)
+
+
+@given(st.text(alphabet="0123456789abcdefABCDEFxX.", max_size=24))
+def test_numeric_looking_hosts_are_addresses_exactly_when_inet_aton_says_so(text: str) -> None:
+    assert parse_ip_literal(text) == aton(text)
+
+
+@given(st.lists(st.sampled_from(["256", "0x100", "08", "0x", "", "1", "0377"]), max_size=6))
+def test_malformed_numeric_hosts_are_names_as_for_inet_aton(parts: list[str]) -> None:
+    text = ".".join(parts)
+    assert parse_ip_literal(text) == aton(text)
+
+
+@st.composite
+def ipv6_spellings(draw: st.DrawFn) -> tuple[ipaddress.IPv6Address, str]:
+    """An IPv6 address and one of its inet_pton spellings: compressed, exploded, any case,
+    or with its last 32 bits as a dotted quad (::ffff:10.0.0.1)."""
+    address = draw(
+        st.one_of(
+            st.integers(0, 2**128 - 1),
+            st.integers(0, 2**32 - 1).map(lambda v4: (0xFFFF << 32) | v4),  # IPv4-mapped
+            st.integers(0, 2**32 - 1).map(lambda v4: (0x64FF9B << 96) | v4),  # NAT64
+        ).map(ipaddress.IPv6Address)
+    )
+    form = draw(st.sampled_from(["compressed", "exploded", "upper", "dotted"]))
+    if form == "compressed":
+        text = address.compressed
+    elif form == "exploded":
+        text = address.exploded
+    elif form == "upper":
+        text = address.compressed.upper()
+    else:
+        head = ipaddress.IPv6Address(int(address) >> 32 << 32).exploded.rsplit(":", 2)[0]
+        text = f"{head}:{ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)}"
+    return address, text
+
+
+@given(ipv6_spellings())
+def test_every_inet_pton_spelling_of_an_ipv6_is_that_address(
+    spelled: tuple[ipaddress.IPv6Address, str],
+) -> None:
+    address, text = spelled
+    assert ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, text)) == address
+    assert parse_ip_literal(text) == address
+    assert parse_ip_literal(text + "%eth0") == address  # a zone names the link, not the range
+
+
+def test_hosts_that_are_names_are_not_literals() -> None:
+    for name in ["hooks.example.com", "0x", "1.2.3.4.", "1..2", "08", "0x100000000", "a:b", ""]:
+        assert parse_ip_literal(name) is None, name
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://2852039166/", "metadata"),  # 169.254.169.254 as one number
+        ("http://0xa9fea9fe/", "metadata"),
+        ("http://0/", "unspecified"),
+        ("http://10.1/", "private"),
+        ("http://0x7f.1/", "loopback"),
+        ("http://0X7F.0.0.1/", "loopback"),
+        ("http://017700000001/", "loopback"),
+        ("http://0177.0.0.1/", "invalid-url"),  # httpx refuses a dotted quad with octal parts
+        ("http://127\u30020\u30020\u30021/", "loopback"),  # ideographic full stops (IDNA)
+        ("http://[::ffff:10.0.0.1]/", "ipv4-mapped:private"),
+        ("http://[::ffff:a00:1]/", "ipv4-mapped:private"),
+        ("http://[0:0:0:0:0:ffff:169.254.169.254]/", "ipv4-mapped:metadata"),
+        ("http://[64:ff9b::10.0.0.1]/", "nat64:private"),
+        ("http://[fe80::1%25eth0]/", "link-local"),
+        ("http://[::]/", "unspecified"),
+        ("http://%31%32%37.0.0.1/", "host"),  # neither an address nor a DNS name
+        ("http://127.1%20x/", "host"),
+    ],
+)
+def test_registration_refuses_every_spelling_of_a_refused_address(url: str, reason: str) -> None:
+    policy = replace(LOOPBACK, allow_networks=())
+    with pytest.raises(BlockedDestination) as refused:
+        policy.check_without_dns(url)
+    assert refused.value.reason == reason
+
+
+def test_registration_allows_names_public_literals_and_the_allow_list() -> None:
+    for url in [
+        "https://hooks.example.com/in",
+        "http://8.8.8.8/",
+        "http://134744072/",  # 8.8.8.8 too
+        "http://[2606:4700::1111]/",
+    ]:
+        assert LOOPBACK.check_without_dns(url).host  # no DNS, no connection: only parsing
+    for url in ["http://2130706433:8080/", "http://127.1/", "http://[::ffff:127.0.0.1]/"]:
+        LOOPBACK.check_without_dns(url)  # loopback is allow-listed (as for the tests)
+        with pytest.raises(BlockedDestination, match="loopback"):
+            replace(LOOPBACK, allow_networks=()).check_without_dns(url)
+
+
+special_or_public_v4: st.SearchStrategy[ipaddress.IPv4Address] = st.one_of(
+    st.sampled_from([net for net, _ in SPECIAL_NETWORKS if net.version == 4]).flatmap(address_in),
+    public_v4,
+)
+
+
+@given(special_or_public_v4.flatmap(lambda ip: spellings_of(ip).map(lambda text: (ip, text))))
+def test_registration_and_the_connection_guard_judge_a_literal_alike(
+    spelled: tuple[ipaddress.IPv4Address, str],
+) -> None:
+    address, text = spelled
+    url = f"http://{text}/"
+    policy = replace(LOOPBACK, allow_networks=())
+    try:
+        host = httpx.URL(url).raw_host.decode("ascii")
+    except httpx.InvalidURL:
+        return  # neither path gets further than the URL (see the parametrized cases)
+    try:
+        policy.check_without_dns(url)
+        at_registration = None
+    except BlockedDestination as refused:
+        at_registration = refused.reason
+    resolver = FakeResolver()  # a literal never reaches DNS
+    backend = GuardedNetworkBackend(policy, resolver=resolver, backend=SpyBackend(forbid=True))
+    try:
+        asyncio.run(backend.resolve_allowed(host, 80))
+        at_connection = None
+    except BlockedDestination as refused:
+        at_connection = refused.reason
+    assert at_registration == at_connection == classify(address)
+    assert resolver.calls == []
 
 
 # -- the policy -------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from tenantry_webhooks.domain import (
     InvalidEndpoint,
     RetrySchedule,
     Verdict,
-    literal_ip,
     new_secret,
     parse_retry_after,
     pattern_matches,
@@ -30,6 +29,7 @@ from tenantry_webhooks.domain import (
     signature,
     signature_header,
     subscribed,
+    unreachable_url,
     validate_channels,
     validate_event_types,
     validate_headers,
@@ -212,10 +212,25 @@ def test_urls() -> None:
     assert refusal(bad_port).startswith("the URL is not valid: ")
 
 
-def test_literal_ip() -> None:
-    assert str(literal_ip("https://10.0.0.1/x")) == "10.0.0.1"
-    assert str(literal_ip("https://[::1]:8443/x")) == "::1"
-    assert literal_ip("https://hooks.example.com/x") is None
+def test_a_refused_url_is_named_with_what_its_host_is() -> None:
+    address = unreachable_url("http://10.1/", "private", "10.1", ["10.0.0.1"])
+    assert address == (
+        "url 'http://10.1/': its host 10.1 is the IP address 10.0.0.1, which is private; "
+        "webhooks are only sent to public addresses"
+    )
+    host = unreachable_url("http://a%20b/", "host", "a%20b", [])
+    assert host == "url 'http://a%20b/': its host 'a%20b' is neither an IP address nor a DNS name"
+    other = unreachable_url("http://x/", "port", "x", [])
+    assert other == "url 'http://x/' cannot be sent to (port)"
+
+
+def test_url_refusals_name_the_url_field() -> None:
+    with pytest.raises(InvalidEndpoint) as refused:
+        validate_url("ftp://hooks.example.com/", allow_http=False)
+    assert refused.value.field == "url"
+    with pytest.raises(InvalidEndpoint) as bad_type:
+        validate_event_types(["nope"], ["user.created"])
+    assert bad_type.value.field == "event_types"
 
 
 # ---------------------------------------------------------------- verdicts and retries

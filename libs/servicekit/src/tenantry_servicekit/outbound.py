@@ -10,6 +10,10 @@ second:
   metadata and the rest of the IANA special-purpose registries, IPv4 and IPv6, including
   IPv4 embedded in IPv4-mapped, NAT64, 6to4, Teredo and IPv4-compatible addresses) and
   connects to the IP literal it checked. There is no second lookup for DNS rebinding to win.
+  A host written as an address, in any spelling the system accepts ("2852039166",
+  "0x7f.1", "10.1", "[::ffff:10.0.0.1]"), is that address, never a name
+  (`parse_ip_literal`, the one parser: registration checks use it too, through
+  `OutboundPolicy.check_without_dns`).
   TLS still verifies, and sends SNI for, the URL's hostname: httpcore passes the origin's
   host to `start_tls` independently of the address the backend connected to.
 - An allow-list of networks (`OutboundPolicy.allow_networks`, empty by default) opens
@@ -38,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import re
 import socket
 import ssl
 import time
@@ -96,6 +101,7 @@ __all__ = [
     "UpstreamStatusError",
     "classify",
     "is_server_error",
+    "parse_ip_literal",
     "system_resolver",
 ]
 
@@ -297,23 +303,61 @@ def _from_properties(ip: IPAddress) -> str | None:
     return None
 
 
-_LEGACY_V4_CHARS = frozenset("0123456789abcdefxABCDEFX.")
+# One part of a numeric IPv4 host as inet_aton reads it (C's strtoul with base 0): hex
+# after 0x (at least one digit: "0x" alone is not a number), octal after a leading 0,
+# decimal otherwise. ASCII only: C's isdigit knows no other digits.
+_V4_PART = re.compile(r"0[xX]([0-9a-fA-F]+)|(0[0-7]*)|([1-9][0-9]*)", re.ASCII)
+# The largest last part for 1, 2, 3 and 4 parts: it fills the bytes the others leave.
+_V4_LAST_MAX = (0xFFFFFFFF, 0xFFFFFF, 0xFFFF, 0xFF)
+# A host name as DNS can hold it after IDNA: labels of letters, digits, - and _ (seen in
+# real names), at most 63 long, an optional root dot.
+_DNS_NAME = re.compile(r"(?:[A-Za-z0-9_-]{1,63}\.)*[A-Za-z0-9_-]{1,63}\.?", re.ASCII)
 
 
-def _literal(host: str) -> IPAddress | None:
-    """`host` as an IP literal, including the legacy IPv4 spellings that inet_aton (and so
-    getaddrinfo) accepts: "2130706433", "0x7f.1", "127.1", "0177.0.0.1". Treating them as
-    literals keeps them away from DNS and makes the result resolver-independent."""
-    try:
-        return _parse(host)
-    except ValueError:
-        pass
-    if host and set(host) <= _LEGACY_V4_CHARS:
-        try:
-            return ipaddress.IPv4Address(socket.inet_aton(host))
-        except OSError:
+def _parse_numeric_v4(host: str) -> ipaddress.IPv4Address | None:
+    parts = host.split(".")
+    if len(parts) > 4:
+        return None
+    values: list[int] = []
+    for part in parts:
+        match = _V4_PART.fullmatch(part)
+        if match is None:
             return None
-    return None
+        hex_digits, octal, decimal = match.groups()
+        if hex_digits is not None:
+            values.append(int(hex_digits, 16))
+        elif octal is not None:
+            values.append(int(octal, 8))
+        else:
+            values.append(int(decimal, 10))
+    *leading, last = values
+    if any(value > 0xFF for value in leading) or last > _V4_LAST_MAX[len(leading)]:
+        return None
+    address = last
+    for index, value in enumerate(leading):
+        address |= value << (24 - 8 * index)
+    return ipaddress.IPv4Address(address)
+
+
+def parse_ip_literal(host: str) -> IPAddress | None:
+    """The address `host` (a URL's host, without brackets) names if it is an IP literal,
+    or None if it is a name for DNS. The one parser of IP literals for outbound requests:
+    the connection guard and every check at registration use it, so both always agree.
+
+    It reads every numeric spelling the system would connect to without asking DNS:
+    IPv6 as inet_pton reads it (IPv4-mapped and other embedded forms, an optional %zone),
+    and IPv4 as inet_aton reads it (and so getaddrinfo): one to four parts separated by
+    dots, each decimal, octal (a leading 0) or hex (0x), the last one filling the bytes
+    the others leave. "2852039166" is 169.254.169.254, "0" is 0.0.0.0, "10.1" is
+    10.0.0.1, "0x7f.1" and "0177.0.0.1" are 127.0.0.1. Pure: no DNS, no libc, the same
+    answer on every platform.
+    """
+    if ":" in host:
+        try:
+            return _parse(host)
+        except ValueError:
+            return None
+    return _parse_numeric_v4(host)
 
 
 def _embedded(ip: ipaddress.IPv6Address, form: str) -> list[ipaddress.IPv4Address]:
@@ -439,6 +483,26 @@ class OutboundPolicy:
             raise BlockedDestination("port", host=parsed.host)
         return parsed
 
+    def check_without_dns(self, url: str | httpx.URL) -> httpx.URL:
+        """Everything the guard can judge about `url` without DNS, for registration (a
+        webhook endpoint, an IdP's URL): `check_url`; then, if the host is an IP literal in
+        any spelling (`parse_ip_literal`), `refusal` of that address (reason as there,
+        `addresses` the address); else the host must be a DNS name ("host": "a b",
+        "%31.0.0.1" can never be connected to). The URL is parsed as a request parses it,
+        so what passes here is what a connection gets. A name is judged when it is
+        connected to: DNS can answer differently later."""
+        parsed = self.check_url(url)
+        host = parsed.raw_host.decode("ascii")
+        literal = parse_ip_literal(host)
+        if literal is None:
+            if not _DNS_NAME.fullmatch(host) or len(host.rstrip(".")) > 253:
+                raise BlockedDestination("host", host=host)
+            return parsed
+        reason = self.refusal(literal)
+        if reason is not None:
+            raise BlockedDestination(reason, host=host, addresses=[str(literal)])
+        return parsed
+
 
 # -- resolution and connection ------------------------------------------------------------
 
@@ -509,7 +573,7 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
         """The addresses of `host` that the policy allows, in resolver order; raises
         `BlockedDestination` if there are none, `OutboundConnectError` if it cannot be
         resolved."""
-        literal = _literal(host)
+        literal = parse_ip_literal(host)
         if literal is not None:
             answers: Sequence[str] = [str(literal)]  # no lookup
         else:

@@ -16,6 +16,7 @@ from uuid_utils.compat import uuid7
 from tenantry_servicekit.auth import requires
 from tenantry_servicekit.crypto import SecretBox
 from tenantry_servicekit.limits import guard_quantity
+from tenantry_servicekit.outbound import BlockedDestination, OutboundPolicy
 from tenantry_servicekit.pagination import Page, clamp_limit, decode_cursor, page_of
 from tenantry_servicekit.problems import Problem
 from tenantry_servicekit.runtime import Runtime
@@ -23,8 +24,8 @@ from tenantry_webhooks import store
 from tenantry_webhooks.domain import (
     TEST_EVENT,
     InvalidEndpoint,
-    literal_ip,
     new_secret,
+    unreachable_url,
     validate_channels,
     validate_event_types,
     validate_headers,
@@ -118,10 +119,7 @@ def validated(runtime: Runtime, data: EndpointIn) -> EndpointFields:
     settings = settings_of(runtime)
     try:
         url = validate_url(data.url, allow_http=settings.webhook_allow_http)
-        ip = literal_ip(url)
-        reason = outbound_policy(settings).refusal(ip) if ip is not None else None
-        if reason is not None:
-            raise InvalidEndpoint(f"the URL's address is {reason}: it cannot receive webhooks")
+        refuse_what_the_guard_refuses(outbound_policy(settings), url)
         return EndpointFields(
             url=url,
             description=data.description,
@@ -133,7 +131,26 @@ def validated(runtime: Runtime, data: EndpointIn) -> EndpointFields:
             fifo=data.fifo,
         )
     except InvalidEndpoint as exc:
-        raise Problem(422, "invalid-endpoint", "The endpoint is not valid", str(exc)) from exc
+        errors = [{"key": exc.field, "message": str(exc), "source": "body"}] if exc.field else []
+        raise Problem(
+            422, "invalid-endpoint", "The endpoint is not valid", str(exc), errors=errors
+        ) from exc
+
+
+def refuse_what_the_guard_refuses(policy: OutboundPolicy, url: str) -> None:
+    """The connection guard's verdict on everything it can judge without DNS, through its
+    own URL and address parsers: a host that is an IP literal it refuses, in any spelling
+    ("http://2852039166/", "http://10.1/", "http://[::ffff:10.0.0.1]/"), or a host no
+    connection can reach, would fail every delivery; say so now. Names are resolved and
+    judged on every connection."""
+    try:
+        policy.check_without_dns(url)
+    except BlockedDestination as refused:
+        reason = refused.reason
+        if reason == "invalid-url" and refused.__cause__ is not None:
+            reason = f"not a valid URL: {refused.__cause__}"
+        detail = unreachable_url(url, reason, refused.host, refused.addresses)
+        raise InvalidEndpoint(detail, field="url") from refused
 
 
 class EndpointsController(Controller):

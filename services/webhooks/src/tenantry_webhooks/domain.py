@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import random
 import re
 import secrets
@@ -45,7 +44,12 @@ _RESERVED_HEADERS = frozenset(
 
 
 class InvalidEndpoint(ValueError):
-    """The endpoint as sent cannot be saved; the message says what to fix."""
+    """The endpoint as sent cannot be saved; the message says what to fix, `field` which
+    member of the body is wrong when it is one."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 # ---------------------------------------------------------------- subscriptions
@@ -80,73 +84,91 @@ def validate_event_types(patterns: Sequence[str], known: Iterable[str]) -> list[
     """Each pattern must be well formed and match at least one public event type, so a
     typo is refused on save instead of silently receiving nothing."""
     if not patterns:
-        raise InvalidEndpoint("subscribe to at least one event type (or *)")
+        raise InvalidEndpoint("subscribe to at least one event type (or *)", field="event_types")
     if len(patterns) > MAX_EVENT_TYPES:
-        raise InvalidEndpoint(f"at most {MAX_EVENT_TYPES} event types")
+        raise InvalidEndpoint(f"at most {MAX_EVENT_TYPES} event types", field="event_types")
     known_types = list(known)
     for pattern in patterns:
         if not _PATTERN.fullmatch(pattern):
-            raise InvalidEndpoint(f"event type {pattern!r} is not a type or a pattern like user.*")
+            raise InvalidEndpoint(
+                f"event type {pattern!r} is not a type or a pattern like user.*",
+                field="event_types",
+            )
         if not any(pattern_matches(pattern, t) for t in known_types):
-            raise InvalidEndpoint(f"event type {pattern!r} matches no event Tenantry sends")
+            raise InvalidEndpoint(
+                f"event type {pattern!r} matches no event Tenantry sends", field="event_types"
+            )
     return sorted(set(patterns))
 
 
 def validate_channels(channels: Sequence[str]) -> list[str]:
     if len(channels) > MAX_CHANNELS:
-        raise InvalidEndpoint(f"at most {MAX_CHANNELS} channels")
+        raise InvalidEndpoint(f"at most {MAX_CHANNELS} channels", field="channels")
     for channel in channels:
         if not _CHANNEL.fullmatch(channel):
-            raise InvalidEndpoint(f"channel {channel!r}: letters, digits and _ . : - only")
+            raise InvalidEndpoint(
+                f"channel {channel!r}: letters, digits and _ . : - only", field="channels"
+            )
     return sorted(set(channels))
 
 
 def validate_headers(headers: dict[str, str]) -> dict[str, str]:
     if len(headers) > MAX_HEADERS:
-        raise InvalidEndpoint(f"at most {MAX_HEADERS} custom headers")
+        raise InvalidEndpoint(f"at most {MAX_HEADERS} custom headers", field="headers")
     for name, value in headers.items():
         lowered = name.lower()
         if not _HEADER_NAME.fullmatch(name):
-            raise InvalidEndpoint(f"header name {name!r} is not a valid HTTP field name")
+            raise InvalidEndpoint(
+                f"header name {name!r} is not a valid HTTP field name", field="headers"
+            )
         if lowered in _RESERVED_HEADERS or lowered.startswith("webhook-"):
-            raise InvalidEndpoint(f"header {name!r} is set by Tenantry and cannot be overridden")
+            raise InvalidEndpoint(
+                f"header {name!r} is set by Tenantry and cannot be overridden", field="headers"
+            )
         if not _HEADER_VALUE.fullmatch(value):
             raise InvalidEndpoint(
-                f"header {name!r}: at most 1000 characters of printable ASCII, no line breaks"
+                f"header {name!r}: at most 1000 characters of printable ASCII, no line breaks",
+                field="headers",
             )
     return headers
 
 
 def validate_url(url: str, *, allow_http: bool) -> str:
-    """Syntax and scheme here; the address is checked on every connection (the outbound
-    client's SSRF guard), since DNS can change after the endpoint is saved. A literal IP
-    is judged by the caller with the same classifier before saving."""
+    """Syntax and scheme here, with messages a customer can act on. The address is the
+    outbound guard's to judge (the caller asks it, with the guard's own parser, about
+    what it can know without DNS: an IP literal in any spelling); a name is checked on
+    every connection, since DNS can change after the endpoint is saved."""
     if len(url) > 2048:
-        raise InvalidEndpoint("the URL is longer than 2048 characters")
+        raise InvalidEndpoint("the URL is longer than 2048 characters", field="url")
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise InvalidEndpoint(f"the URL is not valid: {exc}") from exc
+        raise InvalidEndpoint(f"the URL is not valid: {exc}", field="url") from exc
     if parts.scheme not in (("https", "http") if allow_http else ("https",)):
-        raise InvalidEndpoint("the URL must use https")
+        raise InvalidEndpoint("the URL must use https", field="url")
     if not parts.hostname:
-        raise InvalidEndpoint("the URL has no host")
+        raise InvalidEndpoint("the URL has no host", field="url")
     if parts.username or parts.password:
-        raise InvalidEndpoint("put credentials in a custom header, not in the URL")
+        raise InvalidEndpoint("put credentials in a custom header, not in the URL", field="url")
     if parts.fragment:
-        raise InvalidEndpoint("the URL must not have a #fragment")
+        raise InvalidEndpoint("the URL must not have a #fragment", field="url")
     if port == 0:
-        raise InvalidEndpoint("port 0 is not a port")
+        raise InvalidEndpoint("port 0 is not a port", field="url")
     return url
 
 
-def literal_ip(url: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    host = urlsplit(url).hostname or ""
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        return None
+def unreachable_url(url: str, reason: str, host: str | None, addresses: Sequence[str]) -> str:
+    """What to tell a customer whose URL the outbound guard refuses (`reason` and the
+    rest from its `BlockedDestination`)."""
+    if addresses:
+        return (
+            f"url {url!r}: its host {host} is the IP address {addresses[0]}, which is "
+            f"{reason}; webhooks are only sent to public addresses"
+        )
+    if reason == "host":
+        return f"url {url!r}: its host {host!r} is neither an IP address nor a DNS name"
+    return f"url {url!r} cannot be sent to ({reason})"
 
 
 # ---------------------------------------------------------------- signing
