@@ -6,7 +6,11 @@ event loop on 127.0.0.1 (a port the kernel picks). What it answers depends on th
     /hold/<ms>     200 after <ms> milliseconds (a slow but healthy endpoint)
     /slow          200 only once the test ends (longer than any client timeout)
     /gone          410
+    /status/<code> that status, no headers
     /throttled     429 with Retry-After: 7
+    /throttle/<n>/<retry-after>
+                   429 with that Retry-After for the first n requests of each webhook-id
+                   (per path), then 200
     /redirect      302 to /ok
     /huge          200 with 50 MB streamed lazily: a chunk at a time, while the client reads
     /nul           200 with a NUL byte in the body
@@ -105,10 +109,19 @@ class Receiver:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._release.wait(), timeout=30)
             await _respond(send, 200, b"late")
+        elif route == "status":
+            await _respond(send, int(parts[1]), b"as asked")
         elif route == "gone":
             await _respond(send, 410, b"gone")
         elif route == "throttled":
             await _respond(send, 429, b"slow down", [(b"retry-after", b"7")])
+        elif route == "throttle":
+            key = f"{path} {headers.get('webhook-id', '')}"
+            self._failures[key] += 1
+            if self._failures[key] <= int(parts[1]):
+                await _respond(send, 429, b"slow down", [(b"retry-after", parts[2].encode())])
+            else:
+                await _respond(send, 200, b"ok")
         elif route == "redirect":
             await _respond(send, 302, b"", [(b"location", self.url("/ok").encode())])
         elif route == "huge":

@@ -450,6 +450,51 @@ async def test_429_retry_after_is_honoured(env: Env) -> None:
     assert len(env.receiver.requests) == 2
 
 
+async def test_retry_after_is_back_pressure_that_the_breaker_ignores(env: Env) -> None:
+    """429 with Retry-After six times (more than the breaker's minimum of calls, every one
+    of which would have been a failure), then 200: each retry goes at its Retry-After time,
+    not before and not postponed by an open breaker, and the endpoint is not failing."""
+    throttled = ENDPOINT_BREAKER.minimum_number_of_calls + 1
+    endpoint = await add_endpoint(env, f"/throttle/{throttled}/3")
+    (event,) = await publish(env)
+    breakers = BreakerRegistry(ENDPOINT_BREAKER, clock=env.clock)
+    schedule = RetrySchedule(delays=(1,) * (throttled + 1), jitter=0)
+    worker = dispatcher(env, breakers=breakers, schedule=schedule)
+    breaker = breakers.get(endpoint.endpoint_id)
+
+    for made in range(1, throttled + 1):
+        sent_at = env.clock.now
+        await worker.drain()
+        assert len(env.receiver.requests) == made
+        row = await delivery(env, event)
+        assert (row.status, row.attempts, row.last_status) == ("pending", made, 429)
+        assert_at(row.next_attempt_at, sent_at + 3)  # Retry-After, not the schedule's 1 s
+        assert breaker.state is BreakerState.CLOSED
+        assert (await endpoint_row(env, endpoint)).failing_since is None
+        env.clock.advance(2.9)
+        await worker.drain()
+        assert len(env.receiver.requests) == made, "not before the time it asked for"
+        env.clock.advance(0.1)
+
+    await worker.drain()
+    row = await delivery(env, event)
+    assert (row.status, row.attempts, row.last_status) == ("succeeded", throttled + 1, 200)
+    snapshot = breaker.snapshot()
+    assert breaker.state is BreakerState.CLOSED
+    assert (snapshot.buffered_calls, snapshot.failed_calls) == (1, 0), "429s count neither way"
+
+
+async def test_without_retry_after_a_429_is_still_a_failure_for_the_breaker(env: Env) -> None:
+    endpoint = await add_endpoint(env, "/status/429")
+    count = ENDPOINT_BREAKER.minimum_number_of_calls
+    await publish(env, count)
+    breakers = BreakerRegistry(ENDPOINT_BREAKER, clock=env.clock)
+    await dispatcher(env, breakers=breakers, per_endpoint=count).drain()
+    assert len(env.receiver.requests) == count
+    assert breakers.get(endpoint.endpoint_id).state is BreakerState.OPEN
+    assert (await endpoint_row(env, endpoint)).failing_since is not None
+
+
 async def test_a_redirect_is_a_failure_and_never_followed(env: Env) -> None:
     await add_endpoint(env, "/redirect")
     (event,) = await publish(env)

@@ -236,16 +236,23 @@ def test_url_refusals_name_the_url_field() -> None:
 # ---------------------------------------------------------------- verdicts and retries
 
 
-@given(st.one_of(st.none(), st.integers(min_value=100, max_value=599)))
-def test_verdict(status: int | None) -> None:
+@given(
+    st.one_of(st.none(), st.integers(min_value=100, max_value=599)),
+    st.one_of(st.none(), st.floats(min_value=0, max_value=1e6)),
+)
+def test_verdict(status: int | None, retry_after: float | None) -> None:
     expected = (
         Verdict.SUCCESS
         if status is not None and 200 <= status < 300
         else Verdict.GONE
         if status == 410
+        else Verdict.BACK_PRESSURE
+        if status in (429, 503) and retry_after is not None
         else Verdict.RETRY
     )
-    assert verdict(status) is expected
+    assert verdict(status, retry_after) is expected
+    if retry_after is None:
+        assert verdict(status) is expected
 
 
 def test_verdict_examples() -> None:
@@ -254,6 +261,10 @@ def test_verdict_examples() -> None:
     assert verdict(404) is Verdict.RETRY
     assert verdict(410) is Verdict.GONE
     assert verdict(None) is Verdict.RETRY
+    assert verdict(429, 7.0) is Verdict.BACK_PRESSURE, "the receiver paces us: not a failure"
+    assert verdict(503, 0.0) is Verdict.BACK_PRESSURE
+    assert verdict(429) is Verdict.RETRY, "without a Retry-After it is a failure"
+    assert verdict(500, 7.0) is Verdict.RETRY, "Retry-After on a 500 says nothing of health"
 
 
 @given(
@@ -327,13 +338,23 @@ def test_parse_schedule() -> None:
         ("0", 0.0),
         ("-1", None),
         ("nan", None),
-        ("Wed, 21 Oct 2015 07:28:00 GMT", None),
+        ("inf", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", None),  # a date needs `now`
         ("", None),
         (None, None),
     ],
 )
 def test_parse_retry_after(header: str | None, expected: float | None) -> None:
     assert parse_retry_after(header) == expected
+
+
+def test_an_http_date_retry_after_is_read_against_now() -> None:
+    now = datetime(2015, 10, 21, 7, 27, 30, tzinfo=UTC).timestamp()
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now) == 30.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now) == 0.0, "past: now"
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00", now) is None, "no zone"
+    assert parse_retry_after("soon", now) is None
+    assert parse_retry_after("12", now) == 12.0
 
 
 # ---------------------------------------------------------------- signatures

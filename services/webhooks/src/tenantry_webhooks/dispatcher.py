@@ -47,6 +47,21 @@ log = logging.getLogger("tenantry.webhooks.dispatcher")
 NOTIFY_CHANNEL = "tenantry_webhook_deliveries"
 USER_AGENT = "Tenantry-Webhooks/1"
 
+
+class BackPressure(Exception):
+    """What an endpoint's breaker is told of a 429 or 503 with a Retry-After we honour: the
+    receiver is up and paces us. The breaker ignores it (resilience4j's ignored outcome:
+    neither a failure nor a success, and a half-open trial slot is given back), so a
+    throttling receiver gets its retries at the time it asked for, not a minute later."""
+
+    def __init__(self, status: int | None, retry_after: float) -> None:
+        super().__init__(f"HTTP {status}, Retry-After {retry_after:g}s")
+
+
+def _is_back_pressure(exc: BaseException) -> bool:
+    return isinstance(exc, BackPressure)
+
+
 ENDPOINT_BREAKER = BreakerConfig(
     # Judged on the endpoint's last 10 attempts once 5 are in: a dead endpoint stops
     # taking dispatcher time within seconds, and one trial a minute tells when it is back.
@@ -57,6 +72,7 @@ ENDPOINT_BREAKER = BreakerConfig(
     slow_call_rate_threshold=100.0,
     wait_duration_in_open_state=60.0,
     permitted_calls_in_half_open_state=1,
+    ignore=_is_back_pressure,
 )
 
 
@@ -374,12 +390,16 @@ class Dispatcher:
             log.exception("delivery %s failed before an answer", item.delivery_id)
             response = Response(None, {}, "", False, f"could not send: {type(exc).__name__}")
         elapsed = time.monotonic() - began
-        outcome = verdict(response.status)
+        retry_after = parse_retry_after(response.headers.get("retry-after"), self.clock())
+        outcome = verdict(response.status, retry_after)
         if outcome is Verdict.SUCCESS:
             breaker.on_success(elapsed)
+        elif outcome is Verdict.BACK_PRESSURE:
+            assert retry_after is not None
+            breaker.on_error(elapsed, BackPressure(response.status, retry_after))
         else:
             breaker.on_error(elapsed, RuntimeError(response.error or f"HTTP {response.status}"))
-        await self._record(item, row["url"], response, outcome, started, elapsed)
+        await self._record(item, row["url"], response, outcome, retry_after, started, elapsed)
 
     def _secret(self, ciphertext: bytes, endpoint_id: str) -> str:
         context = f"{self.settings.secret_context}:{endpoint_id}"
@@ -413,23 +433,18 @@ class Dispatcher:
         url: str,
         response: Response,
         outcome: Verdict,
+        retry_after: float | None,
         started: datetime,
         elapsed: float,
     ) -> None:
         attempt = item.attempts + 1
         delay: float | None = None
-        if outcome is Verdict.RETRY:
-            delay = self.schedule.next_delay(
-                attempt,
-                response.status,
-                parse_retry_after(response.headers.get("retry-after")),
-                self.rng,
-            )
-        status = {
-            Verdict.SUCCESS: "succeeded",
-            Verdict.GONE: "failed",
-            Verdict.RETRY: "pending" if delay is not None else "failed",
-        }[outcome]
+        if outcome in (Verdict.RETRY, Verdict.BACK_PRESSURE):
+            delay = self.schedule.next_delay(attempt, response.status, retry_after, self.rng)
+        if outcome in (Verdict.SUCCESS, Verdict.GONE):
+            status = "succeeded" if outcome is Verdict.SUCCESS else "failed"
+        else:
+            status = "pending" if delay is not None else "failed"
         next_at = datetime.fromtimestamp(self.clock() + delay, UTC) if delay is not None else None
         async with self.db.transaction(platform=True) as tx:
             await tx.execute(
@@ -466,6 +481,8 @@ class Dispatcher:
     async def _endpoint_health(
         self, tx: asyncpg.Connection, item: Claimed, url: str, outcome: Verdict
     ) -> None:
+        if outcome is Verdict.BACK_PRESSURE:
+            return  # the receiver is up and pacing us: its failing streak neither starts nor ends
         if outcome is Verdict.SUCCESS:
             await tx.execute(
                 """UPDATE endpoints SET failing_since = NULL

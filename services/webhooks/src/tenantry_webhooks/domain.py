@@ -6,11 +6,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import random
 import re
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from urllib.parse import urlsplit
 
@@ -205,15 +207,26 @@ class Verdict(StrEnum):
     SUCCESS = "success"
     RETRY = "retry"
     GONE = "gone"  # 410: the receiver says the endpoint no longer exists; disable it
+    # 429 or 503 with a Retry-After we honour: the receiver is up and asks for a pause.
+    # Tried again at that time, like RETRY, but not a failure of the endpoint: neither its
+    # circuit breaker nor its failing streak counts it.
+    BACK_PRESSURE = "back_pressure"
 
 
-def verdict(status: int | None) -> Verdict:
-    """Any 2xx is success; 410 disables; everything else (3xx included: redirects are never
-    followed) fails and is tried again; no status means the request never completed."""
+BACK_PRESSURE_STATUSES = frozenset({429, 503})
+
+
+def verdict(status: int | None, retry_after: float | None = None) -> Verdict:
+    """Any 2xx is success; 410 disables; 429 or 503 with a Retry-After (`retry_after`, as
+    `parse_retry_after` read it) is back-pressure; everything else (3xx included: redirects
+    are never followed) fails and is tried again; no status means the request never
+    completed."""
     if status is not None and 200 <= status < 300:
         return Verdict.SUCCESS
     if status == 410:
         return Verdict.GONE
+    if status in BACK_PRESSURE_STATUSES and retry_after is not None:
+        return Verdict.BACK_PRESSURE
     return Verdict.RETRY
 
 
@@ -262,12 +275,23 @@ class RetrySchedule:
         return base * spread
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds only (an HTTP date is rare from webhook receivers and easy to get wrong)."""
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After value: delay-seconds, or an HTTP-date (RFC 9110
+    §10.2.3) read against `now` (epoch seconds; without it a date is not read). None when
+    absent or unreadable."""
     if value is None:
         return None
+    text = value.strip()
     try:
-        seconds = float(value.strip())
+        seconds = float(text)
     except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
+        if now is None:
+            return None
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # RFC 9110 dates are GMT; a naive parse means no zone
+            return None
+        return max(0.0, when.timestamp() - now)
+    return seconds if seconds >= 0 and math.isfinite(seconds) else None
