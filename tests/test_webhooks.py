@@ -9,7 +9,11 @@ import asyncio
 import json
 import os
 import signal
+import time
+from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import uuid4
 
@@ -18,6 +22,7 @@ import pytest
 import pytest_asyncio
 from standardwebhooks.webhooks import Webhook
 
+from tenantry_servicekit.testing.asgi import Receive, Scope, Send, read_request, reply
 from tenantry_servicekit.testing.fixtures import eventually
 from tenantry_servicekit.testing.mailbox import Mailbox, links
 from tenantry_servicekit.testing.receiver import Received, Receiver, running_receiver
@@ -320,6 +325,80 @@ async def test_a_failed_attempt_is_logged_retried_and_a_message_can_be_resent(
         await eventually(lambda: attempts(3), timeout=30, message="the resend")
     ids = {r.headers["webhook-id"] for r in receiver.to("/fail/1")}
     assert ids == {message_id}, "a repeat is only ever the same webhook-id"
+
+
+@dataclass
+class ThrottlingReceiver(Receiver):
+    """The suite's receiver, plus /throttle-then-ok/<n>/<seconds>: 429 with that
+    Retry-After for the first n requests of each webhook-id, then 200."""
+
+    _throttled: Counter[str] = field(default_factory=Counter)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/throttle-then-ok/"):
+            return await super().__call__(scope, receive, send)
+        request = await read_request(scope, receive)
+        self.requests.append(
+            Received(request.path, request.headers, request.body, time.monotonic())
+        )
+        _, count, seconds = request.path.strip("/").split("/")
+        self._throttled[request.headers.get("webhook-id", "")] += 1
+        if self._throttled[request.headers.get("webhook-id", "")] <= int(count):
+            await reply(send, 429, b"slow down", [(b"retry-after", seconds.encode())])
+        else:
+            await reply(send, 200, b"received")
+
+
+@pytest_asyncio.fixture
+async def throttling_receiver() -> AsyncIterator[ThrottlingReceiver]:
+    receiver = ThrottlingReceiver()
+    await receiver.start()
+    try:
+        yield receiver
+    finally:
+        await receiver.stop()
+
+
+async def test_retries_go_at_the_retry_after_time_and_throttling_never_opens_the_breaker(
+    stack: Stack, operator_headers: dict[str, str], throttling_receiver: ThrottlingReceiver
+) -> None:
+    """Five 429s with Retry-After: 1, then 200. Five failures would open the endpoint's
+    breaker (its minimum of calls) and hold the sixth attempt for a minute; back-pressure
+    is not a failure. Each retry reaches the receiver at its Retry-After time: 1 s after
+    the answer (not the schedule's jittered delay), and within 100 ms of the time the
+    delivery log gave (the dispatcher wakes at the next due time, not on a poll)."""
+    receiver = throttling_receiver
+    tenant_id, endpoint = await team_endpoint(
+        stack, operator_headers, f"{receiver.url}/throttle-then-ok/5/1"
+    )
+    base = f"{endpoints_url(stack, tenant_id)}/{endpoint['endpoint_id']}"
+    async with httpx.AsyncClient(timeout=10) as client:
+        sent = await client.post(f"{base}/test", headers=operator_headers)
+        assert sent.status_code == 202, sent.text
+        message_id = sent.json()["message_id"]
+
+        async def all_six() -> list[Received] | None:
+            mine = [r for r in receiver.requests if r.headers["webhook-id"] == message_id]
+            return mine if len(mine) >= 6 else None
+
+        arrived = await eventually(all_six, timeout=30, message="five 429s and then the 200")
+        # A monotonic arrival as wall-clock time, to compare with the delivery log.
+        to_wall = time.time() - time.monotonic()
+        r = await client.get(f"{base}/attempts", headers=operator_headers)
+        log = sorted(
+            (a for a in r.json()["data"] if a["message_id"] == message_id),
+            key=lambda a: a["attempt"],
+        )
+        current = (await client.get(base, headers=operator_headers)).json()
+    assert [a["status_code"] for a in log] == [429] * 5 + [200]
+    assert current["failing_since"] is None, "a throttling endpoint is not failing"
+    assert current["enabled"]
+    for attempt, retry in zip(log[:-1], arrived[1:], strict=True):
+        started = datetime.fromisoformat(attempt["started_at"]).timestamp()
+        due = datetime.fromisoformat(attempt["next_attempt_at"]).timestamp()
+        assert 1.0 <= due - started < 1.5, attempt  # Retry-After: 1 plus the answer's time
+        late = retry.at + to_wall - due
+        assert -0.02 <= late < 0.1, f"attempt {attempt['attempt'] + 1}: {late * 1000:.0f} ms"
 
 
 def _worker_pid() -> int:

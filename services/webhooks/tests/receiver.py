@@ -16,14 +16,15 @@ event loop on 127.0.0.1 (a port the kernel picks). What it answers depends on th
     /nul           200 with a NUL byte in the body
     anything else  404
 
-Every request is recorded (path, headers, body) before it is answered, and the receiver
-counts requests in flight per path (and the most ever at once).
+Every request is recorded (path, headers, body, wall-clock arrival) before it is answered,
+and the receiver counts requests in flight per path (and the most ever at once).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ class Received:
     path: str
     headers: dict[str, str]  # names lowercased
     body: bytes
+    at: float = 0.0  # time.time() on arrival: comparable with the times the dispatcher records
 
     @property
     def webhook_id(self) -> str:
@@ -82,7 +84,7 @@ class Receiver:
                 break
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path: str = scope["path"]
-        self.requests.append(Received(path, headers, body))
+        self.requests.append(Received(path, headers, body, time.time()))
         self.in_flight[path] += 1
         self.max_in_flight[path] = max(self.max_in_flight[path], self.in_flight[path])
         try:

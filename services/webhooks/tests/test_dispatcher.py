@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -47,6 +47,7 @@ from tenantry_webhooks.dispatcher import (
     Claimed,
     Dispatcher,
     DispatcherSettings,
+    wake_delay,
 )
 from tenantry_webhooks.domain import RetrySchedule, new_secret
 from tenantry_webhooks.fanout import fan_out, message_id_of
@@ -130,9 +131,11 @@ def dispatcher(
     *,
     schedule: RetrySchedule = SCHEDULE,
     breakers: BreakerRegistry | None = None,
+    clock: Callable[[], float] | None = None,
     **settings: Any,
 ) -> Dispatcher:
-    """A dispatcher on the test's clock (its breakers too)."""
+    """A dispatcher on the test's clock, or on `clock` (its breakers too)."""
+    clock = clock or env.clock
     return Dispatcher(
         db=env.db,
         listen_dsn=env.scratch.app_dsn,
@@ -141,9 +144,9 @@ def dispatcher(
         outbox=PostgresOutbox(env.db),
         schedule=schedule,
         settings=DispatcherSettings(**settings),
-        clock=env.clock,
+        clock=clock,
         breakers=(
-            breakers if breakers is not None else BreakerRegistry(ENDPOINT_BREAKER, clock=env.clock)
+            breakers if breakers is not None else BreakerRegistry(ENDPOINT_BREAKER, clock=clock)
         ),
     )
 
@@ -961,3 +964,40 @@ async def test_run_is_woken_by_the_fan_outs_notify(env: Env) -> None:
         stop.set()
         await asyncio.wait_for(task, timeout=5)
     assert worker.claims <= 5, "woken, not polling"
+
+
+async def test_run_sends_each_retry_within_milliseconds_of_its_due_time(env: Env) -> None:
+    """On the wall clock: three failures, then success, with retries 0.4 s apart. The poll
+    is 5 s, so only waking at the next due time can send a retry on time. Each retry must
+    reach the receiver within 100 ms of the next_attempt_at its attempt recorded (the
+    wake-up is a correctness property; the bound leaves room for a loaded machine)."""
+    await add_endpoint(env, "/fail/3")
+    schedule = RetrySchedule(delays=(0.4, 0.4, 0.4), jitter=0)
+    worker = dispatcher(env, schedule=schedule, clock=time.time, poll_seconds=5)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        (event,) = await publish(env)
+
+        async def succeeded() -> bool:
+            return (await delivery(env, event)).status == "succeeded"
+
+        await eventually(succeeded, timeout=10, message="four attempts, the last a success")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=5)
+    log = await attempts(env, event)
+    assert [a.status_code for a in log] == [500, 500, 500, 200]
+    arrivals = [r.at for r in env.receiver.requests]
+    assert len(arrivals) == 4
+    for attempt, arrived in zip(log[:-1], arrivals[1:], strict=True):
+        assert attempt.next_attempt_at is not None
+        late = arrived - attempt.next_attempt_at.timestamp()
+        assert -0.001 <= late < 0.1, f"attempt {attempt.attempt + 1} sent {late * 1000:.1f} ms late"
+
+
+def test_the_sleep_between_rounds_ends_at_the_next_due_time() -> None:
+    assert wake_delay(None, 100.0, 0.5) == 0.5, "nothing pending: the poll"
+    assert wake_delay(100.2, 100.0, 0.5) == pytest.approx(0.2)
+    assert wake_delay(160.0, 100.0, 0.5) == 0.5, "never longer than the poll"
+    assert wake_delay(99.0, 100.0, 0.5) == 0.0

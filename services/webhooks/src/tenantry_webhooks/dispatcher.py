@@ -100,6 +100,9 @@ class DispatcherSettings:
     per_tenant: int = 16
     per_tenant_claim: int = 16
     lease_seconds: float = 60.0
+    # The longest sleep between rounds. The dispatcher wakes at the next due time, on
+    # NOTIFY and when a send finishes; the poll is the safety net for what tells it
+    # nothing (a lost NOTIFY, another dispatcher's lease running out, a reactivation).
     poll_seconds: float = 0.5
     auto_disable_after: timedelta = timedelta(days=5)
     secret_context: str = "webhooks.endpoint_secret"  # noqa: S105  (AES-GCM associated data)
@@ -112,6 +115,14 @@ class Claimed:
     endpoint_id: str
     tenant_id: UUID
     attempts: int
+
+
+def wake_delay(due: float | None, now: float, poll: float) -> float:
+    """Seconds to sleep before the next round: until `due` (epoch seconds; the earliest
+    pending delivery), never longer than `poll`, never negative."""
+    if due is None:
+        return poll
+    return min(poll, max(0.0, due - now))
 
 
 @dataclass
@@ -132,6 +143,7 @@ class Dispatcher:
     _tenant_in_flight: Counter[UUID] = field(default_factory=Counter)
     _rates: LocalLimiter | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         # Breakers and endpoint rates run on the dispatcher's clock, so tests that move
@@ -144,8 +156,10 @@ class Dispatcher:
     # ------------------------------------------------------------ the loop
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Claim and send until `stop`; woken by NOTIFY at fan-out, polling as well."""
-        wake = asyncio.Event()
+        """Claim and send until `stop`. Between rounds it sleeps until the next pending
+        delivery is due, or until woken: NOTIFY (fan-out, resend, an endpoint enabled) or
+        a send finishing (a free slot, a new next attempt); at most `poll_seconds`."""
+        wake = self._wake
         listener: asyncpg.Connection | None = None
         try:
             listener = await asyncpg.connect(self.listen_dsn)
@@ -154,26 +168,23 @@ class Dispatcher:
             log.warning("no LISTEN connection (%r): polling only", exc)
         try:
             while not stop.is_set():
+                # Cleared before the claim: whatever happens from here on wakes the sleep.
                 wake.clear()
                 try:
                     claimed = await self.claim_and_start()
+                    room = len(self._tasks) < self.settings.concurrency
+                    if claimed and room:
+                        continue  # there may be more due right now
+                    # Full: only a finished send (which wakes us) can make room.
+                    due = await self._next_due() if room else None
                 except (OSError, asyncpg.PostgresError) as exc:
                     log.warning("claim failed (%r); retrying", exc)
-                    claimed = 0
-                if claimed and len(self._tasks) < self.settings.concurrency:
-                    continue  # there may be more due right now
-                waiters: list[asyncio.Future[object]] = [
-                    asyncio.ensure_future(wake.wait()),
-                    asyncio.ensure_future(stop.wait()),
-                ]
-                if self._tasks:  # a finished send frees a slot (and maybe an endpoint)
-                    waiters.append(
-                        asyncio.ensure_future(
-                            asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
-                        )
-                    )
+                    due = None
+                sleep = wake_delay(due, self.clock(), self.settings.poll_seconds)
+                woken = asyncio.ensure_future(wake.wait())
+                stopped = asyncio.ensure_future(stop.wait())
                 _, pending = await asyncio.wait(
-                    waiters, timeout=self.settings.poll_seconds, return_when=asyncio.FIRST_COMPLETED
+                    {woken, stopped}, timeout=sleep, return_when=asyncio.FIRST_COMPLETED
                 )
                 for waiter in pending:
                     waiter.cancel()
@@ -183,6 +194,22 @@ class Dispatcher:
             if listener is not None:
                 with contextlib.suppress(Exception):
                     await listener.close()
+
+    async def _next_due(self) -> float | None:
+        """When the earliest delivery that a claim could take comes due (epoch seconds on
+        `clock`), if after now: pending, its endpoint enabled, its tenant active. Due ones
+        left unclaimed wait for a cap (a finished send wakes the loop) or a FIFO head."""
+        async with self.db.transaction(platform=True) as tx:
+            due: datetime | None = await tx.fetchval(
+                """SELECT d.next_attempt_at FROM deliveries d
+                   JOIN endpoints e ON e.endpoint_id = d.endpoint_id AND e.enabled
+                   JOIN tenant_projection tp
+                     ON tp.tenant_id = d.tenant_id AND tp.status = 'active'
+                   WHERE d.status = 'pending' AND d.next_attempt_at > $1
+                   ORDER BY d.next_attempt_at LIMIT 1""",
+                self._now(),
+            )
+        return due.timestamp() if due is not None else None
 
     async def drain(self) -> None:
         """Claim and send until nothing is due (tests and the benchmark drive it)."""
@@ -212,6 +239,7 @@ class Dispatcher:
     def _done(self, item: Claimed) -> Callable[[asyncio.Task[None]], None]:
         def finished(task: asyncio.Task[None]) -> None:
             self._tasks.discard(task)
+            self._wake.set()  # a free slot, and maybe a next attempt to sleep until
             self._in_flight[item.endpoint_id] -= 1
             if self._in_flight[item.endpoint_id] <= 0:
                 del self._in_flight[item.endpoint_id]
