@@ -6,10 +6,13 @@ only then may the Kafka offset be committed (AckPolicy.MANUAL, see `attach`: com
 most every 100 ms after an applied record, rewind on an exception).
 
 Failures split in two:
-- transient (the database or the network is down): back off and raise, so the record is
-  redelivered; nothing is skipped, the partition waits.
-- poison (undecodable, or the handler keeps failing on it): after `attempts` tries the
-  record goes to the group's dead-letter topic with the error, and the consumer moves on.
+- transient (`is_transient_db_error`: the database or the network is down, a broken pooled
+  connection, a server restarting): back off (exponential, jittered, capped) and raise, so
+  the record is redelivered; nothing is skipped, the partition waits, without limit.
+- poison (undecodable, or the handler keeps failing on it while the database answers):
+  after `attempts` tries the record goes to the group's dead-letter topic with the error,
+  and the consumer moves on. A failure while the database does not answer is transient,
+  whatever its type: only a record that fails on a healthy database is poison.
 """
 
 from __future__ import annotations
@@ -23,13 +26,13 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Generic, Literal, Protocol, TypeVar
 from uuid import UUID
 
-import asyncpg
 from faststream import AckPolicy
 from faststream.kafka.annotations import KafkaMessage
 from opentelemetry import metrics
 
 from tenantry_events.catalog import dead_letter_topic
 from tenantry_events.envelope import Envelope, MalformedEvent
+from tenantry_events.faults import Backoff, is_transient_db_error
 from tenantry_events.kafka_codec import from_record
 from tenantry_events.storage import Inbox
 from tenantry_events.tracing import continued_span
@@ -43,19 +46,6 @@ _dead = _meter.create_counter("tenantry.consumer.dead_lettered", description="po
 TxT = TypeVar("TxT")
 Handler = Callable[[TxT, Envelope[Any]], Awaitable[None]]
 Outcome = Literal["applied", "duplicate", "dead-lettered", "ignored"]
-
-# Errors that say "try again later", not "this message is bad".
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    ConnectionError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.SerializationError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.CannotConnectNowError,
-)
-
 
 TxCo = TypeVar("TxCo", covariant=True)
 
@@ -76,6 +66,9 @@ class TransientFailure(Exception):
     """Raised to the broker so it rewinds and redelivers the record later."""
 
 
+Sleep = Callable[[float], Awaitable[None]]
+
+
 class EventConsumer(Generic[TxT]):
     def __init__(
         self,
@@ -87,6 +80,9 @@ class EventConsumer(Generic[TxT]):
         dead_letters: DeadLetterSink,
         attempts: int = 3,
         transient_backoff: float = 0.5,
+        max_transient_backoff: float = 10.0,
+        backoff: Backoff | None = None,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.group = group
         self.dead_letter_topic = dead_letter_topic(group)
@@ -95,7 +91,11 @@ class EventConsumer(Generic[TxT]):
         self._handlers = dict(handlers)
         self._dead_letters = dead_letters
         self._attempts = attempts
-        self._transient_backoff = transient_backoff
+        # The first wait is `transient_backoff`, doubling up to the cap while the outage
+        # lasts (consecutive transient failures), reset by the next record that succeeds.
+        self._backoff = backoff or Backoff(base=transient_backoff, cap=max_transient_backoff)
+        self._sleep = sleep
+        self._transient_streak = 0
 
     @property
     def topics(self) -> list[str]:
@@ -125,17 +125,44 @@ class EventConsumer(Generic[TxT]):
                     envelope.tracestate,
                     **{"messaging.consumer.group.name": self.group, "event.id": str(envelope.id)},
                 ):
-                    return await self._apply(handler, envelope)
-            except TRANSIENT_ERRORS as exc:
-                log.warning("transient failure on %s: %r; will redeliver", envelope.id, exc)
-                await asyncio.sleep(self._transient_backoff)
-                raise TransientFailure(str(exc)) from exc
-            except Exception as exc:  # a handler bug or bad data: retry, then dead-letter
+                    outcome = await self._apply(handler, envelope)
+            except Exception as exc:
+                if is_transient_db_error(exc) or not await self._database_answers():
+                    await self._back_off(envelope.id, exc)
+                    raise TransientFailure(repr(exc)) from exc
+                # A handler bug or bad data on a healthy database: retry, then dead-letter.
                 last_error = exc
                 log.warning("handler failed on %s (attempt %d): %r", envelope.id, attempt, exc)
+            else:
+                self._transient_streak = 0
+                return outcome
         assert last_error is not None
         await self._dead_letter(topic, key, headers, value, last_error)
+        self._transient_streak = 0
         return "dead-lettered"
+
+    async def _database_answers(self) -> bool:
+        """An empty transaction (BEGIN, COMMIT) on the consumer's database: a handler error
+        is only the record's fault if the database is healthy."""
+        try:
+            async with self._db.transaction():
+                pass
+        except Exception as exc:
+            log.warning("database not answering: %r", exc)
+            return False
+        return True
+
+    async def _back_off(self, event_id: UUID, exc: BaseException) -> None:
+        self._transient_streak += 1
+        delay = self._backoff.delay(self._transient_streak)
+        log.warning(
+            "transient failure on %s: %r; will redeliver in %.2fs (%d in a row)",
+            event_id,
+            exc,
+            delay,
+            self._transient_streak,
+        )
+        await self._sleep(delay)
 
     async def _apply(self, handler: Handler[TxT], envelope: Envelope[Any]) -> Outcome:
         async with self._db.transaction(tenant_id=envelope.tenant_id) as tx:

@@ -3,7 +3,9 @@ scoped to a tenant (for row-level security), and a forward-only SQL migrator."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -14,10 +16,15 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
+from tenantry_events.faults import DatabaseUnavailable, is_broken_connection
+
+log = logging.getLogger("tenantry.db")
+
 Connection = asyncpg.Connection  # the transaction handle every Postgres store takes
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """The codecs every connection gets (msgspec for json and jsonb)."""
     for type_name in ("json", "jsonb"):
         await conn.set_type_codec(
             type_name,
@@ -43,7 +50,7 @@ class Database:
                 self.dsn,
                 min_size=self._min_size,
                 max_size=self._max_size,
-                init=_init_connection,
+                init=init_connection,
                 command_timeout=30,
             )
 
@@ -63,22 +70,81 @@ class Database:
         self, *, tenant_id: UUID | None = None, platform: bool = False
     ) -> AsyncIterator[asyncpg.Connection]:
         """A transaction; `tenant_id` scopes row-level security to one tenant, `platform`
-        opens cross-tenant rows to operator and system work (relay, projections)."""
-        async with self.pool.acquire() as proxy, proxy.transaction():
-            # Stores are typed against Connection; the pool's proxy forwards every call.
-            conn: asyncpg.Connection = proxy  # type: ignore[assignment]
-            if tenant_id is not None:
-                await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant_id))
-            if platform:
-                await conn.execute("SELECT set_config('app.platform', 'on', true)")
-            yield conn
+        opens cross-tenant rows to operator and system work (relay, projections).
+
+        A database restart leaves broken connections in the pool. Whatever fails before
+        the caller's work begins (connecting, BEGIN, the session settings) is raised as
+        `DatabaseUnavailable`; a connection that raised a connection-level error, or whose
+        rollback failed, is terminated rather than returned to the pool, so the next
+        transaction gets a fresh one instead of the same broken one."""
+        pool = self.pool
+        try:
+            proxy = await pool.acquire()
+        except Exception as exc:
+            raise DatabaseUnavailable(f"no database connection: {exc!r}") from exc
+        # Stores are typed against Connection; the pool's proxy forwards every call.
+        conn: asyncpg.Connection = proxy  # type: ignore[assignment]
+        try:
+            tx = conn.transaction()
+            try:
+                await tx.start()
+                if tenant_id is not None:
+                    await conn.execute(
+                        "SELECT set_config('app.tenant_id', $1, true)", str(tenant_id)
+                    )
+                if platform:
+                    await conn.execute("SELECT set_config('app.platform', 'on', true)")
+            except Exception as exc:
+                _terminate(conn)
+                raise DatabaseUnavailable(f"database connection failed: {exc!r}") from exc
+            try:
+                yield conn
+            except BaseException as exc:
+                if is_broken_connection(exc):
+                    _terminate(conn)
+                elif _open(conn):
+                    try:
+                        await tx.rollback()
+                    except Exception:  # the work's error is the one to report
+                        _terminate(conn)
+                raise
+            try:
+                await tx.commit()
+            except BaseException as exc:
+                if is_broken_connection(exc) or isinstance(exc, asyncio.CancelledError):
+                    _terminate(conn)
+                raise
+        finally:
+            await _release(pool, proxy)
 
     async def ping(self) -> bool:
         try:
-            await self.pool.fetchval("SELECT 1")
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            async with self.transaction() as conn:
+                await conn.fetchval("SELECT 1")
+        except Exception:  # any failure: not ready (and a broken connection is dropped)
             return False
         return True
+
+
+def _open(conn: asyncpg.Connection) -> bool:
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:  # closed, so asyncpg already gave it back to the pool
+        return False
+
+
+def _terminate(conn: asyncpg.Connection) -> None:
+    if _open(conn):
+        conn.terminate()  # a pooled connection's holder reconnects on the next acquire
+
+
+async def _release(pool: asyncpg.Pool, proxy: object) -> None:
+    """Return the connection; a failed reset has asyncpg terminate it, which must not turn
+    a committed unit of work into an error (nor hide the work's own error)."""
+    try:
+        await pool.release(proxy)  # type: ignore[arg-type]
+    except Exception as exc:
+        log.warning("dropped a database connection that failed its reset: %r", exc)
 
 
 @dataclass(frozen=True, slots=True)
