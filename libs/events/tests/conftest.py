@@ -4,9 +4,15 @@ a scratch database, and a FastStream consumer with its inbox."""
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -20,7 +26,7 @@ from uuid_utils.compat import uuid4
 from tenantry_events.catalog import CATALOG, EventType, dead_letter_topic
 from tenantry_events.consumer import BrokerDeadLetters, EventConsumer, Handler, attach
 from tenantry_events.envelope import Envelope, new_event
-from tenantry_events.pg import Migration
+from tenantry_events.pg import Database, Migration
 from tenantry_events.storage import PostgresInbox
 from tenantry_events.topics import ensure_topics
 from tenantry_servicekit.testing.fixtures import (
@@ -72,13 +78,14 @@ GRANT SELECT, INSERT, UPDATE ON effects TO {app_role};
 """
 
 
+EFFECTS_MIGRATION = Migration("tests", "0001_effects.sql", EFFECTS_SQL)
+
+
 @pytest_asyncio.fixture
 async def effects_db(stack: Stack) -> AsyncIterator[ScratchDatabase]:
     """The consumer's database: backbone tables plus an `effects` table whose `applied`
     column counts how many times each event's effect ran."""
-    scratch = await create_scratch_database(
-        stack, [Migration("tests", "0001_effects.sql", EFFECTS_SQL)], prefix="fx"
-    )
+    scratch = await create_scratch_database(stack, [EFFECTS_MIGRATION], prefix="fx")
     try:
         yield scratch
     finally:
@@ -96,11 +103,118 @@ async def record_effect(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
     )
 
 
+class RelayProcess:
+    """`python -m tenantry_events.relay` as a real process (to SIGKILL, or to run two of).
+    With `log`, its output goes there at DEBUG: one line per batch published."""
+
+    def __init__(self, stack: Stack, dsn: str, log: Path | None = None) -> None:
+        self.stack = stack
+        self.dsn = dsn
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        output = self.log.open("ab") if self.log else subprocess.DEVNULL
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tenantry_events.relay",
+                "--dsn",
+                self.dsn,
+                "--bootstrap",
+                self.stack.kafka_bootstrap,
+                "--batch-size",
+                "50",
+                "--log-level",
+                "DEBUG" if self.log else "INFO",
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        assert self.process.returncode == -signal.SIGKILL
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def batches(self) -> list[PublishedBatch]:
+        """The batches this relay published, from its DEBUG log."""
+        assert self.log is not None
+        return [
+            PublishedBatch(int(m[1]), int(m[2]), int(m[3]), float(m[4]), float(m[5]))
+            for m in _BATCH_LINE.finditer(self.log.read_text(errors="replace"))
+        ]
+
+    def lines(self, needle: str) -> int:
+        assert self.log is not None
+        return self.log.read_text(errors="replace").count(needle)
+
+
+_BATCH_LINE = re.compile(
+    r"published (\d+) records, outbox ids (\d+)\.\.(\d+), ([\d.]+)\.\.([\d.]+)"
+)
+
+
+@dataclass(frozen=True)
+class PublishedBatch:
+    size: int
+    first_id: int
+    last_id: int
+    started: float  # wall clock, seconds
+    acked: float
+
+
 @dataclass
 class RunningConsumer:
     broker: KafkaBroker
     consumer: EventConsumer[Any]
     outcomes: list[str] = field(default_factory=list)
+
+
+async def start_event_consumer(
+    stack: Stack,
+    db: Database,
+    topic: ScratchTopic,
+    handler: Handler[asyncpg.Connection] = record_effect,
+    **options: Any,
+) -> RunningConsumer:
+    """A real EventConsumer on its own FastStream broker (the caller stops `.broker`)."""
+    broker = KafkaBroker(stack.kafka_bootstrap, enable_idempotence=True, acks="all", logger=None)
+    consumer = EventConsumer(
+        group=topic.dlt.removeprefix("dlt."),
+        db=db,
+        inbox=PostgresInbox(),
+        handlers={topic.name: handler},
+        dead_letters=BrokerDeadLetters(broker),
+        **{"transient_backoff": 0.2, **options},
+    )
+    result = RunningConsumer(broker, consumer)
+    original = consumer.process
+
+    async def observed(*args: Any, **kwargs: Any) -> Any:
+        outcome = await original(*args, **kwargs)
+        result.outcomes.append(outcome)
+        return outcome
+
+    consumer.process = observed  # type: ignore[method-assign]
+    attach(broker, consumer)
+    await broker.start()
+    return result
 
 
 @pytest_asyncio.fixture
@@ -112,29 +226,8 @@ async def start_consumer(
     async def start(
         topic: ScratchTopic, handler: Handler[asyncpg.Connection] = record_effect
     ) -> RunningConsumer:
-        broker = KafkaBroker(
-            stack.kafka_bootstrap, enable_idempotence=True, acks="all", logger=None
-        )
-        consumer = EventConsumer(
-            group=topic.dlt.removeprefix("dlt."),
-            db=effects_db.db,
-            inbox=PostgresInbox(),
-            handlers={topic.name: handler},
-            dead_letters=BrokerDeadLetters(broker),
-            transient_backoff=0.2,
-        )
-        result = RunningConsumer(broker, consumer)
-        original = consumer.process
-
-        async def observed(*args: Any, **kwargs: Any) -> Any:
-            outcome = await original(*args, **kwargs)
-            result.outcomes.append(outcome)
-            return outcome
-
-        consumer.process = observed  # type: ignore[method-assign]
-        attach(broker, consumer)
-        await broker.start()
-        running.append(broker)
+        result = await start_event_consumer(stack, effects_db.db, topic, handler)
+        running.append(result.broker)
         return result
 
     yield start

@@ -8,10 +8,6 @@ stack script. Bounded: a few seconds of writes, deadlines on every wait.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,47 +22,9 @@ from tenantry_events.storage import PostgresEventStore, PostgresOutbox
 from tenantry_servicekit.testing.fixtures import ScratchDatabase, eventually
 from tenantry_servicekit.testing.stack import Stack
 
-from .conftest import ScratchTopic
+from .conftest import RelayProcess, ScratchTopic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
-
-
-class RelayProcess:
-    def __init__(self, stack: Stack, dsn: str) -> None:
-        self.stack = stack
-        self.dsn = dsn
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tenantry_events.relay",
-                "--dsn",
-                self.dsn,
-                "--bootstrap",
-                self.stack.kafka_bootstrap,
-                "--batch-size",
-                "50",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def kill(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-        assert self.process.returncode == -signal.SIGKILL
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
 
 
 @pytest_asyncio.fixture

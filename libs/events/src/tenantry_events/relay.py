@@ -1,7 +1,10 @@
 """The outbox relay: publishes outbox rows to Kafka and deletes exactly what Kafka acked.
 
 - One relay publishes at a time per database: it holds a session advisory lock, and a
-  second relay waits for it (a standby that takes over when the first dies).
+  second relay waits for it (a standby that takes over when the first dies). It reads and
+  deletes rows only on the connection holding the lock (`RelayLease`), so when a database
+  restart ends that session, and the lock with it, the relay stops publishing at once and
+  reconnects to compete for the lock again.
 - Woken by LISTEN/NOTIFY at commit; it also polls, since a notification can be missed.
 - Never skips: it reads the rows that exist, oldest first, instead of a high-water mark.
 - Never loses: a row is deleted only after Kafka acknowledged it (acks=all, idempotent
@@ -18,15 +21,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
+from tenantry_events.faults import Backoff, is_broken_connection, is_transient_db_error
 from tenantry_events.kafka_codec import KafkaRecord
-from tenantry_events.storage import Outbox, OutboxEntry
+from tenantry_events.pg import init_connection
+from tenantry_events.storage import OutboxEntry, PostgresOutbox
 from tenantry_resilience import BreakerConfig, CallNotPermitted, CircuitBreaker
 
 log = logging.getLogger("tenantry.relay")
@@ -129,21 +135,40 @@ class KafkaPublisher:
                 raise
 
 
+class OutboxSource(Protocol):
+    """Where the relay reads and deletes rows: a `RelayLease` (the connection holding the
+    lock) in production, any outbox in benchmarks."""
+
+    async def fetch(self, limit: int) -> list[OutboxEntry]: ...
+
+    async def remove(self, ids: Sequence[int]) -> None: ...
+
+
+class LeaseLost(Exception):
+    """The relay's lease connection is gone, and its lock with it: stop publishing."""
+
+
 class OutboxRelay:
+    """Drains `source` into `publisher`. With `lost` (set when the lease connection
+    closes) a publish in flight is abandoned the moment the lease goes: another relay may
+    take the lock once the database is back, and two must never publish at once."""
+
     def __init__(
         self,
-        outbox: Outbox[asyncpg.Connection],
+        outbox: OutboxSource,
         publisher: Publisher,
         *,
         batch_size: int = 500,
         poll_interval: float = 1.0,
         max_backoff: float = 10.0,
+        lost: asyncio.Event | None = None,
     ) -> None:
         self._outbox = outbox
         self._publisher = publisher
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._max_backoff = max_backoff
+        self._lost = lost
         self._wake = asyncio.Event()
         self.published = 0
 
@@ -155,21 +180,52 @@ class OutboxRelay:
         entries: list[OutboxEntry] = await self._outbox.fetch(self._batch_size)
         if not entries:
             return 0
-        await self._publisher.publish([e.record for e in entries])
+        started = time.time()
+        await self._publish([e.record for e in entries])
+        # Wall-clock times: the chaos tests line up the batches of several relay processes.
+        log.debug(
+            "published %d records, outbox ids %d..%d, %.6f..%.6f",
+            len(entries),
+            entries[0].id,
+            entries[-1].id,
+            started,
+            time.time(),
+        )
         await self._outbox.remove([e.id for e in entries])
         self.published += len(entries)
         return len(entries)
 
+    async def _publish(self, records: Sequence[KafkaRecord]) -> None:
+        lost = self._lost
+        if lost is None:
+            await self._publisher.publish(records)
+            return
+        if lost.is_set():
+            raise LeaseLost("the lease was lost before publishing")
+        publishing = asyncio.ensure_future(self._publisher.publish(records))
+        losing = asyncio.ensure_future(lost.wait())
+        try:
+            await asyncio.wait({publishing, losing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            losing.cancel()
+            if not publishing.done():
+                publishing.cancel()  # the publisher drops its producer (and its buffer)
+                with contextlib.suppress(BaseException):
+                    await publishing
+        if publishing.cancelled():
+            raise LeaseLost("the lease was lost while publishing")
+        publishing.result()
+
     async def drain(self) -> None:
-        """Publish until the outbox is empty, retrying through broker outages."""
+        """Publish until the outbox is empty, retrying through broker outages (not
+        through a lost lease: that ends the drain, and the relay must win the lock again)."""
         async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(Exception),
+            retry=retry_if_exception(lambda exc: not isinstance(exc, LeaseLost)),
             wait=_backoff(self._max_backoff),
+            before_sleep=_log_retry,
             reraise=True,
         ):
             with attempt:
-                if attempt.retry_state.attempt_number > 1:
-                    log.warning("relay retrying after %s", attempt.retry_state.outcome)
                 while await self.relay_once() == self._batch_size:
                     pass
 
@@ -179,7 +235,8 @@ class OutboxRelay:
             # round, not be erased after it (that cost a full poll interval, seen in bench).
             self._wake.clear()
             await self.drain()
-            waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
+            events = [self._wake, stop] + ([self._lost] if self._lost else [])
+            waiters = [asyncio.ensure_future(e.wait()) for e in events]
             try:
                 await asyncio.wait(
                     waiters, timeout=self._poll_interval, return_when=asyncio.FIRST_COMPLETED
@@ -187,6 +244,12 @@ class OutboxRelay:
             finally:
                 for waiter in waiters:
                     waiter.cancel()
+
+
+def _log_retry(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome is not None else None
+    delay = state.next_action.sleep if state.next_action is not None else 0.0
+    log.warning("relay retrying in %.1fs after %r", delay, error)
 
 
 def _backoff(max_backoff: float) -> Callable[[RetryCallState], float]:
@@ -206,38 +269,158 @@ def _backoff(max_backoff: float) -> Callable[[RetryCallState], float]:
     return wait
 
 
+# The lock is ours only if this very session holds it: a session behind a transaction
+# pooler, or a new session after a reconnect, would not.
+_HOLDS_LOCK_SQL = """
+SELECT EXISTS (SELECT 1 FROM pg_locks
+               WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+                 AND classid = ($1::bigint >> 32)::oid
+                 AND objid = ($1::bigint & 4294967295)::oid AND objsubid = 1)"""
+
+
+class RelayLease:
+    """The relay's session advisory lock and the one connection it works on.
+
+    Every batch is read and deleted on this connection, after checking that its session
+    still holds the lock; a query that fails because the connection broke, a closed
+    connection or a lock no longer held raise `LeaseLost`. `lost` is set the moment the
+    connection closes (a database restart closes it), so a publish in flight stops too.
+    """
+
+    def __init__(self, conn: asyncpg.Connection, outbox: PostgresOutbox) -> None:
+        self._conn = conn
+        self._outbox = outbox
+        self.lost = asyncio.Event()
+        conn.add_termination_listener(lambda _conn: self.lost.set())
+
+    @classmethod
+    async def open(cls, dsn: str, outbox: PostgresOutbox) -> RelayLease:
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            await init_connection(conn)  # the pool's codecs: outbox headers are jsonb
+        except BaseException:
+            conn.terminate()
+            raise
+        return cls(conn, outbox)
+
+    @property
+    def connection(self) -> asyncpg.Connection:
+        return self._conn
+
+    async def try_acquire(self) -> bool:
+        return bool(await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY))
+
+    async def holds_lock(self) -> bool:
+        return bool(await self._conn.fetchval(_HOLDS_LOCK_SQL, RELAY_LOCK_KEY))
+
+    async def fetch(self, limit: int) -> list[OutboxEntry]:
+        async with self._on_lease():
+            if not await self.holds_lock():
+                raise LeaseLost("this session no longer holds the relay lock")
+            return await self._outbox.fetch(limit, conn=self._conn)
+
+    async def remove(self, ids: Sequence[int]) -> None:
+        async with self._on_lease():
+            await self._outbox.remove(ids, conn=self._conn)
+
+    @contextlib.asynccontextmanager
+    async def _on_lease(self) -> AsyncIterator[None]:
+        if self.lost.is_set() or self._conn.is_closed():
+            raise LeaseLost("the lease connection is closed")
+        try:
+            yield
+        except Exception as exc:
+            if isinstance(exc, LeaseLost) or not is_broken_connection(exc):
+                raise
+            self.lost.set()
+            raise LeaseLost(f"the lease connection broke: {exc!r}") from exc
+
+    async def close(self) -> None:
+        """Closing the session releases the lock (or it already went with the session)."""
+        if self._conn.is_closed():
+            return
+        try:
+            await self._conn.close(timeout=2.0)
+        except Exception:
+            self._conn.terminate()
+
+
 async def run_relay(
     dsn: str,
-    outbox: Outbox[asyncpg.Connection],
+    outbox: PostgresOutbox,
     publisher: Publisher,
     stop: asyncio.Event,
+    *,
+    backoff: Backoff | None = None,
     **relay_options: float | int,
-) -> OutboxRelay:
-    """Hold the relay lease, listen for commits and relay until `stop` is set.
+) -> int:
+    """Hold the relay lease, listen for commits and relay until `stop` is set; return how
+    many rows this process published.
 
-    The lease is a session advisory lock on a dedicated connection: if this process dies,
-    Postgres drops the connection and the lock, and a standby relay takes over.
+    The lease is a session advisory lock on a dedicated connection, and the outbox is read
+    and deleted on that connection only. If this process dies, Postgres drops the session
+    and the lock, and a standby relay takes over. If the database restarts, the session
+    and the lock are gone: the relay stops publishing at once, reconnects (backing off
+    while the database is unreachable) and competes for the lock again like a standby.
     """
-    relay = OutboxRelay(outbox, publisher, **relay_options)  # type: ignore[arg-type]
-    lease = await asyncpg.connect(dsn)
-    try:
-        while not stop.is_set():
-            if await lease.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY):
+    backoff = backoff or Backoff(base=0.2, cap=5.0)
+    poll = float(relay_options.get("poll_interval", 1.0))
+    published = 0
+    failures = 0
+    while not stop.is_set():
+        lease: RelayLease | None = None
+        relay: OutboxRelay | None = None
+        try:
+            lease = await RelayLease.open(dsn, outbox)
+            if not await _win_lock(lease, stop, poll):
                 break
+            failures = 0
+            relay = OutboxRelay(lease, publisher, lost=lease.lost, **relay_options)  # type: ignore[arg-type]
+            await lease.connection.add_listener(NOTIFY_CHANNEL, _waker(relay))
+            log.info("relay holds the lease")
+            await relay.run(stop)
+            # Flush on graceful shutdown, but never hang it: what is left stays in the
+            # outbox for the next relay.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(relay.relay_once(), timeout=5.0)
+        except Exception as exc:
+            if not (isinstance(exc, LeaseLost) or is_transient_db_error(exc)):
+                raise
+            failures += 1
+            delay = backoff.delay(failures)
+            log.warning(
+                "relay lost its lease or cannot reach the database (%r): not publishing; "
+                "reconnecting in %.2fs",
+                exc,
+                delay,
+            )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
-        if stop.is_set():
-            return relay
-        await lease.add_listener(NOTIFY_CHANNEL, lambda *_: relay.wake())
-        log.info("relay holds the lease")
-        await relay.run(stop)
-        # Flush on graceful shutdown, but never hang it: what is left stays in the outbox
-        # for the next relay.
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(relay.relay_once(), timeout=5.0)
-    finally:
-        await lease.close()
-    return relay
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+        finally:
+            if relay is not None:
+                published += relay.published
+            if lease is not None:
+                await lease.close()
+    return published
+
+
+async def _win_lock(lease: RelayLease, stop: asyncio.Event, poll: float) -> bool:
+    """Try the lock every `poll` seconds (a standby) until it is ours or `stop` is set;
+    a standby whose connection breaks raises, like the holder, and reconnects."""
+    while not stop.is_set():
+        if await lease.try_acquire():
+            return True
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(lease.lost.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=min(poll, 1.0), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+    return False
+
+
+def _waker(relay: OutboxRelay) -> Callable[..., None]:
+    return lambda *_: relay.wake()
 
 
 def main() -> None:
@@ -249,21 +432,22 @@ def main() -> None:
     import signal
 
     from tenantry_events.pg import Database
-    from tenantry_events.storage import PostgresOutbox
 
     parser = argparse.ArgumentParser(description="Tenantry outbox relay")
     parser.add_argument("--dsn", required=True)
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG logs every batch published")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
 
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        db = Database(args.dsn, max_size=2)
+        db = Database(args.dsn, min_size=0, max_size=1)  # the lease has its own connection
         await db.connect()
         publisher = KafkaPublisher(args.bootstrap)
         await publisher.start()

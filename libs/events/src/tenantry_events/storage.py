@@ -98,8 +98,12 @@ class PostgresOutbox:
             [e.id for e in events],
         )
 
-    async def fetch(self, limit: int) -> list[OutboxEntry]:
-        rows = await self._db.pool.fetch(
+    async def fetch(
+        self, limit: int, *, conn: asyncpg.Connection | None = None
+    ) -> list[OutboxEntry]:
+        """The oldest `limit` rows, through the pool or on `conn` (the relay reads on the
+        connection that holds its lock, see relay.py)."""
+        rows = await (conn or self._db.pool).fetch(
             "SELECT id, topic, key, headers, value FROM outbox ORDER BY id LIMIT $1", limit
         )
         return [
@@ -115,8 +119,10 @@ class PostgresOutbox:
             for r in rows
         ]
 
-    async def remove(self, ids: Sequence[int]) -> None:
-        await self._db.pool.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", list(ids))
+    async def remove(self, ids: Sequence[int], *, conn: asyncpg.Connection | None = None) -> None:
+        await (conn or self._db.pool).execute(
+            "DELETE FROM outbox WHERE id = ANY($1::bigint[])", list(ids)
+        )
 
     async def pending(self) -> int:
         return int(await self._db.pool.fetchval("SELECT count(*) FROM outbox"))
