@@ -1871,3 +1871,23 @@ ACS_REFUSALS = {
     "idp-error",
     "missing-email",
 }
+
+
+async def test_a_forged_oidc_callback_with_a_real_state_leaves_the_login_pending(
+    stack: Stack,
+    identity: httpx.AsyncClient,
+    browser_http: httpx.AsyncClient,
+    oidc_target: OidcTarget,
+) -> None:
+    """The state is taken only by a callback whose code, tokens and claims all pass."""
+    tenant_id, connection, oidc_provider = oidc_target
+    genuine = await oidc_callback(browser_http, stack, oidc_provider, connection["id"], "u-carol")
+    forged = re.sub(r"([?&])code=[^&]+", r"\1code=made-up-by-an-attacker", genuine)
+    assert forged != genuine
+    assert error_of(await browser_http.get(forged)) == "token-exchange-failed"
+    assert "token-exchange-failed" in await failures(identity, tenant_id, connection["id"])
+    signed_in = await browser_http.get(genuine)
+    assert (await exchange(browser_http, stack, code_of(signed_in))).status_code == 200
+    again = await browser_http.get(genuine)
+    assert again.status_code == 400
+    assert again.json()["code"] == "unknown-request"
