@@ -19,6 +19,7 @@ from litestar.exceptions import (
 )
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
+from tenantry_events.faults import is_transient_db_error
 from tenantry_events.storage import ConcurrencyConflict
 
 PROBLEM_BASE = "https://tenantry.dev/problems/"
@@ -78,9 +79,27 @@ _SLUGS: dict[int, tuple[str, str]] = {
 }
 
 
+# How long a client should wait before retrying while the database is unreachable: about
+# what a Postgres restart or failover takes.
+DATABASE_RETRY_AFTER_SECONDS = 2
+
+
+def database_unavailable() -> Problem:
+    return Problem(
+        503,
+        "unavailable",
+        "Service unavailable",
+        "The service's database is unavailable; retry shortly",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
+
+
 def problem_from_exception(exc: Exception) -> Problem:
     if isinstance(exc, Problem):
         return exc
+    if is_transient_db_error(exc):
+        # An outage, a restart, a failover: the request is fine, try it again shortly.
+        return database_unavailable()
     if isinstance(exc, ConcurrencyConflict):
         return Problem(
             409,
@@ -123,10 +142,26 @@ def _clean_error(error: Any) -> Any:
 _ENCODER = msgspec.json.Encoder()
 
 
+def log_unexpected(request: Request[Any, Any, Any], exc: Exception, problem: Problem) -> None:
+    """A 5xx that no code chose is a bug (logged with its traceback); a database outage is
+    not (one warning line: the readiness probe and the database's own logs tell the rest)."""
+    if problem.status < 500 or isinstance(exc, Problem):  # a Problem is deliberate
+        return
+    if is_transient_db_error(exc):
+        log.warning(
+            "database unavailable on %s %s: %s: %s",
+            request.method,
+            request.url.path,
+            type(exc).__name__,
+            exc,
+        )
+        return
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+
+
 def problem_response(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     problem = problem_from_exception(exc)
-    if problem.status >= 500 and not isinstance(exc, Problem):  # a Problem is deliberate
-        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    log_unexpected(request, exc, problem)
     request_id = request.scope.get("state", {}).get("request_id")
     body = problem.body(instance=request.url.path)
     if request_id:
