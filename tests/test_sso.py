@@ -12,7 +12,7 @@ import base64
 import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 from uuid import uuid4
 
@@ -23,6 +23,7 @@ import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tenantry_identity.sso.domain import RefusalCode
 from tenantry_servicekit.testing import saml_attacks, saml_fuzz
 from tenantry_servicekit.testing.dns import LoopbackDns
 from tenantry_servicekit.testing.fixtures import eventually
@@ -1852,25 +1853,8 @@ async def test_hostile_messages_at_the_acs_and_slo_get_no_5xx_and_change_nothing
     assert (await exchange(browser_http, stack, code_of(signed_in))).status_code == 200
 
 
-ACS_REFUSALS = {
-    "malformed",
-    "undecryptable",
-    "unsigned",
-    "bad-signature",
-    "unknown-certificate",
-    "deprecated-algorithm",
-    "wrong-issuer",
-    "wrong-audience",
-    "wrong-destination",
-    "wrong-recipient",
-    "expired",
-    "not-yet-valid",
-    "replay",
-    "unsolicited",
-    "unknown-request",
-    "idp-error",
-    "missing-email",
-}
+# Every refusal code (test_saml_refusals checks that docs/sso.md documents each).
+ACS_REFUSALS = set(get_args(RefusalCode))
 
 
 async def test_a_forged_oidc_callback_with_a_real_state_leaves_the_login_pending(
