@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response
 
+from tenantry_provisioning.scim.messages import MessageError
 from tenantry_provisioning.scim.resources import ERROR_URN
 from tenantry_servicekit.problems import problem_from_exception, problem_response
 
@@ -45,10 +46,13 @@ def scim_error_body(status: int, detail: str, scim_type: str | None) -> dict[str
 
 
 def scim_error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    """Any exception on the SCIM mount as a SCIM Error: our own ScimErrors as they are,
-    problems (401 from the pipeline, 403 plan limits, 404, 429, ...) translated."""
+    """Any exception on the SCIM mount as a SCIM Error: our own ScimErrors and refused
+    messages (messages.py, resources.py) as they are, problems (401 from the pipeline, 403
+    plan limits, 404, 429, ...) translated."""
     if isinstance(exc, ScimError):
         status, detail, scim_type, headers = exc.status, exc.detail, exc.scim_type, exc.headers
+    elif isinstance(exc, MessageError):
+        status, detail, scim_type, headers = exc.status, exc.detail, exc.scim_type, {}
     else:
         problem = problem_from_exception(exc)
         if problem.status >= 500:

@@ -68,6 +68,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal, TypeAlias
 
+from tenantry_provisioning.scim.messages import json_kind
+
 __all__ = [
     "ENTERPRISE_USER_URN",
     "ENTRA_GROUP_URN",
@@ -915,6 +917,9 @@ def _resolve(schema: ResourceSchema, path: str, scope: Extension | None = None) 
 # --------------------------------------------------------------------------- operations
 
 
+_OPS: Final = "add, remove or replace"
+
+
 @dataclass(frozen=True)
 class _Operation:
     op: Op
@@ -932,23 +937,37 @@ def _operations(body: Any) -> list[_Operation]:
     ):
         raise PatchError("invalidSyntax", f"schemas must hold {PATCH_OP_URN}")
     raw_ops = _get(body, "Operations")
+    if raw_ops is _MISSING:
+        raise PatchError("invalidSyntax", "Operations is missing (a non-empty list)")
     if not isinstance(raw_ops, list) or not raw_ops:
-        raise PatchError("invalidSyntax", "Operations must be a non-empty list")
+        raise PatchError(
+            "invalidSyntax", f"Operations must be a non-empty list, not {json_kind(raw_ops)}"
+        )
     if len(raw_ops) > MAX_OPERATIONS:
         raise PatchError("invalidSyntax", f"more than {MAX_OPERATIONS} operations")
     out: list[_Operation] = []
     for index, raw in enumerate(raw_ops):
         if not isinstance(raw, Mapping):
-            raise PatchError("invalidSyntax", f"Operations[{index}] is not an object")
+            raise PatchError(
+                "invalidSyntax", f"Operations[{index}] must be an object, not {json_kind(raw)}"
+            )
         op = _get(raw, "op")
-        name = op.strip().lower() if isinstance(op, str) else ""
+        if op is _MISSING or op is None:
+            raise PatchError("invalidSyntax", f"Operations[{index}]: op is missing ({_OPS})")
+        if not isinstance(op, str):
+            raise PatchError("invalidSyntax", f"Operations[{index}]: op must be a string ({_OPS})")
+        name = op.strip().lower()
         if name not in ("add", "remove", "replace"):
-            raise PatchError("invalidSyntax", f"Operations[{index}]: unknown op {_clip(op)}")
+            raise PatchError(
+                "invalidSyntax", f"Operations[{index}]: unknown op {_clip(op)!r} ({_OPS})"
+            )
         path = _get(raw, "path")
         if path is _MISSING or path is None or (isinstance(path, str) and not path.strip()):
             path = None
         elif not isinstance(path, str):
-            raise PatchError("invalidPath", f"Operations[{index}]: path must be a string")
+            raise PatchError(
+                "invalidPath", f"Operations[{index}]: path must be a string, not {json_kind(path)}"
+            )
         value = _get(raw, "value")
         has_value = value is not _MISSING
         if name != "remove" and not has_value:

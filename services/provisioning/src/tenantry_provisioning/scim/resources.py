@@ -11,6 +11,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from tenantry_provisioning.scim.messages import MessageError
+
 USER_URN = "urn:ietf:params:scim:schemas:core:2.0:User"
 ENTERPRISE_URN = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 GROUP_URN = "urn:ietf:params:scim:schemas:core:2.0:Group"
@@ -81,12 +83,27 @@ _GROUP_NAMES = {n.lower(): n for n in ["displayName", "externalId", "members", "
 _GROUP_NAMES["schemas"] = "schemas"
 
 
-class ResourceError(ValueError):
+class ResourceError(MessageError):
     """A resource body that cannot be stored; `scim_type` per RFC 7644 §3.12."""
 
     def __init__(self, detail: str, scim_type: str = "invalidValue") -> None:
-        super().__init__(detail)
-        self.scim_type = scim_type
+        super().__init__(detail, scim_type)
+
+
+def _check_schemas(body: Mapping[str, Any]) -> None:
+    """`schemas` is read-only for us (we write it), but a value that is not a list of
+    strings is a malformed resource, not one to store."""
+    schemas = body.get("schemas")
+    if schemas is not None and (
+        not isinstance(schemas, list) or not all(isinstance(s, str) for s in schemas)
+    ):
+        raise ResourceError("schemas must be a list of schema URNs", "invalidSyntax")
+
+
+def _optional_string(value: Any, name: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ResourceError(f"{name} must be a string")
+    return value
 
 
 def as_bool(value: Any) -> bool:
@@ -143,20 +160,18 @@ def _primary_first(values: list[Any]) -> list[dict[str, Any]]:
 def user_columns(resource: Mapping[str, Any]) -> dict[str, Any]:
     """The columns of scim_users for a full User representation (POST or PUT body)."""
     body = canonical_keys(resource)
+    _check_schemas(body)
     user_name = body.get("userName")
     if not isinstance(user_name, str) or not user_name.strip():
         raise ResourceError("userName is required", "invalidValue")
     columns: dict[str, Any] = {}
     for attribute, column in USER_COLUMNS.items():
-        value = body.get(attribute)
-        if value is not None and not isinstance(value, str):
-            raise ResourceError(f"{attribute} must be a string")
-        columns[column] = value
+        columns[column] = _optional_string(body.get(attribute), attribute)
     name = body.get("name") or {}
     if not isinstance(name, Mapping):
         raise ResourceError("name must be an object")
     for attribute, column in NAME_COLUMNS.items():
-        columns[column] = name.get(attribute)
+        columns[column] = _optional_string(name.get(attribute), f"name.{attribute}")
     # Unassigned (absent, or removed by a PATCH) is kept as NULL and counts as active:
     # only an explicit false deprovisions.
     columns["active"] = as_bool(body["active"]) if body.get("active") is not None else None
@@ -238,10 +253,11 @@ Member = tuple[UUID, str | None, str | None]  # id, display, type as sent
 def group_columns(resource: Mapping[str, Any]) -> tuple[dict[str, Any], list[Member]]:
     """The scim_groups columns and the members of a full Group representation."""
     body = canonical_keys(resource, group=True)
+    _check_schemas(body)
     display_name = body.get("displayName")
     if not isinstance(display_name, str) or not display_name.strip():
         raise ResourceError("displayName is required")
-    external_id = body.get("externalId")
+    external_id = _optional_string(body.get("externalId"), "externalId")
     members = body.get("members") or []
     if not isinstance(members, list):
         raise ResourceError("members must be a list")
@@ -251,7 +267,9 @@ def group_columns(resource: Mapping[str, Any]) -> tuple[dict[str, Any], list[Mem
             raise ResourceError("a member is an object with a value")
         value = member.get("value")
         try:
-            member_id = UUID(str(value))
+            if not isinstance(value, str):
+                raise ValueError(value)
+            member_id = UUID(value)
         except ValueError:
             raise ResourceError(f"member {value!r} is not a user id") from None
         display, kind = member.get("display"), member.get("type")

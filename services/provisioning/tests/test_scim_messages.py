@@ -1,0 +1,293 @@
+"""SCIM request messages (scim/messages.py): list parameters, SearchRequests and
+BulkRequests are read into typed values or refused with a MessageError carrying the RFC
+7644 §3.12 scimType; no JSON value in any member gets any other exception through."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tenantry_provisioning.scim.messages import (
+    INT64_MAX,
+    INT64_MIN,
+    BulkRequest,
+    ListParams,
+    MessageError,
+    bulk_request,
+    check_schemas,
+    list_query,
+    search_request,
+)
+from tenantry_provisioning.scim.patch import GROUP_SCHEMA, PatchError, apply_patch
+from tenantry_provisioning.scim.resources import ResourceError, group_columns, user_columns
+
+SEARCH = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
+BULK = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
+PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+SEARCH_MEMBERS = [
+    "schemas",
+    "filter",
+    "sortBy",
+    "sortOrder",
+    "startIndex",
+    "count",
+    "attributes",
+    "excludedAttributes",
+    "cursor",
+]
+
+
+def search(**members: Any) -> ListParams:
+    return search_request({"schemas": [SEARCH], **members}, SEARCH, max_results=200)
+
+
+def attempt(call: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """(result, None), or (None, the refusal) for the module's own refusals only: any
+    other exception fails the test."""
+    try:
+        return call(*args, **kwargs), None
+    except (MessageError, PatchError) as refused:
+        return None, refused
+
+
+def refusal(call: Any, *args: Any, **kwargs: Any) -> MessageError:
+    with pytest.raises(MessageError) as caught:
+        call(*args, **kwargs)
+    return caught.value
+
+
+def test_a_search_request_reads_every_member() -> None:
+    params = search_request(
+        {
+            "schemas": [SEARCH.upper()],
+            "Filter": 'userName sw "a"',
+            "SORTBY": "userName",
+            "sortOrder": "descending",
+            "startIndex": 3,
+            "count": 1000,
+            "attributes": ["userName", " emails ", ""],
+            "excludedAttributes": "groups,meta",
+            "cursor": "",
+        },
+        SEARCH,
+        max_results=200,
+    )
+    assert params == {
+        "cursor": "",
+        "filter": 'userName sw "a"',
+        "start_index": 3,
+        "count": 200,
+        "sort_by": "userName",
+        "sort_order": "descending",
+        "attributes": ["userName", "emails"],
+        "excluded": ["groups", "meta"],
+    }
+
+
+def test_nulls_and_absent_members_take_the_defaults() -> None:
+    expected: ListParams = {
+        "cursor": None,
+        "filter": None,
+        "start_index": 1,
+        "count": 100,
+        "sort_by": None,
+        "sort_order": "ascending",
+        "attributes": None,
+        "excluded": None,
+    }
+    assert search() == expected
+    assert search(**dict.fromkeys(SEARCH_MEMBERS[1:])) == expected
+    assert list_query({}, max_results=200) == expected
+    assert list_query({"startIndex": "", "count": " "}, max_results=200) == expected
+
+
+@pytest.mark.parametrize("name", ["startIndex", "count"])
+def test_integers_must_fit_a_bigint(name: str) -> None:
+    key = "start_index" if name == "startIndex" else "count"
+    for fits, expected in ((INT64_MAX, INT64_MAX), (INT64_MIN, 1 if key == "start_index" else 0)):
+        assert search(**{name: fits})[key] == min(expected, 200 if key == "count" else expected)
+        assert list_query({name: str(fits)}, max_results=200)[key] == search(**{name: fits})[key]
+    for beyond in (INT64_MAX + 1, INT64_MIN - 1, 2**64, 10**30):
+        assert refusal(search, **{name: beyond}).scim_type == "invalidValue"
+        refused = refusal(list_query, {name: str(beyond)}, max_results=200)
+        assert (refused.scim_type, refused.status) == ("invalidValue", 400)
+        assert name in refused.detail
+    for not_an_integer in ("12", 1.0, True, [1], {"a": 1}):
+        assert name in refusal(search, **{name: not_an_integer}).detail
+    for text in ("1e3", "0x10", "\u0661", "1_000", "--1", "9" * 41):
+        assert name in refusal(list_query, {name: text}, max_results=200).detail
+
+
+@pytest.mark.parametrize("member", SEARCH_MEMBERS[1:])
+@given(value=JSON)
+def test_any_json_in_any_search_member_is_read_or_refused(member: str, value: Any) -> None:
+    params, refused = attempt(search, **{member: value})
+    if refused is not None:
+        assert (refused.status, refused.scim_type) == (400, "invalidValue")
+        return
+    assert 1 <= params["start_index"] <= INT64_MAX
+    assert 0 <= params["count"] <= 200
+    for text in (params["filter"], params["sort_by"], params["cursor"], params["sort_order"]):
+        assert text is None or isinstance(text, str)
+    for names in (params["attributes"], params["excluded"]):
+        assert names is None or all(isinstance(n, str) and "\x00" not in n for n in names)
+
+
+@given(schemas=JSON)
+def test_schemas_must_be_a_list_of_strings_holding_the_urn(schemas: Any) -> None:
+    holds = isinstance(schemas, list) and SEARCH in schemas
+    _, refused = attempt(check_schemas, {"schemas": schemas}, SEARCH, "a search request")
+    if refused is not None:
+        assert not holds
+        assert (refused.scim_type, refused.status) == ("invalidSyntax", 400)
+        assert "schemas" in refused.detail
+    else:
+        assert isinstance(schemas, list)
+        assert all(isinstance(s, str) for s in schemas)
+
+
+def test_query_strings_with_nul_or_surrogates_are_refused() -> None:
+    for name in ("attributes", "excludedAttributes", "sortBy", "sortOrder", "cursor"):
+        for text in ("a\x00", "\ud800"):
+            refused = refusal(list_query, {name: text}, max_results=200)
+            assert (refused.scim_type, name in refused.detail) == ("invalidValue", True)
+
+
+def bulk(*operations: Any, **members: Any) -> BulkRequest:
+    return bulk_request(
+        {"schemas": [BULK], "Operations": list(operations), **members}, BULK, max_operations=3
+    )
+
+
+def test_a_bulk_request_reads_every_operation() -> None:
+    checked = bulk(
+        {"method": "post", "path": "/Users", "bulkId": "u", "data": {"userName": "a"}},
+        {"METHOD": "DELETE", "Path": "/Groups/x", "version": 'W/"1"'},
+        failOnErrors=1,
+    )
+    assert checked.fail_on_errors == 1
+    assert [(o.method, o.path, o.bulk_id, o.version) for o in checked.operations] == [
+        ("POST", "/Users", "u", None),
+        ("DELETE", "/Groups/x", None, 'W/"1"'),
+    ]
+    assert checked.operations[0].data == {"userName": "a"}
+    assert checked.operations[1].data is None
+
+
+@pytest.mark.parametrize(
+    ("body", "scim_type", "status"),
+    [
+        ({"schemas": [BULK], "Operations": "x"}, "invalidSyntax", 400),
+        ({"schemas": [BULK]}, "invalidSyntax", 400),
+        (
+            {"schemas": [BULK], "Operations": [{"method": "DELETE", "path": "/x"}] * 4},
+            "tooMany",
+            413,
+        ),
+        ({"schemas": "x", "Operations": []}, "invalidSyntax", 400),
+        ([BULK], "invalidSyntax", 400),
+        ({"schemas": [BULK], "Operations": [1]}, "invalidSyntax", 400),
+        ({"schemas": [BULK], "Operations": [None]}, "invalidSyntax", 400),
+        ({"schemas": [BULK], "Operations": [{"method": 5}]}, "invalidValue", 400),
+        ({"schemas": [BULK], "Operations": [], "failOnErrors": 1.5}, "invalidValue", 400),
+    ],
+)
+def test_malformed_bulk_requests_are_refused_whole(body: Any, scim_type: str, status: int) -> None:
+    refused = refusal(bulk_request, body, BULK, max_operations=3)
+    assert (refused.scim_type, refused.status) == (scim_type, status)
+
+
+BULK_MEMBERS = ["method", "path", "bulkId", "version", "data"]
+
+
+@pytest.mark.parametrize("member", BULK_MEMBERS)
+@given(value=JSON)
+def test_any_json_in_any_bulk_member_is_read_or_refused(member: str, value: Any) -> None:
+    operation = {"method": "PATCH", "path": "/Groups/x", "data": {}, member: value}
+    checked, refused = attempt(bulk, operation)
+    if refused is not None:
+        assert refused.status == 400
+        assert f"Operations[0].{member}" in refused.detail
+        return
+    (read,) = checked.operations
+    assert read.method in ("POST", "PUT", "PATCH", "DELETE")
+    assert isinstance(read.path, str)
+    assert read.path
+    assert read.data is None or isinstance(read.data, dict)
+    assert read.data is not None or read.method == "DELETE"
+
+
+@pytest.mark.parametrize("member", ["op", "path", "value", "Operations", "schemas"])
+@given(value=JSON)
+def test_any_json_in_a_patch_member_is_applied_or_refused(member: str, value: Any) -> None:
+    group = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "id": "1"}
+    operation = {"op": "replace", "path": "externalId", "value": "x", member: value}
+    body: dict[str, Any] = {"schemas": [PATCH_OP], "Operations": [operation]}
+    if member in ("Operations", "schemas"):
+        body[member] = value
+    result, refused = attempt(apply_patch, {**group, "displayName": "G"}, body, schema=GROUP_SCHEMA)
+    if refused is not None:
+        assert refused.status == 400
+        assert "_Missing" not in refused.detail
+        return
+    _, refused = attempt(group_columns, result)
+    assert refused is None or refused.status == 400
+
+
+@pytest.mark.parametrize(
+    ("operation", "expected"),
+    [
+        ({"path": "displayName", "value": "x"}, "Operations[0]: op is missing"),
+        ({"op": None, "value": {}}, "Operations[0]: op is missing"),
+        ({"op": 5, "value": {}}, "Operations[0]: op must be a string"),
+        ({"op": "move", "value": {}}, "unknown op 'move'"),
+        ({"op": "add", "path": 5, "value": 1}, "path must be a string, not a number"),
+    ],
+)
+def test_patch_operations_say_which_member_is_wrong(
+    operation: dict[str, Any], expected: str
+) -> None:
+    with pytest.raises(PatchError) as caught:
+        apply_patch(
+            {"displayName": "G"},
+            {"schemas": [PATCH_OP], "Operations": [operation]},
+            schema=GROUP_SCHEMA,
+        )
+    assert expected in caught.value.detail
+    assert "_Missing" not in caught.value.detail
+
+
+@pytest.mark.parametrize("schemas", [5, "x", [5], {"a": 1}, True])
+def test_resources_refuse_schemas_that_are_not_a_list_of_strings(schemas: Any) -> None:
+    for read, body in (
+        (user_columns, {"schemas": schemas, "userName": "a"}),
+        (group_columns, {"schemas": schemas, "displayName": "G"}),
+    ):
+        with pytest.raises(ResourceError) as caught:
+            read(body)
+        assert caught.value.scim_type == "invalidSyntax"
+
+
+@pytest.mark.parametrize("value", [5, True, ["x"], {"a": "b"}])
+def test_resource_strings_must_be_strings(value: Any) -> None:
+    with pytest.raises(ResourceError, match="externalId"):
+        group_columns({"displayName": "G", "externalId": value})
+    with pytest.raises(ResourceError, match=r"name\.givenName"):
+        user_columns({"userName": "a", "name": {"givenName": value}})
+    with pytest.raises(ResourceError, match="member"):
+        group_columns({"displayName": "G", "members": [{"value": value}]})
