@@ -16,13 +16,12 @@ import httpx
 import pytest
 
 from tenantry_servicekit.testing.fixtures import eventually
-from tenantry_servicekit.testing.pg_cluster import PgCluster, pg_cluster
+from tenantry_servicekit.testing.pg_cluster import PgCluster
 from tenantry_servicekit.testing.stack import Stack
 
 from .test_identity import create_key, new_tenant
 from .test_scim import ERROR
 
-__all__ = ["pg_cluster"]  # the fixture, imported for this module's tests
 REPO = Path(__file__).resolve().parents[1]
 PROBLEM = "application/problem+json"
 
