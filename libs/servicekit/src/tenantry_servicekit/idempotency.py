@@ -2,24 +2,36 @@
 
 The first request with a key runs and its response (status < 500) is stored for 24 h; a
 retry with the same key and the same request replays it (`Idempotent-Replayed: true`); the
-same key with a different request is 422; a retry while the first still runs is 409. A
-5xx or a crash releases the key, so the client may retry. Keys are scoped per credential.
+same key with a different request is 422; a retry while the first still runs is 409 with
+Retry-After. A 5xx or a crash releases the key, so the client may retry. Keys are scoped
+per credential.
+
+A running request renews its lock every HEARTBEAT; a lock not renewed for STALE_LOCK
+belongs to a process that died, and the next retry takes the key over. So a crash holds a
+key for seconds, not for a request timeout, while a slow request is never run twice.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import logging
 from datetime import timedelta
 
+import asyncpg
 import msgspec
 
 from tenantry_events.pg import Database
 from tenantry_servicekit.asgi import ASGIApp, Message, Receive, Scope, Send
 from tenantry_servicekit.problems import PROBLEM_JSON, Problem
 
+log = logging.getLogger(__name__)
+
 HEADER = b"idempotency-key"
 RETENTION = timedelta(hours=24)
-STALE_LOCK = timedelta(seconds=60)
+HEARTBEAT = timedelta(seconds=2)
+STALE_LOCK = timedelta(seconds=10)  # several missed heartbeats
 MAX_KEY_LENGTH = 255
 
 
@@ -54,10 +66,20 @@ class IdempotencyMiddleware:
     """ASGI middleware inside Litestar, after authentication; only POSTs that carry the
     header are affected."""
 
-    def __init__(self, app: ASGIApp, db: Database, *, max_body: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        db: Database,
+        *,
+        max_body: int,
+        heartbeat: timedelta = HEARTBEAT,
+        stale_lock: timedelta = STALE_LOCK,
+    ) -> None:
         self.app = app
         self.db = db
         self.max_body = max_body
+        self.heartbeat = heartbeat
+        self.stale_lock = stale_lock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") != "POST":
@@ -133,11 +155,14 @@ class IdempotencyMiddleware:
                 response_body.append(message.get("body", b""))
             await send(message)
 
+        heartbeat = asyncio.create_task(self._renew(scope_key, key))
         try:
             await self.app(scope, replay_receive, capture_send)
         except BaseException:
+            await _stop(heartbeat)
             await self._release(scope_key, key)
             raise
+        await _stop(heartbeat)
         if status >= 500:
             await self._release(scope_key, key)
         else:
@@ -167,7 +192,7 @@ class IdempotencyMiddleware:
                    FROM idempotency_keys WHERE scope = $1 AND key = $2 FOR UPDATE""",
                 scope_key,
                 key,
-                STALE_LOCK,
+                self.stale_lock,
             )
             if row is None:  # released between our insert and select: treat as new
                 return Problem(
@@ -195,6 +220,21 @@ class IdempotencyMiddleware:
                 headers={"Retry-After": "1"},
             )
 
+    async def _renew(self, scope_key: str, key: str) -> None:
+        """Keep the lock fresh while the request runs (a failed renewal is retried at the
+        next beat: a lock goes stale only when its process is gone for STALE_LOCK)."""
+        while True:
+            await asyncio.sleep(self.heartbeat.total_seconds())
+            try:
+                await self.db.pool.execute(
+                    """UPDATE idempotency_keys SET locked_at = now()
+                       WHERE scope = $1 AND key = $2 AND state = 'started'""",
+                    scope_key,
+                    key,
+                )
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("idempotency lock renewal failed: %s", exc)
+
     async def _store(
         self, scope_key: str, key: str, status: int, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> None:
@@ -219,6 +259,12 @@ class IdempotencyMiddleware:
             scope_key,
             key,
         )
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 class _Stored:
