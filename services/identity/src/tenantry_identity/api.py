@@ -303,6 +303,7 @@ async def seated_account(
     email_verified: bool = False,
     jit_connection_id: UUID | None = None,
     on_created: Callable[[asyncpg.Connection, AccountRow], Awaitable[None]] | None = None,
+    account_id: UUID | None = None,
 ) -> AccountRow:
     """A new account of the tenant within its seat limit: invites, SCIM and SSO's
     just-in-time accounts all come through here, so they share one seat count in one
@@ -319,6 +320,7 @@ async def seated_account(
                 password_hash=password_hash,
                 created_by=created_by,
                 email_verified=email_verified,
+                account_id=account_id,
             )
             if jit_connection_id is not None:
                 payload = UserJitProvisioned(
@@ -457,9 +459,38 @@ class AccountAdminController(Controller):
 
 class ProvisionedAccount(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     email: Annotated[str, msgspec.Meta(min_length=3, max_length=320)]
+    # The id provisioning allocated for this user: a retried or re-created user names the
+    # same account, which is returned (enabled or disabled as `active` asks) instead of a
+    # second one. Without it identity allocates the id.
+    account_id: UUID | None = None
+    active: bool = True
 
 
 SCIM = requires(scopes=("scim:write",))
+DEPROVISIONED = "deprovisioned by the identity provider (SCIM)"
+
+
+async def provisioned_state(
+    runtime: Runtime, tenant_id: UUID, account_id: UUID, active: bool, actor: str
+) -> AccountRow | None:
+    """Put an existing account of the tenant in the state SCIM asks for (enabling takes a
+    seat, within the limit); None if there is no such account."""
+    async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+        account = await store(runtime).get_account(tx, account_id)
+        if account is None or account.tenant_id != tenant_id:
+            return None
+        if active and account.status == "disabled":
+            await guard_quantity(tx, tenant_id, "seats", SEATS_IN_USE)
+            changed = await store(runtime).enable_account(
+                tx, tenant_id, account_id, enabled_by=actor
+            )
+        elif not active and account.status == "active":
+            changed = await store(runtime).disable_account(
+                tx, tenant_id, account_id, disabled_by=actor, reason=DEPROVISIONED
+            )
+        else:
+            changed = None
+        return changed or account
 
 
 class ProvisioningController(Controller):
@@ -492,15 +523,44 @@ class ProvisioningController(Controller):
             email = data.email.strip().lower()
             if not email.isprintable() or any(c.isspace() for c in email):
                 raise rule_problem(exc) from None
-        return await seated_account(
-            runtime,
-            tenant_id,
-            email=email,
-            role="member",
-            password_hash=None,
-            created_by=f"scim:{principal.subject}",
-            email_verified=True,
-        )
+        actor = f"scim:{principal.subject}"
+        if data.account_id is not None:
+            existing = await provisioned_state(
+                runtime, tenant_id, data.account_id, data.active, actor
+            )
+            if existing is not None:
+                return existing
+
+        async def disabled_at_once(tx: asyncpg.Connection, account: AccountRow) -> None:
+            await store(runtime).disable_account(
+                tx, tenant_id, account.account_id, disabled_by=actor, reason=DEPROVISIONED
+            )
+
+        try:
+            account = await seated_account(
+                runtime,
+                tenant_id,
+                email=email,
+                role="member",
+                password_hash=None,
+                created_by=actor,
+                email_verified=True,
+                on_created=None if data.active else disabled_at_once,
+                account_id=data.account_id,
+            )
+        except Problem as problem:
+            # A concurrent request created this very account first: answer as a retry.
+            if data.account_id is None or problem.status != 409:
+                raise
+            existing = await provisioned_state(
+                runtime, tenant_id, data.account_id, data.active, actor
+            )
+            if existing is None:
+                raise
+            return existing
+        if not data.active:
+            return msgspec.structs.replace(account, status="disabled")
+        return account
 
     @post(
         "/{account_id:uuid}/deprovision",
@@ -522,7 +582,7 @@ class ProvisioningController(Controller):
                 tenant_id,
                 account_id,
                 disabled_by=f"scim:{principal_of(request).subject}",
-                reason="deprovisioned by the identity provider (SCIM)",
+                reason=DEPROVISIONED,
             )
             row = row or await store(runtime).get_account(tx, account_id)
         return in_tenant(row, tenant_id)
@@ -540,12 +600,11 @@ class ProvisioningController(Controller):
         account_id: FromPath[UUID],
         runtime: NamedDependency[Runtime],
     ) -> AccountRow:
-        """Idempotent: an active account is returned as it is."""
-        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-            row = await store(runtime).enable_account(
-                tx, tenant_id, account_id, enabled_by=f"scim:{principal_of(request).subject}"
-            )
-            row = row or await store(runtime).get_account(tx, account_id)
+        """Idempotent: an active account is returned as it is. Enabling takes a seat
+        again, within the plan's limit (403 plan-limit-exceeded)."""
+        row = await provisioned_state(
+            runtime, tenant_id, account_id, True, f"scim:{principal_of(request).subject}"
+        )
         return in_tenant(row, tenant_id)
 
 

@@ -98,8 +98,11 @@ class IdentityStore:
         password_hash: str | None,
         created_by: str,
         email_verified: bool = False,
+        account_id: UUID | None = None,
     ) -> AccountRow:
-        account_id = uuid7()
+        """`account_id` is the caller's when it allocates one (provisioning names the
+        account of a SCIM user, so a retry or a re-create finds the same account)."""
+        account_id = account_id or uuid7()
         try:
             async with tx.transaction():
                 row = await tx.fetchrow(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from tenantry_provisioning.scim.api import SCIM_ROUTER
 from tenantry_provisioning.scim.errors import scim_error_response
+from tenantry_provisioning.scim.intents import finish_stale_intents
+from tenantry_provisioning.settings import ProvisioningSettings
 from tenantry_servicekit.app import ServiceSpec
 from tenantry_servicekit.projections import standard_projections
 
@@ -13,5 +15,8 @@ SPEC = ServiceSpec(
     root_route_handlers=[SCIM_ROUTER],
     consumer_handlers=standard_projections(),
     migration_packages=["tenantry_provisioning"],
+    settings_cls=ProvisioningSettings,
+    # SCIM user writes whose request died between identity's write and the directory's.
+    worker_tasks=[finish_stale_intents],
     error_renderers={"/scim/v2": scim_error_response},
 )

@@ -2,9 +2,8 @@
 
 Every request is authenticated by the pipeline with a tenant API key carrying scim:write;
 the tenant is the key's. Every error is a SCIM Error (errors.py is the mount's renderer).
-Writes call identity first (the account, the seat, access) and then change the directory
-and emit its event in one transaction, so a failure in between is repaired by the
-identity provider's retry, which both steps absorb.
+User writes reach identity (the account, the seat, access) and the directory on both
+sides or neither (users.py, intents.py).
 """
 
 from __future__ import annotations
@@ -20,21 +19,16 @@ from litestar import Request, Response, Router, delete, get, patch, post, put
 from litestar.di import NamedDependency
 from uuid_utils.compat import uuid7
 
-from tenantry_events.envelope import new_event
 from tenantry_events.payloads.provisioning import (
-    DirectoryGroup,
-    DirectoryUser,
     GroupCreated,
     GroupDeleted,
     GroupMembersChanged,
     GroupUpdated,
-    UserDeprovisioned,
-    UserProvisioned,
-    UserUpdated,
 )
-from tenantry_provisioning.scim import discovery, store
+from tenantry_provisioning.scim import discovery, store, users
 from tenantry_provisioning.scim.accounts import IdentityAccounts
 from tenantry_provisioning.scim.errors import SCIM_JSON, ScimError, scim_error_response
+from tenantry_provisioning.scim.events import directory_group, emit
 from tenantry_provisioning.scim.filter import FilterError, parse_filter, sort_sql, to_sql
 from tenantry_provisioning.scim.patch import GROUP_SCHEMA, USER_SCHEMA, PatchError, apply_patch
 from tenantry_provisioning.scim.resources import (
@@ -47,9 +41,7 @@ from tenantry_provisioning.scim.resources import (
     etag,
     group_columns,
     group_resource,
-    primary_email,
     project,
-    user_columns,
     user_resource,
 )
 from tenantry_servicekit.auth import principal_of, requires
@@ -141,37 +133,6 @@ def accounts(runtime: Runtime) -> IdentityAccounts:
         client = IdentityAccounts(runtime.settings.service_url("identity"))
         runtime.extras["identity_accounts"] = client
     return client
-
-
-def directory_user(row: Mapping[str, Any]) -> DirectoryUser:
-    return DirectoryUser(
-        user_id=row["id"],
-        user_name=row["user_name"],
-        external_id=row["external_id"],
-        active=row["active"] is not False,
-        display_name=row["display_name"],
-        email=primary_email(row),
-    )
-
-
-def directory_group(row: Mapping[str, Any]) -> DirectoryGroup:
-    return DirectoryGroup(
-        group_id=row["id"], display_name=row["display_name"], external_id=row["external_id"]
-    )
-
-
-async def emit(
-    runtime: Runtime, tx: asyncpg.Connection, tenant_id: UUID, row: Mapping[str, Any], payload: Any
-) -> None:
-    event = new_event(
-        payload,
-        tenant_id=tenant_id,
-        subject=str(row["id"]),
-        aggregate_version=row["version"],
-        source=runtime.source,
-        region=runtime.settings.region,
-    )
-    await runtime.outbox.put(tx, [event])
 
 
 def list_params(
@@ -341,29 +302,15 @@ async def read_one(
 async def create_user(
     request: Request[Any, Any, Any], runtime: Runtime, body: dict[str, Any]
 ) -> tuple[int, dict[str, Any], dict[str, str]]:
-    tenant_id = tenant_of(request)
-    try:
-        columns = user_columns(body)
-    except ResourceError as exc:
-        raise ScimError(400, str(exc), exc.scim_type) from None
-    async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-        await scim_allowed(tx, tenant_id)
-        if await store.user_name_owner(tx, tenant_id, columns["user_name"]) is not None:
-            raise ScimError(409, f"userName {columns['user_name']} exists", "uniqueness")
-    email = primary_email(columns) or columns["user_name"]
-    identity = accounts(runtime)
-    authorization = request.headers["authorization"]
-    account_id = await identity.provision(
-        tenant_id, email, authorization, f"scim-user:{columns['user_name'].lower()}"
+    """The account in identity and the user here, or neither (users.py)."""
+    row = await users.create(
+        runtime,
+        accounts(runtime),
+        tenant_of(request),
+        body,
+        request.headers["authorization"],
+        scim_allowed,
     )
-    if columns["active"] is False:
-        await identity.deprovision(tenant_id, account_id, authorization)
-    try:
-        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-            row = await store.insert_user(tx, tenant_id, account_id, columns)
-            await emit(runtime, tx, tenant_id, row, UserProvisioned(user=directory_user(row)))
-    except asyncpg.UniqueViolationError:
-        raise ScimError(409, f"userName {columns['user_name']} exists", "uniqueness") from None
     resource = user_resource(row, base_url(request))
     return 201, resource, {"Location": resource["meta"]["location"], "ETag": etag(row["version"])}
 
@@ -375,50 +322,22 @@ async def write_user(
     change: Any,
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """PUT and PATCH: `change(current_resource) -> new full resource`."""
-    tenant_id = tenant_of(request)
     url = base_url(request)
-    async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-        await scim_allowed(tx, tenant_id)
-        current = await store.get_user(tx, tenant_id, user_id)
-    if current is None:
-        raise ScimError(404, f"User {user_id} not found")
-    check_if_match(request, current["version"])
-    wanted = change(user_resource(current, url))
-    try:
-        columns = user_columns(wanted)
-    except ResourceError as exc:
-        raise ScimError(400, str(exc), exc.scim_type) from None
-    identity = accounts(runtime)
-    authorization = request.headers["authorization"]
-    was_active, now_active = current["active"] is not False, columns["active"] is not False
-    if was_active and not now_active:
-        await identity.deprovision(tenant_id, user_id, authorization)
-    elif now_active and not was_active:
-        await identity.reprovision(tenant_id, user_id, authorization)
-    try:
-        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-            owner = await store.user_name_owner(tx, tenant_id, columns["user_name"])
-            if owner is not None and owner != user_id:
-                raise ScimError(409, f"userName {columns['user_name']} exists", "uniqueness")
-            locked = await tx.fetchval(
-                "SELECT version FROM scim_users WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
-                tenant_id,
-                user_id,
-            )
-            if locked is None:
-                raise ScimError(404, f"User {user_id} not found")
-            if locked != current["version"]:
-                raise ScimError(412, "the resource changed meanwhile; read it again", None)
-            row = await store.update_user(tx, tenant_id, user_id, columns)
-            user = directory_user(row)
-            payload: Any = (
-                UserDeprovisioned(user=user, deleted=False)
-                if was_active and not now_active
-                else UserUpdated(user=user)
-            )
-            await emit(runtime, tx, tenant_id, row, payload)
-    except asyncpg.UniqueViolationError:
-        raise ScimError(409, f"userName {columns['user_name']} exists", "uniqueness") from None
+
+    def wanted(current: dict[str, Any]) -> dict[str, Any]:
+        check_if_match(request, current["version"])
+        result: dict[str, Any] = change(user_resource(current, url))
+        return result
+
+    row = await users.replace(
+        runtime,
+        accounts(runtime),
+        tenant_of(request),
+        user_id,
+        wanted,
+        request.headers["authorization"],
+        scim_allowed,
+    )
     return user_resource(row, url), {"ETag": etag(row["version"])}
 
 
@@ -490,28 +409,15 @@ async def patch_user(
 
 
 async def remove_user(request: Request[Any, Any, Any], runtime: Runtime, user_id: UUID) -> None:
-    tenant_id = tenant_of(request)
-    async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-        await scim_allowed(tx, tenant_id)
-        current = await store.get_user(tx, tenant_id, user_id)
-    if current is None:
-        raise ScimError(404, f"User {user_id} not found")
-    check_if_match(request, current["version"])
-    await accounts(runtime).deprovision(tenant_id, user_id, request.headers["authorization"])
-    async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-        left = await store.delete_user(tx, tenant_id, user_id)
-        user = DirectoryUser(**{**msgspec.structs.asdict(directory_user(current)), "active": False})
-        await emit(runtime, tx, tenant_id, current, UserDeprovisioned(user=user, deleted=True))
-        for group_id in left:
-            group = await store.get_group(tx, tenant_id, group_id)
-            if group is not None:
-                await emit(
-                    runtime,
-                    tx,
-                    tenant_id,
-                    group,
-                    GroupMembersChanged(group=directory_group(group), added=[], removed=[user_id]),
-                )
+    await users.remove(
+        runtime,
+        accounts(runtime),
+        tenant_of(request),
+        user_id,
+        lambda current: check_if_match(request, current["version"]),
+        request.headers["authorization"],
+        scim_allowed,
+    )
 
 
 @delete("/Users/{user_id:str}", opt=SCIM_OPT, status_code=204, include_in_schema=False)
