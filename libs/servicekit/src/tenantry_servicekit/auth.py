@@ -12,8 +12,12 @@ lacks the role or scope the route needs.
 
 from __future__ import annotations
 
+import asyncio
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -23,6 +27,8 @@ from tenantry_servicekit.apikeys import is_well_formed, key_hash, looks_like_api
 from tenantry_servicekit.clock import Clock, SystemClock, utc
 from tenantry_servicekit.problems import Problem
 from tenantry_servicekit.tokens import AccessTokenVerifier, InvalidToken
+
+T = TypeVar("T")
 
 PrincipalKind = Literal["user", "operator", "api_key"]
 STATE_KEY = "principal"
@@ -231,6 +237,12 @@ class TenantStatus(Protocol):
     async def status(self, tenant_id: UUID) -> str | None: ...
 
 
+# A tenant's requests are admitted only in the states its route admits (DESIGN.md, "Data
+# lifecycle"): `active` everywhere today. A state added later (offboarding, purging,
+# purged) is refused until a route or route class names it.
+ACTIVE_ONLY: frozenset[str] = frozenset({"active"})
+
+
 def tenant_suspended() -> Problem:
     return Problem(
         403,
@@ -240,27 +252,97 @@ def tenant_suspended() -> Problem:
     )
 
 
+def tenant_not_found() -> Problem:
+    return Problem(
+        404,
+        "tenant-not-found",
+        "There is no such tenant",
+        "This service does not know the tenant (it may have been created moments ago:"
+        " if so, retry shortly)",
+    )
+
+
+def tenant_refusal(status: str | None, admitted: frozenset[str] = ACTIVE_ONLY) -> Problem | None:
+    """Why a tenant in `status` may not do what admits `admitted` (None: it may)."""
+    if status is None:
+        return tenant_not_found()
+    if status in admitted:
+        return None
+    if status == "suspended":
+        return tenant_suspended()
+    return Problem(
+        403,
+        "tenant-not-active",
+        "This tenant cannot do this in its current state",
+        f"the tenant is {status}",
+        tenant_status=status,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectionWait:
+    """How long to wait for a projection to hear of a tenant it does not know yet (a new
+    tenant whose events are on their way) before answering that there is none: bounded,
+    so a tenant that does not exist gets a 404, never an endless 503."""
+
+    timeout: float = 2.0
+    interval: float = 0.05
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    async def until_known(self, probe: Callable[[], Awaitable[T | None]]) -> T | None:
+        """`probe()` until it returns something, at most `timeout` (counted in intervals
+        slept, so a test's sleep controls it); None if it never did."""
+        found = await probe()
+        for _ in range(math.ceil(self.timeout / self.interval)):
+            if found is not None:
+                break
+            await self.sleep(self.interval)
+            found = await probe()
+        return found
+
+
 class TenantGuard:
     """PipelineStep after authentication.
 
     (The Authenticator already answered 404 to another tenant's credential on
     /v1/tenants/{tenant_id}/..., before the route reads its body.)
 
-    - Every request of a suspended tenant gets 403 tenant-suspended, whatever credential it
-      carries (token or API key, issued before the suspension or not), from this service's
-      own projection of tenant.* events. Operators pass: they reactivate.
+    - A principal of a tenant passes only if the tenant's state (this service's own
+      projection of tenant.* events) is one its route admits: the route's
+      `opt={"tenant_states": [...]}`, else `admitted[route class]`, else `active` only.
+      A suspended tenant gets 403 tenant-suspended, any other state 403 tenant-not-active,
+      whatever credential it carries (token or API key, issued before or not).
+    - A tenant the projection has not heard of is waited for (`wait`), then 404
+      tenant-not-found.
+    - Operators pass: they reactivate, and act on tenants in any state.
     """
 
-    def __init__(self, tenants: TenantStatus) -> None:
+    def __init__(
+        self,
+        tenants: TenantStatus,
+        *,
+        admitted: Mapping[str, frozenset[str]] | None = None,
+        wait: ProjectionWait | None = None,
+    ) -> None:
         self._tenants = tenants
+        self._admitted = dict(admitted or {})
+        self._wait = wait or ProjectionWait()
+
+    def admitted_for(self, request: Request[Any, Any, Any]) -> frozenset[str]:
+        declared = request.route_handler.opt.get("tenant_states")
+        if declared is not None:
+            return frozenset(declared)
+        # ratelimit imports this module; its route classes are the pipeline's classes.
+        from tenantry_servicekit.ratelimit import route_class_of
+
+        return self._admitted.get(route_class_of(request), ACTIVE_ONLY)
 
     async def __call__(self, request: Request[Any, Any, Any]) -> None:
         principal: Principal | None = request.state.get(STATE_KEY)
-        if principal is None:
+        if principal is None or principal.tenant_id is None or principal.is_operator:
             return
-        if (
-            principal.tenant_id is not None
-            and not principal.is_operator
-            and await self._tenants.status(principal.tenant_id) == "suspended"
-        ):
-            raise tenant_suspended()
+        tenant_id = principal.tenant_id
+        status = await self._wait.until_known(lambda: self._tenants.status(tenant_id))
+        refusal = tenant_refusal(status, self.admitted_for(request))
+        if refusal is not None:
+            raise refusal

@@ -16,7 +16,10 @@ import msgspec
 from tenantry_events.consumer import Handler
 from tenantry_events.envelope import Envelope
 from tenantry_events.payloads.tenancy import Limits, PlanOffer, TenantLimitsChanged
+from tenantry_servicekit.auth import ProjectionWait, tenant_not_found
 from tenantry_servicekit.problems import Problem
+
+LIMITS_WAIT = ProjectionWait()
 
 
 class TenantLimits(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,13 +76,21 @@ def upgrade_for(current: TenantLimits, name: str, usage: int) -> str | None:
     return None
 
 
-async def guard_quantity(
-    tx: asyncpg.Connection, tenant_id: UUID, name: str, usage_sql: str
-) -> None:
-    """Refuse (403 plan-limit-exceeded) when one more `name` would pass the limit.
-    `usage_sql` counts the current usage for $1 = tenant id, in this transaction."""
-    current = await load_limits(tx, tenant_id, for_update=True)
-    if current is None:
+async def known_limits(
+    tx: asyncpg.Connection,
+    tenant_id: UUID,
+    *,
+    for_update: bool = False,
+    wait: ProjectionWait = LIMITS_WAIT,
+) -> TenantLimits:
+    """The tenant's limits, waiting a bounded time for a new tenant's first
+    tenant.limits_changed. Still none: 404 tenant-not-found if this service has not heard
+    of the tenant at all (no such tenant, or not yet: either way a retry loop would never
+    end), else 503 limits-unknown (the tenant is known, its limits are on their way)."""
+    current = await wait.until_known(lambda: load_limits(tx, tenant_id, for_update=for_update))
+    if current is not None:
+        return current
+    if await tx.fetchval("SELECT 1 FROM tenant_projection WHERE tenant_id = $1", tenant_id):
         raise Problem(
             503,
             "limits-unknown",
@@ -87,6 +98,15 @@ async def guard_quantity(
             "Retry in a moment",
             headers={"Retry-After": "1"},
         )
+    raise tenant_not_found()
+
+
+async def guard_quantity(
+    tx: asyncpg.Connection, tenant_id: UUID, name: str, usage_sql: str
+) -> None:
+    """Refuse (403 plan-limit-exceeded) when one more `name` would pass the limit.
+    `usage_sql` counts the current usage for $1 = tenant id, in this transaction."""
+    current = await known_limits(tx, tenant_id, for_update=True)
     usage = int(await tx.fetchval(usage_sql, tenant_id))
     allowed = getattr(current.limits, name)
     if allowed is not None and usage >= allowed:
@@ -104,15 +124,7 @@ async def guard_quantity(
 
 
 async def guard_feature(tx: asyncpg.Connection, tenant_id: UUID, name: str) -> None:
-    current = await load_limits(tx, tenant_id)
-    if current is None:
-        raise Problem(
-            503,
-            "limits-unknown",
-            "This tenant's limits are not known here yet",
-            "Retry in a moment",
-            headers={"Retry-After": "1"},
-        )
+    current = await known_limits(tx, tenant_id)
     if not getattr(current.limits, name):
         raise Problem(
             403,
