@@ -38,6 +38,7 @@ from tenantry_identity.sso.oidc import OidcRelyingParty
 from tenantry_identity.sso.service import SsoService
 from tenantry_identity.sso.store import SsoStore
 from tenantry_identity.store import EmailTaken, IdentityStore
+from tenantry_identity.usage_report import reconcile_usage, usage_report_handlers
 from tenantry_identity.verification import EmailVerification
 from tenantry_resilience import BreakerConfig, BreakerRegistry
 from tenantry_servicekit.app import ServiceSpec, rate_limit_step
@@ -253,6 +254,7 @@ def identity_consumers(runtime: Runtime) -> dict[str, Handler[asyncpg.Connection
             "apikey.used": on_apikey_used,
             "webhook.endpoint_disabled": on_endpoint_disabled,
         },
+        usage_report_handlers(runtime),
     )
 
 
@@ -278,5 +280,5 @@ SPEC = ServiceSpec(
     settings_cls=IdentitySettings,
     on_startup=[start_signing_keys, start_sso],
     on_shutdown=[stop_sso],
-    worker_tasks=[refresh_idp_metadata],
+    worker_tasks=[refresh_idp_metadata, reconcile_usage],
 )

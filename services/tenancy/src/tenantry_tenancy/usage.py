@@ -1,4 +1,12 @@
-"""Usage counted from events (the inbox makes each event count once)."""
+"""Usage against each quantity limit, as the services that hold the things report it.
+
+identity reports `seats` and `api_keys`, webhooks `webhook_endpoints`, each an absolute
+count with a version that grows per tenant and resource (usage.reported; see
+tenantry_servicekit.usage_reports). A counter takes a report only if its version is higher
+than the one it holds, so reports may arrive in any order, twice, or late, and the counter
+still ends at the owner's newest count. tenancy counts nothing itself: a delta missed once
+(an event type nobody counted) stayed wrong forever; a report is repaired by the next one.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +18,7 @@ import msgspec
 
 from tenantry_events.consumer import Handler
 from tenantry_events.envelope import Envelope
+from tenantry_events.payloads.usage import UsageReported
 
 COUNTED = ("seats", "api_keys", "webhook_endpoints")
 
@@ -20,34 +29,24 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
     webhook_endpoints: int = 0
 
 
-async def _add(tx: asyncpg.Connection, tenant_id: UUID, column: str, delta: int) -> None:
-    assert column in COUNTED
+async def _on_usage_reported(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
+    payload: UsageReported = event.payload
+    column = payload.resource
+    assert column in COUNTED  # the payload type allows nothing else; the name goes in SQL
     await tx.execute(
-        # No clamping at 0: a disable may arrive before its create (another topic), and
-        # plain sums converge whatever the order.
-        f"""INSERT INTO tenant_usage (tenant_id, {column}) VALUES ($1, $2)
-            ON CONFLICT (tenant_id) DO UPDATE SET {column} = tenant_usage.{column} + $2""",
-        tenant_id,
-        delta,
+        f"""INSERT INTO tenant_usage AS u (tenant_id, {column}, {column}_version)
+            VALUES ($1, $2, $3)
+            ON CONFLICT (tenant_id) DO UPDATE
+                SET {column} = EXCLUDED.{column}, {column}_version = EXCLUDED.{column}_version
+                WHERE u.{column}_version < EXCLUDED.{column}_version""",
+        event.tenant_id,
+        payload.count,
+        payload.version,
     )
 
 
-def _counter(column: str, delta: int) -> Handler[asyncpg.Connection]:
-    async def handle(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
-        if column == "seats" and getattr(event.payload, "status", "active") != "active":
-            return
-        await _add(tx, event.tenant_id, column, delta)
-
-    return handle
-
-
 def usage_handlers() -> dict[str, Handler[asyncpg.Connection]]:
-    return {
-        "account.created": _counter("seats", +1),
-        "account.disabled": _counter("seats", -1),
-        "apikey.created": _counter("api_keys", +1),
-        "apikey.revoked": _counter("api_keys", -1),
-    }
+    return {"usage.reported": _on_usage_reported}
 
 
 async def usage_of(tx: asyncpg.Connection, tenant_id: UUID) -> Usage:
@@ -57,4 +56,4 @@ async def usage_of(tx: asyncpg.Connection, tenant_id: UUID) -> Usage:
     )
     if row is None:
         return Usage()
-    return Usage(**{k: max(v, 0) for k, v in dict(row).items()})
+    return Usage(**dict(row))

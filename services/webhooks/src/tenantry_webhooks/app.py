@@ -19,6 +19,7 @@ from tenantry_webhooks.fanout import fanout_handlers
 from tenantry_webhooks.sender import OutboundSender, outbound_policy
 from tenantry_webhooks.settings import WebhooksSettings
 from tenantry_webhooks.store import expunge_older_than
+from tenantry_webhooks.usage_report import reconcile_usage
 
 log = logging.getLogger("tenantry.webhooks")
 
@@ -80,5 +81,5 @@ SPEC = ServiceSpec(
     consumer_handlers=merge_handlers(standard_projections(), fanout_handlers()),
     migration_packages=["tenantry_webhooks"],
     settings_cls=WebhooksSettings,
-    worker_tasks=[dispatch, retention],
+    worker_tasks=[dispatch, retention, reconcile_usage],
 )
