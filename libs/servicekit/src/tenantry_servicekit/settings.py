@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
@@ -68,6 +68,15 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     # (ms; 0 = never). See AdmissionSettings.
     admission_sheddable_loop_lag_ms: float = 25.0
     admission_default_loop_lag_ms: float = 100.0
+    # Housekeeping (housekeeping.py): the worker prunes the inbox and idempotency_keys by
+    # age every interval, in batches. The inbox's 168 h is Kafka's default log retention:
+    # a record can come back (an offset reset re-reads the topic) for as long as the broker
+    # keeps it, so keep this at least the topics' retention.ms. Idempotency keys: Stripe's
+    # 24 h, never less than the middleware replays them (idempotency.RETENTION).
+    inbox_retention_hours: Annotated[float, msgspec.Meta(gt=0)] = 168.0
+    idempotency_retention_hours: Annotated[float, msgspec.Meta(gt=0)] = 24.0
+    housekeeping_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
+    housekeeping_batch_size: Annotated[int, msgspec.Meta(gt=0)] = 5000
 
     def service_url(self, service: str) -> str:
         for item in self.service_urls.split(","):

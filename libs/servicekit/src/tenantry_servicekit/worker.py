@@ -1,4 +1,5 @@
-"""The worker process of a service: its Kafka consumers and its outbox relay.
+"""The worker process of a service: its Kafka consumers, its outbox relay and its worker
+tasks (the spec's own, after the ones every service runs: housekeeping).
 
 Graceful shutdown on SIGTERM/SIGINT: stop consuming (FastStream finishes the record in
 hand and commits), stop the relay (one last flush, bounded), close the pool.
@@ -16,10 +17,14 @@ from faststream.kafka import KafkaBroker
 from tenantry_events.consumer import BrokerDeadLetters, EventConsumer, attach
 from tenantry_events.relay import KafkaPublisher, run_relay
 from tenantry_servicekit.app import BACKGROUND_TOPICS, CRITICAL_TOPICS, ServiceSpec, WorkerTask
+from tenantry_servicekit.housekeeping import housekeeping
 from tenantry_servicekit.runtime import Runtime
 from tenantry_servicekit.worker_health import WorkerHealth
 
 log = logging.getLogger("tenantry.worker")
+
+# Tasks every service's worker runs, before the spec's own `worker_tasks`.
+DEFAULT_WORKER_TASKS: tuple[WorkerTask, ...] = (housekeeping,)
 
 
 async def run_worker(
@@ -82,7 +87,10 @@ async def _run(
     await _start_with_retry(publisher.start, stop)
     health.started = True
     log.info("worker started: group %s", spec.consumer_group)
-    tasks = [asyncio.create_task(_supervised(task, runtime, stop)) for task in spec.worker_tasks]
+    tasks = [
+        asyncio.create_task(_supervised(task, runtime, stop))
+        for task in (*DEFAULT_WORKER_TASKS, *spec.worker_tasks)
+    ]
     try:
         await run_relay(runtime.settings.database_url, runtime.outbox, publisher, stop)
     finally:
