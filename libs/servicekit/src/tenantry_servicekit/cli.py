@@ -1,9 +1,10 @@
-"""One command per service, the same four subcommands for all five:
+"""One command per service, the same subcommands for all five:
 
 tenantry-<service> migrate   apply this service's migrations (owner role)
 tenantry-<service> api       serve HTTP (uvicorn)
 tenantry-<service> worker    run consumers and the outbox relay
 tenantry-<service> openapi   print the OpenAPI 3.1 document
+tenantry-<service> dead-letters list|show|replay   (tenantry_events.dead_letters_cli)
 """
 
 from __future__ import annotations
@@ -36,8 +37,12 @@ async def run_migrations(spec: ServiceSpec, settings: ServiceSettings) -> list[s
 
 def service_main(spec: ServiceSpec, argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=f"tenantry-{spec.name}", description=spec.description)
-    parser.add_argument("command", choices=["migrate", "api", "worker", "openapi"])
+    commands = ["migrate", "api", "worker", "openapi", "dead-letters"]
+    parser.add_argument("command", choices=commands)
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="dead-letters' own arguments")
     args = parser.parse_args(argv)
+    if args.args and args.command != "dead-letters":
+        parser.error(f"unrecognized arguments: {' '.join(args.args)}")
     try:
         settings = load_settings(spec.settings_cls)
     except SettingsError as exc:
@@ -56,6 +61,21 @@ def service_main(spec: ServiceSpec, argv: list[str] | None = None) -> None:
         from tenantry_servicekit.worker import run_worker
 
         asyncio.run(run_worker(spec, runtime))
+    elif args.command == "dead-letters":
+        from tenantry_events.dead_letters import Replayer
+        from tenantry_events.dead_letters_cli import run_command
+
+        groups = [spec.consumer_group, spec.critical_group, spec.background_group]
+        replayer = Replayer(
+            db=runtime.db, inbox=runtime.inbox, handlers=spec.handlers(runtime), groups=groups
+        )
+        command = run_command(
+            args.args,
+            prog=f"{parser.prog} dead-letters",
+            bootstrap=settings.kafka_bootstrap,
+            replayer=replayer,
+        )
+        raise SystemExit(asyncio.run(command))
     else:
         from tenantry_servicekit.http_server import serve
 
