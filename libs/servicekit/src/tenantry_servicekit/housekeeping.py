@@ -127,7 +127,8 @@ class Housekeeping:
                 self._db, table, now - keep, batch_size=self._batch_size, sleep=self._sleep
             )
             if count:
-                log.info("pruned %d %s rows older than %s", count, table.name, keep)
+                hours = keep.total_seconds() / 3600
+                log.info("pruned %d %s rows older than %g h", count, table.name, hours)
             deleted[table.name] = count
         return deleted
 
