@@ -116,12 +116,19 @@ def test_nulls_and_absent_members_take_the_defaults() -> None:
     assert list_query({"startIndex": "", "count": " "}, max_results=200) == expected
 
 
-@pytest.mark.parametrize("name", ["startIndex", "count"])
-def test_integers_must_fit_a_bigint(name: str) -> None:
-    key = "start_index" if name == "startIndex" else "count"
-    for fits, expected in ((INT64_MAX, INT64_MAX), (INT64_MIN, 1 if key == "start_index" else 0)):
-        assert search(**{name: fits})[key] == min(expected, 200 if key == "count" else expected)
-        assert list_query({name: str(fits)}, max_results=200)[key] == search(**{name: fits})[key]
+def integer_of(params: ListParams, name: str) -> int:
+    return params["start_index"] if name == "startIndex" else params["count"]
+
+
+@pytest.mark.parametrize(
+    ("name", "at_largest", "at_smallest"), [("startIndex", INT64_MAX, 1), ("count", 200, 0)]
+)
+def test_integers_must_fit_a_bigint(name: str, at_largest: int, at_smallest: int) -> None:
+    """The ends of bigint are read (startIndex below 1 as 1, a negative count as 0, a count
+    capped at maxResults, RFC 7644 §3.4.2.4); one past them is invalidValue."""
+    for fits, expected in ((INT64_MAX, at_largest), (INT64_MIN, at_smallest)):
+        assert integer_of(search(**{name: fits}), name) == expected
+        assert integer_of(list_query({name: str(fits)}, max_results=200), name) == expected
     for beyond in (INT64_MAX + 1, INT64_MIN - 1, 2**64, 10**30):
         assert refusal(search, **{name: beyond}).scim_type == "invalidValue"
         refused = refusal(list_query, {name: str(beyond)}, max_results=200)

@@ -25,11 +25,22 @@ from tenantry_events.payloads.provisioning import (
     GroupMembersChanged,
     GroupUpdated,
 )
-from tenantry_provisioning.scim import discovery, store, users
+from tenantry_provisioning.scim import discovery, messages, store, users
 from tenantry_provisioning.scim.accounts import IdentityAccounts
-from tenantry_provisioning.scim.errors import SCIM_JSON, ScimError, scim_error_response
+from tenantry_provisioning.scim.errors import (
+    SCIM_JSON,
+    ScimError,
+    scim_error_body,
+    scim_error_response,
+)
 from tenantry_provisioning.scim.events import directory_group, emit
-from tenantry_provisioning.scim.filter import FilterError, parse_filter, sort_sql, to_sql
+from tenantry_provisioning.scim.filter import (
+    Filter,
+    FilterError,
+    parse_filter,
+    sort_sql,
+    to_sql,
+)
 from tenantry_provisioning.scim.patch import GROUP_SCHEMA, USER_SCHEMA, PatchError, apply_patch
 from tenantry_provisioning.scim.resources import (
     BULK_REQUEST_URN,
@@ -37,6 +48,7 @@ from tenantry_provisioning.scim.resources import (
     LIST_RESPONSE_URN,
     PATCH_OP_URN,
     SEARCH_URN,
+    Member,
     ResourceError,
     etag,
     group_columns,
@@ -84,10 +96,8 @@ async def body_of(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 
 async def search_body(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    body = await body_of(request)
-    if SEARCH_URN not in body.get("schemas", []):
-        raise ScimError(400, f"a search request has the schema {SEARCH_URN}", "invalidSyntax")
-    return body
+    """The body of a POST .search; `list_params` reads and checks its members."""
+    return await body_of(request)
 
 
 def scim_response(
@@ -135,40 +145,12 @@ def accounts(runtime: Runtime) -> IdentityAccounts:
     return client
 
 
-def list_params(
-    request: Request[Any, Any, Any], body: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """Query parameters, or the body of a POST .search (same names, case-insensitive)."""
-    source: Mapping[str, Any] = body if body is not None else dict(request.query_params)
-    lowered = {k.lower(): v for k, v in source.items()}
-
-    def number(name: str, default: int) -> int:
-        value = lowered.get(name.lower())
-        if value is None or value == "":
-            return default
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise ScimError(400, f"{name} must be an integer", "invalidValue") from None
-
-    def names(name: str) -> list[str] | None:
-        value = lowered.get(name.lower())
-        if value is None:
-            return None
-        items = value if isinstance(value, list) else str(value).split(",")
-        return [str(i).strip() for i in items if str(i).strip()]
-
-    cursor = lowered.get("cursor")
-    return {
-        "cursor": None if cursor is None else str(cursor),
-        "filter": lowered.get("filter"),
-        "start_index": max(1, number("startIndex", 1)),
-        "count": min(max(0, number("count", 100)), discovery.MAX_RESULTS),
-        "sort_by": lowered.get("sortby"),
-        "sort_order": lowered.get("sortorder") or "ascending",
-        "attributes": names("attributes"),
-        "excluded": names("excludedAttributes"),
-    }
+def list_params(request: Request[Any, Any, Any], body: Any = None) -> messages.ListParams:
+    """Query parameters, or the body of a POST .search (a SearchRequest: same names,
+    case-insensitive), each member type-checked (messages.py)."""
+    if body is None:
+        return messages.list_query(request.query_params, max_results=discovery.MAX_RESULTS)
+    return messages.search_request(body, SEARCH_URN, max_results=discovery.MAX_RESULTS)
 
 
 SOURCES = {
@@ -177,14 +159,14 @@ SOURCES = {
 }
 
 
-def _query(resource: str, params: Mapping[str, Any]) -> tuple[str, list[Any], str]:
+def _query(
+    resource: str, params: messages.ListParams, parsed: Filter | None
+) -> tuple[str, list[Any], str]:
     """WHERE fragment, its parameters, and the ORDER BY for one resource type."""
     alias = SOURCES[resource][2]
     where, args = "", list[Any]()
-    if params["filter"]:
-        where, args = to_sql(
-            parse_filter(params["filter"]), resource=resource, first_param=2, alias=alias
-        )
+    if parsed is not None:
+        where, args = to_sql(parsed, resource=resource, first_param=2, alias=alias)
     order = (
         sort_sql(params["sort_by"], params["sort_order"], resource, alias=alias)
         if params["sort_by"]
@@ -197,19 +179,26 @@ async def list_resources(
     request: Request[Any, Any, Any],
     runtime: Runtime,
     resources: tuple[str, ...],
-    params: Mapping[str, Any],
+    params: messages.ListParams,
 ) -> Response[bytes]:
     """A ListResponse over one resource type, or several (the root .search: users, then
-    groups, paged as one list). At the root, a filter naming an attribute one type does
-    not have simply matches nothing of that type."""
+    groups, paged as one list). At the root, a filter or sortBy naming an attribute one
+    type does not have simply matches nothing of that type; one that no type can take,
+    or that does not parse, is refused."""
     tenant_id = tenant_of(request)
+    try:
+        parsed = parse_filter(params["filter"]) if params["filter"] else None
+    except FilterError as exc:
+        raise ScimError(400, str(exc), exc.scim_type) from None
     queries: list[tuple[str, tuple[str, list[Any], str]]] = []
+    refusals: list[FilterError] = []
     for resource in resources:
         try:
-            queries.append((resource, _query(resource, params)))
+            queries.append((resource, _query(resource, params, parsed)))
         except FilterError as exc:
-            if len(resources) == 1:
-                raise ScimError(400, str(exc), getattr(exc, "scim_type", "invalidFilter")) from None
+            refusals.append(exc)
+    if not queries:
+        raise ScimError(400, str(refusals[0]), refusals[0].scim_type)
     url = base_url(request)
     after = cursor_position(params, resources)
     skip, wanted = params["start_index"] - 1, params["count"]
@@ -249,7 +238,7 @@ async def list_resources(
 
 
 def cursor_position(
-    params: Mapping[str, Any], resources: tuple[str, ...]
+    params: messages.ListParams, resources: tuple[str, ...]
 ) -> tuple[datetime, UUID] | None:
     """RFC 9865 cursors: `cursor=` (empty) starts, a nextCursor continues. They follow the
     default order (creation), so they do not combine with sortBy, nor with the root
@@ -452,6 +441,7 @@ async def save_group(
         except ResourceError as exc:
             raise ScimError(400, str(exc), exc.scim_type) from None
         new_id = group_id or uuid7()
+        await _check_members(tx, tenant_id, new_id, members)
         if current is None:
             await store.insert_group(tx, tenant_id, new_id, columns)
         else:
@@ -481,6 +471,26 @@ async def save_group(
     if current is None:
         headers["Location"] = resource["meta"]["location"]
     return (201 if current is None else 200), resource, headers
+
+
+async def _check_members(
+    tx: asyncpg.Connection, tenant_id: UUID, group_id: UUID, members: list[Member]
+) -> None:
+    """Members are users of this tenant's directory (groups of groups are not supported).
+    Checked in the writing transaction, which row-level security scopes to the tenant:
+    another tenant's user and an id nobody holds get the same answer."""
+    unknown = await store.unknown_members(tx, tenant_id, group_id, [m[0] for m in members])
+    if unknown:
+        raise ScimError(
+            400, f"members: {unknown[0]} is not a User of this directory", "invalidValue"
+        )
+
+
+def patch_change(body: Any, schema: Any) -> Any:
+    """`patched` with the PatchOp envelope checked first (messages.py): a `schemas` that
+    is not a list of strings is a 400, not a TypeError."""
+    messages.check_schemas(body, PATCH_OP_URN, "a PATCH request")
+    return patched(body, schema)
 
 
 @post("/Groups", opt=SCIM_OPT, status_code=201, include_in_schema=False)
@@ -530,25 +540,29 @@ async def patch_group(
     request: Request[Any, Any, Any], group_id: str, runtime: NamedDependency[Runtime]
 ) -> Response[bytes]:
     body = await body_of(request)
-    change = patched(body, GROUP_SCHEMA)
+    change = patch_change(body, GROUP_SCHEMA)
     _, resource, headers = await save_group(request, runtime, parse_id(group_id, "Group"), change)
     return scim_response(resource, headers=headers)
+
+
+async def remove_group(request: Request[Any, Any, Any], runtime: Runtime, group_id: UUID) -> None:
+    """DELETE of a group, by its route and by /Bulk alike (plan, If-Match, event)."""
+    tenant_id = tenant_of(request)
+    async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+        await scim_allowed(tx, tenant_id)
+        row = await store.get_group(tx, tenant_id, group_id)
+        if row is None:
+            raise ScimError(404, f"Group {group_id} not found")
+        check_if_match(request, row["version"])
+        await store.delete_group(tx, tenant_id, group_id)
+        await emit(runtime, tx, tenant_id, row, GroupDeleted(group=directory_group(row)))
 
 
 @delete("/Groups/{group_id:str}", opt=SCIM_OPT, status_code=204, include_in_schema=False)
 async def delete_group(
     request: Request[Any, Any, Any], group_id: str, runtime: NamedDependency[Runtime]
 ) -> None:
-    tenant_id = tenant_of(request)
-    gid = parse_id(group_id, "Group")
-    async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-        await scim_allowed(tx, tenant_id)
-        row = await store.get_group(tx, tenant_id, gid)
-        if row is None:
-            raise ScimError(404, f"Group {group_id} not found")
-        check_if_match(request, row["version"])
-        await store.delete_group(tx, tenant_id, gid)
-        await emit(runtime, tx, tenant_id, row, GroupDeleted(group=directory_group(row)))
+    await remove_group(request, runtime, parse_id(group_id, "Group"))
 
 
 # ---------------------------------------------------------------- discovery
@@ -620,44 +634,35 @@ async def bulk(
     request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
 ) -> Response[bytes]:
     """RFC 7644 §3.7: operations in order, bulkId references resolved as created,
-    failOnErrors honoured; limits as advertised."""
-    body = await body_of(request)
-    if BULK_REQUEST_URN not in body.get("schemas", []):
-        raise ScimError(400, f"a bulk request has the schema {BULK_REQUEST_URN}", "invalidSyntax")
-    operations = body.get("Operations") or []
-    if not isinstance(operations, list) or len(operations) > discovery.BULK_MAX_OPERATIONS:
-        raise ScimError(413, f"at most {discovery.BULK_MAX_OPERATIONS} operations", "tooMany")
-    fail_on_errors = body.get("failOnErrors")
+    failOnErrors honoured; limits as advertised. The whole request is checked before the
+    first operation runs (messages.py): a malformed one refuses it all, changing nothing."""
+    checked = messages.bulk_request(
+        await body_of(request), BULK_REQUEST_URN, max_operations=discovery.BULK_MAX_OPERATIONS
+    )
     ids: dict[str, str] = {}
     results: list[dict[str, Any]] = []
     errors = 0
-    for operation in operations:
-        method = str(operation.get("method", "")).upper()
-        path = str(operation.get("path", ""))
-        bulk_id = operation.get("bulkId")
-        data = _resolve_bulk_ids(operation.get("data"), ids)
-        path = _resolve_bulk_ids(path, ids)
-        result: dict[str, Any] = {"method": method}
-        if bulk_id:
-            result["bulkId"] = bulk_id
+    for operation in checked.operations:
+        result: dict[str, Any] = {"method": operation.method}
+        if operation.bulk_id:
+            result["bulkId"] = operation.bulk_id
         try:
-            status, location, resource_id = await _bulk_one(request, runtime, method, path, data)
+            path = _resolve_bulk_ids(operation.path, ids)
+            data = _resolve_bulk_ids(operation.data, ids)
+            status, location, resource_id = await _bulk_one(
+                request, runtime, operation.method, path, data
+            )
             result["status"] = str(status)
             if location:
                 result["location"] = location
-            if bulk_id and resource_id:
-                ids[str(bulk_id)] = resource_id
-        except ScimError as exc:
+            if operation.bulk_id and resource_id:
+                ids[operation.bulk_id] = resource_id
+        except (ScimError, messages.MessageError) as exc:
             errors += 1
             result["status"] = str(exc.status)
-            result["response"] = {
-                "schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"],
-                "status": str(exc.status),
-                "detail": exc.detail,
-                **({"scimType": exc.scim_type} if exc.scim_type else {}),
-            }
+            result["response"] = scim_error_body(exc.status, exc.detail, exc.scim_type)
         results.append(result)
-        if isinstance(fail_on_errors, int) and fail_on_errors > 0 and errors >= fail_on_errors:
+        if checked.fail_on_errors is not None and 0 < checked.fail_on_errors <= errors:
             break
     return scim_response({"schemas": [BULK_RESPONSE_URN], "Operations": results})
 
@@ -681,19 +686,24 @@ def _resolve_bulk_ids(value: Any, ids: Mapping[str, str]) -> Any:
 
 
 async def _bulk_one(
-    request: Request[Any, Any, Any], runtime: Runtime, method: str, path: str, data: Any
+    request: Request[Any, Any, Any],
+    runtime: Runtime,
+    method: str,
+    path: str,
+    data: dict[str, Any] | None,
 ) -> tuple[int, str | None, str | None]:
+    """One checked operation (messages.BulkOperation: `data` is an object unless DELETE)."""
     parts = [p for p in path.split("/") if p]
     if not parts or parts[0] not in ("Users", "Groups") or len(parts) > 2:
         raise ScimError(400, f"unsupported bulk path {path!r}", "invalidPath")
     kind, target = parts[0], (parts[1] if len(parts) == 2 else None)
     if method == "POST" and target is None:
-        if not isinstance(data, dict):
-            raise ScimError(400, "data must be an object", "invalidSyntax")
+        assert data is not None
+        body = data
         if kind == "Users":
-            status, resource, headers = await create_user(request, runtime, data)
+            status, resource, headers = await create_user(request, runtime, body)
         else:
-            status, resource, headers = await save_group(request, runtime, None, lambda _: data)
+            status, resource, headers = await save_group(request, runtime, None, lambda _: body)
         return status, headers.get("Location"), resource["id"]
     if target is None:
         raise ScimError(400, f"{method} needs a resource id in the path", "invalidPath")
@@ -702,24 +712,22 @@ async def _bulk_one(
         if kind == "Users":
             await remove_user(request, runtime, resource_id)
         else:
-            async with runtime.db.transaction(tenant_id=tenant_of(request)) as tx:
-                if not await store.delete_group(tx, tenant_of(request), resource_id):
-                    raise ScimError(404, f"Group {target} not found")
+            await remove_group(request, runtime, resource_id)
         return 204, None, None
-    if method in ("PUT", "PATCH"):
-        if not isinstance(data, dict):
-            raise ScimError(400, "data must be an object", "invalidSyntax")
-        change = (
-            patched(data, USER_SCHEMA if kind == "Users" else GROUP_SCHEMA)
-            if method == "PATCH"
-            else (lambda _: data)
-        )
-        if kind == "Users":
-            resource, headers = await write_user(request, runtime, resource_id, change)
-        else:
-            _, resource, headers = await save_group(request, runtime, resource_id, change)
-        return 200, resource["meta"]["location"], resource["id"]
-    raise ScimError(405, f"{method} is not a bulk method", None)
+    if method == "POST":
+        raise ScimError(400, "POST takes the path of a resource type", "invalidPath")
+    assert data is not None
+    replacement = data
+    change = (
+        patch_change(data, USER_SCHEMA if kind == "Users" else GROUP_SCHEMA)
+        if method == "PATCH"
+        else (lambda _: replacement)
+    )
+    if kind == "Users":
+        resource, headers = await write_user(request, runtime, resource_id, change)
+    else:
+        _, resource, headers = await save_group(request, runtime, resource_id, change)
+    return 200, resource["meta"]["location"], resource["id"]
 
 
 SCIM_ROUTER = Router(

@@ -119,9 +119,11 @@ def _multi(
     )
 
 
-def _reference(name: str = "$ref") -> dict[str, Any]:
-    attribute = _attr(name, "reference", mutability="readOnly", case_exact=True)
-    attribute["referenceTypes"] = ["User", "Group"]
+def _reference(
+    types: list[str], name: str = "$ref", mutability: str = "readOnly"
+) -> dict[str, Any]:
+    attribute = _attr(name, "reference", mutability=mutability, case_exact=True)
+    attribute["referenceTypes"] = types
     return attribute
 
 
@@ -175,7 +177,7 @@ USER_ATTRIBUTES = [
         sub=[
             _attr("value", mutability="readOnly"),
             _attr("display", mutability="readOnly"),
-            _reference(),
+            _reference(["Group"]),
         ],
     ),
 ]
@@ -190,7 +192,13 @@ GROUP_ATTRIBUTES = [
         "members",
         "complex",
         multi=True,
-        sub=[_attr("value", mutability="immutable"), _attr("display"), _attr("type")],
+        # Members are users of the tenant's directory (no groups of groups).
+        sub=[
+            _attr("value", mutability="immutable"),
+            _reference(["User"], mutability="immutable"),
+            _attr("display"),
+            _attr("type"),
+        ],
     ),
 ]
 

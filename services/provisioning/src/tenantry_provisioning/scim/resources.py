@@ -296,6 +296,7 @@ def group_resource(row: Mapping[str, Any], base_url: str) -> dict[str, Any]:
     resource["members"] = [
         {
             "value": str(m["value"]),
+            "$ref": f"{base_url}/scim/v2/Users/{m['value']}",
             "display": m.get("display"),
             "type": m.get("type") or "User",
         }

@@ -188,6 +188,31 @@ async def update_group(
     )
 
 
+async def unknown_members(
+    tx: asyncpg.Connection, tenant_id: UUID, group_id: UUID, member_ids: Sequence[UUID]
+) -> list[UUID]:
+    """The ids among `member_ids` that are neither members of the group already nor users
+    of the tenant. The users found are locked (FOR KEY SHARE) until the transaction ends,
+    so a concurrent delete waits for it (and then takes the membership with it)."""
+    if not member_ids:
+        return []
+    users = await tx.fetch(
+        """SELECT id FROM scim_users WHERE tenant_id = $1 AND id = ANY($2::uuid[])
+           FOR KEY SHARE""",
+        tenant_id,
+        list(member_ids),
+    )
+    kept = await tx.fetch(
+        """SELECT member_id FROM scim_group_members
+           WHERE tenant_id = $1 AND group_id = $2 AND member_id = ANY($3::uuid[])""",
+        tenant_id,
+        group_id,
+        list(member_ids),
+    )
+    known = {r["id"] for r in users} | {r["member_id"] for r in kept}
+    return [m for m in member_ids if m not in known]
+
+
 async def set_members(
     tx: asyncpg.Connection,
     tenant_id: UUID,
