@@ -338,6 +338,18 @@ def changed_tables(before: Mapping[str, str], after: Mapping[str, str]) -> list[
     )
 
 
+SHED_RETRIES = 3
+
+
+def shed_delay(status: int, retry_after: str | None) -> float | None:
+    """Seconds to wait before sending again if the answer is back-pressure (a 503 with
+    Retry-After: admission control shed the request unprocessed, as it does when the
+    machine is busy), else None. Capped: the test's budget is minutes, not Retry-After's."""
+    if status != 503 or retry_after is None or not retry_after.strip().isdigit():
+        return None
+    return min(float(retry_after), 2.0)
+
+
 def server_error(service: str, response: httpx.Response) -> str:
     """What a 5xx said and the exception the service logged for it."""
     trace = server_traceback(service, response.headers.get("x-request-id"))

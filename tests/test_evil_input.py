@@ -36,6 +36,7 @@ from .evil_corpus import (
     skeleton,
 )
 from .fuzzing import (
+    SHED_RETRIES,
     FuzzTenant,
     Route,
     changed_tables,
@@ -47,6 +48,7 @@ from .fuzzing import (
     run_rank,
     scim_routes,
     server_error,
+    shed_delay,
     tenant_fingerprint,
 )
 from .test_scim import ERROR, SCIM_JSON
@@ -180,6 +182,12 @@ async def send_corpus(
             if content_type is not None:
                 headers["Content-Type"] = content_type
             response = await raw_request(base, route.method, target, headers, body)
+            for _ in range(SHED_RETRIES):
+                delay = shed_delay(response.status_code, response.headers.get("retry-after"))
+                if delay is None:
+                    break
+                await asyncio.sleep(delay)
+                response = await raw_request(base, route.method, target, headers, body)
             sent += 1
             defect = refusal_defect(route, response)
             if defect is not None:

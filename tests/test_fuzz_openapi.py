@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 from urllib.parse import quote
@@ -42,13 +43,16 @@ from tenantry_servicekit.testing.stack import Stack
 from .conftest import SERVICES
 from .fuzzing import (
     SCIM_PREFIX,
+    SHED_RETRIES,
     FuzzTenant,
     failure_report,
     fuzz_tenant,
     loopback_only,
     openapi_document,
     run_rank,
+    server_error,
     server_traceback,
+    shed_delay,
 )
 from .test_scim import ERROR, GROUP, PATCH_OP, SCIM_JSON, USER
 
@@ -113,7 +117,7 @@ class OperationFuzzer:
         self.base_url = base_url
         self.tenant = tenant
         self.session = requests.Session()
-        self.failures: list[str] = []
+        self.failures: dict[str, str] = {}
         self.sent = 0
 
     def fuzz(
@@ -143,21 +147,40 @@ class OperationFuzzer:
             case.body = loopback_only(case.body)
         if case.query:
             case.query = loopback_only(case.query)
-        response = case.call(
-            base_url=self.base_url, session=self.session, headers=headers, timeout=20
-        )
+
+        # No redirects followed: a login route's Location is for a browser, not the fuzzer.
+        def call() -> schemathesis.Response:
+            return case.call(
+                base_url=self.base_url,
+                session=self.session,
+                headers=headers,
+                timeout=20,
+                allow_redirects=False,
+            )
+
+        response = call()
+        for _ in range(SHED_RETRIES):
+            retry_after = response.headers.get("retry-after")  # lowercased, lists of values
+            delay = shed_delay(response.status_code, retry_after[0] if retry_after else None)
+            if delay is None:
+                break
+            time.sleep(delay)
+            response = call()
         self.sent += 1
         try:
             case.validate_response(response, checks=CHECKS, headers=headers)
         except FailureGroup as group:
             trace = ""
             if response.status_code >= 500:
-                ids = {k.lower(): v for k, v in response.headers.items()}.get("x-request-id")
+                ids = response.headers.get("x-request-id")
                 request_id = ids[0] if ids else None
-                trace = f" <- {server_traceback(self.service, request_id)}"
-            self.failures.extend(
-                f"{label}: {response.status_code} {describe(f)}{trace}" for f in group.exceptions
-            )
+                said = response.content[:160]
+                trace = f" {said!r} <- {server_traceback(self.service, request_id)}"
+            sent = {"path": case.path_parameters, "query": case.query, "body": case.body}
+            for failure in group.exceptions:
+                # One line per operation, role, mode, check and status, with its first input.
+                key = f"{label}: {response.status_code} {describe(failure)}"
+                self.failures.setdefault(key, f"{key}{trace}; input {str(sent)[:200]}")
 
 
 def fuzz_service(
@@ -181,7 +204,7 @@ def fuzz_service(
                     fuzzer.fuzz(operation, role, headers, mode)
     finally:
         fuzzer.session.close()
-    return fuzzer.failures, fuzzer.sent
+    return list(fuzzer.failures.values()), fuzzer.sent
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -364,7 +387,7 @@ def scim_defect(response: httpx.Response) -> str | None:
 
 
 def fuzz_scim(base_url: str, tenant: FuzzTenant) -> tuple[list[str], int]:
-    failures: list[str] = []
+    failures: dict[str, str] = {}
     sent = 0
     headers = {**tenant.scim, "Content-Type": SCIM_JSON, "Accept": SCIM_JSON}
     with httpx.Client(base_url=base_url + SCIM_PREFIX, headers=headers, timeout=20) as client:
@@ -376,18 +399,25 @@ def fuzz_scim(base_url: str, tenant: FuzzTenant) -> tuple[list[str], int]:
             method, path, query, body = request
             content = None if body is None else json.dumps(body).encode()
             response = client.request(method, path, params=query, content=content)
+            for _ in range(SHED_RETRIES):
+                delay = shed_delay(response.status_code, response.headers.get("retry-after"))
+                if delay is None:
+                    break
+                time.sleep(delay)
+                response = client.request(method, path, params=query, content=content)
             sent += 1
             defect = scim_defect(response)
             if defect is not None:
                 trace = ""
                 if response.status_code >= 500:
-                    request_id = response.headers.get("x-request-id")
-                    trace = f" <- {server_traceback('provisioning', request_id)}"
+                    trace = f": {server_error('provisioning', response)}"
                 shown = json.dumps(body)[:160] if body is not None else ""
-                failures.append(f"SCIM {method} {path} {query} {shown}: {defect}{trace}")
+                # One line per method, resource and status, with its first input.
+                key = f"SCIM {method} /{path.split('/')[1]}/...: {response.status_code}"
+                failures.setdefault(key, f"{key} {defect}{trace}; input {path} {query} {shown}")
 
         run()
-    return failures, sent
+    return list(failures.values()), sent
 
 
 async def test_scim_answers_every_request_with_a_scim_response_and_never_5xx(
