@@ -158,15 +158,12 @@ async def test_reconciliation_repairs_counters_that_drifted(
         await endpoint(client, stack, operator_headers, tenant_id)
     expected = {"seats": 0, "api_keys": 1, "webhook_endpoints": 1}
     await converged(stack, service_dbs, tenant_id, expected)
-    # Corrupt tenancy's counters (as its owner role): nothing the owners hold changed, so no
-    # change-driven report will come; only the periodic reconciliation can repair them.
-    await service_dbs["tenancy"].execute(
-        """UPDATE tenant_usage SET seats = 40, api_keys = 0, webhook_endpoints = 9
-           WHERE tenant_id = $1""",
-        uuid.UUID(tenant_id),
+    # The owner's rows change behind its back (as its owner role, so no change-driven
+    # report is written): only the reconciliation sweep can notice and report it.
+    await service_dbs["webhooks"].execute(
+        "DELETE FROM endpoints WHERE tenant_id = $1", uuid.UUID(tenant_id)
     )
-    assert await tenancy_counts(service_dbs, tenant_id) != expected
-    await converged(stack, service_dbs, tenant_id, expected)
+    await converged(stack, service_dbs, tenant_id, {**expected, "webhook_endpoints": 0})
 
 
 async def test_a_downgrade_that_would_break_the_endpoint_limit_is_refused(

@@ -119,10 +119,34 @@ async def test_the_sweep_reports_every_known_tenant_page_by_page(
             await scratch_db.db.pool.execute(
                 "INSERT INTO things (tenant_id, live) VALUES ($1, true)", tenant
             )
-    swept = await reporter.sweep(scratch_db.db, batch=3, stop=asyncio.Event())
-    assert swept == 7
+    sent = await reporter.sweep(scratch_db.db, batch=3, stop=asyncio.Event())
+    assert sent == 7  # one resource counted here, every tenant's first report
     counts = {t: p.count for t, p in await reports(scratch_db)}
     assert counts == {tenant: i for i, tenant in enumerate(tenants)}
+
+    # Nothing changed: a sweep counts again and sends nothing.
+    hour = 3600.0
+    assert (
+        await reporter.sweep(scratch_db.db, batch=3, stop=asyncio.Event(), refresh_seconds=hour)
+        == 0
+    )
+    # One tenant's rows change behind the reporter's back (no change-driven report): the
+    # next sweep sends exactly that tenant's new count.
+    await scratch_db.db.pool.execute(
+        "INSERT INTO things (tenant_id, live) VALUES ($1, true)", tenants[2]
+    )
+    assert (
+        await reporter.sweep(scratch_db.db, batch=3, stop=asyncio.Event(), refresh_seconds=hour)
+        == 1
+    )
+    newest = max(
+        (p for t, p in await reports(scratch_db) if t == tenants[2]), key=lambda p: p.version
+    )
+    assert newest.count == 3
+    # Reports older than the refresh horizon are sent again, changed or not.
+    assert (
+        await reporter.sweep(scratch_db.db, batch=3, stop=asyncio.Event(), refresh_seconds=0.0) == 7
+    )
 
 
 def test_reconcile_settings_from_the_environment() -> None:

@@ -57,12 +57,13 @@ from tenantry_servicekit.tokens import AccessTokenVerifier, JwksCache
 
 API_PREFIX = "/v1"
 # Event types a worker consumes in groups of their own (see worker.py): access-cutting
-# events never queue behind bulk traffic, and bulk usage reports behind nothing important.
+# events never queue behind bulk traffic, and bulk usage reports (key use, counts from the
+# owners' reconciliation sweeps) behind nothing important.
 # Safe because projections converge whatever the order across topics.
 CRITICAL_TOPICS = frozenset(
     {"tenant.suspended", "tenant.reactivated", "apikey.revoked", "account.disabled"}
 )
-BACKGROUND_TOPICS = frozenset({"apikey.used"})
+BACKGROUND_TOPICS = frozenset({"apikey.used", "usage.reported"})
 Hook = Callable[[Runtime], Awaitable[None]]
 WorkerTask = Callable[[Runtime, asyncio.Event], Awaitable[None]]
 ErrorRenderer = Callable[[Request[Any, Any, Any], Exception], Response[bytes]]

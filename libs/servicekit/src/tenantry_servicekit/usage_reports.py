@@ -6,8 +6,11 @@ own rows and sends the absolute count as `usage.reported`, through its outbox:
 
 - when the count may have changed (identity from its worker, on its own account.* and
   apikey.* events; webhooks in the transaction that creates or deletes an endpoint), and
-- from a reconciliation sweep in its worker, every tenant in bounded batches, so a count
-  that went wrong anywhere (a lost report, a hand-edited table) is repaired.
+- from a reconciliation sweep in its worker, every tenant in bounded batches: it counts
+  again and reports a count that differs from the last one reported (a change that slipped
+  past the first rule, a hand-edited table), or one last reported longer ago than
+  TENANTRY_USAGE_REFRESH_SECONDS (a report lost on tenancy's side). A quiet tenant costs
+  one count per sweep and no event, so the sweep stays cheap with many tenants.
 
 Each report of a tenant and resource gets the next `version` from `usage_report_versions`;
 bumping it locks that row, so two reports are counted one after the other and the higher
@@ -24,7 +27,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import asyncpg
@@ -50,10 +53,12 @@ class Counted:
 class ReconcileSettings(msgspec.Struct, frozen=True, kw_only=True):
     """TENANTRY_USAGE_RECONCILE_SECONDS: time between the starts of two sweeps (a sweep of
     many tenants may take longer: then the next starts when it ends).
-    TENANTRY_USAGE_RECONCILE_BATCH: tenants read per page of a sweep."""
+    TENANTRY_USAGE_RECONCILE_BATCH: tenants read per page of a sweep.
+    TENANTRY_USAGE_REFRESH_SECONDS: a count unchanged for this long is reported again."""
 
     usage_reconcile_seconds: float = 300.0
     usage_reconcile_batch: int = 200
+    usage_refresh_seconds: float = 86_400.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ReconcileSettings:
@@ -64,8 +69,15 @@ class ReconcileSettings(msgspec.Struct, frozen=True, kw_only=True):
             if f"TENANTRY_{name.upper()}" in env
         }
         settings = msgspec.convert(raw, type=cls, strict=False)
-        if settings.usage_reconcile_seconds <= 0 or settings.usage_reconcile_batch <= 0:
-            raise ValueError("TENANTRY_USAGE_RECONCILE_SECONDS and _BATCH must be > 0")
+        if (
+            min(
+                settings.usage_reconcile_seconds,
+                settings.usage_reconcile_batch,
+                settings.usage_refresh_seconds,
+            )
+            <= 0
+        ):
+            raise ValueError("TENANTRY_USAGE_RECONCILE_SECONDS, _BATCH and _REFRESH_SECONDS > 0")
         return settings
 
 
@@ -104,9 +116,16 @@ class UsageReporter:
             )
         )
         count = int(await tx.fetchval(counted.count_sql, tenant_id))
-        payload = UsageReported(
-            resource=resource, count=count, version=version, counted_at=datetime.now(UTC)
+        now = datetime.now(UTC)
+        await tx.execute(
+            """UPDATE usage_report_versions SET last_count = $3, reported_at = $4
+               WHERE tenant_id = $1 AND resource = $2""",
+            tenant_id,
+            resource,
+            count,
+            now,
         )
+        payload = UsageReported(resource=resource, count=count, version=version, counted_at=now)
         await self._outbox.put(
             tx,
             [
@@ -126,10 +145,36 @@ class UsageReporter:
         for resource in self._counted:
             await self.report(tx, tenant_id, resource)
 
-    async def sweep(self, db: Database, *, batch: int, stop: asyncio.Event) -> int:
-        """Report every resource of every tenant this service knows (its tenant_projection),
-        `batch` tenants a page, one short transaction per tenant. Returns the tenants swept."""
-        swept, after = 0, UUID(int=0)
+    async def report_if_stale(
+        self, tx: asyncpg.Connection, tenant_id: UUID, refresh_before: datetime
+    ) -> int:
+        """Report each resource whose count changed since its last report, or whose last
+        report is older than `refresh_before`; returns how many were reported."""
+        last = {
+            row["resource"]: (row["last_count"], row["reported_at"])
+            for row in await tx.fetch(
+                """SELECT resource, last_count, reported_at FROM usage_report_versions
+                   WHERE tenant_id = $1""",
+                tenant_id,
+            )
+        }
+        reported = 0
+        for resource, counted in self._counted.items():
+            last_count, reported_at = last.get(resource, (None, None))
+            fresh = reported_at is not None and reported_at >= refresh_before
+            if fresh and int(await tx.fetchval(counted.count_sql, tenant_id)) == last_count:
+                continue
+            await self.report(tx, tenant_id, resource)
+            reported += 1
+        return reported
+
+    async def sweep(
+        self, db: Database, *, batch: int, stop: asyncio.Event, refresh_seconds: float = 0.0
+    ) -> int:
+        """Reconcile every tenant this service knows (its tenant_projection), `batch` tenants
+        a page, one short transaction per tenant: report what changed or went stale
+        (`refresh_seconds`; 0 reports everything). Returns the reports sent."""
+        reported, after = 0, UUID(int=0)
         while not stop.is_set():
             page = await db.pool.fetch(
                 """SELECT tenant_id FROM tenant_projection WHERE tenant_id > $1
@@ -137,14 +182,14 @@ class UsageReporter:
                 after,
                 batch,
             )
+            refresh_before = datetime.now(UTC) - timedelta(seconds=refresh_seconds)
             for row in page:
                 async with db.transaction(tenant_id=row["tenant_id"]) as tx:
-                    await self.report_all(tx, row["tenant_id"])
-            swept += len(page)
+                    reported += await self.report_if_stale(tx, row["tenant_id"], refresh_before)
             if len(page) < batch:
                 break
             after = page[-1]["tenant_id"]
-        return swept
+        return reported
 
     async def reconcile_forever(
         self, db: Database, settings: ReconcileSettings, stop: asyncio.Event
@@ -154,8 +199,13 @@ class UsageReporter:
         while not stop.is_set():
             started = asyncio.get_running_loop().time()
             try:
-                swept = await self.sweep(db, batch=settings.usage_reconcile_batch, stop=stop)
-                log.debug("usage reconciliation reported %d tenant(s)", swept)
+                reported = await self.sweep(
+                    db,
+                    batch=settings.usage_reconcile_batch,
+                    stop=stop,
+                    refresh_seconds=settings.usage_refresh_seconds,
+                )
+                log.debug("usage reconciliation sent %d report(s)", reported)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("usage reconciliation failed (%r); next try in one interval", exc)
             elapsed = asyncio.get_running_loop().time() - started

@@ -44,7 +44,7 @@ from tenantry_servicekit.auth import (
     PUBLIC,
     principal_of,
     requires,
-    tenant_suspended,
+    tenant_refusal,
 )
 from tenantry_servicekit.limits import guard_quantity
 from tenantry_servicekit.problems import Problem
@@ -140,11 +140,13 @@ class CreatedApiKey(msgspec.Struct, kw_only=True):
 
 # ---------------------------------------------------------------------------- tokens
 async def refuse_if_suspended(runtime: Runtime, account: AccountRow) -> None:
-    """No new tokens for a suspended tenant's users (identity's own tenant projection)."""
+    """No new tokens for the users of a tenant that is not active (identity's own tenant
+    projection): suspended, or any state a later lifecycle adds, is refused by default."""
     if account.tenant_id is not None:
         status = await PostgresTenantStatus(runtime.db).status(account.tenant_id)
-        if status == "suspended":
-            raise tenant_suspended()
+        refusal = tenant_refusal(status) if status is not None else None
+        if refusal is not None:
+            raise refusal
 
 
 async def issue_tokens(

@@ -20,7 +20,7 @@ from tenantry_servicekit.outbound import BlockedDestination, OutboundPolicy
 from tenantry_servicekit.pagination import Page, clamp_limit, decode_cursor, page_of
 from tenantry_servicekit.problems import Problem
 from tenantry_servicekit.runtime import Runtime
-from tenantry_webhooks import store
+from tenantry_webhooks import store, usage_report
 from tenantry_webhooks.domain import (
     TEST_EVENT,
     InvalidEndpoint,
@@ -174,6 +174,8 @@ class EndpointsController(Controller):
             row = await store.insert_endpoint(
                 tx, endpoint_id, tenant_id, fields, encrypt_secret(runtime, endpoint_id, secret)
             )
+            # tenancy shows usage from the owner's count, reported with the change itself.
+            await usage_report.report_endpoints(runtime, tx, tenant_id)
         return CreatedEndpoint(endpoint=row, secret=secret)
 
     @get("/", opt=READ, summary="List endpoints")
@@ -253,6 +255,7 @@ class EndpointsController(Controller):
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
             if not await store.delete_endpoint(tx, tenant_id, endpoint_id):
                 raise not_found("endpoint")
+            await usage_report.report_endpoints(runtime, tx, tenant_id)
 
     @get("/{endpoint_id:str}/secret", opt=WRITE, summary="Read the signing secret")
     async def read_secret(

@@ -423,6 +423,8 @@ class SsoService:
         )
         if status == "suspended":
             raise LoginRefused("tenant-suspended", "the tenant is suspended")
+        if status is not None and status != "active":  # any later lifecycle state
+            raise LoginRefused("tenant-suspended", f"the tenant is {status}")
         try:
             await guard_feature(tx, tenant_id, "sso")
         except Problem as problem:
