@@ -15,6 +15,7 @@ import signal
 from faststream.kafka import KafkaBroker
 
 from tenantry_events.consumer import BrokerDeadLetters, EventConsumer, attach
+from tenantry_events.faults import Backoff, is_transient_db_error
 from tenantry_events.relay import KafkaPublisher, run_relay
 from tenantry_servicekit.app import BACKGROUND_TOPICS, CRITICAL_TOPICS, ServiceSpec, WorkerTask
 from tenantry_servicekit.housekeeping import housekeeping
@@ -106,16 +107,28 @@ async def _run(
 
 async def _supervised(task: WorkerTask, runtime: Runtime, stop: asyncio.Event) -> None:
     """Run a worker task until stop; a crash is logged and the task restarted (backing
-    off), never left dead while the process looks healthy."""
-    delay = 0.5
+    off), never left dead while the process looks healthy. The database going away is an
+    outage, not a bug: one warning line, no traceback."""
+    backoff = Backoff(base=0.5, cap=30.0)
+    attempt = 0
     while not stop.is_set():
         try:
             await task(runtime, stop)
-        except Exception:
-            log.exception("worker task %s crashed; restarting in %.1fs", task.__name__, delay)
+            attempt = 0
+        except Exception as exc:
+            attempt += 1
+            delay = backoff.delay(attempt)
+            if is_transient_db_error(exc):
+                log.warning(
+                    "worker task %s: database unavailable (%r); restarting in %.1fs",
+                    task.__name__,
+                    exc,
+                    delay,
+                )
+            else:
+                log.exception("worker task %s crashed; restarting in %.1fs", task.__name__, delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
-            delay = min(delay * 2, 30.0)
 
 
 async def _start_with_retry(start: object, stop: asyncio.Event) -> None:
