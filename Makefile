@@ -6,7 +6,7 @@ LOCAL := deploy/local
 UV = $(shell command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv) run --no-sync
 PYTEST_ARGS ?=
 
-.PHONY: up down test lint typecheck docs bench clean install status
+.PHONY: up down test lint typecheck docs bench chaos clean install status
 
 install:
 	@bash $(LOCAL)/install.sh
@@ -41,6 +41,14 @@ docs:
 
 bench: up
 	$(UV) python -m bench
+
+# The chaos suite's long form: a baseline and every fault of tests/chaos/faults.py (SIGKILLs,
+# Kafka and PostgreSQL really stopped) under 800 SCIM creates each; the report goes to
+# .local/chaos/. `make test` runs a short form (tests/test_chaos.py). CHAOS_ARGS="--only
+# kafka-stop --commands 200" picks rounds and sizes (python -m tests.chaos --help).
+CHAOS_ARGS ?=
+chaos: up
+	$(UV) python -m tests.chaos $(CHAOS_ARGS)
 
 clean: down
 	rm -rf .local
