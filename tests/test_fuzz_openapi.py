@@ -176,7 +176,8 @@ class OperationFuzzer:
                 request_id = ids[0] if ids else None
                 said = response.content[:160]
                 trace = f" {said!r} <- {server_traceback(self.service, request_id)}"
-            sent = {"path": case.path_parameters, "query": case.query, "body": case.body}
+            body = case.body if isinstance(case.body, (dict, list, str, bytes)) else None
+            sent = {"path": case.path_parameters, "query": case.query, "body": body}
             for failure in group.exceptions:
                 # One line per operation, role, mode, check and status, with its first input.
                 key = f"{label}: {response.status_code} {describe(failure)}"
