@@ -328,11 +328,12 @@ async def test_malformed_patches_say_what_is_wrong_and_change_nothing(
 ) -> None:
     tenant_id, key = await scim_tenant(stack, operator_headers)
     async with scim_client(stack, key) as scim:
-        _, group_id = await user_and_group(scim)
+        user_id, group_id = await user_and_group(scim)
         before = await directory_rows(stack, tenant_id)
-        detail = refused(await scim.patch(f"/Groups/{group_id}", json=body), scim_type)
-        assert expected in detail
-        assert "_Missing" not in detail
+        for path in (f"/Groups/{group_id}", f"/Users/{user_id}"):
+            detail = refused(await scim.patch(path, json=body), scim_type)
+            assert expected in detail
+            assert "_Missing" not in detail
         bulk = await scim.post(
             "/Bulk",
             json=bulk_body({"method": "PATCH", "path": f"/Groups/{group_id}", "data": body}),

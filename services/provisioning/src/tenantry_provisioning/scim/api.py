@@ -373,8 +373,8 @@ async def put_user(
 
 
 def patched(body: Mapping[str, Any], schema: Any) -> Any:
-    if PATCH_OP_URN not in body.get("schemas", []):
-        raise ScimError(400, f"a PATCH body has the schema {PATCH_OP_URN}", "invalidSyntax")
+    # The envelope first (messages.py): a `schemas` that is not a list of strings is 400.
+    messages.check_schemas(body, PATCH_OP_URN, "a PATCH request")
 
     def change(current: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -486,13 +486,6 @@ async def _check_members(
         )
 
 
-def patch_change(body: Any, schema: Any) -> Any:
-    """`patched` with the PatchOp envelope checked first (messages.py): a `schemas` that
-    is not a list of strings is a 400, not a TypeError."""
-    messages.check_schemas(body, PATCH_OP_URN, "a PATCH request")
-    return patched(body, schema)
-
-
 @post("/Groups", opt=SCIM_OPT, status_code=201, include_in_schema=False)
 async def post_group(
     request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
@@ -540,7 +533,7 @@ async def patch_group(
     request: Request[Any, Any, Any], group_id: str, runtime: NamedDependency[Runtime]
 ) -> Response[bytes]:
     body = await body_of(request)
-    change = patch_change(body, GROUP_SCHEMA)
+    change = patched(body, GROUP_SCHEMA)
     _, resource, headers = await save_group(request, runtime, parse_id(group_id, "Group"), change)
     return scim_response(resource, headers=headers)
 
@@ -719,7 +712,7 @@ async def _bulk_one(
     assert data is not None
     replacement = data
     change = (
-        patch_change(data, USER_SCHEMA if kind == "Users" else GROUP_SCHEMA)
+        patched(data, USER_SCHEMA if kind == "Users" else GROUP_SCHEMA)
         if method == "PATCH"
         else (lambda _: replacement)
     )
