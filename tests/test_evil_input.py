@@ -67,6 +67,8 @@ def refusal_defect(route: Route, response: httpx.Response) -> str | None:
     """Why `response` is not a clean refusal, or None if it is one."""
     status = response.status_code
     content_type = response.headers.get("content-type", "")
+    if route.is_scim and route.path.endswith("/Bulk") and status == 200:
+        return bulk_defect(response)
     if not 400 <= status < 500:
         return f"answered {status}"
     try:
@@ -86,6 +88,20 @@ def refusal_defect(route: Route, response: httpx.Response) -> str | None:
     if not isinstance(body, dict) or not isinstance(body.get("type"), str):
         return f"{status} problem without a type: {str(body)[:80]}"
     return None
+
+
+def bulk_defect(response: httpx.Response) -> str | None:
+    """/Bulk answers 200 with a status per operation (RFC 7644 §3.7): a hostile operation
+    is refused if its own status is a 4xx with a SCIM Error."""
+    operations = response.json().get("Operations") or []
+    statuses = [str(op.get("status")) for op in operations]
+    refused = [
+        s.isdigit() and 400 <= int(s) < 500 and op.get("response", {}).get("schemas") == [ERROR]
+        for s, op in zip(statuses, operations, strict=True)
+    ]
+    if operations and all(refused):
+        return None
+    return f"answered 200 with operation statuses {statuses}"
 
 
 def valid_body(route: Route, document: dict[str, Any], tenant: FuzzTenant) -> tuple[Any, str]:
