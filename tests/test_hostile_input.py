@@ -197,3 +197,12 @@ async def test_the_scim_mount_answers_hostile_input_with_scim_errors(
         )
         == 0
     )
+
+
+async def test_attempts_of_an_unknown_endpoint_or_message_are_404_not_an_empty_page(
+    stack: Stack, operator_headers: dict[str, str]
+) -> None:
+    base = f"/v1/tenants/{TENANT}/webhooks"
+    async with httpx.AsyncClient(base_url=stack.service_url("webhooks"), timeout=10) as client:
+        for path in (f"{base}/endpoints/ep_nope/attempts", f"{base}/messages/msg_nope/attempts"):
+            assert_problem(await client.get(path, headers=operator_headers), 404, "not-found")

@@ -16,6 +16,7 @@ from tenantry_servicekit.input_guard import (
     INT64_MIN,
     MAX_JSON_DEPTH,
     MAX_URL_BYTES,
+    check_body,
     check_form_body,
     check_json_body,
     check_url,
@@ -30,7 +31,7 @@ def slug_of(check: Any, *args: Any) -> str | None:
         refused = problem
     else:
         return None
-    assert refused.status in (400, 414)
+    assert refused.status in (400, 414, 415)
     return refused.slug
 
 
@@ -147,3 +148,23 @@ def test_form_bodies_are_checked_for_nuls_and_encoding() -> None:
     assert slug_of(check_form_body, b"SAMLResponse=abc%00") == "nul-character"
     assert slug_of(check_form_body, b"RelayState=%ff") == "invalid-encoding"
     assert slug_of(check_form_body, b"SAMLResponse=PHNhbWw%2B&RelayState=x") is None
+
+
+@pytest.mark.parametrize(
+    ("content_type", "accepts", "slug"),
+    [
+        ("text/plain", "json", "unsupported-media-type"),  # no preflight cross-site: never JSON
+        ("application/x-www-form-urlencoded", "json", "unsupported-media-type"),
+        ("application/xml", "json", "unsupported-media-type"),
+        ("application/json", "form", "unsupported-media-type"),
+        ("application/json", "json", None),
+        ("application/scim+json", "json", None),
+        ("", "json", None),
+        ("application/x-www-form-urlencoded", "form", None),
+    ],
+)
+def test_a_body_of_a_type_the_route_does_not_take_is_415(
+    content_type: str, accepts: str, slug: str | None
+) -> None:
+    body = b"a=1" if content_type.endswith("urlencoded") else b'{"a": 1}'
+    assert slug_of(check_body, body, content_type, accepts) == slug

@@ -15,7 +15,9 @@ pipeline, so it is derived here from what the route declares, once for every ser
   - 404 where the path has parameters (another tenant's id, an unknown id);
   - 409 on POST (a concurrent request with the same Idempotency-Key), PUT, PATCH and DELETE
     (a concurrent change);
-  - 413 where a body is taken; 422 on POST (an Idempotency-Key reused with another body);
+  - 413 and 415 where a body is taken (too large; not of the route's media type);
+  - 422 where a body is taken (a well-formed body a rule refuses; on POST also an
+    Idempotency-Key reused with another body);
   - 503, always: admission control (overload, deadlines) or a dependency that is down.
 
 A route that answers another error of its own declares it with `responses=problems(...)`
@@ -120,9 +122,7 @@ def pipeline_errors(method: str, opt: dict[str, Any], has_path_params: bool) -> 
     if method in ("POST", "PUT", "PATCH", "DELETE"):
         statuses.add(409)
     if method in ("POST", "PUT", "PATCH"):
-        statuses.add(413)
-    if method == "POST":
-        statuses.add(422)
+        statuses |= {413, 415, 422}
     return statuses
 
 

@@ -14,10 +14,11 @@ Some inputs break a layer below the route instead of being refused by it:
 
 `InputGuardMiddleware` runs inside Litestar after authentication, the tenant guard and the
 rate limit (so an anonymous caller cannot make us parse anything), and before
-Idempotency-Key handling and the route. It checks the URL, then buffers a JSON or form
-body (bounded by the same limit as the route), checks it with `check_json_body`, and
-replays it. A refusal is a `Problem` (400, 413 or 414), so each mount renders it in its own
-words: problem+json on /v1, a SCIM Error on /scim/v2.
+Idempotency-Key handling and the route. It checks the URL, then buffers the body (bounded
+by the same limit as the route), refuses one of a type the route does not take (415),
+checks it with `check_json_body` (or `check_form_body`), and replays it. A refusal is a
+`Problem` (400, 413, 414 or 415), so each mount renders it in its own words: problem+json
+on /v1, a SCIM Error on /scim/v2.
 
 The route still decodes the body itself (typed, with msgspec): this layer only proves that
 whatever the route decodes is safe to store.
@@ -201,6 +202,27 @@ def check_url(path: str, raw_path: bytes, query: bytes, url_bytes: int = 0) -> N
             check_integer(int(value), f"the query parameter {key[:64]!r}")
 
 
+FORM = "application/x-www-form-urlencoded"
+
+
+def check_body(body: bytes, content_type: str, accepts: str) -> None:
+    """A route takes JSON unless it declares `opt={"body": "form"}` (the SAML ACS). A body of
+    another type is refused with 415 before anything reads it: a JSON route must not read
+    `text/plain` (a type browsers send cross-site without a preflight) as JSON."""
+    if accepts == "form" and content_type == FORM:
+        check_form_body(body)
+    elif accepts == "json" and _is_json(content_type):
+        check_json_body(body)
+    else:
+        wanted = FORM if accepts == "form" else "application/json"
+        raise Problem(
+            415,
+            "unsupported-media-type",
+            "Unsupported media type",
+            f"this route takes {wanted}, not {content_type or 'an untyped body'}",
+        )
+
+
 def _content_type(scope: LitestarScope) -> str:
     for name, value in scope["headers"]:
         if name == b"content-type":
@@ -209,10 +231,9 @@ def _content_type(scope: LitestarScope) -> str:
 
 
 def _is_json(content_type: str) -> bool:
-    # No content type: Litestar decodes a body parameter as JSON anyway.
-    return (
-        content_type in ("", "application/json")
-        or (content_type.startswith("application/") and content_type.endswith("+json"))
+    # No content type: clients that send JSON without saying so (curl -d) are common.
+    return content_type in ("", "application/json") or (
+        content_type.startswith("application/") and content_type.endswith("+json")
     )
 
 
@@ -235,14 +256,12 @@ class InputGuardMiddleware(ASGIMiddleware):
             scope.get("query_string", b""),
             int(scope.get(URL_BYTES_KEY, 0)),  # type: ignore[call-overload]
         )
-        content_type = _content_type(scope)
-        form = content_type == "application/x-www-form-urlencoded"
-        if scope.get("method", "GET") in _BODYLESS or not (form or _is_json(content_type)):
+        if scope.get("method", "GET") in _BODYLESS:
             await next_app(scope, receive, send)
             return
         body = await read_body(receive, self.max_body)
         if body:
-            check_form_body(body) if form else check_json_body(body)
+            check_body(body, _content_type(scope), scope["route_handler"].opt.get("body", "json"))
         await next_app(scope, replay(body, receive), send)
 
 

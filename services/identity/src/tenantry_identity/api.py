@@ -40,6 +40,7 @@ from tenantry_identity.store import (
 )
 from tenantry_identity.verification import EmailVerification, TooSoon, VerificationRefused
 from tenantry_servicekit import apikeys
+from tenantry_servicekit.api_docs import problems
 from tenantry_servicekit.auth import (
     PUBLIC,
     principal_of,
@@ -191,6 +192,7 @@ class SessionsController(Controller):
         status_code=201,
         opt={"auth": PUBLIC},
         summary="Create the first platform operator",
+        responses=problems(403),
     )
     async def bootstrap(
         self,
@@ -227,6 +229,7 @@ class SessionsController(Controller):
         status_code=201,
         opt={"auth": PUBLIC, "priority": "critical", "rate_class": "auth"},
         summary="Sign in with a password",
+        responses=problems(401, 403),
     )
     async def login(self, data: JSONBody[Login], runtime: NamedDependency[Runtime]) -> TokenPair:
         refused = Problem(
@@ -250,6 +253,7 @@ class SessionsController(Controller):
         status_code=201,
         opt={"auth": PUBLIC, "priority": "critical", "rate_class": "auth"},
         summary="Rotate a refresh token",
+        responses=problems(401, 403),
     )
     async def refresh(
         self, data: JSONBody[Refresh], runtime: NamedDependency[Runtime]
@@ -739,6 +743,7 @@ class VerificationController(Controller):
         status_code=200,
         opt={"auth": PUBLIC},
         summary="Confirm an email address with the token from the link",
+        responses=problems(404, 410),
     )
     async def confirm(
         self, data: JSONBody[VerificationToken], runtime: NamedDependency[Runtime]

@@ -397,6 +397,17 @@ async def attempts_page(
     size = clamp_limit(limit)
     before = decode_cursor(cursor)
     async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+        # An empty page would say "no attempts yet" of an id that is no endpoint or message.
+        parent = (
+            ("endpoints", "endpoint_id", endpoint_id, "endpoint")
+            if endpoint_id is not None
+            else ("messages", "message_id", message_id, "message")
+        )
+        table, column, parent_id, what = parent
+        if parent_id is not None and not await tx.fetchval(
+            f"SELECT 1 FROM {table} WHERE tenant_id = $1 AND {column} = $2", tenant_id, parent_id
+        ):
+            raise not_found(what)
         rows = await store.list_attempts(
             tx,
             tenant_id,

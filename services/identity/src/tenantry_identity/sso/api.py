@@ -47,6 +47,7 @@ from tenantry_identity.sso.store import (
     FailureRow,
     SsoStore,
 )
+from tenantry_servicekit.api_docs import problems
 from tenantry_servicekit.auth import PUBLIC, principal_of, requires
 from tenantry_servicekit.limits import guard_feature
 from tenantry_servicekit.problems import Problem
@@ -700,6 +701,7 @@ class SsoProductController(Controller):
         status_code=200,
         opt={"auth": PUBLIC, "priority": "critical", "rate_class": "auth"},
         summary="Exchange a one-time SSO code for the profile and tokens (product backend)",
+        responses=problems(401),
     )
     async def token(
         self,
@@ -869,6 +871,7 @@ class SsoBrowserController(Controller):
     @get(
         "/saml/{connection_id:uuid}/metadata",
         opt={"auth": PUBLIC},
+        media_type="application/samlmetadata+xml",
         summary="SAML SP metadata of a connection",
     )
     async def metadata(
@@ -889,7 +892,7 @@ class SsoBrowserController(Controller):
     @post(
         "/saml/{connection_id:uuid}/acs",
         status_code=303,
-        opt=BROWSER,
+        opt={**BROWSER, "body": "form"},  # the HTTP-POST binding posts a form
         summary="SAML assertion consumer service (HTTP-POST binding)",
     )
     async def acs(
