@@ -252,6 +252,7 @@ class Finding:
     pending: int = 0  # on their way (outbox rows, intents, deliveries not yet sent)
     copies: int = 0  # tolerated extra copies (Kafka records, webhook redeliveries)
     via_kafka: bool = False  # counted from the broker (read once the databases settle)
+    settled_after: float | None = None  # seconds after the burst (or heal) it first settled
 
     @property
     def settled(self) -> bool:

@@ -41,13 +41,15 @@ def round_markdown(result: RoundResult) -> str:
     if result.fault_notes:
         lines += [f"Fault: {'; '.join(result.fault_notes)}.", ""]
     lines += [
-        "| effect | expected | found | lost | duplicated | strangers | pending | copies |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| effect | expected | found | lost | duplicated | strangers | pending | copies "
+        "| settled after s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for f in result.findings:
+        settled = "no" if f.settled_after is None else f"{f.settled_after:.1f}"
         lines.append(
             f"| {f.effect} | {f.expected} | {f.found} | {f.lost} | {f.duplicated} "
-            f"| {f.strangers} | {f.pending} | {f.copies} |"
+            f"| {f.strangers} | {f.pending} | {f.copies} | {settled} |"
         )
     if result.failures:
         lines += ["", "Failures:", "", *(f"- {failure}" for failure in result.failures)]

@@ -190,7 +190,7 @@ async def run_round(chaos: Chaos, fault: Fault | None, size: RoundSize) -> Round
         )
     settled_from = max(burst.last_accepted, healed_at[0])
     converged, counts, findings = await converge(
-        chaos, tenant_id, path, tap, burst, settled_from + size.converge_timeout
+        chaos, tenant_id, path, tap, burst, settled_from, settled_from + size.converge_timeout
     )
     converge_seconds = time.monotonic() - settled_from
     result = RoundResult(
@@ -215,20 +215,37 @@ async def run_round(chaos: Chaos, fault: Fault | None, size: RoundSize) -> Round
 
 
 async def converge(
-    chaos: Chaos, tenant_id: str, path: str, tap: KafkaTap, burst: BurstResult, deadline: float
+    chaos: Chaos,
+    tenant_id: str,
+    path: str,
+    tap: KafkaTap,
+    burst: BurstResult,
+    since: float,
+    deadline: float,
 ) -> tuple[bool, Counts, list[Finding]]:
-    """Count until every effect of the accepted commands has arrived, or the deadline.
-    Kafka is read only once the databases show everything (each read is a full scan of
-    the burst's records)."""
+    """Count until every effect of the accepted commands has arrived, or the deadline;
+    each finding notes when it first settled (seconds after `since`), so a slow effect
+    shows which one it is. Kafka is read only once the databases show everything (each
+    read is a full scan of the burst's records)."""
     accepted = set(burst.accepted)
+    settled_at: dict[str, float] = {}
+
+    def note(findings: list[Finding]) -> list[Finding]:
+        for f in findings:
+            if f.settled:
+                settled_at.setdefault(f.effect, round(time.monotonic() - since, 2))
+            f.settled_after = settled_at.get(f.effect)
+        return findings
+
     while True:
         counts = Counts()
         await wait_counted(chaos.databases, tenant_id, counts, deadline + 60)
         counts.receiver = receiver_hits(chaos.receiver, path)
+        note([f for f in judge(accepted, counts) if not f.via_kafka])
         late = time.monotonic() > deadline
         if databases_settled(accepted, counts) or late:
             await tap.read(tenant_id, counts)
-            findings = judge(accepted, counts)
+            findings = note(judge(accepted, counts))
             if all(f.settled for f in findings) or late:
                 return not late, counts, findings
         await asyncio.sleep(0.5)
