@@ -78,15 +78,21 @@ def conf(runtime: Runtime) -> IdentitySettings:
 # ---------------------------------------------------------------------------- bodies
 
 
+# Bounds on what an admin may store (a URL or an identifier past these is no real IdP's).
+Url = Annotated[str, msgspec.Meta(max_length=2048)]
+Ident = Annotated[str, msgspec.Meta(max_length=1024)]
+Pem = Annotated[str, msgspec.Meta(max_length=16_384)]
+
+
 class SamlInput(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Give the IdP as metadata (XML or a URL refreshed on a schedule) or field by field."""
 
-    metadata_xml: str | None = None
-    metadata_url: str | None = None
-    idp_entity_id: str | None = None
-    idp_sso_url: str | None = None
-    idp_slo_url: str | None = None
-    idp_certs: list[str] | None = None
+    metadata_xml: Annotated[str, msgspec.Meta(max_length=1_000_000)] | None = None
+    metadata_url: Url | None = None
+    idp_entity_id: Ident | None = None
+    idp_sso_url: Url | None = None
+    idp_slo_url: Url | None = None
+    idp_certs: Annotated[list[Pem], msgspec.Meta(max_length=10)] | None = None
     request_binding: Literal["redirect", "post"] | None = None
     want_assertions_signed: bool | None = None
     want_response_signed: bool | None = None
@@ -94,13 +100,16 @@ class SamlInput(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class OidcInput(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    issuer: str | None = None
-    client_id: str | None = None
-    client_secret: str | None = None
-    scopes: list[str] | None = None
+    issuer: Url | None = None
+    client_id: Ident | None = None
+    client_secret: Ident | None = None
+    scopes: (
+        Annotated[list[Annotated[str, msgspec.Meta(max_length=256)]], msgspec.Meta(max_length=50)]
+        | None
+    ) = None
     token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post"] | None = None
     # ID token signature algorithms accepted (asymmetric only; none and HS* never).
-    allowed_algorithms: list[str] | None = None
+    allowed_algorithms: Annotated[list[Ident], msgspec.Meta(max_length=20)] | None = None
 
 
 class NewConnection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -108,7 +117,7 @@ class NewConnection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     enabled: bool = True
     allow_idp_initiated: bool = False  # SAML only
-    default_redirect_uri: str | None = None  # where IdP-initiated logins land
+    default_redirect_uri: Url | None = None  # where IdP-initiated logins land
     restrict_email_domains: bool = False  # only emails in the tenant's verified domains
     attribute_mapping: AttributeMapping | None = None
     saml: SamlInput | None = None
@@ -119,7 +128,7 @@ class ConnectionChange(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
     enabled: bool | None = None
     allow_idp_initiated: bool | None = None
-    default_redirect_uri: str | None = None
+    default_redirect_uri: Url | None = None
     restrict_email_domains: bool | None = None
     attribute_mapping: AttributeMapping | None = None
     saml: SamlInput | None = None
