@@ -101,3 +101,15 @@ async def test_requests_during_a_database_outage_get_503_with_retry_after(
     # (asyncpg's own pool may warn while it reconnects).
     assert "unhandled error" not in text
     assert '"level": "error"' not in text
+
+
+async def test_an_api_stays_ready_without_kafka(stack: Stack) -> None:
+    """An api writes events to its outbox, never to Kafka: with no broker it still serves
+    and stays ready (it reports the broker), so a Kafka outage takes no api pod out of its
+    Service. The workers' readiness is where a broker outage shows."""
+    no_broker = {"TENANTRY_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}"}
+    with stack.extra_api("ratelimit", free_port(), no_broker) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+            ready = await client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {"postgres": True, "kafka": False}

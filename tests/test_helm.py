@@ -312,7 +312,7 @@ def check_probes(container: Obj, role: str, where: str) -> int:
 
 @variants
 def test_every_deployment_has_http_probes_on_the_port_it_serves(variant: str) -> None:
-    """api: uvicorn on 8000 (/healthz; /readyz = Postgres and Kafka answer). worker: its
+    """api: uvicorn on 8000 (/healthz; /readyz = Postgres answers; Kafka is reported). worker: its
     health endpoint on healthPort (/healthz = the event loop answers; /readyz = consumers and
     relay started, Postgres answers), a port no Service exposes."""
     deployments = by_name(variant, "Deployment")
