@@ -386,6 +386,54 @@ async def test_group_and_user_scalars_of_the_wrong_type_are_refused(
         assert await directory_rows(stack, tenant_id) == before
 
 
+async def test_bodies_that_are_not_json_media_and_oversized_values_are_refused(
+    stack: Stack, operator_headers: dict[str, str]
+) -> None:
+    """A body sent as text/plain (which the shared input guard does not read) is 415 even
+    when it holds a NUL; schemas past 16 URNs or 256 characters and group strings past
+    1,024 characters are 400; nothing changes."""
+    tenant_id, key = await scim_tenant(stack, operator_headers)
+    async with scim_client(stack, key) as scim:
+        user_id, group_id = await user_and_group(scim)
+        before = await directory_rows(stack, tenant_id)
+        group = {"schemas": [GROUP], "displayName": "N\u0000"}
+        for media in ("text/plain", "application/xml", "application/x-www-form-urlencoded"):
+            for method, path, body in (
+                ("POST", "/Groups", group),
+                ("PUT", f"/Groups/{group_id}", group),
+                ("PATCH", f"/Groups/{group_id}", {"schemas": [PATCH_OP]}),
+                ("POST", "/Users", {"schemas": [USER], "userName": "a\u0000@example.com"}),
+                ("POST", "/.search", {"schemas": [SEARCH]}),
+                ("POST", "/Bulk", bulk_body(create_op("b@example.com"))),
+            ):
+                r = await scim.request(
+                    method, path, content=json.dumps(body).encode(), headers={"Content-Type": media}
+                )
+                assert media in refused(r, None, 415)
+        for response in (
+            await scim.post("/Groups", json={"schemas": [GROUP] * 17, "displayName": "G"}),
+            await scim.put(
+                f"/Groups/{group_id}", json={"schemas": ["u" * 257], "displayName": "G"}
+            ),
+            await scim.post("/.search", json={"schemas": [SEARCH] + ["x"] * 16}),
+            await scim.post("/Bulk", json={"schemas": [BULK] * 17, "Operations": []}),
+            await scim.patch(
+                f"/Users/{user_id}", json={"schemas": [PATCH_OP] * 17, "Operations": []}
+            ),
+        ):
+            assert "schemas holds at most 16" in refused(response, "invalidValue")
+        for name, value in (("displayName", "d" * 1025), ("externalId", "e" * 1025)):
+            r = await scim.post(
+                "/Groups", json={"schemas": [GROUP], "displayName": "G", name: value}
+            )
+            assert name in refused(r, "invalidValue")
+        long_names = ",".join(["userName"] * 101)
+        assert "attributes" in refused(
+            await scim.get("/Users", params={"attributes": long_names}), "invalidValue"
+        )
+        assert await directory_rows(stack, tenant_id) == before
+
+
 # ---------------------------------------------------------------- item 5: members
 
 

@@ -5,6 +5,7 @@ BulkRequests are read into typed values or refused with a MessageError carrying 
 from __future__ import annotations
 
 from typing import Any
+from uuid import uuid4
 
 import pytest
 from hypothesis import given
@@ -13,16 +14,25 @@ from hypothesis import strategies as st
 from tenantry_provisioning.scim.messages import (
     INT64_MAX,
     INT64_MIN,
+    MAX_NAMES,
+    MAX_SCHEMAS,
+    MAX_URN_CHARS,
     BulkRequest,
     ListParams,
     MessageError,
     bulk_request,
     check_schemas,
     list_query,
+    schema_list,
     search_request,
 )
 from tenantry_provisioning.scim.patch import GROUP_SCHEMA, PatchError, apply_patch
-from tenantry_provisioning.scim.resources import ResourceError, group_columns, user_columns
+from tenantry_provisioning.scim.resources import (
+    TEXT_MAX_CHARS,
+    ResourceError,
+    group_columns,
+    user_columns,
+)
 
 SEARCH = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
 BULK = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
@@ -298,3 +308,32 @@ def test_resource_strings_must_be_strings(value: Any) -> None:
         user_columns({"userName": "a", "name": {"givenName": value}})
     with pytest.raises(ResourceError, match="member"):
         group_columns({"displayName": "G", "members": [{"value": value}]})
+
+
+def test_schemas_and_attribute_lists_are_bounded() -> None:
+    assert schema_list([SEARCH] * MAX_SCHEMAS, "x") == [SEARCH] * MAX_SCHEMAS
+    for too_many in ([SEARCH] * (MAX_SCHEMAS + 1), ["u" * (MAX_URN_CHARS + 1)]):
+        assert refusal(schema_list, too_many, "x").scim_type == "invalidValue"
+    names = ",".join(["userName"] * (MAX_NAMES + 1))
+    assert "attributes" in refusal(list_query, {"attributes": names}, max_results=200).detail
+    assert len(search(attributes=["a"] * MAX_NAMES)["attributes"] or []) == MAX_NAMES
+
+
+def test_strings_kept_in_text_columns_are_bounded() -> None:
+    fits, over = "x" * TEXT_MAX_CHARS, "x" * (TEXT_MAX_CHARS + 1)
+    columns, members = group_columns(
+        {"displayName": fits, "externalId": fits, "members": [{"value": str(uuid4())}]}
+    )
+    assert (columns["display_name"], len(members)) == (fits, 1)
+    for body, name in (
+        ({"displayName": over}, "displayName"),
+        ({"displayName": "G", "externalId": over}, "externalId"),
+        ({"displayName": "G", "members": [{"value": str(uuid4()), "display": over}]}, "display"),
+    ):
+        with pytest.raises(ResourceError, match=name):
+            group_columns(body)
+    with pytest.raises(ResourceError, match="title"):
+        user_columns({"userName": "a", "title": over})
+    assert user_columns({"userName": "u" * (TEXT_MAX_CHARS + 1)})["user_name"], (
+        "userName's own limit is users.py's"
+    )

@@ -81,8 +81,14 @@ def base_url(request: Request[Any, Any, Any]) -> str:
 
 
 async def body_of(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    """application/scim+json or application/json alike; anything else that is not JSON
-    is invalidSyntax."""
+    """application/scim+json or application/json alike (or no content type); another
+    media type is 415, so that no body escapes the shared input guard, which checks JSON
+    bodies only; a body that is not a JSON object is invalidSyntax."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media not in ("", "application/json") and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        raise ScimError(415, f"the body must be application/scim+json, not {media[:64]}")
     raw = await request.body()
     if len(raw) > MAX_BODY:
         raise ScimError(413, f"the body is larger than {MAX_BODY} bytes", "tooLarge")

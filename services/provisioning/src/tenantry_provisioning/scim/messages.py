@@ -29,6 +29,7 @@ __all__ = [
     "check_schemas",
     "json_kind",
     "list_query",
+    "schema_list",
     "search_request",
 ]
 
@@ -36,6 +37,9 @@ INT64_MAX: Final = 2**63 - 1
 INT64_MIN: Final = -(2**63)
 BULK_METHODS: Final = ("POST", "PUT", "PATCH", "DELETE")
 DEFAULT_COUNT: Final = 100
+MAX_SCHEMAS: Final = 16  # URNs in one `schemas` (clients send one to four)
+MAX_URN_CHARS: Final = 256
+MAX_NAMES: Final = 100  # attribute names in `attributes` / `excludedAttributes`
 _DECIMAL = re.compile(r"[+-]?[0-9]{1,40}")
 
 
@@ -147,11 +151,26 @@ def _names(value: Any, name: str) -> list[str] | None:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
         raise MessageError(f"{name} must be a list of strings")
+    if len(items) > MAX_NAMES:
+        raise MessageError(f"{name} names at most {MAX_NAMES} attributes")
     return [_clean(i, name).strip() for i in items if i.strip()]
 
 
 def _folded(message: Mapping[str, Any]) -> dict[str, Any]:
     return {key.lower(): value for key, value in message.items()}
+
+
+def schema_list(schemas: Any, what: str) -> list[str]:
+    """A `schemas` member: a list of at most MAX_SCHEMAS strings of at most MAX_URN_CHARS
+    characters."""
+    if not isinstance(schemas, list) or not all(isinstance(s, str) for s in schemas):
+        raise MessageError(f"{what}: schemas must be a list of strings", "invalidSyntax")
+    if len(schemas) > MAX_SCHEMAS or any(len(s) > MAX_URN_CHARS for s in schemas):
+        raise MessageError(
+            f"{what}: schemas holds at most {MAX_SCHEMAS} URNs of at most {MAX_URN_CHARS} "
+            "characters"
+        )
+    return schemas
 
 
 def check_schemas(message: Any, urn: str, what: str) -> dict[str, Any]:
@@ -160,11 +179,7 @@ def check_schemas(message: Any, urn: str, what: str) -> dict[str, Any]:
     if not isinstance(message, Mapping):
         raise MessageError(f"{what} must be a JSON object", "invalidSyntax")
     folded = _folded(message)
-    schemas = folded.get("schemas")
-    if not isinstance(schemas, list) or not all(isinstance(s, str) for s in schemas):
-        raise MessageError(
-            f"{what}: schemas must be a list of strings holding {urn}", "invalidSyntax"
-        )
+    schemas = schema_list(folded.get("schemas"), what)
     if urn.lower() not in {s.lower() for s in schemas}:
         raise MessageError(f"{what}: schemas must hold {urn}", "invalidSyntax")
     return folded

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from tenantry_provisioning.scim.messages import MessageError
+from tenantry_provisioning.scim.messages import MessageError, schema_list
 
 USER_URN = "urn:ietf:params:scim:schemas:core:2.0:User"
 ENTERPRISE_URN = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
@@ -22,6 +22,9 @@ PATCH_OP_URN = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 SEARCH_URN = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
 BULK_REQUEST_URN = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
 BULK_RESPONSE_URN = "urn:ietf:params:scim:api:messages:2.0:BulkResponse"
+
+# Every string attribute kept in a text column (userName has its own, shorter limit).
+TEXT_MAX_CHARS = 1024
 
 # Simple attributes kept in columns: SCIM name -> column.
 USER_COLUMNS = {
@@ -93,16 +96,19 @@ class ResourceError(MessageError):
 def _check_schemas(body: Mapping[str, Any]) -> None:
     """`schemas` is read-only for us (we write it), but a value that is not a list of
     strings is a malformed resource, not one to store."""
-    schemas = body.get("schemas")
-    if schemas is not None and (
-        not isinstance(schemas, list) or not all(isinstance(s, str) for s in schemas)
-    ):
-        raise ResourceError("schemas must be a list of schema URNs", "invalidSyntax")
+    if body.get("schemas") is not None:
+        try:
+            schema_list(body["schemas"], "the resource")
+        except MessageError as exc:
+            raise ResourceError(exc.detail, exc.scim_type) from None
 
 
 def _optional_string(value: Any, name: str) -> str | None:
+    """A string attribute kept in a text column: at most TEXT_MAX_CHARS characters."""
     if value is not None and not isinstance(value, str):
         raise ResourceError(f"{name} must be a string")
+    if value is not None and len(value) > TEXT_MAX_CHARS:
+        raise ResourceError(f"{name} is longer than {TEXT_MAX_CHARS} characters")
     return value
 
 
@@ -164,9 +170,10 @@ def user_columns(resource: Mapping[str, Any]) -> dict[str, Any]:
     user_name = body.get("userName")
     if not isinstance(user_name, str) or not user_name.strip():
         raise ResourceError("userName is required", "invalidValue")
-    columns: dict[str, Any] = {}
+    columns: dict[str, Any] = {"user_name": user_name}  # its limit is users.py's
     for attribute, column in USER_COLUMNS.items():
-        columns[column] = _optional_string(body.get(attribute), attribute)
+        if attribute != "userName":
+            columns[column] = _optional_string(body.get(attribute), attribute)
     name = body.get("name") or {}
     if not isinstance(name, Mapping):
         raise ResourceError("name must be an object")
@@ -254,8 +261,8 @@ def group_columns(resource: Mapping[str, Any]) -> tuple[dict[str, Any], list[Mem
     """The scim_groups columns and the members of a full Group representation."""
     body = canonical_keys(resource, group=True)
     _check_schemas(body)
-    display_name = body.get("displayName")
-    if not isinstance(display_name, str) or not display_name.strip():
+    display_name = _optional_string(body.get("displayName"), "displayName")
+    if display_name is None or not display_name.strip():
         raise ResourceError("displayName is required")
     external_id = _optional_string(body.get("externalId"), "externalId")
     members = body.get("members") or []
@@ -275,8 +282,8 @@ def group_columns(resource: Mapping[str, Any]) -> tuple[dict[str, Any], list[Mem
         display, kind = member.get("display"), member.get("type")
         member_ids[member_id] = (
             member_id,
-            display if isinstance(display, str) else None,
-            kind if isinstance(kind, str) else None,
+            _optional_string(display, "members.display") if isinstance(display, str) else None,
+            _optional_string(kind, "members.type") if isinstance(kind, str) else None,
         )
     extra = {
         k: v
