@@ -216,6 +216,11 @@ def create_op(user_name: str) -> dict[str, Any]:
         ([{"method": "POST", "path": "/Users", "data": "x"}], "invalidValue", "data"),
         ([{"method": "PUT", "path": "/Users/x", "data": [1]}], "invalidValue", "data"),
         ([{"method": "PATCH", "path": "/Groups/x"}], "invalidValue", "data"),
+        (
+            [{"method": "DELETE", "path": "/Users/x", "bulkId": "b" * 1025}],
+            "invalidValue",
+            "bulkId",
+        ),
     ],
 )
 async def test_malformed_bulk_operations_refuse_the_whole_request(

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from tenantry_provisioning.scim.messages import (
     INT64_MAX,
     INT64_MIN,
+    MAX_BULK_TEXT_CHARS,
     MAX_NAMES,
     MAX_SCHEMAS,
     MAX_URN_CHARS,
@@ -337,3 +338,15 @@ def test_strings_kept_in_text_columns_are_bounded() -> None:
     assert user_columns({"userName": "u" * (TEXT_MAX_CHARS + 1)})["user_name"], (
         "userName's own limit is users.py's"
     )
+
+
+@pytest.mark.parametrize("member", ["path", "bulkId", "version"])
+def test_bulk_strings_are_bounded(member: str) -> None:
+    fits = "/Users/" + "x" * (MAX_BULK_TEXT_CHARS - 7)
+    operation = {"method": "DELETE", "path": "/Users/x", member: fits}
+    assert len(bulk(operation).operations) == 1
+    operation[member] = fits + "x"
+    refused = refusal(
+        bulk_request, {"schemas": [BULK], "Operations": [operation]}, BULK, max_operations=3
+    )
+    assert f"Operations[0].{member} is longer than {MAX_BULK_TEXT_CHARS}" in refused.detail

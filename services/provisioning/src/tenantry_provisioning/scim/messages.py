@@ -21,6 +21,7 @@ __all__ = [
     "BULK_METHODS",
     "INT64_MAX",
     "INT64_MIN",
+    "MAX_BULK_TEXT_CHARS",
     "BulkOperation",
     "BulkRequest",
     "ListParams",
@@ -40,6 +41,7 @@ DEFAULT_COUNT: Final = 100
 MAX_SCHEMAS: Final = 16  # URNs in one `schemas` (clients send one to four)
 MAX_URN_CHARS: Final = 256
 MAX_NAMES: Final = 100  # attribute names in `attributes` / `excludedAttributes`
+MAX_BULK_TEXT_CHARS: Final = 1024  # a Bulk operation's path, bulkId, version
 _DECIMAL = re.compile(r"[+-]?[0-9]{1,40}")
 
 
@@ -111,11 +113,13 @@ def _clean(text: str, name: str) -> str:
     return text
 
 
-def _string(value: Any, name: str) -> str | None:
+def _string(value: Any, name: str, max_chars: int | None = None) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
         raise MessageError(f"{name} must be a string, not {json_kind(value)}")
+    if max_chars is not None and len(value) > max_chars:
+        raise MessageError(f"{name} is longer than {max_chars} characters")
     return _clean(value, name)
 
 
@@ -235,7 +239,7 @@ def _bulk_operation(index: int, raw: Any) -> BulkOperation:
     method = _string(member.get("method"), f"{where}.method")
     if method is None or method.upper() not in BULK_METHODS:
         raise MessageError(f"{where}.method must be one of {', '.join(BULK_METHODS)}")
-    path = _string(member.get("path"), f"{where}.path")
+    path = _string(member.get("path"), f"{where}.path", MAX_BULK_TEXT_CHARS)
     if not path:
         raise MessageError(f"{where}.path is required")
     data = member.get("data")
@@ -246,8 +250,8 @@ def _bulk_operation(index: int, raw: Any) -> BulkOperation:
     return BulkOperation(
         method=method.upper(),
         path=path,
-        bulk_id=_string(member.get("bulkid"), f"{where}.bulkId"),
-        version=_string(member.get("version"), f"{where}.version"),
+        bulk_id=_string(member.get("bulkid"), f"{where}.bulkId", MAX_BULK_TEXT_CHARS),
+        version=_string(member.get("version"), f"{where}.version", MAX_BULK_TEXT_CHARS),
         data=None if data is None else dict(data),
     )
 
