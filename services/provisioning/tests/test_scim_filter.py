@@ -13,11 +13,10 @@ from uuid import UUID
 
 import asyncpg
 import pytest
-import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tenantry_events.pg import Database, package_migrations
+from tenantry_events.pg import Database
 from tenantry_provisioning.scim.filter import (
     MAX_FILTER_DEPTH,
     MAX_FILTER_LENGTH,
@@ -34,12 +33,6 @@ from tenantry_provisioning.scim.filter import (
     sort_sql,
     to_sql,
 )
-from tenantry_servicekit.testing.fixtures import (
-    ScratchDatabase,
-    create_scratch_database,
-    drop_scratch_database,
-)
-from tenantry_servicekit.testing.stack import Stack
 
 CORE = "urn:ietf:params:scim:schemas:core:2.0:User"
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
@@ -535,17 +528,6 @@ def reference(f: Filter, user: dict[str, Any], element: dict[str, Any] | None = 
 
 
 # ---------------------------------------------------------------- the database
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def directory(stack: Stack) -> AsyncIterator[Database]:
-    scratch: ScratchDatabase = await create_scratch_database(
-        stack, package_migrations("tenantry_provisioning"), prefix="scimf"
-    )
-    try:
-        yield scratch.db
-    finally:
-        await drop_scratch_database(stack, scratch)
 
 
 @asynccontextmanager

@@ -6,34 +6,15 @@ leaves no membership behind."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from uuid import UUID, uuid4
 
 import asyncpg
 import pytest
-import pytest_asyncio
 
-from tenantry_events.pg import Database, package_migrations
+from tenantry_events.pg import Database
 from tenantry_provisioning.scim import store
-from tenantry_servicekit.testing.fixtures import (
-    ScratchDatabase,
-    create_scratch_database,
-    drop_scratch_database,
-)
-from tenantry_servicekit.testing.stack import Stack
 
 OURS, THEIRS = uuid4(), uuid4()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def directory(stack: Stack) -> AsyncIterator[Database]:
-    scratch: ScratchDatabase = await create_scratch_database(
-        stack, package_migrations("tenantry_provisioning"), prefix="scimm"
-    )
-    try:
-        yield scratch.db
-    finally:
-        await drop_scratch_database(stack, scratch)
 
 
 async def a_user(db: Database, tenant_id: UUID) -> UUID:
