@@ -10,7 +10,7 @@ from litestar import Request, Response
 
 from tenantry_provisioning.scim.messages import MessageError
 from tenantry_provisioning.scim.resources import ERROR_URN
-from tenantry_servicekit.problems import problem_from_exception, problem_response
+from tenantry_servicekit.problems import log_unexpected, problem_from_exception
 
 SCIM_JSON = "application/scim+json"
 _ENCODER = msgspec.json.Encoder()
@@ -20,6 +20,12 @@ _SCIM_TYPES = {
     "validation-error": "invalidSyntax",
     "malformed-request": "invalidSyntax",
     "email-taken": "uniqueness",
+    # the shared input guard (tenantry_servicekit.input_guard)
+    "invalid-encoding": "invalidSyntax",
+    "json-too-deep": "invalidSyntax",
+    "duplicate-json-key": "invalidSyntax",
+    "nul-character": "invalidValue",
+    "number-out-of-range": "invalidValue",
 }
 
 
@@ -55,9 +61,7 @@ def scim_error_response(request: Request[Any, Any, Any], exc: Exception) -> Resp
         status, detail, scim_type, headers = exc.status, exc.detail, exc.scim_type, {}
     else:
         problem = problem_from_exception(exc)
-        if problem.status >= 500:
-            # Unexpected: let the shared handler log it, then answer in SCIM's words.
-            problem_response(request, exc)
+        log_unexpected(request, exc, problem)  # a bug with its traceback; an outage in a line
         status, headers = problem.status, problem.headers
         detail = problem.detail or problem.title
         scim_type = _SCIM_TYPES.get(problem.slug)
