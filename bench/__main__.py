@@ -20,7 +20,18 @@ from typing import Any
 
 from uuid_utils.compat import uuid4
 
-from bench import auth, consume, guardrails, projection, relay, sso, store, suspend, webhooks
+from bench import (
+    auth,
+    consume,
+    guardrails,
+    input_guard,
+    projection,
+    relay,
+    sso,
+    store,
+    suspend,
+    webhooks,
+)
 from bench.common import BenchResult, Context, now, probe_stack, render
 from tenantry_servicekit.testing.stack import load_stack
 
@@ -74,6 +85,11 @@ BENCHMARKS: dict[str, tuple[Benchmark, bool, str]] = {
         sso.run,
         True,
         "SAML ACS (signed, encrypted) and OIDC callback latency vs library / IdP floors",
+    ),
+    "input_guard": (
+        input_guard.run,
+        False,
+        "the shared input guard's cost per JSON body vs msgspec decoding it alone",
     ),
     "webhooks": (
         webhooks.run,
