@@ -106,7 +106,7 @@ async def test_requests_during_a_database_outage_get_503_with_retry_after(
 async def test_an_api_stays_ready_without_kafka(stack: Stack) -> None:
     """An api writes events to its outbox, never to Kafka: with no broker it still serves
     and stays ready (it reports the broker), so a Kafka outage takes no api pod out of its
-    Service. The workers' readiness is where a broker outage shows."""
+    Service; a broker outage shows in the workers' logs and the outboxes' growth."""
     no_broker = {"TENANTRY_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}"}
     with stack.extra_api("ratelimit", free_port(), no_broker) as base:
         async with httpx.AsyncClient(base_url=base, timeout=10) as client:

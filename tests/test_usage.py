@@ -160,9 +160,12 @@ async def test_reconciliation_repairs_counters_that_drifted(
     await converged(stack, service_dbs, tenant_id, expected)
     # The owner's rows change behind its back (as its owner role, so no change-driven
     # report is written): only the reconciliation sweep can notice and report it.
-    await service_dbs["webhooks"].execute(
-        "DELETE FROM endpoints WHERE tenant_id = $1", uuid.UUID(tenant_id)
-    )
+    async with service_dbs["webhooks"].acquire() as conn, conn.transaction():
+        await conn.execute("SELECT set_config('app.tenant_id', $1, true)", tenant_id)
+        deleted = await conn.execute(
+            "DELETE FROM endpoints WHERE tenant_id = $1", uuid.UUID(tenant_id)
+        )
+    assert deleted == "DELETE 1"
     await converged(stack, service_dbs, tenant_id, {**expected, "webhook_endpoints": 0})
 
 

@@ -23,7 +23,7 @@ import asyncpg
 import msgspec
 
 from tenantry_events.pg import Database
-from tenantry_servicekit.asgi import ASGIApp, Message, Receive, Scope, Send
+from tenantry_servicekit.asgi import ASGIApp, Message, Receive, Scope, Send, read_body, replay
 from tenantry_servicekit.problems import PROBLEM_JSON, Problem
 
 log = logging.getLogger(__name__)
@@ -103,23 +103,13 @@ class IdempotencyMiddleware:
             )
             return
         # Buffer the body (bounded) to fingerprint it, then replay it to the app.
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                await _send_problem(
-                    send, Problem(413, "payload-too-large", "Request body too large"), path
-                )
-                return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
+        try:
+            body = await read_body(receive, self.max_body)
+        except Problem as too_large:
+            await _send_problem(send, too_large, path)
+            return
+        if body is None:
+            return  # the client went away
         scope_key = _principal_scope(scope)
         fingerprint = hashlib.sha256(
             b"POST " + path.encode() + b"?" + scope.get("query_string", b"") + b"\n" + body
@@ -132,15 +122,6 @@ class IdempotencyMiddleware:
         if isinstance(claimed, Problem):
             await _send_problem(send, claimed, path)
             return
-
-        sent_body = False
-
-        async def replay_receive() -> Message:
-            nonlocal sent_body
-            if not sent_body:
-                sent_body = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
 
         status = 500
         headers: list[tuple[bytes, bytes]] = []
@@ -157,7 +138,7 @@ class IdempotencyMiddleware:
 
         heartbeat = asyncio.create_task(self._renew(scope_key, key))
         try:
-            await self.app(scope, replay_receive, capture_send)
+            await self.app(scope, replay(body, receive), capture_send)
         except BaseException:
             await _stop(heartbeat)
             await self._release(scope_key, key)

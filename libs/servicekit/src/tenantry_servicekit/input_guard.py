@@ -38,7 +38,7 @@ from litestar.types import Receive as LitestarReceive
 from litestar.types import Scope as LitestarScope
 from litestar.types import Send as LitestarSend
 
-from tenantry_servicekit.asgi import Message
+from tenantry_servicekit.asgi import read_body, replay
 from tenantry_servicekit.problems import Problem
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -259,40 +259,9 @@ class InputGuardMiddleware(ASGIMiddleware):
         if scope.get("method", "GET") in _BODYLESS:
             await next_app(scope, receive, send)
             return
-        body = await read_body(receive, self.max_body)
+        body = await read_body(receive, self.max_body)  # type: ignore[arg-type]  # loose ASGI
+        if body is None:
+            return  # the client went away before it had sent its body
         if body:
             check_body(body, _content_type(scope), scope["route_handler"].opt.get("body", "json"))
-        await next_app(scope, replay(body, receive), send)
-
-
-async def read_body(receive: Any, max_body: int) -> bytes:
-    """The whole request body, refusing (413) past `max_body` bytes."""
-    chunks: list[bytes] = []
-    size = 0
-    more = True
-    while more:
-        message: Message = await receive()
-        if message["type"] != "http.request":
-            break  # the client went away; the app sees the disconnect on its own receive
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > max_body:
-            raise Problem(413, "payload-too-large", "Request body too large")
-        chunks.append(chunk)
-        more = message.get("more_body", False)
-    return b"".join(chunks)
-
-
-def replay(body: bytes, receive: Any) -> Any:
-    """A `receive` that yields the buffered body once, then defers to the real one."""
-    sent = False
-
-    async def replayed() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        message: Message = await receive()
-        return message
-
-    return replayed
+        await next_app(scope, replay(body, receive), send)  # type: ignore[arg-type]  # loose ASGI
