@@ -88,6 +88,27 @@ class IdpIdentity(msgspec.Struct, frozen=True, kw_only=True):
     session_index: str | None = None  # SAML SessionIndex, for single logout
 
 
+def unstorable(identity: IdpIdentity) -> str | None:
+    """Why the IdP's identity cannot be stored as it reads (a NUL, which Postgres text
+    refuses, or a lone surrogate, which cannot be encoded), or None. The IdP's words reach
+    us signed, past the input guard, so they are checked here."""
+    texts = [("the subject", identity.subject), ("the session index", identity.session_index)]
+    for name, values in identity.attributes.items():
+        texts.append(("an attribute name", name))
+        texts.extend((f"attribute {name[:64]!r}", value) for value in values)
+    for where, text in texts:
+        if text is None:
+            continue
+        if "\x00" in text:
+            return f"{where} contains U+0000"
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"{where} contains an unpaired surrogate"
+    return None
+
+
 def as_attribute_lists(claims: Mapping[str, Any]) -> dict[str, list[str]]:
     """OIDC claims in the same shape as SAML attributes (lists of strings)."""
     out: dict[str, list[str]] = {}

@@ -28,6 +28,7 @@ from tenantry_identity.sso.domain import (
     LoginRefused,
     MappedProfile,
     map_profile,
+    unstorable,
 )
 from tenantry_identity.sso.domains import domain_of_email
 from tenantry_identity.sso.oidc import OidcConnectionConfig, OidcRelyingParty
@@ -368,6 +369,8 @@ class SsoService:
         `answers` (the pending login the response answers: SAML request id, OIDC state) is
         consumed, and `assertion` (SAML: its id and how long to keep it) remembered against
         replays, in the transaction that admits the login."""
+        if (why := unstorable(identity)) is not None:
+            raise LoginRefused("malformed", why)
         mapping = msgspec.convert(row.attribute_mapping, AttributeMapping)
         code = secrets.token_urlsafe(32)
         try:
