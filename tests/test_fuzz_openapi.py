@@ -39,6 +39,7 @@ from schemathesis.specs.openapi.checks import (
 from tenantry_servicekit.testing.dns import LoopbackDns
 from tenantry_servicekit.testing.receiver import Receiver, running_receiver
 from tenantry_servicekit.testing.stack import Stack
+from tenantry_servicekit.testing.strategies import json_values
 
 from .conftest import SERVICES
 from .fuzzing import (
@@ -247,17 +248,7 @@ SCIM_ATTRIBUTES = (
 BIG_INTEGERS = st.one_of(
     st.integers(), st.integers(min_value=2**63 - 2, max_value=2**70), st.just(-(2**64))
 )
-JSON_VALUES = st.recursive(
-    st.none()
-    | st.booleans()
-    | BIG_INTEGERS
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
+JSON_VALUES = json_values(integers=BIG_INTEGERS)
 FILTERS = st.one_of(
     st.text(max_size=40),
     st.builds(

@@ -34,22 +34,13 @@ from tenantry_provisioning.scim.resources import (
     group_columns,
     user_columns,
 )
+from tenantry_servicekit.testing.strategies import json_values
 
 SEARCH = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
 BULK = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
 PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 
-JSON = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**80), max_value=2**80)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=10),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
+JSON = json_values(text=st.text(max_size=10), allow_infinity=True)
 SEARCH_MEMBERS = [
     "schemas",
     "filter",
