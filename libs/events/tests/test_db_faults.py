@@ -28,6 +28,7 @@ from tenantry_events.storage import PostgresOutbox
 from tenantry_events.testing.contracts import ping
 from tenantry_servicekit.testing.fixtures import ScratchDatabase, eventually
 from tenantry_servicekit.testing.pg_cluster import free_loopback_port
+from tenantry_servicekit.testing.stack import Stack
 
 
 def _raised_from(exc: BaseException, cause: BaseException) -> BaseException:
@@ -228,6 +229,32 @@ async def test_a_broken_connection_is_terminated_not_returned_to_the_pool(
                 await conn.execute("SELECT 1")
                 raise asyncpg.InternalClientError("cannot switch to state 15")
         assert await backend() != first, "the broken one was dropped, a fresh one made"
+    finally:
+        await db.close()
+
+
+async def test_connections_a_restart_broke_are_skipped_while_the_server_is_up(
+    stack: Stack, scratch_db: ScratchDatabase
+) -> None:
+    """Every pooled connection's backend is gone (as after a restart), the server is up:
+    the next transaction drops the dead ones and works, instead of answering 503 once per
+    dead connection for as long as they sit idle in the pool."""
+    db = Database(scratch_db.app_dsn, min_size=3, max_size=3)
+    await db.connect()
+    try:
+        held = [await db.pool.acquire() for _ in range(3)]
+        pids = [int(await c.fetchval("SELECT pg_backend_pid()")) for c in held]
+        for proxy in held:
+            await db.pool.release(proxy)
+        admin = await asyncpg.connect(stack.super_dsn())
+        try:
+            for pid in pids:
+                assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await admin.close()
+        async with db.transaction() as conn:
+            fresh = int(await conn.fetchval("SELECT pg_backend_pid()"))
+        assert fresh not in pids
     finally:
         await db.close()
 

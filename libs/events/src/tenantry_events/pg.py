@@ -15,6 +15,7 @@ from uuid import UUID
 
 import asyncpg
 import msgspec
+from asyncpg.transaction import Transaction
 
 from tenantry_events.faults import DatabaseUnavailable, is_broken_connection
 
@@ -72,31 +73,13 @@ class Database:
         """A transaction; `tenant_id` scopes row-level security to one tenant, `platform`
         opens cross-tenant rows to operator and system work (relay, projections).
 
-        A database restart leaves broken connections in the pool. Whatever fails before
-        the caller's work begins (connecting, BEGIN, the session settings) is raised as
-        `DatabaseUnavailable`; a connection that raised a connection-level error, or whose
-        rollback failed, is terminated rather than returned to the pool, so the next
-        transaction gets a fresh one instead of the same broken one."""
-        pool = self.pool
+        A database restart leaves broken connections in the pool. One that fails before
+        the caller's work begins is dropped and another tried (`_begin`); if none works
+        (the server is down), that is raised as `DatabaseUnavailable`. A connection that
+        raised a connection-level error during the work, or whose rollback failed, is
+        terminated rather than returned to the pool."""
+        proxy, conn, tx = await self._begin(tenant_id=tenant_id, platform=platform)
         try:
-            proxy = await pool.acquire()
-        except Exception as exc:
-            raise DatabaseUnavailable(f"no database connection: {exc!r}") from exc
-        # Stores are typed against Connection; the pool's proxy forwards every call.
-        conn: asyncpg.Connection = proxy  # type: ignore[assignment]
-        try:
-            tx = conn.transaction()
-            try:
-                await tx.start()
-                if tenant_id is not None:
-                    await conn.execute(
-                        "SELECT set_config('app.tenant_id', $1, true)", str(tenant_id)
-                    )
-                if platform:
-                    await conn.execute("SELECT set_config('app.platform', 'on', true)")
-            except Exception as exc:
-                _terminate(conn)
-                raise DatabaseUnavailable(f"database connection failed: {exc!r}") from exc
             try:
                 yield conn
             except BaseException as exc:
@@ -115,7 +98,40 @@ class Database:
                     _terminate(conn)
                 raise
         finally:
-            await _release(pool, proxy)
+            await _release(self.pool, proxy)
+
+    async def _begin(
+        self, *, tenant_id: UUID | None, platform: bool
+    ) -> tuple[object, asyncpg.Connection, Transaction]:
+        """A pooled connection with its transaction begun and scoped. After a database
+        restart the pool still holds connections the restart broke; idle ones are found
+        only when used, so one that fails at BEGIN is dropped and the next one tried (the
+        work has not started: nothing to undo), up to one more than the pool holds."""
+        pool = self.pool
+        for attempt in range(self._max_size + 1):
+            try:
+                proxy = await pool.acquire()
+            except Exception as exc:
+                raise DatabaseUnavailable(f"no database connection: {exc!r}") from exc
+            # Stores are typed against Connection; the pool's proxy forwards every call.
+            conn: asyncpg.Connection = proxy  # type: ignore[assignment]
+            tx = conn.transaction()
+            try:
+                await tx.start()
+                if tenant_id is not None:
+                    await conn.execute(
+                        "SELECT set_config('app.tenant_id', $1, true)", str(tenant_id)
+                    )
+                if platform:
+                    await conn.execute("SELECT set_config('app.platform', 'on', true)")
+            except Exception as exc:
+                _terminate(conn)
+                await _release(pool, proxy)
+                if is_broken_connection(exc) and attempt < self._max_size:
+                    continue  # a connection the restart left broken: try the next one
+                raise DatabaseUnavailable(f"database connection failed: {exc!r}") from exc
+            return proxy, conn, tx
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def ping(self) -> bool:
         try:
