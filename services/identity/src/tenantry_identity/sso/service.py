@@ -465,6 +465,13 @@ class SsoService:
             return account
         existing = await self.identity.account_by_email(tx, tenant_id, profile.email)
         if existing is not None and not domain_ok:
+            # A concurrent first login of this same subject may have committed its JIT
+            # account (and link, in the same transaction) between the two reads above:
+            # read committed lets this statement see it, and it is this user's own.
+            if await self.store.identity_account(tx, row.connection_id, identity.subject) == (
+                existing.account_id
+            ):
+                return existing
             raise LoginRefused(
                 "email-domain-not-allowed",
                 f"an account with {profile.email} exists; SSO may sign it in only once the "
