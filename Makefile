@@ -33,11 +33,11 @@ lint:
 	$(UV) ruff format --check .
 
 typecheck:
-	$(UV) mypy libs services tests bench
+	$(UV) mypy libs services tests bench tools
 
 docs:
 	$(UV) python -m tenantry_events.docs docs/events
-	$(UV) python -m tenantry_servicekit.openapi docs/openapi.json
+	$(UV) python -m tools.openapi docs/openapi.json
 
 bench: up
 	$(UV) python -m bench

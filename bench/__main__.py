@@ -33,7 +33,7 @@ from bench import (
     webhooks,
 )
 from bench.common import BenchResult, Context, now, probe_stack, render
-from tenantry_servicekit.testing.stack import load_stack
+from tenantry_testkit.stack import load_stack
 
 Benchmark = Callable[[Context], Awaitable[BenchResult]]
 

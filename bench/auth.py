@@ -45,7 +45,7 @@ import httpx
 from uuid_utils.compat import uuid4
 
 from bench.common import BenchResult, Context, Row, median, now, p99
-from tenantry_servicekit.testing.fixtures import operator_token
+from tenantry_testkit.fixtures import operator_token
 
 SERVICES = ("tenancy", "identity", "provisioning", "webhooks", "ratelimit")
 AUTH_SERVICE = "identity"

@@ -27,7 +27,7 @@ from uuid_utils.compat import uuid4
 from tenantry_events.catalog import CATALOG, EventType
 from tenantry_events.envelope import Envelope, new_event
 from tenantry_events.topics import ensure_topics
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit.stack import Stack
 
 now = time.perf_counter
 

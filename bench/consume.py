@@ -31,7 +31,7 @@ from tenantry_events.envelope import Envelope
 from tenantry_events.kafka_codec import to_record
 from tenantry_events.pg import Migration
 from tenantry_events.storage import PostgresInbox
-from tenantry_servicekit.testing.fixtures import (
+from tenantry_testkit.fixtures import (
     ScratchDatabase,
     create_scratch_database,
     drop_scratch_database,

@@ -63,8 +63,7 @@ from uuid_utils.compat import uuid4
 from bench.auth import HTTP_TIMEOUT, _expect, _new_tenant, bearer
 from bench.common import BenchResult, Context, Row, median, now, p99
 from tenantry_events.payloads.ratelimit import RatePolicy
-from tenantry_resilience import CircuitBreaker
-from tenantry_servicekit.ratelimit import (
+from tenantry_guardrails.rate_limits import (
     REDIS_BREAKER,
     AppliedPolicy,
     Decision,
@@ -74,8 +73,9 @@ from tenantry_servicekit.ratelimit import (
     Slot,
     tenant_tag,
 )
-from tenantry_servicekit.testing.fixtures import operator_token
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_resilience import CircuitBreaker
+from tenantry_testkit.fixtures import operator_token
+from tenantry_testkit.stack import Stack
 
 SETUP_DEADLINE = 60.0  # s: a new tenant usable on identity / ratelimit
 

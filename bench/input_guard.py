@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from bench.common import BenchResult, Context, Row
-from tenantry_servicekit.input_guard import check_json_body
+from tenantry_http.input_guard import check_json_body
 
 ROUNDS = 2000
 LARGE_ROUNDS = 100

@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from uuid_utils.compat import uuid4
 
 from bench.common import BenchResult, Context, Row, median, now, ratio
-from tenantry_servicekit.testing.fixtures import operator_token
+from tenantry_testkit.fixtures import operator_token
 
 TENANTS = 100
 WARMUP = 3

@@ -29,7 +29,7 @@ from tenantry_events.envelope import Envelope
 from tenantry_events.kafka_codec import KafkaRecord, to_record
 from tenantry_events.relay import KafkaPublisher, OutboxRelay
 from tenantry_events.storage import OutboxEntry, PostgresOutbox
-from tenantry_servicekit.testing.fixtures import (
+from tenantry_testkit.fixtures import (
     ScratchDatabase,
     create_scratch_database,
     drop_scratch_database,

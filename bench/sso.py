@@ -32,9 +32,9 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge  # type: ignore[im
 from bench.auth import _expect, _post, bearer
 from bench.common import BenchResult, Context, Row, median, now, ratio
 from tenantry_identity.sso import saml
-from tenantry_servicekit.testing.fixtures import operator_token
-from tenantry_servicekit.testing.oidc_provider import OidcAccount, OidcClient, OidcProvider
-from tenantry_servicekit.testing.saml_idp import SamlIdp, SamlUser
+from tenantry_testkit.fixtures import operator_token
+from tenantry_testkit.oidc_provider import OidcAccount, OidcClient, OidcProvider
+from tenantry_testkit.saml_idp import SamlIdp, SamlUser
 
 RESPONSES = 150  # per SAML variant
 LOGINS = 60  # OIDC logins

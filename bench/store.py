@@ -22,7 +22,7 @@ from uuid_utils.compat import uuid4
 from bench.common import BenchResult, BenchTopic, Context, Row, now, ratio
 from tenantry_events.envelope import Envelope, encode_envelope
 from tenantry_events.storage import PostgresEventStore, PostgresOutbox
-from tenantry_servicekit.testing.fixtures import (
+from tenantry_testkit.fixtures import (
     ScratchDatabase,
     create_scratch_database,
     drop_scratch_database,

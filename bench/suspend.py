@@ -27,7 +27,7 @@ from bench.auth import (
     propagation,
 )
 from bench.common import BenchResult, Context, Row, median, now, p99
-from tenantry_servicekit.testing.fixtures import operator_token
+from tenantry_testkit.fixtures import operator_token
 
 ROUNDS = 30
 

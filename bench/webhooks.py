@@ -47,18 +47,18 @@ import httpx
 from uuid_utils.compat import uuid4
 
 from bench.common import BenchResult, Context, Row, median, now, p99, ratio
+from tenantry_credentials.crypto import SecretBox
 from tenantry_events.envelope import Envelope, new_event
 from tenantry_events.payloads.identity import EmailVerified
 from tenantry_events.pg import package_migrations
 from tenantry_events.storage import PostgresOutbox
-from tenantry_servicekit.crypto import SecretBox
-from tenantry_servicekit.outbound import OutboundClient, OutboundPolicy
-from tenantry_servicekit.testing.fixtures import (
+from tenantry_outbound.outbound import OutboundClient, OutboundPolicy
+from tenantry_testkit.fixtures import (
     ScratchDatabase,
     create_scratch_database,
     drop_scratch_database,
 )
-from tenantry_servicekit.testing.receiver import Receiver
+from tenantry_testkit.receiver import Receiver
 from tenantry_webhooks import store
 from tenantry_webhooks.api import SECRET_CONTEXT
 from tenantry_webhooks.dispatcher import USER_AGENT, Claimed, Dispatcher, DispatcherSettings

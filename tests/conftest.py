@@ -8,7 +8,7 @@ import asyncpg
 import httpx
 import pytest_asyncio
 
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit.stack import Stack
 
 SERVICES = ("tenancy", "identity", "provisioning", "webhooks", "ratelimit")
 PROJECTING = ("identity", "provisioning", "webhooks", "ratelimit")

@@ -18,10 +18,10 @@ import asyncpg
 import h11
 import httpx
 
-from tenantry_servicekit.testing.fixtures import eventually
-from tenantry_servicekit.testing.mailbox import Mailbox, links
-from tenantry_servicekit.testing.saml_idp import cert_body, make_key_and_cert, pem_of_cert
-from tenantry_servicekit.testing.stack import REPO, Stack
+from tenantry_testkit.fixtures import eventually
+from tenantry_testkit.mailbox import Mailbox, links
+from tenantry_testkit.saml_idp import cert_body, make_key_and_cert, pem_of_cert
+from tenantry_testkit.stack import REPO, Stack
 
 from .test_identity import bearer, new_tenant
 from .test_scim import GROUP, SCIM_JSON, USER

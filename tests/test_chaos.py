@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 import pytest_asyncio
 
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit.stack import Stack
 
 from .chaos.faults import by_name, catalog
 from .chaos.report import REPORTS, round_markdown, write_report

@@ -15,9 +15,9 @@ import asyncpg
 import httpx
 import pytest
 
-from tenantry_servicekit.testing.fixtures import eventually
-from tenantry_servicekit.testing.pg_cluster import PgCluster
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit.fixtures import eventually
+from tenantry_testkit.pg_cluster import PgCluster
+from tenantry_testkit.stack import Stack
 
 from .test_identity import create_key, new_tenant
 from .test_scim import ERROR

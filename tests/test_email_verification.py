@@ -7,8 +7,8 @@ import httpx
 import pytest
 from uuid_utils.compat import uuid4
 
-from tenantry_servicekit.testing.mailbox import Mailbox, links
-from tenantry_servicekit.testing.stack import REPO, Stack
+from tenantry_testkit.mailbox import Mailbox, links
+from tenantry_testkit.stack import REPO, Stack
 
 from .test_identity import bearer, new_tenant
 

@@ -18,9 +18,9 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from tenantry_servicekit.testing.fixtures import eventually
-from tenantry_servicekit.testing.receiver import Receiver, running_receiver
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit.fixtures import eventually
+from tenantry_testkit.receiver import Receiver, running_receiver
+from tenantry_testkit.stack import Stack
 
 from .conftest import SERVICES
 from .evil_corpus import (

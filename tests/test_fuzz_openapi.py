@@ -36,10 +36,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tenantry_servicekit.testing.dns import LoopbackDns
-from tenantry_servicekit.testing.receiver import Receiver, running_receiver
-from tenantry_servicekit.testing.stack import Stack
-from tenantry_servicekit.testing.strategies import json_values
+from tenantry_testkit.dns import LoopbackDns
+from tenantry_testkit.receiver import Receiver, running_receiver
+from tenantry_testkit.stack import Stack
+from tenantry_testkit.strategies import json_values
 
 from .conftest import SERVICES
 from .fuzzing import (

@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 from tenantry_events.topics import CONSUMER_GROUPS
-from tenantry_servicekit.settings import ServiceSettings, load_settings
+from tenantry_platform.settings import ServiceSettings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 HELM_DIR = REPO / "deploy" / "helm"

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from uuid_utils.compat import uuid4
 
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit.stack import Stack
 
 from .test_http_edge import assert_problem, written_for
 from .test_scim import ERROR, SCIM_JSON, scim_client, scim_tenant

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from uuid_utils.compat import uuid4
 
-from tenantry_servicekit.testing.fixtures import eventually
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit.fixtures import eventually
+from tenantry_testkit.stack import Stack
 
 from .conftest import SERVICES
 
@@ -292,7 +292,7 @@ async def test_signing_key_rotation_keeps_old_tokens_valid_and_new_ones_verify(
     # The old operator token (signed before the rotation) still works everywhere...
     assert await whoami_everywhere(stack, operator_headers) == dict.fromkeys(SERVICES, 200)
     # ...and a token signed with the new key is accepted at once (unknown kid -> refetch).
-    from tenantry_servicekit.testing.fixtures import operator_token
+    from tenantry_testkit.fixtures import operator_token
 
     fresh = await operator_token(stack)
     # Each service refetches the JWKS on the unknown kid (at most once a second).

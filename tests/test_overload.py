@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 import pytest
 
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit.stack import Stack
 
 from .test_identity import new_tenant
 

@@ -13,8 +13,8 @@ import asyncpg
 import httpx
 import pytest
 
-from tenantry_servicekit.testing.fixtures import eventually
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit.fixtures import eventually
+from tenantry_testkit.stack import Stack
 
 from .test_identity import bearer, create_key
 from .test_plans import override
@@ -559,7 +559,7 @@ async def test_directory_events_and_account_status_travel_the_real_broker(
     """user.* and group.* leave provisioning through Kafka (here: to the tenant's webhook
     endpoint), and identity's account.disabled / account.enabled reach the projections of
     the other services."""
-    from tenantry_servicekit.testing.receiver import running_receiver
+    from tenantry_testkit.receiver import running_receiver
 
     tenant_id, key = await scim_tenant(stack, operator_headers)
     webhooks_db = await asyncpg.connect(stack.owner_dsn(stack.service_database("webhooks")))

@@ -17,7 +17,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tenantry_servicekit.testing.asgi import (
+from tenantry_testkit.asgi import (
     Receive,
     Scope,
     Send,
@@ -27,8 +27,8 @@ from tenantry_servicekit.testing.asgi import (
     reply,
     serve,
 )
-from tenantry_servicekit.testing.fixtures import eventually
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit.fixtures import eventually
+from tenantry_testkit.stack import Stack
 
 from .test_identity import bearer
 from .test_plans import override

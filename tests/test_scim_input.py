@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit.stack import Stack
 
 from .test_fuzz_openapi import JSON_VALUES
 from .test_scim import ERROR, GROUP, PATCH_OP, USER, scim_client, scim_tenant

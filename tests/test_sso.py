@@ -21,12 +21,12 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from tenantry_servicekit.testing import saml_attacks
-from tenantry_servicekit.testing.dns import LoopbackDns
-from tenantry_servicekit.testing.fixtures import eventually
-from tenantry_servicekit.testing.oidc_provider import OidcAccount, OidcClient, OidcProvider
-from tenantry_servicekit.testing.saml_idp import SamlIdp, SamlUser, running_idp
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit import saml_attacks
+from tenantry_testkit.dns import LoopbackDns
+from tenantry_testkit.fixtures import eventually
+from tenantry_testkit.oidc_provider import OidcAccount, OidcClient, OidcProvider
+from tenantry_testkit.saml_idp import SamlIdp, SamlUser, running_idp
+from tenantry_testkit.stack import Stack
 
 from .test_identity import bearer, new_tenant
 from .test_plans import override
@@ -623,7 +623,7 @@ async def test_metadata_from_a_url_is_fetched_guarded_and_refreshed(
     code_of(await saml_login(browser_http, stack, connection["id"]))
 
     # Metadata URLs that are not a document, or too large, give a clear 422.
-    from tenantry_servicekit.testing.receiver import running_receiver
+    from tenantry_testkit.receiver import running_receiver
 
     async with running_receiver() as receiver:
         for url, reason in (
@@ -1274,7 +1274,7 @@ async def test_a_failing_metadata_host_trips_its_breaker(
 ) -> None:
     """IdP metadata fetches go through a breaker per IdP origin: after ten failures in a
     row, the next fetch is refused without a request (and other IdPs are unaffected)."""
-    from tenantry_servicekit.testing.receiver import running_receiver
+    from tenantry_testkit.receiver import running_receiver
 
     tenant_id = await sso_tenant(stack, operator_headers)
     async with running_receiver() as receiver:

@@ -14,10 +14,10 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Page, Route
 
-from tenantry_servicekit.testing.browser import chromium_browser
-from tenantry_servicekit.testing.oidc_provider import OidcProvider
-from tenantry_servicekit.testing.saml_idp import SamlIdp
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit.browser import chromium_browser
+from tenantry_testkit.oidc_provider import OidcProvider
+from tenantry_testkit.saml_idp import SamlIdp
+from tenantry_testkit.stack import Stack
 
 from .test_identity import bearer
 from .test_sso import (

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tenantry_identity.sso.domain import RefusalCode
-from tenantry_servicekit.testing import saml_attacks, saml_fuzz
-from tenantry_servicekit.testing.saml_idp import SamlIdp
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit import saml_attacks, saml_fuzz
+from tenantry_testkit.saml_idp import SamlIdp
+from tenantry_testkit.stack import Stack
 
 from .test_identity import bearer
 from .test_sso import (
@@ -57,7 +57,7 @@ pytestmark = pytest.mark.kafka
 
 
 def other_sp_certificate() -> str:
-    from tenantry_servicekit.testing.saml_idp import make_key_and_cert, pem_of_cert
+    from tenantry_testkit.saml_idp import make_key_and_cert, pem_of_cert
 
     _, cert = make_key_and_cert("another SP")
     return pem_of_cert(cert)

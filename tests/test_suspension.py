@@ -11,8 +11,8 @@ import httpx
 import pytest
 from uuid_utils.compat import uuid4
 
-from tenantry_servicekit.testing.fixtures import eventually
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit.fixtures import eventually
+from tenantry_testkit.stack import Stack
 
 from .conftest import SERVICES
 from .test_identity import bearer, create_key, new_tenant, whoami_everywhere

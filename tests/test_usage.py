@@ -14,8 +14,8 @@ import httpx
 import pytest
 from uuid_utils.compat import uuid4
 
-from tenantry_servicekit.testing.fixtures import eventually
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit.fixtures import eventually
+from tenantry_testkit.stack import Stack
 
 from .test_identity import bearer, create_key, new_tenant
 from .test_scim import PATCH_OP, USER, scim_client, scim_tenant

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from uuid_utils.compat import uuid4
 
-from tenantry_servicekit.testing.fixtures import eventually
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit.fixtures import eventually
+from tenantry_testkit.stack import Stack
 
 from .conftest import PROJECTING
 

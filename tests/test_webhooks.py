@@ -22,11 +22,11 @@ import pytest
 import pytest_asyncio
 from standardwebhooks.webhooks import Webhook
 
-from tenantry_servicekit.testing.asgi import Receive, Scope, Send, read_request, reply
-from tenantry_servicekit.testing.fixtures import eventually
-from tenantry_servicekit.testing.mailbox import Mailbox, links
-from tenantry_servicekit.testing.receiver import Received, Receiver, running_receiver
-from tenantry_servicekit.testing.stack import REPO, Stack
+from tenantry_testkit.asgi import Receive, Scope, Send, read_request, reply
+from tenantry_testkit.fixtures import eventually
+from tenantry_testkit.mailbox import Mailbox, links
+from tenantry_testkit.receiver import Received, Receiver, running_receiver
+from tenantry_testkit.stack import REPO, Stack
 
 from .test_identity import bearer, create_key
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 
-from tenantry_servicekit.testing.fixtures import eventually
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit.fixtures import eventually
+from tenantry_testkit.stack import Stack
 
 from .conftest import SERVICES
 

@@ -13,7 +13,7 @@ import asyncio
 import sys
 from datetime import UTC, datetime
 
-from tenantry_servicekit.testing.stack import load_stack
+from tenantry_testkit.stack import load_stack
 
 from .faults import Fault, by_name, catalog
 from .report import REPORTS, round_markdown, write_report

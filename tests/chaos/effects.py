@@ -26,8 +26,8 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from tenantry_servicekit.testing.receiver import Receiver
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit.receiver import Receiver
+from tenantry_testkit.stack import Stack
 
 SERVICES = ("tenancy", "identity", "provisioning", "webhooks", "ratelimit")
 ACCOUNT_CREATED, USER_PROVISIONED, USAGE_REPORTED = (

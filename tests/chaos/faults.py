@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tenantry_servicekit.testing.fixtures import eventually
-from tenantry_servicekit.testing.stack import REPO, Stack
+from tenantry_testkit.fixtures import eventually
+from tenantry_testkit.stack import REPO, Stack
 
 from .effects import SERVICES
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tenantry_servicekit.testing.stack import REPO
+from tenantry_testkit.stack import REPO
 
 from .rounds import RoundResult, RoundSize
 

@@ -16,9 +16,9 @@ from uuid import uuid4
 
 import httpx
 
-from tenantry_servicekit.testing.fixtures import eventually, operator_token
-from tenantry_servicekit.testing.receiver import Receiver, running_receiver
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit.fixtures import eventually, operator_token
+from tenantry_testkit.receiver import Receiver, running_receiver
+from tenantry_testkit.stack import Stack
 
 from ..test_scim import scim_tenant
 from ..test_webhooks import create_endpoint, endpoints_url

@@ -29,12 +29,12 @@ from tenantry_events.envelope import Envelope, new_event
 from tenantry_events.pg import Database, Migration
 from tenantry_events.storage import PostgresInbox
 from tenantry_events.topics import ensure_topics
-from tenantry_servicekit.testing.fixtures import (
+from tenantry_testkit.fixtures import (
     ScratchDatabase,
     create_scratch_database,
     drop_scratch_database,
 )
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit.stack import Stack
 
 
 class Ping(msgspec.Struct, frozen=True, kw_only=True):

@@ -19,8 +19,8 @@ import pytest_asyncio
 from uuid_utils.compat import uuid4
 
 from tenantry_events.storage import PostgresEventStore, PostgresOutbox
-from tenantry_servicekit.testing.fixtures import ScratchDatabase, eventually
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit.fixtures import ScratchDatabase, eventually
+from tenantry_testkit.stack import Stack
 
 from .conftest import RelayProcess, ScratchTopic
 

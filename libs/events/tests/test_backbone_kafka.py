@@ -14,8 +14,8 @@ from uuid_utils.compat import uuid4
 from tenantry_events.kafka_codec import to_record
 from tenantry_events.relay import KafkaPublisher, run_relay
 from tenantry_events.storage import PostgresEventStore, PostgresOutbox
-from tenantry_servicekit.testing.fixtures import ScratchDatabase, eventually
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit.fixtures import ScratchDatabase, eventually
+from tenantry_testkit.stack import Stack
 
 from .conftest import ScratchTopic, read_topic
 

@@ -26,9 +26,9 @@ from tenantry_events.pg import Database
 from tenantry_events.relay import LeaseLost, RelayLease
 from tenantry_events.storage import PostgresOutbox
 from tenantry_events.testing.contracts import ping
-from tenantry_servicekit.testing.fixtures import ScratchDatabase, eventually
-from tenantry_servicekit.testing.pg_cluster import free_loopback_port
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit.fixtures import ScratchDatabase, eventually
+from tenantry_testkit.pg_cluster import free_loopback_port
+from tenantry_testkit.stack import Stack
 
 
 def _raised_from(exc: BaseException, cause: BaseException) -> BaseException:

@@ -30,13 +30,13 @@ from tenantry_events.kafka_codec import from_record, to_record
 from tenantry_events.pg import Database
 from tenantry_events.relay import RELAY_LOCK_KEY
 from tenantry_events.storage import PostgresEventStore, PostgresOutbox
-from tenantry_servicekit.testing.fixtures import (
+from tenantry_testkit.fixtures import (
     ScratchDatabase,
     create_scratch_database,
     eventually,
 )
-from tenantry_servicekit.testing.pg_cluster import PgCluster, pg_cluster
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit.pg_cluster import PgCluster, pg_cluster
+from tenantry_testkit.stack import Stack
 
 from .conftest import (
     EFFECTS_MIGRATION,

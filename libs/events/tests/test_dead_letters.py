@@ -26,11 +26,11 @@ from tenantry_events.envelope import Envelope
 from tenantry_events.kafka_codec import to_record
 from tenantry_events.pg import Database
 from tenantry_events.storage import PostgresInbox
-from tenantry_servicekit.clock import FakeClock
-from tenantry_servicekit.housekeeping import Housekeeping
-from tenantry_servicekit.settings import ServiceSettings
-from tenantry_servicekit.testing.fixtures import ScratchDatabase, eventually
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_platform.clock import FakeClock
+from tenantry_platform.settings import ServiceSettings
+from tenantry_service.housekeeping import Housekeeping
+from tenantry_testkit.fixtures import ScratchDatabase, eventually
+from tenantry_testkit.stack import Stack
 
 from .conftest import ScratchTopic, record_effect
 

@@ -12,7 +12,7 @@ from tenantry_events.testing.contracts import (
     OutboxContract,
     Stores,
 )
-from tenantry_servicekit.testing.fixtures import ScratchDatabase
+from tenantry_testkit.fixtures import ScratchDatabase
 
 
 def memory_stores() -> Stores:

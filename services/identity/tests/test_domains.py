@@ -29,7 +29,7 @@ from tenantry_identity.sso.domains import (
     parse_nameserver,
     record_matches,
 )
-from tenantry_servicekit.testing.dns import LoopbackDns
+from tenantry_testkit.dns import LoopbackDns
 
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 CANONICAL = re.compile(rf"(?=.{{1,253}}\Z)({_LABEL}\.)+{_LABEL}")

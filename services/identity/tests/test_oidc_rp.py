@@ -45,11 +45,11 @@ from tenantry_identity.sso.oidc import (
     OidcConnectionConfig,
     OidcRelyingParty,
 )
+from tenantry_outbound.outbound import OutboundClient, OutboundPolicy
+from tenantry_platform.clock import Clock, FakeClock
 from tenantry_resilience import BreakerConfig, BreakerRegistry
 from tenantry_resilience.testing import ManualClock
-from tenantry_servicekit.clock import Clock, FakeClock
-from tenantry_servicekit.outbound import OutboundClient, OutboundPolicy
-from tenantry_servicekit.testing.asgi import (
+from tenantry_testkit.asgi import (
     Receive,
     Scope,
     Send,
@@ -59,7 +59,7 @@ from tenantry_servicekit.testing.asgi import (
     reply,
     serve,
 )
-from tenantry_servicekit.testing.tls import write_tls_files
+from tenantry_testkit.tls import write_tls_files
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -23,8 +23,8 @@ from onelogin.saml2.settings import OneLogin_Saml2_Settings
 
 from tenantry_identity.sso import saml
 from tenantry_identity.sso.domain import LoginRefused, RefusalCode
-from tenantry_servicekit.testing import saml_attacks, saml_fuzz
-from tenantry_servicekit.testing.saml_idp import SamlIdp, SamlUser, make_key_and_cert, pem_of_cert
+from tenantry_testkit import saml_attacks, saml_fuzz
+from tenantry_testkit.saml_idp import SamlIdp, SamlUser, make_key_and_cert, pem_of_cert
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "sso.md"
 USER = SamlUser(name_id="ann@acme.example", attributes={"email": ["ann@acme.example"]})

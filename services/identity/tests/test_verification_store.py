@@ -13,14 +13,14 @@ from tenantry_events.pg import package_migrations
 from tenantry_events.storage import PostgresEventStore, PostgresOutbox
 from tenantry_identity.store import IdentityStore
 from tenantry_identity.verification import EmailVerification, TooSoon, VerificationRefused
-from tenantry_servicekit.clock import FakeClock
-from tenantry_servicekit.testing.fixtures import (
+from tenantry_platform.clock import FakeClock
+from tenantry_testkit.fixtures import (
     ScratchDatabase,
     create_scratch_database,
     drop_scratch_database,
 )
-from tenantry_servicekit.testing.mailbox import MemoryMailer, links
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit.mailbox import MemoryMailer, links
+from tenantry_testkit.stack import Stack
 
 
 @pytest_asyncio.fixture

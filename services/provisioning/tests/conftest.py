@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 import pytest_asyncio
 
 from tenantry_events.pg import Database, package_migrations
-from tenantry_servicekit.testing.fixtures import (
+from tenantry_testkit.fixtures import (
     ScratchDatabase,
     create_scratch_database,
     drop_scratch_database,
 )
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit.stack import Stack
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

@@ -34,7 +34,7 @@ from tenantry_provisioning.scim.resources import (
     group_columns,
     user_columns,
 )
-from tenantry_servicekit.testing.strategies import json_values
+from tenantry_testkit.strategies import json_values
 
 SEARCH = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
 BULK = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"

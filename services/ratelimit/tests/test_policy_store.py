@@ -15,12 +15,12 @@ from tenantry_events.payloads.tenancy import Limits
 from tenantry_events.pg import package_migrations
 from tenantry_events.storage import PostgresOutbox
 from tenantry_ratelimit.store import PolicyStore
-from tenantry_servicekit.testing.fixtures import (
+from tenantry_testkit.fixtures import (
     ScratchDatabase,
     create_scratch_database,
     drop_scratch_database,
 )
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit.stack import Stack
 
 FREE = Limits(
     sso=False,

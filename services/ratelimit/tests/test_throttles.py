@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
+from tenantry_guardrails.rate_limits import throttle_key
 from tenantry_ratelimit.throttles import report, tenant_of
-from tenantry_servicekit.ratelimit import throttle_key
 
 
 def test_the_tenant_is_read_back_from_its_counters_key_and_nothing_else_matches() -> None:

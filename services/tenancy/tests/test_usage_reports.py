@@ -16,13 +16,13 @@ from uuid_utils.compat import uuid4
 from tenantry_events.envelope import Envelope, new_event
 from tenantry_events.payloads.usage import CountedResource, UsageReported
 from tenantry_events.pg import package_migrations
-from tenantry_servicekit.testing.fixtures import (
+from tenantry_tenancy.usage import Usage, usage_handlers, usage_of
+from tenantry_testkit.fixtures import (
     ScratchDatabase,
     create_scratch_database,
     drop_scratch_database,
 )
-from tenantry_servicekit.testing.stack import Stack
-from tenantry_tenancy.usage import Usage, usage_handlers, usage_of
+from tenantry_testkit.stack import Stack
 
 
 @pytest_asyncio.fixture

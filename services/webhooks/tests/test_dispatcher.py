@@ -24,21 +24,21 @@ import pytest
 import pytest_asyncio
 from standardwebhooks.webhooks import Webhook
 
+from tenantry_credentials.crypto import SecretBox
 from tenantry_events.envelope import Envelope, new_event
 from tenantry_events.kafka_codec import from_record
 from tenantry_events.payloads.identity import EmailVerified
 from tenantry_events.pg import Database, package_migrations
 from tenantry_events.storage import PostgresOutbox
+from tenantry_outbound.outbound import OutboundClient, OutboundPolicy
 from tenantry_resilience import BreakerRegistry, BreakerState
 from tenantry_resilience.testing import ManualClock
-from tenantry_servicekit.crypto import SecretBox
-from tenantry_servicekit.outbound import OutboundClient, OutboundPolicy
-from tenantry_servicekit.testing.fixtures import (
+from tenantry_testkit.fixtures import (
     ScratchDatabase,
     create_scratch_database,
     eventually,
 )
-from tenantry_servicekit.testing.stack import Stack
+from tenantry_testkit.stack import Stack
 from tenantry_webhooks import store
 from tenantry_webhooks.api import SECRET_CONTEXT
 from tenantry_webhooks.dispatcher import (

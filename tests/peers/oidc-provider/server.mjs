@@ -2,7 +2,7 @@
 //
 // The protocol is served by `oidc-provider` (a certified OP), not by our code: only the
 // login/consent screens are ours, kept minimal so a test can drive them without a browser.
-// Usage: node server.mjs config.json  (see tenantry_servicekit/testing/oidc_provider.py)
+// Usage: node server.mjs config.json  (see tenantry_testkit/oidc_provider.py)
 
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';

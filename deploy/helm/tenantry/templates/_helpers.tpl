@@ -173,7 +173,7 @@ TENANTRY_REGION TENANTRY_LOG_LEVEL TENANTRY_KAFKA_BOOTSTRAP TENANTRY_REDIS_URL T
 
 {{/*
 The environment of a service's processes: (dict "root" $ "service" name "role" api|worker|migrate "config" cfg)
-Settings are TENANTRY_<FIELD> (libs/servicekit settings.py); secrets come from existing Secrets.
+Settings are TENANTRY_<FIELD> (libs/platform settings.py); secrets come from existing Secrets.
 */}}
 {{- define "tenantry.env" -}}
 {{- $root := .root -}}

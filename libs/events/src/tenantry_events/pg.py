@@ -174,11 +174,13 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-def package_migrations(package: str) -> list[Migration]:
-    """The `migrations/*.sql` files shipped inside a package, in name order."""
+def package_migrations(package: str, *, source: str | None = None) -> list[Migration]:
+    """The `migrations/*.sql` files shipped inside a package, in name order. `source` is
+    what schema_migrations records them under (the package's name unless given): a package
+    that moves keeps its old source, so databases it already migrated stay migrated."""
     folder = resources.files(package) / "migrations"
     files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
-    return [Migration(package, f.name, f.read_text()) for f in files]
+    return [Migration(source or package, f.name, f.read_text()) for f in files]
 
 
 class MigrationChanged(RuntimeError):

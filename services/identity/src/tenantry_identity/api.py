@@ -19,8 +19,19 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from uuid_utils.compat import uuid7
 
+from tenantry_credentials import apikeys
+from tenantry_credentials.tokens import AUDIENCE, ISSUER, sign
 from tenantry_events.envelope import new_event
 from tenantry_events.payloads.identity import UserJitProvisioned
+from tenantry_guardrails.plan_limits import guard_quantity
+from tenantry_http.api_docs import problems
+from tenantry_http.auth import (
+    PUBLIC,
+    principal_of,
+    requires,
+    tenant_refusal,
+)
+from tenantry_http.problems import Problem
 from tenantry_identity.domain import (
     ADMIN_ROLES,
     IdentityRuleBroken,
@@ -39,19 +50,8 @@ from tenantry_identity.store import (
     RefreshRefused,
 )
 from tenantry_identity.verification import EmailVerification, TooSoon, VerificationRefused
-from tenantry_servicekit import apikeys
-from tenantry_servicekit.api_docs import problems
-from tenantry_servicekit.auth import (
-    PUBLIC,
-    principal_of,
-    requires,
-    tenant_refusal,
-)
-from tenantry_servicekit.limits import guard_quantity
-from tenantry_servicekit.problems import Problem
-from tenantry_servicekit.projections import PostgresTenantStatus
-from tenantry_servicekit.runtime import Runtime
-from tenantry_servicekit.tokens import AUDIENCE, ISSUER, sign
+from tenantry_projections.projections import PostgresTenantStatus
+from tenantry_service.runtime import Runtime
 
 # Usage counted in identity's own rows, inside the creating transaction.
 SEATS_IN_USE = "SELECT count(*) FROM accounts WHERE tenant_id = $1 AND status = 'active'"

@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 from onelogin.saml2.constants import OneLogin_Saml2_Constants
 
+from tenantry_credentials.crypto import SecretBox
 from tenantry_events.consumer import Handler, merge_handlers
 from tenantry_events.envelope import Envelope
 from tenantry_events.payloads.identity import AccountCreated, ApiKeyUsed
@@ -40,14 +41,13 @@ from tenantry_identity.sso.store import SsoStore
 from tenantry_identity.store import EmailTaken, IdentityStore
 from tenantry_identity.usage_report import reconcile_usage, usage_report_handlers
 from tenantry_identity.verification import EmailVerification
+from tenantry_outbound.mail import Mailer, MailError, SmtpSettings
+from tenantry_outbound.outbound import OutboundClient, OutboundPolicy
+from tenantry_platform.clock import SystemClock
+from tenantry_projections.projections import standard_projections
 from tenantry_resilience import BreakerConfig, BreakerRegistry
-from tenantry_servicekit.app import ServiceSpec, rate_limit_step
-from tenantry_servicekit.clock import SystemClock
-from tenantry_servicekit.crypto import SecretBox
-from tenantry_servicekit.mail import Mailer, MailError, SmtpSettings
-from tenantry_servicekit.outbound import OutboundClient, OutboundPolicy
-from tenantry_servicekit.projections import standard_projections
-from tenantry_servicekit.runtime import Runtime
+from tenantry_service.app import ServiceSpec, rate_limit_step
+from tenantry_service.runtime import Runtime
 
 
 async def start_signing_keys(runtime: Runtime) -> None:

@@ -11,9 +11,9 @@ from typing import Any
 from joserfc.jwk import OKPKey
 from uuid_utils.compat import uuid7
 
+from tenantry_credentials.crypto import SecretBox
+from tenantry_credentials.tokens import new_signing_key
 from tenantry_events.pg import Database
-from tenantry_servicekit.crypto import SecretBox
-from tenantry_servicekit.tokens import new_signing_key
 
 
 class SigningKeys:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from tenantry_servicekit.settings import ServiceSettings
+from tenantry_platform.settings import ServiceSettings
 
 
 class IdentitySettings(ServiceSettings, frozen=True, kw_only=True):

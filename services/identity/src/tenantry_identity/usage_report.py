@@ -1,5 +1,5 @@
 """identity reports seats and API keys to tenancy (usage.reported; see
-tenantry_servicekit.usage_reports).
+tenantry_projections.usage_reports).
 
 Every change to either count already writes an event in the changing transaction
 (account.created, account.disabled, account.enabled, apikey.created, apikey.revoked), so
@@ -19,8 +19,8 @@ from tenantry_events.consumer import Handler
 from tenantry_events.envelope import Envelope
 from tenantry_events.payloads.usage import CountedResource
 from tenantry_identity.api import API_KEYS_IN_USE, SEATS_IN_USE
-from tenantry_servicekit.runtime import Runtime
-from tenantry_servicekit.usage_reports import Counted, ReconcileSettings, UsageReporter
+from tenantry_projections.usage_reports import Counted, ReconcileSettings, UsageReporter
+from tenantry_service.runtime import Runtime
 
 COUNTED = (Counted("seats", SEATS_IN_USE), Counted("api_keys", API_KEYS_IN_USE))
 

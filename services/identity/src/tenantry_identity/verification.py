@@ -22,8 +22,8 @@ from tenantry_events.payloads.identity import EmailVerified
 from tenantry_events.storage import PostgresEventStore
 from tenantry_identity.domain import VERIFICATION_TTL_SECONDS, resend_wait
 from tenantry_identity.store import sha256
-from tenantry_servicekit.clock import Clock, utc
-from tenantry_servicekit.mail import MailSender
+from tenantry_outbound.mail import MailSender
+from tenantry_platform.clock import Clock, utc
 
 
 class VerificationRefused(Exception):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from tenantry_projections.projections import standard_projections
 from tenantry_provisioning.scim.api import SCIM_ROUTER
 from tenantry_provisioning.scim.errors import scim_error_response
 from tenantry_provisioning.scim.intents import finish_stale_intents
 from tenantry_provisioning.settings import ProvisioningSettings
-from tenantry_servicekit.app import ServiceSpec
-from tenantry_servicekit.projections import standard_projections
+from tenantry_service.app import ServiceSpec
 
 SPEC = ServiceSpec(
     name="provisioning",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tenantry_servicekit.settings import ServiceSettings
+from tenantry_platform.settings import ServiceSettings
 
 
 class ProvisioningSettings(ServiceSettings, frozen=True, kw_only=True):

@@ -1,5 +1,5 @@
 from tenantry_ratelimit.app import SPEC
-from tenantry_servicekit.cli import service_main
+from tenantry_service.cli import service_main
 
 
 def main() -> None:

@@ -14,14 +14,14 @@ from litestar.params import FromPath, JSONBody
 from litestar.response import Response
 
 from tenantry_events.payloads.ratelimit import RatePolicy
+from tenantry_guardrails.rate_limits import TenantRatePolicies, applicable
+from tenantry_http.api_docs import problems
+from tenantry_http.auth import principal_of, requires
+from tenantry_http.problems import Problem
 from tenantry_ratelimit.domain import InvalidPolicies, validate, validate_in_flight
 from tenantry_ratelimit.store import PlanPolicies, PolicyStore, TenantPolicies
-from tenantry_servicekit.api_docs import problems
-from tenantry_servicekit.app import rate_limit_step
-from tenantry_servicekit.auth import principal_of, requires
-from tenantry_servicekit.problems import Problem
-from tenantry_servicekit.ratelimit import TenantRatePolicies, applicable
-from tenantry_servicekit.runtime import Runtime
+from tenantry_service.app import rate_limit_step
+from tenantry_service.runtime import Runtime
 
 ADMINS = ("owner", "admin")
 

@@ -8,12 +8,12 @@ import asyncpg
 
 from tenantry_events.consumer import Handler
 from tenantry_events.envelope import Envelope
+from tenantry_projections.projections import standard_projections
 from tenantry_ratelimit.api import PlanPoliciesController, TenantPoliciesController, decide
 from tenantry_ratelimit.store import PolicyStore
 from tenantry_ratelimit.throttles import report_throttles
-from tenantry_servicekit.app import ServiceSpec
-from tenantry_servicekit.projections import standard_projections
-from tenantry_servicekit.runtime import Runtime
+from tenantry_service.app import ServiceSpec
+from tenantry_service.runtime import Runtime
 
 
 def publishing_handlers(runtime: Runtime) -> dict[str, Handler[asyncpg.Connection]]:

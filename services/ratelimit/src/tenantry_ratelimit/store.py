@@ -15,8 +15,8 @@ from tenantry_events.envelope import Envelope, new_event
 from tenantry_events.payloads.ratelimit import KeyPolicies, RatePoliciesChanged, RatePolicy
 from tenantry_events.payloads.tenancy import Limits
 from tenantry_events.storage import PostgresOutbox
+from tenantry_guardrails.rate_limits import plan_rate
 from tenantry_ratelimit.domain import PolicyInputs, Resolved, resolve
-from tenantry_servicekit.ratelimit import plan_rate
 
 
 class PlanPolicies(msgspec.Struct, frozen=True, kw_only=True):

@@ -21,9 +21,9 @@ from redis.exceptions import RedisError
 
 from tenantry_events.envelope import new_event
 from tenantry_events.payloads.ratelimit import RateLimitThrottled
-from tenantry_servicekit.clock import Clock, SystemClock
-from tenantry_servicekit.ratelimit import THROTTLE_SUFFIX
-from tenantry_servicekit.runtime import Runtime
+from tenantry_guardrails.rate_limits import THROTTLE_SUFFIX
+from tenantry_platform.clock import Clock, SystemClock
+from tenantry_service.runtime import Runtime
 
 log = logging.getLogger("tenantry.ratelimit.throttles")
 

@@ -1,4 +1,4 @@
-from tenantry_servicekit.cli import service_main
+from tenantry_service.cli import service_main
 from tenantry_tenancy.app import SPEC
 
 

@@ -13,10 +13,10 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from uuid_utils.compat import uuid4
 
 from tenantry_events.payloads.tenancy import Limits
-from tenantry_servicekit.auth import principal_of, requires
-from tenantry_servicekit.pagination import Page, clamp_limit, decode_cursor, page_of
-from tenantry_servicekit.problems import Problem
-from tenantry_servicekit.runtime import Runtime
+from tenantry_http.auth import principal_of, requires
+from tenantry_http.pagination import Page, clamp_limit, decode_cursor, page_of
+from tenantry_http.problems import Problem
+from tenantry_service.runtime import Runtime
 from tenantry_tenancy.domain import DEFAULT_PLAN, DomainError, Tenant
 from tenantry_tenancy.plans import InvalidOverride, downgrade_blockers, effective_limits
 from tenantry_tenancy.store import (

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from tenantry_events.consumer import merge_handlers
-from tenantry_servicekit.app import ServiceSpec
-from tenantry_servicekit.projections import standard_projections
+from tenantry_projections.projections import standard_projections
+from tenantry_service.app import ServiceSpec
 from tenantry_tenancy.api import (
     LifecycleController,
     LimitsController,

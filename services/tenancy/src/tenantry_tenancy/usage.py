@@ -2,7 +2,7 @@
 
 identity reports `seats` and `api_keys`, webhooks `webhook_endpoints`, each an absolute
 count with a version that grows per tenant and resource (usage.reported; see
-tenantry_servicekit.usage_reports). A counter takes a report only if its version is higher
+tenantry_projections.usage_reports). A counter takes a report only if its version is higher
 than the one it holds, so reports may arrive in any order, twice, or late, and the counter
 still ends at the owner's newest count. tenancy counts nothing itself: a delta missed once
 (an event type nobody counted) stayed wrong forever; a report is repaired by the next one.

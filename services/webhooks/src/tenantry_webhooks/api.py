@@ -13,13 +13,13 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 from uuid_utils.compat import uuid7
 
-from tenantry_servicekit.auth import requires
-from tenantry_servicekit.crypto import SecretBox
-from tenantry_servicekit.limits import guard_quantity
-from tenantry_servicekit.outbound import BlockedDestination, OutboundPolicy
-from tenantry_servicekit.pagination import Page, clamp_limit, decode_cursor, page_of
-from tenantry_servicekit.problems import Problem
-from tenantry_servicekit.runtime import Runtime
+from tenantry_credentials.crypto import SecretBox
+from tenantry_guardrails.plan_limits import guard_quantity
+from tenantry_http.auth import requires
+from tenantry_http.pagination import Page, clamp_limit, decode_cursor, page_of
+from tenantry_http.problems import Problem
+from tenantry_outbound.outbound import BlockedDestination, OutboundPolicy
+from tenantry_service.runtime import Runtime
 from tenantry_webhooks import store, usage_report
 from tenantry_webhooks.domain import (
     TEST_EVENT,

@@ -7,12 +7,12 @@ import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 
+from tenantry_credentials.crypto import SecretBox
 from tenantry_events.consumer import merge_handlers
-from tenantry_servicekit.app import ServiceSpec
-from tenantry_servicekit.crypto import SecretBox
-from tenantry_servicekit.outbound import OutboundClient
-from tenantry_servicekit.projections import standard_projections
-from tenantry_servicekit.runtime import Runtime
+from tenantry_outbound.outbound import OutboundClient
+from tenantry_projections.projections import standard_projections
+from tenantry_service.app import ServiceSpec
+from tenantry_service.runtime import Runtime
 from tenantry_webhooks.api import EndpointsController, MessagesController, event_types
 from tenantry_webhooks.dispatcher import Dispatcher, DispatcherSettings
 from tenantry_webhooks.fanout import fanout_handlers

@@ -28,13 +28,13 @@ from uuid import UUID
 
 import asyncpg
 
+from tenantry_credentials.crypto import SecretBox
 from tenantry_events.envelope import new_event
 from tenantry_events.payloads.webhooks import WebhookEndpointDisabled
 from tenantry_events.pg import Database
 from tenantry_events.storage import PostgresOutbox
+from tenantry_guardrails.rate_limits import AppliedPolicy, LocalLimiter, requests_policy
 from tenantry_resilience import BreakerConfig, BreakerRegistry, CallNotPermitted
-from tenantry_servicekit.crypto import SecretBox
-from tenantry_servicekit.ratelimit import AppliedPolicy, LocalLimiter, requests_policy
 from tenantry_webhooks.domain import (
     RetrySchedule,
     Verdict,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from tenantry_servicekit.outbound import (
+from tenantry_outbound.outbound import (
     BlockedDestination,
     OutboundClient,
     OutboundError,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from tenantry_servicekit.settings import ServiceSettings
+from tenantry_platform.settings import ServiceSettings
 from tenantry_webhooks.domain import RetrySchedule
 
 

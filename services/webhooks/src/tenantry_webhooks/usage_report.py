@@ -1,5 +1,5 @@
 """webhooks reports its endpoint count to tenancy (usage.reported; see
-tenantry_servicekit.usage_reports).
+tenantry_projections.usage_reports).
 
 Creating and deleting an endpoint write no event of their own, so the route reports in the
 same transaction as the change (`report_endpoints`): the count and the change commit
@@ -13,8 +13,8 @@ from uuid import UUID
 
 import asyncpg
 
-from tenantry_servicekit.runtime import Runtime
-from tenantry_servicekit.usage_reports import Counted, ReconcileSettings, UsageReporter
+from tenantry_projections.usage_reports import Counted, ReconcileSettings, UsageReporter
+from tenantry_service.runtime import Runtime
 from tenantry_webhooks.store import ENDPOINT_USAGE_SQL
 
 COUNTED = (Counted("webhook_endpoints", ENDPOINT_USAGE_SQL),)

@@ -21,6 +21,10 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 from litestar.response import Redirect as RedirectResponse
 
+from tenantry_guardrails.plan_limits import guard_feature
+from tenantry_http.api_docs import problems
+from tenantry_http.auth import PUBLIC, principal_of, requires
+from tenantry_http.problems import Problem
 from tenantry_identity.api import TokenPair
 from tenantry_identity.domain import ADMIN_ROLES
 from tenantry_identity.settings import IdentitySettings
@@ -47,11 +51,7 @@ from tenantry_identity.sso.store import (
     FailureRow,
     SsoStore,
 )
-from tenantry_servicekit.api_docs import problems
-from tenantry_servicekit.auth import PUBLIC, principal_of, requires
-from tenantry_servicekit.limits import guard_feature
-from tenantry_servicekit.problems import Problem
-from tenantry_servicekit.runtime import Runtime
+from tenantry_service.runtime import Runtime
 
 MANAGE = requires(roles=ADMIN_ROLES, scopes=("sso:write",), verified_email=True)
 READ = requires(roles=ADMIN_ROLES, scopes=("sso:read",))

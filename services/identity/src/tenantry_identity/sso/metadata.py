@@ -13,15 +13,15 @@ from urllib.parse import urlsplit
 
 from tenantry_identity.sso import saml
 from tenantry_identity.sso.store import ConnectionRow, SsoStore
-from tenantry_servicekit.clock import Clock
-from tenantry_servicekit.outbound import (
+from tenantry_outbound.outbound import (
     BlockedDestination,
     BreakerOpen,
     OutboundClient,
     OutboundError,
     OutboundTimeout,
 )
-from tenantry_servicekit.runtime import Runtime
+from tenantry_platform.clock import Clock
+from tenantry_service.runtime import Runtime
 
 log = logging.getLogger("tenantry.identity.sso")
 

@@ -62,8 +62,7 @@ from joserfc.errors import (
 from joserfc.jwk import JWKRegistry, Key, KeySet, OKPKey
 from joserfc.jws import JWSRegistry, extract_compact
 
-from tenantry_servicekit.clock import Clock
-from tenantry_servicekit.outbound import (
+from tenantry_outbound.outbound import (
     BlockedDestination,
     BreakerOpen,
     OutboundClient,
@@ -71,6 +70,7 @@ from tenantry_servicekit.outbound import (
     OutboundResponse,
     OutboundTimeout,
 )
+from tenantry_platform.clock import Clock
 
 from .domain import IdpIdentity, LoginRefused, RefusalCode, as_attribute_lists
 

@@ -18,8 +18,11 @@ import msgspec
 from onelogin.saml2.settings import OneLogin_Saml2_Settings
 from uuid_utils.compat import uuid7
 
+from tenantry_credentials.crypto import SecretBox
 from tenantry_events.envelope import new_event
 from tenantry_events.payloads.identity import UserSignedIn
+from tenantry_guardrails.plan_limits import guard_feature
+from tenantry_http.problems import Problem
 from tenantry_identity.api import TokenPair, issue_tokens, seated_account
 from tenantry_identity.sso import saml
 from tenantry_identity.sso.domain import (
@@ -34,11 +37,8 @@ from tenantry_identity.sso.domains import domain_of_email
 from tenantry_identity.sso.oidc import OidcConnectionConfig, OidcRelyingParty
 from tenantry_identity.sso.store import ConnectionRow, IssuedCode, PendingLogin, SsoStore
 from tenantry_identity.store import AccountRow, IdentityStore
-from tenantry_servicekit.clock import Clock
-from tenantry_servicekit.crypto import SecretBox
-from tenantry_servicekit.limits import guard_feature
-from tenantry_servicekit.problems import Problem
-from tenantry_servicekit.runtime import Runtime
+from tenantry_platform.clock import Clock
+from tenantry_service.runtime import Runtime
 
 
 class Redirect(msgspec.Struct, frozen=True, kw_only=True):

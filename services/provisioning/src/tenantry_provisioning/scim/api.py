@@ -25,6 +25,10 @@ from tenantry_events.payloads.provisioning import (
     GroupMembersChanged,
     GroupUpdated,
 )
+from tenantry_guardrails.plan_limits import guard_feature
+from tenantry_http.auth import principal_of, requires
+from tenantry_http.pagination import decode_cursor, encode_cursor
+from tenantry_http.problems import Problem
 from tenantry_provisioning.scim import discovery, messages, store, users
 from tenantry_provisioning.scim.accounts import IdentityAccounts
 from tenantry_provisioning.scim.errors import (
@@ -56,11 +60,7 @@ from tenantry_provisioning.scim.resources import (
     project,
     user_resource,
 )
-from tenantry_servicekit.auth import principal_of, requires
-from tenantry_servicekit.limits import guard_feature
-from tenantry_servicekit.pagination import decode_cursor, encode_cursor
-from tenantry_servicekit.problems import Problem
-from tenantry_servicekit.runtime import Runtime
+from tenantry_service.runtime import Runtime
 
 SCIM_OPT: dict[str, Any] = {**requires(scopes=("scim:write",)), "priority": "critical"}
 MAX_BODY = discovery.BULK_MAX_PAYLOAD

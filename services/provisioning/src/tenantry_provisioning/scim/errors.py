@@ -8,9 +8,9 @@ from typing import Any
 import msgspec
 from litestar import Request, Response
 
+from tenantry_http.problems import log_unexpected, problem_from_exception
 from tenantry_provisioning.scim.messages import MessageError
 from tenantry_provisioning.scim.resources import ERROR_URN
-from tenantry_servicekit.problems import log_unexpected, problem_from_exception
 
 SCIM_JSON = "application/scim+json"
 _ENCODER = msgspec.json.Encoder()
@@ -20,7 +20,7 @@ _SCIM_TYPES = {
     "validation-error": "invalidSyntax",
     "malformed-request": "invalidSyntax",
     "email-taken": "uniqueness",
-    # the shared input guard (tenantry_servicekit.input_guard)
+    # the shared input guard (tenantry_http.input_guard)
     "invalid-encoding": "invalidSyntax",
     "json-too-deep": "invalidSyntax",
     "duplicate-json-key": "invalidSyntax",

@@ -12,7 +12,7 @@ import asyncpg
 from tenantry_events.envelope import new_event
 from tenantry_events.payloads.provisioning import DirectoryGroup, DirectoryUser
 from tenantry_provisioning.scim.resources import primary_email
-from tenantry_servicekit.runtime import Runtime
+from tenantry_service.runtime import Runtime
 
 
 def directory_user(row: Mapping[str, Any]) -> DirectoryUser:

@@ -43,7 +43,7 @@ from tenantry_events.payloads.provisioning import (
 from tenantry_provisioning.scim import store
 from tenantry_provisioning.scim.events import directory_group, directory_user, emit
 from tenantry_provisioning.settings import ProvisioningSettings
-from tenantry_servicekit.runtime import Runtime
+from tenantry_service.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from tenantry_provisioning.scim.errors import ScimError
 from tenantry_provisioning.scim.events import emit
 from tenantry_provisioning.scim.intents import Intent
 from tenantry_provisioning.scim.resources import ResourceError, primary_email, user_columns
-from tenantry_servicekit.runtime import Runtime
+from tenantry_service.runtime import Runtime
 
 USER_NAME_MAX_CHARS = 256
 

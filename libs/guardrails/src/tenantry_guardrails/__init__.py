@@ -1,0 +1,1 @@
+"""Guardrails: admission control, per-tenant rate limits (Redis + Lua) and plan limits."""

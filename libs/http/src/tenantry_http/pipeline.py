@@ -1,0 +1,133 @@
+"""The one request pipeline, in the order DESIGN.md fixes:
+
+    request id and tracing -> admission control -> authentication -> tenant status and home
+    region -> per-tenant concurrency and rate limits -> the route
+
+Request id and tracing are pure ASGI around everything. Admission control is the first
+Litestar middleware: it runs just after routing, because a request's priority class is
+what its route declares (`opt={"priority": ...}`); an unrouted 404 costs nothing to refuse
+anyway. The inner steps are `PipelineStep`s run by one Litestar middleware after it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from litestar import Request
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp as LitestarASGIApp
+from litestar.types import Receive as LitestarReceive
+from litestar.types import Scope as LitestarScope
+from litestar.types import Send as LitestarSend
+from uuid_utils.compat import uuid7
+
+from tenantry_http.asgi import ASGIApp, Message, Receive, Scope, Send
+from tenantry_platform.telemetry import request_id_var
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class RequestIdMiddleware:
+    """Accept a sane X-Request-Id or mint a UUIDv7; echo it on the response and in logs."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), ""
+        )
+        request_id = incoming if _REQUEST_ID.match(incoming) else str(uuid7())
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
+
+
+class PipelineStep(Protocol):
+    """Inner slot: raise a `Problem` to stop the request, or return to let it through."""
+
+    async def __call__(self, request: Request[Any, Any, Any]) -> None: ...
+
+
+def route_class_of(request: Request[Any, Any, Any]) -> str:
+    """A route names its class with `opt={"rate_class": ...}`; otherwise reads and writes."""
+    declared = request.route_handler.opt.get("rate_class")
+    if declared:
+        return str(declared)
+    return "read" if request.method in ("GET", "HEAD", "OPTIONS") else "write"
+
+
+_RESPONSE_HEADERS = "tenantry.response_headers"
+_AFTER_RESPONSE = "tenantry.after_response"
+AfterResponse = Callable[[], Awaitable[None]]
+
+
+def add_response_headers(scope: LitestarScope, headers: dict[str, str]) -> None:
+    """Headers a step wants on the response, whatever the route answers (RateLimit...)."""
+    state: dict[str, Any] = scope.setdefault("state", {})
+    state.setdefault(_RESPONSE_HEADERS, {}).update(headers)
+
+
+def after_response(scope: LitestarScope, callback: AfterResponse) -> None:
+    """Work a step needs done once the response is over, even if the route failed (give
+    back an in-flight slot)."""
+    state: dict[str, Any] = scope.setdefault("state", {})
+    state.setdefault(_AFTER_RESPONSE, []).append(callback)
+
+
+class PipelineMiddleware(ASGIMiddleware):
+    """Runs the inner steps in order; a raised Problem becomes the problem+json answer."""
+
+    exclude_opt_key = "public_probe"  # health probes skip the pipeline
+    exclude_path_pattern = ("^/schema",)  # the OpenAPI document and its viewers are public
+
+    def __init__(self, steps: Sequence[PipelineStep]) -> None:
+        self.steps = list(steps)
+
+    async def handle(
+        self,
+        scope: LitestarScope,
+        receive: LitestarReceive,
+        send: LitestarSend,
+        next_app: LitestarASGIApp,
+    ) -> None:
+        if not self.steps:
+            await next_app(scope, receive, send)
+            return
+        try:
+            request: Request[Any, Any, Any] = Request(scope, receive)
+            for step in self.steps:
+                await step(request)
+            state: dict[str, Any] = scope.get("state", {})
+            extra: dict[str, str] = state.get(_RESPONSE_HEADERS, {})
+            if extra:
+                encoded = [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+
+                async def send_with_headers(message: Any) -> None:
+                    if message["type"] == "http.response.start":
+                        message["headers"] = [*message.get("headers", []), *encoded]
+                    await send(message)
+
+                await next_app(scope, receive, send_with_headers)
+            else:
+                await next_app(scope, receive, send)
+        finally:
+            for callback in scope.get("state", {}).get(_AFTER_RESPONSE, ()):
+                await callback()

@@ -1,0 +1,1 @@
+"""Outbound I/O to customer-controlled places: the SSRF-guarded HTTP client, mail over SMTP."""

@@ -1,0 +1,1 @@
+"""What every Tenantry process has: settings from the environment, the clock, telemetry."""

@@ -1,0 +1,105 @@
+"""What a service process holds at run time, built once from its settings."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+from aiokafka.admin import AIOKafkaAdminClient
+from redis.asyncio import Redis
+
+from tenantry_credentials.key_usage import KeyUsage
+from tenantry_events.pg import Database
+from tenantry_events.storage import PostgresEventStore, PostgresInbox, PostgresOutbox
+from tenantry_platform.settings import ServiceSettings
+
+
+class KafkaProbe:
+    """Readiness check for Kafka: a metadata round trip, cached briefly so probes are cheap."""
+
+    def __init__(self, bootstrap: str, *, cache_seconds: float = 2.0) -> None:
+        self._bootstrap = bootstrap
+        self._cache_seconds = cache_seconds
+        self._admin: AIOKafkaAdminClient | None = None
+        self._last: tuple[float, bool] = (0.0, False)
+        self._lock = asyncio.Lock()
+
+    async def ok(self) -> bool:
+        async with self._lock:
+            checked_at, result = self._last
+            if time.monotonic() - checked_at < self._cache_seconds:
+                return result
+            result = await self._check()
+            self._last = (time.monotonic(), result)
+            return result
+
+    async def _check(self) -> bool:
+        try:
+            if self._admin is None:
+                admin = AIOKafkaAdminClient(
+                    bootstrap_servers=self._bootstrap, request_timeout_ms=3000
+                )
+                await asyncio.wait_for(admin.start(), timeout=3)
+                self._admin = admin
+            await asyncio.wait_for(self._admin.describe_cluster(), timeout=3)
+        except Exception:
+            await self.close()
+            return False
+        return True
+
+    async def close(self) -> None:
+        if self._admin is not None:
+            admin, self._admin = self._admin, None
+            with contextlib.suppress(Exception):  # closing a broken client is best effort
+                await admin.close()
+
+
+@dataclass
+class Runtime:
+    service: str
+    settings: ServiceSettings
+    db: Database
+    outbox: PostgresOutbox
+    events: PostgresEventStore
+    inbox: PostgresInbox
+    kafka: KafkaProbe
+    key_usage: KeyUsage
+    redis: Redis
+    extras: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        """CloudEvents `source` of everything this service emits."""
+        return f"/tenantry/{self.service}"
+
+    @classmethod
+    def build(cls, service: str, settings: ServiceSettings) -> Runtime:
+        db = Database(settings.database_url, max_size=settings.db_pool_size)
+        outbox = PostgresOutbox(db)
+        usage = KeyUsage(
+            db,
+            outbox,
+            service=service,
+            region=settings.region,
+            interval=settings.apikey_usage_flush_seconds,
+        )
+        return cls(
+            service=service,
+            settings=settings,
+            db=db,
+            outbox=outbox,
+            events=PostgresEventStore(outbox),
+            inbox=PostgresInbox(),
+            kafka=KafkaProbe(settings.kafka_bootstrap),
+            key_usage=usage,
+            # Connects on first use; short timeouts, since a slow Redis must not slow
+            # requests down (the rate limiter falls back to local limits instead).
+            redis=Redis.from_url(
+                settings.redis_url,
+                socket_timeout=settings.redis_timeout_seconds,
+                socket_connect_timeout=settings.redis_timeout_seconds,
+                max_connections=64,
+            ),
+        )
