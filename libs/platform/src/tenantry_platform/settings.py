@@ -52,7 +52,8 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     # Refusals are counted in Redis per tenant and policy; the ratelimit service reports
     # them as ratelimit.throttled at most once per tenant per window. 0 counts nothing.
     ratelimit_throttle_window_seconds: float = 60.0
-    # Admission control (admission.py; every knob there, these are the ones worth setting).
+    # Admission control (every knob is in tenantry_guardrails.admission.settings; these are
+    # the ones worth setting).
     admission_enabled: bool = True
     admission_mode: str = "adaptive"  # adaptive (Gradient2) | aimd | fixed
     admission_fixed_limit: int = 64
