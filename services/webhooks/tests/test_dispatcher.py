@@ -43,16 +43,14 @@ from tenantry_webhooks import store
 from tenantry_webhooks.api import SECRET_CONTEXT
 from tenantry_webhooks.dispatcher import (
     ENDPOINT_BREAKER,
-    USER_AGENT,
-    Claimed,
     Dispatcher,
     DispatcherSettings,
     wake_delay,
 )
 from tenantry_webhooks.domain import RetrySchedule, new_secret
 from tenantry_webhooks.fanout import fan_out, message_id_of
-from tenantry_webhooks.sender import OutboundSender
-from tenantry_webhooks.store import AttemptRow, DeliveryRow, EndpointFields, EndpointRow
+from tenantry_webhooks.sender import USER_AGENT, OutboundSender
+from tenantry_webhooks.store import AttemptRow, Claimed, DeliveryRow, EndpointFields, EndpointRow
 
 from .receiver import HUGE_BYTES, Receiver, running_receiver
 

@@ -318,7 +318,7 @@ class EndpointsController(Controller):
             }
         )
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-            if await store.get_endpoint(tx, tenant_id, endpoint_id) is None:
+            if not await store.has_endpoint(tx, tenant_id, endpoint_id):
                 raise not_found("endpoint")
             await store.insert_message(
                 tx,
@@ -345,7 +345,7 @@ class EndpointsController(Controller):
     ) -> Recovered:
         """Every delivery to this endpoint that failed since `since` goes out again."""
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-            if await store.get_endpoint(tx, tenant_id, endpoint_id) is None:
+            if not await store.has_endpoint(tx, tenant_id, endpoint_id):
                 raise not_found("endpoint")
             count = await store.recover(tx, tenant_id, endpoint_id, data.since)
             if count:
@@ -366,7 +366,7 @@ class EndpointsController(Controller):
         runtime: NamedDependency[Runtime],
     ) -> None:
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-            if await store.get_endpoint(tx, tenant_id, endpoint_id) is None:
+            if not await store.has_endpoint(tx, tenant_id, endpoint_id):
                 raise not_found("endpoint")
             if not await store.resend(tx, tenant_id, endpoint_id, message_id):
                 raise not_found("message (or its payload was expunged)")
@@ -398,16 +398,10 @@ async def attempts_page(
     before = decode_cursor(cursor)
     async with runtime.db.transaction(tenant_id=tenant_id) as tx:
         # An empty page would say "no attempts yet" of an id that is no endpoint or message.
-        parent = (
-            ("endpoints", "endpoint_id", endpoint_id, "endpoint")
-            if endpoint_id is not None
-            else ("messages", "message_id", message_id, "message")
-        )
-        table, column, parent_id, what = parent
-        if parent_id is not None and not await tx.fetchval(
-            f"SELECT 1 FROM {table} WHERE tenant_id = $1 AND {column} = $2", tenant_id, parent_id
-        ):
-            raise not_found(what)
+        if endpoint_id is not None and not await store.has_endpoint(tx, tenant_id, endpoint_id):
+            raise not_found("endpoint")
+        if message_id is not None and not await store.has_message(tx, tenant_id, message_id):
+            raise not_found("message")
         rows = await store.list_attempts(
             tx,
             tenant_id,

@@ -20,10 +20,9 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
 from uuid import UUID
 
 import asyncpg
@@ -35,6 +34,7 @@ from tenantry_events.pg import Database
 from tenantry_events.storage import PostgresOutbox
 from tenantry_guardrails.rate_limits import AppliedPolicy, LocalLimiter, requests_policy
 from tenantry_resilience import BreakerConfig, BreakerRegistry, CallNotPermitted
+from tenantry_webhooks import store
 from tenantry_webhooks.domain import (
     RetrySchedule,
     Verdict,
@@ -42,10 +42,10 @@ from tenantry_webhooks.domain import (
     signature_header,
     verdict,
 )
+from tenantry_webhooks.sender import USER_AGENT, Response, Sender
+from tenantry_webhooks.store import Attempt, Claimed, ClaimLimits
 
 log = logging.getLogger("tenantry.webhooks.dispatcher")
-NOTIFY_CHANNEL = "tenantry_webhook_deliveries"
-USER_AGENT = "Tenantry-Webhooks/1"
 
 
 class BackPressure(Exception):
@@ -76,21 +76,6 @@ ENDPOINT_BREAKER = BreakerConfig(
 )
 
 
-@dataclass(frozen=True)
-class Response:
-    """What the receiver answered (status None: no answer, see `error`)."""
-
-    status: int | None
-    headers: Mapping[str, str]
-    body: str
-    truncated: bool
-    error: str | None = None
-
-
-class Sender(Protocol):
-    async def send(self, url: str, headers: Mapping[str, str], body: bytes) -> Response: ...
-
-
 @dataclass
 class DispatcherSettings:
     concurrency: int = 64
@@ -106,15 +91,6 @@ class DispatcherSettings:
     poll_seconds: float = 0.5
     auto_disable_after: timedelta = timedelta(days=5)
     secret_context: str = "webhooks.endpoint_secret"  # noqa: S105  (AES-GCM associated data)
-
-
-@dataclass(frozen=True)
-class Claimed:
-    delivery_id: int
-    message_id: str
-    endpoint_id: str
-    tenant_id: UUID
-    attempts: int
 
 
 def wake_delay(due: float | None, now: float, poll: float) -> float:
@@ -163,7 +139,7 @@ class Dispatcher:
         listener: asyncpg.Connection | None = None
         try:
             listener = await asyncpg.connect(self.listen_dsn)
-            await listener.add_listener(NOTIFY_CHANNEL, lambda *_: wake.set())
+            await listener.add_listener(store.NOTIFY_CHANNEL, lambda *_: wake.set())
         except (OSError, asyncpg.PostgresError) as exc:
             log.warning("no LISTEN connection (%r): polling only", exc)
         try:
@@ -200,15 +176,7 @@ class Dispatcher:
         `clock`), if after now: pending, its endpoint enabled, its tenant active. Due ones
         left unclaimed wait for a cap (a finished send wakes the loop) or a FIFO head."""
         async with self.db.transaction(platform=True) as tx:
-            due: datetime | None = await tx.fetchval(
-                """SELECT d.next_attempt_at FROM deliveries d
-                   JOIN endpoints e ON e.endpoint_id = d.endpoint_id AND e.enabled
-                   JOIN tenant_projection tp
-                     ON tp.tenant_id = d.tenant_id AND tp.status = 'active'
-                   WHERE d.status = 'pending' AND d.next_attempt_at > $1
-                   ORDER BY d.next_attempt_at LIMIT 1""",
-                self._now(),
-            )
+            due = await store.next_due(tx, self._now())
         return due.timestamp() if due is not None else None
 
     async def drain(self) -> None:
@@ -256,62 +224,16 @@ class Dispatcher:
     async def _claim(self, limit: int) -> list[Claimed]:
         busy = [e for e, n in self._in_flight.items() if n >= self.settings.per_endpoint]
         full = [t for t, n in self._tenant_in_flight.items() if n >= self.settings.per_tenant]
+        limits = ClaimLimits(
+            total=limit,
+            per_endpoint=self.settings.per_endpoint,
+            per_tenant_claim=self.settings.per_tenant_claim,
+            lease_seconds=self.settings.lease_seconds,
+        )
         async with self.db.transaction(platform=True) as tx:
-            rows = await tx.fetch(
-                """WITH tenants AS (
-                       SELECT DISTINCT d.tenant_id FROM deliveries d
-                       WHERE d.status = 'pending' AND d.next_attempt_at <= $6
-                         AND (d.leased_until IS NULL OR d.leased_until < $6)
-                   ), candidates AS (
-                       SELECT c.delivery_id, c.endpoint_id, c.next_attempt_at,
-                              row_number() OVER (PARTITION BY t.tenant_id
-                                                 ORDER BY c.next_attempt_at) AS tenant_rank,
-                              row_number() OVER (PARTITION BY c.endpoint_id
-                                                 ORDER BY c.next_attempt_at) AS endpoint_rank
-                       FROM tenants t
-                       JOIN tenant_projection tp
-                         ON tp.tenant_id = t.tenant_id AND tp.status = 'active'
-                         AND NOT (t.tenant_id = ANY($7::uuid[]))
-                       CROSS JOIN LATERAL (
-                           SELECT d.delivery_id, d.endpoint_id, d.next_attempt_at
-                           FROM deliveries d
-                           JOIN endpoints e ON e.endpoint_id = d.endpoint_id AND e.enabled
-                           JOIN messages m ON m.message_id = d.message_id
-                           WHERE d.tenant_id = t.tenant_id AND d.status = 'pending'
-                             AND d.next_attempt_at <= $6
-                             AND (d.leased_until IS NULL OR d.leased_until < $6)
-                             AND NOT (d.endpoint_id = ANY($1::text[]))
-                             -- FIFO: only an endpoint's oldest pending message may go
-                             AND (NOT e.fifo OR NOT EXISTS (
-                                 SELECT 1 FROM deliveries d2
-                                 JOIN messages m2 ON m2.message_id = d2.message_id
-                                 WHERE d2.endpoint_id = d.endpoint_id
-                                   AND d2.status = 'pending' AND m2.sequence < m.sequence))
-                           ORDER BY d.next_attempt_at
-                           LIMIT $2
-                       ) c
-                   ), picked AS (
-                       SELECT delivery_id FROM candidates
-                       WHERE endpoint_rank <= $3
-                       ORDER BY tenant_rank, next_attempt_at
-                       LIMIT $4
-                   )
-                   UPDATE deliveries d
-                   SET leased_until = $6 + make_interval(secs => $5)
-                   FROM picked
-                   WHERE d.delivery_id = picked.delivery_id AND d.status = 'pending'
-                     AND (d.leased_until IS NULL OR d.leased_until < $6)
-                   RETURNING d.delivery_id, d.message_id, d.endpoint_id, d.tenant_id,
-                             d.attempts""",
-                busy,
-                self.settings.per_tenant_claim,
-                self.settings.per_endpoint,
-                limit,
-                self.settings.lease_seconds,
-                self._now(),
-                full,
+            claimed = await store.claim(
+                tx, self._now(), limits, busy_endpoints=busy, full_tenants=full
             )
-        claimed = [Claimed(**dict(r)) for r in rows]
         # Never more than per_endpoint (or per_tenant) in flight: give back what would
         # pass a cap.
         kept: list[Claimed] = []
@@ -337,41 +259,22 @@ class Dispatcher:
             if self._tenant_in_flight[tenant_id] == 0:
                 del self._tenant_in_flight[tenant_id]
         if extra:
-            # Platform scope: row-level security hides every delivery from a bare pool query.
-            async with self.db.transaction(platform=True) as tx:
-                await tx.execute(
-                    "UPDATE deliveries SET leased_until = NULL WHERE delivery_id = ANY($1)", extra
-                )
+            await self._release(*extra)
         return kept
 
     # ------------------------------------------------------------ one delivery
 
     async def _deliver(self, item: Claimed) -> None:
         async with self.db.transaction(platform=True) as tx:
-            row = await tx.fetchrow(
-                """SELECT e.url, e.headers, e.enabled, e.rate_limit_per_second, e.secret,
-                          CASE WHEN e.previous_secret_expires_at > $2
-                               THEN e.previous_secret END AS previous_secret,
-                          m.body
-                   FROM deliveries d
-                   JOIN endpoints e ON e.endpoint_id = d.endpoint_id
-                   JOIN messages m ON m.message_id = d.message_id
-                   WHERE d.delivery_id = $1""",
-                item.delivery_id,
-                self._now(),
-            )
-        if row is None or not row["enabled"]:
+            target = await store.deliverable(tx, item.delivery_id, self._now())
+        if target is None or not target.enabled:
             await self._release(item.delivery_id)  # deleted or disabled meanwhile
             return
-        if row["body"] is None:  # expunged meanwhile: nothing will ever be sent
+        if target.body is None:  # expunged meanwhile: nothing will ever be sent
             async with self.db.transaction(platform=True) as tx:
-                await tx.execute(
-                    """UPDATE deliveries SET status = 'failed', last_error = 'payload expunged',
-                           next_attempt_at = NULL, leased_until = NULL, updated_at = now()
-                       WHERE delivery_id = $1 AND status = 'pending'""",
-                    item.delivery_id,
-                )
+                await store.fail_expunged(tx, item.delivery_id)
             return
+        body: bytes = target.body
         assert self.breakers is not None
         assert self._rates is not None
         breaker = self.breakers.get(item.endpoint_id)
@@ -382,8 +285,8 @@ class Dispatcher:
             # have recovered (the breaker's half-open trial decides).
             await self._postpone(item.delivery_id, exc.retry_after or 5.0)
             return
-        if row["rate_limit_per_second"]:
-            policy = requests_policy(row["rate_limit_per_second"], 1)
+        if target.rate_limit_per_second:
+            policy = requests_policy(target.rate_limit_per_second, 1)
             rate = self._rates.decide([AppliedPolicy(policy, f"endpoint:{item.endpoint_id}")])
             if not rate.allowed:
                 breaker.release_permission()
@@ -392,13 +295,12 @@ class Dispatcher:
         began = time.monotonic()
         started = self._now()
         try:
-            secrets = [self._secret(row["secret"], item.endpoint_id)]
-            if row["previous_secret"] is not None:
-                secrets.append(self._secret(row["previous_secret"], item.endpoint_id))
-            body: bytes = row["body"]
+            secrets = [self._secret(target.secret, item.endpoint_id)]
+            if target.previous_secret is not None:
+                secrets.append(self._secret(target.previous_secret, item.endpoint_id))
             timestamp = int(self.clock())
             headers = {
-                **{str(k): str(v) for k, v in (row["headers"] or {}).items()},
+                **target.headers,
                 "content-type": "application/json",
                 "user-agent": USER_AGENT,
                 "webhook-id": item.message_id,
@@ -407,7 +309,7 @@ class Dispatcher:
             }
             started = self._now()
             began = time.monotonic()
-            response = await self.sender.send(row["url"], headers, body)
+            response = await self.sender.send(target.url, headers, body)
         except asyncio.CancelledError:
             breaker.release_permission()
             raise
@@ -427,29 +329,19 @@ class Dispatcher:
             breaker.on_error(elapsed, BackPressure(response.status, retry_after))
         else:
             breaker.on_error(elapsed, RuntimeError(response.error or f"HTTP {response.status}"))
-        await self._record(item, row["url"], response, outcome, retry_after, started, elapsed)
+        await self._record(item, target.url, response, outcome, retry_after, started, elapsed)
 
     def _secret(self, ciphertext: bytes, endpoint_id: str) -> str:
         context = f"{self.settings.secret_context}:{endpoint_id}"
         return self.box.decrypt(ciphertext, context).decode()
 
-    async def _release(self, delivery_id: int) -> None:
+    async def _release(self, *delivery_ids: int) -> None:
         async with self.db.transaction(platform=True) as tx:
-            await tx.execute(
-                "UPDATE deliveries SET leased_until = NULL WHERE delivery_id = $1", delivery_id
-            )
+            await store.release(tx, delivery_ids)
 
     async def _postpone(self, delivery_id: int, seconds: float) -> None:
         async with self.db.transaction(platform=True) as tx:
-            await tx.execute(
-                """UPDATE deliveries SET leased_until = NULL,
-                       next_attempt_at = greatest(
-                           next_attempt_at, $3::timestamptz + make_interval(secs => $2))
-                   WHERE delivery_id = $1""",
-                delivery_id,
-                max(0.05, seconds),
-                self._now(),
-            )
+            await store.postpone(tx, delivery_id, max(0.05, seconds), self._now())
 
     def _now(self) -> datetime:
         """Time comes from `clock` (tests move it), never from the database's now()."""
@@ -465,45 +357,28 @@ class Dispatcher:
         started: datetime,
         elapsed: float,
     ) -> None:
-        attempt = item.attempts + 1
+        number = item.attempts + 1
         delay: float | None = None
         if outcome in (Verdict.RETRY, Verdict.BACK_PRESSURE):
-            delay = self.schedule.next_delay(attempt, response.status, retry_after, self.rng)
+            delay = self.schedule.next_delay(number, response.status, retry_after, self.rng)
         if outcome in (Verdict.SUCCESS, Verdict.GONE):
             status = "succeeded" if outcome is Verdict.SUCCESS else "failed"
         else:
             status = "pending" if delay is not None else "failed"
         next_at = datetime.fromtimestamp(self.clock() + delay, UTC) if delay is not None else None
+        attempt = Attempt(
+            number=number,
+            started_at=started,
+            latency_ms=elapsed * 1000,
+            status_code=response.status,
+            error=response.error,
+            response_body=response.body,
+            response_truncated=response.truncated,
+            next_attempt_at=next_at,
+            delivery_status=status,
+        )
         async with self.db.transaction(platform=True) as tx:
-            await tx.execute(
-                """INSERT INTO attempts (delivery_id, tenant_id, message_id, endpoint_id,
-                       attempt, started_at, latency_ms, status_code, error, response_body,
-                       response_truncated, next_attempt_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)""",
-                item.delivery_id,
-                item.tenant_id,
-                item.message_id,
-                item.endpoint_id,
-                attempt,
-                started,
-                elapsed * 1000,
-                response.status,
-                response.error,
-                response.body.replace("\x00", "\ufffd"),  # text cannot hold NUL
-                response.truncated,
-                next_at,
-            )
-            await tx.execute(
-                """UPDATE deliveries SET status = $2, attempts = $3, next_attempt_at = $4,
-                       leased_until = NULL, last_status = $5, last_error = $6, updated_at = now()
-                   WHERE delivery_id = $1""",
-                item.delivery_id,
-                status,
-                attempt,
-                next_at,
-                response.status,
-                response.error,
-            )
+            await store.record_attempt(tx, item, attempt)
             await self._endpoint_health(tx, item, url, outcome)
 
     async def _endpoint_health(
@@ -512,19 +387,10 @@ class Dispatcher:
         if outcome is Verdict.BACK_PRESSURE:
             return  # the receiver is up and pacing us: its failing streak neither starts nor ends
         if outcome is Verdict.SUCCESS:
-            await tx.execute(
-                """UPDATE endpoints SET failing_since = NULL
-                   WHERE endpoint_id = $1 AND failing_since IS NOT NULL""",
-                item.endpoint_id,
-            )
+            await store.end_failing_streak(tx, item.endpoint_id)
             return
         now = self._now()
-        failing_since: datetime | None = await tx.fetchval(
-            """UPDATE endpoints SET failing_since = coalesce(failing_since, $2)
-               WHERE endpoint_id = $1 RETURNING failing_since""",
-            item.endpoint_id,
-            now,
-        )
+        failing_since = await store.failing_since(tx, item.endpoint_id, now)
         if outcome is Verdict.GONE:
             await self._disable(tx, item, url, "gone", None)
         elif failing_since is not None and now - failing_since >= self.settings.auto_disable_after:
@@ -541,13 +407,7 @@ class Dispatcher:
         """Disable once (the UPDATE says whether this attempt did it) and tell the tenant:
         webhook.endpoint_disabled, which identity turns into a mail to its admins. The
         endpoint's pending deliveries wait: re-enabling it sends them."""
-        disabled = await tx.fetchval(
-            """UPDATE endpoints SET enabled = false, disabled_reason = $2, updated_at = now()
-               WHERE endpoint_id = $1 AND enabled RETURNING true""",
-            item.endpoint_id,
-            reason,
-        )
-        if not disabled:
+        if not await store.disable_endpoint(tx, item.endpoint_id, reason):
             return
         log.warning("endpoint %s disabled: %s", item.endpoint_id, reason)
         event = new_event(

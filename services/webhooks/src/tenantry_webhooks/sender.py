@@ -1,9 +1,12 @@
-"""The dispatcher's HTTP side: servicekit's outbound client (SSRF guard on the connected
-address, connect and total timeouts, a streamed and capped read, no redirects)."""
+"""The dispatcher's HTTP side: the outbound client (SSRF guard on the connected address,
+connect and total timeouts, a streamed and capped read, no redirects), and what a send
+returns whatever happened."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
 
 from tenantry_outbound.outbound import (
     BlockedDestination,
@@ -12,8 +15,24 @@ from tenantry_outbound.outbound import (
     OutboundPolicy,
     OutboundTimeout,
 )
-from tenantry_webhooks.dispatcher import Response
 from tenantry_webhooks.settings import WebhooksSettings
+
+USER_AGENT = "Tenantry-Webhooks/1"
+
+
+@dataclass(frozen=True)
+class Response:
+    """What the receiver answered (status None: no answer, see `error`)."""
+
+    status: int | None
+    headers: Mapping[str, str]
+    body: str
+    truncated: bool
+    error: str | None = None
+
+
+class Sender(Protocol):
+    async def send(self, url: str, headers: Mapping[str, str], body: bytes) -> Response: ...
 
 
 def outbound_policy(settings: WebhooksSettings) -> OutboundPolicy:
@@ -23,7 +42,7 @@ def outbound_policy(settings: WebhooksSettings) -> OutboundPolicy:
         connect_timeout=settings.webhook_connect_timeout_seconds,
         total_timeout=settings.webhook_timeout_seconds,
         max_response_bytes=settings.webhook_max_response_bytes,
-        user_agent="Tenantry-Webhooks/1",
+        user_agent=USER_AGENT,
     )
 
 

@@ -1,8 +1,10 @@
-"""Postgres access of webhooks: endpoints, messages, deliveries and attempts."""
+"""Postgres access of webhooks: endpoints, messages, deliveries and attempts, and the
+dispatcher's queue (claiming, leasing, recording attempts)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -10,6 +12,8 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
+# The dispatcher LISTENs here; a transaction that makes a delivery due NOTIFYs at commit.
+NOTIFY_CHANNEL = "tenantry_webhook_deliveries"
 ENDPOINT_COLUMNS = """endpoint_id, tenant_id, url, description, event_types, channels, headers,
     enabled, disabled_reason, rate_limit_per_second, fifo, failing_since, created_at,
     updated_at"""
@@ -207,8 +211,14 @@ async def rotate_secret(
     return done.endswith(" 1")
 
 
-async def count_endpoints(tx: asyncpg.Connection, tenant_id: UUID) -> int:
-    return int(await tx.fetchval("SELECT count(*) FROM endpoints WHERE tenant_id = $1", tenant_id))
+async def has_endpoint(tx: asyncpg.Connection, tenant_id: UUID, endpoint_id: str) -> bool:
+    return bool(
+        await tx.fetchval(
+            "SELECT 1 FROM endpoints WHERE tenant_id = $1 AND endpoint_id = $2",
+            tenant_id,
+            endpoint_id,
+        )
+    )
 
 
 ENDPOINT_USAGE_SQL = "SELECT count(*) FROM endpoints WHERE tenant_id = $1"
@@ -270,7 +280,7 @@ async def insert_deliveries(
 
 async def notify_due(tx: asyncpg.Connection) -> None:
     """Wake the dispatcher at commit (it also polls)."""
-    await tx.execute("NOTIFY tenantry_webhook_deliveries")
+    await tx.execute(f"NOTIFY {NOTIFY_CHANNEL}")
 
 
 # ---------------------------------------------------------------- the delivery log
@@ -320,6 +330,16 @@ async def get_message(
     body = values.pop("body")
     values["payload"] = msgspec.json.decode(body) if body is not None else None
     return msgspec.convert(values, MessageRow)
+
+
+async def has_message(tx: asyncpg.Connection, tenant_id: UUID, message_id: str) -> bool:
+    return bool(
+        await tx.fetchval(
+            "SELECT 1 FROM messages WHERE tenant_id = $1 AND message_id = $2",
+            tenant_id,
+            message_id,
+        )
+    )
 
 
 async def deliveries_of(
@@ -442,3 +462,262 @@ async def expunge_older_than(tx: asyncpg.Connection, cutoff: datetime, batch: in
         batch,
     )
     return int(done)
+
+
+# ---------------------------------------------------------------- the dispatcher's queue
+# Time comes from the dispatcher's clock (`now`), never from the database's now(): tests
+# and the benchmark move it. Every query runs in platform scope: row-level security hides
+# every delivery from a bare pool query.
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery leased to this dispatcher until the lease runs out."""
+
+    delivery_id: int
+    message_id: str
+    endpoint_id: str
+    tenant_id: UUID
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Deliverable:
+    """What one send needs: the endpoint as it is now, and the message's body (None once
+    expunged)."""
+
+    url: str
+    headers: dict[str, str]
+    enabled: bool
+    rate_limit_per_second: float | None
+    secret: bytes
+    previous_secret: bytes | None  # while its grace period lasts
+    body: bytes | None
+
+
+@dataclass(frozen=True)
+class ClaimLimits:
+    """How much one claim may take (see DispatcherSettings)."""
+
+    total: int
+    per_endpoint: int
+    per_tenant_claim: int
+    lease_seconds: float
+
+
+async def next_due(tx: asyncpg.Connection, now: datetime) -> datetime | None:
+    """When the earliest delivery a claim could take comes due, if after `now`: pending,
+    its endpoint enabled, its tenant active."""
+    due: datetime | None = await tx.fetchval(
+        """SELECT d.next_attempt_at FROM deliveries d
+           JOIN endpoints e ON e.endpoint_id = d.endpoint_id AND e.enabled
+           JOIN tenant_projection tp
+             ON tp.tenant_id = d.tenant_id AND tp.status = 'active'
+           WHERE d.status = 'pending' AND d.next_attempt_at > $1
+           ORDER BY d.next_attempt_at LIMIT 1""",
+        now,
+    )
+    return due
+
+
+async def claim(
+    tx: asyncpg.Connection,
+    now: datetime,
+    limits: ClaimLimits,
+    *,
+    busy_endpoints: Sequence[str],
+    full_tenants: Sequence[UUID],
+) -> list[Claimed]:
+    """Lease due deliveries of active tenants to enabled endpoints, the same number from
+    every tenant with due work (round robin by rank), at most `per_endpoint` per endpoint
+    and none of an endpoint or tenant already at its cap. A FIFO endpoint gives only its
+    oldest pending message."""
+    rows = await tx.fetch(
+        """WITH tenants AS (
+               SELECT DISTINCT d.tenant_id FROM deliveries d
+               WHERE d.status = 'pending' AND d.next_attempt_at <= $6
+                 AND (d.leased_until IS NULL OR d.leased_until < $6)
+           ), candidates AS (
+               SELECT c.delivery_id, c.endpoint_id, c.next_attempt_at,
+                      row_number() OVER (PARTITION BY t.tenant_id
+                                         ORDER BY c.next_attempt_at) AS tenant_rank,
+                      row_number() OVER (PARTITION BY c.endpoint_id
+                                         ORDER BY c.next_attempt_at) AS endpoint_rank
+               FROM tenants t
+               JOIN tenant_projection tp
+                 ON tp.tenant_id = t.tenant_id AND tp.status = 'active'
+                 AND NOT (t.tenant_id = ANY($7::uuid[]))
+               CROSS JOIN LATERAL (
+                   SELECT d.delivery_id, d.endpoint_id, d.next_attempt_at
+                   FROM deliveries d
+                   JOIN endpoints e ON e.endpoint_id = d.endpoint_id AND e.enabled
+                   JOIN messages m ON m.message_id = d.message_id
+                   WHERE d.tenant_id = t.tenant_id AND d.status = 'pending'
+                     AND d.next_attempt_at <= $6
+                     AND (d.leased_until IS NULL OR d.leased_until < $6)
+                     AND NOT (d.endpoint_id = ANY($1::text[]))
+                     -- FIFO: only an endpoint's oldest pending message may go
+                     AND (NOT e.fifo OR NOT EXISTS (
+                         SELECT 1 FROM deliveries d2
+                         JOIN messages m2 ON m2.message_id = d2.message_id
+                         WHERE d2.endpoint_id = d.endpoint_id
+                           AND d2.status = 'pending' AND m2.sequence < m.sequence))
+                   ORDER BY d.next_attempt_at
+                   LIMIT $2
+               ) c
+           ), picked AS (
+               SELECT delivery_id FROM candidates
+               WHERE endpoint_rank <= $3
+               ORDER BY tenant_rank, next_attempt_at
+               LIMIT $4
+           )
+           UPDATE deliveries d
+           SET leased_until = $6 + make_interval(secs => $5)
+           FROM picked
+           WHERE d.delivery_id = picked.delivery_id AND d.status = 'pending'
+             AND (d.leased_until IS NULL OR d.leased_until < $6)
+           RETURNING d.delivery_id, d.message_id, d.endpoint_id, d.tenant_id,
+                     d.attempts""",
+        list(busy_endpoints),
+        limits.per_tenant_claim,
+        limits.per_endpoint,
+        limits.total,
+        limits.lease_seconds,
+        now,
+        list(full_tenants),
+    )
+    return [Claimed(**dict(r)) for r in rows]
+
+
+async def release(tx: asyncpg.Connection, delivery_ids: Sequence[int]) -> None:
+    """Give leased deliveries back unsent, due as they were."""
+    await tx.execute(
+        "UPDATE deliveries SET leased_until = NULL WHERE delivery_id = ANY($1)",
+        list(delivery_ids),
+    )
+
+
+async def postpone(tx: asyncpg.Connection, delivery_id: int, seconds: float, now: datetime) -> None:
+    """Give a leased delivery back, due no sooner than `seconds` from `now`; no attempt
+    is spent."""
+    await tx.execute(
+        """UPDATE deliveries SET leased_until = NULL,
+               next_attempt_at = greatest(
+                   next_attempt_at, $3::timestamptz + make_interval(secs => $2))
+           WHERE delivery_id = $1""",
+        delivery_id,
+        seconds,
+        now,
+    )
+
+
+async def deliverable(
+    tx: asyncpg.Connection, delivery_id: int, now: datetime
+) -> Deliverable | None:
+    """None if the delivery is gone (its endpoint deleted meanwhile)."""
+    row = await tx.fetchrow(
+        """SELECT e.url, e.headers, e.enabled, e.rate_limit_per_second, e.secret,
+                  CASE WHEN e.previous_secret_expires_at > $2
+                       THEN e.previous_secret END AS previous_secret,
+                  m.body
+           FROM deliveries d
+           JOIN endpoints e ON e.endpoint_id = d.endpoint_id
+           JOIN messages m ON m.message_id = d.message_id
+           WHERE d.delivery_id = $1""",
+        delivery_id,
+        now,
+    )
+    if row is None:
+        return None
+    values = dict(row)
+    values["headers"] = {str(k): str(v) for k, v in (values["headers"] or {}).items()}
+    return Deliverable(**values)
+
+
+async def fail_expunged(tx: asyncpg.Connection, delivery_id: int) -> None:
+    """A pending delivery whose message was expunged meanwhile: nothing will ever be sent."""
+    await tx.execute(
+        """UPDATE deliveries SET status = 'failed', last_error = 'payload expunged',
+               next_attempt_at = NULL, leased_until = NULL, updated_at = now()
+           WHERE delivery_id = $1 AND status = 'pending'""",
+        delivery_id,
+    )
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One send and what came of it, as the delivery log shows it."""
+
+    number: int  # 1 for the first attempt
+    started_at: datetime
+    latency_ms: float
+    status_code: int | None
+    error: str | None
+    response_body: str
+    response_truncated: bool
+    next_attempt_at: datetime | None  # None: no further attempt
+    delivery_status: str  # what the delivery is now: pending, succeeded or failed
+
+
+async def record_attempt(tx: asyncpg.Connection, item: Claimed, attempt: Attempt) -> None:
+    """Log the attempt and move the delivery on (its lease ends)."""
+    await tx.execute(
+        """INSERT INTO attempts (delivery_id, tenant_id, message_id, endpoint_id,
+               attempt, started_at, latency_ms, status_code, error, response_body,
+               response_truncated, next_attempt_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)""",
+        item.delivery_id,
+        item.tenant_id,
+        item.message_id,
+        item.endpoint_id,
+        attempt.number,
+        attempt.started_at,
+        attempt.latency_ms,
+        attempt.status_code,
+        attempt.error,
+        attempt.response_body.replace("\x00", "\ufffd"),  # text cannot hold NUL
+        attempt.response_truncated,
+        attempt.next_attempt_at,
+    )
+    await tx.execute(
+        """UPDATE deliveries SET status = $2, attempts = $3, next_attempt_at = $4,
+               leased_until = NULL, last_status = $5, last_error = $6, updated_at = now()
+           WHERE delivery_id = $1""",
+        item.delivery_id,
+        attempt.delivery_status,
+        attempt.number,
+        attempt.next_attempt_at,
+        attempt.status_code,
+        attempt.error,
+    )
+
+
+async def end_failing_streak(tx: asyncpg.Connection, endpoint_id: str) -> None:
+    await tx.execute(
+        """UPDATE endpoints SET failing_since = NULL
+           WHERE endpoint_id = $1 AND failing_since IS NOT NULL""",
+        endpoint_id,
+    )
+
+
+async def failing_since(tx: asyncpg.Connection, endpoint_id: str, now: datetime) -> datetime | None:
+    """Start the endpoint's failing streak at `now` unless one is running; when it began
+    (None if the endpoint is gone)."""
+    since: datetime | None = await tx.fetchval(
+        """UPDATE endpoints SET failing_since = coalesce(failing_since, $2)
+           WHERE endpoint_id = $1 RETURNING failing_since""",
+        endpoint_id,
+        now,
+    )
+    return since
+
+
+async def disable_endpoint(tx: asyncpg.Connection, endpoint_id: str, reason: str) -> bool:
+    """True if this call disabled it (False: already disabled or gone)."""
+    disabled = await tx.fetchval(
+        """UPDATE endpoints SET enabled = false, disabled_reason = $2, updated_at = now()
+           WHERE endpoint_id = $1 AND enabled RETURNING true""",
+        endpoint_id,
+        reason,
+    )
+    return bool(disabled)
