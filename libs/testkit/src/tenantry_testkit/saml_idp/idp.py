@@ -1,51 +1,21 @@
-"""A real SAML 2.0 identity provider for tests, built on pysaml2 (not on our SP library).
-
-Why a separate implementation: a service provider tested only against messages made by its
-own SAML library proves nothing about interoperability, and hides bugs the two halves share.
-pysaml2 builds, signs (through the `xmlsec1` binary) and encrypts the responses; the IdP keeps
-its own parsing of SP messages (lxml, python-xmlsec, `cryptography`) so it can report exactly
-what an SP sent (signed or not, valid or not, which algorithm).
-
-    async with running_idp(tmp_path, login_as=lambda: SamlUser("ann@acme.test")) as idp:
-        idp.register_sp(sp_metadata_xml)          # learns ACS URLs and certificates
-        ...  # point the SP at idp.metadata_url; drive a browser or an HTTP client:
-        # GET /sso/redirect or POST /sso/post answers with a page that auto-posts the
-        # signed SAMLResponse to the request's ACS URL.
-
-`SamlIdp.response()` makes responses directly (expired, unsigned, encrypted, wrong audience,
-RSA-SHA1 ...); `saml_attacks` turns them into attacks.
-
-pysaml2 quirks handled here: it signs with RSA-SHA1/SHA-1 unless told otherwise (we always
-pass RSA-SHA256/SHA-256 unless overridden); it silently skips encryption when the SP metadata
-has no encryption certificate and encrypts with 3DES by default (we pass the certificate and
-choose AES ourselves); encrypted assertions need `encrypt_assertion_self_contained=False` to
-be accepted by python3-saml; and it has no way to shift the clock, so the assertion is built
-here with explicit instants and pysaml2 only wraps, signs and encrypts it.
-"""
+"""`SamlIdp`: the identity provider itself (metadata, signed and optionally encrypted
+responses, AuthnRequest and logout handling), built on pysaml2, and the records of what it
+was asked."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import functools
-import html
 import threading
 import urllib.parse
-import uuid
-import zlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
-import xmlsec
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.x509.oid import NameOID
 from lxml import etree
 from saml2 import (
     BINDING_HTTP_POST,
@@ -64,211 +34,33 @@ from saml2.sigver import (
     pre_signature_part,
 )
 
-from tenantry_testkit.asgi import (
-    Receive,
-    Scope,
-    Send,
-    lifespan,
-    read_request,
-    reply,
-    serve,
+from tenantry_testkit.saml_idp.protocol import (
+    DIGEST_ALGS,
+    ENCRYPTION_ALGS,
+    HASH_OF_SIG_ALG,
+    MAX_MESSAGE,
+    NAMEID_EMAIL,
+    NAMEID_PERSISTENT,
+    NS_DS,
+    NS_MD,
+    NS_SAML,
+    NS_SAMLP,
+    SIG_ALGS,
+    XMLSEC1,
+    cert_body,
+    deflate_b64,
+    digest_alg_uri,
+    inflate_b64,
+    make_key_and_cert,
+    parse_xml,
+    pem_of_cert,
+    pem_of_key,
+    redirect_signed_octets,
+    sig_alg_uri,
+    verify_enveloped_signature,
+    verify_redirect_signature,
 )
-from tenantry_testkit.asgi import free_port as free_port  # part of this API
-
-XMLSEC1 = "/usr/bin/xmlsec1"
-
-NS_SAMLP = "urn:oasis:names:tc:SAML:2.0:protocol"
-NS_SAML = "urn:oasis:names:tc:SAML:2.0:assertion"
-NS_MD = "urn:oasis:names:tc:SAML:2.0:metadata"
-NS_DS = "http://www.w3.org/2000/09/xmldsig#"
-NS_XENC = "http://www.w3.org/2001/04/xmlenc#"
-
-NAMEID_EMAIL = "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress"
-NAMEID_PERSISTENT = "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent"
-NAMEID_UNSPECIFIED = "urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified"
-
-SIG_ALGS = {
-    "rsa-sha1": "http://www.w3.org/2000/09/xmldsig#rsa-sha1",
-    "rsa-sha256": "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256",
-    "rsa-sha384": "http://www.w3.org/2001/04/xmldsig-more#rsa-sha384",
-    "rsa-sha512": "http://www.w3.org/2001/04/xmldsig-more#rsa-sha512",
-}
-DIGEST_ALGS = {
-    "sha1": "http://www.w3.org/2000/09/xmldsig#sha1",
-    "sha256": "http://www.w3.org/2001/04/xmlenc#sha256",
-    "sha384": "http://www.w3.org/2001/04/xmldsig-more#sha384",
-    "sha512": "http://www.w3.org/2001/04/xmlenc#sha512",
-}
-# Data-encryption algorithm URI and the matching `xmlsec1 --session-key` kind.
-ENCRYPTION_ALGS = {
-    "aes128-cbc": ("http://www.w3.org/2001/04/xmlenc#aes128-cbc", "aes-128"),
-    "aes256-cbc": ("http://www.w3.org/2001/04/xmlenc#aes256-cbc", "aes-256"),
-    "aes128-gcm": ("http://www.w3.org/2009/xmlenc11#aes128-gcm", "aes-128"),
-    "aes256-gcm": ("http://www.w3.org/2009/xmlenc11#aes256-gcm", "aes-256"),
-    "tripledes-cbc": ("http://www.w3.org/2001/04/xmlenc#tripledes-cbc", "des-192"),
-}
-_HASH_OF_SIG_ALG: dict[str, Callable[[], hashes.HashAlgorithm]] = {
-    SIG_ALGS["rsa-sha1"]: hashes.SHA1,
-    SIG_ALGS["rsa-sha256"]: hashes.SHA256,
-    SIG_ALGS["rsa-sha384"]: hashes.SHA384,
-    SIG_ALGS["rsa-sha512"]: hashes.SHA512,
-}
-_MAX_MESSAGE = 1 << 20  # an inflated SAML message larger than 1 MiB is refused
-
-
-def sig_alg_uri(alg: str) -> str:
-    """A signature algorithm as a URI; short names ("rsa-sha1") are accepted for brevity."""
-    return SIG_ALGS.get(alg, alg)
-
-
-def digest_alg_uri(alg: str) -> str:
-    """A digest algorithm as a URI; short names ("sha1") are accepted for brevity."""
-    return DIGEST_ALGS.get(alg, alg)
-
-
-def xml_parser() -> Any:
-    """An lxml parser that never loads DTDs, entities or anything from the network: SP
-    messages are attacker-controlled input, even in tests."""
-    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
-
-
-def parse_xml(text: str | bytes) -> Any:
-    data = text.encode() if isinstance(text, str) else text
-    return etree.fromstring(data, parser=xml_parser())
-
-
-def make_key_and_cert(
-    common_name: str, *, days: int = 365
-) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
-    """An RSA-2048 key and a self-signed certificate: SAML trusts certificates by pinning
-    (metadata), so no CA is involved."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=days))
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
-def pem_of_key(key: rsa.RSAPrivateKey) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-
-
-def pem_of_cert(cert: x509.Certificate) -> str:
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def cert_body(pem: str) -> str:
-    """The base64 DER of a PEM certificate, as metadata and KeyInfo carry it."""
-    der = x509.load_pem_x509_certificate(pem.encode()).public_bytes(serialization.Encoding.DER)
-    return base64.b64encode(der).decode()
-
-
-def pem_from_body(body: str) -> str:
-    der = base64.b64decode("".join(body.split()))
-    return pem_of_cert(x509.load_der_x509_certificate(der))
-
-
-def deflate_b64(xml: str) -> str:
-    """HTTP-Redirect binding encoding: raw DEFLATE, then base64."""
-    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
-    return base64.b64encode(compressor.compress(xml.encode()) + compressor.flush()).decode()
-
-
-def inflate_b64(value: str) -> bytes:
-    inflater = zlib.decompressobj(-15)
-    data = inflater.decompress(base64.b64decode(value), _MAX_MESSAGE)
-    if inflater.unconsumed_tail:
-        raise ValueError("the SAML message inflates to more than 1 MiB")
-    return data
-
-
-def redirect_signed_octets(
-    kind: str,
-    message: str,
-    relay_state: str | None,
-    sig_alg: str,
-    *,
-    raw_query: str | None = None,
-) -> bytes:
-    """What the HTTP-Redirect binding signs (SAML bindings, 3.4.4.1): the URL-encoded
-    `kind=...&RelayState=...&SigAlg=...`. Given the raw query string, its encoded values are
-    used byte for byte, because re-encoding decoded values can differ from what the signer
-    encoded (case of %-escapes, which characters are escaped)."""
-    if raw_query is not None:
-        raw: dict[str, str] = {}
-        for part in raw_query.split("&"):
-            name, _, value = part.partition("=")
-            raw.setdefault(name, value)
-        parts = [f"{kind}={raw.get(kind, '')}"]
-        if "RelayState" in raw:
-            parts.append(f"RelayState={raw['RelayState']}")
-        parts.append(f"SigAlg={raw.get('SigAlg', '')}")
-        return "&".join(parts).encode()
-    parts = [f"{kind}={urllib.parse.quote_plus(message, safe='')}"]
-    if relay_state is not None:
-        parts.append(f"RelayState={urllib.parse.quote_plus(relay_state, safe='')}")
-    parts.append(f"SigAlg={urllib.parse.quote_plus(sig_alg, safe='')}")
-    return "&".join(parts).encode()
-
-
-def verify_redirect_signature(
-    octets: bytes, signature_b64: str, sig_alg: str, certs: Sequence[str]
-) -> bool:
-    """True when one of `certs` (PEM) verifies the detached redirect-binding signature."""
-    hash_factory = _HASH_OF_SIG_ALG.get(sig_alg)
-    if hash_factory is None:
-        return False
-    try:
-        signature = base64.b64decode(signature_b64, validate=False)
-    except ValueError:
-        return False
-    for pem in certs:
-        public = x509.load_pem_x509_certificate(pem.encode()).public_key()
-        if not isinstance(public, rsa.RSAPublicKey):
-            continue
-        try:
-            public.verify(signature, octets, padding.PKCS1v15(), hash_factory())
-        except InvalidSignature:
-            continue
-        return True
-    return False
-
-
-def verify_enveloped_signature(root: Any, certs: Sequence[str]) -> tuple[bool, bool, str | None]:
-    """(signed, valid, signature algorithm) of the enveloped signature that is a direct child
-    of `root` and references `root` itself: the only placement an IdP should accept for a
-    POST-binding request (anything else is a wrapping attempt)."""
-    signature = root.find(f"{{{NS_DS}}}Signature")
-    if signature is None:
-        return False, False, None
-    method = signature.find(f"{{{NS_DS}}}SignedInfo/{{{NS_DS}}}SignatureMethod")
-    alg = method.get("Algorithm") if method is not None else None
-    references = signature.findall(f"{{{NS_DS}}}SignedInfo/{{{NS_DS}}}Reference")
-    if len(references) != 1 or references[0].get("URI") != f"#{root.get('ID')}":
-        return True, False, alg
-    for pem in certs:
-        context = xmlsec.SignatureContext()
-        context.key = xmlsec.Key.from_memory(pem.encode(), xmlsec.constants.KeyDataFormatCertPem)
-        context.register_id(root, "ID")
-        try:
-            context.verify(signature)
-        except xmlsec.Error:
-            continue
-        return True, True, alg
-    return True, False, alg
+from tenantry_testkit.saml_idp.sp_metadata import RegisteredSp, parse_sp_metadata
 
 
 @dataclass(frozen=True)
@@ -313,88 +105,6 @@ class LogoutMessageInfo:
     session_indexes: tuple[str, ...] = ()
     in_response_to: str | None = None
     status: str | None = None
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    binding: str
-    location: str
-    response_location: str | None = None
-    index: int | None = None
-    is_default: bool = False
-
-
-@dataclass(frozen=True)
-class RegisteredSp:
-    """What the IdP learned from an SP's metadata."""
-
-    entity_id: str
-    acs: tuple[Endpoint, ...]
-    slo: tuple[Endpoint, ...]
-    signing_certs: tuple[str, ...]
-    encryption_certs: tuple[str, ...]
-    authn_requests_signed: bool
-    want_assertions_signed: bool
-    metadata_xml: str
-
-    def default_acs(self) -> Endpoint | None:
-        posts = [e for e in self.acs if e.binding == BINDING_HTTP_POST]
-        if not posts:
-            return None
-        return next((e for e in posts if e.is_default), min(posts, key=lambda e: e.index or 0))
-
-    def slo_redirect(self) -> Endpoint | None:
-        return next((e for e in self.slo if e.binding == BINDING_HTTP_REDIRECT), None)
-
-
-def parse_sp_metadata(xml: str) -> RegisteredSp:
-    """Entity id, ACS and SLO endpoints and certificates of the first SP in `xml`."""
-    root = parse_xml(xml)
-    if root.tag == f"{{{NS_MD}}}EntityDescriptor":
-        entities = [root]
-    else:
-        entities = root.findall(f".//{{{NS_MD}}}EntityDescriptor")
-    for entity in entities:
-        sp = entity.find(f"{{{NS_MD}}}SPSSODescriptor")
-        if sp is None:
-            continue
-        signing: list[str] = []
-        encryption: list[str] = []
-        for descriptor in sp.findall(f"{{{NS_MD}}}KeyDescriptor"):
-            use = descriptor.get("use")
-            for body in descriptor.iterfind(f".//{{{NS_DS}}}X509Certificate"):
-                pem = pem_from_body(body.text or "")
-                if use in (None, "signing"):
-                    signing.append(pem)
-                if use in (None, "encryption"):
-                    encryption.append(pem)
-
-        def endpoints(tag: str, element: Any = sp) -> tuple[Endpoint, ...]:
-            found = []
-            for e in element.findall(f"{{{NS_MD}}}{tag}"):
-                index = e.get("index")
-                found.append(
-                    Endpoint(
-                        binding=e.get("Binding", ""),
-                        location=e.get("Location", ""),
-                        response_location=e.get("ResponseLocation"),
-                        index=int(index) if index is not None else None,
-                        is_default=e.get("isDefault") in ("true", "1"),
-                    )
-                )
-            return tuple(found)
-
-        return RegisteredSp(
-            entity_id=entity.get("entityID", ""),
-            acs=endpoints("AssertionConsumerService"),
-            slo=endpoints("SingleLogoutService"),
-            signing_certs=tuple(signing),
-            encryption_certs=tuple(encryption),
-            authn_requests_signed=sp.get("AuthnRequestsSigned") in ("true", "1"),
-            want_assertions_signed=sp.get("WantAssertionsSigned") in ("true", "1"),
-            metadata_xml=xml,
-        )
-    raise ValueError("no SPSSODescriptor in the metadata")
 
 
 def _instant(moment: datetime) -> str:
@@ -799,7 +509,7 @@ class SamlIdp:
 
     def _decode(self, binding: Literal["redirect", "post"], value: str) -> Any:
         data = inflate_b64(value) if binding == "redirect" else base64.b64decode(value)
-        if len(data) > _MAX_MESSAGE:
+        if len(data) > MAX_MESSAGE:
             raise ValueError("the SAML message is larger than 1 MiB")
         return parse_xml(data)
 
@@ -1034,199 +744,9 @@ class SamlIdp:
             query += f"&SigAlg={urllib.parse.quote_plus(alg, safe='')}"
             private = serialization.load_pem_private_key(self._key_pem.encode(), password=None)
             assert isinstance(private, rsa.RSAPrivateKey)
-            signature = private.sign(query.encode(), padding.PKCS1v15(), _HASH_OF_SIG_ALG[alg]())
+            signature = private.sign(query.encode(), padding.PKCS1v15(), HASH_OF_SIG_ALG[alg]())
             query += "&Signature=" + urllib.parse.quote_plus(
                 base64.b64encode(signature).decode(), safe=""
             )
         separator = "&" if "?" in destination else "?"
         return f"{destination}{separator}{query}"
-
-
-# --- HTTP -------------------------------------------------------------------------------
-
-
-def auto_post_page(action: str, fields: dict[str, str], *, auto_submit: bool = True) -> str:
-    """The HTTP-POST binding page: a form to the SP that submits itself on load, with a
-    visible button (id "continue") for browsers without JavaScript or tests that click."""
-    inputs = "".join(
-        f'<input type="hidden" name="{html.escape(name)}" value="{html.escape(value)}">'
-        for name, value in fields.items()
-    )
-    onload = ' onload="document.forms[0].submit()"' if auto_submit else ""
-    return (
-        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>Signing in</title></head>'
-        f'<body{onload}><form method="post" action="{html.escape(action)}">{inputs}'
-        '<button type="submit" id="continue">Continue</button></form></body></html>'
-    )
-
-
-@dataclass
-class _Reply:
-    status: int
-    body: str
-    content_type: str = "text/plain; charset=utf-8"
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-
-
-class _IdpApp:
-    """The ASGI side of the IdP. pysaml2 shells out to xmlsec1, so message work runs in a
-    thread to keep the caller's event loop (often also running the SP) responsive."""
-
-    def __init__(self, idp: SamlIdp, login_as: Callable[[], SamlUser]) -> None:
-        self.idp = idp
-        self.login_as = login_as
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            return await lifespan(receive, send)
-        request = await read_request(scope, receive)
-        raw_query = request.query_string
-        params = {k: v[0] for k, v in urllib.parse.parse_qs(raw_query).items()}
-        if request.method == "POST":
-            form = urllib.parse.parse_qs(request.body.decode("latin-1"))
-            params.update({k: v[0] for k, v in form.items()})
-        try:
-            answer = await self._route(request.method, request.path, params, raw_query)
-        except Exception as exc:  # the test should see what went wrong, not a hang
-            self.idp.errors.append(repr(exc))
-            answer = _Reply(500, f"IdP error: {exc!r}")
-        headers = [(b"content-type", answer.content_type.encode()), *answer.headers]
-        await reply(send, answer.status, answer.body.encode(), headers)
-
-    async def _route(
-        self, method: str, path: str, params: dict[str, str], raw_query: str
-    ) -> _Reply:
-        idp = self.idp
-        if path == "/metadata" and method == "GET":
-            idp.metadata_hits += 1
-            xml = idp.metadata_xml(extra_certs=idp.metadata_extra_certs)
-            return _Reply(200, xml, "application/samlmetadata+xml")
-        if path == "/sso/redirect" and method == "GET":
-            return await self._sso("redirect", params, raw_query)
-        if path == "/sso/post" and method == "POST":
-            return await self._sso("post", params, None)
-        if path == "/sso/initiate" and method == "GET":
-            return await self._initiate(params)
-        if path == "/slo" and method in ("GET", "POST"):
-            binding: Literal["redirect", "post"] = "redirect" if method == "GET" else "post"
-            return await self._slo(binding, params, raw_query if method == "GET" else None)
-        return _Reply(404, "not found")
-
-    async def _sso(
-        self, binding: Literal["redirect", "post"], params: dict[str, str], raw_query: str | None
-    ) -> _Reply:
-        idp = self.idp
-        idp.login_page_hits += 1
-        if "SAMLRequest" not in params:
-            return _Reply(400, "missing SAMLRequest")
-        try:
-            info = await asyncio.to_thread(
-                idp.parse_authn_request,
-                binding=binding,
-                saml_request=params["SAMLRequest"],
-                relay_state=params.get("RelayState"),
-                sig_alg=params.get("SigAlg"),
-                signature=params.get("Signature"),
-                raw_query=raw_query,
-            )
-        except (ValueError, etree.XMLSyntaxError, zlib.error) as exc:
-            return _Reply(400, f"bad SAMLRequest: {exc}")
-        idp.received.append(info)
-        reason = idp.refusal(info)
-        if reason is not None:
-            return _Reply(400, reason)
-        assert info.acs_url is not None
-        return await self._answer(
-            info.sp_entity_id, info.acs_url, info.request_id, info.relay_state
-        )
-
-    async def _initiate(self, params: dict[str, str]) -> _Reply:
-        idp = self.idp
-        idp.login_page_hits += 1
-        sp = idp.sp(params.get("sp", ""))
-        acs = sp.default_acs() if sp else None
-        if sp is None or acs is None:
-            return _Reply(400, "unknown SP or no HTTP-POST AssertionConsumerService")
-        return await self._answer(sp.entity_id, acs.location, None, params.get("RelayState"))
-
-    async def _answer(
-        self, sp_entity_id: str, acs_url: str, in_response_to: str | None, relay_state: str | None
-    ) -> _Reply:
-        idp = self.idp
-        user = self.login_as()
-        options = {**idp.response_options, **idp.next_response_options}
-        idp.next_response_options.clear()
-        xml = await asyncio.to_thread(
-            lambda: idp.response(
-                sp_entity_id=sp_entity_id,
-                acs_url=acs_url,
-                user=user,
-                in_response_to=in_response_to,
-                **options,
-            )
-        )
-        idp.issued_responses.append(xml)
-        fields = {"SAMLResponse": base64.b64encode(xml.encode()).decode()}
-        if relay_state is not None:
-            fields["RelayState"] = relay_state
-        page = auto_post_page(acs_url, fields, auto_submit=idp.auto_submit)
-        return _Reply(200, page, "text/html; charset=utf-8")
-
-    async def _slo(
-        self, binding: Literal["redirect", "post"], params: dict[str, str], raw_query: str | None
-    ) -> _Reply:
-        idp = self.idp
-        if "SAMLRequest" not in params and "SAMLResponse" not in params:
-            return _Reply(400, "missing SAMLRequest or SAMLResponse")
-        try:
-            info = await asyncio.to_thread(
-                idp.parse_logout_message,
-                binding=binding,
-                saml_request=params.get("SAMLRequest"),
-                saml_response=params.get("SAMLResponse"),
-                relay_state=params.get("RelayState"),
-                sig_alg=params.get("SigAlg"),
-                signature=params.get("Signature"),
-                raw_query=raw_query,
-            )
-        except (ValueError, etree.XMLSyntaxError, zlib.error) as exc:
-            return _Reply(400, f"bad logout message: {exc}")
-        idp.logout_messages.append(info)
-        sp = idp.sp(info.sp_entity_id)
-        if sp is not None and info.signed and not info.signature_valid:
-            return _Reply(400, "the logout message signature is not valid")
-        if info.kind == "response":
-            return _Reply(200, "logged out")
-        endpoint = sp.slo_redirect() if sp else None
-        if endpoint is None:
-            return _Reply(400, "unknown SP or no HTTP-Redirect SingleLogoutService")
-        target = endpoint.response_location or endpoint.location
-        xml = idp.logout_response(in_response_to=info.message_id, destination=target)
-        location = await asyncio.to_thread(
-            idp.redirect_url, target, saml_response=xml, relay_state=info.relay_state
-        )
-        return _Reply(302, "", headers=[(b"location", location.encode())])
-
-
-@contextlib.asynccontextmanager
-async def serve_idp(idp: SamlIdp, *, login_as: Callable[[], SamlUser]) -> AsyncIterator[str]:
-    """Serve `idp` with uvicorn in the running event loop, on the loopback port its
-    base_url names (choose it with `free_port()` before building the IdP)."""
-    parts = urllib.parse.urlsplit(idp.base_url)
-    if parts.hostname != "127.0.0.1" or parts.port is None:
-        raise ValueError("serve_idp needs a base_url of the form http://127.0.0.1:<port>")
-    async with serve(_IdpApp(idp, login_as), port=parts.port, name="the SAML IdP"):
-        yield idp.base_url
-
-
-@contextlib.asynccontextmanager
-async def running_idp(workdir: Path, *, login_as: Callable[[], SamlUser]) -> AsyncIterator[SamlIdp]:
-    """A fresh IdP on a free loopback port, served for the duration of the block."""
-    idp = SamlIdp(workdir, base_url=f"http://127.0.0.1:{free_port()}")
-    async with serve_idp(idp, login_as=login_as):
-        yield idp
-
-
-def new_request_id() -> str:
-    """An ID for hand-built SAML messages in tests (must start with a letter or _)."""
-    return f"_{uuid.uuid4().hex}"
