@@ -1,5 +1,5 @@
 """Admission control: slots, the fair priority queue, deadlines, cancellation, the limit
-algorithms (deterministic sample sequences) and the Litestar middleware in-process."""
+algorithms (deterministic sample sequences) and the outer ASGI gate in-process."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from tenantry_guardrails.admission import (
     PRIORITIES,
     AdmissionController,
     AdmissionGate,
-    AdmissionMiddleware,
     AdmissionSettings,
     AimdLimit,
     FixedLimit,
@@ -584,7 +583,9 @@ class Calls:
     count: int = 0
 
 
-def http_app(admission: AdmissionController, calls: Calls, *, middleware: bool = True) -> Litestar:
+def routes(calls: Calls) -> Litestar:
+    """The Litestar app alone: routes of each priority class, a probe and a failing route."""
+
     @get("/healthz", opt={"public_probe": True}, sync_to_thread=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -610,10 +611,17 @@ def http_app(admission: AdmissionController, calls: Calls, *, middleware: bool =
 
     return Litestar(
         route_handlers=[healthz, items, token, export, boom],
-        middleware=[AdmissionMiddleware(admission)] if middleware else [],
         debug=False,
         logging_config=None,
     )
+
+
+def http_app(admission: AdmissionController, calls: Calls) -> AdmissionGate:
+    """Admission wired as tenantry_service.app.asgi_app wires it: the gate outermost, in
+    front of the whole app, classifying by the Litestar app's route table. (Tracing and
+    request ids, which sit between the two in production, play no part here.)"""
+    app = routes(calls)
+    return AdmissionGate(app, admission, RouteTable.of(app))
 
 
 def busy(limit: int = 1, **overrides: Any) -> AdmissionController:
@@ -766,8 +774,7 @@ async def test_retry_after_grows_with_the_queue_and_is_capped() -> None:
 
 
 def test_the_route_table_finds_priorities_and_path_params_without_routing() -> None:
-    app = http_app(busy(), Calls())
-    table = RouteTable.of(app)
+    table = RouteTable.of(routes(Calls()))
     tenant = "0190f1c2-0000-7000-8000-000000000001"
     assert table.match("POST", "/v1/token") == (Priority.CRITICAL, {})
     assert table.match("GET", "/v1/export") == (Priority.SHEDDABLE, {})
@@ -781,8 +788,7 @@ async def test_the_outer_gate_sheds_by_declared_priority_before_the_app_runs() -
     app never sees it, while a critical one (whose share is all) is served."""
     admission = busy(2, sheddable_capacity_share=0.5, sheddable_queue_share=0.0)
     calls = Calls()
-    bare = http_app(admission, calls, middleware=False)
-    gate = AdmissionGate(bare, admission, RouteTable.of(bare))
+    gate = http_app(admission, calls)
     held = await admission.acquire(CRITICAL, "someone-else")
     async with AsyncTestClient(gate) as client:
         shed = await client.get("/v1/export")

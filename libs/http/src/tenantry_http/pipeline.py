@@ -1,12 +1,20 @@
-"""The one request pipeline, in the order DESIGN.md fixes:
+"""The steps of the one request pipeline, and the middleware that runs them.
 
-    request id and tracing -> admission control -> authentication -> tenant status and home
-    region -> per-tenant concurrency and rate limits -> the route
+`tenantry_service.app.asgi_app` builds the same stack for every service, outermost first:
 
-Request id and tracing are pure ASGI around everything. Admission control is the first
-Litestar middleware: it runs just after routing, because a request's priority class is
-what its route declares (`opt={"priority": ...}`); an unrouted 404 costs nothing to refuse
-anyway. The inner steps are `PipelineStep`s run by one Litestar middleware after it.
+    admission control (`AdmissionGate`) -> tracing (OpenTelemetry) -> request id
+    (`RequestIdMiddleware`, here) -> Litestar's routing -> the inner steps
+    (`PipelineMiddleware`, here: authentication -> tenant status -> per-tenant rate and
+    concurrency limits -> a service's extra steps) -> the input guard -> Idempotency-Key
+    -> the route
+
+Admission, tracing and the request id are plain ASGI wrappers around the Litestar app.
+Admission is the outermost layer so that, under overload, a refusal costs nothing else:
+it finds a request's priority class (`opt={"priority": ...}`) in a route table built once
+from the app's routes, without Litestar's router, so a refused request has no span and no
+request id. Everything from the inner steps on runs as Litestar middleware, after routing,
+because the steps read what the route declares (`opt`); health probes and the OpenAPI
+document skip them. Home-region routing is to join the tenant-status step.
 """
 
 from __future__ import annotations

@@ -21,9 +21,10 @@ names, so callers import from `tenantry_guardrails.admission`):
   run, once past it.
 - `loop_lag`: `LoopLagMonitor`, how late the event loop runs (the utilization shedder).
 - `instruments`: the OpenTelemetry counters and gauges.
-- `gate`: the HTTP edge. `AdmissionMiddleware` is the Litestar middleware that classifies
-  a request, waits for a slot, answers a fast 503 problem+json with Retry-After when
-  refused, and feeds the handler's latency back into the limit.
+- `gate`: the HTTP edge. `AdmissionGate` is the outermost ASGI layer of every service
+  (before tracing, request ids and Litestar's routing): it classifies a request by the
+  route it will reach (`RouteTable`), waits for a slot, answers a fast 503 problem+json
+  with Retry-After when refused, and feeds the handler's latency back into the limit.
 """
 
 from tenantry_guardrails.admission.controller import AdmissionController, AdmissionSnapshot, Ticket
@@ -31,7 +32,6 @@ from tenantry_guardrails.admission.gate import (
     PRIORITY_HEADER,
     TIMEOUT_HEADER,
     AdmissionGate,
-    AdmissionMiddleware,
     RouteTable,
     admit,
     client_deadline,
@@ -63,7 +63,6 @@ __all__ = [
     "TIMEOUT_HEADER",
     "AdmissionController",
     "AdmissionGate",
-    "AdmissionMiddleware",
     "AdmissionSettings",
     "AdmissionSnapshot",
     "AimdLimit",

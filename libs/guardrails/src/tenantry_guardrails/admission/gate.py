@@ -15,7 +15,6 @@ from urllib.parse import parse_qsl
 import msgspec
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
-from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenantry_guardrails.admission.controller import AdmissionController
@@ -125,28 +124,6 @@ def _status_of(exc: BaseException) -> int:
     return 500
 
 
-class AdmissionMiddleware(ASGIMiddleware):
-    """Admission control for every routed HTTP request except health probes and the
-    OpenAPI document. Install it first in Litestar's middleware list so refused requests
-    cost no authentication or database work.
-
-    Routes declare their class with `opt={"priority": "critical"}` (or a `Priority`).
-    """
-
-    scopes = (ScopeType.HTTP,)
-    exclude_opt_key = "public_probe"  # health probes must answer even when saturated
-
-    def __init__(self, controller: AdmissionController) -> None:
-        self.controller = controller
-        # The OpenAPI document and its viewers are public and cheap. Matched on the request
-        # path: `exclude_path_pattern` matches handler paths in Litestar 3 and warns now.
-        self.should_bypass_for_scope = _is_schema_path
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        priority = request_priority(scope, self.controller.settings.large_list_threshold)
-        await admit(self.controller, priority, fairness_key(scope), scope, receive, send, next_app)
-
-
 async def admit(
     controller: AdmissionController,
     priority: Priority,
@@ -157,7 +134,7 @@ async def admit(
     next_app: ASGIApp,
 ) -> None:
     """Take a slot (or answer 503 at once), run the request, and feed its latency back to
-    the limit: the one admission path of the Litestar middleware and the outer gate."""
+    the limit."""
     clock = controller.clock
     deadline = client_deadline(scope, clock())
     try:
