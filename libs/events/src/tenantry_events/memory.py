@@ -109,6 +109,9 @@ class MemoryEventStore:
     async def load(self, tx: MemoryTx, stream_id: str) -> list[Envelope[Any]]:
         return list(self._streams.get(stream_id, []))
 
+    async def stream_ids(self, tx: MemoryTx, prefix: str) -> list[str]:
+        return sorted(s for s, events in self._streams.items() if events and s.startswith(prefix))
+
 
 class MemoryInbox:
     def __init__(self, db: MemoryDatabase) -> None:

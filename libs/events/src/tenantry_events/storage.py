@@ -53,7 +53,14 @@ class EventStore(Protocol, Generic[Tx]):
         The events also enter the outbox in the same transaction."""
         ...
 
-    async def load(self, tx: Tx, stream_id: str) -> list[Envelope[Any]]: ...
+    async def load(self, tx: Tx, stream_id: str) -> list[Envelope[Any]]:
+        """One stream's events in version order (empty for a stream never written)."""
+        ...
+
+    async def stream_ids(self, tx: Tx, prefix: str) -> list[str]:
+        """Every stream whose id starts with `prefix` (one aggregate kind, e.g. "tenant-"),
+        in id order: what an ops command folds to check or rebuild state rows."""
+        ...
 
 
 class Outbox(Protocol, Generic[Tx]):
@@ -183,6 +190,15 @@ class PostgresEventStore:
             stream_id,
         )
         return [decode_envelope(r["e"].encode()) for r in rows]
+
+    async def stream_ids(self, tx: asyncpg.Connection, prefix: str) -> list[str]:
+        # A scan of the table: an ops command's read, not a request's.
+        rows = await tx.fetch(
+            """SELECT DISTINCT stream_id FROM events WHERE starts_with(stream_id, $1)
+               ORDER BY stream_id""",
+            prefix,
+        )
+        return [r["stream_id"] for r in rows]
 
 
 class PostgresInbox:

@@ -117,6 +117,23 @@ class EventStoreContract:
         async with stores.db.transaction() as tx:
             assert await stores.events.load(tx, "never-written") == []
 
+    async def test_stream_ids_lists_each_written_stream_of_a_prefix_once_in_order(
+        self, stores: Stores
+    ) -> None:
+        kind = f"k{uuid4().hex[:8]}-"  # stores are shared per database: a prefix of our own
+        async with stores.db.transaction() as tx:
+            await stores.events.append(tx, f"{kind}b", 0, [ping(1), ping(2, version=2)])
+            await stores.events.append(tx, f"{kind}a", 0, [ping(3)])
+            await stores.events.append(tx, f"other-{kind}c", 0, [ping(4)])
+        with pytest.raises(RuntimeError):
+            async with stores.db.transaction() as tx:
+                await stores.events.append(tx, f"{kind}rolled-back", 0, [ping(5)])
+                raise RuntimeError("rolled back")
+        async with stores.db.transaction() as tx:
+            assert await stores.events.stream_ids(tx, kind) == [f"{kind}a", f"{kind}b"]
+            assert await stores.events.stream_ids(tx, f"{kind}a") == [f"{kind}a"]
+            assert await stores.events.stream_ids(tx, f"no-such-{kind}") == []
+
 
 class OutboxContract:
     async def test_fetch_is_oldest_first_and_remove_deletes_exactly_those(
