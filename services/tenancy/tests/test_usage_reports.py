@@ -5,33 +5,16 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-import pytest_asyncio
 from uuid_utils.compat import uuid4
 
 from tenantry_events.envelope import Envelope, new_event
 from tenantry_events.payloads.usage import CountedResource, UsageReported
-from tenantry_events.pg import package_migrations
 from tenantry_tenancy.usage import Usage, usage_handlers, usage_of
-from tenantry_testkit.fixtures import (
-    ScratchDatabase,
-    create_scratch_database,
-    drop_scratch_database,
-)
-from tenantry_testkit.stack import Stack
-
-
-@pytest_asyncio.fixture
-async def tenancy_db(stack: Stack) -> AsyncIterator[ScratchDatabase]:
-    scratch = await create_scratch_database(stack, package_migrations("tenantry_tenancy"), "ten")
-    try:
-        yield scratch
-    finally:
-        await drop_scratch_database(stack, scratch)
+from tenantry_testkit.fixtures import ScratchDatabase
 
 
 def report(tenant: UUID, resource: CountedResource, count: int, version: int) -> Envelope[Any]:

@@ -1,17 +1,28 @@
 """The tenant aggregate: pure rules, no I/O.
 
-A command returns the events it causes; `apply` folds events into state. The repository
-(store.py) loads, calls, and appends with the version it loaded (optimistic concurrency).
+A command returns the event it causes; `start` makes the tenant from its stream's first
+event and `apply` folds each later one into state (tenantry_events.aggregates), so a
+tenant's stream rebuilds it. The repository (store.py) loads the tenant from its state row
+(the fold's snapshot), calls a command, appends the event with the version it loaded
+(optimistic concurrency) and writes the row from `apply`, all in one transaction.
+
+The tenant's stream holds tenant.created, tenant.suspended, tenant.reactivated and
+tenant.plan_changed. tenant.limits_changed is not in it: it is the tenant's plan limits with
+the operator's overrides on top, recomputed and emitted through the outbox whenever either
+changes (store.PlanStore), a notification derived from those tables, not a tenant fact.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 import msgspec
 
+from tenantry_events.aggregates import UnfoldableStream
+from tenantry_events.envelope import Envelope
 from tenantry_events.payloads.tenancy import (
     TenantCreated,
     TenantPlanChanged,
@@ -19,6 +30,9 @@ from tenantry_events.payloads.tenancy import (
     TenantState,
     TenantSuspended,
 )
+
+# What a command on an existing tenant records (tenant.created starts the stream).
+TenantChange = TenantSuspended | TenantReactivated | TenantPlanChanged
 
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 DEFAULT_PLAN = "free"
@@ -38,6 +52,8 @@ class Tenant:
     tenant_id: UUID
     state: TenantState
     version: int
+
+    # ------------------------------------------------------------------ commands
 
     @staticmethod
     def create(
@@ -66,10 +82,6 @@ class Tenant:
             created_by=created_by,
             owner_email=owner_email,
         )
-
-    @staticmethod
-    def from_created(tenant_id: UUID, event: TenantCreated, version: int) -> Tenant:
-        return Tenant(tenant_id=tenant_id, state=event.tenant, version=version)
 
     def suspend(self, *, reason: str, by: str) -> TenantSuspended:
         if self.state.status != "active":
@@ -103,6 +115,35 @@ class Tenant:
         return TenantReactivated(
             tenant=msgspec.structs.replace(self.state, status="active"), reason=reason, by=by
         )
+
+    # ------------------------------------------------------------------ the fold
+
+    @staticmethod
+    def start(event: Envelope[Any]) -> Tenant:
+        """The tenant its stream's first event (tenant.created) makes."""
+        created = event.payload
+        if not isinstance(created, TenantCreated):
+            raise UnfoldableStream(
+                f"a tenant's stream starts with tenant.created, not {event.type}"
+            )
+        return Tenant(
+            tenant_id=event.tenant_id, state=created.tenant, version=event.aggregate_version
+        )
+
+    def apply(self, event: Envelope[Any]) -> Tenant:
+        """The tenant after one more event of its stream. Each event says what it changed
+        (suspended: the status; plan_changed: the plan); the full state it also carries is
+        for projections elsewhere, and the tests check it agrees with this fold."""
+        match event.payload:
+            case TenantSuspended():
+                state = msgspec.structs.replace(self.state, status="suspended")
+            case TenantReactivated():
+                state = msgspec.structs.replace(self.state, status="active")
+            case TenantPlanChanged(tenant=changed):
+                state = msgspec.structs.replace(self.state, plan=changed.plan)
+            case _:
+                raise UnfoldableStream.unexpected(event, self)
+        return Tenant(tenant_id=self.tenant_id, state=state, version=event.aggregate_version)
 
 
 def _reason(reason: str) -> str:

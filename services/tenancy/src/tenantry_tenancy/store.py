@@ -1,4 +1,5 @@
-"""Postgres edge of tenancy: the tenant repository (events + state table, one transaction)."""
+"""Postgres edge of tenancy: the tenant repository (events + state row, one transaction), the
+tenant state row as a registered aggregate kind, and the plan store."""
 
 from __future__ import annotations
 
@@ -10,19 +11,17 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from tenantry_events.envelope import new_event
+from tenantry_events.envelope import Envelope, new_event
 from tenantry_events.payloads.tenancy import (
     Limits,
     PlanOffer,
     TenantCreated,
     TenantLimitsChanged,
-    TenantPlanChanged,
-    TenantReactivated,
     TenantState,
-    TenantSuspended,
 )
+from tenantry_events.state_check import AggregateKind, RowNotRebuildable
 from tenantry_events.storage import PostgresEventStore, PostgresOutbox
-from tenantry_tenancy.domain import Tenant
+from tenantry_tenancy.domain import Tenant, TenantChange
 from tenantry_tenancy.plans import effective_limits
 
 
@@ -42,6 +41,7 @@ class SlugTaken(Exception):
     pass
 
 
+_STREAM = "tenant-"  # a tenant's stream is tenant-<tenant_id>
 _COLUMNS = "tenant_id, name, slug, status, plan, home_region, version, created_at, updated_at"
 
 
@@ -53,37 +53,18 @@ class TenantRepository:
 
     @staticmethod
     def stream(tenant_id: UUID) -> str:
-        return f"tenant-{tenant_id}"
+        return f"{_STREAM}{tenant_id}"
 
     async def add(
         self, tx: asyncpg.Connection, tenant_id: UUID, created: TenantCreated
     ) -> TenantRow:
+        event = self._event(tenant_id, created, 1)
         try:
-            async with tx.transaction():
-                row = await tx.fetchrow(
-                    f"""INSERT INTO tenants
-                            (tenant_id, name, slug, status, plan, home_region, version)
-                        VALUES ($1, $2, $3, $4, $5, $6, 1) RETURNING {_COLUMNS}""",
-                    tenant_id,
-                    created.tenant.name,
-                    created.tenant.slug,
-                    created.tenant.status,
-                    created.tenant.plan,
-                    created.tenant.home_region,
-                )
+            row = await _write(tx, Tenant.start(event))
         except asyncpg.UniqueViolationError as exc:
             raise SlugTaken(created.tenant.slug) from exc
-        event = new_event(
-            created,
-            tenant_id=tenant_id,
-            subject=str(tenant_id),
-            aggregate_version=1,
-            source=self._source,
-            region=self._region,
-        )
         await self._events.append(tx, self.stream(tenant_id), 0, [event])
-        assert row is not None
-        return TenantRow(**dict(row))
+        return row
 
     async def get(self, tx: asyncpg.Connection, tenant_id: UUID) -> TenantRow | None:
         row = await tx.fetchrow(f"SELECT {_COLUMNS} FROM tenants WHERE tenant_id = $1", tenant_id)
@@ -108,44 +89,28 @@ class TenantRepository:
 
     async def load(self, tx: asyncpg.Connection, tenant_id: UUID) -> Tenant | None:
         """The aggregate from its state row, locked for this transaction."""
-        row = await tx.fetchrow(
-            """SELECT name, slug, status, plan, home_region, version FROM tenants
-               WHERE tenant_id = $1 FOR UPDATE""",
-            tenant_id,
-        )
-        if row is None:
-            return None
-        data = dict(row)
-        version = data.pop("version")
-        return Tenant(tenant_id=tenant_id, state=TenantState(**data), version=version)
+        return await read_tenant(tx, self.stream(tenant_id))
 
     async def record(
-        self,
-        tx: asyncpg.Connection,
-        tenant: Tenant,
-        change: TenantSuspended | TenantReactivated | TenantPlanChanged,
+        self, tx: asyncpg.Connection, tenant: Tenant, change: TenantChange
     ) -> TenantRow:
-        """Append the change after the loaded version and update the state row with it."""
-        version = tenant.version + 1
-        event = new_event(
-            change,
-            tenant_id=tenant.tenant_id,
-            subject=str(tenant.tenant_id),
+        """Append the change after the loaded version and write the state row from the
+        tenant the change makes (the fold of its stream, one event further)."""
+        event = self._event(tenant.tenant_id, change, tenant.version + 1)
+        await self._events.append(tx, self.stream(tenant.tenant_id), tenant.version, [event])
+        return await _write(tx, tenant.apply(event))
+
+    def _event(
+        self, tenant_id: UUID, payload: TenantCreated | TenantChange, version: int
+    ) -> Envelope[Any]:
+        return new_event(
+            payload,
+            tenant_id=tenant_id,
+            subject=str(tenant_id),
             aggregate_version=version,
             source=self._source,
             region=self._region,
         )
-        await self._events.append(tx, self.stream(tenant.tenant_id), tenant.version, [event])
-        row = await tx.fetchrow(
-            f"""UPDATE tenants SET status = $2, plan = $4, version = $3, updated_at = now()
-                WHERE tenant_id = $1 RETURNING {_COLUMNS}""",
-            tenant.tenant_id,
-            change.tenant.status,
-            version,
-            change.tenant.plan,
-        )
-        assert row is not None
-        return TenantRow(**dict(row))
 
     async def history(self, tx: asyncpg.Connection, tenant_id: UUID) -> builtins.list[Transition]:
         events = await self._events.load(tx, self.stream(tenant_id))
@@ -160,6 +125,71 @@ class TenantRepository:
             )
             for e in events
         ]
+
+
+# ---------------------------------------------------------------- the tenant's state row
+# A snapshot of the fold of the tenant's stream, written with each event; `TENANTS` tells
+# the ops command (tenantry-tenancy verify-state) how to check and rebuild it.
+
+
+async def _write(tx: asyncpg.Connection, tenant: Tenant) -> TenantRow:
+    """Insert or update the tenant's row to hold `tenant` (a savepoint keeps the caller's
+    transaction usable after a taken slug)."""
+    async with tx.transaction():
+        row = await tx.fetchrow(
+            f"""INSERT INTO tenants (tenant_id, name, slug, status, plan, home_region, version)
+                VALUES ($1, $2, $3, $4, $5, $6, $7)
+                ON CONFLICT (tenant_id) DO UPDATE
+                    SET name = EXCLUDED.name, slug = EXCLUDED.slug, status = EXCLUDED.status,
+                        plan = EXCLUDED.plan, home_region = EXCLUDED.home_region,
+                        version = EXCLUDED.version, updated_at = now()
+                RETURNING {_COLUMNS}""",
+            tenant.tenant_id,
+            tenant.state.name,
+            tenant.state.slug,
+            tenant.state.status,
+            tenant.state.plan,
+            tenant.state.home_region,
+            tenant.version,
+        )
+    assert row is not None
+    return TenantRow(**dict(row))
+
+
+async def read_tenant(tx: asyncpg.Connection, stream_id: str) -> Tenant | None:
+    """The tenant its state row holds, the row locked for this transaction."""
+    tenant_id = UUID(stream_id.removeprefix(_STREAM))
+    row = await tx.fetchrow(
+        """SELECT name, slug, status, plan, home_region, version FROM tenants
+           WHERE tenant_id = $1 FOR UPDATE""",
+        tenant_id,
+    )
+    if row is None:
+        return None
+    data = dict(row)
+    version = data.pop("version")
+    return Tenant(tenant_id=tenant_id, state=TenantState(**data), version=version)
+
+
+async def rebuild_tenant(tx: asyncpg.Connection, stream_id: str, tenant: Tenant | None) -> None:
+    if tenant is None:
+        raise RowNotRebuildable(f"{stream_id} has a row but no events to rebuild it from")
+    await _write(tx, tenant)
+
+
+async def tenant_row_streams(tx: asyncpg.Connection) -> builtins.list[str]:
+    rows = await tx.fetch("SELECT tenant_id FROM tenants ORDER BY tenant_id")
+    return [TenantRepository.stream(r["tenant_id"]) for r in rows]
+
+
+TENANTS: AggregateKind[Tenant, asyncpg.Connection] = AggregateKind(
+    name="tenant",
+    stream_prefix=_STREAM,
+    start=Tenant.start,
+    read_row=read_tenant,
+    write_row=rebuild_tenant,
+    row_streams=tenant_row_streams,
+)
 
 
 class Transition(msgspec.Struct, frozen=True, kw_only=True):
