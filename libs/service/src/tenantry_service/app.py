@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tenantry_credentials.tokens import AccessTokenVerifier, JwksCache
 from tenantry_events.consumer import Handler, merge_handlers
 from tenantry_events.payloads.ratelimit import RatePolicy
+from tenantry_events.state_check import AggregateKind
 from tenantry_guardrails.admission import (
     AdmissionController,
     AdmissionGate,
@@ -96,6 +97,9 @@ class ServiceSpec:
     # Handlers that need the runtime (a mailer, settings): built once per worker.
     consumer_factory: Callable[[Runtime], Mapping[str, Handler[asyncpg.Connection]]] | None = None
     migration_packages: Sequence[str] = ()
+    # The event-sourced aggregates whose state rows `tenantry-<service> verify-state` checks
+    # against their streams (and rebuilds with --rebuild).
+    aggregates: Sequence[AggregateKind[Any, asyncpg.Connection]] = ()
     settings_cls: type[ServiceSettings] = ServiceSettings
     pipeline: Callable[[Runtime], Pipeline] = lambda runtime: default_pipeline(runtime)
     on_startup: Sequence[Hook] = ()

@@ -5,6 +5,9 @@ tenantry-<service> api       serve HTTP (uvicorn)
 tenantry-<service> worker    run consumers and the outbox relay
 tenantry-<service> openapi   print the OpenAPI 3.1 document
 tenantry-<service> dead-letters list|show|replay   (tenantry_events.dead_letters_cli)
+tenantry-<service> verify-state [--rebuild]   fold every stream of the service's
+                             aggregates, compare with their state rows (exit 1 on a
+                             difference); --rebuild rewrites the rows from the events
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ import argparse
 import asyncio
 import json
 import sys
+from typing import TextIO
 from urllib.parse import urlparse
 
 from tenantry_events.pg import backbone_migrations, migrate, package_migrations
+from tenantry_events.state_check import check_state
 from tenantry_platform.settings import ServiceSettings, SettingsError, load_settings
 from tenantry_platform.telemetry import setup_logging, setup_telemetry
 from tenantry_projections import projection_migrations
@@ -36,14 +41,47 @@ async def run_migrations(spec: ServiceSpec, settings: ServiceSettings) -> list[s
     return await migrate(dsn, all_migrations(spec), app_role=app_user)
 
 
+async def verify_state(
+    spec: ServiceSpec, runtime: Runtime, *, rebuild: bool, out: TextIO = sys.stdout
+) -> int:
+    """Print each aggregate whose state row differs from its stream's fold (rebuilt, with
+    `rebuild`); the exit status is 1 while any difference remains, else 0."""
+    prog = f"tenantry-{spec.name} verify-state"
+    if not spec.aggregates:
+        print(f"{prog}: no event-sourced aggregates registered", file=out)
+        return 0
+    await runtime.db.connect()
+    try:
+        drifts = await check_state(runtime.db, runtime.events, spec.aggregates, rebuild=rebuild)
+    finally:
+        await runtime.db.close()
+    for drift in drifts:
+        outcome = "rebuilt" if drift.rebuilt else "differs"
+        print(f"{drift.kind} {drift.stream_id}: {outcome}", file=out)
+        for line in [*drift.differences, *([drift.error] if drift.error else [])]:
+            print(f"  {line}", file=out)
+    left = sum(1 for d in drifts if not d.rebuilt)
+    kinds = ", ".join(k.name for k in spec.aggregates)
+    print(f"{prog}: {len(drifts)} difference(s), {left} left ({kinds})", file=out)
+    return 1 if left else 0
+
+
 def service_main(spec: ServiceSpec, argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=f"tenantry-{spec.name}", description=spec.description)
-    commands = ["migrate", "api", "worker", "openapi", "dead-letters"]
+    commands = ["migrate", "api", "worker", "openapi", "dead-letters", "verify-state"]
     parser.add_argument("command", choices=commands)
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="dead-letters' own arguments")
+    parser.add_argument(
+        "args", nargs=argparse.REMAINDER, help="dead-letters' own arguments, or --rebuild"
+    )
     args = parser.parse_args(argv)
-    if args.args and args.command != "dead-letters":
-        parser.error(f"unrecognized arguments: {' '.join(args.args)}")
+    if args.command == "dead-letters":
+        unknown = []  # its own parser checks them
+    elif args.command == "verify-state":
+        unknown = [a for a in args.args if a != "--rebuild"]
+    else:
+        unknown = args.args
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         settings = load_settings(spec.settings_cls)
     except SettingsError as exc:
@@ -77,6 +115,9 @@ def service_main(spec: ServiceSpec, argv: list[str] | None = None) -> None:
             replayer=replayer,
         )
         raise SystemExit(asyncio.run(command))
+    elif args.command == "verify-state":
+        rebuild = "--rebuild" in args.args
+        raise SystemExit(asyncio.run(verify_state(spec, runtime, rebuild=rebuild)))
     else:
         from tenantry_http.http_server import serve
 

@@ -13,6 +13,7 @@ from tenantry_tenancy.api import (
     list_plans,
     update_plan,
 )
+from tenantry_tenancy.store import TENANTS
 from tenantry_tenancy.usage import usage_handlers
 
 SPEC = ServiceSpec(
@@ -28,4 +29,5 @@ SPEC = ServiceSpec(
     ],
     consumer_handlers=merge_handlers(standard_projections(), usage_handlers()),
     migration_packages=["tenantry_tenancy"],
+    aggregates=[TENANTS],
 )
