@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tenantry_events.payloads.tenancy import Limits
-from tenantry_tenancy.plans import KINDS, InvalidOverride, allows, effective_limits
+from tenantry_tenancy.domain import KINDS, InvalidOverride, allows, effective_limits
 
 FREE = Limits(
     sso=False,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -17,8 +17,15 @@ from tenantry_http.auth import principal_of, requires
 from tenantry_http.pagination import Page, clamp_limit, decode_cursor, page_of
 from tenantry_http.problems import Problem
 from tenantry_service.runtime import Runtime
-from tenantry_tenancy.domain import DEFAULT_PLAN, DomainError, Tenant
-from tenantry_tenancy.plans import InvalidOverride, downgrade_blockers, effective_limits
+from tenantry_tenancy.domain import (
+    DEFAULT_PLAN,
+    DomainError,
+    InvalidOverride,
+    Tenant,
+    TenantChange,
+    downgrade_blockers,
+    effective_limits,
+)
 from tenantry_tenancy.store import (
     LimitsView,
     PlanRow,
@@ -26,9 +33,10 @@ from tenantry_tenancy.store import (
     SlugTaken,
     TenantRepository,
     TenantRow,
+    Usage,
+    usage_of,
 )
 from tenantry_tenancy.store import Transition as TenantTransition
-from tenantry_tenancy.usage import Usage, usage_of
 
 
 class CreateTenant(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -40,6 +48,16 @@ class CreateTenant(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     owner_email: (
         Annotated[str, msgspec.Meta(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=320)] | None
     ) = None
+
+
+T = TypeVar("T")
+
+
+def found(value: T | None) -> T:
+    """What was read for the tenant in the path, or the 404 for an unknown tenant."""
+    if value is None:
+        raise Problem(404, "not-found", "Not found", "No such tenant")
+    return value
 
 
 def repository(runtime: Runtime) -> TenantRepository:
@@ -98,10 +116,7 @@ class TenantsController(Controller):
         runtime: NamedDependency[Runtime],
     ) -> TenantRow:
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-            row = await repository(runtime).get(tx, tenant_id)
-        if row is None:
-            raise Problem(404, "not-found", "Not found", "No such tenant")
-        return row
+            return found(await repository(runtime).get(tx, tenant_id))
 
     @get("/", opt=requires(operator_only=True), summary="List tenants")
     async def list_tenants(
@@ -127,6 +142,17 @@ class Transition(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
 
 
+# Suspending and reactivating change who gets in everywhere: operators only, and critical,
+# so admission control never sheds them under load.
+OPERATOR_ACCESS_CHANGE = {**requires(operator_only=True), "priority": "critical"}
+
+
+class LifecycleCommand(Protocol):
+    """Tenant.suspend or Tenant.reactivate."""
+
+    def __call__(self, tenant: Tenant, /, *, reason: str, by: str) -> TenantChange: ...
+
+
 class LifecycleController(Controller):
     """Suspension and reactivation: operator actions, so they pass the suspended check."""
 
@@ -139,18 +165,14 @@ class LifecycleController(Controller):
         runtime: Runtime,
         tenant_id: UUID,
         reason: str,
-        action: str,
+        command: LifecycleCommand,
     ) -> TenantRow:
         by = f"operator:{principal_of(request).subject}"
         repo = repository(runtime)
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-            tenant = await repo.load(tx, tenant_id)
-            if tenant is None:
-                raise Problem(404, "not-found", "Not found", "No such tenant")
+            tenant = found(await repo.load(tx, tenant_id))
             try:
-                change = (tenant.suspend if action == "suspend" else tenant.reactivate)(
-                    reason=reason, by=by
-                )
+                change = command(tenant, reason=reason, by=by)
             except DomainError as exc:
                 raise Problem(
                     exc.status,
@@ -164,7 +186,7 @@ class LifecycleController(Controller):
     @post(
         "/suspend",
         status_code=200,
-        opt={**requires(operator_only=True), "priority": "critical"},
+        opt=OPERATOR_ACCESS_CHANGE,
         summary="Suspend a tenant (every service refuses its requests)",
     )
     async def suspend(
@@ -174,14 +196,9 @@ class LifecycleController(Controller):
         data: JSONBody[Transition],
         runtime: NamedDependency[Runtime],
     ) -> TenantRow:
-        return await self._transition(request, runtime, tenant_id, data.reason, "suspend")
+        return await self._transition(request, runtime, tenant_id, data.reason, Tenant.suspend)
 
-    @post(
-        "/reactivate",
-        status_code=200,
-        opt={**requires(operator_only=True), "priority": "critical"},
-        summary="Lift a suspension",
-    )
+    @post("/reactivate", status_code=200, opt=OPERATOR_ACCESS_CHANGE, summary="Lift a suspension")
     async def reactivate(
         self,
         request: Request[Any, Any, Any],
@@ -189,7 +206,7 @@ class LifecycleController(Controller):
         data: JSONBody[Transition],
         runtime: NamedDependency[Runtime],
     ) -> TenantRow:
-        return await self._transition(request, runtime, tenant_id, data.reason, "reactivate")
+        return await self._transition(request, runtime, tenant_id, data.reason, Tenant.reactivate)
 
     @get("/history", opt=requires(scopes=("tenant:read",)), summary="The tenant's audit trail")
     async def history(
@@ -252,10 +269,7 @@ class LimitsController(Controller):
         self, tenant_id: FromPath[UUID], runtime: NamedDependency[Runtime]
     ) -> LimitsView:
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-            view = await plan_store(runtime).view(tx, tenant_id)
-        if view is None:
-            raise Problem(404, "not-found", "Not found", "No such tenant")
-        return view
+            return found(await plan_store(runtime).view(tx, tenant_id))
 
     @post(
         "/limit-overrides",
@@ -272,9 +286,7 @@ class LimitsController(Controller):
     ) -> LimitsView:
         store = plan_store(runtime)
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-            view = await store.view(tx, tenant_id)
-            if view is None:
-                raise Problem(404, "not-found", "Not found", "No such tenant")
+            view = found(await store.view(tx, tenant_id))
             plan = await store.plan(tx, view.plan)
             assert plan is not None
             try:
@@ -343,9 +355,7 @@ class PlanController(Controller):
     ) -> PlanOptions:
         store = plan_store(runtime)
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-            view = await store.view(tx, tenant_id)
-            if view is None:
-                raise Problem(404, "not-found", "Not found", "No such tenant")
+            view = found(await store.view(tx, tenant_id))
             usage = await usage_of(tx, tenant_id)
             plans = await store.plans(tx)
         rank = {p.plan_id: p.rank for p in plans}
@@ -381,9 +391,7 @@ class PlanController(Controller):
         principal = principal_of(request)
         store, repo = plan_store(runtime), repository(runtime)
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-            tenant = await repo.load(tx, tenant_id)
-            if tenant is None:
-                raise Problem(404, "not-found", "Not found", "No such tenant")
+            tenant = found(await repo.load(tx, tenant_id))
             target = await store.plan(tx, data.plan)
             if target is None:
                 raise Problem(400, "unknown-plan", "No such plan", f"no plan {data.plan!r}")

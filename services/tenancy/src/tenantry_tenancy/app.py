@@ -13,8 +13,8 @@ from tenantry_tenancy.api import (
     list_plans,
     update_plan,
 )
+from tenantry_tenancy.consumers import tenancy_consumers
 from tenantry_tenancy.store import TENANTS
-from tenantry_tenancy.usage import usage_handlers
 
 SPEC = ServiceSpec(
     name="tenancy",
@@ -27,7 +27,7 @@ SPEC = ServiceSpec(
         list_plans,
         update_plan,
     ],
-    consumer_handlers=merge_handlers(standard_projections(), usage_handlers()),
+    consumer_handlers=merge_handlers(standard_projections(), tenancy_consumers()),
     migration_packages=["tenantry_tenancy"],
     aggregates=[TENANTS],
 )

@@ -21,8 +21,7 @@ from tenantry_events.payloads.tenancy import (
 )
 from tenantry_events.state_check import AggregateKind, RowNotRebuildable
 from tenantry_events.storage import PostgresEventStore, PostgresOutbox
-from tenantry_tenancy.domain import Tenant, TenantChange
-from tenantry_tenancy.plans import effective_limits
+from tenantry_tenancy.domain import Tenant, TenantChange, effective_limits
 
 
 class TenantRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -317,3 +316,42 @@ class PlanStore:
         )
         await self._outbox.put(tx, [event])
         return view
+
+
+# ---------------------------------------------------------------- usage (consumers.py)
+
+COUNTED = ("seats", "api_keys", "webhook_endpoints")
+
+
+class Usage(msgspec.Struct, frozen=True, kw_only=True):
+    seats: int = 0
+    api_keys: int = 0
+    webhook_endpoints: int = 0
+
+
+async def record_usage(
+    tx: asyncpg.Connection, tenant_id: UUID, resource: str, count: int, version: int
+) -> None:
+    """Take an owner's count of `resource` unless the counter holds a newer report."""
+    column = resource
+    assert column in COUNTED  # the payload type allows nothing else; the name goes in SQL
+    await tx.execute(
+        f"""INSERT INTO tenant_usage AS u (tenant_id, {column}, {column}_version)
+            VALUES ($1, $2, $3)
+            ON CONFLICT (tenant_id) DO UPDATE
+                SET {column} = EXCLUDED.{column}, {column}_version = EXCLUDED.{column}_version
+                WHERE u.{column}_version < EXCLUDED.{column}_version""",
+        tenant_id,
+        count,
+        version,
+    )
+
+
+async def usage_of(tx: asyncpg.Connection, tenant_id: UUID) -> Usage:
+    row = await tx.fetchrow(
+        "SELECT seats, api_keys, webhook_endpoints FROM tenant_usage WHERE tenant_id = $1",
+        tenant_id,
+    )
+    if row is None:
+        return Usage()
+    return Usage(**dict(row))

@@ -1,0 +1,30 @@
+"""What tenancy does with events (the worker's consumers, beside the standard projections).
+
+Usage against each quantity limit, as the services that hold the things report it:
+identity reports `seats` and `api_keys`, webhooks `webhook_endpoints`, each an absolute
+count with a version that grows per tenant and resource (usage.reported; see
+tenantry_projections.usage_reports). A counter takes a report only if its version is higher
+than the one it holds, so reports may arrive in any order, twice, or late, and the counter
+still ends at the owner's newest count. tenancy counts nothing itself: a delta missed once
+(an event type nobody counted) stayed wrong forever; a report is repaired by the next one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from tenantry_events.consumer import Handler
+from tenantry_events.envelope import Envelope
+from tenantry_events.payloads.usage import UsageReported
+from tenantry_tenancy.store import record_usage
+
+
+async def _on_usage_reported(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
+    payload: UsageReported = event.payload
+    await record_usage(tx, event.tenant_id, payload.resource, payload.count, payload.version)
+
+
+def tenancy_consumers() -> dict[str, Handler[asyncpg.Connection]]:
+    return {"usage.reported": _on_usage_reported}
