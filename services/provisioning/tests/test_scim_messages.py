@@ -27,13 +27,14 @@ from tenantry_provisioning.scim.messages import (
     schema_list,
     search_request,
 )
-from tenantry_provisioning.scim.patch import GROUP_SCHEMA, PatchError, apply_patch
+from tenantry_provisioning.scim.patch import PatchError, apply_patch
 from tenantry_provisioning.scim.resources import (
     TEXT_MAX_CHARS,
     ResourceError,
     group_columns,
     user_columns,
 )
+from tenantry_provisioning.scim.schema import GROUP_SCHEMA
 from tenantry_testkit.strategies import json_values
 
 SEARCH = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"

@@ -19,23 +19,25 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tenantry_provisioning.scim.patch import (
-    ENTERPRISE_USER_URN,
-    ENTRA_GROUP_URN,
-    GROUP_SCHEMA,
-    GROUP_URN,
     MAX_FILTER_DEPTH,
     MAX_OPERATIONS,
     MAX_PATH_LENGTH,
     MAX_STRING_LENGTH,
     MAX_VALUE_ITEMS,
+    PatchError,
+    apply_patch,
+)
+from tenantry_provisioning.scim.schema import (
+    ENTERPRISE_USER_URN,
+    ENTRA_GROUP_URN,
+    GROUP_SCHEMA,
+    GROUP_URN,
     PATCH_OP_URN,
     USER_SCHEMA,
     USER_URN,
     Attribute,
     Extension,
-    PatchError,
     ResourceSchema,
-    apply_patch,
 )
 
 ENT = ENTERPRISE_USER_URN

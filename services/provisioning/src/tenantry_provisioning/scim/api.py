@@ -45,13 +45,8 @@ from tenantry_provisioning.scim.filter import (
     sort_sql,
     to_sql,
 )
-from tenantry_provisioning.scim.patch import GROUP_SCHEMA, USER_SCHEMA, PatchError, apply_patch
+from tenantry_provisioning.scim.patch import PatchError, apply_patch
 from tenantry_provisioning.scim.resources import (
-    BULK_REQUEST_URN,
-    BULK_RESPONSE_URN,
-    LIST_RESPONSE_URN,
-    PATCH_OP_URN,
-    SEARCH_URN,
     Member,
     ResourceError,
     etag,
@@ -59,6 +54,15 @@ from tenantry_provisioning.scim.resources import (
     group_resource,
     project,
     user_resource,
+)
+from tenantry_provisioning.scim.schema import (
+    BULK_REQUEST_URN,
+    BULK_RESPONSE_URN,
+    GROUP_SCHEMA,
+    LIST_RESPONSE_URN,
+    PATCH_OP_URN,
+    SEARCH_URN,
+    USER_SCHEMA,
 )
 from tenantry_service.runtime import Runtime
 

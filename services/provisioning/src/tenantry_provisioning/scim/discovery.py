@@ -5,7 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from tenantry_provisioning.scim.resources import ENTERPRISE_URN, GROUP_URN, USER_URN
+from tenantry_provisioning.scim.schema import (
+    ENTERPRISE_USER_URN,
+    GROUP_SCHEMA,
+    GROUP_URN,
+    RESOURCE_TYPE_URN,
+    SCHEMA_URN,
+    SERVICE_PROVIDER_CONFIG_URN,
+    USER_SCHEMA,
+    USER_URN,
+    Attribute,
+    Extension,
+)
 
 MAX_RESULTS = 200
 BULK_MAX_OPERATIONS = 100
@@ -14,7 +25,7 @@ BULK_MAX_PAYLOAD = 1_048_576
 
 def service_provider_config(base_url: str) -> dict[str, Any]:
     return {
-        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
+        "schemas": [SERVICE_PROVIDER_CONFIG_URN],
         "documentationUri": "https://tenantry.dev/docs/scim",
         "patch": {"supported": True},
         "bulk": {
@@ -53,19 +64,19 @@ def service_provider_config(base_url: str) -> dict[str, Any]:
 def resource_types(base_url: str) -> list[dict[str, Any]]:
     return [
         {
-            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ResourceType"],
+            "schemas": [RESOURCE_TYPE_URN],
             "id": "User",
             "name": "User",
             "endpoint": "/Users",
             "schema": USER_URN,
-            "schemaExtensions": [{"schema": ENTERPRISE_URN, "required": False}],
+            "schemaExtensions": [{"schema": ENTERPRISE_USER_URN, "required": False}],
             "meta": {
                 "resourceType": "ResourceType",
                 "location": f"{base_url}/scim/v2/ResourceTypes/User",
             },
         },
         {
-            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ResourceType"],
+            "schemas": [RESOURCE_TYPE_URN],
             "id": "Group",
             "name": "Group",
             "endpoint": "/Groups",
@@ -78,143 +89,41 @@ def resource_types(base_url: str) -> list[dict[str, Any]]:
     ]
 
 
-def _attr(
-    name: str,
-    kind: str = "string",
-    *,
-    multi: bool = False,
-    required: bool = False,
-    case_exact: bool = False,
-    mutability: str = "readWrite",
-    returned: str = "default",
-    uniqueness: str = "none",
-    sub: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    attribute: dict[str, Any] = {
-        "name": name,
-        "type": kind,
-        "multiValued": multi,
-        "required": required,
-        "caseExact": case_exact,
-        "mutability": mutability,
-        "returned": returned,
-        "uniqueness": uniqueness,
+def _described(attribute: Attribute) -> dict[str, Any]:
+    """An attribute as /Schemas lists it (RFC 7643 §7)."""
+    described: dict[str, Any] = {
+        "name": attribute.name,
+        "type": attribute.type,
+        "multiValued": attribute.multi_valued,
+        "required": attribute.required,
+        "caseExact": attribute.case_exact,
+        "mutability": attribute.mutability,
+        "returned": "default",
+        "uniqueness": attribute.uniqueness,
     }
-    if sub is not None:
-        attribute["subAttributes"] = sub
-    return attribute
+    if attribute.is_complex:
+        described["subAttributes"] = [
+            _described(sub) for sub in attribute.sub_attributes if sub.advertised
+        ]
+    if attribute.reference_types:
+        described["referenceTypes"] = list(attribute.reference_types)
+    described.update(attribute.advertised_as)
+    return described
 
 
-def _multi(
-    name: str, extra: list[dict[str, Any]] | None = None, *, valued: bool = True
-) -> dict[str, Any]:
-    """A multi-valued complex attribute: value and display (addresses have neither, RFC
-    7643 §4.1.2), type, primary, and its own sub-attributes."""
-    base = [_attr("value"), _attr("display")] if valued else []
-    return _attr(
-        name,
-        "complex",
-        multi=True,
-        sub=[*base, _attr("type"), _attr("primary", "boolean"), *(extra or [])],
-    )
-
-
-def _reference(
-    types: list[str], name: str = "$ref", mutability: str = "readOnly"
-) -> dict[str, Any]:
-    attribute = _attr(name, "reference", mutability=mutability, case_exact=True)
-    attribute["referenceTypes"] = types
-    return attribute
-
-
-USER_ATTRIBUTES = [
-    _attr("userName", required=True, uniqueness="server"),
-    _attr("externalId", case_exact=True),
-    _attr(
-        "name",
-        "complex",
-        sub=[
-            _attr(n)
-            for n in (
-                "formatted",
-                "familyName",
-                "givenName",
-                "middleName",
-                "honorificPrefix",
-                "honorificSuffix",
-            )
-        ],
-    ),
-    *(
-        _attr(n)
-        for n in (
-            "displayName",
-            "nickName",
-            "profileUrl",
-            "title",
-            "userType",
-            "preferredLanguage",
-            "locale",
-            "timezone",
-        )
-    ),
-    _attr("active", "boolean"),
-    _multi("emails"),
-    _multi("phoneNumbers"),
-    _multi(
-        "addresses",
-        [
-            _attr(n)
-            for n in ("formatted", "streetAddress", "locality", "region", "postalCode", "country")
-        ],
-    ),
-    _multi("roles"),
-    _attr(
-        "groups",
-        "complex",
-        multi=True,
-        mutability="readOnly",
-        sub=[
-            _attr("value", mutability="readOnly"),
-            _attr("display", mutability="readOnly"),
-            _reference(["Group"]),
-        ],
-    ),
-]
-ENTERPRISE_ATTRIBUTES = [
-    *(_attr(n) for n in ("employeeNumber", "costCenter", "organization", "division", "department")),
-    _attr("manager", "complex", sub=[_attr("value"), _attr("displayName", mutability="readOnly")]),
-]
-GROUP_ATTRIBUTES = [
-    _attr("displayName", required=True),
-    _attr("externalId", case_exact=True),
-    _attr(
-        "members",
-        "complex",
-        multi=True,
-        # Members are users of the tenant's directory (no groups of groups).
-        sub=[
-            _attr("value", mutability="immutable"),
-            _reference(["User"], mutability="immutable"),
-            _attr("display"),
-            _attr("type"),
-        ],
-    ),
-]
+def _described_all(scope: Extension) -> list[dict[str, Any]]:
+    return [_described(a) for a in scope.attributes if a.advertised]
 
 
 def schemas(base_url: str) -> list[dict[str, Any]]:
     def schema(urn: str, name: str, attributes: list[dict[str, Any]]) -> dict[str, Any]:
         return {
-            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Schema"],
+            "schemas": [SCHEMA_URN],
             "id": urn,
             "name": name,
             "attributes": attributes,
             "meta": {"resourceType": "Schema", "location": f"{base_url}/scim/v2/Schemas/{urn}"},
         }
 
-    return [
-        schema(USER_URN, "User", USER_ATTRIBUTES),
-        schema(ENTERPRISE_URN, "EnterpriseUser", ENTERPRISE_ATTRIBUTES),
-        schema(GROUP_URN, "Group", GROUP_ATTRIBUTES),
-    ]
+    scopes = (USER_SCHEMA.core, *USER_SCHEMA.extensions, GROUP_SCHEMA.core)
+    return [schema(s.urn, s.name, _described_all(s)) for s in scopes]

@@ -10,7 +10,7 @@ from litestar import Request, Response
 
 from tenantry_http.problems import log_unexpected, problem_from_exception
 from tenantry_provisioning.scim.messages import MessageError
-from tenantry_provisioning.scim.resources import ERROR_URN
+from tenantry_provisioning.scim.schema import ERROR_URN
 
 SCIM_JSON = "application/scim+json"
 _ENCODER = msgspec.json.Encoder()

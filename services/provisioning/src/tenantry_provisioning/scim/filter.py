@@ -46,6 +46,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, Literal, TypeAlias, cast
 
+from tenantry_provisioning.scim.schema import (
+    ENTERPRISE_USER_URN,
+    GROUP_SCHEMA,
+    GROUP_URN,
+    USER_SCHEMA,
+    USER_URN,
+    Attribute,
+    JoinedRows,
+    ResourceSchema,
+)
+
 __all__ = [
     "MAX_FILTER_DEPTH",
     "MAX_FILTER_LENGTH",
@@ -68,10 +79,6 @@ __all__ = [
 
 MAX_FILTER_LENGTH: Final = 4096  # characters; IdPs send short filters, this bounds the work
 MAX_FILTER_DEPTH: Final = 32  # nested parentheses, `not` and value filters
-
-USER_URN: Final = "urn:ietf:params:scim:schemas:core:2.0:User"
-ENTERPRISE_URN: Final = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
-GROUP_URN: Final = "urn:ietf:params:scim:schemas:core:2.0:Group"
 
 Value: TypeAlias = str | int | float | bool | None  # a JSON compValue
 SqlParam: TypeAlias = str | bool | datetime  # what to_sql hands to asyncpg
@@ -494,50 +501,56 @@ def _json_boolean(sql: str) -> _Scalar:
     )
 
 
-def _jsonb_array(
-    sql: str, sub_names: tuple[str, ...], *, default: str | None = "value"
-) -> _MultiValued:
-    subs = {
-        name.lower(): (
-            _json_boolean(f"{{e}}.v->>'{name}'")
-            if name == "primary"
-            else _string(f"({{e}}.v->>'{name}')")
-        )
-        for name in sub_names
-    }
+def _scalar(attribute: Attribute, sql: str) -> _Scalar:
+    """How SQL reads a simple attribute whose value is the expression `sql`."""
+    if attribute.type == "boolean":
+        return _Scalar("boolean", sql)
+    if attribute.type == "dateTime":
+        return _Scalar("datetime", sql)
+    # A UUID's text is canonical lower-case: compare it case-insensitively (docstring).
+    return _string(sql, case_exact=attribute.case_exact and not attribute.uuid)
+
+
+def _json_scalar(attribute: Attribute, json_sql: str) -> _Scalar:
+    """A simple attribute kept as the key `attribute.name` of the jsonb `json_sql`."""
+    text = f"{json_sql}->>'{attribute.name}'"
+    return _json_boolean(text) if attribute.type == "boolean" else _scalar(attribute, f"({text})")
+
+
+def _jsonb_array(sql: str, attribute: Attribute) -> _MultiValued:
+    subs = {sub.name.lower(): _json_scalar(sub, "{e}.v") for sub in attribute.sub_attributes}
     # jsonb_array_elements fails on anything but an array: guard what clients wrote into
     # `extra` (the typed columns are arrays by construction).
     guarded = f"(CASE WHEN jsonb_typeof({sql}) = 'array' THEN {sql} ELSE '[]'::jsonb END)"
     return _MultiValued(
         source=f"jsonb_array_elements({guarded}) WITH ORDINALITY AS {{e}}(v, n)",
         subs=subs,
-        default=default,
+        # RFC 7643 §4.1.2: addresses have no value (the one kept for clients is not what
+        # `addresses eq "x"` would mean).
+        default=None if attribute.name == "addresses" else "value",
         # RFC 7644 §3.4.2.3: the primary value if any, else the first.
         sort_pick="(CASE lower({e}.v->>'primary') WHEN 'true' THEN 0 ELSE 1 END), {e}.n",
     )
 
 
-_PLURAL = ("value", "display", "type", "primary")
-_ADDRESS = (
-    "formatted",
-    "streetAddress",
-    "locality",
-    "region",
-    "postalCode",
-    "country",
-    "type",
-    "primary",
-)
+def _joined(attribute: Attribute, rows: JoinedRows) -> _MultiValued:
+    subs = {
+        sub.name.lower(): _scalar(sub, sub.column)
+        for sub in attribute.sub_attributes
+        if sub.column is not None
+    }
+    return _MultiValued(rows.source, subs, link=rows.link, sort_pick=rows.sort_pick)
 
 
-def _meta(resource_type: str) -> _Complex:
-    return _Complex(
-        {
-            "created": _Scalar("datetime", "{t}created_at"),
-            "lastmodified": _Scalar("datetime", "{t}updated_at"),
-            "resourcetype": _string(f"'{resource_type}'::text"),
-        }
-    )
+def _meta(attribute: Attribute, resource_type: str) -> _Complex:
+    subs = {
+        sub.name.lower(): _scalar(sub, f"{{t}}{sub.column}")
+        for sub in attribute.sub_attributes
+        if sub.column is not None
+    }
+    # Case-insensitive in queries, as it has always been (a constant: nothing is stored).
+    subs["resourcetype"] = _string(f"'{resource_type}'::text")
+    return _Complex(subs)
 
 
 def _schemas(urns: str) -> _MultiValued:
@@ -548,103 +561,71 @@ def _schemas(urns: str) -> _MultiValued:
     )
 
 
-# The manager may be stored as {"value": id, ...} or, from Entra's PATCH, as the bare id.
-_MANAGER = "{t}enterprise->'manager'"
-_ENTERPRISE: Final[Mapping[str, _Attribute]] = {
-    "employeenumber": _string("({t}enterprise->>'employeeNumber')"),
-    "costcenter": _string("({t}enterprise->>'costCenter')"),
-    "organization": _string("({t}enterprise->>'organization')"),
-    "division": _string("({t}enterprise->>'division')"),
-    "department": _string("({t}enterprise->>'department')"),
-    "manager": _Complex(
-        {
-            "value": _string(
-                f"(CASE jsonb_typeof({_MANAGER}) WHEN 'object' THEN {_MANAGER}->>'value' "
-                f"WHEN 'string' THEN {_MANAGER}#>>'{{}}' END)"
-            ),
-            "displayname": _string(f"({_MANAGER}->>'displayName')"),
-            "$ref": _string(f"({_MANAGER}->>'$ref')", case_exact=True),
-        }
-    ),
-}
+def _core_attribute(attribute: Attribute, resource_type: str) -> _Attribute | None:
+    """How SQL reads a core attribute (schema.py's storage), or None: not queryable."""
+    if attribute.name == "meta":
+        return _meta(attribute, resource_type)
+    if attribute.joined is not None:
+        return _joined(attribute, attribute.joined)
+    if attribute.multi_valued:
+        # Core attributes without a column of their own are kept in `extra` as sent.
+        column = attribute.column or f"extra->'{attribute.name}'"
+        sql = f"{{t}}{column}" if attribute.column else f"({{t}}{column})"
+        return _jsonb_array(sql, attribute)
+    if attribute.is_complex:
+        return _Complex(
+            {
+                sub.name.lower(): _scalar(sub, f"{{t}}{sub.column}")
+                for sub in attribute.sub_attributes
+                if sub.column is not None
+            }
+        )
+    if attribute.column is None:
+        return None
+    column = f"{{t}}{attribute.column}" + ("::text" if attribute.uuid else "")
+    return _scalar(attribute, column)
 
-_USER: Final[Mapping[str, _Attribute]] = {
-    "id": _string("{t}id::text"),
-    "externalid": _string("{t}external_id", case_exact=True),
-    "username": _string("{t}user_name"),
-    "displayname": _string("{t}display_name"),
-    "nickname": _string("{t}nick_name"),
-    "profileurl": _string("{t}profile_url"),
-    "title": _string("{t}title"),
-    "usertype": _string("{t}user_type"),
-    "preferredlanguage": _string("{t}preferred_language"),
-    "locale": _string("{t}locale"),
-    "timezone": _string("{t}timezone"),
-    "active": _Scalar("boolean", "{t}active"),
-    "name": _Complex(
-        {
-            "formatted": _string("{t}name_formatted"),
-            "familyname": _string("{t}name_family"),
-            "givenname": _string("{t}name_given"),
-            "middlename": _string("{t}name_middle"),
-            "honorificprefix": _string("{t}name_prefix"),
-            "honorificsuffix": _string("{t}name_suffix"),
-        }
-    ),
-    "emails": _jsonb_array("{t}emails", _PLURAL),
-    "phonenumbers": _jsonb_array("{t}phone_numbers", _PLURAL),
-    "addresses": _jsonb_array("{t}addresses", _ADDRESS, default=None),
-    "roles": _jsonb_array("{t}roles", _PLURAL),
-    # Core attributes without a column of their own are kept in `extra` as sent.
-    "ims": _jsonb_array("({t}extra->'ims')", _PLURAL),
-    "photos": _jsonb_array("({t}extra->'photos')", _PLURAL),
-    "entitlements": _jsonb_array("({t}extra->'entitlements')", _PLURAL),
-    "x509certificates": _jsonb_array("({t}extra->'x509Certificates')", _PLURAL),
-    "groups": _MultiValued(
-        source="scim_group_members AS {e}",
-        link="{e}.member_id = {t}id",
-        subs={
-            "value": _string("{e}.group_id::text"),
-            "display": _string(
-                "(SELECT scim_g.display_name FROM scim_groups AS scim_g "
-                "WHERE scim_g.id = {e}.group_id)"
-            ),
-        },
-        sort_pick="{e}.group_id",
-    ),
-    "meta": _meta("User"),
-    "schemas": _schemas(
-        f"ARRAY['{USER_URN}'] || CASE WHEN {{t}}enterprise <> '{{}}'::jsonb "
-        f"THEN ARRAY['{ENTERPRISE_URN}'] ELSE ARRAY[]::text[] END"
-    ),
-}
 
-_GROUP: Final[Mapping[str, _Attribute]] = {
-    "id": _string("{t}id::text"),
-    "externalid": _string("{t}external_id", case_exact=True),
-    "displayname": _string("{t}display_name"),
-    "members": _MultiValued(
-        source="scim_group_members AS {e}",
-        link="{e}.group_id = {t}id",
-        subs={
-            "value": _string("{e}.member_id::text"),
-            "display": _string(
-                "(SELECT coalesce(scim_u.display_name, scim_u.user_name) "
-                "FROM scim_users AS scim_u WHERE scim_u.id = {e}.member_id)"
-            ),
-            # Groups hold users only (groups of groups are not supported).
-            "type": _string("'User'::text"),
-        },
-        sort_pick="{e}.member_id",
-    ),
-    "meta": _meta("Group"),
-    "schemas": _schemas(f"ARRAY['{GROUP_URN}']"),
-}
+def _extension_attribute(attribute: Attribute, column: str) -> _Attribute:
+    json_sql = f"{{t}}{column}"
+    if not attribute.is_complex:
+        return _json_scalar(attribute, json_sql)
+    whole = f"{json_sql}->'{attribute.name}'"
+    subs = {sub.name.lower(): _json_scalar(sub, whole) for sub in attribute.sub_attributes}
+    if "value" in subs:
+        # Stored as {"value": id, ...} or, from Entra's PATCH, as the bare id (the manager).
+        subs["value"] = _string(
+            f"(CASE jsonb_typeof({whole}) WHEN 'object' THEN {whole}->>'value' "
+            f"WHEN 'string' THEN {whole}#>>'{{}}' END)"
+        )
+    return _Complex(subs)
+
+
+def _queryable(schema: ResourceSchema, schemas_sql: str) -> Mapping[str, Mapping[str, _Attribute]]:
+    """Schema URN (lower-case) -> attribute name (lower-case) -> how SQL reads it."""
+    core: dict[str, _Attribute] = {}
+    for attribute in schema.attributes:
+        queryable = _core_attribute(attribute, schema.name)
+        if queryable is not None:
+            core[attribute.name.lower()] = queryable
+    core["schemas"] = _schemas(schemas_sql)
+    scopes: dict[str, Mapping[str, _Attribute]] = {schema.core_urn.lower(): core}
+    for extension in schema.extensions:
+        assert extension.column is not None
+        scopes[extension.urn.lower()] = {
+            a.name.lower(): _extension_attribute(a, extension.column) for a in extension.attributes
+        }
+    return scopes
+
 
 # resource -> schema URN (lower-case) -> attribute name (lower-case) -> attribute
 _SCHEMAS: Final[Mapping[str, Mapping[str, Mapping[str, _Attribute]]]] = {
-    "User": {USER_URN.lower(): _USER, ENTERPRISE_URN.lower(): _ENTERPRISE},
-    "Group": {GROUP_URN.lower(): _GROUP},
+    "User": _queryable(
+        USER_SCHEMA,
+        f"ARRAY['{USER_URN}'] || CASE WHEN {{t}}enterprise <> '{{}}'::jsonb "
+        f"THEN ARRAY['{ENTERPRISE_USER_URN}'] ELSE ARRAY[]::text[] END",
+    ),
+    "Group": _queryable(GROUP_SCHEMA, f"ARRAY['{GROUP_URN}']"),
 }
 
 

@@ -64,39 +64,28 @@ import enum
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal, TypeAlias
 
 from tenantry_provisioning.scim.messages import json_kind
+from tenantry_provisioning.scim.schema import (
+    ERROR_URN,
+    PATCH_OP_URN,
+    Attribute,
+    Extension,
+    ResourceSchema,
+)
 
 __all__ = [
-    "ENTERPRISE_USER_URN",
-    "ENTRA_GROUP_URN",
-    "ERROR_URN",
-    "GROUP_SCHEMA",
-    "GROUP_URN",
     "MAX_FILTER_DEPTH",
     "MAX_OPERATIONS",
     "MAX_PATH_LENGTH",
     "MAX_STRING_LENGTH",
     "MAX_VALUE_ITEMS",
-    "PATCH_OP_URN",
-    "USER_SCHEMA",
-    "USER_URN",
-    "Attribute",
-    "Extension",
     "PatchError",
-    "ResourceSchema",
     "apply_patch",
 ]
-
-PATCH_OP_URN: Final = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
-ERROR_URN: Final = "urn:ietf:params:scim:api:messages:2.0:Error"
-USER_URN: Final = "urn:ietf:params:scim:schemas:core:2.0:User"
-GROUP_URN: Final = "urn:ietf:params:scim:schemas:core:2.0:Group"
-ENTERPRISE_USER_URN: Final = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
-ENTRA_GROUP_URN: Final = "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"
 
 MAX_OPERATIONS: Final = 1000
 MAX_PATH_LENGTH: Final = 1024
@@ -107,10 +96,6 @@ MAX_FILTER_DEPTH: Final = 16
 ScimType: TypeAlias = Literal[
     "invalidPath", "noTarget", "invalidValue", "mutability", "invalidSyntax", "invalidFilter"
 ]
-AttributeType: TypeAlias = Literal[
-    "string", "boolean", "decimal", "integer", "dateTime", "reference", "binary", "complex"
-]
-Mutability: TypeAlias = Literal["readWrite", "readOnly", "immutable", "writeOnly"]
 Op: TypeAlias = Literal["add", "remove", "replace"]
 
 
@@ -138,221 +123,6 @@ class _UnknownAttribute(PatchError):
 
     def __init__(self, detail: str) -> None:
         super().__init__("invalidPath", detail)
-
-
-# --------------------------------------------------------------------------- schema
-
-
-@dataclass(frozen=True)
-class Attribute:
-    """One attribute definition (RFC 7643 §7), enough of it to patch a resource."""
-
-    name: str
-    type: AttributeType = "string"
-    multi_valued: bool = False
-    sub_attributes: tuple[Attribute, ...] = ()
-    case_exact: bool = False
-    mutability: Mutability = "readWrite"
-    required: bool = False
-    # multi-valued complex only: the sub-attribute that identifies an element (members: value)
-    unique_by: str | None = None
-    _subs: Mapping[str, Attribute] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if (self.type == "complex") != bool(self.sub_attributes):
-            raise ValueError(f"{self.name}: complex attributes, and only they, have sub-attributes")
-        subs = {sub.name.lower(): sub for sub in self.sub_attributes}
-        if self.unique_by is not None and self.unique_by.lower() not in subs:
-            raise ValueError(f"{self.name}: unique_by names no sub-attribute")
-        object.__setattr__(self, "_subs", subs)
-
-    @property
-    def is_complex(self) -> bool:
-        return self.type == "complex"
-
-    def sub(self, name: str) -> Attribute | None:
-        """The sub-attribute called `name`, case-insensitively."""
-        return self._subs.get(name.lower())
-
-
-@dataclass(frozen=True)
-class Extension:
-    """A schema's attributes under one schema URN (the core schema is one too)."""
-
-    urn: str
-    attributes: tuple[Attribute, ...]
-    _by_name: Mapping[str, Attribute] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_by_name", {a.name.lower(): a for a in self.attributes})
-
-    def attribute(self, name: str) -> Attribute | None:
-        return self._by_name.get(name.lower())
-
-
-@dataclass(frozen=True)
-class ResourceSchema:
-    """A resource type: core attributes, extensions, and schema URNs to accept and ignore."""
-
-    name: str
-    core_urn: str
-    attributes: tuple[Attribute, ...]
-    extensions: tuple[Extension, ...] = ()
-    ignored_schemas: tuple[str, ...] = ()
-    core: Extension = field(init=False, repr=False, compare=False)
-    _scopes: tuple[Extension, ...] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        core = Extension(self.core_urn, self.attributes)
-        object.__setattr__(self, "core", core)
-        scopes = sorted((core, *self.extensions), key=lambda s: len(s.urn), reverse=True)
-        object.__setattr__(self, "_scopes", tuple(scopes))
-
-    def attribute(self, name: str) -> Attribute | None:
-        """A core attribute by name, case-insensitively."""
-        return self.core.attribute(name)
-
-    def extension(self, urn: str) -> Extension | None:
-        return next((e for e in self.extensions if e.urn.lower() == urn.lower()), None)
-
-    @property
-    def scopes(self) -> tuple[Extension, ...]:
-        """The core schema and the extensions, longest URN first (for prefix matching)."""
-        return self._scopes
-
-
-def _s(name: str, **kw: Any) -> Attribute:
-    return Attribute(name, "string", **kw)
-
-
-def _complex(name: str, *subs: Attribute, **kw: Any) -> Attribute:
-    return Attribute(name, "complex", sub_attributes=subs, **kw)
-
-
-def _plural(name: str, *subs: Attribute, **kw: Any) -> Attribute:
-    return Attribute(name, "complex", multi_valued=True, sub_attributes=subs, **kw)
-
-
-def _plural_subs(value: Attribute | None = None) -> tuple[Attribute, ...]:
-    return (
-        value or _s("value"),
-        _s("display"),
-        _s("type"),
-        Attribute("primary", "boolean"),
-    )
-
-
-_META = _complex(
-    "meta",
-    _s("resourceType", case_exact=True, mutability="readOnly"),
-    Attribute("created", "dateTime", mutability="readOnly"),
-    Attribute("lastModified", "dateTime", mutability="readOnly"),
-    Attribute("location", "reference", case_exact=True, mutability="readOnly"),
-    _s("version", case_exact=True, mutability="readOnly"),
-    mutability="readOnly",
-)
-
-USER_SCHEMA: Final = ResourceSchema(
-    name="User",
-    core_urn=USER_URN,
-    attributes=(
-        _s("id", case_exact=True, mutability="readOnly"),
-        _s("externalId", case_exact=True),
-        _META,
-        _s("userName", required=True),
-        _complex(
-            "name",
-            _s("formatted"),
-            _s("familyName"),
-            _s("givenName"),
-            _s("middleName"),
-            _s("honorificPrefix"),
-            _s("honorificSuffix"),
-        ),
-        _s("displayName"),
-        _s("nickName"),
-        Attribute("profileUrl", "reference"),
-        _s("title"),
-        _s("userType"),
-        _s("preferredLanguage"),
-        _s("locale"),
-        _s("timezone"),
-        Attribute("active", "boolean"),
-        _s("password", case_exact=True, mutability="writeOnly"),
-        _plural("emails", *_plural_subs()),
-        _plural("phoneNumbers", *_plural_subs()),
-        _plural("ims", *_plural_subs()),
-        _plural("photos", *_plural_subs(Attribute("value", "reference", case_exact=True))),
-        _plural(
-            "addresses",
-            # value and display are not in RFC 7643's addresses, but common client models
-            # (scim2-models) send them: kept, so what a client sets reads back.
-            _s("value"),
-            _s("display"),
-            _s("formatted"),
-            _s("streetAddress"),
-            _s("locality"),
-            _s("region"),
-            _s("postalCode"),
-            _s("country"),
-            _s("type"),
-            Attribute("primary", "boolean"),
-        ),
-        _plural(
-            "groups",
-            _s("value", mutability="readOnly"),
-            Attribute("$ref", "reference", case_exact=True, mutability="readOnly"),
-            _s("display", mutability="readOnly"),
-            _s("type", mutability="readOnly"),
-            mutability="readOnly",
-        ),
-        _plural("entitlements", *_plural_subs()),
-        _plural("roles", *_plural_subs()),
-        _plural(
-            "x509Certificates",
-            *_plural_subs(Attribute("value", "binary", case_exact=True)),
-        ),
-    ),
-    extensions=(
-        Extension(
-            ENTERPRISE_USER_URN,
-            (
-                _s("employeeNumber"),
-                _s("costCenter"),
-                _s("organization"),
-                _s("division"),
-                _s("department"),
-                _complex(
-                    "manager",
-                    _s("value"),
-                    Attribute("$ref", "reference", case_exact=True),
-                    _s("displayName", mutability="readOnly"),
-                ),
-            ),
-        ),
-    ),
-)
-
-GROUP_SCHEMA: Final = ResourceSchema(
-    name="Group",
-    core_urn=GROUP_URN,
-    attributes=(
-        _s("id", case_exact=True, mutability="readOnly"),
-        _s("externalId", case_exact=True),
-        _META,
-        _s("displayName", required=True),
-        _plural(
-            "members",
-            _s("value", case_exact=True, mutability="immutable", required=True),
-            Attribute("$ref", "reference", case_exact=True, mutability="immutable"),
-            _s("type", mutability="immutable"),
-            # Not in RFC 7643 §8.7.1, but every client sends it (Okta, RFC 7644 examples).
-            _s("display"),
-            unique_by="value",
-        ),
-    ),
-    ignored_schemas=(ENTRA_GROUP_URN,),
-)
 
 
 # --------------------------------------------------------------------------- dict helpers

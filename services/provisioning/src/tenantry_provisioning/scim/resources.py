@@ -12,69 +12,41 @@ from typing import Any
 from uuid import UUID
 
 from tenantry_provisioning.scim.messages import MessageError, schema_list
-
-USER_URN = "urn:ietf:params:scim:schemas:core:2.0:User"
-ENTERPRISE_URN = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
-GROUP_URN = "urn:ietf:params:scim:schemas:core:2.0:Group"
-LIST_RESPONSE_URN = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
-ERROR_URN = "urn:ietf:params:scim:api:messages:2.0:Error"
-PATCH_OP_URN = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
-SEARCH_URN = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
-BULK_REQUEST_URN = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
-BULK_RESPONSE_URN = "urn:ietf:params:scim:api:messages:2.0:BulkResponse"
+from tenantry_provisioning.scim.schema import (
+    ENTERPRISE_USER_URN,
+    GROUP_SCHEMA,
+    GROUP_URN,
+    USER_SCHEMA,
+    USER_URN,
+)
 
 # Every string attribute kept in a text column (userName has its own, shorter limit).
 TEXT_MAX_CHARS = 1024
 
-# Simple attributes kept in columns: SCIM name -> column.
+# Simple attributes kept in columns: SCIM name -> column (schema.py says which).
 USER_COLUMNS = {
-    "userName": "user_name",
-    "externalId": "external_id",
-    "displayName": "display_name",
-    "nickName": "nick_name",
-    "profileUrl": "profile_url",
-    "title": "title",
-    "userType": "user_type",
-    "preferredLanguage": "preferred_language",
-    "locale": "locale",
-    "timezone": "timezone",
+    a.name: a.column
+    for a in USER_SCHEMA.attributes
+    if a.column is not None and a.type in ("string", "reference") and not a.uuid
 }
-NAME_COLUMNS = {
-    "formatted": "name_formatted",
-    "familyName": "name_family",
-    "givenName": "name_given",
-    "middleName": "name_middle",
-    "honorificPrefix": "name_prefix",
-    "honorificSuffix": "name_suffix",
-}
+_NAME = USER_SCHEMA.attribute("name")
+assert _NAME is not None
+NAME_COLUMNS = {s.name: s.column for s in _NAME.sub_attributes if s.column is not None}
+# Multi-valued attributes with a jsonb column of their own (the others go to `extra`).
 MULTI_VALUED = {
-    "emails": "emails",
-    "phoneNumbers": "phone_numbers",
-    "addresses": "addresses",
-    "roles": "roles",
+    a.name: a.column for a in USER_SCHEMA.attributes if a.multi_valued and a.column is not None
 }
-ENTERPRISE_ATTRIBUTES = (
-    "employeeNumber",
-    "costCenter",
-    "organization",
-    "division",
-    "department",
-    "manager",
+ENTERPRISE_ATTRIBUTES = tuple(a.name for a in USER_SCHEMA.extensions[0].attributes)
+# Canonical casing of the sub-attributes of multi-valued values (and the manager's
+# displayName, which has always been among them).
+_PLURAL_SUBS = (
+    sub.name
+    for a in (*USER_SCHEMA.attributes, *GROUP_SCHEMA.attributes)
+    if a.multi_valued and a.advertised
+    for sub in a.sub_attributes
+    if sub.advertised
 )
-SUB_ATTRIBUTES = (
-    "value",
-    "display",
-    "type",
-    "primary",
-    "formatted",
-    "streetAddress",
-    "locality",
-    "region",
-    "postalCode",
-    "country",
-    "$ref",
-    "displayName",
-)
+SUB_ATTRIBUTES = (*dict.fromkeys(_PLURAL_SUBS), "displayName")
 # Never stored, never returned (RFC 7643: password is writeOnly; we do not take one).
 WRITE_ONLY = frozenset({"password"})
 READ_ONLY = frozenset({"id", "meta", "groups", "schemas"})
@@ -132,8 +104,8 @@ def canonical_keys(resource: Mapping[str, Any], *, group: bool = False) -> dict[
     names = _GROUP_NAMES if group else _USER_NAMES
     out: dict[str, Any] = {}
     for key, value in resource.items():
-        if key.lower() == ENTERPRISE_URN.lower() and isinstance(value, Mapping):
-            out[ENTERPRISE_URN] = _canonical_map(value, ENTERPRISE_ATTRIBUTES)
+        if key.lower() == ENTERPRISE_USER_URN.lower() and isinstance(value, Mapping):
+            out[ENTERPRISE_USER_URN] = _canonical_map(value, ENTERPRISE_ATTRIBUTES)
             continue
         name = names.get(key.lower(), key)
         if name == "name" and isinstance(value, Mapping):
@@ -187,11 +159,11 @@ def user_columns(resource: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(value, list):
             raise ResourceError(f"{attribute} must be a list")
         columns[column] = _primary_first(value)
-    enterprise = body.get(ENTERPRISE_URN) or {}
+    enterprise = body.get(ENTERPRISE_USER_URN) or {}
     if not isinstance(enterprise, Mapping):
         raise ResourceError("the enterprise extension must be an object")
     columns["enterprise"] = {k: v for k, v in enterprise.items() if v is not None}
-    known = {*USER_COLUMNS, "name", "active", *MULTI_VALUED, ENTERPRISE_URN}
+    known = {*USER_COLUMNS, "name", "active", *MULTI_VALUED, ENTERPRISE_USER_URN}
     columns["extra"] = {k: v for k, v in body.items() if k not in known | READ_ONLY | WRITE_ONLY}
     return columns
 
@@ -248,8 +220,8 @@ def user_resource(row: Mapping[str, Any], base_url: str) -> dict[str, Any]:
         ]
     resource.update(row["extra"] or {})
     if row["enterprise"]:
-        resource["schemas"].append(ENTERPRISE_URN)
-        resource[ENTERPRISE_URN] = row["enterprise"]
+        resource["schemas"].append(ENTERPRISE_USER_URN)
+        resource[ENTERPRISE_USER_URN] = row["enterprise"]
     resource["meta"] = _meta("User", row, base_url, "Users")
     return resource
 
@@ -327,9 +299,9 @@ def project(
         for urn in (USER_URN, GROUP_URN):
             if lowered.startswith(urn.lower() + ":"):
                 path = path[len(urn) + 1 :]
-        if lowered.startswith(ENTERPRISE_URN.lower()):
-            rest = path[len(ENTERPRISE_URN) :].lstrip(":")
-            return ENTERPRISE_URN.lower(), rest or None
+        if lowered.startswith(ENTERPRISE_USER_URN.lower()):
+            rest = path[len(ENTERPRISE_USER_URN) :].lstrip(":")
+            return ENTERPRISE_USER_URN.lower(), rest or None
         top, _, sub = path.partition(".")
         return top.lower(), sub or None
 
