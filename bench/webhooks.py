@@ -60,10 +60,16 @@ from tenantry_testkit.fixtures import (
 )
 from tenantry_testkit.receiver import Receiver
 from tenantry_webhooks import store
-from tenantry_webhooks.api import SECRET_CONTEXT
 from tenantry_webhooks.dispatcher import Dispatcher, DispatcherSettings
-from tenantry_webhooks.domain import RetrySchedule, new_secret, signature_header
-from tenantry_webhooks.fanout import body_of, fan_out, message_id_of
+from tenantry_webhooks.domain import (
+    RetrySchedule,
+    body_of,
+    message_id_of,
+    new_secret,
+    signature_header,
+)
+from tenantry_webhooks.endpoint_secrets import SECRET_CONTEXT
+from tenantry_webhooks.fanout import fan_out
 from tenantry_webhooks.sender import USER_AGENT, OutboundSender
 from tenantry_webhooks.store import Claimed, EndpointFields
 

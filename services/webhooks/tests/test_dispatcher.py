@@ -40,15 +40,15 @@ from tenantry_testkit.fixtures import (
 )
 from tenantry_testkit.stack import Stack
 from tenantry_webhooks import store
-from tenantry_webhooks.api import SECRET_CONTEXT
 from tenantry_webhooks.dispatcher import (
     ENDPOINT_BREAKER,
     Dispatcher,
     DispatcherSettings,
     wake_delay,
 )
-from tenantry_webhooks.domain import RetrySchedule, new_secret
-from tenantry_webhooks.fanout import fan_out, message_id_of
+from tenantry_webhooks.domain import RetrySchedule, message_id_of, new_secret
+from tenantry_webhooks.endpoint_secrets import SECRET_CONTEXT
+from tenantry_webhooks.fanout import fan_out
 from tenantry_webhooks.sender import USER_AGENT, OutboundSender
 from tenantry_webhooks.store import AttemptRow, Claimed, DeliveryRow, EndpointFields, EndpointRow
 

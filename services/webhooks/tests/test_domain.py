@@ -25,6 +25,7 @@ from tenantry_webhooks.domain import (
     new_secret,
     parse_retry_after,
     pattern_matches,
+    public_event_types,
     secret_bytes,
     signature,
     signature_header,
@@ -36,7 +37,6 @@ from tenantry_webhooks.domain import (
     validate_url,
     verdict,
 )
-from tenantry_webhooks.fanout import public_event_types
 
 # ---------------------------------------------------------------- subscriptions
 

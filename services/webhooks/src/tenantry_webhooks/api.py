@@ -1,5 +1,8 @@
 """HTTP edge of webhooks (under /v1/tenants/{tenant_id}/webhooks): endpoints, their
-secrets, the delivery log, resend, recover and test events."""
+secrets, the delivery log, resend, recover and test events.
+
+Routes receive the service's settings and its endpoint secrets by name, typed
+(`webhooks_settings`, `endpoint_secrets`: app.py provides them)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,6 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 from uuid_utils.compat import uuid7
 
-from tenantry_credentials.crypto import SecretBox
 from tenantry_guardrails.plan_limits import guard_quantity
 from tenantry_http.auth import requires
 from tenantry_http.pagination import Page, clamp_limit, decode_cursor, page_of
@@ -25,34 +27,21 @@ from tenantry_webhooks.domain import (
     TEST_EVENT,
     InvalidEndpoint,
     new_secret,
+    public_event_types,
     unreachable_url,
     validate_channels,
     validate_event_types,
     validate_headers,
     validate_url,
+    webhook_test_body,
 )
-from tenantry_webhooks.fanout import public_event_types
+from tenantry_webhooks.endpoint_secrets import EndpointSecrets
 from tenantry_webhooks.sender import outbound_policy
 from tenantry_webhooks.settings import WebhooksSettings
 from tenantry_webhooks.store import AttemptRow, DeliveryRow, EndpointFields, EndpointRow, MessageRow
 
 READ = requires(roles=("owner", "admin"), scopes=("webhooks:read",))
 WRITE = requires(roles=("owner", "admin"), scopes=("webhooks:write",), verified_email=True)
-SECRET_CONTEXT = "webhooks.endpoint_secret"  # noqa: S105  (AES-GCM associated data)
-_ENCODER = msgspec.json.Encoder()
-
-
-def settings_of(runtime: Runtime) -> WebhooksSettings:
-    assert isinstance(runtime.settings, WebhooksSettings)
-    return runtime.settings
-
-
-def secret_box(runtime: Runtime) -> SecretBox:
-    return SecretBox.from_base64(settings_of(runtime).master_key)
-
-
-def encrypt_secret(runtime: Runtime, endpoint_id: str, secret: str) -> bytes:
-    return secret_box(runtime).encrypt(secret.encode(), f"{SECRET_CONTEXT}:{endpoint_id}")
 
 
 def not_found(what: str) -> Problem:
@@ -82,6 +71,23 @@ class EndpointPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         Annotated[float, msgspec.Meta(gt=0, le=10000)] | msgspec.UnsetType | None
     ) = msgspec.UNSET
     fifo: bool | None = None
+
+    def onto(self, current: EndpointRow) -> EndpointIn:
+        """The endpoint as it will be: the fields sent, the others as they are."""
+        return EndpointIn(
+            url=self.url if self.url is not None else current.url,
+            event_types=self.event_types if self.event_types is not None else current.event_types,
+            description=self.description if self.description is not None else current.description,
+            channels=self.channels if self.channels is not None else current.channels,
+            headers=self.headers if self.headers is not None else current.headers,
+            enabled=self.enabled if self.enabled is not None else current.enabled,
+            rate_limit_per_second=(
+                current.rate_limit_per_second
+                if self.rate_limit_per_second is msgspec.UNSET
+                else self.rate_limit_per_second
+            ),
+            fifo=self.fifo if self.fifo is not None else current.fifo,
+        )
 
 
 class CreatedEndpoint(msgspec.Struct, kw_only=True):
@@ -114,9 +120,8 @@ class EventTypes(msgspec.Struct, kw_only=True):
     event_types: list[str]
 
 
-def validated(runtime: Runtime, data: EndpointIn) -> EndpointFields:
+def validated(settings: WebhooksSettings, data: EndpointIn) -> EndpointFields:
     """Everything an endpoint must satisfy to be saved; a 422 names what to fix."""
-    settings = settings_of(runtime)
     try:
         url = validate_url(data.url, allow_http=settings.webhook_allow_http)
         refuse_what_the_guard_refuses(outbound_policy(settings), url)
@@ -163,16 +168,18 @@ class EndpointsController(Controller):
         tenant_id: FromPath[UUID],
         data: JSONBody[EndpointIn],
         runtime: NamedDependency[Runtime],
+        webhooks_settings: NamedDependency[WebhooksSettings],
+        endpoint_secrets: NamedDependency[EndpointSecrets],
     ) -> CreatedEndpoint:
         """Validated on save (URL, address, event types, headers); counted against the
         plan's webhook_endpoints. Returns the signing secret. Honours Idempotency-Key."""
-        fields = validated(runtime, data)
+        fields = validated(webhooks_settings, data)
         endpoint_id = f"ep_{uuid7().hex}"
         secret = new_secret()
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
             await guard_quantity(tx, tenant_id, "webhook_endpoints", store.ENDPOINT_USAGE_SQL)
             row = await store.insert_endpoint(
-                tx, endpoint_id, tenant_id, fields, encrypt_secret(runtime, endpoint_id, secret)
+                tx, endpoint_id, tenant_id, fields, endpoint_secrets.seal(endpoint_id, secret)
             )
             # tenancy shows usage from the owner's count, reported with the change itself.
             await usage_report.report_endpoints(runtime, tx, tenant_id)
@@ -212,6 +219,7 @@ class EndpointsController(Controller):
         endpoint_id: FromPath[str],
         data: JSONBody[EndpointPatch],
         runtime: NamedDependency[Runtime],
+        webhooks_settings: NamedDependency[WebhooksSettings],
     ) -> EndpointRow:
         """Only the fields sent change. Re-enabling a disabled endpoint sends what waited
         for it; `recover` sends again what failed."""
@@ -219,27 +227,8 @@ class EndpointsController(Controller):
             current = await store.get_endpoint(tx, tenant_id, endpoint_id, for_update=True)
             if current is None:
                 raise not_found("endpoint")
-            merged = EndpointIn(
-                url=data.url if data.url is not None else current.url,
-                event_types=data.event_types
-                if data.event_types is not None
-                else current.event_types,
-                description=data.description
-                if data.description is not None
-                else current.description,
-                channels=data.channels if data.channels is not None else current.channels,
-                headers=data.headers if data.headers is not None else current.headers,
-                enabled=data.enabled if data.enabled is not None else current.enabled,
-                rate_limit_per_second=(
-                    current.rate_limit_per_second
-                    if data.rate_limit_per_second is msgspec.UNSET
-                    else data.rate_limit_per_second
-                ),
-                fifo=data.fifo if data.fifo is not None else current.fifo,
-            )
-            row = await store.update_endpoint(
-                tx, tenant_id, endpoint_id, validated(runtime, merged)
-            )
+            changed = validated(webhooks_settings, data.onto(current))
+            row = await store.update_endpoint(tx, tenant_id, endpoint_id, changed)
             if row is not None and row.enabled and not current.enabled:
                 await store.notify_due(tx)
         assert row is not None
@@ -263,13 +252,13 @@ class EndpointsController(Controller):
         tenant_id: FromPath[UUID],
         endpoint_id: FromPath[str],
         runtime: NamedDependency[Runtime],
+        endpoint_secrets: NamedDependency[EndpointSecrets],
     ) -> Secret:
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
             secrets = await store.secrets_of(tx, tenant_id, endpoint_id)
         if secrets is None:
             raise not_found("endpoint")
-        context = f"{SECRET_CONTEXT}:{endpoint_id}"
-        return Secret(secret=secret_box(runtime).decrypt(secrets[0], context).decode())
+        return Secret(secret=endpoint_secrets.unseal(endpoint_id, secrets[0]))
 
     @post(
         "/{endpoint_id:str}/secret/rotate", status_code=200, opt=WRITE, summary="Rotate the secret"
@@ -279,6 +268,8 @@ class EndpointsController(Controller):
         tenant_id: FromPath[UUID],
         endpoint_id: FromPath[str],
         runtime: NamedDependency[Runtime],
+        webhooks_settings: NamedDependency[WebhooksSettings],
+        endpoint_secrets: NamedDependency[EndpointSecrets],
     ) -> Secret:
         """A new secret signs from now on; the old one keeps signing too (a second
         signature) for TENANTRY_WEBHOOK_SECRET_GRACE_HOURS, so receivers can switch."""
@@ -288,8 +279,8 @@ class EndpointsController(Controller):
                 tx,
                 tenant_id,
                 endpoint_id,
-                encrypt_secret(runtime, endpoint_id, secret),
-                settings_of(runtime).secret_grace,
+                endpoint_secrets.seal(endpoint_id, secret),
+                webhooks_settings.secret_grace,
             )
         if not done:
             raise not_found("endpoint")
@@ -309,14 +300,7 @@ class EndpointsController(Controller):
     ) -> SentTest:
         """A webhook.test message to this endpoint only, signed and retried like any other."""
         message_id = f"msg_{uuid7().hex}"
-        now = datetime.now(UTC)
-        body = _ENCODER.encode(
-            {
-                "type": TEST_EVENT,
-                "timestamp": now.isoformat(),
-                "data": {"tenant_id": str(tenant_id), "endpoint_id": endpoint_id},
-            }
-        )
+        body = webhook_test_body(tenant_id, endpoint_id, datetime.now(UTC))
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
             if not await store.has_endpoint(tx, tenant_id, endpoint_id):
                 raise not_found("endpoint")

@@ -1,4 +1,7 @@
-"""Wiring of the webhooks service: the one place that puts domain, store and edges together."""
+"""Wiring of the webhooks service: the one place that puts domain, store and edges together.
+
+Routes receive what they use by name through Litestar's dependency injection
+(`ROUTE_DEPENDENCIES`), typed; the worker's tasks build theirs from the runtime."""
 
 from __future__ import annotations
 
@@ -6,6 +9,9 @@ import asyncio
 import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
+
+from litestar import Router
+from litestar.di import Provide
 
 from tenantry_credentials.crypto import SecretBox
 from tenantry_events.consumer import merge_handlers
@@ -15,6 +21,7 @@ from tenantry_service.app import ServiceSpec
 from tenantry_service.runtime import Runtime
 from tenantry_webhooks.api import EndpointsController, MessagesController, event_types
 from tenantry_webhooks.dispatcher import Dispatcher, DispatcherSettings
+from tenantry_webhooks.endpoint_secrets import EndpointSecrets
 from tenantry_webhooks.fanout import fanout_handlers
 from tenantry_webhooks.sender import OutboundSender, outbound_policy
 from tenantry_webhooks.settings import WebhooksSettings
@@ -24,9 +31,24 @@ from tenantry_webhooks.usage_report import reconcile_usage
 log = logging.getLogger("tenantry.webhooks")
 
 
-def build_dispatcher(runtime: Runtime, client: OutboundClient) -> Dispatcher:
+def settings_of(runtime: Runtime) -> WebhooksSettings:
     settings = runtime.settings
-    assert isinstance(settings, WebhooksSettings)
+    assert isinstance(settings, WebhooksSettings)  # SPEC.settings_cls loaded them
+    return settings
+
+
+def endpoint_secrets(webhooks_settings: WebhooksSettings) -> EndpointSecrets:
+    return EndpointSecrets(SecretBox.from_base64(webhooks_settings.master_key))
+
+
+ROUTE_DEPENDENCIES = {
+    "webhooks_settings": Provide(settings_of, sync_to_thread=False),
+    "endpoint_secrets": Provide(endpoint_secrets, sync_to_thread=False),
+}
+
+
+def build_dispatcher(runtime: Runtime, client: OutboundClient) -> Dispatcher:
+    settings = settings_of(runtime)
     return Dispatcher(
         db=runtime.db,
         listen_dsn=settings.database_url,
@@ -48,18 +70,14 @@ def build_dispatcher(runtime: Runtime, client: OutboundClient) -> Dispatcher:
 
 async def dispatch(runtime: Runtime, stop: asyncio.Event) -> None:
     """The dispatcher, in the worker process."""
-    settings = runtime.settings
-    assert isinstance(settings, WebhooksSettings)
-    async with OutboundClient(outbound_policy(settings)) as client:
+    async with OutboundClient(outbound_policy(settings_of(runtime))) as client:
         await build_dispatcher(runtime, client).run(stop)
 
 
 async def retention(runtime: Runtime, stop: asyncio.Event) -> None:
     """Payloads older than TENANTRY_WEBHOOK_PAYLOAD_RETENTION_DAYS are expunged, in
     batches, every few minutes; the log of attempts stays."""
-    settings = runtime.settings
-    assert isinstance(settings, WebhooksSettings)
-    keep = timedelta(days=settings.webhook_payload_retention_days)
+    keep = timedelta(days=settings_of(runtime).webhook_payload_retention_days)
     while not stop.is_set():
         while True:
             async with runtime.db.transaction(platform=True) as tx:
@@ -77,7 +95,13 @@ SPEC = ServiceSpec(
     description=(
         "Customer endpoints, subscriptions, signing secrets, messages and delivery attempts."
     ),
-    route_handlers=[EndpointsController, MessagesController, event_types],
+    route_handlers=[
+        Router(
+            path="/",
+            route_handlers=[EndpointsController, MessagesController, event_types],
+            dependencies=ROUTE_DEPENDENCIES,
+        )
+    ],
     consumer_handlers=merge_handlers(standard_projections(), fanout_handlers()),
     migration_packages=["tenantry_webhooks"],
     settings_cls=WebhooksSettings,

@@ -38,10 +38,12 @@ from tenantry_webhooks import store
 from tenantry_webhooks.domain import (
     RetrySchedule,
     Verdict,
+    delivery_status,
     parse_retry_after,
     signature_header,
     verdict,
 )
+from tenantry_webhooks.endpoint_secrets import SECRET_CONTEXT, EndpointSecrets
 from tenantry_webhooks.sender import USER_AGENT, Response, Sender
 from tenantry_webhooks.store import Attempt, Claimed, ClaimLimits
 
@@ -90,7 +92,7 @@ class DispatcherSettings:
     # nothing (a lost NOTIFY, another dispatcher's lease running out, a reactivation).
     poll_seconds: float = 0.5
     auto_disable_after: timedelta = timedelta(days=5)
-    secret_context: str = "webhooks.endpoint_secret"  # noqa: S105  (AES-GCM associated data)
+    secret_context: str = SECRET_CONTEXT
 
 
 def wake_delay(due: float | None, now: float, poll: float) -> float:
@@ -331,9 +333,8 @@ class Dispatcher:
             breaker.on_error(elapsed, RuntimeError(response.error or f"HTTP {response.status}"))
         await self._record(item, target.url, response, outcome, retry_after, started, elapsed)
 
-    def _secret(self, ciphertext: bytes, endpoint_id: str) -> str:
-        context = f"{self.settings.secret_context}:{endpoint_id}"
-        return self.box.decrypt(ciphertext, context).decode()
+    def _secret(self, sealed: bytes, endpoint_id: str) -> str:
+        return EndpointSecrets(self.box, self.settings.secret_context).unseal(endpoint_id, sealed)
 
     async def _release(self, *delivery_ids: int) -> None:
         async with self.db.transaction(platform=True) as tx:
@@ -361,10 +362,6 @@ class Dispatcher:
         delay: float | None = None
         if outcome in (Verdict.RETRY, Verdict.BACK_PRESSURE):
             delay = self.schedule.next_delay(number, response.status, retry_after, self.rng)
-        if outcome in (Verdict.SUCCESS, Verdict.GONE):
-            status = "succeeded" if outcome is Verdict.SUCCESS else "failed"
-        else:
-            status = "pending" if delay is not None else "failed"
         next_at = datetime.fromtimestamp(self.clock() + delay, UTC) if delay is not None else None
         attempt = Attempt(
             number=number,
@@ -375,7 +372,7 @@ class Dispatcher:
             response_body=response.body,
             response_truncated=response.truncated,
             next_attempt_at=next_at,
-            delivery_status=status,
+            delivery_status=delivery_status(outcome, delay),
         )
         async with self.db.transaction(platform=True) as tx:
             await store.record_attempt(tx, item, attempt)

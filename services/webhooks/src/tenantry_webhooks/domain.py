@@ -1,5 +1,6 @@
-"""The rules of webhooks, pure (no I/O): which endpoints an event goes to, how a message is
-signed (Standard Webhooks v1), what an endpoint may look like, and when to try again."""
+"""The rules of webhooks, pure (no I/O): which endpoints an event goes to, what a message
+looks like and how it is signed (Standard Webhooks v1), what an endpoint may look like, and
+when to try again."""
 
 from __future__ import annotations
 
@@ -12,9 +13,17 @@ import re
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
+from typing import Any
 from urllib.parse import urlsplit
+from uuid import UUID
+
+import msgspec
+
+from tenantry_events.catalog import CATALOG, Catalog, load_all
+from tenantry_events.envelope import Envelope
 
 SECRET_PREFIX = "whsec_"  # noqa: S105  (the format's prefix, not a secret)
 TEST_EVENT = "webhook.test"
@@ -173,6 +182,53 @@ def unreachable_url(url: str, reason: str, host: str | None, addresses: Sequence
     return f"url {url!r} cannot be sent to ({reason})"
 
 
+# ---------------------------------------------------------------- messages
+
+_ENCODER = msgspec.json.Encoder()
+
+
+def public_event_types(catalog: Catalog = CATALOG) -> list[str]:
+    """What an endpoint can subscribe to: every event type the catalog marks public."""
+    load_all()
+    return [t.name for t in catalog if t.public]
+
+
+def message_id_of(event: Envelope[Any]) -> str:
+    """The webhook-id: derived from the event id, so a redelivered event is the same
+    message, and a receiver can deduplicate on it."""
+    return f"msg_{event.id.hex}"
+
+
+def channels_of(event: Envelope[Any]) -> list[str]:
+    """Labels an endpoint may filter on: where the event happened and which service
+    emitted it."""
+    return [f"region:{event.region}", f"source:{event.source.rsplit('/', 1)[-1]}"]
+
+
+def body_of(event: Envelope[Any]) -> bytes:
+    """Standard Webhooks' body: {type, timestamp, data}. `data` is the event's payload,
+    with the tenant and the subject it is about."""
+    data = {
+        "tenant_id": str(event.tenant_id),
+        "subject": event.subject,
+        **msgspec.to_builtins(event.payload),
+    }
+    return _ENCODER.encode(
+        {"type": event.type, "timestamp": event.occurred_at.isoformat(), "data": data}
+    )
+
+
+def webhook_test_body(tenant_id: UUID, endpoint_id: str, now: datetime) -> bytes:
+    """The body of a webhook.test message, which goes to one endpoint only."""
+    return _ENCODER.encode(
+        {
+            "type": TEST_EVENT,
+            "timestamp": now.isoformat(),
+            "data": {"tenant_id": str(tenant_id), "endpoint_id": endpoint_id},
+        }
+    )
+
+
 # ---------------------------------------------------------------- signing
 
 
@@ -228,6 +284,16 @@ def verdict(status: int | None, retry_after: float | None = None) -> Verdict:
     if status in BACK_PRESSURE_STATUSES and retry_after is not None:
         return Verdict.BACK_PRESSURE
     return Verdict.RETRY
+
+
+def delivery_status(outcome: Verdict, next_delay: float | None) -> str:
+    """What a delivery is after an attempt: succeeded; failed (gone, or no attempt left:
+    `next_delay` None); or pending, to be tried again after `next_delay`."""
+    if outcome is Verdict.SUCCESS:
+        return "succeeded"
+    if outcome is Verdict.GONE or next_delay is None:
+        return "failed"
+    return "pending"
 
 
 @dataclass(frozen=True)

@@ -1,50 +1,28 @@
-"""The fan-out: every public event becomes one message (idempotent by event id) and one
-delivery per subscribed endpoint of its tenant, in the consumer's transaction."""
+"""The fan-out, webhooks' consumer: every public event (`public_event_types`) becomes one
+message (idempotent by event id) and one delivery per subscribed endpoint of its tenant, in
+the consumer's transaction."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import asyncpg
-import msgspec
 
-from tenantry_events.catalog import CATALOG, Catalog, load_all
 from tenantry_events.consumer import Handler
 from tenantry_events.envelope import Envelope
-from tenantry_webhooks.domain import subscribed
+from tenantry_webhooks.domain import (
+    body_of,
+    channels_of,
+    message_id_of,
+    public_event_types,
+    subscribed,
+)
 from tenantry_webhooks.store import (
     insert_deliveries,
     insert_message,
     notify_due,
     subscriptions,
 )
-
-_ENCODER = msgspec.json.Encoder()
-
-
-def message_id_of(event: Envelope[Any]) -> str:
-    """The webhook-id: derived from the event id, so a redelivered event is the same
-    message, and a receiver can deduplicate on it."""
-    return f"msg_{event.id.hex}"
-
-
-def channels_of(event: Envelope[Any]) -> list[str]:
-    """Labels an endpoint may filter on: where the event happened and which service
-    emitted it."""
-    return [f"region:{event.region}", f"source:{event.source.rsplit('/', 1)[-1]}"]
-
-
-def body_of(event: Envelope[Any]) -> bytes:
-    """Standard Webhooks' body: {type, timestamp, data}. `data` is the event's payload,
-    with the tenant and the subject it is about."""
-    data = {
-        "tenant_id": str(event.tenant_id),
-        "subject": event.subject,
-        **msgspec.to_builtins(event.payload),
-    }
-    return _ENCODER.encode(
-        {"type": event.type, "timestamp": event.occurred_at.isoformat(), "data": data}
-    )
 
 
 async def fan_out(tx: asyncpg.Connection, event: Envelope[Any]) -> int:
@@ -71,11 +49,6 @@ async def fan_out(tx: asyncpg.Connection, event: Envelope[Any]) -> int:
     if count:
         await notify_due(tx)
     return count
-
-
-def public_event_types(catalog: Catalog = CATALOG) -> list[str]:
-    load_all()
-    return [t.name for t in catalog if t.public]
 
 
 def fanout_handlers() -> dict[str, Handler[asyncpg.Connection]]:
