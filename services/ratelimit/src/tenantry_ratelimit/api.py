@@ -1,5 +1,8 @@
 """HTTP edge of ratelimit (under /v1): policies per plan, tenant and API key, and the
-decision API for callers outside the suite (gateways)."""
+decision API for callers outside the suite (gateways).
+
+Routes receive the policy store and the process's rate limiter by name, typed
+(`policy_store`, `rate_limiter`: app.py provides them)."""
 
 from __future__ import annotations
 
@@ -14,13 +17,12 @@ from litestar.params import FromPath, JSONBody
 from litestar.response import Response
 
 from tenantry_events.payloads.ratelimit import RatePolicy
-from tenantry_guardrails.rate_limits import TenantRatePolicies, applicable
+from tenantry_guardrails.rate_limits import RateLimitStep, TenantRatePolicies, applicable
 from tenantry_http.api_docs import problems
 from tenantry_http.auth import principal_of, requires
 from tenantry_http.problems import Problem
 from tenantry_ratelimit.domain import InvalidPolicies, validate, validate_in_flight
 from tenantry_ratelimit.store import PlanPolicies, PolicyStore, TenantPolicies
-from tenantry_service.app import rate_limit_step
 from tenantry_service.runtime import Runtime
 
 ADMINS = ("owner", "admin")
@@ -33,10 +35,6 @@ class PolicySet(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class KeyPolicySet(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     policies: list[RatePolicy]
-
-
-def store(runtime: Runtime) -> PolicyStore:
-    return PolicyStore(runtime.outbox, source=runtime.source, region=runtime.settings.region)
 
 
 def checked(policies: list[RatePolicy], max_in_flight: int | None = None) -> None:
@@ -64,12 +62,15 @@ class TenantPoliciesController(Controller):
         summary="The tenant's rate policies",
     )
     async def read(
-        self, tenant_id: FromPath[UUID], runtime: NamedDependency[Runtime]
+        self,
+        tenant_id: FromPath[UUID],
+        runtime: NamedDependency[Runtime],
+        policy_store: NamedDependency[PolicyStore],
     ) -> TenantPolicies:
         """The resolved policies every service enforces (plan rate, plan policies, the
         tenant's overrides, per-key policies) and the tenant's own overrides."""
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-            view = await store(runtime).view(tx, tenant_id)
+            view = await policy_store.view(tx, tenant_id)
         if view is None:
             raise Problem(404, "not-found", "Not found", "no limits known for this tenant yet")
         return view
@@ -85,12 +86,12 @@ class TenantPoliciesController(Controller):
         tenant_id: FromPath[UUID],
         data: JSONBody[PolicySet],
         runtime: NamedDependency[Runtime],
+        policy_store: NamedDependency[PolicyStore],
     ) -> TenantPolicies:
         """A policy named like one of the plan's replaces it ("requests" replaces the
         plan's rate); others are added. Every service enforces the change within seconds."""
         checked(data.policies, data.max_in_flight)
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-            policy_store = store(runtime)
             await policy_store.set_tenant(
                 tx, tenant_id, data.policies, data.max_in_flight, by(request)
             )
@@ -112,19 +113,14 @@ class TenantPoliciesController(Controller):
         key_id: FromPath[str],
         data: JSONBody[KeyPolicySet],
         runtime: NamedDependency[Runtime],
+        policy_store: NamedDependency[PolicyStore],
     ) -> TenantPolicies:
         """Limits for one key, on top of the tenant's (they can only narrow, so tenant
         admins may set them). An empty list removes them."""
         checked(data.policies)
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-            known = await tx.fetchval(
-                "SELECT 1 FROM api_key_projection WHERE key_id = $1 AND tenant_id = $2",
-                key_id,
-                tenant_id,
-            )
-            if not known:
+            if not await policy_store.has_api_key(tx, tenant_id, key_id):
                 raise Problem(404, "not-found", "Not found", "no such API key in this tenant")
-            policy_store = store(runtime)
             await policy_store.set_key(tx, tenant_id, key_id, data.policies, by(request))
             await policy_store.publish(tx, tenant_id)
             view = await policy_store.view(tx, tenant_id)
@@ -137,9 +133,11 @@ class PlanPoliciesController(Controller):
     tags = ["rate limits"]
 
     @get("/", opt=requires(operator_only=True), summary="Rate policies of every plan")
-    async def list_plans(self, runtime: NamedDependency[Runtime]) -> list[PlanPolicies]:
+    async def list_plans(
+        self, runtime: NamedDependency[Runtime], policy_store: NamedDependency[PolicyStore]
+    ) -> list[PlanPolicies]:
         async with runtime.db.transaction(platform=True) as tx:
-            return await store(runtime).plans(tx)
+            return await policy_store.plans(tx)
 
     @put(
         "/{plan_id:str}",
@@ -153,6 +151,7 @@ class PlanPoliciesController(Controller):
         plan_id: FromPath[str],
         data: JSONBody[PolicySet],
         runtime: NamedDependency[Runtime],
+        policy_store: NamedDependency[PolicyStore],
     ) -> PlanPolicies:
         """Policies every tenant on the plan gets besides the plan's request rate (which
         tenancy owns). Republishes the policies of every tenant on the plan. The plan must
@@ -160,7 +159,6 @@ class PlanPoliciesController(Controller):
         checked(data.policies, data.max_in_flight)
         await require_plan(runtime, plan_id, request.headers.get("authorization", ""))
         async with runtime.db.transaction(platform=True) as tx:
-            policy_store = store(runtime)
             tenants = await policy_store.set_plan(
                 tx, plan_id, data.policies, data.max_in_flight, by(request)
             )
@@ -174,10 +172,14 @@ class PlanPoliciesController(Controller):
         opt=requires(operator_only=True),
         summary="Remove a plan's rate policies (its tenants keep the plan's request rate)",
     )
-    async def remove_plan(self, plan_id: FromPath[str], runtime: NamedDependency[Runtime]) -> None:
+    async def remove_plan(
+        self,
+        plan_id: FromPath[str],
+        runtime: NamedDependency[Runtime],
+        policy_store: NamedDependency[PolicyStore],
+    ) -> None:
         """Tenants on the plan go back to the plan's request rate alone, republished."""
         async with runtime.db.transaction(platform=True) as tx:
-            policy_store = store(runtime)
             tenants = await policy_store.remove_plan(tx, plan_id)
             if tenants is None:
                 raise Problem(
@@ -250,15 +252,14 @@ class DecisionResponse(msgspec.Struct, frozen=True, kw_only=True):
     summary="Decide one request against a tenant's rate policies",
 )
 async def decide(
-    data: JSONBody[DecisionRequest], runtime: NamedDependency[Runtime]
+    data: JSONBody[DecisionRequest], rate_limiter: NamedDependency[RateLimitStep]
 ) -> Response[DecisionResponse]:
     """For gateways in front of the SaaS product: the same decision every Tenantry service
     makes in its pipeline (same Redis keys, so the product's traffic and Tenantry's share
     the tenant's limits). The answer is 200 either way; `allowed` says, and the RateLimit
     headers come with it."""
-    step = rate_limit_step(runtime)
-    book: TenantRatePolicies = await step.policies.get(data.tenant_id)
-    decision = await step.limiter.decide(
+    book: TenantRatePolicies = await rate_limiter.policies.get(data.tenant_id)
+    decision = await rate_limiter.limiter.decide(
         applicable(book, data.tenant_id, data.route_class, data.api_key_id), cost=data.cost
     )
     body = DecisionResponse(

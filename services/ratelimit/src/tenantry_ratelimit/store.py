@@ -220,6 +220,15 @@ class PolicyStore:
         )
         return None if removed is None else await self._tenants_on(tx, plan_id)
 
+    async def has_api_key(self, tx: asyncpg.Connection, tenant_id: UUID, api_key_id: str) -> bool:
+        """Whether the key is one of the tenant's (as the API-key projection knows it)."""
+        known = await tx.fetchval(
+            "SELECT 1 FROM api_key_projection WHERE key_id = $1 AND tenant_id = $2",
+            api_key_id,
+            tenant_id,
+        )
+        return bool(known)
+
     async def _tenants_on(self, tx: asyncpg.Connection, plan_id: str) -> list[UUID]:
         rows = await tx.fetch("SELECT tenant_id FROM tenant_limits WHERE plan = $1", plan_id)
         return [r["tenant_id"] for r in rows]
