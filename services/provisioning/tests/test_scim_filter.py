@@ -1,6 +1,6 @@
 """SCIM filters (RFC 7644 §3.4.2.2) and sorting (§3.4.2.3): the parser, the SQL it becomes,
 and, on a scratch database, that the SQL selects exactly what a plain-Python reference
-evaluator of the same semantics (tenantry_provisioning.scim.filter's docstring) selects."""
+evaluator of the same semantics (tenantry_provisioning.scim.filter_sql's docstring) selects."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tenantry_events.pg import Database
-from tenantry_provisioning.scim.filter import (
+from tenantry_provisioning.scim.filter_sql import sort_sql, to_sql
+from tenantry_provisioning.scim.grammar import (
     MAX_FILTER_DEPTH,
     MAX_FILTER_LENGTH,
     And,
@@ -30,8 +31,6 @@ from tenantry_provisioning.scim.filter import (
     Present,
     ValuePath,
     parse_filter,
-    sort_sql,
-    to_sql,
 )
 
 CORE = "urn:ietf:params:scim:schemas:core:2.0:User"

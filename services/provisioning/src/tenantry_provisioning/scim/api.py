@@ -38,13 +38,8 @@ from tenantry_provisioning.scim.errors import (
     scim_error_response,
 )
 from tenantry_provisioning.scim.events import directory_group, emit
-from tenantry_provisioning.scim.filter import (
-    Filter,
-    FilterError,
-    parse_filter,
-    sort_sql,
-    to_sql,
-)
+from tenantry_provisioning.scim.filter_sql import sort_sql, to_sql
+from tenantry_provisioning.scim.grammar import Filter, FilterError, parse_filter
 from tenantry_provisioning.scim.patch import PatchError, apply_patch
 from tenantry_provisioning.scim.resources import (
     Member,
