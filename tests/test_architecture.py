@@ -17,17 +17,26 @@ The rules:
   it imports, however indirectly, imports a driver, a network client or a framework.
 
 Each rule is tested twice: the tree keeps it, and a synthetic file that breaks it is caught.
+
+The last test installs each service with its production dependencies only (no dev group)
+and imports every module it ships: a dependency that is declared nowhere, or only for
+tests, fails there.
 """
 
 from __future__ import annotations
 
 import ast
 import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
 import textwrap
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 
@@ -466,3 +475,153 @@ def test_a_file_that_keeps_the_rule_passes(name: str, path: str, source: str) ->
 def test_every_rule_has_a_file_that_breaks_it() -> None:
     assert set(BREAKS) == set(RULES)
     assert set(LIB_LAYERS) == set(LIB_PACKAGES.values())
+
+
+# --------------------------------------------------------------------------- installed
+
+
+SERVICES = sorted(set(SERVICE_PACKAGES.values()))
+
+# Run by the service's own interpreter: import every module of the tenantry packages
+# (by default every one installed: the service and the libs it depends on), then say which
+# test tooling got loaded on the way. `__main__` modules would run the command line.
+IMPORT_EVERYTHING = """
+import importlib, importlib.metadata, json, pkgutil, sys
+
+test_only = set(sys.argv[1].split(","))
+packages = sys.argv[2:] or sorted(
+    {
+        dist.metadata["Name"].replace("-", "_")
+        for dist in importlib.metadata.distributions()
+        if dist.metadata["Name"].startswith("tenantry-")
+    }
+)
+failures, imported = {}, []
+
+
+def failed(module):
+    error = sys.exc_info()[1]
+    failures[module] = f"{type(error).__name__}: {error}"
+
+
+for name in packages:
+    try:
+        package = importlib.import_module(name)
+    except Exception:
+        failed(name)
+        continue
+    imported.append(name)
+    for info in pkgutil.walk_packages(package.__path__, name + ".", onerror=failed):
+        if info.name.rsplit(".", 1)[-1] == "__main__" or info.name in failures:
+            continue
+        try:
+            importlib.import_module(info.name)
+        except Exception:
+            failed(info.name)
+        else:
+            imported.append(info.name)
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in test_only)
+report = {"packages": packages, "imported": imported, "failures": failures, "loaded": loaded}
+print(json.dumps(report))
+"""
+
+# Modules that cannot import without the dev group today (owner: libs/events; see PRESENT).
+PRESENT_UNIMPORTABLE: dict[str, str] = {
+    "tenantry_events.testing.contracts": "ModuleNotFoundError: No module named 'pytest'",
+}
+
+
+def import_everything(
+    python: str, workdir: Path, *packages: str, isolated: bool = True
+) -> dict[str, Any]:
+    """What `IMPORT_EVERYTHING` reports, run by `python` in `workdir`. `isolated` (-I): only
+    what is installed is on the path, neither the checkout nor PYTHONPATH nor `workdir`."""
+    script = workdir / "import_everything.py"
+    script.write_text(IMPORT_EVERYTHING)
+    ran = subprocess.run(
+        [
+            python,
+            *(["-I"] if isolated else []),
+            str(script),
+            ",".join(sorted(TEST_ONLY)),
+            *packages,
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+    report: dict[str, Any] = json.loads(ran.stdout.splitlines()[-1])
+    return report
+
+
+def import_problems(report: Mapping[str, Any]) -> list[str]:
+    """A module that does not import (a dependency missing, or only in the dev group), and
+    test tooling that something imported."""
+    failures: dict[str, str] = report["failures"]
+    problems = [
+        f"{module}: {error}"
+        for module, error in sorted(failures.items())
+        if PRESENT_UNIMPORTABLE.get(module) != error
+    ]
+    problems += [f"test tooling loaded: {module}" for module in report["loaded"]]
+    return problems
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("service", SERVICES)
+def test_a_service_imports_with_its_production_dependencies_alone(
+    service: str, tmp_path: Path
+) -> None:
+    """Slow on purpose (some 10 to 20 s a service, mostly importing): it installs the
+    service with `uv sync --frozen --no-dev --package tenantry-<service>` into a fresh
+    environment (from the local uv cache) and imports every module that environment holds.
+
+    Workspace members install editable, and each one's path holds only its own `src/`, so
+    what imports is exactly what the service declares: no dev group, no other member."""
+    uv = shutil.which("uv")
+    assert uv is not None, "uv is needed to install the service alone"
+    environment = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    environment["UV_PROJECT_ENVIRONMENT"] = str(tmp_path / "venv")
+    synced = subprocess.run(
+        [uv, "sync", "--frozen", "--no-dev", "--package", f"tenantry-{service}", "--quiet"],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert synced.returncode == 0, synced.stderr
+    report = import_everything(str(tmp_path / "venv" / "bin" / "python"), tmp_path)
+
+    assert f"tenantry_{service}" in report["packages"]
+    assert "tenantry_testkit" not in report["packages"]
+    assert len(report["imported"]) > len(report["packages"])  # the walk found modules
+    assert import_problems(report) == []
+    if "tenantry_events" in report["packages"]:
+        fixed = set(PRESENT_UNIMPORTABLE) - set(report["failures"])
+        assert not fixed, f"fixed, delete from PRESENT_UNIMPORTABLE: {sorted(fixed)}"
+
+
+def test_the_import_check_catches_test_tooling_and_missing_dependencies(tmp_path: Path) -> None:
+    """The same check on a package of ours that imports pytest (installed here, in the dev
+    environment) and one module that needs something not installed at all."""
+    package = tmp_path / "tenantry_sample"
+    (package / "deep").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "deep" / "__init__.py").write_text("")
+    (package / "deep" / "uses_pytest.py").write_text("import pytest\n")
+    (package / "needs_more.py").write_text("import tenantry_not_installed_anywhere\n")
+    (package / "fine.py").write_text("import json\n")
+
+    # Not isolated, so that the sample (beside the script) is found.
+    report = import_everything(sys.executable, tmp_path, "tenantry_sample", isolated=False)
+    problems = import_problems(report)
+
+    missing = "No module named 'tenantry_not_installed_anywhere'"
+    assert problems[0] == f"tenantry_sample.needs_more: ModuleNotFoundError: {missing}"
+    assert "test tooling loaded: pytest" in problems
+    assert not [p for p in problems if "fine" in p]
