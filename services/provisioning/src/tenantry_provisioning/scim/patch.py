@@ -60,14 +60,28 @@ characters a string, `MAX_FILTER_DEPTH` nesting levels in a path filter.
 from __future__ import annotations
 
 import copy
-import enum
 import json
-import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal, TypeAlias
 
+from tenantry_provisioning.scim.filter_match import (
+    MISSING,
+    ElementFilter,
+    as_bool,
+    bind,
+    get,
+    is_absent,
+    is_present,
+    same_value,
+)
+from tenantry_provisioning.scim.grammar import (
+    PATCH_FILTER,
+    Compare,
+    FilterError,
+    parse_patch_path,
+)
 from tenantry_provisioning.scim.messages import json_kind
 from tenantry_provisioning.scim.schema import (
     ERROR_URN,
@@ -91,7 +105,7 @@ MAX_OPERATIONS: Final = 1000
 MAX_PATH_LENGTH: Final = 1024
 MAX_VALUE_ITEMS: Final = 10_000
 MAX_STRING_LENGTH: Final = 65_536
-MAX_FILTER_DEPTH: Final = 16
+MAX_FILTER_DEPTH: Final = PATCH_FILTER.max_depth
 
 ScimType: TypeAlias = Literal[
     "invalidPath", "noTarget", "invalidValue", "mutability", "invalidSyntax", "invalidFilter"
@@ -128,23 +142,11 @@ class _UnknownAttribute(PatchError):
 # --------------------------------------------------------------------------- dict helpers
 
 
-class _Missing(enum.Enum):
-    MISSING = 0
-
-
-_MISSING: Final = _Missing.MISSING
-
-
 def _find_key(d: Mapping[str, Any], name: str) -> str | None:
     if name in d:
         return name
     low = name.lower()
     return next((k for k in d if isinstance(k, str) and k.lower() == low), None)
-
-
-def _get(d: Mapping[str, Any], name: str) -> Any:
-    key = _find_key(d, name)
-    return _MISSING if key is None else d[key]
 
 
 def _put(d: dict[str, Any], name: str, value: Any) -> None:
@@ -164,16 +166,6 @@ def _pop(d: dict[str, Any], name: str) -> None:
         del d[key]
 
 
-def _absent(value: Any) -> bool:
-    """Unassigned per RFC 7643 §2.5 (missing, null, empty list or object)."""
-    return value is _MISSING or value is None or value == [] or value == {}
-
-
-def _present(value: Any) -> bool:
-    """The filter `pr` test: a non-empty value."""
-    return not (_absent(value) or value == "")
-
-
 def _clip(value: Any) -> str:
     """A client value short enough for an error detail (containers only by their kind)."""
     if isinstance(value, Mapping):
@@ -187,19 +179,11 @@ def _clip(value: Any) -> str:
 # --------------------------------------------------------------------------- values
 
 
-def _as_bool(raw: Any) -> bool | None:
-    if isinstance(raw, bool):
-        return raw
-    if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
-        return raw.strip().lower() == "true"
-    return None
-
-
 def _coerce_scalar(attr: Attribute, raw: Any) -> Any:
     """A client value for a simple attribute, checked against its type (never None)."""
     kind = attr.type
     if kind == "boolean":
-        flag = _as_bool(raw)
+        flag = as_bool(raw)
         if flag is None:
             raise PatchError("invalidValue", f"{attr.name} takes a boolean, not {_clip(raw)}")
         return flag
@@ -230,7 +214,7 @@ def _coerce_single(attr: Attribute, raw: Any) -> Any:
     if isinstance(raw, list) and len(raw) == 1 and isinstance(raw[0], Mapping):
         keys = {k.lower() for k in raw[0] if isinstance(k, str)}
         if keys == {"value"}:  # [{"value": x}] for a scalar: unwrap (decision 11)
-            raw = _get(raw[0], "value")
+            raw = get(raw[0], "value")
     if raw is None:
         return None
     return _coerce_scalar(attr, raw)
@@ -276,18 +260,9 @@ def _coerce_multi(attr: Attribute, raw: Any) -> list[Any]:
     return [e for e in elements if e is not None and e != {}]
 
 
-def _same(attr: Attribute, a: Any, b: Any) -> bool:
-    """Scalar equality under the attribute's caseExact rule."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, str) and isinstance(b, str) and not attr.case_exact:
-        return a.casefold() == b.casefold()
-    return bool(a == b)
-
-
 def _same_element(attr: Attribute, a: Any, b: Any) -> bool:
     if not attr.is_complex:
-        return _same(attr, a, b)
+        return same_value(attr, a, b)
     if not (isinstance(a, Mapping) and isinstance(b, Mapping)):
         return False
     left = {k.lower(): v for k, v in a.items() if isinstance(k, str) and v is not None}
@@ -299,300 +274,24 @@ def _same_element(attr: Attribute, a: Any, b: Any) -> bool:
         if sub is None or sub.is_complex:
             if value != right[key]:
                 return False
-        elif not _same(sub, value, right[key]):
+        elif not same_value(sub, value, right[key]):
             return False
     return True
 
 
 def _assign(container: dict[str, Any], attr: Attribute, new: Any) -> None:
     """Set one single-valued (sub-)attribute, or unassign it when `new` is None."""
-    current = _get(container, attr.name)
+    current = get(container, attr.name)
     if (
         attr.mutability == "immutable"
-        and not _absent(current)
-        and (new is None or not _same(attr, current, new))
+        and not is_absent(current)
+        and (new is None or not same_value(attr, current, new))
     ):
         raise PatchError("mutability", f"{attr.name} is immutable")
     if new is None:
         _pop(container, attr.name)
     else:
         _put(container, attr.name, new)
-
-
-# --------------------------------------------------------------------------- filters
-
-
-@dataclass(frozen=True)
-class _Compare:
-    attr: Attribute
-    op: str
-    value: Any
-    whole_element: bool  # a simple multi-valued attribute: "value" is the element itself
-
-
-@dataclass(frozen=True)
-class _And:
-    left: _Node
-    right: _Node
-
-
-@dataclass(frozen=True)
-class _Or:
-    left: _Node
-    right: _Node
-
-
-@dataclass(frozen=True)
-class _Not:
-    operand: _Node
-
-
-_Node: TypeAlias = _Compare | _And | _Or | _Not
-
-_COMPARE_OPS: Final = frozenset({"eq", "ne", "co", "sw", "ew", "gt", "ge", "lt", "le"})
-_ORDER_OPS: Final = frozenset({"gt", "ge", "lt", "le"})
-_STRING_OPS: Final = frozenset({"co", "sw", "ew"})
-_TOKEN_RE: Final = re.compile(
-    r"""\s*(?:
-        (?P<lp>\() | (?P<rp>\)) |
-        (?P<dq>"(?:[^"\\]|\\.)*") |
-        (?P<sq>'(?:[^'\\]|\\.)*') |
-        (?P<num>-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)(?![A-Za-z0-9_$]) |
-        (?P<word>[A-Za-z$][A-Za-z0-9_$:.\-]*)
-    )""",
-    re.VERBOSE,
-)
-
-_Token: TypeAlias = tuple[str, Any]  # (kind, value): lp rp str num word end
-
-
-def _tokenize(text: str) -> list[_Token]:
-    tokens: list[_Token] = []
-    pos = 0
-    while text[pos:].strip():
-        match = _TOKEN_RE.match(text, pos)
-        if match is None:
-            raise PatchError("invalidFilter", f"cannot read the filter at {_clip(text[pos:])}")
-        kind = match.lastgroup or ""
-        raw = match.group(kind)
-        if kind == "dq":
-            try:
-                tokens.append(("str", json.loads(raw)))
-            except ValueError:
-                raise PatchError("invalidFilter", f"bad string {_clip(raw)}") from None
-        elif kind == "sq":  # decision 13
-            tokens.append(("str", re.sub(r"\\(.)", r"\1", raw[1:-1])))
-        elif kind == "num":
-            tokens.append(("num", json.loads(raw)))
-        else:
-            tokens.append((kind, raw))
-        pos = match.end()
-    tokens.append(("end", None))
-    return tokens
-
-
-class _FilterParser:
-    """valFilter of RFC 7644 §3.4.2.2: or < and < not/parentheses < comparison."""
-
-    def __init__(self, text: str, resolve: Callable[[str], tuple[Attribute, bool]]) -> None:
-        self._tokens = _tokenize(text)
-        self._pos = 0
-        self._resolve = resolve
-
-    def parse(self) -> _Node:
-        node = self._or(0)
-        if self._peek()[0] != "end":
-            raise PatchError("invalidFilter", f"unexpected {_clip(self._peek()[1])} in filter")
-        return node
-
-    def _peek(self) -> _Token:
-        return self._tokens[self._pos]
-
-    def _next(self) -> _Token:
-        token = self._tokens[self._pos]
-        self._pos += 1
-        return token
-
-    def _keyword(self, word: str) -> bool:
-        kind, value = self._peek()
-        if kind == "word" and str(value).lower() == word:
-            self._pos += 1
-            return True
-        return False
-
-    def _or(self, depth: int) -> _Node:
-        node = self._and(depth)
-        while self._keyword("or"):
-            node = _Or(node, self._and(depth))
-        return node
-
-    def _and(self, depth: int) -> _Node:
-        node = self._factor(depth)
-        while self._keyword("and"):
-            node = _And(node, self._factor(depth))
-        return node
-
-    def _factor(self, depth: int) -> _Node:
-        if depth >= MAX_FILTER_DEPTH:
-            raise PatchError("invalidFilter", "filter nested too deeply")
-        if self._keyword("not"):
-            return _Not(self._factor(depth + 1))
-        kind, value = self._next()
-        if kind == "lp":
-            node = self._or(depth + 1)
-            if self._next()[0] != "rp":
-                raise PatchError("invalidFilter", "unbalanced parentheses in filter")
-            return node
-        if kind != "word":
-            raise PatchError("invalidFilter", f"expected an attribute, found {_clip(value)}")
-        attr, whole = self._resolve(str(value))
-        op_kind, op = self._next()
-        op = str(op).lower() if op_kind == "word" else ""
-        if op == "pr":
-            return _Compare(attr, "pr", None, whole)
-        if op not in _COMPARE_OPS:
-            raise PatchError("invalidFilter", f"unknown filter operator {_clip(op)}")
-        return _Compare(attr, op, self._comparison_value(attr, op), whole)
-
-    def _comparison_value(self, attr: Attribute, op: str) -> Any:
-        kind, raw = self._next()
-        if kind == "word" and str(raw).lower() in ("true", "false", "null"):
-            value: Any = {"true": True, "false": False, "null": None}[str(raw).lower()]
-        elif kind in ("str", "num"):
-            value = raw
-        else:
-            raise PatchError("invalidFilter", f"expected a value after {op}")
-        if value is None:
-            if op in ("eq", "ne"):
-                return None
-            raise PatchError("invalidFilter", f"{op} cannot compare with null")
-        if attr.type == "boolean":
-            flag = _as_bool(value)  # decision 2
-            if flag is None or op not in ("eq", "ne"):
-                raise PatchError("invalidFilter", f"{attr.name} is boolean: eq/ne true/false")
-            return flag
-        if attr.type in ("integer", "decimal"):
-            if isinstance(value, bool) or not isinstance(value, int | float) or op in _STRING_OPS:
-                raise PatchError("invalidFilter", f"{attr.name} is a number")
-            return value
-        if not isinstance(value, str):
-            raise PatchError("invalidFilter", f"{attr.name} compares with a string")
-        if attr.type == "binary" and op in _ORDER_OPS:
-            raise PatchError("invalidFilter", f"{attr.name} is binary: no ordering")
-        return value
-
-
-def _parse_filter(text: str, owner: Attribute) -> _Node:
-    def resolve(name: str) -> tuple[Attribute, bool]:
-        prefix = owner.name.lower() + "."
-        short = name[len(prefix) :] if name.lower().startswith(prefix) else name
-        if owner.is_complex:
-            sub = owner.sub(short)
-            if sub is None or sub.is_complex:
-                raise PatchError("invalidFilter", f"{owner.name} has no sub-attribute {name}")
-            return sub, False
-        if short.lower() != "value":
-            raise PatchError("invalidFilter", f"filter on {owner.name} compares 'value'")
-        return owner, True
-
-    return _FilterParser(text, resolve).parse()
-
-
-def _ordered(attr: Attribute, a: Any, b: Any) -> tuple[Any, Any] | None:
-    """Two values made comparable for ordering and (sub)string tests, or None."""
-    if attr.type in ("integer", "decimal"):
-        numbers = all(isinstance(x, int | float) and not isinstance(x, bool) for x in (a, b))
-        return (a, b) if numbers else None
-    if not (isinstance(a, str) and isinstance(b, str)):
-        return None
-    if attr.type == "dateTime":
-        try:
-            left, right = datetime.fromisoformat(a), datetime.fromisoformat(b)
-        except ValueError:
-            pass
-        else:
-            if (left.tzinfo is None) == (right.tzinfo is None):
-                return left, right
-    if attr.case_exact:
-        return a, b
-    return a.casefold(), b.casefold()
-
-
-def _compare(node: _Compare, element: Any) -> bool:
-    if node.whole_element:
-        actual = element
-    elif isinstance(element, Mapping):
-        actual = _get(element, node.attr.name)
-    else:
-        return False
-    op, expected = node.op, node.value
-    if op == "pr":
-        return _present(actual)
-    if actual is _MISSING or actual is None:
-        return (op == "eq" and expected is None) or (op == "ne" and expected is not None)
-    if expected is None:
-        return op == "ne"
-    if node.attr.type == "boolean":
-        same = _as_bool(actual) == expected
-        return same if op == "eq" else not same
-    pair = _ordered(node.attr, actual, expected)
-    if pair is None:
-        return op == "ne"
-    left, right = pair
-    if op == "eq":
-        return bool(left == right)
-    if op == "ne":
-        return bool(left != right)
-    if op in _STRING_OPS:
-        if not (isinstance(left, str) and isinstance(right, str)):
-            return False
-        if op == "co":
-            return right in left
-        return left.startswith(right) if op == "sw" else left.endswith(right)
-    try:
-        if op == "gt":
-            return bool(left > right)
-        if op == "ge":
-            return bool(left >= right)
-        if op == "lt":
-            return bool(left < right)
-        return bool(left <= right)
-    except TypeError:
-        return False
-
-
-def _matches(node: _Node, element: Any) -> bool:
-    if isinstance(node, _Compare):
-        return _compare(node, element)
-    if isinstance(node, _And):
-        return _matches(node.left, element) and _matches(node.right, element)
-    if isinstance(node, _Or):
-        return _matches(node.left, element) or _matches(node.right, element)
-    return not _matches(node.operand, element)
-
-
-def _eq_terms(node: _Node) -> dict[str, Any] | None:
-    """{sub: value} when the filter is `a eq x [and b eq y ...]`, else None (decision 5)."""
-    pairs = _eq_pairs(node)
-    if pairs is None:
-        return None
-    terms: dict[str, Any] = {}
-    for attr, value in pairs:
-        if attr.name in terms and not _same(attr, terms[attr.name], value):
-            return None  # `type eq "a" and type eq "b"` describes no element to create
-        terms[attr.name] = value
-    return terms
-
-
-def _eq_pairs(node: _Node) -> list[tuple[Attribute, Any]] | None:
-    if isinstance(node, _Compare):
-        if node.op != "eq" or node.value is None or node.whole_element:
-            return None
-        return [(node.attr, node.value)]
-    if isinstance(node, _And):
-        left, right = _eq_pairs(node.left), _eq_pairs(node.right)
-        return None if left is None or right is None else left + right
-    return None
 
 
 # --------------------------------------------------------------------------- paths
@@ -602,32 +301,9 @@ def _eq_pairs(node: _Node) -> list[tuple[Attribute, Any]] | None:
 class _Target:
     scope: Extension
     attr: Attribute | None = None  # None: the whole extension object
-    filter: _Node | None = None
+    filter: ElementFilter | None = None
     sub: Attribute | None = None
     ignored: bool = False  # under a schema we accept and drop (Entra's group schema)
-
-
-_NAME_RE: Final = re.compile(r"[A-Za-z$][A-Za-z0-9_$\-]*")
-
-
-def _closing_bracket(text: str, start: int) -> int:
-    quote = ""
-    i = start + 1
-    while i < len(text):
-        char = text[i]
-        if quote:
-            if char == "\\":
-                i += 1
-            elif char == quote:
-                quote = ""
-        elif char in "\"'":
-            quote = char
-        elif char == "]":
-            return i
-        elif char == "[":
-            raise PatchError("invalidFilter", "nested filters are not supported in a path")
-        i += 1
-    raise PatchError("invalidPath", "unclosed '[' in path")
 
 
 def _resolve(schema: ResourceSchema, path: str, scope: Extension | None = None) -> _Target:
@@ -654,33 +330,28 @@ def _resolve(schema: ResourceSchema, path: str, scope: Extension | None = None) 
         if low.startswith("urn:"):
             raise _UnknownAttribute(f"unknown schema in path {_clip(path)}")
         scope = scope or schema.core
-    match = _NAME_RE.match(text)
-    if match is None:
-        raise _UnknownAttribute(f"malformed path {_clip(path)}")
-    name, pos = match.group(), match.end()
-    filter_text: str | None = None
-    if pos < len(text) and text[pos] == "[":
-        close = _closing_bracket(text, pos)
-        filter_text, pos = text[pos + 1 : close], close + 1
-    sub_name: str | None = None
-    if pos < len(text) and text[pos] == ".":
-        sub_match = _NAME_RE.match(text, pos + 1)
-        if sub_match is None:
-            raise _UnknownAttribute(f"malformed path {_clip(path)}")
-        sub_name, pos = sub_match.group(), sub_match.end()
-    if pos != len(text):
-        raise _UnknownAttribute(f"malformed path {_clip(path)}")
-    attr = scope.attribute(name)
+    try:
+        parsed = parse_patch_path(text)
+    except FilterError as error:
+        if error.scim_type == "invalidPath":
+            raise _UnknownAttribute(error.message) from None
+        raise PatchError("invalidFilter", error.message) from None
+    attr = scope.attribute(parsed.attr)
     if attr is None:
-        raise _UnknownAttribute(f"{schema.name} has no attribute {_clip(name)}")
-    if filter_text is not None and not attr.multi_valued:
+        raise _UnknownAttribute(f"{schema.name} has no attribute {_clip(parsed.attr)}")
+    if parsed.filter is not None and not attr.multi_valued:
         raise PatchError("invalidPath", f"{attr.name} is single-valued: no filter")
     sub: Attribute | None = None
-    if sub_name is not None:
-        sub = attr.sub(sub_name)
+    if parsed.sub is not None:
+        sub = attr.sub(parsed.sub)
         if sub is None:
-            raise _UnknownAttribute(f"{attr.name} has no sub-attribute {_clip(sub_name)}")
-    node = _parse_filter(filter_text, attr) if filter_text is not None else None
+            raise _UnknownAttribute(f"{attr.name} has no sub-attribute {_clip(parsed.sub)}")
+    node: ElementFilter | None = None
+    if parsed.filter is not None:
+        try:
+            node = bind(parsed.filter, attr)
+        except FilterError as error:
+            raise PatchError("invalidFilter", error.message) from None
     return _Target(scope, attr, node, sub)
 
 
@@ -701,13 +372,13 @@ class _Operation:
 def _operations(body: Any) -> list[_Operation]:
     if not isinstance(body, Mapping):
         raise PatchError("invalidSyntax", "the body must be a PatchOp object")
-    schemas = _get(body, "schemas")
+    schemas = get(body, "schemas")
     if not isinstance(schemas, list) or not any(
         isinstance(s, str) and s.lower() == PATCH_OP_URN.lower() for s in schemas
     ):
         raise PatchError("invalidSyntax", f"schemas must hold {PATCH_OP_URN}")
-    raw_ops = _get(body, "Operations")
-    if raw_ops is _MISSING:
+    raw_ops = get(body, "Operations")
+    if raw_ops is MISSING:
         raise PatchError("invalidSyntax", "Operations is missing (a non-empty list)")
     if not isinstance(raw_ops, list) or not raw_ops:
         raise PatchError(
@@ -721,8 +392,8 @@ def _operations(body: Any) -> list[_Operation]:
             raise PatchError(
                 "invalidSyntax", f"Operations[{index}] must be an object, not {json_kind(raw)}"
             )
-        op = _get(raw, "op")
-        if op is _MISSING or op is None:
+        op = get(raw, "op")
+        if op is MISSING or op is None:
             raise PatchError("invalidSyntax", f"Operations[{index}]: op is missing ({_OPS})")
         if not isinstance(op, str):
             raise PatchError("invalidSyntax", f"Operations[{index}]: op must be a string ({_OPS})")
@@ -731,24 +402,24 @@ def _operations(body: Any) -> list[_Operation]:
             raise PatchError(
                 "invalidSyntax", f"Operations[{index}]: unknown op {_clip(op)!r} ({_OPS})"
             )
-        path = _get(raw, "path")
-        if path is _MISSING or path is None or (isinstance(path, str) and not path.strip()):
+        path = get(raw, "path")
+        if path is MISSING or path is None or (isinstance(path, str) and not path.strip()):
             path = None
         elif not isinstance(path, str):
             raise PatchError(
                 "invalidPath", f"Operations[{index}]: path must be a string, not {json_kind(path)}"
             )
-        value = _get(raw, "value")
-        has_value = value is not _MISSING
+        value = get(raw, "value")
+        has_value = value is not MISSING
         if name != "remove" and not has_value:
             raise PatchError("invalidValue", f"Operations[{index}]: {name} needs a value")
         checked: Op = "add" if name == "add" else "remove" if name == "remove" else "replace"
-        out.append(_Operation(checked, path, None if value is _MISSING else value, has_value))
+        out.append(_Operation(checked, path, None if value is MISSING else value, has_value))
     return out
 
 
 def _extensions_present(resource: Mapping[str, Any], schema: ResourceSchema) -> set[str]:
-    return {e.urn for e in schema.extensions if not _absent(_get(resource, e.urn))}
+    return {e.urn for e in schema.extensions if not is_absent(get(resource, e.urn))}
 
 
 def apply_patch(
@@ -772,7 +443,7 @@ def apply_patch(
                 error.scim_type, f"Operations[{index}]: {error.detail}", error.status
             ) from None
     for extension in schema.extensions:
-        if _get(result, extension.urn) == {}:
+        if get(result, extension.urn) == {}:
             _pop(result, extension.urn)
     _sync_schemas(result, schema, before, _extensions_present(result, schema))
     _check_required(resource, result, schema)
@@ -815,7 +486,7 @@ def _apply_map(
         attr = target.attr
         if attr is not None and attr.mutability == "readOnly":
             if attr.name == "id" and target.sub is None:
-                current = _get(root, "id")
+                current = get(root, "id")
                 if not (isinstance(value, str) and current == value):
                     raise PatchError("mutability", "id is readOnly and differs from the resource")
             continue
@@ -825,7 +496,7 @@ def _apply_map(
 
 
 def _container(root: dict[str, Any], scope: Extension, schema: ResourceSchema) -> Any:
-    return root if scope is schema.core else _get(root, scope.urn)
+    return root if scope is schema.core else get(root, scope.urn)
 
 
 def _apply_target(
@@ -838,7 +509,7 @@ def _apply_target(
     in_value: bool,
 ) -> None:
     value = operation.value
-    if target.ignored or (op == "add" and _absent(value)):
+    if target.ignored or (op == "add" and is_absent(value)):
         return  # adding nothing changes nothing (decision 10)
     attr = target.attr
     if attr is None:  # the extension object itself
@@ -862,10 +533,10 @@ def _apply_target(
     elif target.sub is not None:
         _apply_sub(container, op, attr, target.sub, value)
     elif attr.is_complex:
-        if op == "remove" or _absent(value):
+        if op == "remove" or is_absent(value):
             _pop(container, attr.name)
             return
-        current = _get(container, attr.name)
+        current = get(container, attr.name)
         merged = dict(current) if isinstance(current, dict) else {}
         for name, sub_value in _coerce_complex(attr, value).items():
             sub = attr.sub(name)
@@ -889,11 +560,11 @@ def _read_only_noop(container: Any, op: Op, target: _Target, value: Any) -> bool
     leaf = sub or attr
     scalar = not attr.multi_valued and target.filter is None and not leaf.is_complex
     if op != "remove" and scalar and isinstance(container, Mapping):
-        current = _get(container, attr.name)
+        current = get(container, attr.name)
         if sub is not None:
-            current = _get(current, sub.name) if isinstance(current, Mapping) else _MISSING
+            current = get(current, sub.name) if isinstance(current, Mapping) else MISSING
         new = _coerce_single(leaf, value)
-        if not _absent(current) and new is not None and _same(leaf, current, new):
+        if not is_absent(current) and new is not None and same_value(leaf, current, new):
             return True
     raise PatchError("mutability", f"{leaf.name} is readOnly")
 
@@ -902,7 +573,7 @@ def _apply_sub(
     container: dict[str, Any], op: Op, attr: Attribute, sub: Attribute, value: Any
 ) -> None:
     """`name.givenName`: one sub-attribute of a single-valued complex attribute."""
-    current = _get(container, attr.name)
+    current = get(container, attr.name)
     obj = dict(current) if isinstance(current, dict) else {}
     _assign(obj, sub, None if op == "remove" else _coerce_single(sub, value))
     if obj:
@@ -914,9 +585,9 @@ def _apply_sub(
 def _apply_multi(
     container: dict[str, Any], op: Op, attr: Attribute, target: _Target, operation: _Operation
 ) -> None:
-    current = _get(container, attr.name)
+    current = get(container, attr.name)
     elements: list[Any] = (
-        list(current) if isinstance(current, list) else [] if _absent(current) else [current]
+        list(current) if isinstance(current, list) else [] if is_absent(current) else [current]
     )
     value, sub, node = operation.value, target.sub, target.filter
     written: list[Any] = []
@@ -951,14 +622,14 @@ def _apply_multi(
                     _assign(match, sub, new)
                     written.append(match)
             elif new is not None:
-                terms = _eq_terms(node)
+                terms = node.equality_terms()
                 if terms is None:
                     raise PatchError("noTarget", f"no {attr.name} value matches the filter")
                 element = _coerce_element(attr, terms | {sub.name: new})  # decision 5
                 elements.append(element)
                 written.append(element)
     if sub is not None or (node is not None and op != "remove"):  # values may now be empty
-        elements = [e for e in elements if not _absent(e)]
+        elements = [e for e in elements if not is_absent(e)]
     _one_primary(attr, elements, written)
     if elements:
         _put(container, attr.name, elements)
@@ -985,7 +656,7 @@ def _sub_of_all(
 
 def _filtered_element(
     attr: Attribute,
-    node: _Node,
+    node: ElementFilter,
     elements: list[Any],
     matches: list[Any],
     op: Op,
@@ -996,7 +667,7 @@ def _filtered_element(
     if not attr.is_complex:
         raise PatchError("invalidPath", f"{attr.name}[filter] needs a complex attribute")
     if not matches:
-        terms = _eq_terms(node)
+        terms = node.equality_terms()
         if op != "add" or terms is None:
             raise PatchError("noTarget", f"no {attr.name} value matches the filter")
         patch = {k: v for k, v in _coerce_complex(attr, value).items() if v is not None}
@@ -1015,8 +686,8 @@ def _filtered_element(
             replacement = _coerce_element(attr, {k: v for k, v in patch.items() if v is not None})
             for sub in attr.sub_attributes:
                 if sub.mutability == "immutable":
-                    kept = _get(replacement, sub.name) if replacement else None
-                    _assign(dict(match), sub, None if kept is _MISSING else kept)
+                    kept = get(replacement, sub.name) if replacement else None
+                    _assign(dict(match), sub, None if kept is MISSING else kept)
             match.clear()
             match.update(replacement)
         written.append(match)
@@ -1036,8 +707,8 @@ def _identity(attr: Attribute, element: Any) -> Any:
     if attr.unique_by is not None and isinstance(element, Mapping):
         key = attr.sub(attr.unique_by)
         assert key is not None
-        wanted = _get(element, key.name)
-        if not _absent(wanted):
+        wanted = get(element, key.name)
+        if not is_absent(wanted):
             return ("key", _norm(key, wanted))
     if not attr.is_complex or not isinstance(element, Mapping):
         return ("value", _norm(attr, element))
@@ -1084,25 +755,26 @@ def _without_positions(elements: list[Any], positions: list[int]) -> list[Any]:
     return [e for i, e in enumerate(elements) if i not in dropped]
 
 
-def _matching(attr: Attribute, node: _Node, elements: list[Any]) -> list[int]:
+def _matching(attr: Attribute, node: ElementFilter, elements: list[Any]) -> list[int]:
     """Positions of the elements the filter selects (`key eq "x"` on a unique key is fast)."""
     key = attr.sub(attr.unique_by) if attr.unique_by is not None else None
+    leaf = node.leaf(node.ast) if isinstance(node.ast, Compare) else None
     if (
         key is not None
         and key.case_exact
-        and isinstance(node, _Compare)
-        and node.op == "eq"
-        and node.attr is key
-        and isinstance(node.value, str)
+        and leaf is not None
+        and leaf.op == "eq"
+        and leaf.attr is key
+        and isinstance(leaf.value, str)
     ):
-        name, wanted = key.name, node.value
+        name, wanted = key.name, leaf.value
         return [
             i
             for i, e in enumerate(elements)
             if isinstance(e, dict)
-            and (e.get(name) == wanted or (name not in e and _matches(node, e)))
+            and (e.get(name) == wanted or (name not in e and node.matches(e)))
         ]
-    return [i for i, e in enumerate(elements) if _matches(node, e)]
+    return [i for i, e in enumerate(elements) if node.matches(e)]
 
 
 def _without_listed(attr: Attribute, elements: list[Any], value: Any) -> list[Any]:
@@ -1123,8 +795,8 @@ def _without_listed(attr: Attribute, elements: list[Any], value: Any) -> list[An
         def by_key(element: Any) -> bool:
             if not isinstance(element, Mapping):
                 return False
-            current = _get(element, key.name)
-            return not _absent(current) and _norm(key, current) in keys
+            current = get(element, key.name)
+            return not is_absent(current) and _norm(key, current) in keys
 
         elements = [e for e in elements if not by_key(e)]
         if not listed:
@@ -1132,16 +804,18 @@ def _without_listed(attr: Attribute, elements: list[Any], value: Any) -> list[An
 
     def listed_match(element: Any) -> bool:
         for wanted in listed:
-            if _absent(wanted):
+            if is_absent(wanted):
                 continue
             if not attr.is_complex:
-                if _same(attr, element, wanted):
+                if same_value(attr, element, wanted):
                     return True
                 continue
             if not isinstance(element, Mapping):
                 continue
             subs = (attr.sub(name) for name in wanted)
-            if all(s is not None and _same(s, _get(element, s.name), wanted[s.name]) for s in subs):
+            if all(
+                s is not None and same_value(s, get(element, s.name), wanted[s.name]) for s in subs
+            ):
                 return True
         return False
 
@@ -1153,14 +827,14 @@ def _one_primary(attr: Attribute, elements: Iterable[Any], written: list[Any]) -
     primary = attr.sub("primary")
     if primary is None:
         return
-    winners = [w for w in written if isinstance(w, Mapping) and _get(w, "primary") is True]
+    winners = [w for w in written if isinstance(w, Mapping) and get(w, "primary") is True]
     if len({id(w) for w in winners}) > 1:
         raise PatchError("invalidValue", f"more than one primary {attr.name} value")
     if not winners:
         return
     for element in elements:
         demote = element is not winners[0] and isinstance(element, dict)
-        if demote and _as_bool(_get(element, "primary")) is True:
+        if demote and as_bool(get(element, "primary")) is True:
             _put(element, primary.name, False)
 
 
@@ -1170,7 +844,7 @@ def _sync_schemas(
     """Keep `schemas` listing exactly the extensions this patch added or emptied."""
     if before == after:
         return
-    schemas = _get(root, "schemas")
+    schemas = get(root, "schemas")
     listed = list(schemas) if isinstance(schemas, list) else [schema.core_urn]
     lowered = {s.lower() for s in listed if isinstance(s, str)}
     for urn in sorted(after - before):
@@ -1185,12 +859,12 @@ def _check_required(
 ) -> None:
     """RFC 7644 §3.5.2.2: a required attribute may not become unassigned."""
     for scope in (schema.core, *schema.extensions):
-        before = original if scope is schema.core else _get(original, scope.urn)
-        after = result if scope is schema.core else _get(result, scope.urn)
+        before = original if scope is schema.core else get(original, scope.urn)
+        after = result if scope is schema.core else get(result, scope.urn)
         for attr in scope.attributes:
             if not attr.required or not isinstance(before, Mapping):
                 continue
-            was = _get(before, attr.name)
-            now = _get(after, attr.name) if isinstance(after, Mapping) else _MISSING
-            if _present(was) and not _present(now):
+            was = get(before, attr.name)
+            now = get(after, attr.name) if isinstance(after, Mapping) else MISSING
+            if is_present(was) and not is_present(now):
                 raise PatchError("mutability", f"{attr.name} is required and cannot be removed")
