@@ -213,5 +213,5 @@ async def test_a_stream_that_does_not_fold_is_reported_and_left_alone() -> None:
     [drift] = await check_state(db, store, [table.kind()], rebuild=True)
     assert not drift.rebuilt
     assert drift.error is not None
-    assert r"starts with test\.counter_opened" in drift.error
+    assert "starts with test.counter_opened" in drift.error
     assert table.rows["counter-bad"] == Counter(label="b", total=1, version=1)
