@@ -92,6 +92,20 @@ def _endpoint(row: asyncpg.Record) -> EndpointRow:
     return msgspec.convert(dict(row), EndpointRow)
 
 
+def _values(fields: EndpointFields) -> tuple[object, ...]:
+    """The fields as the insert and the update number them ($3 to $10)."""
+    return (
+        fields.url,
+        fields.description,
+        fields.event_types,
+        fields.channels,
+        fields.headers,
+        fields.enabled,
+        fields.rate_limit_per_second,
+        fields.fifo,
+    )
+
+
 # ---------------------------------------------------------------- endpoints
 
 
@@ -109,14 +123,7 @@ async def insert_endpoint(
             RETURNING {ENDPOINT_COLUMNS}""",
         endpoint_id,
         tenant_id,
-        fields.url,
-        fields.description,
-        fields.event_types,
-        fields.channels,
-        fields.headers,
-        fields.enabled,
-        fields.rate_limit_per_second,
-        fields.fifo,
+        *_values(fields),
         secret,
     )
     assert row is not None
@@ -137,14 +144,7 @@ async def update_endpoint(
             RETURNING {ENDPOINT_COLUMNS}""",
         tenant_id,
         endpoint_id,
-        fields.url,
-        fields.description,
-        fields.event_types,
-        fields.channels,
-        fields.headers,
-        fields.enabled,
-        fields.rate_limit_per_second,
-        fields.fifo,
+        *_values(fields),
     )
     return _endpoint(row) if row is not None else None
 
