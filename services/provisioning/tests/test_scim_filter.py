@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tenantry_events.pg import Database
+from tenantry_provisioning.scim.filter_match import bind
 from tenantry_provisioning.scim.filter_sql import sort_sql, to_sql
 from tenantry_provisioning.scim.grammar import (
     MAX_FILTER_DEPTH,
@@ -32,6 +33,7 @@ from tenantry_provisioning.scim.grammar import (
     ValuePath,
     parse_filter,
 )
+from tenantry_provisioning.scim.schema import USER_SCHEMA
 
 CORE = "urn:ietf:params:scim:schemas:core:2.0:User"
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
@@ -1012,6 +1014,43 @@ async def test_sql_selects_what_the_reference_evaluator_selects(
             assert parse_filter(text) == f  # the text a client would send
             expected = {u["id"] for u in data if reference(f, u)}
             assert await select_users(conn, text, alias=alias) == expected, text
+
+
+# ---------------------------------------------------------------- property: matcher == reference
+#
+# The in-memory back end (PATCH's `emails[...]`) against the same reference evaluator, on
+# the same users: per email, the value filter selects what the reference selects. PATCH
+# reads `x eq null` on "" differently (a value, not null); without null comparisons its
+# reading is the reference's too.
+
+EMAILS = USER_SCHEMA.attribute("emails")
+
+
+def compares_with_null(f: Filter) -> bool:
+    if isinstance(f, And | Or):
+        return any(compares_with_null(o) for o in f.operands)
+    if isinstance(f, Not):
+        return compares_with_null(f.operand)
+    return isinstance(f, Compare) and f.value is None
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=users(), value_path=VALUE_PATHS)
+def test_the_in_memory_matcher_selects_what_the_reference_evaluator_selects(
+    data: list[dict[str, Any]], value_path: ValuePath
+) -> None:
+    assert EMAILS is not None
+    assert parse_filter(str(value_path)) == value_path
+    as_queried = bind(value_path.filter, EMAILS, empty_is_null=True)
+    as_patched = bind(value_path.filter, EMAILS)
+    for user in data:
+        for email in user["emails"]:
+            expected = reference(value_path.filter, user, email)
+            assert as_queried.matches(email) == expected, (value_path, email)
+            if not compares_with_null(value_path.filter):
+                assert as_patched.matches(email) == expected, (value_path, email)
+        matched = any(as_queried.matches(e) for e in user["emails"])
+        assert matched == reference(value_path, user), value_path
 
 
 SORT_KEYS: dict[str, Callable[[dict[str, Any]], Any]] = {

@@ -6,7 +6,7 @@ scimType invalidFilter, for a name or a value the schema does not allow); `match
 evaluates it on one element. The semantics are filter_sql.py's, which the property tests
 hold both back ends to, with one difference PATCH has always had: an empty string is a
 value, not null, so `display eq null` does not select `{"display": ""}` (in a query it
-does: there "" is unassigned). `empty_is_null=True` gives the query's reading.
+does: `x eq null` is `not (x pr)`). `empty_is_null=True` gives the query's reading.
 
 Strings compare case-insensitively (casefold) unless caseExact; ordering is by code point;
 numbers compare as numbers; dateTimes chronologically when both carry an offset or neither
@@ -131,7 +131,9 @@ class ElementFilter:
         op, expected = leaf.op, leaf.value
         if op == "pr":
             return is_present(actual)
-        if actual is MISSING or actual is None or (self.empty_is_null and actual == ""):
+        if expected is None and self.empty_is_null:
+            return is_present(actual) == (op == "ne")  # the query's `x eq null`: not (x pr)
+        if actual is MISSING or actual is None:
             return (op == "eq" and expected is None) or (op == "ne" and expected is not None)
         if expected is None:
             return op == "ne"
