@@ -16,7 +16,8 @@ from tenantry_events.consumer import EventConsumer, TransientFailure
 from tenantry_events.envelope import Envelope
 from tenantry_events.kafka_codec import to_record
 from tenantry_events.memory import MemoryDatabase, MemoryInbox, MemoryTx
-from tenantry_events.testing.contracts import ping
+
+from .contracts import ping
 
 
 class Sink:

@@ -25,10 +25,11 @@ from tenantry_events.memory import MemoryDatabase, MemoryInbox, MemoryTx
 from tenantry_events.pg import Database
 from tenantry_events.relay import LeaseLost, RelayLease
 from tenantry_events.storage import PostgresOutbox
-from tenantry_events.testing.contracts import ping
 from tenantry_testkit.fixtures import ScratchDatabase, eventually
 from tenantry_testkit.pg_cluster import free_loopback_port
 from tenantry_testkit.stack import Stack
+
+from .contracts import ping
 
 
 def _raised_from(exc: BaseException, cause: BaseException) -> BaseException:

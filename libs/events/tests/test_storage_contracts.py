@@ -6,13 +6,14 @@ import pytest
 
 from tenantry_events.memory import MemoryDatabase, MemoryEventStore, MemoryInbox, MemoryOutbox
 from tenantry_events.storage import PostgresEventStore, PostgresInbox, PostgresOutbox
-from tenantry_events.testing.contracts import (
+from tenantry_testkit.fixtures import ScratchDatabase
+
+from .contracts import (
     EventStoreContract,
     InboxContract,
     OutboxContract,
     Stores,
 )
-from tenantry_testkit.fixtures import ScratchDatabase
 
 
 def memory_stores() -> Stores:

@@ -1,6 +1,6 @@
 """The three storage contracts of the backbone (event store, outbox, inbox) and their
 Postgres implementations. In-memory twins for fast unit tests live in `memory.py`; both run
-the same abstract contract tests (`tenantry_events.testing.contracts`).
+the same abstract contract tests (libs/events/tests/contracts.py).
 
 Every write takes the transaction handle of the caller's unit of work, so a handler's
 effects, the events it appends, their outbox rows and its inbox mark commit together.

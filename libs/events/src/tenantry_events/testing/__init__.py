@@ -1,1 +1,0 @@
-"""Reusable test pieces of the backbone: the storage contracts every implementation runs."""
