@@ -247,11 +247,6 @@ class Violation:
     def __str__(self) -> str:
         return f"{self.path}:{self.line} imports {self.module}{self.why}"
 
-    @property
-    def key(self) -> str:
-        """What `PRESENT` lists: the line moves when the file is edited elsewhere."""
-        return f"{self.path} imports {self.module}"
-
 
 Rule = Callable[[SourceFile, Mapping[str, SourceFile]], Iterator[Violation]]
 
@@ -360,25 +355,10 @@ def violations(rule: Rule, files: Mapping[str, SourceFile]) -> list[Violation]:
     return sorted({v for file in files.values() for v in rule(file, files)})
 
 
-# Violations present in code other helpers own, listed so the rule still guards against
-# every new one while the owners fix these. An entry that no longer occurs fails the test:
-# delete it then.
-PRESENT: dict[str, frozenset[str]] = {
-    # The event store's contract tests ship in the production package (owner: libs/events).
-    "production imports no test tooling": frozenset(
-        {"libs/events/src/tenantry_events/testing/contracts.py imports pytest"}
-    ),
-}
-
-
 @pytest.mark.parametrize("name", RULES)
 def test_the_tree_keeps_the_rule(name: str) -> None:
     found = violations(RULES[name], tree())
-    known = PRESENT.get(name, frozenset())
-    new = [str(v) for v in found if v.key not in known]
-    assert not new, "\n".join(new)
-    fixed = known - {v.key for v in found}
-    assert not fixed, f"fixed, delete from PRESENT: {sorted(fixed)}"
+    assert not found, "\n".join(map(str, found))
 
 
 # One file that breaks each rule (and, where it is easy to get wrong, one that does not).
@@ -525,11 +505,6 @@ report = {"packages": packages, "imported": imported, "failures": failures, "loa
 print(json.dumps(report))
 """
 
-# Modules that cannot import without the dev group today (owner: libs/events; see PRESENT).
-PRESENT_UNIMPORTABLE: dict[str, str] = {
-    "tenantry_events.testing.contracts": "ModuleNotFoundError: No module named 'pytest'",
-}
-
 
 def import_everything(
     python: str, workdir: Path, *packages: str, isolated: bool = True
@@ -561,11 +536,7 @@ def import_problems(report: Mapping[str, Any]) -> list[str]:
     """A module that does not import (a dependency missing, or only in the dev group), and
     test tooling that something imported."""
     failures: dict[str, str] = report["failures"]
-    problems = [
-        f"{module}: {error}"
-        for module, error in sorted(failures.items())
-        if PRESENT_UNIMPORTABLE.get(module) != error
-    ]
+    problems = [f"{module}: {error}" for module, error in sorted(failures.items())]
     problems += [f"test tooling loaded: {module}" for module in report["loaded"]]
     return problems
 
@@ -601,9 +572,6 @@ def test_a_service_imports_with_its_production_dependencies_alone(
     assert "tenantry_testkit" not in report["packages"]
     assert len(report["imported"]) > len(report["packages"])  # the walk found modules
     assert import_problems(report) == []
-    if "tenantry_events" in report["packages"]:
-        fixed = set(PRESENT_UNIMPORTABLE) - set(report["failures"])
-        assert not fixed, f"fixed, delete from PRESENT_UNIMPORTABLE: {sorted(fixed)}"
 
 
 def test_the_import_check_catches_test_tooling_and_missing_dependencies(tmp_path: Path) -> None:
