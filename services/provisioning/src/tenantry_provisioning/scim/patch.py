@@ -60,16 +60,13 @@ characters a string, `MAX_FILTER_DEPTH` nesting levels in a path filter.
 from __future__ import annotations
 
 import copy
-import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Final, Literal, TypeAlias
 
 from tenantry_provisioning.scim.filter_match import (
     MISSING,
     ElementFilter,
-    as_bool,
     bind,
     get,
     is_absent,
@@ -83,8 +80,24 @@ from tenantry_provisioning.scim.grammar import (
     parse_patch_path,
 )
 from tenantry_provisioning.scim.messages import json_kind
+from tenantry_provisioning.scim.patch_values import (
+    MAX_STRING_LENGTH,
+    MAX_VALUE_ITEMS,
+    PatchError,
+    ValueIndex,
+    assign,
+    clip,
+    coerce_complex,
+    coerce_element,
+    coerce_multi,
+    coerce_single,
+    one_primary,
+    pop,
+    put,
+    without_listed,
+    without_positions,
+)
 from tenantry_provisioning.scim.schema import (
-    ERROR_URN,
     PATCH_OP_URN,
     Attribute,
     Extension,
@@ -103,33 +116,9 @@ __all__ = [
 
 MAX_OPERATIONS: Final = 1000
 MAX_PATH_LENGTH: Final = 1024
-MAX_VALUE_ITEMS: Final = 10_000
-MAX_STRING_LENGTH: Final = 65_536
 MAX_FILTER_DEPTH: Final = PATCH_FILTER.max_depth
 
-ScimType: TypeAlias = Literal[
-    "invalidPath", "noTarget", "invalidValue", "mutability", "invalidSyntax", "invalidFilter"
-]
 Op: TypeAlias = Literal["add", "remove", "replace"]
-
-
-class PatchError(Exception):
-    """A PATCH the server refuses: HTTP `status` with a SCIM `scimType` and a `detail`."""
-
-    def __init__(self, scim_type: ScimType, detail: str, status: int = 400) -> None:
-        super().__init__(f"{scim_type}: {detail}")
-        self.status = status
-        self.scim_type: ScimType = scim_type
-        self.detail = detail
-
-    def to_scim(self) -> dict[str, Any]:
-        """The RFC 7644 §3.12 error body."""
-        return {
-            "schemas": [ERROR_URN],
-            "status": str(self.status),
-            "scimType": self.scim_type,
-            "detail": self.detail,
-        }
 
 
 class _UnknownAttribute(PatchError):
@@ -137,161 +126,6 @@ class _UnknownAttribute(PatchError):
 
     def __init__(self, detail: str) -> None:
         super().__init__("invalidPath", detail)
-
-
-# --------------------------------------------------------------------------- dict helpers
-
-
-def _find_key(d: Mapping[str, Any], name: str) -> str | None:
-    if name in d:
-        return name
-    low = name.lower()
-    return next((k for k in d if isinstance(k, str) and k.lower() == low), None)
-
-
-def _put(d: dict[str, Any], name: str, value: Any) -> None:
-    """Set `name` (canonical casing), replacing a differently cased key in its place."""
-    key = _find_key(d, name)
-    if key is None or key == name:
-        d[name] = value
-        return
-    items = [(name, value) if k == key else (k, v) for k, v in d.items()]
-    d.clear()
-    d.update(items)
-
-
-def _pop(d: dict[str, Any], name: str) -> None:
-    low = name.lower()
-    for key in [k for k in d if isinstance(k, str) and k.lower() == low]:
-        del d[key]
-
-
-def _clip(value: Any) -> str:
-    """A client value short enough for an error detail (containers only by their kind)."""
-    if isinstance(value, Mapping):
-        return "an object"
-    if isinstance(value, list):
-        return "a list"
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-# --------------------------------------------------------------------------- values
-
-
-def _coerce_scalar(attr: Attribute, raw: Any) -> Any:
-    """A client value for a simple attribute, checked against its type (never None)."""
-    kind = attr.type
-    if kind == "boolean":
-        flag = as_bool(raw)
-        if flag is None:
-            raise PatchError("invalidValue", f"{attr.name} takes a boolean, not {_clip(raw)}")
-        return flag
-    if kind == "integer":
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            return raw
-        raise PatchError("invalidValue", f"{attr.name} takes an integer, not {_clip(raw)}")
-    if kind == "decimal":
-        if isinstance(raw, int | float) and not isinstance(raw, bool):
-            return raw
-        raise PatchError("invalidValue", f"{attr.name} takes a number, not {_clip(raw)}")
-    if kind == "complex":
-        raise PatchError("invalidValue", f"{attr.name} takes an object")
-    if not isinstance(raw, str):
-        raise PatchError("invalidValue", f"{attr.name} takes a string, not {_clip(raw)}")
-    if len(raw) > MAX_STRING_LENGTH:
-        raise PatchError("invalidValue", f"{attr.name} is longer than {MAX_STRING_LENGTH}")
-    if kind == "dateTime":
-        try:
-            datetime.fromisoformat(raw)
-        except ValueError:
-            raise PatchError("invalidValue", f"{attr.name} takes a dateTime") from None
-    return raw
-
-
-def _coerce_single(attr: Attribute, raw: Any) -> Any:
-    """A value for a simple single-valued (sub-)attribute; None means unassign."""
-    if isinstance(raw, list) and len(raw) == 1 and isinstance(raw[0], Mapping):
-        keys = {k.lower() for k in raw[0] if isinstance(k, str)}
-        if keys == {"value"}:  # [{"value": x}] for a scalar: unwrap (decision 11)
-            raw = get(raw[0], "value")
-    if raw is None:
-        return None
-    return _coerce_scalar(attr, raw)
-
-
-def _coerce_complex(attr: Attribute, raw: Any) -> dict[str, Any]:
-    """Sub-attribute values by canonical name; None marks an explicit null (unassign)."""
-    if not isinstance(raw, Mapping):
-        value_sub = attr.sub("value")
-        if value_sub is not None and isinstance(raw, str | int | float | bool):
-            return {value_sub.name: _coerce_scalar(value_sub, raw)}  # decision 11
-        raise PatchError("invalidValue", f"{attr.name} takes an object, not {_clip(raw)}")
-    if len(raw) > MAX_VALUE_ITEMS:
-        raise PatchError("invalidValue", f"{attr.name}: more than {MAX_VALUE_ITEMS} keys")
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        sub = attr.sub(key) if isinstance(key, str) else None
-        if sub is None or sub.mutability == "readOnly":
-            continue  # decision 15
-        out[sub.name] = _coerce_single(sub, value)
-    return out
-
-
-def _coerce_element(attr: Attribute, raw: Any, *, for_match: bool = False) -> Any:
-    """One element of a multi-valued attribute; {} or None when it carries nothing."""
-    if not attr.is_complex:
-        return _coerce_single(attr, raw)
-    element = {k: v for k, v in _coerce_complex(attr, raw).items() if v is not None}
-    if element and not for_match:
-        for sub in attr.sub_attributes:
-            if sub.required and sub.name not in element:
-                raise PatchError("invalidValue", f"each of {attr.name} needs a {sub.name}")
-    return element
-
-
-def _coerce_multi(attr: Attribute, raw: Any) -> list[Any]:
-    if raw is None:
-        return []
-    items = raw if isinstance(raw, list) else [raw]  # decision 12
-    if len(items) > MAX_VALUE_ITEMS:
-        raise PatchError("invalidValue", f"{attr.name}: more than {MAX_VALUE_ITEMS} values")
-    elements = (_coerce_element(attr, item) for item in items)
-    return [e for e in elements if e is not None and e != {}]
-
-
-def _same_element(attr: Attribute, a: Any, b: Any) -> bool:
-    if not attr.is_complex:
-        return same_value(attr, a, b)
-    if not (isinstance(a, Mapping) and isinstance(b, Mapping)):
-        return False
-    left = {k.lower(): v for k, v in a.items() if isinstance(k, str) and v is not None}
-    right = {k.lower(): v for k, v in b.items() if isinstance(k, str) and v is not None}
-    if left.keys() != right.keys():
-        return False
-    for key, value in left.items():
-        sub = attr.sub(key)
-        if sub is None or sub.is_complex:
-            if value != right[key]:
-                return False
-        elif not same_value(sub, value, right[key]):
-            return False
-    return True
-
-
-def _assign(container: dict[str, Any], attr: Attribute, new: Any) -> None:
-    """Set one single-valued (sub-)attribute, or unassign it when `new` is None."""
-    current = get(container, attr.name)
-    if (
-        attr.mutability == "immutable"
-        and not is_absent(current)
-        and (new is None or not same_value(attr, current, new))
-    ):
-        raise PatchError("mutability", f"{attr.name} is immutable")
-    if new is None:
-        _pop(container, attr.name)
-    else:
-        _put(container, attr.name, new)
 
 
 # --------------------------------------------------------------------------- paths
@@ -328,7 +162,7 @@ def _resolve(schema: ResourceSchema, path: str, scope: Extension | None = None) 
             break
     else:
         if low.startswith("urn:"):
-            raise _UnknownAttribute(f"unknown schema in path {_clip(path)}")
+            raise _UnknownAttribute(f"unknown schema in path {clip(path)}")
         scope = scope or schema.core
     try:
         parsed = parse_patch_path(text)
@@ -338,14 +172,14 @@ def _resolve(schema: ResourceSchema, path: str, scope: Extension | None = None) 
         raise PatchError("invalidFilter", error.message) from None
     attr = scope.attribute(parsed.attr)
     if attr is None:
-        raise _UnknownAttribute(f"{schema.name} has no attribute {_clip(parsed.attr)}")
+        raise _UnknownAttribute(f"{schema.name} has no attribute {clip(parsed.attr)}")
     if parsed.filter is not None and not attr.multi_valued:
         raise PatchError("invalidPath", f"{attr.name} is single-valued: no filter")
     sub: Attribute | None = None
     if parsed.sub is not None:
         sub = attr.sub(parsed.sub)
         if sub is None:
-            raise _UnknownAttribute(f"{attr.name} has no sub-attribute {_clip(parsed.sub)}")
+            raise _UnknownAttribute(f"{attr.name} has no sub-attribute {clip(parsed.sub)}")
     node: ElementFilter | None = None
     if parsed.filter is not None:
         try:
@@ -400,7 +234,7 @@ def _operations(body: Any) -> list[_Operation]:
         name = op.strip().lower()
         if name not in ("add", "remove", "replace"):
             raise PatchError(
-                "invalidSyntax", f"Operations[{index}]: unknown op {_clip(op)!r} ({_OPS})"
+                "invalidSyntax", f"Operations[{index}]: unknown op {clip(op)!r} ({_OPS})"
             )
         path = get(raw, "path")
         if path is MISSING or path is None or (isinstance(path, str) and not path.strip()):
@@ -444,7 +278,7 @@ def apply_patch(
             ) from None
     for extension in schema.extensions:
         if get(result, extension.urn) == {}:
-            _pop(result, extension.urn)
+            pop(result, extension.urn)
     _sync_schemas(result, schema, before, _extensions_present(result, schema))
     _check_required(resource, result, schema)
     return result
@@ -514,7 +348,7 @@ def _apply_target(
     attr = target.attr
     if attr is None:  # the extension object itself
         if op == "remove" or value is None:
-            _pop(root, target.scope.urn)
+            pop(root, target.scope.urn)
             return
         if not isinstance(value, Mapping):
             raise PatchError("invalidValue", f"{target.scope.urn} takes an object")
@@ -527,27 +361,27 @@ def _apply_target(
         if op == "remove":
             return
         container = {}
-        _put(root, target.scope.urn, container)
+        put(root, target.scope.urn, container)
     if attr.multi_valued:
         _apply_multi(container, op, attr, target, operation)
     elif target.sub is not None:
         _apply_sub(container, op, attr, target.sub, value)
     elif attr.is_complex:
         if op == "remove" or is_absent(value):
-            _pop(container, attr.name)
+            pop(container, attr.name)
             return
         current = get(container, attr.name)
         merged = dict(current) if isinstance(current, dict) else {}
-        for name, sub_value in _coerce_complex(attr, value).items():
+        for name, sub_value in coerce_complex(attr, value).items():
             sub = attr.sub(name)
             assert sub is not None
-            _assign(merged, sub, sub_value)
+            assign(merged, sub, sub_value)
         if merged:
-            _put(container, attr.name, merged)
+            put(container, attr.name, merged)
         else:
-            _pop(container, attr.name)
+            pop(container, attr.name)
     else:
-        _assign(container, attr, None if op == "remove" else _coerce_single(attr, value))
+        assign(container, attr, None if op == "remove" else coerce_single(attr, value))
 
 
 def _read_only_noop(container: Any, op: Op, target: _Target, value: Any) -> bool:
@@ -563,7 +397,7 @@ def _read_only_noop(container: Any, op: Op, target: _Target, value: Any) -> bool
         current = get(container, attr.name)
         if sub is not None:
             current = get(current, sub.name) if isinstance(current, Mapping) else MISSING
-        new = _coerce_single(leaf, value)
+        new = coerce_single(leaf, value)
         if not is_absent(current) and new is not None and same_value(leaf, current, new):
             return True
     raise PatchError("mutability", f"{leaf.name} is readOnly")
@@ -575,11 +409,11 @@ def _apply_sub(
     """`name.givenName`: one sub-attribute of a single-valued complex attribute."""
     current = get(container, attr.name)
     obj = dict(current) if isinstance(current, dict) else {}
-    _assign(obj, sub, None if op == "remove" else _coerce_single(sub, value))
+    assign(obj, sub, None if op == "remove" else coerce_single(sub, value))
     if obj:
-        _put(container, attr.name, obj)
+        put(container, attr.name, obj)
     else:
-        _pop(container, attr.name)
+        pop(container, attr.name)
 
 
 def _apply_multi(
@@ -594,12 +428,12 @@ def _apply_multi(
     if node is None and sub is None:
         if op == "remove":
             listed = operation.has_value and value is not None
-            elements = _without_listed(attr, elements, value) if listed else []
+            elements = without_listed(attr, elements, value) if listed else []
         else:
             if op == "replace":
                 elements = []
-            index = _Index(attr, elements)
-            for element in _coerce_multi(attr, value):
+            index = ValueIndex(attr, elements)
+            for element in coerce_multi(attr, value):
                 written.append(index.add(element))
     elif node is None:
         assert sub is not None
@@ -609,48 +443,48 @@ def _apply_multi(
         matches = [elements[i] for i in positions]
         if op == "remove":
             if sub is None:
-                elements = _without_positions(elements, positions)
+                elements = without_positions(elements, positions)
             else:
                 for match in matches:
-                    _assign(match, sub, None)
+                    assign(match, sub, None)
         elif sub is None:
             _filtered_element(attr, node, elements, matches, op, value, written)
         else:
-            new = _coerce_single(sub, value)
+            new = coerce_single(sub, value)
             if matches:
                 for match in matches:
-                    _assign(match, sub, new)
+                    assign(match, sub, new)
                     written.append(match)
             elif new is not None:
                 terms = node.equality_terms()
                 if terms is None:
                     raise PatchError("noTarget", f"no {attr.name} value matches the filter")
-                element = _coerce_element(attr, terms | {sub.name: new})  # decision 5
+                element = coerce_element(attr, terms | {sub.name: new})  # decision 5
                 elements.append(element)
                 written.append(element)
     if sub is not None or (node is not None and op != "remove"):  # values may now be empty
         elements = [e for e in elements if not is_absent(e)]
-    _one_primary(attr, elements, written)
+    one_primary(attr, elements, written)
     if elements:
-        _put(container, attr.name, elements)
+        put(container, attr.name, elements)
     else:
-        _pop(container, attr.name)
+        pop(container, attr.name)
 
 
 def _sub_of_all(
     attr: Attribute, sub: Attribute, elements: list[Any], op: Op, value: Any, written: list[Any]
 ) -> None:
     """`emails.value` without a filter: the sub-attribute of every element (one if none)."""
-    new = None if op == "remove" else _coerce_single(sub, value)
+    new = None if op == "remove" else coerce_single(sub, value)
     dicts = [e for e in elements if isinstance(e, dict)]
     if not dicts:
         if new is not None:
-            element = _coerce_element(attr, {sub.name: new})
+            element = coerce_element(attr, {sub.name: new})
             elements.append(element)
             written.append(element)
         return
     for element in dicts:
-        _assign(element, sub, new)
+        assign(element, sub, new)
         written.append(element)
 
 
@@ -670,89 +504,27 @@ def _filtered_element(
         terms = node.equality_terms()
         if op != "add" or terms is None:
             raise PatchError("noTarget", f"no {attr.name} value matches the filter")
-        patch = {k: v for k, v in _coerce_complex(attr, value).items() if v is not None}
-        element = _coerce_element(attr, terms | patch)  # decision 5
+        patch = {k: v for k, v in coerce_complex(attr, value).items() if v is not None}
+        element = coerce_element(attr, terms | patch)  # decision 5
         elements.append(element)
         written.append(element)
         return
-    patch = _coerce_complex(attr, value)
+    patch = coerce_complex(attr, value)
     for match in matches:
         if op == "add":
             for name, sub_value in patch.items():
                 sub = attr.sub(name)
                 assert sub is not None
-                _assign(match, sub, sub_value)
+                assign(match, sub, sub_value)
         else:  # RFC 7644 §3.5.2.3: "all matching record values SHALL be replaced"
-            replacement = _coerce_element(attr, {k: v for k, v in patch.items() if v is not None})
+            replacement = coerce_element(attr, {k: v for k, v in patch.items() if v is not None})
             for sub in attr.sub_attributes:
                 if sub.mutability == "immutable":
                     kept = get(replacement, sub.name) if replacement else None
-                    _assign(dict(match), sub, None if kept is MISSING else kept)
+                    assign(dict(match), sub, None if kept is MISSING else kept)
             match.clear()
             match.update(replacement)
         written.append(match)
-
-
-def _norm(attr: Attribute | None, value: Any) -> Any:
-    """A hashable form of a scalar under the attribute's caseExact rule."""
-    if isinstance(value, str):
-        return ("s", value if attr is None or attr.case_exact else value.casefold())
-    if isinstance(value, bool | int | float) or value is None:
-        return (type(value).__name__, value)
-    return ("j", json.dumps(value, sort_keys=True, default=str))
-
-
-def _identity(attr: Attribute, element: Any) -> Any:
-    """Elements with equal identities are the same value (decision 8)."""
-    if attr.unique_by is not None and isinstance(element, Mapping):
-        key = attr.sub(attr.unique_by)
-        assert key is not None
-        wanted = get(element, key.name)
-        if not is_absent(wanted):
-            return ("key", _norm(key, wanted))
-    if not attr.is_complex or not isinstance(element, Mapping):
-        return ("value", _norm(attr, element))
-    items = sorted(
-        (str(k).lower(), _norm(attr.sub(k) if isinstance(k, str) else None, v))
-        for k, v in element.items()
-        if v is not None
-    )
-    return ("complex", tuple(items))
-
-
-class _Index:
-    """The values of a multi-valued attribute by identity, for appending without duplicates."""
-
-    def __init__(self, attr: Attribute, elements: list[Any]) -> None:
-        self._attr = attr
-        self._elements = elements
-        self._by_identity: dict[Any, Any] = {}
-        for element in elements:
-            self._by_identity.setdefault(_identity(attr, element), element)
-
-    def add(self, element: Any) -> Any:
-        """Append `element` unless present; return the element now holding it."""
-        identity = _identity(self._attr, element)
-        existing = self._by_identity.get(identity)
-        if existing is None:
-            self._elements.append(element)
-            self._by_identity[identity] = element
-            return element
-        if self._attr.unique_by is not None and isinstance(existing, dict):
-            for name, sub_value in element.items():  # a re-added member refreshes its display
-                sub = self._attr.sub(name)
-                if sub is not None and sub.mutability == "readWrite":
-                    _put(existing, sub.name, sub_value)
-        return existing
-
-
-def _without_positions(elements: list[Any], positions: list[int]) -> list[Any]:
-    if len(positions) <= 16:
-        for position in reversed(positions):
-            del elements[position]
-        return elements
-    dropped = set(positions)
-    return [e for i, e in enumerate(elements) if i not in dropped]
 
 
 def _matching(attr: Attribute, node: ElementFilter, elements: list[Any]) -> list[int]:
@@ -777,67 +549,6 @@ def _matching(attr: Attribute, node: ElementFilter, elements: list[Any]) -> list
     return [i for i, e in enumerate(elements) if node.matches(e)]
 
 
-def _without_listed(attr: Attribute, elements: list[Any], value: Any) -> list[Any]:
-    """Decision 6: remove only the elements a remove's `value` lists."""
-    if isinstance(value, Mapping) and len(value) == 1:
-        only = next(iter(value))
-        if isinstance(only, str) and only.lower() == attr.name.lower():
-            value = value[only]
-    items = value if isinstance(value, list) else [value]
-    if len(items) > MAX_VALUE_ITEMS:
-        raise PatchError("invalidValue", f"{attr.name}: more than {MAX_VALUE_ITEMS} values")
-    listed = [_coerce_element(attr, item, for_match=True) for item in items if item is not None]
-    key = attr.sub(attr.unique_by) if attr.unique_by is not None else None
-    if key is not None:
-        keys = {_norm(key, w[key.name]) for w in listed if isinstance(w, dict) and key.name in w}
-        listed = [w for w in listed if not (isinstance(w, dict) and key.name in w)]
-
-        def by_key(element: Any) -> bool:
-            if not isinstance(element, Mapping):
-                return False
-            current = get(element, key.name)
-            return not is_absent(current) and _norm(key, current) in keys
-
-        elements = [e for e in elements if not by_key(e)]
-        if not listed:
-            return elements
-
-    def listed_match(element: Any) -> bool:
-        for wanted in listed:
-            if is_absent(wanted):
-                continue
-            if not attr.is_complex:
-                if same_value(attr, element, wanted):
-                    return True
-                continue
-            if not isinstance(element, Mapping):
-                continue
-            subs = (attr.sub(name) for name in wanted)
-            if all(
-                s is not None and same_value(s, get(element, s.name), wanted[s.name]) for s in subs
-            ):
-                return True
-        return False
-
-    return [e for e in elements if not listed_match(e)]
-
-
-def _one_primary(attr: Attribute, elements: Iterable[Any], written: list[Any]) -> None:
-    """Decision 9: a primary written by this operation demotes every other one."""
-    primary = attr.sub("primary")
-    if primary is None:
-        return
-    winners = [w for w in written if isinstance(w, Mapping) and get(w, "primary") is True]
-    if len({id(w) for w in winners}) > 1:
-        raise PatchError("invalidValue", f"more than one primary {attr.name} value")
-    if not winners:
-        return
-    for element in elements:
-        demote = element is not winners[0] and isinstance(element, dict)
-        if demote and as_bool(get(element, "primary")) is True:
-            _put(element, primary.name, False)
-
-
 def _sync_schemas(
     root: dict[str, Any], schema: ResourceSchema, before: set[str], after: set[str]
 ) -> None:
@@ -851,7 +562,7 @@ def _sync_schemas(
         if urn.lower() not in lowered:
             listed.append(urn)
     gone = {urn.lower() for urn in before - after}
-    _put(root, "schemas", [s for s in listed if not (isinstance(s, str) and s.lower() in gone)])
+    put(root, "schemas", [s for s in listed if not (isinstance(s, str) and s.lower() in gone)])
 
 
 def _check_required(
