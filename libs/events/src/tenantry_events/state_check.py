@@ -53,7 +53,7 @@ class Drift(msgspec.Struct, frozen=True, kw_only=True):
 
     kind: str
     stream_id: str
-    differences: list[str]  # "status: row 'active', events 'suspended'"
+    differences: list[str]  # "state.status: row 'active', events 'suspended'"
     rebuilt: bool = False
     error: str | None = None  # why it could not be folded or rebuilt
 
@@ -65,8 +65,9 @@ async def check_state(
     *,
     rebuild: bool = False,
 ) -> list[Drift]:
-    """Every aggregate of `kinds` whose row differs from its fold (after the rebuild, with
-    `rebuild`). Rebuilding is idempotent: a second run finds nothing to do."""
+    """Every aggregate of `kinds` whose row differs from its fold, in stream id order; with
+    `rebuild` each row is rewritten from its fold and its drift marked `rebuilt` (or given
+    the `error` that prevented it). Idempotent: a second rebuild finds nothing to do."""
     drifts: list[Drift] = []
     for kind in kinds:
         async with db.transaction(platform=True) as tx:
