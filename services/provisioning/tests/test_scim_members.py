@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from tenantry_events.pg import Database
-from tenantry_provisioning.scim import store
+from tenantry_provisioning import store
 
 OURS, THEIRS = uuid4(), uuid4()
 

@@ -20,7 +20,7 @@ from uuid import UUID
 
 import httpx
 
-from tenantry_provisioning.scim.errors import ScimError
+from tenantry_provisioning.domain import ScimError
 
 
 class IdentityAccounts:

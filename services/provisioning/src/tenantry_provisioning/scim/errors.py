@@ -9,6 +9,7 @@ import msgspec
 from litestar import Request, Response
 
 from tenantry_http.problems import log_unexpected, problem_from_exception
+from tenantry_provisioning.domain import ScimError
 from tenantry_provisioning.scim.messages import MessageError
 from tenantry_provisioning.scim.schema import ERROR_URN
 
@@ -27,21 +28,6 @@ _SCIM_TYPES = {
     "nul-character": "invalidValue",
     "number-out-of-range": "invalidValue",
 }
-
-
-class ScimError(Exception):
-    def __init__(
-        self,
-        status: int,
-        detail: str,
-        scim_type: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.scim_type = scim_type
-        self.headers = headers or {}
 
 
 def scim_error_body(status: int, detail: str, scim_type: str | None) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from tenantry_events.payloads.provisioning import (
     UserProvisioned,
     UserUpdated,
 )
-from tenantry_provisioning.scim import store
+from tenantry_provisioning import store
 from tenantry_provisioning.scim.events import directory_group, directory_user, emit
 from tenantry_provisioning.settings import ProvisioningSettings
 from tenantry_service.runtime import Runtime

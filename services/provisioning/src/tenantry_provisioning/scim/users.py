@@ -7,14 +7,11 @@ Postgres would refuse (a NUL, a lone surrogate, an oversized index entry) is a 4
 names nothing in identity. What can still fail after identity's write is carried by the
 saga in intents.py.
 
-userName: 1 to USER_NAME_MAX_CHARS characters after NFC normalisation, any script, no
-control characters. (Okta's usernames stop at 100 characters, Entra ID's
-userPrincipalName at 113, its mail at 256.)
+The rules a user must meet (userName, what Postgres can store) are domain.py's.
 """
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from uuid import UUID
@@ -22,12 +19,12 @@ from uuid import UUID
 import asyncpg
 from uuid_utils.compat import uuid7
 
-from tenantry_provisioning.scim import intents, store
+from tenantry_provisioning import store
+from tenantry_provisioning.domain import ScimError, checked_columns, login_email, taken
+from tenantry_provisioning.scim import intents
 from tenantry_provisioning.scim.accounts import IdentityAccounts
-from tenantry_provisioning.scim.errors import ScimError
 from tenantry_provisioning.scim.events import emit
 from tenantry_provisioning.scim.intents import Intent
-from tenantry_provisioning.scim.resources import ResourceError, primary_email, user_columns
 from tenantry_service.runtime import Runtime
 
 USER_NAME_MAX_CHARS = 256
@@ -38,59 +35,6 @@ Guard = Callable[[asyncpg.Connection, UUID], Awaitable[None]]
 
 class _TrialDone(Exception):
     """Rolls back a trial write's savepoint."""
-
-
-def checked_columns(resource: Mapping[str, Any]) -> dict[str, Any]:
-    """The scim_users columns of a full User, or a 400 SCIM Error naming the attribute."""
-    try:
-        columns = user_columns(resource)
-    except ResourceError as exc:
-        raise ScimError(400, str(exc), exc.scim_type) from None
-    check_user_name(columns["user_name"], has_email=primary_email(columns) is not None)
-    check_storable(columns)
-    return columns
-
-
-def check_user_name(user_name: str, *, has_email: bool) -> None:
-    normal = unicodedata.normalize("NFC", user_name)
-    if len(normal) > USER_NAME_MAX_CHARS:
-        raise ScimError(
-            400, f"userName is longer than {USER_NAME_MAX_CHARS} characters", "invalidValue"
-        )
-    if any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in normal):
-        raise ScimError(
-            400, "userName cannot contain control characters (tab, line break, NUL)", "invalidValue"
-        )
-    if not has_email and any(c.isspace() for c in normal):
-        raise ScimError(
-            400,
-            "userName is the login name of a user without an email and cannot contain spaces",
-            "invalidValue",
-        )
-
-
-def check_storable(columns: Mapping[str, Any]) -> None:
-    """Refuse what Postgres cannot store, naming where it is: NUL characters and text that
-    is not Unicode (lone surrogates), in values and in keys, at any depth."""
-
-    def walk(value: Any, path: str) -> None:
-        if isinstance(value, str):
-            if "\x00" in value:
-                raise ScimError(400, f"{path} contains a NUL character", "invalidValue")
-            try:
-                value.encode()
-            except UnicodeEncodeError:
-                raise ScimError(400, f"{path} is not valid Unicode text", "invalidValue") from None
-        elif isinstance(value, Mapping):
-            for key, item in value.items():
-                walk(key, f"{path} (a key)")
-                walk(item, f"{path}.{key}")
-        elif isinstance(value, list):
-            for index, item in enumerate(value):
-                walk(item, f"{path}[{index}]")
-
-    for column, value in columns.items():
-        walk(value, column)
 
 
 async def trial_write(
@@ -111,15 +55,6 @@ async def trial_write(
         raise taken(columns["user_name"]) from None
     except (asyncpg.DataError, asyncpg.ProgramLimitExceededError, UnicodeError) as exc:
         raise ScimError(400, f"the user cannot be stored: {exc}", "invalidValue") from None
-
-
-def taken(user_name: str) -> ScimError:
-    return ScimError(409, f"userName {user_name} exists", "uniqueness")
-
-
-def login_email(columns: Mapping[str, Any]) -> str:
-    """What identity names the account by: the primary email, else the userName."""
-    return unicodedata.normalize("NFC", primary_email(columns) or columns["user_name"])
 
 
 async def create(

@@ -1,9 +1,11 @@
-"""The SCIM 2.0 HTTP edge, mounted at /scim/v2 (RFC 7644).
+"""What the SCIM routes (api.py) and /Bulk do with a request: read it (tenant, body,
+If-Match, list parameters), list and search, read one, write users and groups, run a
+BulkRequest, answer in SCIM JSON.
 
 Every request is authenticated by the pipeline with a tenant API key carrying scim:write;
-the tenant is the key's. Every error is a SCIM Error (errors.py is the mount's renderer).
-User writes reach identity (the account, the seat, access) and the directory on both
-sides or neither (users.py, intents.py).
+the tenant is the key's. Every error is a SCIM Error (scim/errors.py is the mount's
+renderer). User writes reach identity (the account, the seat, access) and the directory on
+both sides or neither (scim/users.py, scim/intents.py).
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ from uuid import UUID
 
 import asyncpg
 import msgspec
-from litestar import Request, Response, Router, delete, get, patch, post, put
-from litestar.di import NamedDependency
+from litestar import Request, Response
 from uuid_utils.compat import uuid7
 
 from tenantry_events.payloads.provisioning import (
@@ -26,16 +27,16 @@ from tenantry_events.payloads.provisioning import (
     GroupUpdated,
 )
 from tenantry_guardrails.plan_limits import guard_feature
-from tenantry_http.auth import principal_of, requires
+from tenantry_http.auth import principal_of
 from tenantry_http.pagination import decode_cursor, encode_cursor
 from tenantry_http.problems import Problem
-from tenantry_provisioning.scim import discovery, messages, store, users
+from tenantry_provisioning import store
+from tenantry_provisioning.domain import ScimError
+from tenantry_provisioning.scim import discovery, messages, users
 from tenantry_provisioning.scim.accounts import IdentityAccounts
 from tenantry_provisioning.scim.errors import (
     SCIM_JSON,
-    ScimError,
     scim_error_body,
-    scim_error_response,
 )
 from tenantry_provisioning.scim.events import directory_group, emit
 from tenantry_provisioning.scim.filter_sql import sort_sql, to_sql
@@ -61,7 +62,6 @@ from tenantry_provisioning.scim.schema import (
 )
 from tenantry_service.runtime import Runtime
 
-SCIM_OPT: dict[str, Any] = {**requires(scopes=("scim:write",)), "priority": "critical"}
 MAX_BODY = discovery.BULK_MAX_PAYLOAD
 
 
@@ -335,48 +335,6 @@ async def write_user(
     return user_resource(row, url), {"ETag": etag(row["version"])}
 
 
-@post("/Users", opt=SCIM_OPT, status_code=201, include_in_schema=False)
-async def post_user(
-    request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
-) -> Response[bytes]:
-    status, resource, headers = await create_user(request, runtime, await body_of(request))
-    return scim_response(resource, status, headers)
-
-
-@get("/Users", opt=SCIM_OPT, include_in_schema=False)
-async def list_users(
-    request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
-) -> Response[bytes]:
-    return await list_resources(request, runtime, ("User",), list_params(request))
-
-
-@post("/Users/.search", opt=SCIM_OPT, status_code=200, include_in_schema=False)
-async def search_users(
-    request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
-) -> Response[bytes]:
-    body = await search_body(request)
-    return await list_resources(request, runtime, ("User",), list_params(request, body))
-
-
-@get("/Users/{user_id:str}", opt=SCIM_OPT, include_in_schema=False)
-async def get_user(
-    request: Request[Any, Any, Any], user_id: str, runtime: NamedDependency[Runtime]
-) -> Response[bytes]:
-    return await read_one(request, runtime, "User", user_id)
-
-
-@put("/Users/{user_id:str}", opt=SCIM_OPT, include_in_schema=False)
-async def put_user(
-    request: Request[Any, Any, Any], user_id: str, runtime: NamedDependency[Runtime]
-) -> Response[bytes]:
-    body = await body_of(request)
-    uid = parse_id(user_id, "User")
-    if "id" in body and str(body["id"]) != str(uid):
-        raise ScimError(400, "id cannot change", "mutability")
-    resource, headers = await write_user(request, runtime, uid, lambda current: body)
-    return scim_response(resource, headers=headers)
-
-
 def patched(body: Mapping[str, Any], schema: Any) -> Any:
     # The envelope first (messages.py): a `schemas` that is not a list of strings is 400.
     messages.check_schemas(body, PATCH_OP_URN, "a PATCH request")
@@ -391,17 +349,6 @@ def patched(body: Mapping[str, Any], schema: Any) -> Any:
     return change
 
 
-@patch("/Users/{user_id:str}", opt=SCIM_OPT, include_in_schema=False)
-async def patch_user(
-    request: Request[Any, Any, Any], user_id: str, runtime: NamedDependency[Runtime]
-) -> Response[bytes]:
-    body = await body_of(request)
-    resource, headers = await write_user(
-        request, runtime, parse_id(user_id, "User"), patched(body, USER_SCHEMA)
-    )
-    return scim_response(resource, headers=headers)
-
-
 async def remove_user(request: Request[Any, Any, Any], runtime: Runtime, user_id: UUID) -> None:
     await users.remove(
         runtime,
@@ -412,13 +359,6 @@ async def remove_user(request: Request[Any, Any, Any], runtime: Runtime, user_id
         request.headers["authorization"],
         scim_allowed,
     )
-
-
-@delete("/Users/{user_id:str}", opt=SCIM_OPT, status_code=204, include_in_schema=False)
-async def delete_user(
-    request: Request[Any, Any, Any], user_id: str, runtime: NamedDependency[Runtime]
-) -> None:
-    await remove_user(request, runtime, parse_id(user_id, "User"))
 
 
 # ---------------------------------------------------------------- Groups
@@ -491,58 +431,6 @@ async def _check_members(
         )
 
 
-@post("/Groups", opt=SCIM_OPT, status_code=201, include_in_schema=False)
-async def post_group(
-    request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
-) -> Response[bytes]:
-    body = await body_of(request)
-    status, resource, headers = await save_group(request, runtime, None, lambda _: body)
-    return scim_response(resource, status, headers)
-
-
-@get("/Groups", opt=SCIM_OPT, include_in_schema=False)
-async def list_groups(
-    request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
-) -> Response[bytes]:
-    return await list_resources(request, runtime, ("Group",), list_params(request))
-
-
-@post("/Groups/.search", opt=SCIM_OPT, status_code=200, include_in_schema=False)
-async def search_groups(
-    request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
-) -> Response[bytes]:
-    body = await search_body(request)
-    return await list_resources(request, runtime, ("Group",), list_params(request, body))
-
-
-@get("/Groups/{group_id:str}", opt=SCIM_OPT, include_in_schema=False)
-async def get_group(
-    request: Request[Any, Any, Any], group_id: str, runtime: NamedDependency[Runtime]
-) -> Response[bytes]:
-    return await read_one(request, runtime, "Group", group_id)
-
-
-@put("/Groups/{group_id:str}", opt=SCIM_OPT, include_in_schema=False)
-async def put_group(
-    request: Request[Any, Any, Any], group_id: str, runtime: NamedDependency[Runtime]
-) -> Response[bytes]:
-    body = await body_of(request)
-    _, resource, headers = await save_group(
-        request, runtime, parse_id(group_id, "Group"), lambda _: body
-    )
-    return scim_response(resource, headers=headers)
-
-
-@patch("/Groups/{group_id:str}", opt=SCIM_OPT, include_in_schema=False)
-async def patch_group(
-    request: Request[Any, Any, Any], group_id: str, runtime: NamedDependency[Runtime]
-) -> Response[bytes]:
-    body = await body_of(request)
-    change = patched(body, GROUP_SCHEMA)
-    _, resource, headers = await save_group(request, runtime, parse_id(group_id, "Group"), change)
-    return scim_response(resource, headers=headers)
-
-
 async def remove_group(request: Request[Any, Any, Any], runtime: Runtime, group_id: UUID) -> None:
     """DELETE of a group, by its route and by /Bulk alike (plan, If-Match, event)."""
     tenant_id = tenant_of(request)
@@ -556,46 +444,11 @@ async def remove_group(request: Request[Any, Any, Any], runtime: Runtime, group_
         await emit(runtime, tx, tenant_id, row, GroupDeleted(group=directory_group(row)))
 
 
-@delete("/Groups/{group_id:str}", opt=SCIM_OPT, status_code=204, include_in_schema=False)
-async def delete_group(
-    request: Request[Any, Any, Any], group_id: str, runtime: NamedDependency[Runtime]
-) -> None:
-    await remove_group(request, runtime, parse_id(group_id, "Group"))
-
-
 # ---------------------------------------------------------------- discovery
 
 
-@get("/ServiceProviderConfig", opt=SCIM_OPT, include_in_schema=False)
-async def service_provider_config(request: Request[Any, Any, Any]) -> Response[bytes]:
-    return scim_response(discovery.service_provider_config(base_url(request)))
-
-
-@get("/ResourceTypes", opt=SCIM_OPT, include_in_schema=False)
-async def resource_types(request: Request[Any, Any, Any]) -> Response[bytes]:
-    types = discovery.resource_types(base_url(request))
-    return scim_response(
-        {
-            "schemas": [LIST_RESPONSE_URN],
-            "totalResults": len(types),
-            "startIndex": 1,
-            "itemsPerPage": len(types),
-            "Resources": types,
-        }
-    )
-
-
-@get("/ResourceTypes/{name:str}", opt=SCIM_OPT, include_in_schema=False)
-async def resource_type(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
-    for item in discovery.resource_types(base_url(request)):
-        if item["id"] == name:
-            return scim_response(item)
-    raise ScimError(404, f"ResourceType {name} not found")
-
-
-@get("/Schemas", opt=SCIM_OPT, include_in_schema=False)
-async def all_schemas(request: Request[Any, Any, Any]) -> Response[bytes]:
-    items = discovery.schemas(base_url(request))
+def list_response(items: list[dict[str, Any]]) -> Response[bytes]:
+    """A ListResponse of every item at once (/ResourceTypes, /Schemas)."""
     return scim_response(
         {
             "schemas": [LIST_RESPONSE_URN],
@@ -607,30 +460,18 @@ async def all_schemas(request: Request[Any, Any, Any]) -> Response[bytes]:
     )
 
 
-@get("/Schemas/{urn:str}", opt=SCIM_OPT, include_in_schema=False)
-async def one_schema(request: Request[Any, Any, Any], urn: str) -> Response[bytes]:
-    for item in discovery.schemas(base_url(request)):
-        if item["id"] == urn:
+def one_of(items: list[dict[str, Any]], wanted: str, kind: str) -> Response[bytes]:
+    """The item whose id is `wanted` (/ResourceTypes/{name}, /Schemas/{urn}), else 404."""
+    for item in items:
+        if item["id"] == wanted:
             return scim_response(item)
-    raise ScimError(404, f"Schema {urn} not found")
-
-
-@post("/.search", opt=SCIM_OPT, status_code=200, include_in_schema=False)
-async def search_all(
-    request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
-) -> Response[bytes]:
-    """Root search: users and groups in one list (RFC 7644 §3.4.3)."""
-    body = await search_body(request)
-    return await list_resources(request, runtime, ("User", "Group"), list_params(request, body))
+    raise ScimError(404, f"{kind} {wanted} not found")
 
 
 # ---------------------------------------------------------------- Bulk
 
 
-@post("/Bulk", opt=SCIM_OPT, status_code=200, include_in_schema=False)
-async def bulk(
-    request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
-) -> Response[bytes]:
+async def run_bulk(request: Request[Any, Any, Any], runtime: Runtime) -> Response[bytes]:
     """RFC 7644 §3.7: operations in order, bulkId references resolved as created,
     failOnErrors honoured; limits as advertised. The whole request is checked before the
     first operation runs (messages.py): a malformed one refuses it all, changing nothing."""
@@ -726,33 +567,3 @@ async def _bulk_one(
     else:
         _, resource, headers = await save_group(request, runtime, resource_id, change)
     return 200, resource["meta"]["location"], resource["id"]
-
-
-SCIM_ROUTER = Router(
-    path="/scim/v2",
-    route_handlers=[
-        post_user,
-        list_users,
-        search_users,
-        get_user,
-        put_user,
-        patch_user,
-        delete_user,
-        post_group,
-        list_groups,
-        search_groups,
-        get_group,
-        put_group,
-        patch_group,
-        delete_group,
-        service_provider_config,
-        resource_types,
-        resource_type,
-        all_schemas,
-        one_schema,
-        search_all,
-        bulk,
-    ],
-    exception_handlers={Exception: scim_error_response},
-    tags=["scim"],
-)
