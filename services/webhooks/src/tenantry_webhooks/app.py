@@ -6,9 +6,7 @@ Routes receive what they use by name through Litestar's dependency injection
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from litestar import Router
 from litestar.di import Provide
@@ -23,12 +21,10 @@ from tenantry_webhooks.api import EndpointsController, MessagesController, event
 from tenantry_webhooks.dispatcher import Dispatcher, DispatcherSettings
 from tenantry_webhooks.endpoint_secrets import EndpointSecrets
 from tenantry_webhooks.fanout import fanout_handlers
+from tenantry_webhooks.retention import expunge_forever
 from tenantry_webhooks.sender import OutboundSender, outbound_policy
 from tenantry_webhooks.settings import WebhooksSettings
-from tenantry_webhooks.store import expunge_older_than
 from tenantry_webhooks.usage_report import reconcile_usage
-
-log = logging.getLogger("tenantry.webhooks")
 
 
 def settings_of(runtime: Runtime) -> WebhooksSettings:
@@ -75,19 +71,9 @@ async def dispatch(runtime: Runtime, stop: asyncio.Event) -> None:
 
 
 async def retention(runtime: Runtime, stop: asyncio.Event) -> None:
-    """Payloads older than TENANTRY_WEBHOOK_PAYLOAD_RETENTION_DAYS are expunged, in
-    batches, every few minutes; the log of attempts stays."""
+    """Payload retention (retention.py), in the worker process."""
     keep = timedelta(days=settings_of(runtime).webhook_payload_retention_days)
-    while not stop.is_set():
-        while True:
-            async with runtime.db.transaction(platform=True) as tx:
-                done = await expunge_older_than(tx, datetime.now(UTC) - keep, 1000)
-            if done:
-                log.info("expunged %d message payloads past retention", done)
-            if done < 1000:
-                break
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=300)
+    await expunge_forever(runtime.db, keep, stop)
 
 
 SPEC = ServiceSpec(
