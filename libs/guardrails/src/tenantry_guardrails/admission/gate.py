@@ -160,7 +160,7 @@ async def admit(
         ticket.abandon()
         raise
     except BaseException as exc:
-        # Litestar renders the exception after we return; its status decides "ok".
+        # Escaped the app (Litestar renders its own, so rarely): its status decides "ok".
         ticket.release(clock() - started, ok=_status_of(exc) < 500)
         raise
     finished = response_started if response_started is not None else clock()
@@ -237,8 +237,8 @@ class AdmissionGate:
 
 
 async def _send_problem(scope: Scope, send: Send, problem: Problem) -> None:
-    # Rendered here rather than raised: the app's exception handler logs every 5xx as an
-    # unhandled error, which is the last thing an overloaded process needs per refusal.
+    # Rendered here: the gate runs outside Litestar, so no exception handler would render a
+    # raised Problem (and a refusal must stay cheap: no logging of an "unhandled" 5xx).
     body = problem.body(instance=scope.get("path"))
     request_id = (scope.get("state") or {}).get("request_id")
     if request_id:
