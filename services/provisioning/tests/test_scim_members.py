@@ -1,4 +1,4 @@
-"""Group members are users of the group's own tenant (scim/store.py and migration 0003), on
+"""Group members are users of the group's own tenant (store.py and migration 0003), on
 a scratch database under row-level security: the check sees only the tenant's users, the
 table refuses any other member, and a user deleted while a membership is being written
 leaves no membership behind."""
