@@ -1,18 +1,18 @@
 """The OIDC relying party of enterprise SSO: the authorization code flow with PKCE (S256),
 state and nonce, against the IdP a tenant configured.
 
-Every byte to or from the IdP goes through servicekit's `OutboundClient` (the issuer URL is
-tenant-chosen, so it is an SSRF vector like any other; DESIGN: servicekit owns the one
-outbound client). authlib's own HTTP clients are not used (their httpx integration is
-moving, FIELD-NOTES), nor its JWKS cache (it lives as long as the client and refetches only
-on an unknown kid; ours has a TTL so a revoked key goes away). authlib does the pieces that
-are pure: PKCE (`create_s256_code_challenge`), random tokens (`generate_token`), discovery
-document rules (`OpenIDProviderMetadata`) and ID token claims rules (`CodeIDToken`: iss, aud,
-exp, iat, nbf, nonce, azp, at_hash). joserfc verifies signatures, always with an explicit
-algorithm allow-list and a key we picked ourselves, so "none", HS* (the client secret is
-shared with the IdP, so an HMAC proves nothing about who minted the token) and key confusion
-never reach a verifier. Keys come only from the discovered jwks_uri: jku, x5u and jwk
-headers in a token are never followed.
+Every byte to or from the IdP goes through tenantry_outbound's `OutboundClient` (the issuer
+URL is tenant-chosen, so it is an SSRF vector like any other; DESIGN: one outbound client).
+authlib's own HTTP clients are not used (their httpx integration is moving, FIELD-NOTES),
+nor its JWKS cache (it lives as long as the client and refetches only on an unknown kid;
+ours has a TTL so a revoked key goes away). authlib does the pieces that are pure: PKCE
+(`create_s256_code_challenge`), random tokens (`generate_token`), discovery document rules
+(`OpenIDProviderMetadata`) and ID token claims rules (`CodeIDToken`: iss, aud, exp, iat,
+nbf, nonce, azp, at_hash). joserfc verifies signatures, always with an explicit algorithm
+allow-list and a key we picked ourselves, so "none", HS* (the client secret is shared with
+the IdP, so an HMAC proves nothing about who minted the token) and key confusion never
+reach a verifier. Keys come only from the discovered jwks_uri: jku, x5u and jwk headers in
+a token are never followed.
 
 Caches (per process, keyed by issuer and by jwks_uri; each has a lock so concurrent logins
 make one fetch):
@@ -26,7 +26,8 @@ make one fetch):
   kids must not turn into a flood of requests to the IdP. A rotation seen within that window
   of the previous fetch fails once with "unknown-certificate"; the next attempt succeeds.
 
-Time comes from the injected clock only (TTLs, exp/iat/nbf with `leeway`).
+Time comes from the injected clock only (TTLs, exp/iat/nbf with `leeway`). The pure checks
+(JSON answers, JWKS documents, signatures, claims) are in oidc_messages.py.
 """
 
 from __future__ import annotations
@@ -35,11 +36,10 @@ import asyncio
 import base64
 import hmac
 import math
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal, cast
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from typing import Any, Final, Literal
+from urllib.parse import quote, urlencode, urlsplit
 
 import msgspec
 from authlib.common.security import generate_token  # type: ignore[import-untyped]
@@ -49,18 +49,14 @@ from authlib.oidc.discovery import (  # type: ignore[import-untyped]
     OpenIDProviderMetadata,
     get_well_known_url,
 )
-from joserfc import jwt
 from joserfc.errors import (
-    BadSignatureError,
     ExpiredTokenError,
     InvalidClaimError,
-    InvalidPayloadError,
     JoseError,
     MissingClaimError,
-    SecurityWarning,
 )
-from joserfc.jwk import JWKRegistry, Key, KeySet, OKPKey
-from joserfc.jws import JWSRegistry, extract_compact
+from joserfc.jwk import Key, KeySet
+from joserfc.jws import extract_compact
 
 from tenantry_outbound.outbound import (
     BlockedDestination,
@@ -72,7 +68,22 @@ from tenantry_outbound.outbound import (
 )
 from tenantry_platform.clock import Clock
 
-from .domain import IdpIdentity, LoginRefused, RefusalCode, as_attribute_lists
+from .domain import IdpIdentity, LoginRefused, as_attribute_lists
+from .oidc_messages import (
+    attribute_claims,
+    candidate_keys,
+    claim_refusal,
+    clip,
+    json_object,
+    jws_registry,
+    oauth_error,
+    redact,
+    signing_key_set,
+    strings,
+    unreachable_status,
+    verify_signature,
+    with_query_params,
+)
 
 __all__ = [
     "SIGNATURE_ALGORITHMS",
@@ -101,35 +112,10 @@ SIGNATURE_ALGORITHMS: Final = frozenset(
 (the client secret is shared, so an HMAC does not prove the IdP minted the token), not
 Ed448 (authlib's at_hash check would hash it with SHA-512 instead of SHAKE256)."""
 
-# Claims about the protocol exchange, not about the person: kept out of the attributes.
-# acr and amr stay: they describe how the person authenticated (MFA policies need them).
-PROTOCOL_CLAIMS: Final = frozenset(
-    {
-        "iss",
-        "sub",
-        "aud",
-        "exp",
-        "iat",
-        "nbf",
-        "jti",
-        "nonce",
-        "at_hash",
-        "c_hash",
-        "s_hash",
-        "azp",
-        "auth_time",
-        "sid",
-        "_claim_names",
-        "_claim_sources",
-    }
-)
-
 # Gateway statuses: the IdP is not there (the user is told to try again shortly).
 _UNAVAILABLE: Final = frozenset({502, 503, 504})
-_DETAIL_LIMIT: Final = 300
 _TOKEN_CHARS: Final = 43  # base62: 43 * log2(62) ≈ 256 bits (>= 128 required)
 _VERIFIER_CHARS: Final = 64  # RFC 7636: 43..128 unreserved characters
-_MAX_JWS_HEADER: Final = 8192  # joserfc's default (512) refuses headers carrying x5c chains
 # authlib checks these URLs with `is_secure_transport`, which the AUTHLIB_INSECURE_TRANSPORT
 # environment variable switches off and which knows nothing of our policy: we check them.
 _URL_KEYS: Final = frozenset(
@@ -253,8 +239,8 @@ class OidcRelyingParty:
             what = "discovery document"
             response = await self._call("GET", url, issuer=issuer, what=what)
             if response.status != 200:
-                raise _unreachable_status(what, url, response.status)
-            metadata = self._check_metadata(issuer, _json_object(response, what))
+                raise unreachable_status(what, url, response.status)
+            metadata = self._check_metadata(issuer, json_object(response, what))
             self._metadata[issuer] = _CachedMetadata(metadata, self._clock.now())
             return metadata
 
@@ -263,7 +249,7 @@ class OidcRelyingParty:
         if named != issuer:
             raise LoginRefused(
                 "wrong-issuer",
-                _clip(f"discovery document names issuer {named!r}, expected {issuer!r}"),
+                clip(f"discovery document names issuer {named!r}, expected {issuer!r}"),
             )
         # authlib's rules for every other field (required fields, array types, RS256 among
         # the signing algorithms, ...); the URL fields are ours, checked below.
@@ -273,25 +259,25 @@ class OidcRelyingParty:
                 if key not in _URL_KEYS:
                     getattr(spec, f"validate_{key}")()
         except (ValueError, TypeError, AttributeError) as exc:  # a field of the wrong type
-            raise LoginRefused("malformed", _clip(f"discovery document: {exc}")) from exc
+            raise LoginRefused("malformed", clip(f"discovery document: {exc}")) from exc
         self._check_url("issuer", issuer, issuer=True)
         for key in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
             self._check_url(key, doc.get(key))
         for key in ("userinfo_endpoint", "end_session_endpoint", "registration_endpoint"):
             if doc.get(key) is not None:
                 self._check_url(key, doc.get(key))
-        response_types = _strings(doc, "response_types_supported") or ()
+        response_types = strings(doc, "response_types_supported") or ()
         if "code" not in response_types:
             raise LoginRefused("malformed", "discovery document: the code flow is not supported")
-        grant_types = _strings(doc, "grant_types_supported")
+        grant_types = strings(doc, "grant_types_supported")
         if grant_types is not None and "authorization_code" not in grant_types:
             raise LoginRefused(
                 "malformed", "discovery document: the authorization_code grant is not supported"
             )
-        pkce = _strings(doc, "code_challenge_methods_supported")
+        pkce = strings(doc, "code_challenge_methods_supported")
         if pkce is not None and "S256" not in pkce:
             raise LoginRefused(
-                "malformed", _clip(f"discovery document: PKCE S256 is not supported ({pkce})")
+                "malformed", clip(f"discovery document: PKCE S256 is not supported ({pkce})")
             )
         return ProviderMetadata(
             issuer=issuer,
@@ -302,10 +288,10 @@ class OidcRelyingParty:
             end_session_endpoint=doc.get("end_session_endpoint"),
             code_challenge_methods_supported=pkce,
             id_token_signing_alg_values_supported=(
-                _strings(doc, "id_token_signing_alg_values_supported") or ()
+                strings(doc, "id_token_signing_alg_values_supported") or ()
             ),
             token_endpoint_auth_methods_supported=(
-                _strings(doc, "token_endpoint_auth_methods_supported") or ("client_secret_basic",)
+                strings(doc, "token_endpoint_auth_methods_supported") or ("client_secret_basic",)
             ),
             authorization_response_iss_parameter_supported=(
                 doc.get("authorization_response_iss_parameter_supported") is True
@@ -328,7 +314,7 @@ class OidcRelyingParty:
             allowed = " or ".join(sorted(schemes))
             raise LoginRefused(
                 "malformed",
-                _clip(f"discovery document: {name} {value!r} is not an absolute {allowed} URL"),
+                clip(f"discovery document: {name} {value!r} is not an absolute {allowed} URL"),
             )
 
     # -- the authorization request ---------------------------------------------------------
@@ -360,7 +346,7 @@ class OidcRelyingParty:
         if login_hint:
             params.append(("login_hint", login_hint))
         return OidcAuthorization(
-            url=_with_query(metadata.authorization_endpoint, params),
+            url=with_query_params(metadata.authorization_endpoint, params),
             state=state,
             nonce=nonce,
             code_verifier=verifier,
@@ -392,7 +378,7 @@ class OidcRelyingParty:
         if error is not None:
             description = params.get("error_description")
             detail = f"{error}: {description}" if description else error
-            raise LoginRefused("idp-error", _clip(f"the IdP answered {detail}"))
+            raise LoginRefused("idp-error", clip(f"the IdP answered {detail}"))
         if not expected_state or not nonce or not code_verifier:
             # An empty expected state would match a callback without one.
             raise LoginRefused("unknown-request", "no login in progress for this callback")
@@ -402,7 +388,7 @@ class OidcRelyingParty:
         metadata = await self.discover(conf.issuer)
         iss = params.get("iss")
         if iss is not None and iss != conf.issuer:
-            raise LoginRefused("wrong-issuer", _clip(f"callback iss {iss!r} is not the issuer"))
+            raise LoginRefused("wrong-issuer", clip(f"callback iss {iss!r} is not the issuer"))
         if iss is None and metadata.authorization_response_iss_parameter_supported:
             raise LoginRefused("wrong-issuer", "callback lacks the iss the IdP promises")
         code = params.get("code")
@@ -418,7 +404,7 @@ class OidcRelyingParty:
         sid = claims.get("sid")
         return IdpIdentity(
             subject=claims["sub"],
-            attributes=as_attribute_lists(_attribute_claims(claims)),
+            attributes=as_attribute_lists(attribute_claims(claims)),
             session_index=sid if isinstance(sid, str) else None,
         )
 
@@ -457,11 +443,11 @@ class OidcRelyingParty:
             content=urlencode(form),
         )
         if response.status in _UNAVAILABLE:
-            raise _unreachable_status(what, metadata.token_endpoint, response.status)
+            raise unreachable_status(what, metadata.token_endpoint, response.status)
         if response.status != 200:
-            detail = f"token endpoint answered {response.status}{_oauth_error(response)}"
-            raise LoginRefused("token-exchange-failed", _clip(_redact(detail, conf)))
-        body = _json_object(response, "token response")
+            detail = f"token endpoint answered {response.status}{oauth_error(response)}"
+            raise LoginRefused("token-exchange-failed", clip(redact(detail, conf.client_secret)))
+        body = json_object(response, "token response")
         id_token, access_token = body.get("id_token"), body.get("access_token")
         if not isinstance(id_token, str) or not id_token:
             raise LoginRefused("malformed", "token response has no id_token")
@@ -469,7 +455,7 @@ class OidcRelyingParty:
             raise LoginRefused("malformed", "token response has no access_token")
         token_type = body.get("token_type")
         if not isinstance(token_type, str) or token_type.lower() != "bearer":
-            raise LoginRefused("malformed", _clip(f"token_type {token_type!r} is not Bearer"))
+            raise LoginRefused("malformed", clip(f"token_type {token_type!r} is not Bearer"))
         return id_token, access_token
 
     # -- the ID token --------------------------------------------------------------------------
@@ -488,22 +474,22 @@ class OidcRelyingParty:
         if segments != 3:
             raise LoginRefused("malformed", "ID token is not a compact JWS")
         try:
-            header = extract_compact(token.encode(), registry=_registry(None)).headers()
+            header = extract_compact(token.encode(), registry=jws_registry(None)).headers()
         except (JoseError, ValueError) as exc:  # bad base64 or JSON, oversized parts
-            raise LoginRefused("malformed", _clip(f"ID token cannot be parsed: {exc}")) from exc
+            raise LoginRefused("malformed", clip(f"ID token cannot be parsed: {exc}")) from exc
         alg, kid = header.get("alg"), header.get("kid")
         if not isinstance(alg, str) or not (kid is None or isinstance(kid, str)):
             raise LoginRefused("malformed", "ID token header has no usable alg or kid")
         if alg not in conf.allowed_algorithms:
             raise LoginRefused(
                 "deprecated-algorithm",
-                _clip(
+                clip(
                     f"ID token is signed with {alg!r}, which this connection does not accept "
                     f"(allowed: {', '.join(conf.allowed_algorithms)})"
                 ),
             )
         candidates = await self._signing_keys(metadata, kid, alg)
-        decoded = _verify_signature(token, alg, candidates, kid)
+        decoded = verify_signature(token, alg, candidates, kid)
         claims = decoded.claims
         # Ed25519 (RFC 9864) is EdDSA on Ed25519: authlib's at_hash knows only the old name.
         claims_header = {**decoded.header, "alg": "EdDSA" if alg == "Ed25519" else alg}
@@ -519,9 +505,9 @@ class OidcRelyingParty:
         try:
             id_token.validate(now=self._clock.now(), leeway=self._leeway)
         except (ExpiredTokenError, InvalidClaimError, MissingClaimError) as exc:
-            raise _claim_refusal(exc, claims) from exc
+            raise claim_refusal(exc, claims) from exc
         except JoseError as exc:
-            raise LoginRefused("malformed", _clip(f"ID token claims: {exc}")) from exc
+            raise LoginRefused("malformed", clip(f"ID token claims: {exc}")) from exc
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub:
             raise LoginRefused("malformed", "ID token has no sub")
@@ -531,20 +517,20 @@ class OidcRelyingParty:
         self, metadata: ProviderMetadata, kid: str | None, alg: str
     ) -> list[Key]:
         keys = await self._key_set(metadata, refetch=False)
-        candidates = _candidates(keys, kid, alg)
+        candidates = candidate_keys(keys, kid, alg)
         if candidates is None:
             keys = await self._key_set(metadata, refetch=True)
-            candidates = _candidates(keys, kid, alg)
+            candidates = candidate_keys(keys, kid, alg)
         if candidates is None:
             which = f"key {kid!r}" if kid is not None else f"{alg} key"
             raise LoginRefused(
                 "unknown-certificate",
-                _clip(f"no {which} in the IdP's JWKS at {metadata.jwks_uri}"),
+                clip(f"no {which} in the IdP's JWKS at {metadata.jwks_uri}"),
             )
         if not candidates:
             raise LoginRefused(
                 "bad-signature",
-                _clip(f"key {kid!r} of the IdP's JWKS cannot verify {alg} (type, alg or use)"),
+                clip(f"key {kid!r} of the IdP's JWKS cannot verify {alg} (type, alg or use)"),
             )
         return candidates
 
@@ -567,7 +553,7 @@ class OidcRelyingParty:
             if now - entry.attempted_at < self._min_refetch:
                 raise LoginRefused(
                     "idp-unreachable",
-                    _clip(
+                    clip(
                         f"JWKS at {uri} failed {now - entry.attempted_at:.0f}s ago; not retried yet"
                     ),
                 )
@@ -575,8 +561,8 @@ class OidcRelyingParty:
             what = "JWKS"
             response = await self._call("GET", uri, issuer=metadata.issuer, what=what)
             if response.status != 200:
-                raise _unreachable_status(what, uri, response.status)
-            entry.keys = _key_set(_json_object(response, what), uri)
+                raise unreachable_status(what, uri, response.status)
+            entry.keys = signing_key_set(json_object(response, what), uri)
             entry.fetched_at = self._clock.now()
             return entry.keys
 
@@ -601,12 +587,12 @@ class OidcRelyingParty:
             headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"},
         )
         if response.status in _UNAVAILABLE:
-            raise _unreachable_status(what, url, response.status)
+            raise unreachable_status(what, url, response.status)
         if response.status != 200:
-            raise LoginRefused("idp-error", _clip(f"userinfo endpoint answered {response.status}"))
+            raise LoginRefused("idp-error", clip(f"userinfo endpoint answered {response.status}"))
         if response.headers.get("content-type", "").lower().startswith("application/jwt"):
             raise LoginRefused("malformed", "signed or encrypted userinfo is not supported")
-        info = _json_object(response, "userinfo response")
+        info = json_object(response, "userinfo response")
         sub = info.get("sub")
         if not isinstance(sub, str):
             raise LoginRefused("malformed", "userinfo response has no sub")
@@ -614,7 +600,7 @@ class OidcRelyingParty:
             # OIDC Core 5.3.2: the response is about someone else (token substitution).
             raise LoginRefused(
                 "wrong-issuer",
-                _clip(f"userinfo sub {sub!r} is not the ID token's sub {claims['sub']!r}"),
+                clip(f"userinfo sub {sub!r} is not the ID token's sub {claims['sub']!r}"),
             )
         return {**info, **claims}
 
@@ -651,191 +637,4 @@ class OidcRelyingParty:
             detail = f"{what} at {url} timed out ({exc.phase})"
         except OutboundError as exc:
             detail = f"{what} at {url}: {exc}"
-        raise LoginRefused("idp-unreachable", _clip(detail))
-
-
-# -- helpers (pure) ------------------------------------------------------------------------------
-
-
-def _registry(alg: str | None) -> JWSRegistry:
-    """A JWS registry allowing exactly `alg` (or none, for parsing a header). Header
-    parameters outside the registry are tolerated: IdPs add their own."""
-    registry = JWSRegistry(algorithms=[alg] if alg else [], strict_check_header=False)
-    registry.max_header_length = _MAX_JWS_HEADER
-    return registry
-
-
-def _candidates(keys: KeySet, kid: str | None, alg: str) -> list[Key] | None:
-    """Keys that may have signed a token with `kid` and `alg`; None when the JWKS has no
-    such key (unknown kid, or no key of the right type when the token names none), an empty
-    list when the kid is there but cannot sign `alg`."""
-    named = [key for key in keys.keys if kid is None or key.kid == kid]
-    usable = [key for key in named if _can_verify(key, alg)]
-    if not named or (kid is None and not usable):
-        return None
-    return usable
-
-
-def _can_verify(key: Key, alg: str) -> bool:
-    ops = key.get("key_ops")
-    if ops is not None and "verify" not in ops:
-        return False
-    if alg == "EdDSA" and not (isinstance(key, OKPKey) and key.curve_name == "Ed25519"):
-        return False  # Ed448 excluded: see SIGNATURE_ALGORITHMS
-    try:
-        JWSRegistry.algorithms[alg].check_key(key)  # kty, use, the key's alg, EC curve
-    except (JoseError, KeyError):
-        return False
-    return True
-
-
-def _verify_signature(token: str, alg: str, candidates: list[Key], kid: str | None) -> jwt.Token:
-    for key in candidates:
-        try:
-            with warnings.catch_warnings():
-                # EdDSA is allowed on purpose (deprecated by RFC 9864, still what IdPs send).
-                warnings.simplefilter("ignore", SecurityWarning)
-                return jwt.decode(token, key, algorithms=[alg], registry=_registry(alg))
-        except BadSignatureError:
-            continue
-        except InvalidPayloadError as exc:
-            raise LoginRefused("malformed", "ID token payload is not a JSON object") from exc
-        except (JoseError, ValueError) as exc:
-            raise LoginRefused("malformed", _clip(f"ID token cannot be decoded: {exc}")) from exc
-    which = f"key {kid!r}" if kid is not None else "any key of the IdP's JWKS"
-    raise LoginRefused("bad-signature", _clip(f"ID token signature does not verify with {which}"))
-
-
-_CLAIM_CODES: Final[dict[str, RefusalCode]] = {
-    "iss": "wrong-issuer",
-    "aud": "wrong-audience",
-    "azp": "wrong-audience",
-    "nonce": "wrong-nonce",
-    "at_hash": "bad-signature",
-}
-
-
-def _claim_refusal(exc: JoseError, claims: Mapping[str, Any]) -> LoginRefused:
-    if isinstance(exc, ExpiredTokenError):
-        return LoginRefused("expired", "ID token has expired (exp, beyond the leeway)")
-    names = getattr(exc, "claim", "")
-    missing = isinstance(exc, MissingClaimError)
-    if missing and names not in ("nonce", "azp"):
-        return LoginRefused("malformed", _clip(f"ID token lacks {names}"))
-    if names in ("iat", "nbf") and _numeric(claims.get(names)):
-        return LoginRefused(
-            "not-yet-valid", f"ID token {names} is in the future (beyond the leeway)"
-        )
-    code = _CLAIM_CODES.get(names, "malformed")
-    problem = "lacks" if missing else "has a wrong or invalid"
-    return LoginRefused(code, _clip(f"ID token {problem} {names}"))
-
-
-def _numeric(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _key_set(doc: dict[str, Any], uri: str) -> KeySet:
-    """The signature keys of a JWKS document. Keys we cannot use are skipped, not fatal
-    (RFC 7517 §5): symmetric ones (a shared secret proves nothing about the IdP), encryption
-    ones, unknown types and broken entries."""
-    entries = doc.get("keys")
-    if not isinstance(entries, list):
-        raise LoginRefused("malformed", _clip(f"JWKS at {uri} has no keys array"))
-    keys: list[Key] = []
-    for entry in entries:
-        if not isinstance(entry, dict) or entry.get("kty") == "oct" or entry.get("use") == "enc":
-            continue
-        try:
-            keys.append(JWKRegistry.import_key(cast(dict[str, str | list[str]], entry)))
-        except (JoseError, ValueError, TypeError, KeyError):
-            continue
-    if not keys:
-        raise LoginRefused("malformed", _clip(f"JWKS at {uri} has no usable signing key"))
-    return KeySet(keys)
-
-
-def _json_object(response: OutboundResponse, what: str) -> dict[str, Any]:
-    if response.truncated:
-        raise LoginRefused("malformed", f"{what} is larger than we read")
-    try:
-        value = msgspec.json.decode(response.body)
-    except msgspec.DecodeError as exc:
-        raise LoginRefused("malformed", f"{what} is not JSON") from exc
-    if not isinstance(value, dict):
-        raise LoginRefused("malformed", f"{what} is not a JSON object")
-    return value
-
-
-def _strings(doc: Mapping[str, Any], key: str) -> tuple[str, ...] | None:
-    value = doc.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise LoginRefused("malformed", f"discovery document: {key} is not a list of strings")
-    return tuple(value)
-
-
-def _oauth_error(response: OutboundResponse) -> str:
-    """ ": <error> (<description>)" from an OAuth error body, or "". The raw body is never
-    echoed: only the two fields RFC 6749 5.2 defines."""
-    if response.truncated:
-        return ""
-    try:
-        body = msgspec.json.decode(response.body)
-    except msgspec.DecodeError:
-        return ""
-    if not isinstance(body, dict) or not isinstance(body.get("error"), str):
-        return ""
-    description = body.get("error_description")
-    extra = f" ({description})" if isinstance(description, str) and description else ""
-    return f": {body['error']}{extra}"
-
-
-def _redact(text: str, conf: OidcConnectionConfig) -> str:
-    """The client secret out of anything an IdP sent back (some echo the request)."""
-    for form in {conf.client_secret, quote(conf.client_secret, safe="")}:
-        if form:
-            text = text.replace(form, "[redacted]")
-    return text
-
-
-def _unreachable_status(what: str, url: str, status: int) -> LoginRefused:
-    hint = " (redirects are not followed)" if 300 <= status < 400 else ""
-    return LoginRefused("idp-unreachable", _clip(f"{what} at {url} answered {status}{hint}"))
-
-
-def _attribute_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
-    """Claims about the person, flat enough for `as_attribute_lists`: no protocol claims,
-    no nulls, objects (address) as JSON text rather than a Python repr."""
-    out: dict[str, Any] = {}
-    for name, value in claims.items():
-        if name in PROTOCOL_CLAIMS or value is None:
-            continue
-        if isinstance(value, list):
-            out[name] = [_flat(v) for v in value if v is not None]
-        else:
-            out[name] = _flat(value)
-    return out
-
-
-def _flat(value: Any) -> Any:
-    if isinstance(value, dict | list):
-        return msgspec.json.encode(value).decode()
-    return value
-
-
-def _with_query(url: str, params: list[tuple[str, str]]) -> str:
-    """`url` with `params` added to its query; a parameter of ours replaces one of the same
-    name already there (an endpoint URL may carry its own, e.g. a tenant or policy)."""
-    parts = urlsplit(url)
-    ours = {name for name, _ in params}
-    kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in ours]
-    return urlunsplit(parts._replace(query=urlencode(kept + params, quote_via=quote)))
-
-
-def _clip(text: str) -> str:
-    """A detail for the admin's log: printable and bounded (IdPs and attackers write some
-    of it)."""
-    text = "".join(c if c.isprintable() else "?" for c in text)
-    return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 1] + "…"
+        raise LoginRefused("idp-unreachable", clip(detail))
