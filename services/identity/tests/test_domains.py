@@ -14,11 +14,9 @@ from dns.rdtypes.ANY.TXT import TXT
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tenantry_identity.sso.domains import (
+from tenantry_identity.sso.email_domains import (
     CONSUMER_DOMAINS,
-    DomainLookupFailed,
     DomainRefused,
-    TxtResolver,
     challenge_name,
     challenge_value,
     claimable_domain,
@@ -26,9 +24,9 @@ from tenantry_identity.sso.domains import (
     is_consumer_domain,
     new_challenge_token,
     normalise_domain,
-    parse_nameserver,
     record_matches,
 )
+from tenantry_identity.sso.txt_lookup import DomainLookupFailed, TxtResolver, parse_nameserver
 from tenantry_testkit.dns import LoopbackDns
 
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"

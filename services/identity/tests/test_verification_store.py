@@ -35,16 +35,10 @@ async def identity_db(stack: Stack) -> AsyncIterator[ScratchDatabase]:
 async def setup(db: ScratchDatabase) -> tuple[EmailVerification, MemoryMailer, FakeClock, UUID]:
     events = PostgresEventStore(PostgresOutbox(db.db))
     clock, mailer = FakeClock(), MemoryMailer()
-    verification = EmailVerification(
-        events,
-        mailer,
-        clock,
-        confirm_url="http://127.0.0.1/c",
-        source="/tenantry/identity",
-        region="local",
-    )
+    store = IdentityStore(events, source="/tenantry/identity", region="local")
+    verification = EmailVerification(store, mailer, clock, confirm_url="http://127.0.0.1/c")
     async with db.db.transaction(tenant_id=UUID(int=7)) as tx:
-        account = await IdentityStore(events, source="/t", region="local").create_account(
+        account = await store.create_account(
             tx,
             tenant_id=UUID(int=7),
             email="a@example.com",

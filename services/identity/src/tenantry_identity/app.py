@@ -1,20 +1,23 @@
-"""Wiring of the identity service: the one place that puts domain, store and edges together."""
+"""Wiring of the identity service: the one place that puts domain, store and edges together.
+
+The api process builds its components once at startup (`start_api`); routes receive them by
+name through Litestar's dependency injection (`COMPONENT_DEPENDENCIES`), typed, never
+looked up by hand."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, fields
 from datetime import timedelta
-from typing import Any
 
 import asyncpg
+from litestar import Router
+from litestar.di import Provide
 from onelogin.saml2.constants import OneLogin_Saml2_Constants
 
 from tenantry_credentials.crypto import SecretBox
 from tenantry_events.consumer import Handler, merge_handlers
-from tenantry_events.envelope import Envelope
-from tenantry_events.payloads.identity import AccountCreated, ApiKeyUsed
-from tenantry_events.payloads.tenancy import TenantCreated
-from tenantry_events.payloads.webhooks import WebhookEndpointDisabled
+from tenantry_identity.accounts import Accounts
 from tenantry_identity.api import (
     AccountAdminController,
     AccountsController,
@@ -24,24 +27,22 @@ from tenantry_identity.api import (
     VerificationController,
     jwks,
 )
-from tenantry_identity.domain import IdentityRuleBroken, normalise_email
+from tenantry_identity.consumers import identity_consumers
 from tenantry_identity.keys import SigningKeys
+from tenantry_identity.sessions import Sessions
 from tenantry_identity.settings import IdentitySettings
-from tenantry_identity.sso.api import (
-    SsoBrowserController,
-    SsoConnectionsController,
-    SsoDomainsController,
-    SsoProductController,
-)
-from tenantry_identity.sso.domains import TxtResolver
+from tenantry_identity.sso.admin_api import SsoConnectionsController, SsoDomainsController
+from tenantry_identity.sso.connections import SsoConnections
+from tenantry_identity.sso.login_api import SsoBrowserController, SsoProductController
+from tenantry_identity.sso.logins import SsoLogins
 from tenantry_identity.sso.metadata import MetadataFetcher
 from tenantry_identity.sso.oidc import OidcRelyingParty
-from tenantry_identity.sso.service import SsoService
 from tenantry_identity.sso.store import SsoStore
-from tenantry_identity.store import EmailTaken, IdentityStore
+from tenantry_identity.sso.txt_lookup import TxtResolver
+from tenantry_identity.store import IdentityStore
 from tenantry_identity.usage_report import reconcile_usage, usage_report_handlers
 from tenantry_identity.verification import EmailVerification
-from tenantry_outbound.mail import Mailer, MailError, SmtpSettings
+from tenantry_outbound.mail import Mailer, SmtpSettings
 from tenantry_outbound.outbound import OutboundClient, OutboundPolicy
 from tenantry_platform.clock import SystemClock
 from tenantry_projections.projections import standard_projections
@@ -50,17 +51,27 @@ from tenantry_service.app import ServiceSpec, rate_limit_step
 from tenantry_service.runtime import Runtime
 
 
-async def start_signing_keys(runtime: Runtime) -> None:
+def identity_settings(runtime: Runtime) -> IdentitySettings:
     settings = runtime.settings
-    assert isinstance(settings, IdentitySettings)
-    keys = SigningKeys(
-        runtime.db,
-        SecretBox.from_base64(settings.master_key),
-        token_ttl=timedelta(seconds=settings.access_token_ttl_seconds),
+    assert isinstance(settings, IdentitySettings)  # SPEC.settings_cls loaded them
+    return settings
+
+
+def identity_store(runtime: Runtime) -> IdentityStore:
+    return IdentityStore(runtime.events, source=runtime.source, region=runtime.settings.region)
+
+
+def sso_store(runtime: Runtime) -> SsoStore:
+    return SsoStore(runtime.events, source=runtime.source, region=runtime.settings.region)
+
+
+def email_verification(runtime: Runtime) -> EmailVerification:
+    return EmailVerification(
+        identity_store(runtime),
+        Mailer(SmtpSettings.from_env()),
+        SystemClock(),
+        confirm_url=identity_settings(runtime).verification_url(),
     )
-    await keys.active()  # creates the first key on a new database
-    runtime.extras["signing_keys"] = keys
-    runtime.extras["verification"] = email_verification(runtime)
 
 
 def sso_outbound(settings: IdentitySettings) -> OutboundClient:
@@ -87,17 +98,56 @@ def sso_outbound(settings: IdentitySettings) -> OutboundClient:
     return OutboundClient(policy, breakers=breakers)
 
 
-def sso_parts(runtime: Runtime, client: OutboundClient) -> tuple[SsoService, MetadataFetcher]:
-    settings = runtime.settings
-    assert isinstance(settings, IdentitySettings)
+@dataclass(frozen=True)
+class IdentityComponents:
+    """What identity's routes use, built once per api process. Each field is injected by
+    its name into the route handlers that declare it (`NamedDependency[<its type>]`)."""
+
+    identity_settings: IdentitySettings
+    identity_store: IdentityStore
+    signing_keys: SigningKeys
+    sessions: Sessions
+    accounts: Accounts
+    verification: EmailVerification
+    sso_outbound: OutboundClient
+    sso_store: SsoStore
+    sso_logins: SsoLogins
+    sso_connections: SsoConnections
+    idp_metadata: MetadataFetcher
+    txt_resolver: TxtResolver
+
+
+async def build_components(runtime: Runtime) -> IdentityComponents:
+    settings = identity_settings(runtime)
+    store = identity_store(runtime)
+    keys = SigningKeys(
+        runtime.db,
+        SecretBox.from_base64(settings.master_key),
+        token_ttl=timedelta(seconds=settings.access_token_ttl_seconds),
+    )
+    await keys.active()  # creates the first key on a new database
+    sessions = Sessions(
+        runtime.db,
+        store,
+        keys,
+        access_token_ttl=timedelta(seconds=settings.access_token_ttl_seconds),
+        refresh_token_ttl=timedelta(seconds=settings.refresh_token_ttl_seconds),
+    )
+    accounts = Accounts(
+        runtime.db, store, runtime.outbox, source=runtime.source, region=settings.region
+    )
     # python3-saml's validity windows use this module-level allowance (300 s by default).
     OneLogin_Saml2_Constants.ALLOWED_CLOCK_DRIFT = settings.sso_clock_skew_seconds
     clock = SystemClock()
-    store = SsoStore(runtime.events, source=runtime.source, region=settings.region)
-    service = SsoService(
-        runtime,
-        identity=IdentityStore(runtime.events, source=runtime.source, region=settings.region),
-        store=store,
+    client = sso_outbound(settings)
+    logins_store = sso_store(runtime)
+    logins = SsoLogins(
+        runtime.db,
+        runtime.outbox,
+        identity=store,
+        sessions=sessions,
+        accounts=accounts,
+        store=logins_store,
         box=SecretBox.from_base64(settings.master_key),
         rp=OidcRelyingParty(
             client,
@@ -110,6 +160,8 @@ def sso_parts(runtime: Runtime, client: OutboundClient) -> tuple[SsoService, Met
         public_url=settings.public_url(),
         login_ttl=timedelta(seconds=settings.sso_login_ttl_seconds),
         code_ttl=timedelta(seconds=settings.sso_code_ttl_seconds),
+        source=runtime.source,
+        region=settings.region,
         # The login routes are anonymous: each is billed to its connection's tenant.
         charge=(
             (lambda tenant_id: rate_limit_step(runtime).charge(tenant_id, "auth"))
@@ -117,143 +169,76 @@ def sso_parts(runtime: Runtime, client: OutboundClient) -> tuple[SsoService, Met
             else None
         ),
     )
-    return service, MetadataFetcher(runtime, client, store, clock)
-
-
-async def start_sso(runtime: Runtime) -> None:
-    settings = runtime.settings
-    assert isinstance(settings, IdentitySettings)
-    client = sso_outbound(settings)
-    service, fetcher = sso_parts(runtime, client)
-    runtime.extras["sso_client"] = client
-    runtime.extras["sso"] = service
-    runtime.extras["sso_metadata"] = fetcher
-    runtime.extras["sso_dns"] = TxtResolver(
-        settings.dns_nameservers(), timeout=settings.sso_dns_timeout_seconds
+    metadata = MetadataFetcher(runtime.db, client, logins_store, clock)
+    return IdentityComponents(
+        identity_settings=settings,
+        identity_store=store,
+        signing_keys=keys,
+        sessions=sessions,
+        accounts=accounts,
+        verification=email_verification(runtime),
+        sso_outbound=client,
+        sso_store=logins_store,
+        sso_logins=logins,
+        sso_connections=SsoConnections(
+            runtime.db,
+            logins_store,
+            logins,
+            metadata,
+            redirect_uris=settings.redirect_uris(),
+        ),
+        idp_metadata=metadata,
+        txt_resolver=TxtResolver(
+            settings.dns_nameservers(), timeout=settings.sso_dns_timeout_seconds
+        ),
     )
 
 
-async def stop_sso(runtime: Runtime) -> None:
-    client = runtime.extras.get("sso_client")
-    if isinstance(client, OutboundClient):
-        await client.aclose()
+# The components live on the runtime (the one thing the app factory hands every hook and
+# route) under this key; only this module reads it.
+COMPONENTS = "identity.components"
+
+
+async def start_api(runtime: Runtime) -> None:
+    runtime.extras[COMPONENTS] = await build_components(runtime)
+
+
+async def stop_api(runtime: Runtime) -> None:
+    components = runtime.extras.pop(COMPONENTS, None)
+    if isinstance(components, IdentityComponents):
+        await components.sso_outbound.aclose()
+
+
+def components_of(runtime: Runtime) -> IdentityComponents:
+    components = runtime.extras[COMPONENTS]
+    assert isinstance(components, IdentityComponents)  # start_api put them there
+    return components
+
+
+def component_provider(name: str) -> Provide:
+    def provide(runtime: Runtime) -> object:
+        return getattr(components_of(runtime), name)
+
+    return Provide(provide, sync_to_thread=False)
+
+
+COMPONENT_DEPENDENCIES = {f.name: component_provider(f.name) for f in fields(IdentityComponents)}
 
 
 async def refresh_idp_metadata(runtime: Runtime, stop: asyncio.Event) -> None:
     """The worker keeps metadata-URL connections current and sweeps expired login state."""
-    settings = runtime.settings
-    assert isinstance(settings, IdentitySettings)
+    settings = identity_settings(runtime)
     async with sso_outbound(settings) as client:
-        _, fetcher = sso_parts(runtime, client)
+        fetcher = MetadataFetcher(runtime.db, client, sso_store(runtime), SystemClock())
         await fetcher.run(stop, settings.sso_metadata_refresh_seconds)
 
 
-def email_verification(runtime: Runtime) -> EmailVerification:
-    settings = runtime.settings
-    assert isinstance(settings, IdentitySettings)
-    return EmailVerification(
-        runtime.events,
-        Mailer(SmtpSettings.from_env()),
-        SystemClock(),
-        confirm_url=settings.verification_url(),
-        source=runtime.source,
-        region=settings.region,
-    )
-
-
-def identity_consumers(runtime: Runtime) -> dict[str, Handler[asyncpg.Connection]]:
-    """identity reacts to its own account.created by mailing the verification link (the
-    operational mail is sent from the worker, retried like any other effect)."""
-    verification = email_verification(runtime)
-
-    async def on_account_created(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
-        payload: AccountCreated = event.payload
-        if not payload.email_verified:
-            try:
-                await verification.send(
-                    tx, payload.account_id, payload.email, enforce_spacing=False
-                )
-            except MailError as exc:
-                if exc.temporary:
-                    # The relay is down or busy: redeliver later, never dead-letter the invite.
-                    raise ConnectionError(str(exc)) from exc
-                raise
-
-    async def on_tenant_created(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
-        """The tenant's owner gets an account (no password yet) and, through
-        account.created, the invitation that verifies the address and sets the password."""
-        payload: TenantCreated = event.payload
-        if payload.owner_email is None:
-            return
-        try:
-            email = normalise_email(payload.owner_email)
-        except IdentityRuleBroken:
-            return  # tenancy validated it; a bad address cannot be invited anyway
-        try:
-            async with tx.transaction():
-                await IdentityStore(
-                    runtime.events, source=runtime.source, region=runtime.settings.region
-                ).create_account(
-                    tx,
-                    tenant_id=event.tenant_id,
-                    email=email,
-                    role="owner",
-                    password_hash=None,
-                    created_by="tenant.created",
-                )
-        except EmailTaken:
-            pass  # already there (an earlier delivery, or an operator created it)
-
-    async def on_apikey_used(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
-        payload: ApiKeyUsed = event.payload
-        await tx.execute(
-            """UPDATE api_keys SET last_used_at = greatest(last_used_at, $2)
-               WHERE key_id = $1 AND tenant_id = $3""",
-            payload.key_id,
-            payload.last_used_at,
-            event.tenant_id,
-        )
-
-    mailer = Mailer(SmtpSettings.from_env())
-
-    async def on_endpoint_disabled(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
-        """The operational notice: the tenant's owners and admins learn that an endpoint
-        stopped receiving webhooks, and why (identity sends every operational mail)."""
-        payload: WebhookEndpointDisabled = event.payload
-        admins = await tx.fetch(
-            """SELECT email FROM accounts WHERE tenant_id = $1 AND status = 'active'
-                 AND role IN ('owner', 'admin') AND email_verified""",
-            event.tenant_id,
-        )
-        why = {
-            "gone": "it answered 410 Gone",
-            "failing": f"every delivery to it has failed since {payload.failing_since}",
-        }.get(payload.reason, payload.reason)
-        for admin in admins:
-            try:
-                await mailer.send(
-                    admin["email"],
-                    "A webhook endpoint was disabled",
-                    f"Tenantry stopped sending webhooks to {payload.url} "
-                    f"(endpoint {payload.endpoint_id}) because {why}.\n\n"
-                    "Messages for it are kept. Fix the endpoint, enable it again, and recover "
-                    "what failed meanwhile (POST .../webhooks/endpoints/"
-                    f"{payload.endpoint_id}/recover).\n",
-                    headers={"X-Tenantry-Notice": "webhook-endpoint-disabled"},
-                )
-            except MailError as exc:
-                if exc.temporary:
-                    raise ConnectionError(str(exc)) from exc  # redeliver later
-                raise
-
+def worker_consumers(runtime: Runtime) -> dict[str, Handler[asyncpg.Connection]]:
     return merge_handlers(
         standard_projections(),
-        {
-            "account.created": on_account_created,
-            "tenant.created": on_tenant_created,
-            "apikey.used": on_apikey_used,
-            "webhook.endpoint_disabled": on_endpoint_disabled,
-        },
+        identity_consumers(
+            identity_store(runtime), email_verification(runtime), Mailer(SmtpSettings.from_env())
+        ),
         usage_report_handlers(runtime),
     )
 
@@ -264,21 +249,33 @@ SPEC = ServiceSpec(
         "Login accounts, SSO connections, sessions and tokens, API keys, email verification."
     ),
     route_handlers=[
-        SessionsController,
-        AccountsController,
-        AccountAdminController,
-        ApiKeysController,
-        VerificationController,
-        ProvisioningController,
-        SsoConnectionsController,
-        SsoDomainsController,
-        SsoProductController,
+        Router(
+            path="/",
+            route_handlers=[
+                SessionsController,
+                AccountsController,
+                AccountAdminController,
+                ApiKeysController,
+                VerificationController,
+                ProvisioningController,
+                SsoConnectionsController,
+                SsoDomainsController,
+                SsoProductController,
+            ],
+            dependencies=COMPONENT_DEPENDENCIES,
+        )
     ],
-    root_route_handlers=[jwks, SsoBrowserController],
-    consumer_factory=identity_consumers,
+    root_route_handlers=[
+        Router(
+            path="/",
+            route_handlers=[jwks, SsoBrowserController],
+            dependencies=COMPONENT_DEPENDENCIES,
+        )
+    ],
+    consumer_factory=worker_consumers,
     migration_packages=["tenantry_identity"],
     settings_cls=IdentitySettings,
-    on_startup=[start_signing_keys, start_sso],
-    on_shutdown=[stop_sso],
+    on_startup=[start_api],
+    on_shutdown=[stop_api],
     worker_tasks=[refresh_idp_metadata, reconcile_usage],
 )

@@ -14,11 +14,12 @@ from uuid_utils.compat import uuid7
 from tenantry_credentials.crypto import SecretBox
 from tenantry_credentials.tokens import new_signing_key
 from tenantry_events.pg import Database
+from tenantry_identity.store import SigningKeyStore
 
 
 class SigningKeys:
     def __init__(self, db: Database, box: SecretBox, *, token_ttl: timedelta) -> None:
-        self._db = db
+        self._store = SigningKeyStore(db)
         self._box = box
         self._token_ttl = token_ttl
         self._active: OKPKey | None = None
@@ -27,13 +28,10 @@ class SigningKeys:
     async def active(self) -> OKPKey:
         # Re-read now and then: another api process may have rotated.
         if self._active is None or time.monotonic() - self._loaded_at > 60:
-            row = await self._db.pool.fetchrow(
-                "SELECT kid, private_jwk FROM signing_keys WHERE state = 'active'"
-                " ORDER BY created_at DESC LIMIT 1"
-            )
-            if row is None:
+            found = await self._store.active()
+            if found is None:
                 return await self.rotate()
-            self._active = self._load(row["kid"], row["private_jwk"])
+            self._active = self._load(*found)
             self._loaded_at = time.monotonic()
         return self._active
 
@@ -46,28 +44,14 @@ class SigningKeys:
         kid = f"k-{uuid7().hex[:16]}"
         key = new_signing_key(kid)
         private = json.dumps(key.as_dict(private=True)).encode()
-        async with self._db.transaction() as tx:
-            await tx.execute("SELECT pg_advisory_xact_lock(hashtext('identity.signing_keys'))")
-            await tx.execute(
-                "UPDATE signing_keys SET state = 'retired', retired_at = now()"
-                " WHERE state = 'active'"
-            )
-            await tx.execute(
-                """INSERT INTO signing_keys (kid, private_jwk, public_jwk, state)
-                   VALUES ($1, $2, $3, 'active')""",
-                kid,
-                self._box.encrypt(private, f"identity.signing_key:{kid}"),
-                key.as_dict(private=False),
-            )
+        await self._store.make_active(
+            kid,
+            private_jwk=self._box.encrypt(private, f"identity.signing_key:{kid}"),
+            public_jwk=key.as_dict(private=False),
+        )
         self._active = key
         self._loaded_at = time.monotonic()
         return key
 
     async def jwks(self) -> dict[str, Any]:
-        rows = await self._db.pool.fetch(
-            """SELECT public_jwk FROM signing_keys
-               WHERE state = 'active' OR retired_at > now() - $1::interval
-               ORDER BY created_at DESC""",
-            self._token_ttl * 2,
-        )
-        return {"keys": [r["public_jwk"] for r in rows]}
+        return {"keys": await self._store.published(self._token_ttl * 2)}

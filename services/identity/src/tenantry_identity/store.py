@@ -21,10 +21,16 @@ from tenantry_events.payloads.identity import (
     AccountRoleChanged,
     ApiKeyCreated,
     ApiKeyRevoked,
+    EmailVerified,
 )
+from tenantry_events.pg import Database
 from tenantry_events.storage import PostgresEventStore
 
 PLATFORM_TENANT = UUID(int=0)  # the envelope's tenant for operator-level events
+
+# Usage counted in identity's own rows, inside the creating transaction (the plan's limits).
+SEATS_IN_USE = "SELECT count(*) FROM accounts WHERE tenant_id = $1 AND status = 'active'"
+API_KEYS_IN_USE = "SELECT count(*) FROM api_keys WHERE tenant_id = $1 AND revoked_at IS NULL"
 
 
 class AccountRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,6 +66,19 @@ class RefreshRefused(Exception):
     """Unknown, expired or revoked refresh token."""
 
 
+class PendingVerification(msgspec.Struct, frozen=True, kw_only=True):
+    """A mailed verification link's row, with the account it is for (locked by the read)."""
+
+    account_id: UUID
+    email: str  # the address the link was mailed to
+    expires_at: datetime
+    used_at: datetime | None
+    current_email: str  # the account's address now
+    tenant_id: UUID | None
+    email_verified: bool
+    needs_password: bool
+
+
 _ACCOUNT = "account_id, tenant_id, email, role, status, email_verified, created_at"
 _KEY = (
     "key_id, tenant_id, display_prefix, name, kind, owner_account_id, scopes, expires_at,"
@@ -88,6 +107,24 @@ class IdentityStore:
         )
 
     # ------------------------------------------------------------------ accounts
+    # Every change of an account's state goes through `_account_changed`: the row is written
+    # here, and the event that says so is appended to the account's stream at the version
+    # the row now holds (the one seam to turn into an event-sourced aggregate).
+    async def _account_changed(
+        self,
+        tx: asyncpg.Connection,
+        tenant_id: UUID | None,
+        account_id: UUID,
+        version: int,
+        payload: Any,
+    ) -> None:
+        await self._events.append(
+            tx,
+            f"account-{account_id}",
+            version - 1,
+            [self._event(payload, tenant_id, str(account_id), version)],
+        )
+
     async def create_account(
         self,
         tx: asyncpg.Connection,
@@ -129,13 +166,12 @@ class IdentityStore:
                 email_verified=email_verified,
                 created_by=created_by,
             )
-            await self._events.append(
-                tx,
-                f"account-{account_id}",
-                0,
-                [self._event(payload, tenant_id, str(account_id), 1)],
-            )
+            await self._account_changed(tx, tenant_id, account_id, 1, payload)
         return account
+
+    async def lock_operator_bootstrap(self, tx: asyncpg.Connection) -> None:
+        """Bootstraps wait for each other: of two at once, only one finds no operator."""
+        await tx.execute("SELECT pg_advisory_xact_lock(hashtext('identity.bootstrap'))")
 
     async def operators_exist(self, tx: asyncpg.Connection) -> bool:
         return bool(
@@ -313,13 +349,7 @@ class IdentityStore:
         if row is None:
             return None
         data = dict(row)
-        version = data.pop("version")
-        await self._events.append(
-            tx,
-            f"account-{account_id}",
-            version - 1,
-            [self._event(payload, tenant_id, str(account_id), version)],
-        )
+        await self._account_changed(tx, tenant_id, account_id, data.pop("version"), payload)
         return AccountRow(**data)
 
     async def enable_account(
@@ -404,12 +434,7 @@ class IdentityStore:
             previous_role=before,
             changed_by=changed_by,
         )
-        await self._events.append(
-            tx,
-            f"account-{account_id}",
-            version - 1,
-            [self._event(payload, tenant_id, str(account_id), version)],
-        )
+        await self._account_changed(tx, tenant_id, account_id, version, payload)
         return AccountRow(**data)
 
     async def revoke_families(self, tx: asyncpg.Connection, family_ids: list[UUID]) -> int:
@@ -420,3 +445,146 @@ class IdentityStore:
             family_ids,
         )
         return int(result.split()[-1])
+
+    # ------------------------------------------------------------------ email verification
+    async def verification_send_times(
+        self, tx: asyncpg.Connection, account_id: UUID
+    ) -> list[datetime]:
+        rows = await tx.fetch(
+            "SELECT created_at FROM email_verifications WHERE account_id = $1", account_id
+        )
+        return [r["created_at"] for r in rows]
+
+    async def save_verification(
+        self,
+        tx: asyncpg.Connection,
+        token: str,
+        *,
+        account_id: UUID,
+        email: str,
+        created_at: datetime,
+        expires_at: datetime,
+    ) -> None:
+        """Only the token's SHA-256 is stored: the link in the mailbox is the one copy."""
+        await tx.execute(
+            """INSERT INTO email_verifications (token_sha256, account_id, email, created_at,
+                                                expires_at)
+               VALUES ($1, $2, $3, $4, $5)""",
+            sha256(token),
+            account_id,
+            email,
+            created_at,
+            expires_at,
+        )
+
+    async def verification_to_confirm(
+        self, tx: asyncpg.Connection, token: str
+    ) -> PendingVerification | None:
+        row = await tx.fetchrow(
+            """SELECT v.account_id, v.email, v.expires_at, v.used_at, a.email AS current_email,
+                      a.tenant_id, a.email_verified, a.password_hash IS NULL AS needs_password
+               FROM email_verifications v JOIN accounts a USING (account_id)
+               WHERE v.token_sha256 = $1 FOR UPDATE OF v, a""",
+            sha256(token),
+        )
+        return PendingVerification(**dict(row)) if row else None
+
+    async def use_verification(self, tx: asyncpg.Connection, token: str, at: datetime) -> None:
+        await tx.execute(
+            "UPDATE email_verifications SET used_at = $2 WHERE token_sha256 = $1",
+            sha256(token),
+            at,
+        )
+
+    async def set_first_password(
+        self, tx: asyncpg.Connection, account_id: UUID, password_hash: str
+    ) -> None:
+        """An invited account's password, set through its verification link (a secret: no
+        event says what it is, and the account's version does not move)."""
+        await tx.execute(
+            "UPDATE accounts SET password_hash = $2 WHERE account_id = $1",
+            account_id,
+            password_hash,
+        )
+
+    async def mark_email_verified(
+        self, tx: asyncpg.Connection, account_id: UUID, email: str
+    ) -> None:
+        """The account's address is proven (user.email_verified); nothing if it was already."""
+        row = await tx.fetchrow(
+            """UPDATE accounts SET email_verified = true, version = version + 1
+               WHERE account_id = $1 AND NOT email_verified RETURNING tenant_id, version""",
+            account_id,
+        )
+        if row is not None:
+            payload = EmailVerified(account_id=account_id, email=email)
+            await self._account_changed(tx, row["tenant_id"], account_id, row["version"], payload)
+
+    # ------------------------------------------------------------------ what consumers record
+    async def record_api_key_use(
+        self, tx: asyncpg.Connection, tenant_id: UUID, key_id: str, used_at: datetime
+    ) -> None:
+        """apikey.used from any service: the latest use wins, whatever the delivery order."""
+        await tx.execute(
+            """UPDATE api_keys SET last_used_at = greatest(last_used_at, $2)
+               WHERE key_id = $1 AND tenant_id = $3""",
+            key_id,
+            used_at,
+            tenant_id,
+        )
+
+    async def admin_emails(self, tx: asyncpg.Connection, tenant_id: UUID) -> list[str]:
+        """Where a tenant's operational notices go: its active owners and admins whose
+        addresses are verified."""
+        rows = await tx.fetch(
+            """SELECT email FROM accounts WHERE tenant_id = $1 AND status = 'active'
+                 AND role IN ('owner', 'admin') AND email_verified""",
+            tenant_id,
+        )
+        return [r["email"] for r in rows]
+
+
+class SigningKeyStore:
+    """The token signing keys (platform-wide: no tenant, no events). The private half is
+    stored encrypted by the caller."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def active(self) -> tuple[str, bytes] | None:
+        """The active key's id and encrypted private JWK (the newest, should two exist)."""
+        row = await self._db.pool.fetchrow(
+            "SELECT kid, private_jwk FROM signing_keys WHERE state = 'active'"
+            " ORDER BY created_at DESC LIMIT 1"
+        )
+        return (row["kid"], row["private_jwk"]) if row else None
+
+    async def make_active(
+        self, kid: str, *, private_jwk: bytes, public_jwk: dict[str, Any]
+    ) -> None:
+        """Store a new key as the active one; the previous one retires (rotations wait for
+        each other)."""
+        async with self._db.transaction() as tx:
+            await tx.execute("SELECT pg_advisory_xact_lock(hashtext('identity.signing_keys'))")
+            await tx.execute(
+                "UPDATE signing_keys SET state = 'retired', retired_at = now()"
+                " WHERE state = 'active'"
+            )
+            await tx.execute(
+                """INSERT INTO signing_keys (kid, private_jwk, public_jwk, state)
+                   VALUES ($1, $2, $3, 'active')""",
+                kid,
+                private_jwk,
+                public_jwk,
+            )
+
+    async def published(self, retired_within: timedelta) -> list[dict[str, Any]]:
+        """The public JWKs to publish: the active key and those retired within the window,
+        newest first."""
+        rows = await self._db.pool.fetch(
+            """SELECT public_jwk FROM signing_keys
+               WHERE state = 'active' OR retired_at > now() - $1::interval
+               ORDER BY created_at DESC""",
+            retired_within,
+        )
+        return [r["public_jwk"] for r in rows]

@@ -18,7 +18,7 @@ import asyncpg
 from tenantry_events.consumer import Handler
 from tenantry_events.envelope import Envelope
 from tenantry_events.payloads.usage import CountedResource
-from tenantry_identity.api import API_KEYS_IN_USE, SEATS_IN_USE
+from tenantry_identity.store import API_KEYS_IN_USE, SEATS_IN_USE
 from tenantry_projections.usage_reports import Counted, ReconcileSettings, UsageReporter
 from tenantry_service.runtime import Runtime
 

@@ -17,11 +17,8 @@ from uuid import UUID
 
 import asyncpg
 
-from tenantry_events.envelope import new_event
-from tenantry_events.payloads.identity import EmailVerified
-from tenantry_events.storage import PostgresEventStore
 from tenantry_identity.domain import VERIFICATION_TTL_SECONDS, resend_wait
-from tenantry_identity.store import sha256
+from tenantry_identity.store import IdentityStore
 from tenantry_outbound.mail import MailSender
 from tenantry_platform.clock import Clock, utc
 
@@ -41,44 +38,31 @@ class TooSoon(Exception):
 
 class EmailVerification:
     def __init__(
-        self,
-        events: PostgresEventStore,
-        mailer: MailSender,
-        clock: Clock,
-        *,
-        confirm_url: str,
-        source: str,
-        region: str,
+        self, store: IdentityStore, mailer: MailSender, clock: Clock, *, confirm_url: str
     ) -> None:
-        self._events = events
+        self._store = store
         self._mailer = mailer
         self._clock = clock
         self._confirm_url = confirm_url
-        self._source = source
-        self._region = region
 
     async def send(
         self, tx: asyncpg.Connection, account_id: UUID, email: str, *, enforce_spacing: bool
     ) -> None:
         now = self._clock.now()
         if enforce_spacing:
-            rows = await tx.fetch(
-                "SELECT created_at FROM email_verifications WHERE account_id = $1", account_id
-            )
-            wait = resend_wait([r["created_at"].timestamp() for r in rows], now)
+            sent = await self._store.verification_send_times(tx, account_id)
+            wait = resend_wait([at.timestamp() for at in sent], now)
             if wait > 0:
                 raise TooSoon(wait)
         token = secrets.token_urlsafe(32)
         created = utc(self._clock)
-        await tx.execute(
-            """INSERT INTO email_verifications (token_sha256, account_id, email, created_at,
-                                                expires_at)
-               VALUES ($1, $2, $3, $4, $5)""",
-            sha256(token),
-            account_id,
-            email,
-            created,
-            created + timedelta(seconds=VERIFICATION_TTL_SECONDS),
+        await self._store.save_verification(
+            tx,
+            token,
+            account_id=account_id,
+            email=email,
+            created_at=created,
+            expires_at=created + timedelta(seconds=VERIFICATION_TTL_SECONDS),
         )
         link = f"{self._confirm_url}?token={token}"
         await self._mailer.send(
@@ -93,52 +77,22 @@ class EmailVerification:
     ) -> UUID:
         """Confirm the address. An invited account without a password (a tenant's owner,
         an invite without one) sets it here: the link proves the mailbox."""
-        row = await tx.fetchrow(
-            """SELECT v.account_id, v.email, v.expires_at, v.used_at, a.email AS current_email,
-                      a.tenant_id, a.version, a.email_verified,
-                      a.password_hash IS NULL AS needs_password
-               FROM email_verifications v JOIN accounts a USING (account_id)
-               WHERE v.token_sha256 = $1 FOR UPDATE OF v, a""",
-            sha256(token),
-        )
-        if row is None:
+        pending = await self._store.verification_to_confirm(tx, token)
+        if pending is None:
             raise VerificationRefused("invalid-verification-link", "This link is not valid", 404)
-        if row["used_at"] is not None:
+        if pending.used_at is not None:
             raise VerificationRefused("verification-link-used", "This link was already used", 410)
-        if row["expires_at"] <= datetime.fromtimestamp(self._clock.now(), UTC):
+        if pending.expires_at <= datetime.fromtimestamp(self._clock.now(), UTC):
             raise VerificationRefused("verification-link-expired", "This link has expired", 410)
-        if row["email"].lower() != row["current_email"].lower():
+        if pending.email.lower() != pending.current_email.lower():
             raise VerificationRefused("verification-link-stale", "The address has changed", 410)
-        if row["needs_password"]:
+        if pending.needs_password:
             if password_hash is None:
                 raise VerificationRefused(
                     "password-required", "Choose a password to finish setting up the account"
                 )
-            await tx.execute(
-                "UPDATE accounts SET password_hash = $2 WHERE account_id = $1",
-                row["account_id"],
-                password_hash,
-            )
-        await tx.execute(
-            "UPDATE email_verifications SET used_at = $2 WHERE token_sha256 = $1",
-            sha256(token),
-            utc(self._clock),
-        )
-        account_id: UUID = row["account_id"]
-        if not row["email_verified"]:
-            version = row["version"] + 1
-            await tx.execute(
-                "UPDATE accounts SET email_verified = true, version = $2 WHERE account_id = $1",
-                account_id,
-                version,
-            )
-            event = new_event(
-                EmailVerified(account_id=account_id, email=row["email"]),
-                tenant_id=row["tenant_id"],
-                subject=str(account_id),
-                aggregate_version=version,
-                source=self._source,
-                region=self._region,
-            )
-            await self._events.append(tx, f"account-{account_id}", version - 1, [event])
-        return account_id
+            await self._store.set_first_password(tx, pending.account_id, password_hash)
+        await self._store.use_verification(tx, token, utc(self._clock))
+        if not pending.email_verified:
+            await self._store.mark_email_verified(tx, pending.account_id, pending.email)
+        return pending.account_id

@@ -1,4 +1,4 @@
-"""IdP metadata from a URL: fetched through servicekit's outbound client (SSRF guard on the
+"""IdP metadata from a URL: fetched through tenantry_outbound's client (SSRF guard on the
 connected address, timeouts, a size cap, a circuit breaker per host), parsed with
 python3-saml's parser, and refreshed on a schedule by the worker. A failed refresh keeps
 the last good settings and shows the error on the connection."""
@@ -11,6 +11,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
+from tenantry_events.pg import Database
 from tenantry_identity.sso import saml
 from tenantry_identity.sso.store import ConnectionRow, SsoStore
 from tenantry_outbound.outbound import (
@@ -21,16 +22,13 @@ from tenantry_outbound.outbound import (
     OutboundTimeout,
 )
 from tenantry_platform.clock import Clock
-from tenantry_service.runtime import Runtime
 
 log = logging.getLogger("tenantry.identity.sso")
 
 
 class MetadataFetcher:
-    def __init__(
-        self, runtime: Runtime, client: OutboundClient, store: SsoStore, clock: Clock
-    ) -> None:
-        self.runtime = runtime
+    def __init__(self, db: Database, client: OutboundClient, store: SsoStore, clock: Clock) -> None:
+        self.db = db
         self.client = client
         self.store = store
         self.clock = clock
@@ -66,7 +64,7 @@ class MetadataFetcher:
         try:
             meta = await self.fetch(url)
         except ValueError as exc:
-            async with self.runtime.db.transaction(tenant_id=row.tenant_id) as tx:
+            async with self.db.transaction(tenant_id=row.tenant_id) as tx:
                 await self.store.record_metadata_error(tx, row.connection_id, str(exc))
                 fresh = await self.store.get_connection(tx, row.connection_id)
             # Said once per new error; the connection shows it (metadata_error) meanwhile.
@@ -75,16 +73,12 @@ class MetadataFetcher:
             return fresh or row
         config = dict(row.config)
         config.update(saml.config_fields(meta))
-        async with self.runtime.db.transaction(tenant_id=row.tenant_id) as tx:
+        async with self.db.transaction(tenant_id=row.tenant_id) as tx:
             current = await self.store.get_connection(tx, row.connection_id)
             if current is None:
                 return row
             if current.config == config:
-                await tx.execute(
-                    """UPDATE sso_connections SET metadata_fetched_at = now(),
-                           metadata_error = NULL WHERE connection_id = $1""",
-                    row.connection_id,
-                )
+                await self.store.record_metadata_fresh(tx, row.connection_id)
                 return await self.store.get_connection(tx, row.connection_id) or current
             return await self.store.update_connection(
                 tx,
@@ -99,7 +93,7 @@ class MetadataFetcher:
         """The worker's loop: refresh what is due, then sleep a little."""
         while not stop.is_set():
             cutoff = datetime.fromtimestamp(self.clock.now(), UTC) - timedelta(seconds=every)
-            async with self.runtime.db.transaction(platform=True) as tx:
+            async with self.db.transaction(platform=True) as tx:
                 due = await self.store.connections_due_for_metadata(tx, cutoff)
                 await self.store.purge_expired(tx, datetime.fromtimestamp(self.clock.now(), UTC))
             for row in due:

@@ -262,6 +262,22 @@ class SsoStore:
             error[:500],
         )
 
+    async def record_metadata_fresh(self, tx: asyncpg.Connection, connection_id: UUID) -> None:
+        """A refresh found the IdP's metadata unchanged: only when, and that it worked."""
+        await tx.execute(
+            """UPDATE sso_connections SET metadata_fetched_at = now(), metadata_error = NULL
+               WHERE connection_id = $1""",
+            connection_id,
+        )
+
+    # ------------------------------------------------------------------ tenants
+    async def tenant_status(self, tx: asyncpg.Connection, tenant_id: UUID) -> str | None:
+        """The tenant's lifecycle state in identity's projection (None: not known yet)."""
+        status = await tx.fetchval(
+            "SELECT status FROM tenant_projection WHERE tenant_id = $1", tenant_id
+        )
+        return str(status) if status is not None else None
+
     # ------------------------------------------------------------------ domains
     async def add_domain(
         self,

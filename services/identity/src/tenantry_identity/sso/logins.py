@@ -1,6 +1,6 @@
 """The SSO use cases: start a login, finish it at the ACS or callback, sign the user in
 (just-in-time account, mapped profile), hand the product a one-time code, exchange it,
-and single logout. Routes (sso/api.py) call these; these call the stores, python3-saml
+and single logout. Routes (sso/login_api.py) call these; these call the stores, python3-saml
 (sso/saml.py) and the OIDC relying party (sso/oidc.py)."""
 
 from __future__ import annotations
@@ -21,9 +21,12 @@ from uuid_utils.compat import uuid7
 from tenantry_credentials.crypto import SecretBox
 from tenantry_events.envelope import new_event
 from tenantry_events.payloads.identity import UserSignedIn
+from tenantry_events.pg import Database
+from tenantry_events.storage import PostgresOutbox
 from tenantry_guardrails.plan_limits import guard_feature
 from tenantry_http.problems import Problem
-from tenantry_identity.api import TokenPair, issue_tokens, seated_account
+from tenantry_identity.accounts import Accounts
+from tenantry_identity.sessions import Sessions, TokenPair
 from tenantry_identity.sso import saml
 from tenantry_identity.sso.domain import (
     AttributeMapping,
@@ -33,12 +36,11 @@ from tenantry_identity.sso.domain import (
     map_profile,
     unstorable,
 )
-from tenantry_identity.sso.domains import domain_of_email
+from tenantry_identity.sso.email_domains import DomainRefused, domain_of_email, normalise_domain
 from tenantry_identity.sso.oidc import OidcConnectionConfig, OidcRelyingParty
 from tenantry_identity.sso.store import ConnectionRow, IssuedCode, PendingLogin, SsoStore
 from tenantry_identity.store import AccountRow, IdentityStore
 from tenantry_platform.clock import Clock
-from tenantry_service.runtime import Runtime
 
 
 class Redirect(msgspec.Struct, frozen=True, kw_only=True):
@@ -69,12 +71,15 @@ def _secret_context(connection_id: UUID) -> str:
     return f"sso-connection:{connection_id}"
 
 
-class SsoService:
+class SsoLogins:
     def __init__(
         self,
-        runtime: Runtime,
+        db: Database,
+        outbox: PostgresOutbox,
         *,
         identity: IdentityStore,
+        sessions: Sessions,
+        accounts: Accounts,
         store: SsoStore,
         box: SecretBox,
         rp: OidcRelyingParty,
@@ -82,13 +87,17 @@ class SsoService:
         public_url: str,
         login_ttl: timedelta,
         code_ttl: timedelta,
+        source: str,
+        region: str,
         charge: Callable[[UUID], Awaitable[None]] | None = None,
     ) -> None:
         """`charge` bills an anonymous login request to its tenant's rate limits (the
         shared limiter's `charge`, class auth); it raises the 429 problem when over."""
-        self.runtime = runtime
-        self.db = runtime.db
+        self.db = db
+        self.outbox = outbox
         self.identity = identity
+        self.sessions = sessions
+        self.accounts = accounts
         self.store = store
         self.box = box
         self.rp = rp
@@ -96,6 +105,8 @@ class SsoService:
         self.public_url = public_url.rstrip("/")
         self.login_ttl = login_ttl
         self.code_ttl = code_ttl
+        self.source = source
+        self.region = region
         self._charge = charge
         self._saml_settings: dict[tuple[UUID, int], OneLogin_Saml2_Settings] = {}
 
@@ -192,15 +203,62 @@ class SsoService:
         return LoginFailed(refused, redirect)
 
     # ------------------------------------------------------------------ start
+    async def connection_for_login(
+        self, *, connection_id: UUID | None, email: str | None, tenant_id: UUID | None
+    ) -> ConnectionRow:
+        """Which connection a login uses: named, found from the email's verified domain (home
+        realm discovery), or the tenant's only enabled one."""
+        async with self.db.transaction(platform=True) as tx:
+            if connection_id is not None:
+                row = await self.store.get_connection(tx, connection_id)
+                if row is None:
+                    raise Problem(404, "unknown-connection", "No such SSO connection")
+                return row
+            if email is not None:
+                try:
+                    domain = normalise_domain(domain_of_email(email))
+                except DomainRefused:
+                    raise Problem(400, "invalid-email", "Not an email address") from None
+                claimed = await self.store.verified_domain(tx, domain)
+                if claimed is None:
+                    raise Problem(
+                        404,
+                        "no-sso-for-domain",
+                        "Single sign-on is not set up for this email domain",
+                        "Sign in with a password, or ask your administrator",
+                    )
+                tenant_id = claimed.tenant_id
+                if claimed.connection_id is not None:
+                    row = await self.store.get_connection(tx, claimed.connection_id)
+                    if row is not None:
+                        return row
+            if tenant_id is None:
+                raise Problem(400, "connection-required", "Give connection_id, email or tenant_id")
+            rows = [r for r in await self.store.list_connections(tx, tenant_id) if r.enabled]
+        if len(rows) != 1:
+            raise Problem(
+                404 if not rows else 409,
+                "no-sso-connection" if not rows else "connection-ambiguous",
+                "No single enabled SSO connection for this organisation",
+                None if not rows else "name the connection_id",
+            )
+        return rows[0]
+
     async def start(
         self,
         row: ConnectionRow,
-        secrets_: Mapping[str, str],
         *,
         redirect_uri: str,
         client_state: str | None,
         login_hint: str | None,
     ) -> Redirect:
+        """Send the browser to the IdP (billed to the connection's tenant: the route is
+        anonymous), the login kept pending until its answer comes back."""
+        await self.charge(row.tenant_id)
+        async with self.db.transaction(tenant_id=row.tenant_id) as tx:
+            await guard_feature(tx, row.tenant_id, "sso")
+            blob = await self.store.connection_secrets(tx, row.connection_id)
+        secrets_ = self.unseal(row.connection_id, blob)
         if not row.enabled:
             raise await self.refuse(
                 row,
@@ -318,7 +376,7 @@ class SsoService:
         return str(value) if value else None
 
     # ------------------------------------------------------------------ OIDC callback
-    async def oidc_callback_(self, params: Mapping[str, str]) -> str:
+    async def finish_oidc_login(self, params: Mapping[str, str]) -> str:
         state = params.get("state", "")
         if not state:
             raise LookupError("state")
@@ -421,9 +479,7 @@ class SsoService:
         a SAML assertion not seen before, and the pending login it answers still pending
         (taken here, so of two accepted answers to one request only one completes)."""
         tenant_id = row.tenant_id
-        status = await tx.fetchval(
-            "SELECT status FROM tenant_projection WHERE tenant_id = $1", tenant_id
-        )
+        status = await self.store.tenant_status(tx, tenant_id)
         if status == "suspended":
             raise LoginRefused("tenant-suspended", "the tenant is suspended")
         if status is not None and status != "active":  # any later lifecycle state
@@ -503,8 +559,7 @@ class SsoService:
         async def link(tx: asyncpg.Connection, created: AccountRow) -> None:
             await self._link(tx, row, identity, profile, created)
 
-        return await seated_account(
-            self.runtime,
+        return await self.accounts.seat(
             row.tenant_id,
             email=profile.email,
             role=profile.role or row.attribute_mapping.get("default_role", "member"),
@@ -601,12 +656,12 @@ class SsoService:
             if account is None or account.status != "active":
                 raise LookupError("account")
             family_id = _new_family()
-            tokens = await issue_tokens(self.runtime, account, family_id, tx)
+            tokens = await self.sessions.issue(tx, account, family_id)
             await self.store.record_session(tx, family_id, issued)
             signed_in = UserSignedIn(
                 account_id=account.account_id, method="sso", connection_id=issued.connection_id
             )
-            await self.runtime.outbox.put(
+            await self.outbox.put(
                 tx,
                 [
                     new_event(
@@ -614,8 +669,8 @@ class SsoService:
                         tenant_id=issued.tenant_id,
                         subject=str(account.account_id),
                         aggregate_version=0,  # an operational event
-                        source=self.runtime.source,
-                        region=self.runtime.settings.region,
+                        source=self.source,
+                        region=self.region,
                     )
                 ],
             )

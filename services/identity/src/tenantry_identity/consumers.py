@@ -1,0 +1,98 @@
+"""What identity does with events (the worker's consumers): the verification mail for a new
+account, the tenant owner's account, API key use from every service, and the operational
+notice of a disabled webhook endpoint (identity sends every operational mail)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from tenantry_events.consumer import Handler
+from tenantry_events.envelope import Envelope
+from tenantry_events.payloads.identity import AccountCreated, ApiKeyUsed
+from tenantry_events.payloads.tenancy import TenantCreated
+from tenantry_events.payloads.webhooks import WebhookEndpointDisabled
+from tenantry_identity.domain import IdentityRuleBroken, normalise_email
+from tenantry_identity.store import EmailTaken, IdentityStore
+from tenantry_identity.verification import EmailVerification
+from tenantry_outbound.mail import MailError, MailSender
+
+
+def identity_consumers(
+    store: IdentityStore, verification: EmailVerification, mailer: MailSender
+) -> dict[str, Handler[asyncpg.Connection]]:
+    async def on_account_created(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
+        """identity reacts to its own account.created by mailing the verification link (the
+        operational mail is sent from the worker, retried like any other effect)."""
+        payload: AccountCreated = event.payload
+        if not payload.email_verified:
+            try:
+                await verification.send(
+                    tx, payload.account_id, payload.email, enforce_spacing=False
+                )
+            except MailError as exc:
+                if exc.temporary:
+                    # The relay is down or busy: redeliver later, never dead-letter the mail.
+                    raise ConnectionError(str(exc)) from exc
+                raise
+
+    async def on_tenant_created(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
+        """The tenant's owner gets an account (no password yet) and, through
+        account.created, the invitation that verifies the address and sets the password."""
+        payload: TenantCreated = event.payload
+        if payload.owner_email is None:
+            return
+        try:
+            email = normalise_email(payload.owner_email)
+        except IdentityRuleBroken:
+            return  # tenancy validated it; a bad address cannot be invited anyway
+        try:
+            async with tx.transaction():
+                await store.create_account(
+                    tx,
+                    tenant_id=event.tenant_id,
+                    email=email,
+                    role="owner",
+                    password_hash=None,
+                    created_by="tenant.created",
+                )
+        except EmailTaken:
+            pass  # already there (an earlier delivery, or an operator created it)
+
+    async def on_apikey_used(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
+        payload: ApiKeyUsed = event.payload
+        await store.record_api_key_use(tx, event.tenant_id, payload.key_id, payload.last_used_at)
+
+    async def on_endpoint_disabled(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
+        """The operational notice: the tenant's owners and admins learn that an endpoint
+        stopped receiving webhooks, and why."""
+        payload: WebhookEndpointDisabled = event.payload
+        why = {
+            "gone": "it answered 410 Gone",
+            "failing": f"every delivery to it has failed since {payload.failing_since}",
+        }.get(payload.reason, payload.reason)
+        for email in await store.admin_emails(tx, event.tenant_id):
+            try:
+                await mailer.send(
+                    email,
+                    "A webhook endpoint was disabled",
+                    f"Tenantry stopped sending webhooks to {payload.url} "
+                    f"(endpoint {payload.endpoint_id}) because {why}.\n\n"
+                    "Messages for it are kept. Fix the endpoint, enable it again, and recover "
+                    "what failed meanwhile (POST .../webhooks/endpoints/"
+                    f"{payload.endpoint_id}/recover).\n",
+                    headers={"X-Tenantry-Notice": "webhook-endpoint-disabled"},
+                )
+            except MailError as exc:
+                if exc.temporary:
+                    # The relay is down or busy: redeliver later, never dead-letter the mail.
+                    raise ConnectionError(str(exc)) from exc
+                raise
+
+    return {
+        "account.created": on_account_created,
+        "tenant.created": on_tenant_created,
+        "apikey.used": on_apikey_used,
+        "webhook.endpoint_disabled": on_endpoint_disabled,
+    }
