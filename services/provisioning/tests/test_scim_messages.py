@@ -34,7 +34,7 @@ from tenantry_provisioning.scim.resources import (
     group_columns,
     user_columns,
 )
-from tenantry_provisioning.scim.schema import GROUP_SCHEMA
+from tenantry_provisioning.scim.schema import GROUP_SCHEMA, USER_URN
 from tenantry_testkit.strategies import json_values
 
 SEARCH = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
@@ -342,3 +342,16 @@ def test_bulk_strings_are_bounded(member: str) -> None:
         bulk_request, {"schemas": [BULK], "Operations": [operation]}, BULK, max_operations=3
     )
     assert f"Operations[0].{member} is longer than {MAX_BULK_TEXT_CHARS}" in refused.detail
+
+
+@pytest.mark.parametrize("key", ["password", "Password", "PASSWORD"])
+def test_a_password_in_any_casing_is_never_kept(key: str) -> None:
+    # Attribute names are case-insensitive (RFC 7643 §2.1): a "Password" is the writeOnly
+    # password, not an unknown attribute to keep in `extra` and return.
+    columns = user_columns({"schemas": [USER_URN], "userName": "ada", key: "s3cret"})
+    assert "s3cret" not in str(columns)
+
+
+def test_core_attributes_without_a_column_keep_the_schema_casing() -> None:
+    columns = user_columns({"userName": "ada", "IMS": [{"value": "ada@chat"}]})
+    assert columns["extra"] == {"ims": [{"value": "ada@chat"}]}

@@ -31,59 +31,19 @@ from tenantry_provisioning.scim.grammar import (
     Present,
     ValuePath,
 )
+from tenantry_provisioning.scim.json_values import (
+    MISSING,
+    as_bool,
+    get,
+    is_present,
+    same_value,
+)
 from tenantry_provisioning.scim.schema import Attribute
 
-__all__ = [
-    "MISSING",
-    "ElementFilter",
-    "as_bool",
-    "bind",
-    "get",
-    "is_absent",
-    "is_present",
-    "same_value",
-]
+__all__ = ["ElementFilter", "bind"]
 
 _ORDER_OPS: Final = frozenset({"gt", "ge", "lt", "le"})
 _STRING_OPS: Final = frozenset({"co", "sw", "ew"})
-
-
-class _Missing:
-    """A key an object does not have (distinct from JSON null)."""
-
-    def __repr__(self) -> str:
-        return "MISSING"
-
-
-MISSING: Final = _Missing()
-
-
-def get(obj: Mapping[str, Any], name: str) -> Any:
-    """`obj[name]` with the name matched case-insensitively, or MISSING."""
-    if name in obj:
-        return obj[name]
-    low = name.lower()
-    key = next((k for k in obj if isinstance(k, str) and k.lower() == low), None)
-    return MISSING if key is None else obj[key]
-
-
-def is_absent(value: Any) -> bool:
-    """Unassigned per RFC 7643 §2.5 (missing, null, empty list or object)."""
-    return value is MISSING or value is None or value == [] or value == {}
-
-
-def is_present(value: Any) -> bool:
-    """The filter `pr` test: a non-empty value."""
-    return not (is_absent(value) or value == "")
-
-
-def as_bool(raw: Any) -> bool | None:
-    """A boolean, or the strings "true"/"false" in any case (Entra); else None."""
-    if isinstance(raw, bool):
-        return raw
-    if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
-        return raw.strip().lower() == "true"
-    return None
 
 
 @dataclass(frozen=True)
@@ -193,15 +153,6 @@ class ElementFilter:
                 pairs += found
             return pairs
         return None
-
-
-def same_value(attr: Attribute, a: Any, b: Any) -> bool:
-    """Scalar equality under the attribute's caseExact rule (a boolean equals booleans only)."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, str) and isinstance(b, str) and not attr.case_exact:
-        return a.casefold() == b.casefold()
-    return bool(a == b)
 
 
 def _ordered(attr: Attribute, a: Any, b: Any) -> tuple[Any, Any] | None:

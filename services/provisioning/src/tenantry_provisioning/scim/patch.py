@@ -64,20 +64,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias
 
-from tenantry_provisioning.scim.filter_match import (
-    MISSING,
-    ElementFilter,
-    bind,
-    get,
-    is_absent,
-    is_present,
-    same_value,
-)
+from tenantry_provisioning.scim.filter_match import ElementFilter, bind
 from tenantry_provisioning.scim.grammar import (
     PATCH_FILTER,
     Compare,
     FilterError,
     parse_patch_path,
+)
+from tenantry_provisioning.scim.json_values import (
+    MISSING,
+    get,
+    is_absent,
+    is_present,
+    same_value,
 )
 from tenantry_provisioning.scim.messages import json_kind
 from tenantry_provisioning.scim.patch_values import (

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Final, Literal, TypeAlias
 
-from tenantry_provisioning.scim.filter_match import as_bool, get, is_absent, same_value
+from tenantry_provisioning.scim.json_values import as_bool, get, is_absent, same_value
 from tenantry_provisioning.scim.schema import ERROR_URN, Attribute
 
 MAX_VALUE_ITEMS: Final = 10_000

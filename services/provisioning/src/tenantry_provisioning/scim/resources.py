@@ -48,14 +48,13 @@ _PLURAL_SUBS = (
 )
 SUB_ATTRIBUTES = (*dict.fromkeys(_PLURAL_SUBS), "displayName")
 # Never stored, never returned (RFC 7643: password is writeOnly; we do not take one).
-WRITE_ONLY = frozenset({"password"})
-READ_ONLY = frozenset({"id", "meta", "groups", "schemas"})
-_USER_NAMES = {
-    n.lower(): n
-    for n in [*USER_COLUMNS, "name", "active", *MULTI_VALUED, "id", "meta", "schemas", "groups"]
-}
-_GROUP_NAMES = {n.lower(): n for n in ["displayName", "externalId", "members", "id", "meta"]}
-_GROUP_NAMES["schemas"] = "schemas"
+_ATTRIBUTES = (*USER_SCHEMA.attributes, *GROUP_SCHEMA.attributes)
+WRITE_ONLY = frozenset(a.name for a in _ATTRIBUTES if a.mutability == "writeOnly")
+READ_ONLY = frozenset({*(a.name for a in _ATTRIBUTES if a.mutability == "readOnly"), "schemas"})
+# The schema's casing of every core attribute name (and `schemas`), by lower-case name: a
+# "Password" or "IMS" is read as the attribute it names.
+_USER_NAMES = {n.lower(): n for n in (*(a.name for a in USER_SCHEMA.attributes), "schemas")}
+_GROUP_NAMES = {n.lower(): n for n in (*(a.name for a in GROUP_SCHEMA.attributes), "schemas")}
 
 
 class ResourceError(MessageError):
