@@ -13,6 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, Self, TypeVar
 
+import msgspec
+
+from tenantry_events.catalog import CATALOG, UnknownEventType
 from tenantry_events.envelope import Envelope
 
 
@@ -30,6 +33,7 @@ class Aggregate(Protocol):
 
 
 A = TypeVar("A", bound=Aggregate)
+P = TypeVar("P", bound=msgspec.Struct)
 Start = Callable[[Envelope[Any]], A]  # the aggregate from its stream's first event
 
 
@@ -43,6 +47,19 @@ class UnfoldableStream(ValueError):
             f"{type(state).__name__} cannot apply {event.type} "
             f"(subject {event.subject}, version {event.aggregate_version})"
         )
+
+
+def first_payload(event: Envelope[Any], payload_type: type[P], aggregate: str) -> P:
+    """The payload of the first event of `aggregate`'s stream ("a tenant"), which must be a
+    `payload_type`, the event that makes one; any other event is an UnfoldableStream."""
+    payload = event.payload
+    if not isinstance(payload, payload_type):
+        try:
+            expected = CATALOG.by_payload(payload_type).name
+        except UnknownEventType:
+            expected = payload_type.__name__
+        raise UnfoldableStream(f"{aggregate}'s stream starts with {expected}, not {event.type}")
+    return payload
 
 
 def fold(start: Start[A], stream: Iterable[Envelope[Any]]) -> A | None:

@@ -21,7 +21,7 @@ from uuid import UUID
 
 import msgspec
 
-from tenantry_events.aggregates import UnfoldableStream
+from tenantry_events.aggregates import UnfoldableStream, first_payload
 from tenantry_events.envelope import Envelope
 from tenantry_events.payloads.tenancy import (
     Limits,
@@ -122,11 +122,7 @@ class Tenant:
     @staticmethod
     def start(event: Envelope[Any]) -> Tenant:
         """The tenant its stream's first event (tenant.created) makes."""
-        created = event.payload
-        if not isinstance(created, TenantCreated):
-            raise UnfoldableStream(
-                f"a tenant's stream starts with tenant.created, not {event.type}"
-            )
+        created = first_payload(event, TenantCreated, "a tenant")
         return Tenant(
             tenant_id=event.tenant_id, state=created.tenant, version=event.aggregate_version
         )
