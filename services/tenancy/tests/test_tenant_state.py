@@ -20,19 +20,14 @@ from tenantry_events.state_check import check_one
 from tenantry_events.storage import PostgresEventStore, PostgresOutbox
 from tenantry_tenancy.domain import Tenant
 from tenantry_tenancy.store import TENANTS, TenantRepository
-from tenantry_testkit.fixtures import ScratchDatabase
+from tenantry_testkit.fixtures import ScratchDatabase, running_service_db
 from tenantry_testkit.stack import Stack
 
 
 @pytest_asyncio.fixture
 async def stack_tenancy_db(stack: Stack) -> AsyncIterator[Database]:
-    """The running tenancy's own database, as its app role (read, and rows locked briefly)."""
-    db = Database(stack.service_env("tenancy")["TENANTRY_DATABASE_URL"], max_size=2)
-    await db.connect()
-    try:
+    async with running_service_db(stack, "tenancy") as db:
         yield db
-    finally:
-        await db.close()
 
 
 async def test_every_command_path_leaves_the_row_equal_to_the_fold_of_the_stream(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -23,6 +24,18 @@ T = TypeVar("T")
 @pytest.fixture(scope="session")
 def stack() -> Stack:
     return load_stack()
+
+
+@asynccontextmanager
+async def running_service_db(stack: Stack, service: str) -> AsyncIterator[Database]:
+    """The running service's own database, as its app role (what the service itself sees:
+    a test reads its rows, and locks them briefly)."""
+    db = Database(stack.service_env(service)["TENANTRY_DATABASE_URL"], max_size=2)
+    await db.connect()
+    try:
+        yield db
+    finally:
+        await db.close()
 
 
 @dataclass(frozen=True)
