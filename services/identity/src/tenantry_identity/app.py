@@ -37,9 +37,9 @@ from tenantry_identity.sso.login_api import SsoBrowserController, SsoProductCont
 from tenantry_identity.sso.logins import SsoLogins
 from tenantry_identity.sso.metadata import MetadataFetcher
 from tenantry_identity.sso.oidc import OidcRelyingParty
-from tenantry_identity.sso.store import SsoStore
+from tenantry_identity.sso.store import SSO_CONNECTIONS, SsoStore
 from tenantry_identity.sso.txt_lookup import TxtResolver
-from tenantry_identity.store import IdentityStore
+from tenantry_identity.store import ACCOUNTS, API_KEYS, IdentityStore
 from tenantry_identity.usage_report import reconcile_usage, usage_report_handlers
 from tenantry_identity.verification import EmailVerification
 from tenantry_outbound.mail import Mailer, SmtpSettings
@@ -278,4 +278,5 @@ SPEC = ServiceSpec(
     on_startup=[start_api],
     on_shutdown=[stop_api],
     worker_tasks=[refresh_idp_metadata, reconcile_usage],
+    aggregates=[ACCOUNTS, API_KEYS, SSO_CONNECTIONS],
 )

@@ -1,9 +1,26 @@
-"""Identity rules: pure, no I/O."""
+"""Identity rules: pure, no I/O. The account and API key aggregates (their streams fold
+into the state their rows hold), and the rules on emails, passwords, scopes and email
+verification."""
 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from tenantry_events.aggregates import UnfoldableStream, first_payload
+from tenantry_events.envelope import Envelope
+from tenantry_events.payloads.identity import (
+    AccountCreated,
+    AccountDisabled,
+    AccountEnabled,
+    AccountRoleChanged,
+    ApiKeyCreated,
+    ApiKeyRevoked,
+    EmailVerified,
+)
 
 Role = Literal["owner", "admin", "member"]
 TENANT_ROLES: tuple[Role, ...] = ("owner", "admin", "member")
@@ -77,3 +94,93 @@ def resend_wait(previous_sends: list[float], now: float) -> float:
     if len(recent) >= RESEND_MAX_PER_DAY:
         waits.append(recent[-RESEND_MAX_PER_DAY] + 24 * 3600 - now)
     return max(waits)
+
+
+# ---------------------------------------------------------------- the aggregates
+# An account of a tenant (operators, who belong to no tenant, have no stream) and an API key
+# are event-sourced: their stream's first event starts them and `apply` folds each later
+# one (tenantry_events.aggregates). The store writes each state row with its event, in one
+# transaction; the row is the fold's snapshot plus what no event carries (a password hash,
+# when a key was last used), and `tenantry-identity verify-state` compares the two.
+
+
+@dataclass(frozen=True)
+class Account:
+    """What an account's stream says of it: account-<account_id>."""
+
+    account_id: UUID
+    tenant_id: UUID
+    email: str
+    role: str
+    status: str  # active | disabled
+    email_verified: bool
+    version: int
+
+    @staticmethod
+    def start(event: Envelope[Any]) -> Account:
+        created = first_payload(event, AccountCreated, "an account")
+        return Account(
+            account_id=created.account_id,
+            tenant_id=event.tenant_id,
+            email=created.email,
+            role=created.role,
+            status=created.status,
+            email_verified=created.email_verified,
+            version=event.aggregate_version,
+        )
+
+    def apply(self, event: Envelope[Any]) -> Account:
+        match event.payload:
+            case AccountDisabled():
+                state = replace(self, status="disabled")
+            case AccountEnabled():
+                state = replace(self, status="active")
+            case AccountRoleChanged(role=role):
+                state = replace(self, role=role)
+            case EmailVerified():
+                state = replace(self, email_verified=True)
+            case _:
+                raise UnfoldableStream.unexpected(event, self)
+        return replace(state, version=event.aggregate_version)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """What an API key's stream says of it: apikey-<key_id>. Created, then perhaps revoked
+    (when is the row's `revoked_at`; the event says that and why)."""
+
+    key_id: str
+    tenant_id: UUID
+    key_sha256: str  # hex
+    display_prefix: str
+    name: str
+    kind: str  # service | personal
+    owner_account_id: UUID | None
+    scopes: tuple[str, ...]
+    expires_at: datetime | None
+    created_by: str
+    revoked: bool
+    version: int
+
+    @staticmethod
+    def start(event: Envelope[Any]) -> ApiKey:
+        created = first_payload(event, ApiKeyCreated, "an API key")
+        return ApiKey(
+            key_id=created.key_id,
+            tenant_id=event.tenant_id,
+            key_sha256=created.key_sha256,
+            display_prefix=created.display_prefix,
+            name=created.name,
+            kind=created.kind,
+            owner_account_id=created.owner_account_id,
+            scopes=tuple(created.scopes),
+            expires_at=created.expires_at,
+            created_by=created.created_by,
+            revoked=False,
+            version=event.aggregate_version,
+        )
+
+    def apply(self, event: Envelope[Any]) -> ApiKey:
+        if not isinstance(event.payload, ApiKeyRevoked) or self.revoked:
+            raise UnfoldableStream.unexpected(event, self)
+        return replace(self, revoked=True, version=event.aggregate_version)

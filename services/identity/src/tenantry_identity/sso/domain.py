@@ -1,15 +1,75 @@
-"""SSO rules: pure, no I/O."""
+"""SSO rules: pure, no I/O. The SSO connection aggregate, login refusals, the identity an
+IdP asserts and how it maps to an account."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Literal
+from uuid import UUID
 
 import msgspec
 
+from tenantry_events.aggregates import UnfoldableStream, first_payload
+from tenantry_events.envelope import Envelope
+from tenantry_events.payloads.identity import SsoConnectionChanged
 from tenantry_identity.domain import IdentityRuleBroken, normalise_email
 
 ConnectionKind = Literal["saml", "oidc"]
+
+
+@dataclass(frozen=True)
+class SsoConnection:
+    """What a connection's stream (sso-connection-<id>) says of it. Each
+    sso.connection_changed carries the kind, name and enabled switch after the change; the
+    IdP settings, attribute mapping and secrets are the row's alone (no event repeats them:
+    events are public, and certificates and secrets have no place in them)."""
+
+    connection_id: UUID
+    tenant_id: UUID
+    kind: str
+    name: str
+    enabled: bool
+    deleted: bool
+    version: int
+
+    @staticmethod
+    def start(event: Envelope[Any]) -> SsoConnection:
+        created = first_payload(event, SsoConnectionChanged, "an SSO connection")
+        if created.change != "created":
+            raise UnfoldableStream(
+                f"an SSO connection's stream starts with its creation, not {created.change!r}"
+            )
+        return SsoConnection(
+            connection_id=created.connection_id,
+            tenant_id=event.tenant_id,
+            kind=created.kind,
+            name=created.name,
+            enabled=created.enabled,
+            deleted=False,
+            version=event.aggregate_version,
+        )
+
+    def apply(self, event: Envelope[Any]) -> SsoConnection:
+        changed = event.payload
+        if (
+            not isinstance(changed, SsoConnectionChanged)
+            or changed.change == "created"
+            or self.deleted
+        ):
+            raise UnfoldableStream.unexpected(event, self)
+        return replace(
+            self,
+            kind=changed.kind,
+            name=changed.name,
+            enabled=changed.enabled,
+            deleted=changed.change == "deleted",
+            version=event.aggregate_version,
+        )
+
+    def keeps_row(self) -> bool:
+        return not self.deleted
+
 
 # Why a login was refused. The code and the detail go to the tenant admin's failure log
 # (GET .../sso/connections/{id}/login-failures); the user sees only USER_MESSAGES[code].

@@ -14,11 +14,20 @@ from uuid_utils.compat import uuid7
 
 from tenantry_events.envelope import new_event
 from tenantry_events.payloads.identity import SsoConnectionChanged
+from tenantry_events.state_check import AggregateKind, RowNotRebuildable
 from tenantry_events.storage import PostgresEventStore
+from tenantry_identity.sso.domain import SsoConnection
 
 
 def digest(value: str) -> bytes:
     return hashlib.sha256(value.encode()).digest()
+
+
+CONNECTION_STREAM = "sso-connection-"  # + connection_id
+
+
+def connection_stream(connection_id: UUID) -> str:
+    return f"{CONNECTION_STREAM}{connection_id}"
 
 
 class ConnectionRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -131,7 +140,7 @@ class SsoStore:
             source=self._source,
             region=self._region,
         )
-        await self._events.append(tx, f"sso-connection-{row.connection_id}", version - 1, [event])
+        await self._events.append(tx, connection_stream(row.connection_id), version - 1, [event])
 
     async def create_connection(
         self,
@@ -623,3 +632,55 @@ class SsoStore:
             limit,
         )
         return [FailureRow(**dict(r)) for r in rows]
+
+
+# ---------------------------------------------------------------- state rows and their streams
+# How `tenantry-identity verify-state` reads, lists and rebuilds connection rows
+# (sso.domain.SsoConnection). Only what the events carry can be rebuilt: a row that is
+# missing cannot be made again (its IdP settings and secrets are in no event).
+
+
+async def read_connection(tx: asyncpg.Connection, stream_id: str) -> SsoConnection | None:
+    row = await tx.fetchrow(
+        """SELECT connection_id, tenant_id, kind, name, enabled, false AS deleted, version
+           FROM sso_connections WHERE connection_id = $1 FOR UPDATE""",
+        UUID(stream_id.removeprefix(CONNECTION_STREAM)),
+    )
+    return SsoConnection(**dict(row)) if row is not None else None
+
+
+async def rebuild_connection(
+    tx: asyncpg.Connection, stream_id: str, connection: SsoConnection | None
+) -> None:
+    connection_id = UUID(stream_id.removeprefix(CONNECTION_STREAM))
+    if connection is None:  # deleted by its last event (or never created: no events)
+        await tx.execute("DELETE FROM sso_connections WHERE connection_id = $1", connection_id)
+        return
+    updated = await tx.execute(
+        """UPDATE sso_connections SET kind = $2, name = $3, enabled = $4, version = $5
+           WHERE connection_id = $1 AND tenant_id = $6""",
+        connection_id,
+        connection.kind,
+        connection.name,
+        connection.enabled,
+        connection.version,
+        connection.tenant_id,
+    )
+    if updated == "UPDATE 0":
+        raise RowNotRebuildable(f"{stream_id} has events but no row (its IdP settings are lost)")
+
+
+async def connection_row_streams(tx: asyncpg.Connection) -> list[str]:
+    rows = await tx.fetch("SELECT connection_id FROM sso_connections")
+    return [connection_stream(r["connection_id"]) for r in rows]
+
+
+SSO_CONNECTIONS: AggregateKind[SsoConnection, asyncpg.Connection] = AggregateKind(
+    name="sso connection",
+    stream_prefix=CONNECTION_STREAM,
+    start=SsoConnection.start,
+    read_row=read_connection,
+    write_row=rebuild_connection,
+    row_streams=connection_row_streams,
+    keeps_row=SsoConnection.keeps_row,
+)
