@@ -19,7 +19,9 @@ from tenantry_events.state_check import (
     RowNotRebuildable,
     check_state,
     differences,
+    rewriting_row,
 )
+from tenantry_testkit.fixtures import ScratchDatabase
 
 
 class CounterOpened(msgspec.Struct, frozen=True, kw_only=True):
@@ -215,3 +217,20 @@ async def test_a_stream_that_does_not_fold_is_reported_and_left_alone() -> None:
     assert drift.error is not None
     assert "starts with test.counter_opened" in drift.error
     assert table.rows["counter-bad"] == Counter(label="b", total=1, version=1)
+
+
+async def test_a_row_rewrite_that_clashes_on_a_unique_value_is_not_rebuildable(
+    effects_db: ScratchDatabase,
+) -> None:
+    """rewriting_row (Postgres): the clash is this aggregate's RowNotRebuildable, and the
+    check's transaction goes on (a savepoint took the error)."""
+    async with effects_db.db.transaction(platform=True) as tx:
+        await tx.execute("CREATE TEMP TABLE slugs (stream_id text PRIMARY KEY, slug text UNIQUE)")
+        await tx.execute("INSERT INTO slugs VALUES ('a', 'acme'), ('b', 'bolt')")
+        with pytest.raises(RowNotRebuildable, match="another row holds a unique value"):
+            async with rewriting_row(tx, "b"):
+                await tx.execute("UPDATE slugs SET slug = 'acme' WHERE stream_id = 'b'")
+        async with rewriting_row(tx, "b"):
+            await tx.execute("UPDATE slugs SET slug = 'bolt-2' WHERE stream_id = 'b'")
+        rows = await tx.fetch("SELECT stream_id, slug FROM slugs ORDER BY stream_id")
+    assert [tuple(r) for r in rows] == [("a", "acme"), ("b", "bolt-2")]

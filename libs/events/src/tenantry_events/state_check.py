@@ -10,10 +10,12 @@ first locks its row, so a command committing meanwhile is waited for, not report
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import asyncpg
 import msgspec
 
 from tenantry_events.aggregates import Aggregate, Start, UnfoldableStream, fold
@@ -46,6 +48,20 @@ class AggregateKind(Generic[A, Tx]):
 
 class RowNotRebuildable(Exception):
     """The row cannot be written from the events alone (say, a column no event carries)."""
+
+
+@asynccontextmanager
+async def rewriting_row(tx: asyncpg.Connection, stream_id: str) -> AsyncIterator[None]:
+    """A `write_row` on Postgres: in a savepoint, so that a value another row holds (a
+    unique constraint: a slug, an email) makes RowNotRebuildable for this aggregate and
+    leaves the check's transaction usable for the rest."""
+    try:
+        async with tx.transaction():
+            yield
+    except asyncpg.UniqueViolationError as exc:
+        raise RowNotRebuildable(
+            f"{stream_id}: another row holds a unique value ({exc.constraint_name})"
+        ) from None
 
 
 class Drift(msgspec.Struct, frozen=True, kw_only=True):

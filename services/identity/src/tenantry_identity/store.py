@@ -24,7 +24,7 @@ from tenantry_events.payloads.identity import (
     EmailVerified,
 )
 from tenantry_events.pg import Database
-from tenantry_events.state_check import AggregateKind, RowNotRebuildable
+from tenantry_events.state_check import AggregateKind, RowNotRebuildable, rewriting_row
 from tenantry_events.storage import PostgresEventStore
 from tenantry_identity.domain import Account, ApiKey
 
@@ -579,18 +579,19 @@ async def read_account(tx: asyncpg.Connection, stream_id: str) -> Account | None
 async def rebuild_account(tx: asyncpg.Connection, stream_id: str, account: Account | None) -> None:
     if account is None:
         raise RowNotRebuildable(f"{stream_id} has a row but no events to rebuild it from")
-    updated = await tx.execute(
-        """UPDATE accounts SET email = $2, role = $3, status = $4, email_verified = $5,
-                               version = $6
-           WHERE account_id = $1 AND tenant_id = $7""",
-        account.account_id,
-        account.email,
-        account.role,
-        account.status,
-        account.email_verified,
-        account.version,
-        account.tenant_id,
-    )
+    async with rewriting_row(tx, stream_id):
+        updated = await tx.execute(
+            """UPDATE accounts SET email = $2, role = $3, status = $4, email_verified = $5,
+                                   version = $6
+               WHERE account_id = $1 AND tenant_id = $7""",
+            account.account_id,
+            account.email,
+            account.role,
+            account.status,
+            account.email_verified,
+            account.version,
+            account.tenant_id,
+        )
     if updated == "UPDATE 0":
         # A password hash is in no event (it is a secret): the row cannot be made afresh.
         raise RowNotRebuildable(f"{stream_id} has events but no row (its password is lost)")
@@ -630,32 +631,33 @@ async def rebuild_api_key(tx: asyncpg.Connection, stream_id: str, key: ApiKey | 
     row is made again; a revoked key keeps its revocation time, or gets now."""
     if key is None:
         raise RowNotRebuildable(f"{stream_id} has a row but no events to rebuild it from")
-    await tx.execute(
-        """INSERT INTO api_keys (key_id, tenant_id, key_sha256, display_prefix, name, kind,
-                                 owner_account_id, scopes, expires_at, created_by, version,
-                                 revoked_at)
-           VALUES ($1, $2, decode($3, 'hex'), $4, $5, $6, $7, $8, $9, $10, $11,
-                   CASE WHEN $12 THEN now() END)
-           ON CONFLICT (key_id) DO UPDATE
-               SET tenant_id = EXCLUDED.tenant_id, key_sha256 = EXCLUDED.key_sha256,
-                   display_prefix = EXCLUDED.display_prefix, name = EXCLUDED.name,
-                   kind = EXCLUDED.kind, owner_account_id = EXCLUDED.owner_account_id,
-                   scopes = EXCLUDED.scopes, expires_at = EXCLUDED.expires_at,
-                   created_by = EXCLUDED.created_by, version = EXCLUDED.version,
-                   revoked_at = CASE WHEN $12 THEN coalesce(api_keys.revoked_at, now()) END""",
-        key.key_id,
-        key.tenant_id,
-        key.key_sha256,
-        key.display_prefix,
-        key.name,
-        key.kind,
-        key.owner_account_id,
-        list(key.scopes),
-        key.expires_at,
-        key.created_by,
-        key.version,
-        key.revoked,
-    )
+    async with rewriting_row(tx, stream_id):
+        await tx.execute(
+            """INSERT INTO api_keys (key_id, tenant_id, key_sha256, display_prefix, name, kind,
+                                     owner_account_id, scopes, expires_at, created_by, version,
+                                     revoked_at)
+               VALUES ($1, $2, decode($3, 'hex'), $4, $5, $6, $7, $8, $9, $10, $11,
+                       CASE WHEN $12 THEN now() END)
+               ON CONFLICT (key_id) DO UPDATE
+                   SET tenant_id = EXCLUDED.tenant_id, key_sha256 = EXCLUDED.key_sha256,
+                       display_prefix = EXCLUDED.display_prefix, name = EXCLUDED.name,
+                       kind = EXCLUDED.kind, owner_account_id = EXCLUDED.owner_account_id,
+                       scopes = EXCLUDED.scopes, expires_at = EXCLUDED.expires_at,
+                       created_by = EXCLUDED.created_by, version = EXCLUDED.version,
+                       revoked_at = CASE WHEN $12 THEN coalesce(api_keys.revoked_at, now()) END""",
+            key.key_id,
+            key.tenant_id,
+            key.key_sha256,
+            key.display_prefix,
+            key.name,
+            key.kind,
+            key.owner_account_id,
+            list(key.scopes),
+            key.expires_at,
+            key.created_by,
+            key.version,
+            key.revoked,
+        )
 
 
 async def api_key_row_streams(tx: asyncpg.Connection) -> list[str]:
