@@ -3,7 +3,7 @@
 The fake exists to hit edge cases precisely (forged algorithms, rotations, clock skew, a
 userinfo that names someone else); conformance against a certified provider is the job of
 the end-to-end tests with Node's oidc-provider. It is a real HTTP server (uvicorn in the
-test's event loop on 127.0.0.1), reached through servicekit's outbound client with loopback
+test's event loop on 127.0.0.1), reached through tenantry_outbound's client with loopback
 allow-listed, so the relying party's requests are real requests. Its ID tokens are signed
 with keys made by `cryptography` and joserfc; at_hash and the PKCE check are computed here
 with hashlib, not with the library under test.

@@ -23,7 +23,7 @@ CONSUMER_GROUPS = (
     "tenantry-provisioning",
     "tenantry-webhooks",
     "tenantry-ratelimit",
-    # servicekit's worker lanes: critical events and bulk usage reports apart (worker.py)
+    # tenantry_service's worker lanes: critical events and bulk usage reports apart (worker.py)
     *(
         f"tenantry-{s}.critical"
         for s in ("tenancy", "identity", "provisioning", "webhooks", "ratelimit")
