@@ -1,4 +1,7 @@
-"""HTTP edge of tenancy (under /v1)."""
+"""HTTP edge of tenancy (under /v1).
+
+Routes receive the database and the stores by name, typed (`db`, `tenant_repository`,
+`plan_store`: app.py provides them)."""
 
 from __future__ import annotations
 
@@ -13,10 +16,11 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from uuid_utils.compat import uuid4
 
 from tenantry_events.payloads.tenancy import Limits
+from tenantry_events.pg import Database
 from tenantry_http.auth import principal_of, requires
 from tenantry_http.pagination import Page, clamp_limit, decode_cursor, page_of
 from tenantry_http.problems import Problem
-from tenantry_service.runtime import Runtime
+from tenantry_platform.settings import ServiceSettings
 from tenantry_tenancy.domain import (
     DEFAULT_PLAN,
     DomainError,
@@ -60,14 +64,6 @@ def found(value: T | None) -> T:
     return value
 
 
-def repository(runtime: Runtime) -> TenantRepository:
-    return TenantRepository(runtime.events, source=runtime.source, region=runtime.settings.region)
-
-
-def plan_store(runtime: Runtime) -> PlanStore:
-    return PlanStore(runtime.outbox, source=runtime.source, region=runtime.settings.region)
-
-
 class TenantsController(Controller):
     path = "/tenants"
     tags = ["tenants"]
@@ -77,7 +73,10 @@ class TenantsController(Controller):
         self,
         request: Request[Any, Any, Any],
         data: JSONBody[CreateTenant],
-        runtime: NamedDependency[Runtime],
+        settings: NamedDependency[ServiceSettings],
+        db: NamedDependency[Database],
+        tenant_repository: NamedDependency[TenantRepository],
+        plan_store: NamedDependency[PlanStore],
     ) -> TenantRow:
         """Creates a tenant (active, on its plan, in its home region) and emits tenant.created.
         Honours Idempotency-Key."""
@@ -88,18 +87,18 @@ class TenantsController(Controller):
                 name=data.name,
                 slug=data.slug,
                 plan=data.plan,
-                home_region=data.home_region or runtime.settings.region,
+                home_region=data.home_region or settings.region,
                 owner_email=data.owner_email,
                 created_by=f"operator:{principal_of(request).subject}",
             )
         except DomainError as exc:
             raise Problem(exc.status, exc.slug, "The tenant is not valid", str(exc)) from exc
         try:
-            async with runtime.db.transaction(platform=True) as tx:
-                if await plan_store(runtime).plan(tx, data.plan) is None:
+            async with db.transaction(platform=True) as tx:
+                if await plan_store.plan(tx, data.plan) is None:
                     raise Problem(400, "unknown-plan", "No such plan", f"no plan {data.plan!r}")
-                row = await repository(runtime).add(tx, tenant_id, created)
-                await plan_store(runtime).publish(tx, tenant_id)
+                row = await tenant_repository.add(tx, tenant_id, created)
+                await plan_store.publish(tx, tenant_id)
                 return row
         except SlugTaken:
             raise Problem(
@@ -113,15 +112,17 @@ class TenantsController(Controller):
     async def get_tenant(
         self,
         tenant_id: FromPath[UUID],
-        runtime: NamedDependency[Runtime],
+        db: NamedDependency[Database],
+        tenant_repository: NamedDependency[TenantRepository],
     ) -> TenantRow:
-        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-            return found(await repository(runtime).get(tx, tenant_id))
+        async with db.transaction(tenant_id=tenant_id) as tx:
+            return found(await tenant_repository.get(tx, tenant_id))
 
     @get("/", opt=requires(operator_only=True), summary="List tenants")
     async def list_tenants(
         self,
-        runtime: NamedDependency[Runtime],
+        db: NamedDependency[Database],
+        tenant_repository: NamedDependency[TenantRepository],
         cursor: FromQuery[str | None] = None,
         limit: FromQuery[int | None] = None,
     ) -> Page[TenantRow]:
@@ -133,8 +134,8 @@ class TenantsController(Controller):
                 after = (datetime.fromisoformat(key[0]), UUID(key[1]))
             except (ValueError, IndexError, TypeError):
                 raise Problem(400, "invalid-cursor", "The cursor is not valid") from None
-        async with runtime.db.transaction(platform=True) as tx:
-            rows = await repository(runtime).list(tx, after=after, limit=size + 1)
+        async with db.transaction(platform=True) as tx:
+            rows = await tenant_repository.list(tx, after=after, limit=size + 1)
         return page_of(rows, size, lambda r: (r.created_at.isoformat(), str(r.tenant_id)))
 
 
@@ -162,15 +163,15 @@ class LifecycleController(Controller):
     async def _transition(
         self,
         request: Request[Any, Any, Any],
-        runtime: Runtime,
+        db: Database,
+        tenant_repository: TenantRepository,
         tenant_id: UUID,
         reason: str,
         command: LifecycleCommand,
     ) -> TenantRow:
         by = f"operator:{principal_of(request).subject}"
-        repo = repository(runtime)
-        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-            tenant = found(await repo.load(tx, tenant_id))
+        async with db.transaction(tenant_id=tenant_id) as tx:
+            tenant = found(await tenant_repository.load(tx, tenant_id))
             try:
                 change = command(tenant, reason=reason, by=by)
             except DomainError as exc:
@@ -181,7 +182,7 @@ class LifecycleController(Controller):
                     str(exc),
                     status_now=tenant.state.status,
                 ) from exc
-            return await repo.record(tx, tenant, change)
+            return await tenant_repository.record(tx, tenant, change)
 
     @post(
         "/suspend",
@@ -194,9 +195,12 @@ class LifecycleController(Controller):
         request: Request[Any, Any, Any],
         tenant_id: FromPath[UUID],
         data: JSONBody[Transition],
-        runtime: NamedDependency[Runtime],
+        db: NamedDependency[Database],
+        tenant_repository: NamedDependency[TenantRepository],
     ) -> TenantRow:
-        return await self._transition(request, runtime, tenant_id, data.reason, Tenant.suspend)
+        return await self._transition(
+            request, db, tenant_repository, tenant_id, data.reason, Tenant.suspend
+        )
 
     @post("/reactivate", status_code=200, opt=OPERATOR_ACCESS_CHANGE, summary="Lift a suspension")
     async def reactivate(
@@ -204,22 +208,30 @@ class LifecycleController(Controller):
         request: Request[Any, Any, Any],
         tenant_id: FromPath[UUID],
         data: JSONBody[Transition],
-        runtime: NamedDependency[Runtime],
+        db: NamedDependency[Database],
+        tenant_repository: NamedDependency[TenantRepository],
     ) -> TenantRow:
-        return await self._transition(request, runtime, tenant_id, data.reason, Tenant.reactivate)
+        return await self._transition(
+            request, db, tenant_repository, tenant_id, data.reason, Tenant.reactivate
+        )
 
     @get("/history", opt=requires(scopes=("tenant:read",)), summary="The tenant's audit trail")
     async def history(
-        self, tenant_id: FromPath[UUID], runtime: NamedDependency[Runtime]
+        self,
+        tenant_id: FromPath[UUID],
+        db: NamedDependency[Database],
+        tenant_repository: NamedDependency[TenantRepository],
     ) -> list[TenantTransition]:
-        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-            return await repository(runtime).history(tx, tenant_id)
+        async with db.transaction(tenant_id=tenant_id) as tx:
+            return await tenant_repository.history(tx, tenant_id)
 
 
 @get("/plans", tags=["plans"], summary="Every plan and its limits")
-async def list_plans(runtime: NamedDependency[Runtime]) -> list[PlanRow]:
-    async with runtime.db.transaction() as tx:
-        return await plan_store(runtime).plans(tx)
+async def list_plans(
+    db: NamedDependency[Database], plan_store: NamedDependency[PlanStore]
+) -> list[PlanRow]:
+    async with db.transaction() as tx:
+        return await plan_store.plans(tx)
 
 
 class PlanUpdated(msgspec.Struct, kw_only=True):
@@ -234,24 +246,26 @@ class PlanUpdated(msgspec.Struct, kw_only=True):
     summary="Change a plan's limits (operators); every tenant on it follows",
 )
 async def update_plan(
-    plan_id: FromPath[str], data: JSONBody[Limits], runtime: NamedDependency[Runtime]
+    plan_id: FromPath[str],
+    data: JSONBody[Limits],
+    db: NamedDependency[Database],
+    plan_store: NamedDependency[PlanStore],
 ) -> PlanUpdated:
     """Each tenant on the plan gets a tenant.limits_changed with its new effective limits,
     in the same transaction. (Tenants over a lowered quantity keep what they have; only
     new creations are refused.)"""
-    store = plan_store(runtime)
-    async with runtime.db.transaction(platform=True) as tx:
-        plan = await store.plan(tx, plan_id)
+    async with db.transaction(platform=True) as tx:
+        plan = await plan_store.plan(tx, plan_id)
         if plan is None:
             raise Problem(404, "not-found", "Not found", f"no plan {plan_id!r}")
         try:
             effective_limits(data, msgspec.structs.asdict(data))  # checks every kind
         except InvalidOverride as exc:
             raise Problem(400, "invalid-plan", "The plan is not valid", str(exc)) from None
-        tenants = await store.update_plan(tx, plan_id, data)
+        tenants = await plan_store.update_plan(tx, plan_id, data)
         for tenant_id in tenants:
-            await store.publish(tx, tenant_id)
-        updated = await store.plan(tx, plan_id)
+            await plan_store.publish(tx, tenant_id)
+        updated = await plan_store.plan(tx, plan_id)
     assert updated is not None
     return PlanUpdated(plan=updated, tenants_updated=len(tenants))
 
@@ -266,10 +280,13 @@ class LimitsController(Controller):
         summary="The tenant's plan, effective limits and overrides",
     )
     async def limits(
-        self, tenant_id: FromPath[UUID], runtime: NamedDependency[Runtime]
+        self,
+        tenant_id: FromPath[UUID],
+        db: NamedDependency[Database],
+        plan_store: NamedDependency[PlanStore],
     ) -> LimitsView:
-        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-            return found(await plan_store(runtime).view(tx, tenant_id))
+        async with db.transaction(tenant_id=tenant_id) as tx:
+            return found(await plan_store.view(tx, tenant_id))
 
     @post(
         "/limit-overrides",
@@ -282,12 +299,12 @@ class LimitsController(Controller):
         request: Request[Any, Any, Any],
         tenant_id: FromPath[UUID],
         data: JSONBody[dict[str, Any]],
-        runtime: NamedDependency[Runtime],
+        db: NamedDependency[Database],
+        plan_store: NamedDependency[PlanStore],
     ) -> LimitsView:
-        store = plan_store(runtime)
-        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-            view = found(await store.view(tx, tenant_id))
-            plan = await store.plan(tx, view.plan)
+        async with db.transaction(tenant_id=tenant_id) as tx:
+            view = found(await plan_store.view(tx, tenant_id))
+            plan = await plan_store.plan(tx, view.plan)
             assert plan is not None
             try:
                 effective_limits(plan.limits, {**view.overrides, **data})
@@ -295,10 +312,10 @@ class LimitsController(Controller):
                 raise Problem(
                     400, "invalid-override", "The override is not valid", str(exc)
                 ) from None
-            await store.set_overrides(
+            await plan_store.set_overrides(
                 tx, tenant_id, data, f"operator:{principal_of(request).subject}"
             )
-            return await store.publish(tx, tenant_id)
+            return await plan_store.publish(tx, tenant_id)
 
     @delete(
         "/limit-overrides/{limit_name:str}",
@@ -310,13 +327,13 @@ class LimitsController(Controller):
         self,
         tenant_id: FromPath[UUID],
         limit_name: FromPath[str],
-        runtime: NamedDependency[Runtime],
+        db: NamedDependency[Database],
+        plan_store: NamedDependency[PlanStore],
     ) -> LimitsView:
-        store = plan_store(runtime)
-        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-            if not await store.clear_override(tx, tenant_id, limit_name):
+        async with db.transaction(tenant_id=tenant_id) as tx:
+            if not await plan_store.clear_override(tx, tenant_id, limit_name):
                 raise Problem(404, "not-found", "Not found", "No such override")
-            return await store.publish(tx, tenant_id)
+            return await plan_store.publish(tx, tenant_id)
 
 
 class PlanChange(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -351,13 +368,15 @@ class PlanController(Controller):
         summary="Usage against each limit and the plans the tenant could move to",
     )
     async def options(
-        self, tenant_id: FromPath[UUID], runtime: NamedDependency[Runtime]
+        self,
+        tenant_id: FromPath[UUID],
+        db: NamedDependency[Database],
+        plan_store: NamedDependency[PlanStore],
     ) -> PlanOptions:
-        store = plan_store(runtime)
-        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-            view = found(await store.view(tx, tenant_id))
+        async with db.transaction(tenant_id=tenant_id) as tx:
+            view = found(await plan_store.view(tx, tenant_id))
             usage = await usage_of(tx, tenant_id)
-            plans = await store.plans(tx)
+            plans = await plan_store.plans(tx)
         rank = {p.plan_id: p.rank for p in plans}
         counts = msgspec.structs.asdict(usage)
         options = []
@@ -386,16 +405,17 @@ class PlanController(Controller):
         request: Request[Any, Any, Any],
         tenant_id: FromPath[UUID],
         data: JSONBody[PlanChange],
-        runtime: NamedDependency[Runtime],
+        db: NamedDependency[Database],
+        tenant_repository: NamedDependency[TenantRepository],
+        plan_store: NamedDependency[PlanStore],
     ) -> TenantRow:
         principal = principal_of(request)
-        store, repo = plan_store(runtime), repository(runtime)
-        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-            tenant = found(await repo.load(tx, tenant_id))
-            target = await store.plan(tx, data.plan)
+        async with db.transaction(tenant_id=tenant_id) as tx:
+            tenant = found(await tenant_repository.load(tx, tenant_id))
+            target = await plan_store.plan(tx, data.plan)
             if target is None:
                 raise Problem(400, "unknown-plan", "No such plan", f"no plan {data.plan!r}")
-            overrides = await store.overrides(tx, tenant_id)
+            overrides = await plan_store.overrides(tx, tenant_id)
             usage = msgspec.structs.asdict(await usage_of(tx, tenant_id))
             blockers = downgrade_blockers(effective_limits(target.limits, overrides), usage)
             if blockers:
@@ -410,6 +430,6 @@ class PlanController(Controller):
                 change = tenant.change_plan(data.plan, by=f"{principal.kind}:{principal.subject}")
             except DomainError as exc:
                 raise Problem(exc.status, exc.slug, "The plan cannot change", str(exc)) from exc
-            row = await repo.record(tx, tenant, change)
-            await store.publish(tx, tenant_id)
+            row = await tenant_repository.record(tx, tenant, change)
+            await plan_store.publish(tx, tenant_id)
             return row
