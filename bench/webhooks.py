@@ -7,7 +7,7 @@ in this process on a scratch database (backbone, servicekit and webhooks migrati
 role), sending through servicekit's `OutboundClient` (allowed onto 127.0.0.0/8, plain
 http) to servicekit's loopback `Receiver` (uvicorn on 127.0.0.1, in a child process, so
 it does not share this event loop; every request's arrival time recorded). Messages and
-deliveries are made by `fanout.fan_out` from real `EmailVerified` envelopes, in a
+deliveries are made by `consumers.fan_out` from real `EmailVerified` envelopes, in a
 tenant-scoped transaction, as the consumer does.
 
 - drain: DRAIN_DELIVERIES pending deliveries (DRAIN_TENANTS tenants x DRAIN_ENDPOINTS
@@ -60,6 +60,7 @@ from tenantry_testkit.fixtures import (
 )
 from tenantry_testkit.receiver import Receiver
 from tenantry_webhooks import store
+from tenantry_webhooks.consumers import fan_out
 from tenantry_webhooks.dispatcher import Dispatcher, DispatcherSettings
 from tenantry_webhooks.domain import (
     RetrySchedule,
@@ -69,7 +70,6 @@ from tenantry_webhooks.domain import (
     signature_header,
 )
 from tenantry_webhooks.endpoint_secrets import SECRET_CONTEXT
-from tenantry_webhooks.fanout import fan_out
 from tenantry_webhooks.sender import USER_AGENT, OutboundSender
 from tenantry_webhooks.store import Claimed, EndpointFields
 

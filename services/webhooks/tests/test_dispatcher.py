@@ -40,6 +40,7 @@ from tenantry_testkit.fixtures import (
 )
 from tenantry_testkit.stack import Stack
 from tenantry_webhooks import store
+from tenantry_webhooks.consumers import fan_out
 from tenantry_webhooks.dispatcher import (
     ENDPOINT_BREAKER,
     Dispatcher,
@@ -48,7 +49,6 @@ from tenantry_webhooks.dispatcher import (
 )
 from tenantry_webhooks.domain import RetrySchedule, message_id_of, new_secret
 from tenantry_webhooks.endpoint_secrets import SECRET_CONTEXT
-from tenantry_webhooks.fanout import fan_out
 from tenantry_webhooks.sender import USER_AGENT, OutboundSender
 from tenantry_webhooks.store import AttemptRow, Claimed, DeliveryRow, EndpointFields, EndpointRow
 

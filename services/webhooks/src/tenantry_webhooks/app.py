@@ -18,9 +18,9 @@ from tenantry_projections.projections import standard_projections
 from tenantry_service.app import ServiceSpec
 from tenantry_service.runtime import Runtime
 from tenantry_webhooks.api import EndpointsController, MessagesController, event_types
+from tenantry_webhooks.consumers import webhooks_consumers
 from tenantry_webhooks.dispatcher import Dispatcher, DispatcherSettings
 from tenantry_webhooks.endpoint_secrets import EndpointSecrets
-from tenantry_webhooks.fanout import fanout_handlers
 from tenantry_webhooks.retention import expunge_forever
 from tenantry_webhooks.sender import OutboundSender, outbound_policy
 from tenantry_webhooks.settings import WebhooksSettings
@@ -88,7 +88,7 @@ SPEC = ServiceSpec(
             dependencies=ROUTE_DEPENDENCIES,
         )
     ],
-    consumer_handlers=merge_handlers(standard_projections(), fanout_handlers()),
+    consumer_handlers=merge_handlers(standard_projections(), webhooks_consumers()),
     migration_packages=["tenantry_webhooks"],
     settings_cls=WebhooksSettings,
     worker_tasks=[dispatch, retention, reconcile_usage],

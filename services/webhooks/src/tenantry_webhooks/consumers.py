@@ -1,6 +1,8 @@
-"""The fan-out, webhooks' consumer: every public event (`public_event_types`) becomes one
-message (idempotent by event id) and one delivery per subscribed endpoint of its tenant, in
-the consumer's transaction."""
+"""What webhooks does with events (the worker's consumers, beside the standard projections).
+
+The fan-out: every public event (`public_event_types`) becomes one message (idempotent by
+event id) and one delivery per subscribed endpoint of its tenant, in the consumer's
+transaction."""
 
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ async def fan_out(tx: asyncpg.Connection, event: Envelope[Any]) -> int:
     return count
 
 
-def fanout_handlers() -> dict[str, Handler[asyncpg.Connection]]:
+def webhooks_consumers() -> dict[str, Handler[asyncpg.Connection]]:
     async def handle(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
         await fan_out(tx, event)
 
