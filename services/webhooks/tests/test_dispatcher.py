@@ -1,5 +1,5 @@
 """The dispatcher against real Postgres (a scratch database with the webhooks migrations)
-and a real HTTP receiver on loopback, through servicekit's outbound client.
+and a real HTTP receiver on loopback, through tenantry_outbound's OutboundClient.
 
 Time is the dispatcher's injected clock. It starts a minute ahead of the wall clock, so
 every row a test creates with the database's now() is due at once; tests move it forward
