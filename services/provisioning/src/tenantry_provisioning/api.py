@@ -1,5 +1,10 @@
 """The SCIM 2.0 HTTP edge, mounted at /scim/v2 (RFC 7644): thin routes over directory.py.
 
+The only module of the service that sees Litestar's requests and responses: each route
+reads the request (the caller, the body, the query and the If-Match / If-None-Match
+headers), calls the directory with plain values and renders its answer as SCIM JSON
+(status, ETag, Location, application/scim+json).
+
 Users and Groups each have the same reading routes (list, .search, one by id); their
 writes differ (a user write crosses into identity, a group write carries its members).
 """
@@ -8,59 +13,157 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, Router, delete, get, patch, post, put
 from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
 
-from tenantry_http.auth import requires
+from tenantry_http.auth import principal_of, requires
 from tenantry_provisioning.directory import (
-    base_url,
-    body_of,
-    create_user,
-    list_params,
-    list_resources,
-    list_response,
-    one_of,
+    Caller,
+    Directory,
+    Versioned,
     parse_id,
     patched,
-    read_one,
-    remove_group,
-    remove_user,
-    run_bulk,
-    save_group,
-    scim_response,
-    search_body,
-    write_user,
+    replaced_by,
 )
 from tenantry_provisioning.domain import ScimError
-from tenantry_provisioning.scim import discovery
-from tenantry_provisioning.scim.errors import scim_error_response
-from tenantry_provisioning.scim.schema import GROUP_SCHEMA, USER_SCHEMA
-from tenantry_service.runtime import Runtime
+from tenantry_provisioning.scim import discovery, messages
+from tenantry_provisioning.scim.errors import SCIM_JSON, scim_error_response
+from tenantry_provisioning.scim.resources import project
+from tenantry_provisioning.scim.schema import (
+    GROUP_SCHEMA,
+    LIST_RESPONSE_URN,
+    SEARCH_URN,
+    USER_SCHEMA,
+)
 
 SCIM_OPT: dict[str, Any] = {**requires(scopes=("scim:write",)), "priority": "critical"}
 # Every route of the mount is SCIM, not part of the service's OpenAPI document.
 _ROUTE: dict[str, Any] = {"opt": SCIM_OPT, "include_in_schema": False}
+
+MAX_BODY = discovery.BULK_MAX_PAYLOAD
+
+# ---------------------------------------------------------------- reading the request
+
+
+def base_url(request: Request[Any, Any, Any]) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def caller_of(request: Request[Any, Any, Any]) -> Caller:
+    """The caller as the directory takes it. Only an API key has a tenant here; any other
+    principal is refused by the directory (403) when an operation needs the tenant."""
+    principal = principal_of(request)
+    return Caller(
+        tenant=principal.tenant_id if principal.kind == "api_key" else None,
+        authorization=request.headers.get("authorization", ""),
+        base_url=base_url(request),
+        if_match=request.headers.get("if-match"),
+    )
+
+
+async def body_of(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """application/scim+json or application/json alike (or no content type); another
+    media type is 415, so that no body escapes the shared input guard, which checks JSON
+    bodies only; a body that is not a JSON object is invalidSyntax."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media not in ("", "application/json") and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        raise ScimError(415, f"the body must be application/scim+json, not {media[:64]}")
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise ScimError(413, f"the body is larger than {MAX_BODY} bytes", "tooLarge")
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise ScimError(400, f"the body is not JSON: {exc}", "invalidSyntax") from None
+    if not isinstance(body, dict):
+        raise ScimError(400, "the body must be a JSON object", "invalidSyntax")
+    return body
+
+
+def list_params(request: Request[Any, Any, Any], body: Any = None) -> messages.ListParams:
+    """Query parameters, or the body of a POST .search (a SearchRequest: same names,
+    case-insensitive), each member type-checked (messages.py)."""
+    if body is None:
+        return messages.list_query(request.query_params, max_results=discovery.MAX_RESULTS)
+    return messages.search_request(body, SEARCH_URN, max_results=discovery.MAX_RESULTS)
+
+
+# ---------------------------------------------------------------- rendering the answer
+
+
+def scim_response(
+    content: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response[bytes]:
+    return Response(
+        content=msgspec.json.encode(content),
+        status_code=status,
+        media_type=SCIM_JSON,
+        headers=headers or {},
+    )
+
+
+def written(result: Versioned) -> Response[bytes]:
+    """A written User or Group: 201 with its Location if this request created it."""
+    if result.created:
+        return scim_response(
+            result.resource, 201, {"Location": result.location, "ETag": result.etag}
+        )
+    return scim_response(result.resource, headers={"ETag": result.etag})
+
+
+def list_response(items: list[dict[str, Any]]) -> Response[bytes]:
+    """A ListResponse of every item at once (/ResourceTypes, /Schemas)."""
+    return scim_response(
+        {
+            "schemas": [LIST_RESPONSE_URN],
+            "totalResults": len(items),
+            "startIndex": 1,
+            "itemsPerPage": len(items),
+            "Resources": items,
+        }
+    )
+
+
+def one_of(items: list[dict[str, Any]], wanted: str, kind: str) -> Response[bytes]:
+    """The item whose id is `wanted` (/ResourceTypes/{name}, /Schemas/{urn}), else 404."""
+    for item in items:
+        if item["id"] == wanted:
+            return scim_response(item)
+    raise ScimError(404, f"{kind} {wanted} not found")
+
+
+# ---------------------------------------------------------------- Users and Groups: reading
 
 
 def reading_routes(kind: str, collection: str) -> list[HTTPRouteHandler]:
     """GET /{collection}, POST /{collection}/.search and GET /{collection}/{id}."""
 
     async def list_all(
-        request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+        request: Request[Any, Any, Any], directory: NamedDependency[Directory]
     ) -> Response[bytes]:
-        return await list_resources(request, runtime, (kind,), list_params(request))
+        params = list_params(request)
+        return scim_response(await directory.list_resources(caller_of(request), (kind,), params))
 
     async def search(
-        request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+        request: Request[Any, Any, Any], directory: NamedDependency[Directory]
     ) -> Response[bytes]:
-        body = await search_body(request)
-        return await list_resources(request, runtime, (kind,), list_params(request, body))
+        params = list_params(request, await body_of(request))
+        return scim_response(await directory.list_resources(caller_of(request), (kind,), params))
 
     async def read(
-        request: Request[Any, Any, Any], resource_id: str, runtime: NamedDependency[Runtime]
+        request: Request[Any, Any, Any], resource_id: str, directory: NamedDependency[Directory]
     ) -> Response[bytes]:
-        return await read_one(request, runtime, kind, resource_id)
+        """304 for a matching If-None-Match; attributes and excludedAttributes honoured."""
+        found = await directory.read(caller_of(request), kind, resource_id)
+        if request.headers.get("if-none-match", "").strip() == found.etag:
+            return Response(content=b"", status_code=304, headers={"ETag": found.etag})
+        params = list_params(request)
+        resource = project(found.resource, params["attributes"], params["excluded"])
+        return scim_response(resource, headers={"ETag": found.etag})
 
     return [
         get(f"/{collection}", name=f"list_{collection}", **_ROUTE)(list_all),
@@ -76,38 +179,35 @@ def reading_routes(kind: str, collection: str) -> list[HTTPRouteHandler]:
 
 @post("/Users", status_code=201, **_ROUTE)
 async def post_user(
-    request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+    request: Request[Any, Any, Any], directory: NamedDependency[Directory]
 ) -> Response[bytes]:
-    status, resource, headers = await create_user(request, runtime, await body_of(request))
-    return scim_response(resource, status, headers)
+    body = await body_of(request)
+    return written(await directory.create_user(caller_of(request), body))
 
 
 @put("/Users/{resource_id:str}", **_ROUTE)
 async def put_user(
-    request: Request[Any, Any, Any], resource_id: str, runtime: NamedDependency[Runtime]
+    request: Request[Any, Any, Any], resource_id: str, directory: NamedDependency[Directory]
 ) -> Response[bytes]:
     body = await body_of(request)
-    uid = parse_id(resource_id, "User")
-    if "id" in body and str(body["id"]) != str(uid):
-        raise ScimError(400, "id cannot change", "mutability")
-    resource, headers = await write_user(request, runtime, uid, lambda current: body)
-    return scim_response(resource, headers=headers)
+    user_id = parse_id(resource_id, "User")
+    return written(await directory.replace_user(caller_of(request), user_id, body))
 
 
 @patch("/Users/{resource_id:str}", **_ROUTE)
 async def patch_user(
-    request: Request[Any, Any, Any], resource_id: str, runtime: NamedDependency[Runtime]
+    request: Request[Any, Any, Any], resource_id: str, directory: NamedDependency[Directory]
 ) -> Response[bytes]:
     change = patched(await body_of(request), USER_SCHEMA)
-    resource, headers = await write_user(request, runtime, parse_id(resource_id, "User"), change)
-    return scim_response(resource, headers=headers)
+    user_id = parse_id(resource_id, "User")
+    return written(await directory.write_user(caller_of(request), user_id, change))
 
 
 @delete("/Users/{resource_id:str}", status_code=204, **_ROUTE)
 async def delete_user(
-    request: Request[Any, Any, Any], resource_id: str, runtime: NamedDependency[Runtime]
+    request: Request[Any, Any, Any], resource_id: str, directory: NamedDependency[Directory]
 ) -> None:
-    await remove_user(request, runtime, parse_id(resource_id, "User"))
+    await directory.remove_user(caller_of(request), parse_id(resource_id, "User"))
 
 
 # ---------------------------------------------------------------- Groups
@@ -115,40 +215,35 @@ async def delete_user(
 
 @post("/Groups", status_code=201, **_ROUTE)
 async def post_group(
-    request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+    request: Request[Any, Any, Any], directory: NamedDependency[Directory]
 ) -> Response[bytes]:
     body = await body_of(request)
-    status, resource, headers = await save_group(request, runtime, None, lambda _: body)
-    return scim_response(resource, status, headers)
+    return written(await directory.save_group(caller_of(request), None, replaced_by(body)))
 
 
 @put("/Groups/{resource_id:str}", **_ROUTE)
 async def put_group(
-    request: Request[Any, Any, Any], resource_id: str, runtime: NamedDependency[Runtime]
+    request: Request[Any, Any, Any], resource_id: str, directory: NamedDependency[Directory]
 ) -> Response[bytes]:
-    body = await body_of(request)
-    _, resource, headers = await save_group(
-        request, runtime, parse_id(resource_id, "Group"), lambda _: body
-    )
-    return scim_response(resource, headers=headers)
+    change = replaced_by(await body_of(request))
+    group_id = parse_id(resource_id, "Group")
+    return written(await directory.save_group(caller_of(request), group_id, change))
 
 
 @patch("/Groups/{resource_id:str}", **_ROUTE)
 async def patch_group(
-    request: Request[Any, Any, Any], resource_id: str, runtime: NamedDependency[Runtime]
+    request: Request[Any, Any, Any], resource_id: str, directory: NamedDependency[Directory]
 ) -> Response[bytes]:
     change = patched(await body_of(request), GROUP_SCHEMA)
-    _, resource, headers = await save_group(
-        request, runtime, parse_id(resource_id, "Group"), change
-    )
-    return scim_response(resource, headers=headers)
+    group_id = parse_id(resource_id, "Group")
+    return written(await directory.save_group(caller_of(request), group_id, change))
 
 
 @delete("/Groups/{resource_id:str}", status_code=204, **_ROUTE)
 async def delete_group(
-    request: Request[Any, Any, Any], resource_id: str, runtime: NamedDependency[Runtime]
+    request: Request[Any, Any, Any], resource_id: str, directory: NamedDependency[Directory]
 ) -> None:
-    await remove_group(request, runtime, parse_id(resource_id, "Group"))
+    await directory.remove_group(caller_of(request), parse_id(resource_id, "Group"))
 
 
 # ---------------------------------------------------------------- discovery, search, Bulk
@@ -181,19 +276,21 @@ async def one_schema(request: Request[Any, Any, Any], urn: str) -> Response[byte
 
 @post("/.search", status_code=200, **_ROUTE)
 async def search_all(
-    request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+    request: Request[Any, Any, Any], directory: NamedDependency[Directory]
 ) -> Response[bytes]:
     """Root search: users and groups in one list (RFC 7644 §3.4.3)."""
-    body = await search_body(request)
-    return await list_resources(request, runtime, ("User", "Group"), list_params(request, body))
+    params = list_params(request, await body_of(request))
+    caller = caller_of(request)
+    return scim_response(await directory.list_resources(caller, ("User", "Group"), params))
 
 
 @post("/Bulk", status_code=200, **_ROUTE)
 async def bulk(
-    request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+    request: Request[Any, Any, Any], directory: NamedDependency[Directory]
 ) -> Response[bytes]:
-    """RFC 7644 §3.7 (directory.run_bulk)."""
-    return await run_bulk(request, runtime)
+    """RFC 7644 §3.7 (Directory.bulk)."""
+    body = await body_of(request)
+    return scim_response(await directory.bulk(caller_of(request), body))
 
 
 SCIM_ROUTER = Router(

@@ -1,20 +1,80 @@
-"""Wiring of the provisioning service: the one place that puts domain, store and edges together."""
+"""Wiring of the provisioning service: the one place that puts domain, store and edges together.
+
+The api process builds the directory (directory.py: the database, the directory's events,
+identity's client) once at startup; the SCIM routes receive it by name through Litestar's
+dependency injection (`ROUTE_DEPENDENCIES`), typed. The worker's task builds what it uses
+from the runtime."""
 
 from __future__ import annotations
 
+import asyncio
+
+from litestar import Router
+from litestar.di import NamedDependency, Provide
+
 from tenantry_provisioning.api import SCIM_ROUTER
-from tenantry_provisioning.consumers import WORKER_TASKS, provisioning_consumers
+from tenantry_provisioning.consumers import provisioning_consumers
+from tenantry_provisioning.directory import Directory
+from tenantry_provisioning.scim.accounts import IdentityAccounts
 from tenantry_provisioning.scim.errors import scim_error_response
+from tenantry_provisioning.scim.events import DirectoryEvents
+from tenantry_provisioning.scim.intents import finish_stale_intents
 from tenantry_provisioning.settings import ProvisioningSettings
 from tenantry_service.app import ServiceSpec
+from tenantry_service.runtime import Runtime
+
+
+def directory_events(runtime: Runtime) -> DirectoryEvents:
+    return DirectoryEvents(runtime.outbox, source=runtime.source, region=runtime.settings.region)
+
+
+# The directory lives on the runtime (the one thing the app factory hands every hook and
+# route) under this key; only this module reads it.
+DIRECTORY = "provisioning.directory"
+
+
+async def start_api(runtime: Runtime) -> None:
+    runtime.extras[DIRECTORY] = Directory(
+        db=runtime.db,
+        events=directory_events(runtime),
+        identity=IdentityAccounts(runtime.settings.service_url("identity")),
+    )
+
+
+def directory_of(runtime: NamedDependency[Runtime]) -> Directory:
+    directory = runtime.extras[DIRECTORY]
+    assert isinstance(directory, Directory)  # start_api put it there
+    return directory
+
+
+async def stop_api(runtime: Runtime) -> None:
+    if DIRECTORY in runtime.extras:  # the api started
+        await directory_of(runtime).identity.aclose()
+        del runtime.extras[DIRECTORY]
+
+
+ROUTE_DEPENDENCIES = {"directory": Provide(directory_of, sync_to_thread=False)}
+
+
+async def finish_intents(runtime: Runtime, stop: asyncio.Event) -> None:
+    """The worker's sweep of SCIM user writes whose request died between identity's
+    write and the directory's (scim/intents.py)."""
+    settings = runtime.settings
+    assert isinstance(settings, ProvisioningSettings)  # SPEC.settings_cls loaded them
+    await finish_stale_intents(runtime.db, directory_events(runtime), settings, stop)
+
 
 SPEC = ServiceSpec(
     name="provisioning",
     description="SCIM 2.0 for Okta and Microsoft Entra ID: users, groups, memberships.",
-    root_route_handlers=[SCIM_ROUTER],
+    root_route_handlers=[
+        Router(path="/", route_handlers=[SCIM_ROUTER], dependencies=ROUTE_DEPENDENCIES)
+    ],
     consumer_handlers=provisioning_consumers(),
     migration_packages=["tenantry_provisioning"],
     settings_cls=ProvisioningSettings,
-    worker_tasks=WORKER_TASKS,
+    on_startup=[start_api],
+    on_shutdown=[stop_api],
+    worker_tasks=[finish_intents],
     error_renderers={"/scim/v2": scim_error_response},
 )

@@ -1,7 +1,6 @@
-"""What the provisioning worker runs: the standard projections (tenants, API keys,
-accounts, limits; provisioning consumes no event of its own) and the sweep that finishes
-SCIM user writes whose request died between identity's write and the directory's
-(scim/intents.py)."""
+"""What the provisioning worker consumes: the standard projections (tenants, API keys,
+accounts, limits; provisioning consumes no event of its own). Its one other task, the sweep
+that finishes SCIM user writes whose request died (scim/intents.py), is wired in app.py."""
 
 from __future__ import annotations
 
@@ -9,9 +8,6 @@ import asyncpg
 
 from tenantry_events.consumer import Handler
 from tenantry_projections.projections import standard_projections
-from tenantry_provisioning.scim.intents import finish_stale_intents
-
-WORKER_TASKS = (finish_stale_intents,)
 
 
 def provisioning_consumers() -> dict[str, Handler[asyncpg.Connection]]:

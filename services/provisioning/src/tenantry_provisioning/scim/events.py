@@ -1,9 +1,10 @@
 """The directory's events (user.*, group.*), put in provisioning's outbox in the
-transaction that changes the directory."""
+transaction that changes the directory (`DirectoryEvents.emit`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -11,8 +12,8 @@ import asyncpg
 
 from tenantry_events.envelope import new_event
 from tenantry_events.payloads.provisioning import DirectoryGroup, DirectoryUser
+from tenantry_events.storage import PostgresOutbox
 from tenantry_provisioning.scim.resources import primary_email
-from tenantry_service.runtime import Runtime
 
 
 def directory_user(row: Mapping[str, Any]) -> DirectoryUser:
@@ -32,15 +33,25 @@ def directory_group(row: Mapping[str, Any]) -> DirectoryGroup:
     )
 
 
-async def emit(
-    runtime: Runtime, tx: asyncpg.Connection, tenant_id: UUID, row: Mapping[str, Any], payload: Any
-) -> None:
-    event = new_event(
-        payload,
-        tenant_id=tenant_id,
-        subject=str(row["id"]),
-        aggregate_version=row["version"],
-        source=runtime.source,
-        region=runtime.settings.region,
-    )
-    await runtime.outbox.put(tx, [event])
+@dataclass(frozen=True)
+class DirectoryEvents:
+    """Where the directory's events go, and what stamps them (built in app.py)."""
+
+    outbox: PostgresOutbox
+    source: str  # CloudEvents `source`: provisioning's
+    region: str
+
+    async def emit(
+        self, tx: asyncpg.Connection, tenant_id: UUID, row: Mapping[str, Any], payload: Any
+    ) -> None:
+        """The event `payload` about `row` (its id the subject, its version the aggregate
+        version), in the transaction `tx` that wrote the row."""
+        event = new_event(
+            payload,
+            tenant_id=tenant_id,
+            subject=str(row["id"]),
+            aggregate_version=row["version"],
+            source=self.source,
+            region=self.region,
+        )
+        await self.outbox.put(tx, [event])

@@ -40,10 +40,10 @@ from tenantry_events.payloads.provisioning import (
     UserProvisioned,
     UserUpdated,
 )
+from tenantry_events.pg import Database
 from tenantry_provisioning import store
-from tenantry_provisioning.scim.events import directory_group, directory_user, emit
+from tenantry_provisioning.scim.events import DirectoryEvents, directory_group, directory_user
 from tenantry_provisioning.settings import ProvisioningSettings
-from tenantry_service.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -152,14 +152,14 @@ async def name_reserved(
     return holder is not None and holder != user_id
 
 
-async def drop(runtime: Runtime, intent: Intent) -> None:
+async def drop(db: Database, intent: Intent) -> None:
     """identity refused (and changed nothing): the write is abandoned on both sides."""
-    async with runtime.db.transaction(tenant_id=intent.tenant_id) as tx:
+    async with db.transaction(tenant_id=intent.tenant_id) as tx:
         await tx.execute("DELETE FROM scim_user_intents WHERE id = $1", intent.id)
 
 
 async def complete(
-    runtime: Runtime, tx: asyncpg.Connection, intent_id: UUID, *, wait: bool = False
+    events: DirectoryEvents, tx: asyncpg.Connection, intent_id: UUID, *, wait: bool = False
 ) -> Row | None:
     """Write the directory side of a pending intent and delete it; the user's row as
     written (for a delete: as it was). None if the intent is gone (completed or replaced
@@ -183,7 +183,7 @@ async def complete(
     )
     await tx.execute("DELETE FROM scim_user_intents WHERE id = $1", intent.id)
     if intent.kind == "create":
-        return await _create(runtime, tx, intent)
+        return await _create(events, tx, intent)
     current = await tx.fetchrow(
         "SELECT version FROM scim_users WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
         intent.tenant_id,
@@ -193,27 +193,27 @@ async def complete(
         log.info("SCIM intent %s is outdated by a newer write: dropped", intent.id)
         return None
     if intent.kind == "replace":
-        return await _replace(runtime, tx, intent)
-    return await _delete(runtime, tx, intent)
+        return await _replace(events, tx, intent)
+    return await _delete(events, tx, intent)
 
 
-async def _create(runtime: Runtime, tx: asyncpg.Connection, intent: Intent) -> Row | None:
+async def _create(events: DirectoryEvents, tx: asyncpg.Connection, intent: Intent) -> Row | None:
     assert intent.columns is not None
     if await store.get_user(tx, intent.tenant_id, intent.user_id) is not None:
         return None
     row = await store.insert_user(tx, intent.tenant_id, intent.user_id, intent.columns)
     await remember_account(tx, intent.tenant_id, row["user_name"], intent.user_id)
-    await emit(runtime, tx, intent.tenant_id, row, UserProvisioned(user=directory_user(row)))
+    await events.emit(tx, intent.tenant_id, row, UserProvisioned(user=directory_user(row)))
     return row
 
 
-async def _replace(runtime: Runtime, tx: asyncpg.Connection, intent: Intent) -> Row:
+async def _replace(events: DirectoryEvents, tx: asyncpg.Connection, intent: Intent) -> Row:
     assert intent.columns is not None
     before = await store.get_user(tx, intent.tenant_id, intent.user_id)
     assert before is not None
     row = await store.update_user(tx, intent.tenant_id, intent.user_id, intent.columns)
     await remember_account(tx, intent.tenant_id, row["user_name"], intent.user_id)
-    await emit(runtime, tx, intent.tenant_id, row, user_change(before, row))
+    await events.emit(tx, intent.tenant_id, row, user_change(before, row))
     return row
 
 
@@ -225,18 +225,17 @@ def user_change(before: Mapping[str, Any], after: Mapping[str, Any]) -> Any:
     return UserUpdated(user=user)
 
 
-async def _delete(runtime: Runtime, tx: asyncpg.Connection, intent: Intent) -> Row:
+async def _delete(events: DirectoryEvents, tx: asyncpg.Connection, intent: Intent) -> Row:
     tenant_id, user_id = intent.tenant_id, intent.user_id
     current = await store.get_user(tx, tenant_id, user_id)
     assert current is not None
     left = await store.delete_user(tx, tenant_id, user_id)
     user = msgspec.structs.replace(directory_user(current), active=False)
-    await emit(runtime, tx, tenant_id, current, UserDeprovisioned(user=user, deleted=True))
+    await events.emit(tx, tenant_id, current, UserDeprovisioned(user=user, deleted=True))
     for group_id in left:
         group = await store.get_group(tx, tenant_id, group_id)
         if group is not None:
-            await emit(
-                runtime,
+            await events.emit(
                 tx,
                 tenant_id,
                 group,
@@ -268,18 +267,19 @@ async def remember_account(
 # ---------------------------------------------------------------- the worker's part
 
 
-async def finish_stale_intents(runtime: Runtime, stop: asyncio.Event) -> None:
-    """The provisioning worker's loop (a worker task): every `scim_intent_sweep_seconds`,
-    complete the intents whose request is gone once identity holds the account in the
-    asked state, and drop the ones that never got there."""
-    settings = runtime.settings
-    assert isinstance(settings, ProvisioningSettings)
+async def finish_stale_intents(
+    db: Database, events: DirectoryEvents, settings: ProvisioningSettings, stop: asyncio.Event
+) -> None:
+    """The provisioning worker's loop (a worker task, app.py): every
+    `scim_intent_sweep_seconds`, complete the intents whose request is gone once identity
+    holds the account in the asked state, and drop the ones that never got there."""
     if settings.scim_intent_sweep_seconds <= 0:
         return
     while not stop.is_set():
         try:
             await sweep_once(
-                runtime,
+                db,
+                events,
                 stale=timedelta(seconds=settings.scim_intent_stale_seconds),
                 abandon=timedelta(seconds=settings.scim_intent_abandon_seconds),
             )
@@ -289,10 +289,12 @@ async def finish_stale_intents(runtime: Runtime, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), timeout=settings.scim_intent_sweep_seconds)
 
 
-async def sweep_once(runtime: Runtime, *, stale: timedelta, abandon: timedelta) -> tuple[int, int]:
+async def sweep_once(
+    db: Database, events: DirectoryEvents, *, stale: timedelta, abandon: timedelta
+) -> tuple[int, int]:
     """One round: (completed, dropped). Ages are measured by the database's clock, the one
     that stamped the intents."""
-    async with runtime.db.transaction(platform=True) as tx:
+    async with db.transaction(platform=True) as tx:
         rows = await tx.fetch(
             """SELECT i.id, i.tenant_id, i.created_at < now() - $2::interval AS abandoned,
                       p.status = CASE WHEN i.active THEN 'active' ELSE 'disabled' END
@@ -306,9 +308,9 @@ async def sweep_once(runtime: Runtime, *, stale: timedelta, abandon: timedelta) 
         )
     completed = dropped = 0
     for row in rows:
-        async with runtime.db.transaction(tenant_id=row["tenant_id"]) as tx:
+        async with db.transaction(tenant_id=row["tenant_id"]) as tx:
             if row["reached"]:
-                await complete(runtime, tx, row["id"])
+                await complete(events, tx, row["id"])
                 completed += 1
                 log.info("SCIM intent %s completed by the worker", row["id"])
             elif row["abandoned"]:

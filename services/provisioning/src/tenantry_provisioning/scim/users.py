@@ -19,13 +19,13 @@ from uuid import UUID
 import asyncpg
 from uuid_utils.compat import uuid7
 
+from tenantry_events.pg import Database
 from tenantry_provisioning import store
 from tenantry_provisioning.domain import ScimError, checked_columns, login_email, taken
 from tenantry_provisioning.scim import intents
 from tenantry_provisioning.scim.accounts import IdentityAccounts
-from tenantry_provisioning.scim.events import emit
+from tenantry_provisioning.scim.events import DirectoryEvents
 from tenantry_provisioning.scim.intents import Intent
-from tenantry_service.runtime import Runtime
 
 USER_NAME_MAX_CHARS = 256
 
@@ -58,7 +58,8 @@ async def trial_write(
 
 
 async def create(
-    runtime: Runtime,
+    db: Database,
+    events: DirectoryEvents,
     identity: IdentityAccounts,
     tenant_id: UUID,
     resource: Mapping[str, Any],
@@ -68,7 +69,7 @@ async def create(
     columns = checked_columns(resource)
     user_name = columns["user_name"]
     active = columns["active"] is not False
-    async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+    async with db.transaction(tenant_id=tenant_id) as tx:
         await guard(tx, tenant_id)
         if await store.user_name_owner(tx, tenant_id, user_name) is not None:
             raise taken(user_name)
@@ -85,7 +86,7 @@ async def create(
             active=active,
         )
     await _identity_or_drop(
-        runtime,
+        db,
         intent,
         identity.provision(
             tenant_id,
@@ -96,9 +97,9 @@ async def create(
             intent_id=intent.id,
         ),
     )
-    row = await _complete(runtime, intent)
+    row = await _complete(db, events, intent)
     if row is None:  # finished by the worker or by a concurrent create meanwhile
-        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+        async with db.transaction(tenant_id=tenant_id) as tx:
             row = await store.get_user(tx, tenant_id, user_id)
         if row is None:
             raise _busy()
@@ -106,7 +107,8 @@ async def create(
 
 
 async def replace(
-    runtime: Runtime,
+    db: Database,
+    events: DirectoryEvents,
     identity: IdentityAccounts,
     tenant_id: UUID,
     user_id: UUID,
@@ -118,7 +120,7 @@ async def replace(
     identity is called when `active` changes, when an earlier write of this user is still
     pending, or when identity's account (as its events say) is not in the state `active`
     asks for: the directory's `active` is the truth for a provisioned account."""
-    async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+    async with db.transaction(tenant_id=tenant_id) as tx:
         await guard(tx, tenant_id)
         current = await store.get_user(tx, tenant_id, user_id)
     if current is None:
@@ -126,7 +128,7 @@ async def replace(
     columns = checked_columns(change(current))
     user_name = columns["user_name"]
     was_active, now_active = current["active"] is not False, columns["active"] is not False
-    async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+    async with db.transaction(tenant_id=tenant_id) as tx:
         if await intents.name_reserved(tx, tenant_id, user_name, user_id):
             raise taken(user_name)
         locked = await tx.fetchval(
@@ -143,7 +145,7 @@ async def replace(
             await trial_write(tx, tenant_id, user_id, columns, new=False)
             row = await store.update_user(tx, tenant_id, user_id, columns)
             await intents.remember_account(tx, tenant_id, user_name, user_id)
-            await emit(runtime, tx, tenant_id, row, intents.user_change(current, row))
+            await events.emit(tx, tenant_id, row, intents.user_change(current, row))
             return row
         await trial_write(tx, tenant_id, user_id, columns, new=False)
         intent, _ = await intents.open_intent(
@@ -157,16 +159,17 @@ async def replace(
             active=now_active,
         )
     await _identity_or_drop(
-        runtime, intent, identity.set_active(tenant_id, user_id, now_active, authorization)
+        db, intent, identity.set_active(tenant_id, user_id, now_active, authorization)
     )
-    written = await _complete(runtime, intent)
+    written = await _complete(db, events, intent)
     if written is None:
         raise _busy()
     return written
 
 
 async def remove(
-    runtime: Runtime,
+    db: Database,
+    events: DirectoryEvents,
     identity: IdentityAccounts,
     tenant_id: UUID,
     user_id: UUID,
@@ -176,7 +179,7 @@ async def remove(
 ) -> None:
     """DELETE: the account is deprovisioned (it keeps its id: a re-created user of the
     same userName gets it back), the user and its memberships go."""
-    async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+    async with db.transaction(tenant_id=tenant_id) as tx:
         await guard(tx, tenant_id)
         current = await store.get_user(tx, tenant_id, user_id)
         if current is None:
@@ -193,15 +196,15 @@ async def remove(
             active=False,
         )
     await _identity_or_drop(
-        runtime, intent, identity.set_active(tenant_id, user_id, False, authorization)
+        db, intent, identity.set_active(tenant_id, user_id, False, authorization)
     )
-    if await _complete(runtime, intent) is None:
-        async with runtime.db.transaction(tenant_id=tenant_id) as tx:
+    if await _complete(db, events, intent) is None:
+        async with db.transaction(tenant_id=tenant_id) as tx:
             if await store.get_user(tx, tenant_id, user_id) is not None:
                 raise _busy()
 
 
-async def _identity_or_drop(runtime: Runtime, intent: Intent, call: Awaitable[Any]) -> None:
+async def _identity_or_drop(db: Database, intent: Intent, call: Awaitable[Any]) -> None:
     """identity's step. A refusal (4xx) changed nothing there: the intent goes and the
     error is the answer. A 503 (identity unreachable, or busy with the same intent) may
     or may not have changed it: the intent stays, for the directory's retry or the
@@ -210,13 +213,13 @@ async def _identity_or_drop(runtime: Runtime, intent: Intent, call: Awaitable[An
         await call
     except ScimError as exc:
         if exc.status < 500:
-            await intents.drop(runtime, intent)
+            await intents.drop(db, intent)
         raise
 
 
-async def _complete(runtime: Runtime, intent: Intent) -> Row | None:
-    async with runtime.db.transaction(tenant_id=intent.tenant_id) as tx:
-        return await intents.complete(runtime, tx, intent.id, wait=True)
+async def _complete(db: Database, events: DirectoryEvents, intent: Intent) -> Row | None:
+    async with db.transaction(tenant_id=intent.tenant_id) as tx:
+        return await intents.complete(events, tx, intent.id, wait=True)
 
 
 def _busy() -> ScimError:
