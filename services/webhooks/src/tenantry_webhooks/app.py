@@ -1,7 +1,8 @@
 """Wiring of the webhooks service: the one place that puts domain, store and edges together.
 
 Routes receive what they use by name through Litestar's dependency injection
-(`ROUTE_DEPENDENCIES`), typed; the worker's tasks build theirs from the runtime."""
+(`ROUTE_DEPENDENCIES`), typed; the worker's tasks build theirs from the runtime. (The
+providers name what they take explicitly: Litestar 3 stops inferring dependencies.)"""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import asyncio
 from datetime import timedelta
 
 from litestar import Router
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 
 from tenantry_credentials.crypto import SecretBox
 from tenantry_events.consumer import merge_handlers
@@ -27,13 +28,13 @@ from tenantry_webhooks.settings import WebhooksSettings
 from tenantry_webhooks.usage_report import reconcile_usage
 
 
-def settings_of(runtime: Runtime) -> WebhooksSettings:
+def settings_of(runtime: NamedDependency[Runtime]) -> WebhooksSettings:
     settings = runtime.settings
     assert isinstance(settings, WebhooksSettings)  # SPEC.settings_cls loaded them
     return settings
 
 
-def endpoint_secrets(webhooks_settings: WebhooksSettings) -> EndpointSecrets:
+def endpoint_secrets(webhooks_settings: NamedDependency[WebhooksSettings]) -> EndpointSecrets:
     return EndpointSecrets(SecretBox.from_base64(webhooks_settings.master_key))
 
 
