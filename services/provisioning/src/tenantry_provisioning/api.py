@@ -5,8 +5,9 @@ reads the request (the caller, the body, the query and the If-Match / If-None-Ma
 headers), calls the directory with plain values and renders its answer as SCIM JSON
 (status, ETag, Location, application/scim+json).
 
-Users and Groups each have the same reading routes (list, .search, one by id); their
-writes differ (a user write crosses into identity, a group write carries its members).
+Users and Groups have the same reading routes (list, .search, one by id) and the same
+PATCH and DELETE; their POST and PUT differ (a user write crosses into identity and keeps
+its id, a group write carries its members).
 """
 
 from __future__ import annotations
@@ -174,6 +175,30 @@ def reading_routes(kind: str, collection: str) -> list[HTTPRouteHandler]:
     ]
 
 
+def changing_routes(kind: str, collection: str, schema: Any) -> list[HTTPRouteHandler]:
+    """PATCH and DELETE /{collection}/{id}: alike for users and groups."""
+
+    async def patch_one(
+        request: Request[Any, Any, Any], resource_id: str, directory: NamedDependency[Directory]
+    ) -> Response[bytes]:
+        change = patched(await body_of(request), schema)
+        target = parse_id(resource_id, kind)
+        write = directory.write_user if kind == "User" else directory.save_group
+        return written(await write(caller_of(request), target, change))
+
+    async def delete_one(
+        request: Request[Any, Any, Any], resource_id: str, directory: NamedDependency[Directory]
+    ) -> None:
+        remove = directory.remove_user if kind == "User" else directory.remove_group
+        await remove(caller_of(request), parse_id(resource_id, kind))
+
+    path = f"/{collection}/{{resource_id:str}}"
+    return [
+        patch(path, name=f"patch_{collection}", **_ROUTE)(patch_one),
+        delete(path, name=f"delete_{collection}", status_code=204, **_ROUTE)(delete_one),
+    ]
+
+
 # ---------------------------------------------------------------- Users
 
 
@@ -194,22 +219,6 @@ async def put_user(
     return written(await directory.replace_user(caller_of(request), user_id, body))
 
 
-@patch("/Users/{resource_id:str}", **_ROUTE)
-async def patch_user(
-    request: Request[Any, Any, Any], resource_id: str, directory: NamedDependency[Directory]
-) -> Response[bytes]:
-    change = patched(await body_of(request), USER_SCHEMA)
-    user_id = parse_id(resource_id, "User")
-    return written(await directory.write_user(caller_of(request), user_id, change))
-
-
-@delete("/Users/{resource_id:str}", status_code=204, **_ROUTE)
-async def delete_user(
-    request: Request[Any, Any, Any], resource_id: str, directory: NamedDependency[Directory]
-) -> None:
-    await directory.remove_user(caller_of(request), parse_id(resource_id, "User"))
-
-
 # ---------------------------------------------------------------- Groups
 
 
@@ -228,22 +237,6 @@ async def put_group(
     change = replaced_by(await body_of(request))
     group_id = parse_id(resource_id, "Group")
     return written(await directory.save_group(caller_of(request), group_id, change))
-
-
-@patch("/Groups/{resource_id:str}", **_ROUTE)
-async def patch_group(
-    request: Request[Any, Any, Any], resource_id: str, directory: NamedDependency[Directory]
-) -> Response[bytes]:
-    change = patched(await body_of(request), GROUP_SCHEMA)
-    group_id = parse_id(resource_id, "Group")
-    return written(await directory.save_group(caller_of(request), group_id, change))
-
-
-@delete("/Groups/{resource_id:str}", status_code=204, **_ROUTE)
-async def delete_group(
-    request: Request[Any, Any, Any], resource_id: str, directory: NamedDependency[Directory]
-) -> None:
-    await directory.remove_group(caller_of(request), parse_id(resource_id, "Group"))
 
 
 # ---------------------------------------------------------------- discovery, search, Bulk
@@ -299,13 +292,11 @@ SCIM_ROUTER = Router(
         post_user,
         *reading_routes("User", "Users"),
         put_user,
-        patch_user,
-        delete_user,
+        *changing_routes("User", "Users", USER_SCHEMA),
         post_group,
         *reading_routes("Group", "Groups"),
         put_group,
-        patch_group,
-        delete_group,
+        *changing_routes("Group", "Groups", GROUP_SCHEMA),
         service_provider_config,
         resource_types,
         resource_type,
