@@ -3,9 +3,9 @@ out, and whether one tenant's hanging endpoints slow the others down.
 
 A `Dispatcher` built like the service builds it (`app.build_dispatcher`: concurrency 64,
 4 per endpoint, lease = timeout + 30 s, Svix's retry schedule, the endpoint breakers) runs
-in this process on a scratch database (backbone, servicekit and webhooks migrations, app
-role), sending through servicekit's `OutboundClient` (allowed onto 127.0.0.0/8, plain
-http) to servicekit's loopback `Receiver` (uvicorn on 127.0.0.1, in a child process, so
+in this process on a scratch database (backbone, projections and webhooks migrations, app
+role), sending through tenantry_outbound's `OutboundClient` (allowed onto 127.0.0.0/8,
+plain http) to tenantry_testkit's loopback `Receiver` (uvicorn on 127.0.0.1, in a child process, so
 it does not share this event loop; every request's arrival time recorded). Messages and
 deliveries are made by `consumers.fan_out` from real `EmailVerified` envelopes, in a
 tenant-scoped transaction, as the consumer does.
@@ -130,7 +130,7 @@ ARRIVALS_PATH = "/_bench/arrivals"
 
 
 class _Recording(Receiver):
-    """servicekit's Receiver, plus ARRIVALS_PATH?since=N: the recorded requests from the
+    """tenantry_testkit's Receiver, plus ARRIVALS_PATH?since=N: the recorded requests from the
     N-th on, as JSON (webhook-id, path, monotonic arrival time)."""
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -625,7 +625,7 @@ async def run(ctx: Context) -> BenchResult:
             "bad_hang_s": BAD_HANG,
             "total_timeout_s": TOTAL_TIMEOUT,
             "clock_lead_s": CLOCK_LEAD,
-            "receiver": "servicekit testing Receiver (uvicorn, 127.0.0.1) in a child process",
+            "receiver": "tenantry_testkit Receiver (uvicorn, 127.0.0.1) in a child process",
         },
     )
     async with _world(ctx) as world:

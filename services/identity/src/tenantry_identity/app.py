@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import asyncpg
 from litestar import Router
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from onelogin.saml2.constants import OneLogin_Saml2_Constants
 
 from tenantry_credentials.crypto import SecretBox
@@ -216,7 +216,7 @@ def components_of(runtime: Runtime) -> IdentityComponents:
 
 
 def component_provider(name: str) -> Provide:
-    def provide(runtime: Runtime) -> object:
+    def provide(runtime: NamedDependency[Runtime]) -> object:
         return getattr(components_of(runtime), name)
 
     return Provide(provide, sync_to_thread=False)

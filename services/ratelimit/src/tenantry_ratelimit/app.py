@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncpg
 from litestar import Router
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 
 from tenantry_events.consumer import Handler
 from tenantry_guardrails.rate_limits import RateLimitStep
@@ -20,11 +20,11 @@ from tenantry_service.app import ServiceSpec, rate_limit_step
 from tenantry_service.runtime import Runtime
 
 
-def policy_store(runtime: Runtime) -> PolicyStore:
+def policy_store(runtime: NamedDependency[Runtime]) -> PolicyStore:
     return PolicyStore(runtime.outbox, source=runtime.source, region=runtime.settings.region)
 
 
-def rate_limiter(runtime: Runtime) -> RateLimitStep:
+def rate_limiter(runtime: NamedDependency[Runtime]) -> RateLimitStep:
     """The process's one rate limiter, the pipeline's: decisions made for gateways share
     its cache and its local fallback."""
     return rate_limit_step(runtime)
