@@ -10,6 +10,7 @@ SQL reads) are snapshots of this fold; `state_check.py` compares the two.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, Self, TypeVar
 
@@ -60,6 +61,17 @@ def first_payload(event: Envelope[Any], payload_type: type[P], aggregate: str) -
             expected = payload_type.__name__
         raise UnfoldableStream(f"{aggregate}'s stream starts with {expected}, not {event.type}")
     return payload
+
+
+S = TypeVar("S")
+
+
+def state_from(payload: msgspec.Struct, state_type: type[S], /, **more: Any) -> S:
+    """A new aggregate's state (a dataclass) from its creating event: each field the payload
+    also has, by name, then `more` (what the envelope says, or a value in another form)."""
+    names = {f.name for f in dataclasses.fields(state_type)}  # type: ignore[arg-type]
+    values = {k: v for k, v in msgspec.structs.asdict(payload).items() if k in names}
+    return state_type(**{**values, **more})
 
 
 def fold(start: Start[A], stream: Iterable[Envelope[Any]]) -> A | None:

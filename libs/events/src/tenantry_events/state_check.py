@@ -64,6 +64,17 @@ async def rewriting_row(tx: asyncpg.Connection, stream_id: str) -> AsyncIterator
         ) from None
 
 
+async def update_row(
+    tx: asyncpg.Connection, stream_id: str, lost: str, sql: str, *args: Any
+) -> None:
+    """Rewrite an existing row (`sql` is one UPDATE) in `rewriting_row`; a row that is not
+    there is RowNotRebuildable with `lost`, what no event carries to make it again."""
+    async with rewriting_row(tx, stream_id):
+        updated = await tx.execute(sql, *args)
+    if updated == "UPDATE 0":
+        raise RowNotRebuildable(f"{stream_id} has events but no row ({lost})")
+
+
 class Drift(msgspec.Struct, frozen=True, kw_only=True):
     """One aggregate whose row is not what its stream folds to."""
 

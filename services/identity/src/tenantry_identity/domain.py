@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from tenantry_events.aggregates import UnfoldableStream, first_payload
+from tenantry_events.aggregates import UnfoldableStream, first_payload, state_from
 from tenantry_events.envelope import Envelope
 from tenantry_events.payloads.identity import (
     AccountCreated,
@@ -119,14 +119,8 @@ class Account:
     @staticmethod
     def start(event: Envelope[Any]) -> Account:
         created = first_payload(event, AccountCreated, "an account")
-        return Account(
-            account_id=created.account_id,
-            tenant_id=event.tenant_id,
-            email=created.email,
-            role=created.role,
-            status=created.status,
-            email_verified=created.email_verified,
-            version=event.aggregate_version,
+        return state_from(
+            created, Account, tenant_id=event.tenant_id, version=event.aggregate_version
         )
 
     def apply(self, event: Envelope[Any]) -> Account:
@@ -165,17 +159,11 @@ class ApiKey:
     @staticmethod
     def start(event: Envelope[Any]) -> ApiKey:
         created = first_payload(event, ApiKeyCreated, "an API key")
-        return ApiKey(
-            key_id=created.key_id,
+        return state_from(
+            created,
+            ApiKey,
             tenant_id=event.tenant_id,
-            key_sha256=created.key_sha256,
-            display_prefix=created.display_prefix,
-            name=created.name,
-            kind=created.kind,
-            owner_account_id=created.owner_account_id,
             scopes=tuple(created.scopes),
-            expires_at=created.expires_at,
-            created_by=created.created_by,
             revoked=False,
             version=event.aggregate_version,
         )

@@ -24,7 +24,12 @@ from tenantry_events.payloads.identity import (
     EmailVerified,
 )
 from tenantry_events.pg import Database
-from tenantry_events.state_check import AggregateKind, RowNotRebuildable, rewriting_row
+from tenantry_events.state_check import (
+    AggregateKind,
+    RowNotRebuildable,
+    rewriting_row,
+    update_row,
+)
 from tenantry_events.storage import PostgresEventStore
 from tenantry_identity.domain import Account, ApiKey
 
@@ -579,22 +584,22 @@ async def read_account(tx: asyncpg.Connection, stream_id: str) -> Account | None
 async def rebuild_account(tx: asyncpg.Connection, stream_id: str, account: Account | None) -> None:
     if account is None:
         raise RowNotRebuildable(f"{stream_id} has a row but no events to rebuild it from")
-    async with rewriting_row(tx, stream_id):
-        updated = await tx.execute(
-            """UPDATE accounts SET email = $2, role = $3, status = $4, email_verified = $5,
-                                   version = $6
-               WHERE account_id = $1 AND tenant_id = $7""",
-            account.account_id,
-            account.email,
-            account.role,
-            account.status,
-            account.email_verified,
-            account.version,
-            account.tenant_id,
-        )
-    if updated == "UPDATE 0":
-        # A password hash is in no event (it is a secret): the row cannot be made afresh.
-        raise RowNotRebuildable(f"{stream_id} has events but no row (its password is lost)")
+    # A password hash is in no event (it is a secret): a lost row cannot be made afresh.
+    await update_row(
+        tx,
+        stream_id,
+        "its password is lost",
+        """UPDATE accounts SET email = $2, role = $3, status = $4, email_verified = $5,
+                               version = $6
+           WHERE account_id = $1 AND tenant_id = $7""",
+        account.account_id,
+        account.email,
+        account.role,
+        account.status,
+        account.email_verified,
+        account.version,
+        account.tenant_id,
+    )
 
 
 async def account_row_streams(tx: asyncpg.Connection) -> list[str]:

@@ -10,7 +10,7 @@ from uuid import UUID
 
 import msgspec
 
-from tenantry_events.aggregates import UnfoldableStream, first_payload
+from tenantry_events.aggregates import UnfoldableStream, first_payload, state_from
 from tenantry_events.envelope import Envelope
 from tenantry_events.payloads.identity import SsoConnectionChanged
 from tenantry_identity.domain import IdentityRuleBroken, normalise_email
@@ -40,12 +40,10 @@ class SsoConnection:
             raise UnfoldableStream(
                 f"an SSO connection's stream starts with its creation, not {created.change!r}"
             )
-        return SsoConnection(
-            connection_id=created.connection_id,
+        return state_from(
+            created,
+            SsoConnection,
             tenant_id=event.tenant_id,
-            kind=created.kind,
-            name=created.name,
-            enabled=created.enabled,
             deleted=False,
             version=event.aggregate_version,
         )

@@ -14,7 +14,7 @@ from uuid_utils.compat import uuid7
 
 from tenantry_events.envelope import new_event
 from tenantry_events.payloads.identity import SsoConnectionChanged
-from tenantry_events.state_check import AggregateKind, RowNotRebuildable, rewriting_row
+from tenantry_events.state_check import AggregateKind, update_row
 from tenantry_events.storage import PostgresEventStore
 from tenantry_identity.sso.domain import SsoConnection
 
@@ -656,19 +656,19 @@ async def rebuild_connection(
     if connection is None:  # deleted by its last event (or never created: no events)
         await tx.execute("DELETE FROM sso_connections WHERE connection_id = $1", connection_id)
         return
-    async with rewriting_row(tx, stream_id):
-        updated = await tx.execute(
-            """UPDATE sso_connections SET kind = $2, name = $3, enabled = $4, version = $5
-               WHERE connection_id = $1 AND tenant_id = $6""",
-            connection_id,
-            connection.kind,
-            connection.name,
-            connection.enabled,
-            connection.version,
-            connection.tenant_id,
-        )
-    if updated == "UPDATE 0":
-        raise RowNotRebuildable(f"{stream_id} has events but no row (its IdP settings are lost)")
+    await update_row(
+        tx,
+        stream_id,
+        "its IdP settings are lost",
+        """UPDATE sso_connections SET kind = $2, name = $3, enabled = $4, version = $5
+           WHERE connection_id = $1 AND tenant_id = $6""",
+        connection_id,
+        connection.kind,
+        connection.name,
+        connection.enabled,
+        connection.version,
+        connection.tenant_id,
+    )
 
 
 async def connection_row_streams(tx: asyncpg.Connection) -> list[str]:
