@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
@@ -14,6 +15,8 @@ from tenantry_credentials.key_usage import KeyUsage
 from tenantry_events.pg import Database
 from tenantry_events.storage import PostgresEventStore, PostgresInbox, PostgresOutbox
 from tenantry_platform.settings import ServiceSettings
+
+S = TypeVar("S", bound=ServiceSettings)
 
 
 class KafkaProbe:
@@ -68,6 +71,12 @@ class Runtime:
     key_usage: KeyUsage
     redis: Redis
     extras: dict[str, object] = field(default_factory=dict)
+
+    def settings_as(self, settings_type: type[S]) -> S:
+        """The settings as the service's own type (its SPEC.settings_cls loaded them)."""
+        if not isinstance(self.settings, settings_type):
+            raise TypeError(f"{self.service}'s settings are not {settings_type.__name__}")
+        return self.settings
 
     @property
     def source(self) -> str:

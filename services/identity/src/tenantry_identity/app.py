@@ -1,18 +1,17 @@
 """Wiring of the identity service: the one place that puts domain, store and edges together.
 
-The api process builds its components once at startup (`start_api`); routes receive them by
-name through Litestar's dependency injection (`COMPONENT_DEPENDENCIES`), typed, never
+The api process builds its components once at startup (`COMPONENTS`); routes receive them
+by name through Litestar's dependency injection (`COMPONENT_DEPENDENCIES`), typed, never
 looked up by hand."""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import timedelta
 
 import asyncpg
 from litestar import Router
-from litestar.di import NamedDependency, Provide
 from onelogin.saml2.constants import OneLogin_Saml2_Constants
 
 from tenantry_credentials.crypto import SecretBox
@@ -48,13 +47,12 @@ from tenantry_platform.clock import SystemClock
 from tenantry_projections.projections import standard_projections
 from tenantry_resilience import BreakerConfig, BreakerRegistry
 from tenantry_service.app import ServiceSpec, rate_limit_step
+from tenantry_service.components import StartupComponents
 from tenantry_service.runtime import Runtime
 
 
 def identity_settings(runtime: Runtime) -> IdentitySettings:
-    settings = runtime.settings
-    assert isinstance(settings, IdentitySettings)  # SPEC.settings_cls loaded them
-    return settings
+    return runtime.settings_as(IdentitySettings)
 
 
 def identity_store(runtime: Runtime) -> IdentityStore:
@@ -194,35 +192,12 @@ async def build_components(runtime: Runtime) -> IdentityComponents:
     )
 
 
-# The components live on the runtime (the one thing the app factory hands every hook and
-# route) under this key; only this module reads it.
-COMPONENTS = "identity.components"
+async def close_components(components: IdentityComponents) -> None:
+    await components.sso_outbound.aclose()
 
 
-async def start_api(runtime: Runtime) -> None:
-    runtime.extras[COMPONENTS] = await build_components(runtime)
-
-
-async def stop_api(runtime: Runtime) -> None:
-    components = runtime.extras.pop(COMPONENTS, None)
-    if isinstance(components, IdentityComponents):
-        await components.sso_outbound.aclose()
-
-
-def components_of(runtime: Runtime) -> IdentityComponents:
-    components = runtime.extras[COMPONENTS]
-    assert isinstance(components, IdentityComponents)  # start_api put them there
-    return components
-
-
-def component_provider(name: str) -> Provide:
-    def provide(runtime: NamedDependency[Runtime]) -> object:
-        return getattr(components_of(runtime), name)
-
-    return Provide(provide, sync_to_thread=False)
-
-
-COMPONENT_DEPENDENCIES = {f.name: component_provider(f.name) for f in fields(IdentityComponents)}
+COMPONENTS = StartupComponents(IdentityComponents, build_components, close=close_components)
+COMPONENT_DEPENDENCIES = COMPONENTS.dependencies()
 
 
 async def refresh_idp_metadata(runtime: Runtime, stop: asyncio.Event) -> None:
@@ -275,8 +250,8 @@ SPEC = ServiceSpec(
     consumer_factory=worker_consumers,
     migration_packages=["tenantry_identity"],
     settings_cls=IdentitySettings,
-    on_startup=[start_api],
-    on_shutdown=[stop_api],
+    on_startup=[COMPONENTS.start],
+    on_shutdown=[COMPONENTS.stop],
     worker_tasks=[refresh_idp_metadata, reconcile_usage],
     aggregates=[ACCOUNTS, API_KEYS, SSO_CONNECTIONS],
 )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 
 from litestar import Router
-from litestar.di import NamedDependency, Provide
 
 from tenantry_provisioning.api import SCIM_ROUTER
 from tenantry_provisioning.consumers import provisioning_consumers
@@ -21,6 +20,7 @@ from tenantry_provisioning.scim.events import DirectoryEvents
 from tenantry_provisioning.scim.intents import finish_stale_intents
 from tenantry_provisioning.settings import ProvisioningSettings
 from tenantry_service.app import ServiceSpec
+from tenantry_service.components import StartupComponents
 from tenantry_service.runtime import Runtime
 
 
@@ -28,39 +28,26 @@ def directory_events(runtime: Runtime) -> DirectoryEvents:
     return DirectoryEvents(runtime.outbox, source=runtime.source, region=runtime.settings.region)
 
 
-# The directory lives on the runtime (the one thing the app factory hands every hook and
-# route) under this key; only this module reads it.
-DIRECTORY = "provisioning.directory"
-
-
-async def start_api(runtime: Runtime) -> None:
-    runtime.extras[DIRECTORY] = Directory(
+async def build_directory(runtime: Runtime) -> Directory:
+    return Directory(
         db=runtime.db,
         events=directory_events(runtime),
         identity=IdentityAccounts(runtime.settings.service_url("identity")),
     )
 
 
-def directory_of(runtime: NamedDependency[Runtime]) -> Directory:
-    directory = runtime.extras[DIRECTORY]
-    assert isinstance(directory, Directory)  # start_api put it there
-    return directory
+async def close_directory(directory: Directory) -> None:
+    await directory.identity.aclose()
 
 
-async def stop_api(runtime: Runtime) -> None:
-    if DIRECTORY in runtime.extras:  # the api started
-        await directory_of(runtime).identity.aclose()
-        del runtime.extras[DIRECTORY]
-
-
-ROUTE_DEPENDENCIES = {"directory": Provide(directory_of, sync_to_thread=False)}
+DIRECTORY = StartupComponents(Directory, build_directory, close=close_directory)
+ROUTE_DEPENDENCIES = DIRECTORY.dependencies("directory")
 
 
 async def finish_intents(runtime: Runtime, stop: asyncio.Event) -> None:
     """The worker's sweep of SCIM user writes whose request died between identity's
     write and the directory's (scim/intents.py)."""
-    settings = runtime.settings
-    assert isinstance(settings, ProvisioningSettings)  # SPEC.settings_cls loaded them
+    settings = runtime.settings_as(ProvisioningSettings)
     await finish_stale_intents(runtime.db, directory_events(runtime), settings, stop)
 
 
@@ -73,8 +60,8 @@ SPEC = ServiceSpec(
     consumer_handlers=provisioning_consumers(),
     migration_packages=["tenantry_provisioning"],
     settings_cls=ProvisioningSettings,
-    on_startup=[start_api],
-    on_shutdown=[stop_api],
+    on_startup=[DIRECTORY.start],
+    on_shutdown=[DIRECTORY.stop],
     worker_tasks=[finish_intents],
     error_renderers={"/scim/v2": scim_error_response},
 )

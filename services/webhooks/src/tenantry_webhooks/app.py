@@ -29,9 +29,7 @@ from tenantry_webhooks.usage_report import reconcile_usage
 
 
 def settings_of(runtime: NamedDependency[Runtime]) -> WebhooksSettings:
-    settings = runtime.settings
-    assert isinstance(settings, WebhooksSettings)  # SPEC.settings_cls loaded them
-    return settings
+    return runtime.settings_as(WebhooksSettings)
 
 
 def endpoint_secrets(webhooks_settings: NamedDependency[WebhooksSettings]) -> EndpointSecrets:
