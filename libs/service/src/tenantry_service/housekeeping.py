@@ -6,9 +6,10 @@
   at the far end, when a group's committed offsets are lost or reset and it re-reads the
   topic from the earliest record it still has. That bound is the topics' retention
   (`log.retention.hours`, 168 h by default), hence TENANTRY_INBOX_RETENTION_HOURS = 168.
-- `idempotency_keys` (tenantry_http.idempotency): a key's record is replayed for idempotency.RETENTION
-  (24 h, as Stripe); after that a retry runs anew, so older rows serve nothing. A
-  shorter setting is raised to that window, so no key goes before its promise ends.
+- `idempotency_keys` (tenantry_http.idempotency): a key's record is replayed for
+  idempotency.RETENTION (24 h, as Stripe); after that a retry runs anew, so older rows
+  serve nothing. A shorter setting is raised to that window, so no key goes before its
+  promise ends.
 
 `dead_letter_replays` is not pruned: one row per replayed dead letter, and the memory
 that stops a second replay.
