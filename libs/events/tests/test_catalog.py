@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+import typing
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
-from tenantry_events.catalog import load_all
+from tenantry_events.catalog import Catalog, EventType, _struct_in, field_type, load_all
 from tenantry_events.compat import breaking_changes
 from tenantry_events.docs import asyncapi_document
 
@@ -68,3 +71,64 @@ def test_asyncapi_document_has_a_channel_per_event_type() -> None:
     assert doc["asyncapi"] == "3.0.0"
     addresses = {c["address"] for c in doc["channels"].values()}
     assert {e.name for e in load_all() if not e.name.startswith("test.")} <= addresses
+
+
+# ---------------------------------------------------------------- personal fields
+
+# Field names that always hold personal data wherever a payload has them: each must be
+# declared `personal` (a new payload with one fails here until it is).
+PERSONAL_NAMES = {"email", "owner_email", "user_name", "first_name", "last_name", "ip"}
+
+
+def leaf_paths(payload: type[msgspec.Struct], prefix: str = "") -> list[str]:
+    paths = []
+    for name in payload.__struct_fields__:
+        nested = _struct_in(typing.get_type_hints(payload)[name])
+        path = f"{prefix}{name}"
+        paths += leaf_paths(nested, f"{path}.") if nested is not None else [path]
+    return paths
+
+
+def test_every_field_named_as_personal_data_is_declared_personal() -> None:
+    undeclared = [
+        f"{e.name}: {path}"
+        for e in load_all()
+        for path in leaf_paths(e.payload)
+        if path.rsplit(".", 1)[-1] in PERSONAL_NAMES and path not in e.personal
+    ]
+    assert undeclared == []
+
+
+class Inner(msgspec.Struct):
+    email: str
+
+
+class Outer(msgspec.Struct):
+    who: Inner | None
+
+
+def test_a_personal_path_must_name_a_field_of_the_payload() -> None:
+    assert field_type(Outer, "who.email") is str
+    for wrong in ("email", "who.name", "who.email.x"):
+        with pytest.raises(ValueError, match=f"Outer has no field '{re.escape(wrong)}'"):
+            field_type(Outer, wrong)
+    catalog = Catalog()
+    with pytest.raises(ValueError, match=r"no field 'who\.phone'"):
+        catalog.register(
+            EventType(
+                name="test.outer",
+                payload=Outer,
+                owner="tests",
+                public=False,
+                version=1,
+                description="",
+                personal=("who.phone",),
+            )
+        )
+
+
+@pytest.mark.parametrize("name", published_types())
+def test_published_schemas_name_the_personal_fields(name: str) -> None:
+    """`make docs` was run after declaring personal fields (x-personal is published)."""
+    published = json.loads((PUBLISHED / f"{name}.json").read_text())
+    assert published.get("x-personal", []) == list(load_all().by_name(name).personal)

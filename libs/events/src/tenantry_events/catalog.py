@@ -3,10 +3,17 @@
 The catalog is the single source for topic names (one topic per event type), for the
 JSON Schemas and the AsyncAPI document under docs/events/, and for decoding: a consumer
 looks the payload type up here by the CloudEvents `type`.
+
+It also says which payload fields are personal data (`personal`: dotted paths such as
+`user.email`), declared once here and shown in the published schemas as `x-personal`: the
+fields a tenant's data key is to encrypt so that destroying the key erases them from every
+retained copy (crypto-shredding, ../shared/DESIGN.md "Data lifecycle").
 """
 
 from __future__ import annotations
 
+import types
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -26,10 +33,35 @@ class EventType:
     public: bool
     version: int
     description: str
+    personal: tuple[str, ...] = ()  # dotted paths of the payload's personal fields
 
     @property
     def topic(self) -> str:
         return self.name
+
+
+def field_type(payload: type[msgspec.Struct], path: str) -> Any:
+    """The type of the payload field at a dotted path (through nested Structs, optional or
+    not); ValueError when the path names no field."""
+    current: Any = payload
+    for part in path.split("."):
+        struct = _struct_in(current)
+        hints = typing.get_type_hints(struct) if struct is not None else {}
+        if part not in hints or part not in getattr(struct, "__struct_fields__", ()):
+            raise ValueError(f"{payload.__name__} has no field {path!r}")
+        current = hints[part]
+    return current
+
+
+def _struct_in(annotation: Any) -> type[msgspec.Struct] | None:
+    """The Struct type an annotation is, or holds as `X | None`."""
+    if isinstance(annotation, type) and issubclass(annotation, msgspec.Struct):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        for arg in typing.get_args(annotation):
+            if isinstance(arg, type) and issubclass(arg, msgspec.Struct):
+                return arg
+    return None
 
 
 class UnknownEventType(LookupError):
@@ -46,6 +78,8 @@ class Catalog:
             raise ValueError(f"event type {event_type.name!r} is declared twice")
         if event_type.payload in self._by_payload:
             raise ValueError(f"payload {event_type.payload.__name__} is used by two event types")
+        for path in event_type.personal:
+            field_type(event_type.payload, path)  # a declared personal field exists
         self._by_name[event_type.name] = event_type
         self._by_payload[event_type.payload] = event_type
 
@@ -84,6 +118,7 @@ class Catalog:
             "x-owner": event_type.owner,
             "x-public": event_type.public,
             "x-version": event_type.version,
+            **({"x-personal": list(event_type.personal)} if event_type.personal else {}),
             **schema,
         }
         if components:
@@ -95,9 +130,16 @@ CATALOG = Catalog()
 
 
 def event(
-    name: str, *, owner: str, public: bool, version: int = 1, description: str = ""
+    name: str,
+    *,
+    owner: str,
+    public: bool,
+    version: int = 1,
+    description: str = "",
+    personal: tuple[str, ...] = (),
 ) -> Callable[[PayloadT], PayloadT]:
-    """Class decorator that declares a payload Struct as the payload of event type `name`."""
+    """Class decorator that declares a payload Struct as the payload of event type `name`;
+    `personal` names its fields that are personal data (dotted paths into nested Structs)."""
 
     def declare(payload: PayloadT) -> PayloadT:
         CATALOG.register(
@@ -108,6 +150,7 @@ def event(
                 public=public,
                 version=version,
                 description=description or (payload.__doc__ or "").strip(),
+                personal=personal,
             )
         )
         return payload

@@ -13,7 +13,7 @@ from tenantry_events.catalog import event
 Role = Literal["owner", "admin", "member"]
 
 
-@event("account.created", owner="identity", public=True)
+@event("account.created", owner="identity", public=True, personal=("email",))
 class AccountCreated(msgspec.Struct, frozen=True, kw_only=True):
     """A login account was created in a tenant (invite, tenant owner, SCIM or JIT)."""
 
@@ -51,7 +51,7 @@ class ApiKeyRevoked(msgspec.Struct, frozen=True, kw_only=True):
     revoked_by: str
 
 
-@event("user.email_verified", owner="identity", public=True)
+@event("user.email_verified", owner="identity", public=True, personal=("email",))
 class EmailVerified(msgspec.Struct, frozen=True, kw_only=True):
     """An account proved it controls its email address."""
 
@@ -101,7 +101,7 @@ class SsoConnectionChanged(msgspec.Struct, frozen=True, kw_only=True):
     changed_by: str
 
 
-@event("user.jit_provisioned", owner="identity", public=True)
+@event("user.jit_provisioned", owner="identity", public=True, personal=("email",))
 class UserJitProvisioned(msgspec.Struct, frozen=True, kw_only=True):
     """The first SSO login of a user the tenant did not have created their account (just in
     time), with the role its IdP groups map to."""

@@ -26,7 +26,7 @@ class TenantState(msgspec.Struct, frozen=True, kw_only=True):
     home_region: str
 
 
-@event("tenant.created", owner="tenancy", public=True)
+@event("tenant.created", owner="tenancy", public=True, personal=("owner_email",))
 class TenantCreated(msgspec.Struct, frozen=True, kw_only=True):
     """A tenant was created; it starts active on its plan in its home region."""
 
