@@ -189,3 +189,35 @@ async def test_a_row_without_events_is_reported_and_not_rebuildable(
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"tenant tenant-{orphan}: differs\n  row present, events missing" in result.stdout
     assert f"not rebuilt: tenant-{orphan} has a row but no events" in result.stdout
+
+
+async def test_a_rebuild_that_clashes_on_a_slug_is_reported_and_the_next_one_converges(
+    stack: Stack, tenancy_db: ScratchDatabase
+) -> None:
+    """Tenant `first` (checked first) must get back a slug that, in the rows, another tenant
+    holds: it is not rebuilt this time (reported, the command goes on), the other is; the
+    next rebuild finds the slug free and finishes."""
+    ids = await some_tenants(tenancy_db)
+    slugs = {tenant_id: f"t{n}" for n, tenant_id in enumerate(ids)}
+    first, second = sorted(ids[:2], key=lambda t: TenantRepository.stream(t))
+    conn = await asyncpg.connect(tenancy_db.owner_dsn)
+    try:
+        await conn.execute("UPDATE tenants SET slug = 'moved' WHERE tenant_id = $1", first)
+        await conn.execute(
+            "UPDATE tenants SET slug = $2 WHERE tenant_id = $1", second, slugs[first]
+        )
+    finally:
+        await conn.close()
+
+    clash = verify_state(stack, tenancy_db, "--rebuild")
+    assert clash.returncode == 1, clash.stdout + clash.stderr
+    assert f"not rebuilt: tenant-{first}: another row holds a unique value" in clash.stdout
+    assert f"tenant tenant-{second}: rebuilt" in clash.stdout
+    assert "2 difference(s), 1 left" in clash.stdout
+
+    converged = verify_state(stack, tenancy_db, "--rebuild")
+    assert converged.returncode == 0, converged.stdout + converged.stderr
+    assert f"tenant tenant-{first}: rebuilt" in converged.stdout
+    async with tenancy_db.db.transaction(platform=True) as tx:
+        rows = {t: await TENANTS.read_row(tx, TenantRepository.stream(t)) for t in ids}
+    assert {t: r.state.slug for t, r in rows.items() if r} == slugs

@@ -19,7 +19,7 @@ from tenantry_events.payloads.tenancy import (
     TenantLimitsChanged,
     TenantState,
 )
-from tenantry_events.state_check import AggregateKind, RowNotRebuildable
+from tenantry_events.state_check import AggregateKind, RowNotRebuildable, rewriting_row
 from tenantry_events.storage import PostgresEventStore, PostgresOutbox
 from tenantry_tenancy.domain import Tenant, TenantChange, effective_limits
 
@@ -173,7 +173,8 @@ async def read_tenant(tx: asyncpg.Connection, stream_id: str) -> Tenant | None:
 async def rebuild_tenant(tx: asyncpg.Connection, stream_id: str, tenant: Tenant | None) -> None:
     if tenant is None:
         raise RowNotRebuildable(f"{stream_id} has a row but no events to rebuild it from")
-    await _write(tx, tenant)
+    async with rewriting_row(tx, stream_id):  # a slug another row holds: reported, not raised
+        await _write(tx, tenant)
 
 
 async def tenant_row_streams(tx: asyncpg.Connection) -> builtins.list[str]:
