@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from tenantry_events.catalog import Catalog, EventType, _struct_in, field_type, load_all
+from tenantry_events.catalog import Catalog, EventType, struct_in, field_type, load_all
 from tenantry_events.compat import breaking_changes
 from tenantry_events.docs import asyncapi_document
 
@@ -83,7 +83,7 @@ PERSONAL_NAMES = {"email", "owner_email", "user_name", "first_name", "last_name"
 def leaf_paths(payload: type[msgspec.Struct], prefix: str = "") -> list[str]:
     paths = []
     for name in payload.__struct_fields__:
-        nested = _struct_in(typing.get_type_hints(payload)[name])
+        nested = struct_in(typing.get_type_hints(payload)[name])
         path = f"{prefix}{name}"
         paths += leaf_paths(nested, f"{path}.") if nested is not None else [path]
     return paths

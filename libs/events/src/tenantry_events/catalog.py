@@ -45,7 +45,7 @@ def field_type(payload: type[msgspec.Struct], path: str) -> Any:
     not); ValueError when the path names no field."""
     current: Any = payload
     for part in path.split("."):
-        struct = _struct_in(current)
+        struct = struct_in(current)
         hints = typing.get_type_hints(struct) if struct is not None else {}
         if part not in hints or part not in getattr(struct, "__struct_fields__", ()):
             raise ValueError(f"{payload.__name__} has no field {path!r}")
@@ -53,7 +53,7 @@ def field_type(payload: type[msgspec.Struct], path: str) -> Any:
     return current
 
 
-def _struct_in(annotation: Any) -> type[msgspec.Struct] | None:
+def struct_in(annotation: Any) -> type[msgspec.Struct] | None:
     """The Struct type an annotation is, or holds as `X | None`."""
     if isinstance(annotation, type) and issubclass(annotation, msgspec.Struct):
         return annotation
