@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from tenantry_events.catalog import Catalog, EventType, struct_in, field_type, load_all
+from tenantry_events.catalog import Catalog, EventType, field_type, load_all, struct_in
 from tenantry_events.compat import breaking_changes
 from tenantry_events.docs import asyncapi_document
 
