@@ -7,7 +7,9 @@ ends right whatever the arrival order across topics.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
+from uuid import UUID
 
 import msgspec
 
@@ -93,3 +95,136 @@ class TenantPlanChanged(msgspec.Struct, frozen=True, kw_only=True):
     tenant: TenantState
     previous_plan: str
     by: str
+
+
+# ------------------------------------------------------------------ data lifecycle
+# Offboarding, purge and export (DESIGN.md "Data lifecycle", issue 17). Purge and export
+# are sagas: tenancy requests, each service does its own share and reports, tenancy
+# concludes. The per-service reports are internal; the milestones are public.
+
+
+@event("tenant.offboarding_started", owner="tenancy", public=True)
+class TenantOffboardingStarted(msgspec.Struct, frozen=True, kw_only=True):
+    """The tenant is leaving: during the grace period its admins may sign in, read and
+    export; everything else is refused. At `purge_at` every service erases its data."""
+
+    tenant: TenantState
+    previous_status: TenantStatus
+    purge_at: datetime
+    reason: str
+    by: str
+
+
+@event("tenant.offboarding_cancelled", owner="tenancy", public=True)
+class TenantOffboardingCancelled(msgspec.Struct, frozen=True, kw_only=True):
+    """Offboarding was called off during the grace period; the tenant is back in the state
+    it left (active or suspended)."""
+
+    tenant: TenantState
+    reason: str
+    by: str
+
+
+@event("tenant.offboarding_reminder", owner="tenancy", public=False)
+class TenantOffboardingReminder(msgspec.Struct, frozen=True, kw_only=True):
+    """The purge is `days_left` days away (sent at T-7 and T-1); identity mails the
+    tenant's owners and admins."""
+
+    purge_at: datetime
+    days_left: int
+
+
+@event("tenant.purge_requested", owner="tenancy", public=False)
+class TenantPurgeRequested(msgspec.Struct, frozen=True, kw_only=True):
+    """Every service is to delete all of the tenant's rows and keys and answer with
+    tenant.purged_by. Redelivery is harmless: a service answers with the report it made."""
+
+    purge_id: UUID
+    early: bool  # an operator purged before the grace period ended
+    reason: str
+    by: str
+
+
+class PurgedRows(msgspec.Struct, frozen=True, kw_only=True):
+    table: str
+    rows: int
+
+
+@event(
+    "tenant.purged_by", owner="identity, provisioning, ratelimit, tenancy, webhooks", public=False
+)
+class TenantPurgedBy(msgspec.Struct, frozen=True, kw_only=True):
+    """One service erased its share of the tenant: what it deleted, table by table (counts
+    only), and whether it destroyed its copy of the tenant's data key."""
+
+    purge_id: UUID
+    service: str
+    tables: list[PurgedRows]
+    redis_keys: int
+    key_destroyed: bool
+    completed_at: datetime
+
+
+@event("tenant.purged", owner="tenancy", public=False)
+class TenantPurged(msgspec.Struct, frozen=True, kw_only=True):
+    """Every service reported its purge: the tenant is a tombstone, and a deletion
+    certificate was issued."""
+
+    tenant: TenantState
+    purge_id: UUID
+    certificate_id: UUID
+
+
+class ExportFile(msgspec.Struct, frozen=True, kw_only=True):
+    """One NDJSON file of an export, as its service wrote it to object storage."""
+
+    name: str  # e.g. "identity/accounts.ndjson"
+    schema: str  # what each line is, e.g. "tenantry.identity.account/v1" or a SCIM URN
+    records: int
+    bytes: int
+    sha256: str
+    object_key: str
+
+
+@event("tenant.export_requested", owner="tenancy", public=False)
+class TenantExportRequested(msgspec.Struct, frozen=True, kw_only=True):
+    """Each service is to write its share of the tenant's data (or of one person's,
+    when `subject_account_id` is set) under `prefix` and answer with tenant.export_part."""
+
+    export_id: UUID
+    prefix: str
+    requested_by: str
+    subject_account_id: UUID | None = None
+
+
+@event(
+    "tenant.export_part", owner="identity, provisioning, ratelimit, tenancy, webhooks", public=False
+)
+class TenantExportPart(msgspec.Struct, frozen=True, kw_only=True):
+    """One service's share of an export: its files, or why it could not write them."""
+
+    export_id: UUID
+    service: str
+    files: list[ExportFile]
+    error: str | None = None
+
+
+@event("tenant.export_completed", owner="tenancy", public=True)
+class TenantExportCompleted(msgspec.Struct, frozen=True, kw_only=True):
+    """The tenant's export archive is ready; download it through the export resource
+    (GET /v1/tenants/{tenant_id}/exports/{export_id}) until `expires_at`."""
+
+    export_id: UUID
+    bytes: int
+    records: int
+    expires_at: datetime
+    requested_by: str
+
+
+@event("tenant.export_failed", owner="tenancy", public=True)
+class TenantExportFailed(msgspec.Struct, frozen=True, kw_only=True):
+    """The export could not be made; `reason` says which part failed and why."""
+
+    export_id: UUID
+    reason: str
+    requested_by: str
