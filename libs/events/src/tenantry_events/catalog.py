@@ -7,7 +7,10 @@ looks the payload type up here by the CloudEvents `type`.
 It also says which payload fields are personal data (`personal`: dotted paths such as
 `user.email`), declared once here and shown in the published schemas as `x-personal`: the
 fields a tenant's data key is to encrypt so that destroying the key erases them from every
-retained copy (crypto-shredding, ../shared/DESIGN.md "Data lifecycle").
+retained copy (crypto-shredding, ../shared/DESIGN.md "Data lifecycle"). Events about one
+person also name the field that says who (`person`, a UUID: the account id, which is also the
+SCIM user's id): their personal fields are sealed with that person's subject key as well, so
+erasing the person (Art. 17) erases them in a live tenant (sealing.py).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from uuid import UUID
 
 import msgspec
 
@@ -34,6 +38,7 @@ class EventType:
     version: int
     description: str
     personal: tuple[str, ...] = ()  # dotted paths of the payload's personal fields
+    person: str | None = None  # dotted path of the UUID of the person the event is about
 
     @property
     def topic(self) -> str:
@@ -79,7 +84,12 @@ class Catalog:
         if event_type.payload in self._by_payload:
             raise ValueError(f"payload {event_type.payload.__name__} is used by two event types")
         for path in event_type.personal:
-            field_type(event_type.payload, path)  # a declared personal field exists
+            # Sealing puts a string in its place, so a personal field is text.
+            if field_type(event_type.payload, path) not in (str, str | None):
+                raise ValueError(f"personal field {event_type.name} {path} is not a string")
+        person = event_type.person
+        if person is not None and field_type(event_type.payload, person) not in (UUID, UUID | None):
+            raise ValueError(f"person field {event_type.name} {person} is not a UUID")
         self._by_name[event_type.name] = event_type
         self._by_payload[event_type.payload] = event_type
 
@@ -119,6 +129,7 @@ class Catalog:
             "x-public": event_type.public,
             "x-version": event_type.version,
             **({"x-personal": list(event_type.personal)} if event_type.personal else {}),
+            **({"x-person": event_type.person} if event_type.person else {}),
             **schema,
         }
         if components:
@@ -137,9 +148,11 @@ def event(
     version: int = 1,
     description: str = "",
     personal: tuple[str, ...] = (),
+    person: str | None = None,
 ) -> Callable[[PayloadT], PayloadT]:
     """Class decorator that declares a payload Struct as the payload of event type `name`;
-    `personal` names its fields that are personal data (dotted paths into nested Structs)."""
+    `personal` names its fields that are personal data (dotted paths into nested Structs),
+    `person` the UUID field of the person the event is about, if it is about one."""
 
     def declare(payload: PayloadT) -> PayloadT:
         CATALOG.register(
@@ -151,6 +164,7 @@ def event(
                 version=version,
                 description=description or (payload.__doc__ or "").strip(),
                 personal=personal,
+                person=person,
             )
         )
         return payload

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -16,6 +17,7 @@ from uuid import UUID
 
 from tenantry_events.envelope import Envelope
 from tenantry_events.kafka_codec import to_record
+from tenantry_events.sealing import KEY_BYTES
 from tenantry_events.storage import ConcurrencyConflict, OutboxEntry
 
 
@@ -129,3 +131,29 @@ class MemoryInbox:
             return False
         self._seen.add((consumer, event_id))
         return True
+
+
+class MemoryDataKeys:
+    """`DataKeys` in a dict, for unit tests and the in-memory stores: keys made on first
+    sealing, destroyed for good by `destroy` (a tenant's, or one person's in a tenant)."""
+
+    def __init__(self) -> None:
+        self._keys: dict[tuple[UUID, UUID | None], bytes] = {}
+        self._destroyed: set[tuple[UUID, UUID | None]] = set()
+
+    async def for_sealing(
+        self, tx: object, tenant_id: UUID, subject_id: UUID | None = None
+    ) -> bytes | None:
+        slot = (tenant_id, subject_id)
+        if slot in self._destroyed:
+            return None
+        return self._keys.setdefault(slot, os.urandom(KEY_BYTES))
+
+    async def for_opening(
+        self, tx: object, tenant_id: UUID, subject_id: UUID | None = None
+    ) -> bytes | None:
+        return self._keys.get((tenant_id, subject_id))
+
+    def destroy(self, tenant_id: UUID, subject_id: UUID | None = None) -> None:
+        self._keys.pop((tenant_id, subject_id), None)
+        self._destroyed.add((tenant_id, subject_id))
