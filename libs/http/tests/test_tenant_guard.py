@@ -1,6 +1,7 @@
 """The tenant guard admits a tenant's requests only in the states its route admits (active
-by default), and answers 404 for a tenant its projection never hears of, after a bounded
-wait; operators pass."""
+by default; an offboarding tenant's owners and admins may still read), never once the
+purge has begun, and answers 404 for a tenant its projection never hears of (or that is
+purged), after a bounded wait; operators pass."""
 
 from __future__ import annotations
 
@@ -44,8 +45,8 @@ class FakeRequest:
         self.state: dict[str, Any] = {STATE_KEY: principal}
 
 
-def user() -> Principal:
-    return Principal(kind="user", subject="u", tenant_id=TENANT, roles=frozenset({"owner"}))
+def user(role: str = "member") -> Principal:
+    return Principal(kind="user", subject="u", tenant_id=TENANT, roles=frozenset({role}))
 
 
 def key() -> Principal:
@@ -81,12 +82,57 @@ async def test_only_an_active_tenant_is_admitted_by_default(
             assert problem is None
             continue
         assert problem is not None
+        if state == "purged":
+            assert (problem.status, problem.slug) == (404, "tenant-not-found")
+            continue
         assert problem.status == 403
         if state == "suspended":
             assert problem.slug == "tenant-suspended"
+        elif state == "offboarding":
+            assert problem.slug == "tenant-offboarding"
         else:
             assert problem.slug == "tenant-not-active"
             assert problem.extensions["tenant_status"] == state
+
+
+@pytest.mark.parametrize(
+    ("principal", "method", "admitted"),
+    [
+        (user("owner"), "GET", True),
+        (user("admin"), "HEAD", True),
+        (user("owner"), "POST", False),
+        (user("admin"), "DELETE", False),
+        (user("member"), "GET", False),
+        (key(), "GET", False),  # an API key has no role: never an admin
+    ],
+)
+async def test_an_offboarding_tenant_admits_only_its_owners_and_admins_reads(
+    principal: Principal, method: str, admitted: bool
+) -> None:
+    problem = await refusal(guard(Tenants("offboarding")), FakeRequest(principal, method))
+    if admitted:
+        assert problem is None
+    else:
+        assert problem is not None
+        assert (problem.status, problem.slug) == (403, "tenant-offboarding")
+    # The same principal on an active tenant passes, suspended it never does.
+    assert await refusal(guard(Tenants("active")), FakeRequest(principal, method)) is None
+    suspended = await refusal(guard(Tenants("suspended")), FakeRequest(principal, method))
+    assert suspended is not None
+    assert suspended.slug == "tenant-suspended"
+
+
+async def test_a_route_declaring_offboarding_admits_everyone_but_never_a_purge() -> None:
+    declared = {"tenant_states": ["active", "offboarding", "purging", "purged"]}
+    for principal in (user(), key()):
+        request = FakeRequest(principal, "POST", **declared)
+        assert await refusal(guard(Tenants("offboarding")), request) is None
+        purging = await refusal(guard(Tenants("purging")), request)
+        assert purging is not None
+        assert (purging.status, purging.slug) == (403, "tenant-not-active")
+        purged = await refusal(guard(Tenants("purged")), request)
+        assert purged is not None
+        assert (purged.status, purged.slug) == (404, "tenant-not-found")
 
 
 @pytest.mark.parametrize("state", STATES)
@@ -103,10 +149,10 @@ async def test_a_route_or_a_route_class_admits_a_later_state_explicitly() -> Non
     # Other classes of the same guard still refuse it.
     refused = await refusal(by_class, FakeRequest(user(), "GET"))
     assert refused is not None
-    assert refused.slug == "tenant-not-active"
+    assert refused.slug == "tenant-offboarding"
     # A route that admits only later states refuses an active tenant.
-    only_purged = FakeRequest(user(), "GET", tenant_states=["purged"])
-    refused = await refusal(guard(Tenants("active")), only_purged)
+    only_offboarding = FakeRequest(user(), "GET", tenant_states=["offboarding"])
+    refused = await refusal(guard(Tenants("active")), only_offboarding)
     assert refused is not None
     assert refused.status == 403
 

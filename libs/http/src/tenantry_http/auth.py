@@ -8,6 +8,26 @@ of apikey.* events, tokens against identity's JWKS): no call to identity per req
 
 401 (with WWW-Authenticate) when the credential is missing or bad; 403 when it is good but
 lacks the role or scope the route needs.
+
+After authentication the tenant guard admits a tenant's principal by the tenant's state
+(this service's projection of tenant.* events). Operators pass in every state.
+
+    state        admitted                                           otherwise
+    active       every route                                        -
+    suspended    routes declaring it in `tenant_states`             403 tenant-suspended
+    offboarding  reads (GET, HEAD) by an owner or admin user, and   403 tenant-offboarding
+                 routes declaring it (the export routes)
+    purging      nowhere, whatever a route declares                 403 tenant-not-active
+    purged       nowhere                                            404 tenant-not-found
+    (unknown)    - (after a bounded wait for the projection)        404 tenant-not-found
+    a new state  routes declaring it                                403 tenant-not-active
+
+An API key is never an admin (it has scopes, not roles): during offboarding it reaches
+only the routes that declare the state (SCIM's reads do). A purged tenant is answered
+like one that never existed, 404 rather than 410: its projection row may be gone with the
+rest of its data, and the answer must not depend on which service still had it.
+Identity's sign-in applies the same table through `tenant_refusal(status,
+admin_access=...)`: during offboarding only owners and admins get tokens.
 """
 
 from __future__ import annotations
@@ -239,9 +259,14 @@ class TenantStatus(Protocol):
 
 
 # A tenant's requests are admitted only in the states its route admits (DESIGN.md, "Data
-# lifecycle"): `active` everywhere today. A state added later (offboarding, purging,
-# purged) is refused until a route or route class names it.
+# lifecycle"): `active` unless the route says more. A state added later is refused until a
+# route or route class names it.
 ACTIVE_ONLY: frozenset[str] = frozenset({"active"})
+# The purge has begun or is over: no route may admit these, whatever it declares.
+NEVER_ADMITTED: frozenset[str] = frozenset({"purging", "purged"})
+# The roles that keep reading (and signing in) while their tenant is offboarding.
+TENANT_ADMIN_ROLES: frozenset[str] = frozenset({"owner", "admin"})
+READ_METHODS: frozenset[str] = frozenset({"GET", "HEAD"})
 
 
 def tenant_suspended() -> Problem:
@@ -250,6 +275,18 @@ def tenant_suspended() -> Problem:
         "tenant-suspended",
         "This tenant is suspended",
         "Contact the platform operator to restore access",
+    )
+
+
+def tenant_offboarding() -> Problem:
+    return Problem(
+        403,
+        "tenant-offboarding",
+        "This tenant is being offboarded",
+        "During the grace period before its data is purged, the tenant's owners and admins"
+        " may sign in, read and export; nothing can be changed. An owner can cancel the"
+        " offboarding.",
+        tenant_status="offboarding",
     )
 
 
@@ -263,14 +300,26 @@ def tenant_not_found() -> Problem:
     )
 
 
-def tenant_refusal(status: str | None, admitted: frozenset[str] = ACTIVE_ONLY) -> Problem | None:
-    """Why a tenant in `status` may not do what admits `admitted` (None: it may)."""
-    if status is None:
+def tenant_refusal(
+    status: str | None, admitted: frozenset[str] = ACTIVE_ONLY, *, admin_access: bool = False
+) -> Problem | None:
+    """Why a tenant in `status` may not do what admits `admitted` (None: it may).
+    `admin_access`: the caller is a tenant owner or admin doing what admins may still do
+    during offboarding (reading, signing in)."""
+    if status is None or status == "purged":
         return tenant_not_found()
-    if status in admitted:
+    if status in NEVER_ADMITTED:
+        return tenant_not_active(status)
+    if status in admitted or (status == "offboarding" and admin_access):
         return None
     if status == "suspended":
         return tenant_suspended()
+    if status == "offboarding":
+        return tenant_offboarding()
+    return tenant_not_active(status)
+
+
+def tenant_not_active(status: str) -> Problem:
     return Problem(
         403,
         "tenant-not-active",
@@ -310,9 +359,11 @@ class TenantGuard:
 
     - A principal of a tenant passes only if the tenant's state (this service's own
       projection of tenant.* events) is one its route admits: the route's
-      `opt={"tenant_states": [...]}`, else `admitted[route class]`, else `active` only.
-      A suspended tenant gets 403 tenant-suspended, any other state 403 tenant-not-active,
-      whatever credential it carries (token or API key, issued before or not).
+      `opt={"tenant_states": [...]}`, else `admitted[route class]`, else `active` only;
+      and, during offboarding, an owner's or admin's read (the module docstring's table).
+      A suspended tenant gets 403 tenant-suspended, an offboarding one 403
+      tenant-offboarding, whatever credential it carries (token or API key, issued before
+      or not).
     - A tenant the projection has not heard of is waited for (`wait`), then 404
       tenant-not-found.
     - Operators pass: they reactivate, and act on tenants in any state.
@@ -341,6 +392,17 @@ class TenantGuard:
             return
         tenant_id = principal.tenant_id
         status = await self._wait.until_known(lambda: self._tenants.status(tenant_id))
-        refusal = tenant_refusal(status, self.admitted_for(request))
+        refusal = tenant_refusal(
+            status, self.admitted_for(request), admin_access=admin_reading(principal, request)
+        )
         if refusal is not None:
             raise refusal
+
+
+def admin_reading(principal: Principal, request: Request[Any, Any, Any]) -> bool:
+    """A tenant owner's or admin's read: what an offboarding tenant still allows."""
+    return (
+        principal.kind == "user"
+        and bool(principal.roles & TENANT_ADMIN_ROLES)
+        and request.method in READ_METHODS
+    )
