@@ -20,6 +20,10 @@ from tenantry_events.payloads.identity import (
 )
 from tenantry_events.payloads.tenancy import (
     TenantCreated,
+    TenantOffboardingCancelled,
+    TenantOffboardingStarted,
+    TenantPlanChanged,
+    TenantPurged,
     TenantReactivated,
     TenantState,
     TenantSuspended,
@@ -65,19 +69,54 @@ async def upsert_tenant(
 
 async def _on_tenant_event(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
     """Every tenant.* event carries the full TenantState, so one handler serves them all."""
-    payload: TenantCreated | TenantSuspended | TenantReactivated = event.payload
+    payload: (
+        TenantCreated
+        | TenantSuspended
+        | TenantReactivated
+        | TenantPlanChanged
+        | TenantOffboardingStarted
+        | TenantOffboardingCancelled
+    ) = event.payload
     await upsert_tenant(tx, event.tenant_id, payload.tenant, event.aggregate_version)
 
 
+async def _on_tenant_purged(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
+    """The tombstone: the tenant's id and state, without its name and slug (the purge
+    erased them, and the slug goes back to the pool after its quarantine)."""
+    payload: TenantPurged = event.payload
+    tombstone = msgspec.structs.replace(payload.tenant, name="", slug="")
+    await upsert_tenant(tx, event.tenant_id, tombstone, event.aggregate_version)
+
+
+async def _on_purge_requested(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
+    """`purging` is this projection's own state (never in a payload): from the purge
+    request until tenant.purged, nothing of the tenant is admitted. The version is kept,
+    so tenant.purged (a later version) still lands, and an older event cannot undo it."""
+    await tx.execute(
+        """UPDATE tenant_projection
+           SET status = 'purging', version = GREATEST(version, $2), updated_at = now()
+           WHERE tenant_id = $1 AND status <> 'purged'""",
+        event.tenant_id,
+        event.aggregate_version,
+    )
+
+
 def tenant_projection_handlers() -> dict[str, Handler[asyncpg.Connection]]:
-    return {
+    carrying_state: dict[str, Handler[asyncpg.Connection]] = {
         name: _on_tenant_event
         for name in (
             "tenant.created",
             "tenant.suspended",
             "tenant.reactivated",
             "tenant.plan_changed",
+            "tenant.offboarding_started",
+            "tenant.offboarding_cancelled",
         )
+    }
+    return {
+        **carrying_state,
+        "tenant.purge_requested": _on_purge_requested,
+        "tenant.purged": _on_tenant_purged,
     }
 
 
