@@ -68,6 +68,8 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     api_keys: int | None
     requests_per_second: float
     burst: int
+    # Days between the start of offboarding and the purge (a duration, in whole days).
+    offboarding_grace_days: int = 30
 
 
 class PlanOffer(msgspec.Struct, frozen=True, kw_only=True):
@@ -113,6 +115,8 @@ class TenantOffboardingStarted(msgspec.Struct, frozen=True, kw_only=True):
     purge_at: datetime
     reason: str
     by: str
+    # Where the signed deletion certificate will be, once the purge is done.
+    certificate_id: UUID
 
 
 @event("tenant.offboarding_cancelled", owner="tenancy", public=True)
