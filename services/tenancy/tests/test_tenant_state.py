@@ -59,6 +59,12 @@ async def test_every_command_path_leaves_the_row_equal_to_the_fold_of_the_stream
             ("redefine the plan", "PUT", "/v1/plans/team", team["limits"], 200),
             ("change plan", "POST", f"{tenant}/plan", {"plan": "business"}, 200),
             ("change to the same plan", "POST", f"{tenant}/plan", {"plan": "business"}, 409),
+            ("cancel an offboarding never started", "DELETE", f"{tenant}/offboarding", None, 409),
+            ("offboard", "POST", f"{tenant}/offboarding", {"reason": "contract ended"}, 200),
+            ("offboard twice", "POST", f"{tenant}/offboarding", {"reason": "x"}, 409),
+            ("suspend an offboarding tenant", "POST", f"{tenant}/suspend", {"reason": "x"}, 409),
+            ("cancel offboarding", "DELETE", f"{tenant}/offboarding", None, 200),
+            ("purge a tenant not offboarding", "POST", f"{tenant}/purge", {"reason": "x"}, 409),
         ]
         folded = await row_is_fold(stack_tenancy_db, events, tenant_id, "create")
         assert (folded.state.status, folded.state.plan, folded.version) == ("active", "team", 1)
@@ -69,12 +75,15 @@ async def test_every_command_path_leaves_the_row_equal_to_the_fold_of_the_stream
         history = (await client.get(f"{tenant}/history")).json()
 
     folded = await row_is_fold(stack_tenancy_db, events, tenant_id, "at the end")
-    assert (folded.state.status, folded.state.plan, folded.version) == ("active", "business", 4)
+    assert (folded.state.status, folded.state.plan, folded.version) == ("active", "business", 6)
+    assert folded.offboarding is None
     assert [h["type"] for h in history] == [
         "tenant.created",
         "tenant.suspended",
         "tenant.reactivated",
         "tenant.plan_changed",
+        "tenant.offboarding_started",
+        "tenant.offboarding_cancelled",
     ]
 
 

@@ -5,7 +5,7 @@ Routes receive the database and the stores by name, typed (`db`, `tenant_reposit
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol, TypeVar
 from uuid import UUID
 
@@ -20,7 +20,6 @@ from tenantry_events.pg import Database
 from tenantry_http.auth import principal_of, requires
 from tenantry_http.pagination import Page, clamp_limit, decode_cursor, page_of
 from tenantry_http.problems import Problem
-from tenantry_platform.settings import ServiceSettings
 from tenantry_tenancy.domain import (
     DEFAULT_PLAN,
     DomainError,
@@ -30,6 +29,8 @@ from tenantry_tenancy.domain import (
     downgrade_blockers,
     effective_limits,
 )
+from tenantry_tenancy.purges import PurgeStore
+from tenantry_tenancy.settings import TenancySettings
 from tenantry_tenancy.store import (
     LimitsView,
     PlanRow,
@@ -73,13 +74,14 @@ class TenantsController(Controller):
         self,
         request: Request[Any, Any, Any],
         data: JSONBody[CreateTenant],
-        settings: NamedDependency[ServiceSettings],
+        settings: NamedDependency[TenancySettings],
         db: NamedDependency[Database],
         tenant_repository: NamedDependency[TenantRepository],
         plan_store: NamedDependency[PlanStore],
+        purge_store: NamedDependency[PurgeStore],
     ) -> TenantRow:
         """Creates a tenant (active, on its plan, in its home region) and emits tenant.created.
-        Honours Idempotency-Key."""
+        Honours Idempotency-Key. A purged tenant's slug is refused during its quarantine."""
         tenant_id = uuid4()
         try:
             created = Tenant.create(
@@ -97,6 +99,8 @@ class TenantsController(Controller):
             async with db.transaction(platform=True) as tx:
                 if await plan_store.plan(tx, data.plan) is None:
                     raise Problem(400, "unknown-plan", "No such plan", f"no plan {data.plan!r}")
+                if await purge_store.quarantined(tx, data.slug, datetime.now(UTC)):
+                    raise SlugTaken(data.slug)
                 row = await tenant_repository.add(tx, tenant_id, created)
                 await plan_store.publish(tx, tenant_id)
                 return row

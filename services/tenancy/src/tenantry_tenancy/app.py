@@ -6,10 +6,15 @@ stores from `ROUTE_DEPENDENCIES`, the database (`db`) and the settings from the 
 
 from __future__ import annotations
 
+import asyncio
+
+import asyncpg
 from litestar import Router
 from litestar.di import NamedDependency, Provide
 
-from tenantry_events.consumer import merge_handlers
+from tenantry_credentials.crypto import SecretBox
+from tenantry_events.consumer import Handler, merge_handlers
+from tenantry_platform.clock import SystemClock
 from tenantry_projections.projections import standard_projections
 from tenantry_service.app import ServiceSpec
 from tenantry_service.runtime import Runtime
@@ -22,6 +27,15 @@ from tenantry_tenancy.api import (
     update_plan,
 )
 from tenantry_tenancy.consumers import tenancy_consumers
+from tenantry_tenancy.documents import DocumentSigner
+from tenantry_tenancy.lifecycle import LifecycleScheduler
+from tenantry_tenancy.offboarding_api import (
+    OffboardingController,
+    deletion_certificate,
+    document_jwks,
+)
+from tenantry_tenancy.purges import PurgeStore
+from tenantry_tenancy.settings import TenancySettings
 from tenantry_tenancy.store import TENANTS, PlanStore, TenantRepository
 
 
@@ -33,10 +47,50 @@ def plan_store(runtime: NamedDependency[Runtime]) -> PlanStore:
     return PlanStore(runtime.outbox, source=runtime.source, region=runtime.settings.region)
 
 
+def purge_store(runtime: NamedDependency[Runtime]) -> PurgeStore:
+    return PurgeStore(runtime.outbox, source=runtime.source, region=runtime.settings.region)
+
+
+def document_signer(runtime: NamedDependency[Runtime]) -> DocumentSigner:
+    """One per process: it keeps the region's document key once loaded."""
+    signer = runtime.extras.get("document_signer")
+    if not isinstance(signer, DocumentSigner):
+        box = SecretBox.from_base64(runtime.settings_as(TenancySettings).master_key)
+        signer = runtime.extras["document_signer"] = DocumentSigner(runtime.db, box)
+    return signer
+
+
 ROUTE_DEPENDENCIES = {
     "tenant_repository": Provide(tenant_repository, sync_to_thread=False),
     "plan_store": Provide(plan_store, sync_to_thread=False),
+    "purge_store": Provide(purge_store, sync_to_thread=False),
+    "document_signer": Provide(document_signer, sync_to_thread=False),
 }
+
+
+def worker_consumers(runtime: Runtime) -> dict[str, Handler[asyncpg.Connection]]:
+    settings = runtime.settings_as(TenancySettings)
+    return merge_handlers(
+        standard_projections(),
+        tenancy_consumers(
+            purge_store(runtime),
+            document_signer(runtime),
+            quarantine=settings.slug_quarantine,
+        ),
+    )
+
+
+async def lifecycle_scheduler(runtime: Runtime, stop: asyncio.Event) -> None:
+    """Due purges, reminders and purges missing reports (lifecycle.py), in the worker."""
+    settings = runtime.settings_as(TenancySettings)
+    scheduler = LifecycleScheduler(
+        runtime.db,
+        tenant_repository(runtime),
+        purge_store(runtime),
+        clock=SystemClock(),
+        resend_after=settings.purge_resend_after,
+    )
+    await scheduler.run(stop, settings.lifecycle_scan_seconds)
 
 
 SPEC = ServiceSpec(
@@ -48,15 +102,22 @@ SPEC = ServiceSpec(
             route_handlers=[
                 TenantsController,
                 LifecycleController,
+                OffboardingController,
                 LimitsController,
                 PlanController,
                 list_plans,
                 update_plan,
+                deletion_certificate,
             ],
             dependencies=ROUTE_DEPENDENCIES,
         )
     ],
-    consumer_handlers=merge_handlers(standard_projections(), tenancy_consumers()),
+    root_route_handlers=[
+        Router(path="/", route_handlers=[document_jwks], dependencies=ROUTE_DEPENDENCIES),
+    ],
+    consumer_factory=worker_consumers,
     migration_packages=["tenantry_tenancy"],
+    settings_cls=TenancySettings,
+    worker_tasks=[lifecycle_scheduler],
     aggregates=[TENANTS],
 )

@@ -11,13 +11,17 @@ still ends at the owner's newest count. tenancy counts nothing itself: a delta m
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
 from tenantry_events.consumer import Handler
 from tenantry_events.envelope import Envelope
+from tenantry_events.payloads.tenancy import TenantPurgedBy
 from tenantry_events.payloads.usage import UsageReported
+from tenantry_tenancy.documents import DocumentSigner
+from tenantry_tenancy.purges import PurgeStore
 from tenantry_tenancy.store import record_usage
 
 
@@ -26,5 +30,31 @@ async def _on_usage_reported(tx: asyncpg.Connection, event: Envelope[Any]) -> No
     await record_usage(tx, event.tenant_id, payload.resource, payload.count, payload.version)
 
 
-def tenancy_consumers() -> dict[str, Handler[asyncpg.Connection]]:
-    return {"usage.reported": _on_usage_reported}
+def purge_report_handler(
+    purges: PurgeStore, signer: DocumentSigner, *, quarantine: timedelta
+) -> Handler[asyncpg.Connection]:
+    """The purge saga's collector: keep each service's report; the one that completes the
+    set turns the tenant into its tombstone and issues the certificate (purges.py)."""
+
+    async def on_purged_by(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
+        report: TenantPurgedBy = event.payload
+        if await purges.record_report(tx, event.tenant_id, report):
+            await purges.conclude(
+                tx,
+                event.tenant_id,
+                report.purge_id,
+                now=datetime.now(UTC),
+                quarantine=quarantine,
+                sign=signer.sign,
+            )
+
+    return on_purged_by
+
+
+def tenancy_consumers(
+    purges: PurgeStore, signer: DocumentSigner, *, quarantine: timedelta
+) -> dict[str, Handler[asyncpg.Connection]]:
+    return {
+        "usage.reported": _on_usage_reported,
+        "tenant.purged_by": purge_report_handler(purges, signer, quarantine=quarantine),
+    }

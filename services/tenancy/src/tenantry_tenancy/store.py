@@ -21,7 +21,7 @@ from tenantry_events.payloads.tenancy import (
 )
 from tenantry_events.state_check import AggregateKind, RowNotRebuildable, rewriting_row
 from tenantry_events.storage import PostgresEventStore, PostgresOutbox
-from tenantry_tenancy.domain import Tenant, TenantChange, effective_limits
+from tenantry_tenancy.domain import Offboarding, Tenant, TenantChange, effective_limits
 
 
 class TenantRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -34,6 +34,9 @@ class TenantRow(msgspec.Struct, frozen=True, kw_only=True):
     version: int
     created_at: datetime
     updated_at: datetime
+    # While offboarding: the state a cancellation restores and when the purge is due.
+    previous_status: str | None = None
+    purge_at: datetime | None = None
 
 
 class SlugTaken(Exception):
@@ -41,7 +44,10 @@ class SlugTaken(Exception):
 
 
 _STREAM = "tenant-"  # a tenant's stream is tenant-<tenant_id>
-_COLUMNS = "tenant_id, name, slug, status, plan, home_region, version, created_at, updated_at"
+_COLUMNS = (
+    "tenant_id, name, slug, status, plan, home_region, version, created_at, updated_at,"
+    " previous_status, purge_at"
+)
 
 
 class TenantRepository:
@@ -117,13 +123,18 @@ class TenantRepository:
             Transition(
                 version=e.aggregate_version,
                 type=e.type,
-                status=e.payload.tenant.status,
+                status=_status_after(e),
                 reason=getattr(e.payload, "reason", None),
                 by=getattr(e.payload, "by", None) or getattr(e.payload, "created_by", None),
                 occurred_at=e.occurred_at,
             )
             for e in events
         ]
+
+
+def _status_after(event: Envelope[Any]) -> str:
+    tenant: TenantState | None = getattr(event.payload, "tenant", None)
+    return tenant.status if tenant is not None else "purging"
 
 
 # ---------------------------------------------------------------- the tenant's state row
@@ -134,22 +145,33 @@ class TenantRepository:
 async def _write(tx: asyncpg.Connection, tenant: Tenant) -> TenantRow:
     """Insert or update the tenant's row to hold `tenant` (a savepoint keeps the caller's
     transaction usable after a taken slug)."""
+    off = tenant.offboarding
     async with tx.transaction():
         row = await tx.fetchrow(
-            f"""INSERT INTO tenants (tenant_id, name, slug, status, plan, home_region, version)
-                VALUES ($1, $2, $3, $4, $5, $6, $7)
+            f"""INSERT INTO tenants (tenant_id, name, slug, status, plan, home_region, version,
+                                     previous_status, offboarding_started_at, purge_at,
+                                     certificate_id, purge_id)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
                 ON CONFLICT (tenant_id) DO UPDATE
                     SET name = EXCLUDED.name, slug = EXCLUDED.slug, status = EXCLUDED.status,
                         plan = EXCLUDED.plan, home_region = EXCLUDED.home_region,
-                        version = EXCLUDED.version, updated_at = now()
+                        version = EXCLUDED.version, previous_status = EXCLUDED.previous_status,
+                        offboarding_started_at = EXCLUDED.offboarding_started_at,
+                        purge_at = EXCLUDED.purge_at, certificate_id = EXCLUDED.certificate_id,
+                        purge_id = EXCLUDED.purge_id, updated_at = now()
                 RETURNING {_COLUMNS}""",
             tenant.tenant_id,
             tenant.state.name,
             tenant.state.slug,
-            tenant.state.status,
+            tenant.status,
             tenant.state.plan,
             tenant.state.home_region,
             tenant.version,
+            off.previous_status if off else None,
+            off.started_at if off else None,
+            off.purge_at if off else None,
+            off.certificate_id if off else None,
+            off.purge_id if off else None,
         )
     assert row is not None
     return TenantRow(**dict(row))
@@ -159,15 +181,35 @@ async def read_tenant(tx: asyncpg.Connection, stream_id: str) -> Tenant | None:
     """The tenant its state row holds, the row locked for this transaction."""
     tenant_id = UUID(stream_id.removeprefix(_STREAM))
     row = await tx.fetchrow(
-        """SELECT name, slug, status, plan, home_region, version FROM tenants
-           WHERE tenant_id = $1 FOR UPDATE""",
+        """SELECT name, slug, status, plan, home_region, version, previous_status,
+                  offboarding_started_at, purge_at, certificate_id, purge_id
+           FROM tenants WHERE tenant_id = $1 FOR UPDATE""",
         tenant_id,
     )
     if row is None:
         return None
-    data = dict(row)
-    version = data.pop("version")
-    return Tenant(tenant_id=tenant_id, state=TenantState(**data), version=version)
+    offboarding = None
+    if row["purge_at"] is not None:
+        offboarding = Offboarding(
+            previous_status=row["previous_status"],
+            started_at=row["offboarding_started_at"],
+            purge_at=row["purge_at"],
+            certificate_id=row["certificate_id"],
+            purge_id=row["purge_id"],
+        )
+    # `purging` is the row's word for an offboarding tenant whose purge was requested.
+    status = "offboarding" if row["status"] == "purging" else row["status"]
+    state = msgspec.convert(
+        {
+            "name": row["name"],
+            "slug": row["slug"],
+            "status": status,
+            "plan": row["plan"],
+            "home_region": row["home_region"],
+        },
+        TenantState,
+    )
+    return Tenant(tenant_id=tenant_id, state=state, version=row["version"], offboarding=offboarding)
 
 
 async def rebuild_tenant(tx: asyncpg.Connection, stream_id: str, tenant: Tenant | None) -> None:

@@ -1,0 +1,136 @@
+"""Tenancy's service layer for offboarding and the purge: the commands the routes and the
+scheduler share, and the scheduler itself (a worker task).
+
+The scheduler keeps no timers: each pass reads what is due from the database (purge_at,
+the reminders not sent yet, purges still missing reports), so a restart, a second worker
+or a pass that died halfway changes nothing: the tenant's row is locked while it is
+worked on, and every step checks the state it found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from uuid import UUID
+
+import asyncpg
+from uuid_utils.compat import uuid7
+
+from tenantry_events.payloads.tenancy import TenantPurgeRequested
+from tenantry_events.pg import Database
+from tenantry_platform.clock import Clock, utc
+from tenantry_tenancy.domain import REMINDER_DAYS, DomainError, Tenant
+from tenantry_tenancy.purges import PurgeStore
+from tenantry_tenancy.store import TenantRepository, TenantRow
+
+log = logging.getLogger("tenantry.tenancy.lifecycle")
+SCHEDULER = "system:lifecycle-scheduler"
+
+
+async def request_purge(
+    tx: asyncpg.Connection,
+    tenants: TenantRepository,
+    purges: PurgeStore,
+    tenant: Tenant,
+    *,
+    now: datetime,
+    reason: str,
+    by: str,
+    early: bool,
+) -> TenantRow:
+    """Record tenant.purge_requested in the tenant's stream and open the saga's row."""
+    change = tenant.request_purge(now=now, purge_id=uuid7(), reason=reason, by=by, early=early)
+    row = await tenants.record(tx, tenant, change)
+    assert isinstance(change, TenantPurgeRequested)
+    await purges.open(tx, tenant.tenant_id, change, now)
+    return row
+
+
+@dataclass(frozen=True)
+class Pass:
+    """What one scheduler pass did."""
+
+    purges_requested: int = 0
+    reminders_sent: int = 0
+    purges_asked_again: int = 0
+
+
+class LifecycleScheduler:
+    def __init__(
+        self,
+        db: Database,
+        tenants: TenantRepository,
+        purges: PurgeStore,
+        *,
+        clock: Clock,
+        resend_after: timedelta,
+    ) -> None:
+        self._db = db
+        self._tenants = tenants
+        self._purges = purges
+        self._clock = clock
+        self._resend_after = resend_after
+
+    async def run(self, stop: asyncio.Event, every: float) -> None:
+        while not stop.is_set():
+            try:
+                done = await self.run_once()
+                if done != Pass():
+                    log.info("lifecycle pass: %s", done)
+            except Exception:  # a failed pass is retried by the next one
+                log.exception("lifecycle pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=every)
+
+    async def run_once(self) -> Pass:
+        now = utc(self._clock)
+        horizon = now + timedelta(days=max(REMINDER_DAYS))
+        async with self._db.transaction(platform=True) as tx:
+            rows = await tx.fetch(
+                """SELECT tenant_id FROM tenants
+                   WHERE status = 'offboarding' AND purge_at <= $1 ORDER BY purge_at""",
+                horizon,
+            )
+        requested = reminded = 0
+        for row in rows:
+            purged, sent = await self._due(row["tenant_id"], now)
+            requested += purged
+            reminded += sent
+        async with self._db.transaction(platform=True) as tx:
+            again = await self._purges.due_for_resend(tx, now, self._resend_after)
+        return Pass(
+            purges_requested=requested, reminders_sent=reminded, purges_asked_again=len(again)
+        )
+
+    async def _due(self, tenant_id: UUID, now: datetime) -> tuple[int, int]:
+        """The purge if due, else a reminder if one is; each tenant in its own transaction
+        (its row locked), so one tenant's failure does not hold the others back."""
+        async with self._db.transaction(platform=True) as tx:
+            tenant = await self._tenants.load(tx, tenant_id)
+            if tenant is None or tenant.status != "offboarding" or tenant.offboarding is None:
+                return 0, 0  # cancelled or already purging since the scan
+            if now >= tenant.offboarding.purge_at:
+                try:
+                    await request_purge(
+                        tx,
+                        self._tenants,
+                        self._purges,
+                        tenant,
+                        now=now,
+                        reason="the grace period ended",
+                        by=SCHEDULER,
+                        early=False,
+                    )
+                except DomainError:
+                    return 0, 0
+                return 1, 0
+            due = tenant.reminders_due(now)
+            if not due:
+                return 0, 0
+            sent = await self._purges.remind(
+                tx, tenant_id, tenant.offboarding.purge_at, due, now, tenant.version
+            )
+            return 0, int(sent)

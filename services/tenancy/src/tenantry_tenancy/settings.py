@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+import msgspec
+
+from tenantry_platform.settings import ServiceSettings
+
+
+class TenancySettings(ServiceSettings, frozen=True, kw_only=True):
+    master_key: str  # required here: the region's document key is encrypted with it
+    # The lifecycle scheduler (lifecycle.py): how often it looks for due purges and
+    # reminders, and after how long a purge still missing reports is asked for again.
+    lifecycle_scan_seconds: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    purge_resend_seconds: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    # How long a purged tenant's slug stays unavailable to new tenants.
+    slug_quarantine_days: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+
+    @property
+    def slug_quarantine(self) -> timedelta:
+        return timedelta(days=self.slug_quarantine_days)
+
+    @property
+    def purge_resend_after(self) -> timedelta:
+        return timedelta(seconds=self.purge_resend_seconds)
