@@ -39,6 +39,9 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     jwks_ttl_seconds: float = 300.0
     apikey_usage_flush_seconds: float = 10.0
     master_key: str = ""  # base64 of 32 bytes; services that keep readable secrets need it
+    # Shared by the services of one deployment: it authenticates calls to tenancy's
+    # internal key API and wraps the keys it answers (docs/data-keys.md). Empty: no keys.
+    internal_api_secret: str = ""
     redis_timeout_seconds: float = 0.25  # past it a rate-limit decision falls back to local
     # Rate limits (ratelimit.py): what applies before the ratelimit service has published a
     # tenant's policies, how fresh a policy read must be, and the local fallback's share.

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
+from uuid import UUID
 
+import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
@@ -15,8 +18,30 @@ from tenantry_credentials.key_usage import KeyUsage
 from tenantry_events.pg import Database
 from tenantry_events.storage import PostgresEventStore, PostgresInbox, PostgresOutbox
 from tenantry_platform.settings import ServiceSettings
+from tenantry_service.data_keys import ServiceDataKeys
 
 S = TypeVar("S", bound=ServiceSettings)
+
+
+class RuntimeDataKeys(Protocol):
+    """The process's crypto-shredding keys: DataKeys (tenantry_events.sealing) over this
+    service's database connections, and closable. ServiceDataKeys in every service but
+    tenancy, which keeps the keys and reads its own table (tenantry_tenancy.data_keys)."""
+
+    async def for_sealing(
+        self, tx: asyncpg.Connection, tenant_id: UUID, subject_id: UUID | None = None
+    ) -> bytes | None: ...
+
+    async def for_opening(
+        self, tx: asyncpg.Connection, tenant_id: UUID, subject_id: UUID | None = None
+    ) -> bytes | None: ...
+
+    async def aclose(self) -> None: ...
+
+
+# How a service that keeps its keys otherwise builds them (tenancy): from its database
+# and settings, connecting to nothing yet.
+DataKeysFactory = Callable[[Database, ServiceSettings], RuntimeDataKeys]
 
 
 class KafkaProbe:
@@ -70,6 +95,9 @@ class Runtime:
     kafka: KafkaProbe
     key_usage: KeyUsage
     redis: Redis
+    # Seals and opens events' personal fields: the outbox and event store hold them
+    # (runtime.outbox.keys), consumers open with them (docs/data-keys.md).
+    data_keys: RuntimeDataKeys
     extras: dict[str, object] = field(default_factory=dict)
 
     def settings_as(self, settings_type: type[S]) -> S:
@@ -84,8 +112,17 @@ class Runtime:
         return f"/tenantry/{self.service}"
 
     @classmethod
-    def build(cls, service: str, settings: ServiceSettings) -> Runtime:
+    def build(
+        cls, service: str, settings: ServiceSettings, *, data_keys: DataKeysFactory | None = None
+    ) -> Runtime:
+        """Builds without connecting. `data_keys`: how this service gets its keys, when not
+        from tenancy's key API (ServiceDataKeys, the default)."""
         db = Database(settings.database_url, max_size=settings.db_pool_size)
+        keys = (
+            data_keys(db, settings)
+            if data_keys is not None
+            else ServiceDataKeys.from_settings(service, settings)
+        )
         outbox = PostgresOutbox(db)
         usage = KeyUsage(
             db,
@@ -103,6 +140,7 @@ class Runtime:
             inbox=PostgresInbox(),
             kafka=KafkaProbe(settings.kafka_bootstrap),
             key_usage=usage,
+            data_keys=keys,
             # Connects on first use; short timeouts, since a slow Redis must not slow
             # requests down (the rate limiter falls back to local limits instead).
             redis=Redis.from_url(

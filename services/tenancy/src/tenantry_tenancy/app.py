@@ -28,6 +28,7 @@ from tenantry_tenancy.api import (
 )
 from tenantry_tenancy.consumers import tenancy_consumers
 from tenantry_tenancy.documents import DocumentSigner
+from tenantry_tenancy.internal_api import INTERNAL_KEY_API
 from tenantry_tenancy.lifecycle import LifecycleScheduler
 from tenantry_tenancy.offboarding_api import (
     OffboardingController,
@@ -114,6 +115,7 @@ SPEC = ServiceSpec(
     ],
     root_route_handlers=[
         Router(path="/", route_handlers=[document_jwks], dependencies=ROUTE_DEPENDENCIES),
+        INTERNAL_KEY_API,
     ],
     consumer_factory=worker_consumers,
     migration_packages=["tenantry_tenancy"],
