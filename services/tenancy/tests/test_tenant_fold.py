@@ -3,6 +3,8 @@ refused ones included, records a stream whose fold is the state the commands pro
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -34,11 +36,72 @@ def recorded(tenant_id: UUID, payload: msgspec.Struct, version: int) -> Envelope
     )
 
 
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
+GRACE = timedelta(days=30)
+
 command = st.one_of(
     st.tuples(st.just("suspend"), st.sampled_from(["unpaid", "abuse", "  "])),
     st.tuples(st.just("reactivate"), st.sampled_from(["paid", "appeal", ""])),
     st.tuples(st.just("change_plan"), st.sampled_from(PLANS)),
+    st.tuples(st.just("start_offboarding"), st.sampled_from(["contract ended", " "])),
+    st.tuples(st.just("cancel_offboarding"), st.sampled_from(["stayed", ""])),
+    # "due": at purge_at, by the scheduler; "early": before it, by an operator.
+    st.tuples(st.just("request_purge"), st.sampled_from(["due", "early", "too soon"])),
 )
+
+
+@dataclass
+class Model:
+    """An independent model of the lifecycle rules, to know what must be refused."""
+
+    status: str = "active"
+    plan: str = "free"
+    previous: str | None = None
+    purging: bool = False
+
+    def allows(self, name: str, argument: str) -> bool:
+        reason = bool(argument.strip())
+        offboarding = self.status == "offboarding" and not self.purging
+        return {
+            "suspend": self.status == "active" and reason,
+            "reactivate": self.status == "suspended" and reason,
+            "change_plan": self.status == "active" and argument != self.plan,
+            "start_offboarding": self.status in ("active", "suspended") and reason,
+            "cancel_offboarding": offboarding and reason,
+            "request_purge": offboarding and argument != "too soon",
+        }[name]
+
+    def after(self, name: str, argument: str) -> None:
+        if name == "suspend":
+            self.status = "suspended"
+        elif name == "reactivate":
+            self.status = "active"
+        elif name == "change_plan":
+            self.plan = argument
+        elif name == "start_offboarding":
+            self.previous, self.status = self.status, "offboarding"
+        elif name == "cancel_offboarding":
+            assert self.previous is not None
+            self.status, self.previous = self.previous, None
+        elif name == "request_purge":
+            self.purging = True
+
+
+def run(tenant: Tenant, name: str, argument: str) -> TenantChange:
+    if name == "change_plan":
+        return tenant.change_plan(argument, by="op")
+    if name == "start_offboarding":
+        return tenant.start_offboarding(
+            now=NOW, grace=GRACE, certificate_id=uuid4(), reason=argument, by="op"
+        )
+    if name == "request_purge":
+        when = NOW + GRACE if argument == "due" else NOW
+        return tenant.request_purge(
+            now=when, purge_id=uuid4(), reason="r", by="op", early=argument == "early"
+        )
+    command: Any = getattr(tenant, name)
+    change: TenantChange = command(reason=argument, by="op")
+    return change
 
 
 @given(plan=st.sampled_from(PLANS), commands=st.lists(command, max_size=25))
@@ -50,33 +113,36 @@ def test_any_command_sequence_folds_to_the_state_the_commands_produced(
         tenant_id, name=" Acme ", slug="acme", plan=plan, home_region="eu", created_by="op"
     )
     stream = [recorded(tenant_id, created, 1)]
-    # What the repository's state row holds after each command: the full state the
-    # command's event carries (the snapshot projections elsewhere also keep).
-    row = Tenant(tenant_id=tenant_id, state=created.tenant, version=1)
-    status = "active"  # an independent model of the rules, to know what must be refused
+    tenant = Tenant.start(stream[0])
+    model = Model(plan=plan)
     for name, argument in commands:
-        allowed = {
-            "suspend": status == "active" and bool(argument.strip()),
-            "reactivate": status == "suspended" and bool(argument.strip()),
-            "change_plan": status == "active" and argument != row.state.plan,
-        }[name]
+        allowed = model.allows(name, argument)
         try:
-            if name == "change_plan":
-                change: TenantChange = row.change_plan(argument, by="op")
-            else:
-                change = getattr(row, name)(reason=argument, by="op")
+            change = run(tenant, name, argument)
         except DomainError:
-            assert not allowed, (name, argument, row)
+            assert not allowed, (name, argument, model)
             continue
-        assert allowed, (name, argument, row)
-        stream.append(recorded(tenant_id, change, row.version + 1))
-        row = Tenant(tenant_id=tenant_id, state=change.tenant, version=row.version + 1)
-        status = {"suspend": "suspended", "reactivate": "active"}.get(name, status)
+        assert allowed, (name, argument, model)
+        stream.append(recorded(tenant_id, change, tenant.version + 1))
+        model.after(name, argument)
+        folded = fold(Tenant.start, stream)
+        assert folded is not None
+        tenant = folded
+        # An event that carries the tenant's state carries the state the fold reached.
+        carried = getattr(change, "tenant", None)
+        assert carried is None or carried == tenant.state
 
-        assert fold(Tenant.start, stream) == row
-    assert row.state.status == status
-    assert (row.state.name, row.state.slug, row.state.home_region) == ("Acme", "acme", "eu")
-    assert row.version == len(stream)
+        assert tenant.state.status == model.status
+        assert tenant.state.plan == model.plan
+        assert tenant.status == ("purging" if model.purging else model.status)
+        off = tenant.offboarding
+        assert (off.previous_status if off else None) == model.previous
+    assert (tenant.state.name, tenant.state.slug, tenant.state.home_region) == (
+        "Acme",
+        "acme",
+        "eu",
+    )
+    assert tenant.version == len(stream)
 
 
 def test_a_tenant_stream_starts_with_its_creation_and_knows_only_tenant_events() -> None:

@@ -13,7 +13,7 @@ from uuid_utils.compat import uuid4
 
 from tenantry_events.envelope import Envelope, new_event
 from tenantry_events.payloads.usage import CountedResource, UsageReported
-from tenantry_tenancy.consumers import tenancy_consumers
+from tenantry_tenancy.consumers import usage_consumers
 from tenantry_tenancy.store import Usage, usage_of
 from tenantry_testkit.fixtures import ScratchDatabase
 
@@ -32,7 +32,7 @@ def report(tenant: UUID, resource: CountedResource, count: int, version: int) ->
 
 
 async def apply(db: ScratchDatabase, events: list[Envelope[Any]]) -> None:
-    handle = tenancy_consumers()["usage.reported"]
+    handle = usage_consumers()["usage.reported"]
     for event in events:
         async with db.db.transaction() as tx:
             await handle(tx, event)

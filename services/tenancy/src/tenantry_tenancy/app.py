@@ -26,9 +26,8 @@ from tenantry_tenancy.api import (
     list_plans,
     update_plan,
 )
-from tenantry_tenancy.consumers import tenancy_consumers
+from tenantry_tenancy.consumers import purge_consumers, usage_consumers
 from tenantry_tenancy.documents import DocumentSigner
-from tenantry_tenancy.internal_api import INTERNAL_KEY_API
 from tenantry_tenancy.lifecycle import LifecycleScheduler
 from tenantry_tenancy.offboarding_api import (
     OffboardingController,
@@ -73,10 +72,9 @@ def worker_consumers(runtime: Runtime) -> dict[str, Handler[asyncpg.Connection]]
     settings = runtime.settings_as(TenancySettings)
     return merge_handlers(
         standard_projections(),
-        tenancy_consumers(
-            purge_store(runtime),
-            document_signer(runtime),
-            quarantine=settings.slug_quarantine,
+        usage_consumers(),
+        purge_consumers(
+            purge_store(runtime), document_signer(runtime), quarantine=settings.slug_quarantine
         ),
     )
 
@@ -115,7 +113,6 @@ SPEC = ServiceSpec(
     ],
     root_route_handlers=[
         Router(path="/", route_handlers=[document_jwks], dependencies=ROUTE_DEPENDENCIES),
-        INTERNAL_KEY_API,
     ],
     consumer_factory=worker_consumers,
     migration_packages=["tenantry_tenancy"],

@@ -1,4 +1,5 @@
-"""What tenancy does with events (the worker's consumers, beside the standard projections).
+"""What tenancy does with events (the worker's consumers, beside the standard projections):
+usage reports, and the purge saga's reports.
 
 Usage against each quantity limit, as the services that hold the things report it:
 identity reports `seats` and `api_keys`, webhooks `webhook_endpoints`, each an absolute
@@ -51,10 +52,11 @@ def purge_report_handler(
     return on_purged_by
 
 
-def tenancy_consumers(
+def usage_consumers() -> dict[str, Handler[asyncpg.Connection]]:
+    return {"usage.reported": _on_usage_reported}
+
+
+def purge_consumers(
     purges: PurgeStore, signer: DocumentSigner, *, quarantine: timedelta
 ) -> dict[str, Handler[asyncpg.Connection]]:
-    return {
-        "usage.reported": _on_usage_reported,
-        "tenant.purged_by": purge_report_handler(purges, signer, quarantine=quarantine),
-    }
+    return {"tenant.purged_by": purge_report_handler(purges, signer, quarantine=quarantine)}
