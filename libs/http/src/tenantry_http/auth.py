@@ -283,8 +283,8 @@ def tenant_offboarding() -> Problem:
         403,
         "tenant-offboarding",
         "This tenant is being offboarded",
-        "During the grace period before its data is purged, the tenant's owners and admins"
-        " may sign in, read and export; nothing can be changed. An owner can cancel the"
+        "The tenant is offboarding: until its data is purged, its owners and admins may"
+        " sign in, read and export, and nothing can be changed. An owner can cancel the"
         " offboarding.",
         tenant_status="offboarding",
     )

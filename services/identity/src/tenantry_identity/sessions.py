@@ -16,6 +16,7 @@ from uuid_utils.compat import uuid7
 from tenantry_credentials.tokens import AUDIENCE, ISSUER, sign
 from tenantry_events.pg import Database
 from tenantry_http.auth import tenant_refusal
+from tenantry_identity.domain import ADMIN_ROLES
 from tenantry_identity.keys import SigningKeys
 from tenantry_identity.passwords import password_matches
 from tenantry_identity.store import AccountRow, IdentityStore, RefreshRefused
@@ -55,12 +56,16 @@ class Sessions:
         self._access_token_ttl = int(access_token_ttl.total_seconds())
         self._refresh_token_ttl = refresh_token_ttl
 
-    async def refuse_if_suspended(self, account: AccountRow) -> None:
+    async def refuse_by_tenant_state(self, account: AccountRow) -> None:
         """No new tokens for the users of a tenant that is not active (identity's own tenant
-        projection): suspended, or any state a later lifecycle adds, is refused by default."""
+        projection), but for the owners and admins of an offboarding one (they may sign in
+        to read and export): suspended, offboarding, or any state a later lifecycle adds
+        is refused by default, with the tenant guard's answer (tenant_refusal)."""
         if account.tenant_id is not None:
             status = await self._tenants.status(account.tenant_id)
-            refusal = tenant_refusal(status) if status is not None else None
+            if status is None:
+                return  # the projection has not heard of the tenant yet
+            refusal = tenant_refusal(status, admin_access=account.role in ADMIN_ROLES)
             if refusal is not None:
                 raise refusal
 
@@ -108,7 +113,7 @@ class Sessions:
                 return None
             if account.status != "active":
                 return None
-            await self.refuse_if_suspended(account)
+            await self.refuse_by_tenant_state(account)
             return await self.issue(tx, account, uuid7())
 
     async def refresh(self, refresh_token: str) -> TokenPair:
@@ -124,7 +129,7 @@ class Sessions:
                     account = await self._store.get_account(tx, used[0])
                     if account is None or account.status != "active":
                         raise RefreshRefused()
-                    await self.refuse_if_suspended(account)
+                    await self.refuse_by_tenant_state(account)
                     return await self.issue(tx, account, used[1])
         except RefreshRefused:
             pass

@@ -96,6 +96,7 @@ RefusalCode = Literal[
     "account-disabled",
     "seat-limit",
     "tenant-suspended",
+    "tenant-offboarding",  # only the owners and admins of an offboarding tenant sign in
     "not-encrypted",  # the connection wants encrypted assertions and got a plain one
     "undecryptable",  # an encrypted assertion or NameID our key cannot decrypt
     "sso-not-in-plan",  # the tenant's plan no longer includes SSO
@@ -116,6 +117,9 @@ USER_MESSAGES: Mapping[str, str] = {
     "account-disabled": "Your account is disabled. Ask your administrator.",
     "seat-limit": "Your organisation has no free seats. Ask your administrator.",
     "tenant-suspended": "This organisation's account is suspended.",
+    "tenant-offboarding": (
+        "This organisation is leaving the service: only its administrators may sign in."
+    ),
     "sso-not-in-plan": "Single sign-on is not part of this organisation's plan.",
     "temporarily-unavailable": "Sign-in is briefly unavailable. Please try again shortly.",
 }

@@ -26,6 +26,7 @@ from tenantry_events.storage import PostgresOutbox
 from tenantry_guardrails.plan_limits import guard_feature
 from tenantry_http.problems import Problem
 from tenantry_identity.accounts import Accounts
+from tenantry_identity.domain import ADMIN_ROLES
 from tenantry_identity.sessions import Sessions, TokenPair
 from tenantry_identity.sso import saml
 from tenantry_identity.sso.domain import (
@@ -437,11 +438,20 @@ class SsoLogins:
                 try:
                     # A returning user: one transaction from the checks to the code.
                     async with self.db.transaction(tenant_id=row.tenant_id) as tx:
-                        await self._admit(tx, row, answers, assertion)
+                        offboarding = await self._admit(tx, row, answers, assertion)
                         account = await self._existing_account(tx, row, identity, profile)
+                        if offboarding:
+                            _refuse_unless_admin(account)
                         if account is not None:
                             await self._complete(
-                                tx, row, identity, profile, account, code, redirect_uri
+                                tx,
+                                row,
+                                identity,
+                                profile,
+                                account,
+                                code,
+                                redirect_uri,
+                                apply_role=not offboarding,
                             )
                             break
                     answers, assertion = None, None  # used up: that transaction committed
@@ -473,8 +483,9 @@ class SsoLogins:
         row: ConnectionRow,
         answers: str | None,
         assertion: tuple[str, datetime] | None,
-    ) -> None:
-        """What every completing login must pass: the tenant not suspended, SSO in its plan
+    ) -> bool:
+        """What every completing login must pass: the tenant active or offboarding (True:
+        then only its owners and admins, the caller checks), SSO in its plan
         (IdP-initiated logins never pass /sso/authorize, and a plan may have changed since),
         a SAML assertion not seen before, and the pending login it answers still pending
         (taken here, so of two accepted answers to one request only one completes)."""
@@ -482,7 +493,7 @@ class SsoLogins:
         status = await self.store.tenant_status(tx, tenant_id)
         if status == "suspended":
             raise LoginRefused("tenant-suspended", "the tenant is suspended")
-        if status is not None and status != "active":  # any later lifecycle state
+        if status is not None and status not in ("active", "offboarding"):  # purging, ...
             raise LoginRefused("tenant-suspended", f"the tenant is {status}")
         try:
             await guard_feature(tx, tenant_id, "sso")
@@ -503,6 +514,7 @@ class SsoLogins:
                     "unknown-request",
                     "the login this response answers was answered already or expired",
                 )
+        return status == "offboarding"
 
     async def _existing_account(
         self,
@@ -581,15 +593,17 @@ class SsoLogins:
         account: AccountRow,
         code: str,
         redirect_uri: str,
+        *,
+        apply_role: bool = True,
     ) -> None:
-        """Refuse a disabled account; apply the mapped role; record the link; save the
-        one-time code."""
+        """Refuse a disabled account; apply the mapped role (not while the tenant is
+        offboarding: nothing changes then); record the link; save the one-time code."""
         if account.status != "active":
             raise LoginRefused(
                 "account-disabled",
                 f"account {account.account_id} is {account.status} (deprovisioned or disabled)",
             )
-        if profile.role is not None:
+        if apply_role and profile.role is not None:
             changed = await self.identity.change_role(
                 tx,
                 row.tenant_id,
@@ -746,6 +760,17 @@ class SsoLogins:
             if await self.store.take_login_request(tx, request_id, self.now()) is None:
                 raise LoginRefused("unknown-request", "this LogoutRequest was answered already")
         return pending.redirect_uri or None
+
+
+def _refuse_unless_admin(account: AccountRow | None) -> None:
+    """An offboarding tenant lets only its existing owners and admins sign in: no other
+    user, and no new account (a just-in-time one would be a change)."""
+    if account is None or account.role not in ADMIN_ROLES:
+        who = "a new user" if account is None else f"account {account.account_id}"
+        raise LoginRefused(
+            "tenant-offboarding",
+            f"the tenant is offboarding: only its owners and admins may sign in, not {who}",
+        )
 
 
 def _as_refusal(problem: Problem) -> LoginRefused:
