@@ -1,6 +1,6 @@
 """What identity does with events (the worker's consumers): the verification mail for a new
 account, the tenant owner's account, API key use from every service, and the operational
-notice of a disabled webhook endpoint (identity sends every operational mail)."""
+notices (notices.py) of a disabled webhook endpoint and of the tenant's offboarding."""
 
 from __future__ import annotations
 
@@ -11,12 +11,17 @@ import asyncpg
 from tenantry_events.consumer import Handler
 from tenantry_events.envelope import Envelope
 from tenantry_events.payloads.identity import AccountCreated, ApiKeyUsed
-from tenantry_events.payloads.tenancy import TenantCreated
+from tenantry_events.payloads.tenancy import (
+    TenantCreated,
+    TenantOffboardingReminder,
+    TenantOffboardingStarted,
+)
 from tenantry_events.payloads.webhooks import WebhookEndpointDisabled
+from tenantry_identity import notices
 from tenantry_identity.domain import IdentityRuleBroken, normalise_email
 from tenantry_identity.store import EmailTaken, IdentityStore
 from tenantry_identity.verification import EmailVerification
-from tenantry_outbound.mail import MailError, MailSender
+from tenantry_outbound.mail import MailSender
 
 
 def identity_consumers(
@@ -27,15 +32,10 @@ def identity_consumers(
         operational mail is sent from the worker, retried like any other effect)."""
         payload: AccountCreated = event.payload
         if not payload.email_verified:
-            try:
+            with notices.redelivered_if_the_relay_fails():
                 await verification.send(
                     tx, payload.account_id, payload.email, enforce_spacing=False
                 )
-            except MailError as exc:
-                if exc.temporary:
-                    # The relay is down or busy: redeliver later, never dead-letter the mail.
-                    raise ConnectionError(str(exc)) from exc
-                raise
 
     async def on_tenant_created(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
         """The tenant's owner gets an account (no password yet) and, through
@@ -65,34 +65,30 @@ def identity_consumers(
         await store.record_api_key_use(tx, event.tenant_id, payload.key_id, payload.last_used_at)
 
     async def on_endpoint_disabled(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
-        """The operational notice: the tenant's owners and admins learn that an endpoint
-        stopped receiving webhooks, and why."""
+        """The tenant's owners and admins learn that an endpoint stopped receiving webhooks,
+        and why."""
         payload: WebhookEndpointDisabled = event.payload
-        why = {
-            "gone": "it answered 410 Gone",
-            "failing": f"every delivery to it has failed since {payload.failing_since}",
-        }.get(payload.reason, payload.reason)
-        for email in await store.admin_emails(tx, event.tenant_id):
-            try:
-                await mailer.send(
-                    email,
-                    "A webhook endpoint was disabled",
-                    f"Tenantry stopped sending webhooks to {payload.url} "
-                    f"(endpoint {payload.endpoint_id}) because {why}.\n\n"
-                    "Messages for it are kept. Fix the endpoint, enable it again, and recover "
-                    "what failed meanwhile (POST .../webhooks/endpoints/"
-                    f"{payload.endpoint_id}/recover).\n",
-                    headers={"X-Tenantry-Notice": "webhook-endpoint-disabled"},
-                )
-            except MailError as exc:
-                if exc.temporary:
-                    # The relay is down or busy: redeliver later, never dead-letter the mail.
-                    raise ConnectionError(str(exc)) from exc
-                raise
+        notice = notices.endpoint_disabled(
+            payload.endpoint_id, payload.url, payload.reason, payload.failing_since
+        )
+        await notices.mail_admins(tx, store, mailer, event.tenant_id, notice)
+
+    async def on_offboarding_started(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
+        """The purge date, and how to export or cancel before it."""
+        payload: TenantOffboardingStarted = event.payload
+        notice = notices.offboarding_started(event.tenant_id, payload.purge_at, payload.reason)
+        await notices.mail_admins(tx, store, mailer, event.tenant_id, notice)
+
+    async def on_offboarding_reminder(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
+        payload: TenantOffboardingReminder = event.payload
+        notice = notices.offboarding_reminder(event.tenant_id, payload.purge_at, payload.days_left)
+        await notices.mail_admins(tx, store, mailer, event.tenant_id, notice)
 
     return {
         "account.created": on_account_created,
         "tenant.created": on_tenant_created,
         "apikey.used": on_apikey_used,
         "webhook.endpoint_disabled": on_endpoint_disabled,
+        "tenant.offboarding_started": on_offboarding_started,
+        "tenant.offboarding_reminder": on_offboarding_reminder,
     }

@@ -1,0 +1,98 @@
+"""The operational notices identity mails to a tenant's owners and admins (identity sends
+every operational mail: it alone knows the addresses): what each says, and the one way
+they are sent."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from uuid import UUID
+
+import asyncpg
+
+from tenantry_identity.store import IdentityStore
+from tenantry_outbound.mail import MailError, MailSender
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    subject: str
+    text: str
+    kind: str  # the X-Tenantry-Notice header: what a mail filter or a test looks for
+
+
+@contextmanager
+def redelivered_if_the_relay_fails() -> Iterator[None]:
+    """A relay that is down or busy makes the event be redelivered later (ConnectionError),
+    never dead-lettered: the mail is an effect the consumer retries like any other."""
+    try:
+        yield
+    except MailError as exc:
+        if exc.temporary:
+            raise ConnectionError(str(exc)) from exc
+        raise
+
+
+async def mail_admins(
+    tx: asyncpg.Connection,
+    store: IdentityStore,
+    mailer: MailSender,
+    tenant_id: UUID,
+    notice: Notice,
+) -> None:
+    """To each active owner and admin with a verified address."""
+    for email in await store.admin_emails(tx, tenant_id):
+        with redelivered_if_the_relay_fails():
+            await mailer.send(
+                email, notice.subject, notice.text, headers={"X-Tenantry-Notice": notice.kind}
+            )
+
+
+def endpoint_disabled(endpoint_id: str, url: str, reason: str, failing_since: object) -> Notice:
+    why = {
+        "gone": "it answered 410 Gone",
+        "failing": f"every delivery to it has failed since {failing_since}",
+    }.get(reason, reason)
+    return Notice(
+        "A webhook endpoint was disabled",
+        f"Tenantry stopped sending webhooks to {url} (endpoint {endpoint_id}) because {why}.\n\n"
+        "Messages for it are kept. Fix the endpoint, enable it again, and recover what failed "
+        f"meanwhile (POST .../webhooks/endpoints/{endpoint_id}/recover).\n",
+        "webhook-endpoint-disabled",
+    )
+
+
+def _what_to_do(tenant_id: UUID) -> str:
+    tenant = f"/v1/tenants/{tenant_id}"
+    return (
+        "Until then the tenant's owners and admins can still sign in, read its data and "
+        f"export it (POST {tenant}/exports). Nothing else is possible: other users, API "
+        "keys and SCIM changes are refused, and webhooks are paused.\n\n"
+        "Changed your mind? An owner can cancel the offboarding until the purge begins "
+        f"(DELETE {tenant}/offboarding); the tenant then returns to the state it was in "
+        "before.\n"
+    )
+
+
+def offboarding_started(tenant_id: UUID, purge_at: datetime, reason: str) -> Notice:
+    purge_at = purge_at.astimezone(UTC)
+    return Notice(
+        f"Your tenant will be deleted on {purge_at:%Y-%m-%d}",
+        f"Offboarding of tenant {tenant_id} has started ({reason}). All of its data will be "
+        f"permanently deleted on {purge_at:%Y-%m-%d at %H:%M} UTC; a deletion certificate "
+        "follows.\n\n" + _what_to_do(tenant_id),
+        "tenant-offboarding-started",
+    )
+
+
+def offboarding_reminder(tenant_id: UUID, purge_at: datetime, days_left: int) -> Notice:
+    purge_at = purge_at.astimezone(UTC)
+    days = "1 day" if days_left == 1 else f"{days_left} days"
+    return Notice(
+        f"Your tenant will be deleted in {days}",
+        f"Tenant {tenant_id} is being offboarded: all of its data will be permanently deleted "
+        f"in {days}, on {purge_at:%Y-%m-%d at %H:%M} UTC.\n\n" + _what_to_do(tenant_id),
+        "tenant-offboarding-reminder",
+    )
