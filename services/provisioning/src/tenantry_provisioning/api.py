@@ -42,6 +42,13 @@ from tenantry_provisioning.scim.schema import (
 SCIM_OPT: dict[str, Any] = {**requires(scopes=("scim:write",)), "priority": "critical"}
 # Every route of the mount is SCIM, not part of the service's OpenAPI document.
 _ROUTE: dict[str, Any] = {"opt": SCIM_OPT, "include_in_schema": False}
+# While the tenant is offboarding its IdP may still read the directory (to reconcile, or
+# to see what it held before the purge); every write is refused with a SCIM Error 403 that
+# says why (the tenant guard's tenant-offboarding, rendered by scim/errors.py).
+_READING_ROUTE: dict[str, Any] = {
+    **_ROUTE,
+    "opt": {**SCIM_OPT, "tenant_states": ("active", "offboarding")},
+}
 
 MAX_BODY = discovery.BULK_MAX_PAYLOAD
 
@@ -167,11 +174,14 @@ def reading_routes(kind: str, collection: str) -> list[HTTPRouteHandler]:
         return scim_response(resource, headers={"ETag": found.etag})
 
     return [
-        get(f"/{collection}", name=f"list_{collection}", **_ROUTE)(list_all),
-        post(f"/{collection}/.search", name=f"search_{collection}", status_code=200, **_ROUTE)(
-            search
-        ),
-        get(f"/{collection}/{{resource_id:str}}", name=f"get_{collection}", **_ROUTE)(read),
+        get(f"/{collection}", name=f"list_{collection}", **_READING_ROUTE)(list_all),
+        post(
+            f"/{collection}/.search",
+            name=f"search_{collection}",
+            status_code=200,
+            **_READING_ROUTE,
+        )(search),
+        get(f"/{collection}/{{resource_id:str}}", name=f"get_{collection}", **_READING_ROUTE)(read),
     ]
 
 
@@ -242,32 +252,32 @@ async def put_group(
 # ---------------------------------------------------------------- discovery, search, Bulk
 
 
-@get("/ServiceProviderConfig", **_ROUTE)
+@get("/ServiceProviderConfig", **_READING_ROUTE)
 async def service_provider_config(request: Request[Any, Any, Any]) -> Response[bytes]:
     return scim_response(discovery.service_provider_config(base_url(request)))
 
 
-@get("/ResourceTypes", **_ROUTE)
+@get("/ResourceTypes", **_READING_ROUTE)
 async def resource_types(request: Request[Any, Any, Any]) -> Response[bytes]:
     return list_response(discovery.resource_types(base_url(request)))
 
 
-@get("/ResourceTypes/{name:str}", **_ROUTE)
+@get("/ResourceTypes/{name:str}", **_READING_ROUTE)
 async def resource_type(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
     return one_of(discovery.resource_types(base_url(request)), name, "ResourceType")
 
 
-@get("/Schemas", **_ROUTE)
+@get("/Schemas", **_READING_ROUTE)
 async def all_schemas(request: Request[Any, Any, Any]) -> Response[bytes]:
     return list_response(discovery.schemas(base_url(request)))
 
 
-@get("/Schemas/{urn:str}", **_ROUTE)
+@get("/Schemas/{urn:str}", **_READING_ROUTE)
 async def one_schema(request: Request[Any, Any, Any], urn: str) -> Response[bytes]:
     return one_of(discovery.schemas(base_url(request)), urn, "Schema")
 
 
-@post("/.search", status_code=200, **_ROUTE)
+@post("/.search", status_code=200, **_READING_ROUTE)
 async def search_all(
     request: Request[Any, Any, Any], directory: NamedDependency[Directory]
 ) -> Response[bytes]:
