@@ -28,6 +28,7 @@ from tenantry_credentials.crypto import SecretBox
 from tenantry_events.envelope import Envelope, new_event
 from tenantry_events.kafka_codec import from_record
 from tenantry_events.payloads.identity import EmailVerified
+from tenantry_events.payloads.tenancy import TenantOffboardingStarted, TenantState
 from tenantry_events.pg import Database, package_migrations
 from tenantry_events.storage import PostgresOutbox
 from tenantry_outbound.outbound import OutboundClient, OutboundPolicy
@@ -639,6 +640,81 @@ async def test_a_suspended_tenants_deliveries_wait_until_it_is_active(env: Env) 
     await worker.drain()
     assert [r.webhook_id for r in env.receiver.to("/ok")] == [message_id_of(held)]
     assert (await delivery(env, held)).status == "succeeded"
+
+
+def offboarding_started(env: Env) -> Envelope[TenantOffboardingStarted]:
+    state = TenantState(
+        name="Acme", slug="acme", status="offboarding", plan="free", home_region="local"
+    )
+    payload = TenantOffboardingStarted(
+        tenant=state,
+        previous_status="active",
+        purge_at=datetime.now(UTC) + timedelta(days=30),
+        reason="contract ended",
+        by="owner",
+        certificate_id=uuid4(),
+    )
+    return new_event(
+        payload,
+        tenant_id=env.tenant_id,
+        subject=str(env.tenant_id),
+        aggregate_version=2,
+        source="/tenantry/tenancy",
+        region="local",
+    )
+
+
+async def test_an_offboarding_tenant_gets_its_notice_then_nothing_until_it_is_called_off(
+    env: Env,
+) -> None:
+    await add_endpoint(env, "/fail/1")  # every message fails once, then succeeds
+    (before,) = await publish(env)
+    worker = dispatcher(env)
+    await worker.drain()
+    assert (await delivery(env, before)).attempts == 1  # failed once, a retry is due in 1 s
+
+    await set_tenant_status(env, env.tenant_id, "offboarding")
+    notice = offboarding_started(env)
+    async with env.db.transaction(tenant_id=env.tenant_id) as tx:
+        await fan_out(tx, notice)
+    (during,) = await publish(env)
+    await worker.drain()
+    env.clock.advance(60)  # the retry and the notice's own retry come due
+    await worker.drain()
+    sent = [r.webhook_id for r in env.receiver.to("/fail/1")]
+    assert sent == [message_id_of(before), message_id_of(notice), message_id_of(notice)]
+    assert (await delivery(env, notice)).status == "succeeded"
+    # Paused: the retry clock stands still (no attempt counted), nothing new goes out.
+    assert ((await delivery(env, before)).status, (await delivery(env, before)).attempts) == (
+        "pending",
+        1,
+    )
+    assert ((await delivery(env, during)).status, (await delivery(env, during)).attempts) == (
+        "pending",
+        0,
+    )
+    assert await worker.claim_and_start() == 0
+
+    await set_tenant_status(env, env.tenant_id, "active")  # offboarding called off
+    await worker.drain()
+    env.clock.advance(60)
+    await worker.drain()
+    assert (await delivery(env, before)).status == "succeeded"
+    assert (await delivery(env, during)).status == "succeeded"
+
+
+@pytest.mark.parametrize("state", ["suspended", "purging", "purged"])
+async def test_no_notice_leaves_a_tenant_that_is_not_active_or_offboarding(
+    env: Env, state: str
+) -> None:
+    await add_endpoint(env, "/ok")
+    await set_tenant_status(env, env.tenant_id, state)
+    async with env.db.transaction(tenant_id=env.tenant_id) as tx:
+        await fan_out(tx, offboarding_started(env))
+    worker = dispatcher(env)
+    await worker.drain()
+    assert env.receiver.requests == []
+    assert await worker.claim_and_start() == 0
 
 
 async def test_fifo_keeps_order_through_a_failure(env: Env) -> None:

@@ -505,16 +505,24 @@ class ClaimLimits:
     lease_seconds: float
 
 
+# What a tenant's state lets the dispatcher send. Active: everything. Offboarding: only the
+# notice that offboarding started, then nothing until it is called off (the deliveries
+# wait, as a suspended tenant's do). Any other state: nothing. A waiting delivery is never
+# attempted, so its attempts and backoff stand still: it goes out as soon as it may.
+SENDABLE = """(tp.status = 'active'
+               OR (tp.status = 'offboarding' AND m.event_type = 'tenant.offboarding_started'))"""
+
+
 async def next_due(tx: asyncpg.Connection, now: datetime) -> datetime | None:
     """When the earliest delivery a claim could take comes due, if after `now`: pending,
-    its endpoint enabled, its tenant active."""
+    its endpoint enabled, its tenant's state letting it go (SENDABLE)."""
     due: datetime | None = await tx.fetchval(
-        """SELECT d.next_attempt_at FROM deliveries d
-           JOIN endpoints e ON e.endpoint_id = d.endpoint_id AND e.enabled
-           JOIN tenant_projection tp
-             ON tp.tenant_id = d.tenant_id AND tp.status = 'active'
-           WHERE d.status = 'pending' AND d.next_attempt_at > $1
-           ORDER BY d.next_attempt_at LIMIT 1""",
+        f"""SELECT d.next_attempt_at FROM deliveries d
+            JOIN endpoints e ON e.endpoint_id = d.endpoint_id AND e.enabled
+            JOIN messages m ON m.message_id = d.message_id
+            JOIN tenant_projection tp ON tp.tenant_id = d.tenant_id AND {SENDABLE}
+            WHERE d.status = 'pending' AND d.next_attempt_at > $1
+            ORDER BY d.next_attempt_at LIMIT 1""",
         now,
     )
     return due
@@ -528,12 +536,13 @@ async def claim(
     busy_endpoints: Sequence[str],
     full_tenants: Sequence[UUID],
 ) -> list[Claimed]:
-    """Lease due deliveries of active tenants to enabled endpoints, the same number from
-    every tenant with due work (round robin by rank), at most `per_endpoint` per endpoint
-    and none of an endpoint or tenant already at its cap. A FIFO endpoint gives only its
-    oldest pending message."""
+    """Lease due deliveries that their tenant's state lets go (SENDABLE) to enabled
+    endpoints, the same number from every tenant with due work (round robin by rank), at
+    most `per_endpoint` per endpoint and none of an endpoint or tenant already at its cap.
+    A FIFO endpoint gives only its oldest pending message (so an offboarding notice waits
+    behind older messages there, and with them until offboarding is called off)."""
     rows = await tx.fetch(
-        """WITH tenants AS (
+        f"""WITH tenants AS (
                SELECT DISTINCT d.tenant_id FROM deliveries d
                WHERE d.status = 'pending' AND d.next_attempt_at <= $6
                  AND (d.leased_until IS NULL OR d.leased_until < $6)
@@ -545,14 +554,14 @@ async def claim(
                                          ORDER BY c.next_attempt_at) AS endpoint_rank
                FROM tenants t
                JOIN tenant_projection tp
-                 ON tp.tenant_id = t.tenant_id AND tp.status = 'active'
+                 ON tp.tenant_id = t.tenant_id AND tp.status IN ('active', 'offboarding')
                  AND NOT (t.tenant_id = ANY($7::uuid[]))
                CROSS JOIN LATERAL (
                    SELECT d.delivery_id, d.endpoint_id, d.next_attempt_at
                    FROM deliveries d
                    JOIN endpoints e ON e.endpoint_id = d.endpoint_id AND e.enabled
                    JOIN messages m ON m.message_id = d.message_id
-                   WHERE d.tenant_id = t.tenant_id AND d.status = 'pending'
+                   WHERE d.tenant_id = t.tenant_id AND d.status = 'pending' AND {SENDABLE}
                      AND d.next_attempt_at <= $6
                      AND (d.leased_until IS NULL OR d.leased_until < $6)
                      AND NOT (d.endpoint_id = ANY($1::text[]))
