@@ -59,7 +59,8 @@ SERVICE_PACKAGES = _packages_under("services")  # tenantry_tenancy -> tenancy
 
 # Each library and the libraries it may import. The ladder, lowest first: each rung may use
 # every rung below it. outbound stands beside the ladder, on platform and resilience alone,
-# and no library uses it (services do). testkit is test tooling: it may use anything.
+# and no library uses it (services do); so does objectstore, on platform alone. testkit is
+# test tooling: it may use anything.
 _LADDER = (
     "resilience",
     "events",
@@ -73,6 +74,7 @@ _LADDER = (
 LIB_LAYERS: dict[str, frozenset[str]] = {
     **{lib: frozenset(_LADDER[:rung]) for rung, lib in enumerate(_LADDER)},
     "outbound": frozenset({"platform", "resilience"}),
+    "objectstore": frozenset({"platform"}),
     "testkit": frozenset(LIB_PACKAGES.values()),
 }
 
@@ -124,6 +126,9 @@ IO_MODULES = frozenset(
         "tenantry_guardrails",
         "tenantry_projections",
         "tenantry_outbound",
+        "tenantry_objectstore",
+        "aiobotocore",
+        "botocore",
     }
 )
 
@@ -381,6 +386,8 @@ BREAKS: dict[str, list[tuple[str, str]]] = {
         ("libs/service/src/tenantry_service/bad.py", "from tenantry_outbound import mail"),
         ("libs/outbound/src/tenantry_outbound/bad.py", "from tenantry_http import problems"),
         ("libs/resilience/src/tenantry_resilience/bad.py", "import tenantry_events"),
+        ("libs/objectstore/src/tenantry_objectstore/bad.py", "from tenantry_events import pg"),
+        ("libs/platform/src/tenantry_platform/bad.py", "import tenantry_objectstore"),
     ],
     "tenantry_testkit only in tests": [
         ("libs/service/src/tenantry_service/bad.py", "from tenantry_testkit.stack import Stack"),
@@ -399,6 +406,7 @@ BREAKS: dict[str, list[tuple[str, str]]] = {
         ("services/tenancy/src/tenantry_tenancy/domain.py", "import asyncpg"),
         ("services/identity/src/tenantry_identity/sso/domain.py", "from httpx import URL"),
         ("services/webhooks/src/tenantry_webhooks/domain/rules.py", "import socket"),
+        ("services/tenancy/src/tenantry_tenancy/domain.py", "import tenantry_objectstore"),
         # Indirectly: the service's store talks to Postgres.
         ("services/tenancy/src/tenantry_tenancy/domain.py", "from tenantry_tenancy import store"),
         # A relative import resolves like any other.
@@ -412,6 +420,10 @@ KEEPS: dict[str, list[tuple[str, str]]] = {
     "libs import only the layers below": [
         ("libs/service/src/tenantry_service/ok.py", "from tenantry_projections import migrations"),
         ("libs/outbound/src/tenantry_outbound/ok.py", "from tenantry_platform import settings"),
+        (
+            "libs/objectstore/src/tenantry_objectstore/ok.py",
+            "from tenantry_platform.settings import ServiceSettings",
+        ),
         ("libs/http/tests/test_ok.py", "from tenantry_guardrails.admission import Priority"),
         ("libs/testkit/src/tenantry_testkit/ok.py", "from tenantry_service.app import create_app"),
     ],

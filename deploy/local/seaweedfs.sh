@@ -5,15 +5,17 @@
 # it once.
 #   seaweedfs.sh install            build weed into the cache if missing; prints its path
 #   seaweedfs.sh start DATA_DIR PORT   S3 on http://127.0.0.1:PORT, data in DATA_DIR
-#   seaweedfs.sh stop               stop the one this checkout started
+#   seaweedfs.sh stop               stop the one of this run directory (below)
 #   seaweedfs.sh status             up or down, and where
 #   seaweedfs.sh env                the endpoint and credentials as KEY=VALUE lines
 # The server takes ten ports, PORT to PORT+9 (S3 and its gRPC, master, volume, filer and
 # the admin server, each with its gRPC port), all on 127.0.0.1 only; each is named on the
 # command line, so a port that is taken makes start fail instead of moving elsewhere.
 # Credentials: TENANTRY_S3_ACCESS_KEY / TENANTRY_S3_SECRET_KEY (local defaults below); the
-# key is an admin identity of the server. One server per checkout (its pid file lives in
-# .local/run); the data directory is the caller's (a temp dir per test run is fine).
+# key is an admin identity of the server. One server per run directory: its pid and state
+# files live in TENANTRY_SEAWEEDFS_RUN_DIR (default .local/run), so a test run that sets
+# its own (tenantry_testkit.seaweedfs does) never meets a developer's server or another
+# run's; the data directory is the caller's (a temp dir per test run).
 #
 # Measured on the 2-core machine (version below): a cold build takes ~535 s of CPU
 # (22 min wall while the machine was loaded); it downloads ~2.1 GB of modules (kept in
@@ -39,8 +41,9 @@ WEED="$TOOL_CACHE/seaweedfs/$SEAWEEDFS_VERSION/weed"
 S3_ACCESS_KEY="${TENANTRY_S3_ACCESS_KEY:-tenantry-local}"
 S3_SECRET_KEY="${TENANTRY_S3_SECRET_KEY:-tenantry-local-s3-secret}"
 S3_REGION="${TENANTRY_S3_REGION:-us-east-1}"
-SW_PID="$LOCAL/run/seaweedfs.pid"
-SW_STATE="$LOCAL/run/seaweedfs.state"  # DATA_DIR and PORT of the running server
+SW_RUN="${TENANTRY_SEAWEEDFS_RUN_DIR:-$LOCAL/run}"
+SW_PID="$SW_RUN/seaweedfs.pid"
+SW_STATE="$SW_RUN/seaweedfs.state"  # DATA_DIR and PORT of the running server
 
 # The commit weed reports: the pseudo-version's last part, or the version itself.
 sw_commit() {
@@ -107,12 +110,12 @@ sw_start() {
   local data="${1:-}" port="${2:-}"
   [[ -n "$data" && "$port" =~ ^[0-9]+$ ]] || die "usage: seaweedfs.sh start DATA_DIR PORT"
   (( port >= 1024 && port + 9 <= 65535 )) || die "PORT must leave room for PORT..PORT+9 (1024-65526)"
-  have_weed || die "weed $SEAWEEDFS_VERSION is not built: run deploy/local/seaweedfs.sh install"
-  mkdir -p "$data"
+  have_weed || die "weed $SEAWEEDFS_VERSION is not built in $WEED: run deploy/local/install.sh (or deploy/local/seaweedfs.sh install)"
+  mkdir -p "$data" "$SW_RUN"
   data="$(cd "$data" && pwd)"
   if sw_alive; then
     if [[ "$(cat "$SW_STATE" 2>/dev/null)" == "$data $port" ]] && sw_ready "$port"; then return 0; fi
-    die "seaweedfs already runs for this checkout ($(cat "$SW_STATE" 2>/dev/null)): stop it first"
+    die "seaweedfs already runs for $SW_RUN ($(cat "$SW_STATE" 2>/dev/null)): stop it first"
   fi
   local p
   for (( p = port; p <= port + 9; p++ )); do

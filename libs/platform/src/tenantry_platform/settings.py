@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -81,6 +81,28 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     idempotency_retention_hours: Annotated[float, msgspec.Meta(gt=0)] = 24.0
     housekeeping_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
     housekeeping_batch_size: Annotated[int, msgspec.Meta(gt=0)] = 5000
+    # Object storage (tenantry_objectstore; export archives): "local" keeps objects under
+    # object_store_dir (make up; a relative path is from the working directory), "s3" in
+    # s3_bucket on an S3-compatible API (production). s3_endpoint empty = AWS's for the
+    # region. Parts of a streamed upload are s3_part_size_bytes (S3's minimum is 5 MiB).
+    object_store: Literal["local", "s3"] = "local"
+    object_store_dir: str = ".local/objects"
+    s3_endpoint: str = ""
+    s3_bucket: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key: str = ""
+    s3_secret_key: str = ""  # a secret: masked in repr (below), never logged
+    s3_part_size_bytes: Annotated[int, msgspec.Meta(ge=5 * 1024 * 1024)] = 8 * 1024 * 1024
+    s3_create_bucket: bool = False  # make the bucket when missing (local stacks, tests)
+
+    def __repr__(self) -> str:
+        # Settings end up in tracebacks and debug logs: secrets show as "***".
+        shown = ", ".join(
+            f"{name}={'***' if _is_secret(name) and value else repr(value)}"
+            for name in self.__struct_fields__
+            for value in (getattr(self, name),)
+        )
+        return f"{type(self).__name__}({shown})"
 
     def service_url(self, service: str) -> str:
         for item in self.service_urls.split(","):
@@ -88,6 +110,10 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
             if name.strip() == service:
                 return url.strip()
         raise KeyError(f"{PREFIX}SERVICE_URLS names no URL for {service!r}")
+
+
+def _is_secret(field: str) -> bool:
+    return field.endswith(("secret", "secret_key", "master_key", "password"))
 
 
 S = TypeVar("S", bound=ServiceSettings)
