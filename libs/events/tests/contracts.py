@@ -18,6 +18,8 @@ from uuid_utils.compat import uuid4
 from tenantry_events.catalog import CATALOG, EventType
 from tenantry_events.envelope import Envelope, new_event
 from tenantry_events.kafka_codec import from_record
+from tenantry_events.memory import MemoryDataKeys
+from tenantry_events.sealing import ERASED, SEALED_PREFIX
 from tenantry_events.storage import ConcurrencyConflict, EventStore, Inbox, Outbox
 
 
@@ -27,8 +29,42 @@ class ContractPing(msgspec.Struct, frozen=True, kw_only=True):
     n: int
 
 
+class ContractProfile(msgspec.Struct, frozen=True, kw_only=True):
+    name: str | None
+    city: str
+
+
+class ContractPerson(msgspec.Struct, frozen=True, kw_only=True):
+    """A payload about one person, with personal fields at the top and nested."""
+
+    account_id: UUID
+    email: str
+    profile: ContractProfile | None
+
+
+class ContractNote(msgspec.Struct, frozen=True, kw_only=True):
+    """A payload with a personal field but about no one person: the tenant's key alone."""
+
+    text: str
+
+
 if "test.contract_ping" not in CATALOG:
     CATALOG.register(EventType("test.contract_ping", ContractPing, "tests", False, 1, "test"))
+    CATALOG.register(
+        EventType(
+            "test.contract_person",
+            ContractPerson,
+            "tests",
+            False,
+            1,
+            "test",
+            personal=("email", "profile.name"),
+            person="account_id",
+        )
+    )
+    CATALOG.register(
+        EventType("test.contract_note", ContractNote, "tests", False, 1, "test", ("text",))
+    )
 
 
 class TxFactory(Protocol):
@@ -43,6 +79,7 @@ class Stores:
     events: EventStore[Any]
     outbox: Outbox[Any]
     inbox: Inbox[Any]
+    keys: MemoryDataKeys  # what the event store and the outbox seal with
 
 
 def ping(n: int, tenant_id: UUID | None = None, version: int = 1) -> Envelope[ContractPing]:
@@ -54,6 +91,39 @@ def ping(n: int, tenant_id: UUID | None = None, version: int = 1) -> Envelope[Co
         source="/tenantry/tests",
         region="local",
     )
+
+
+def person(
+    email: str, name: str | None, *, tenant_id: UUID, account_id: UUID, version: int = 1
+) -> Envelope[ContractPerson]:
+    return new_event(
+        ContractPerson(
+            account_id=account_id, email=email, profile=ContractProfile(name=name, city="Lyon")
+        ),
+        tenant_id=tenant_id,
+        subject=str(account_id),
+        aggregate_version=version,
+        source="/tenantry/tests",
+        region="local",
+    )
+
+
+def note(text: str, *, tenant_id: UUID, version: int = 1) -> Envelope[ContractNote]:
+    return new_event(
+        ContractNote(text=text),
+        tenant_id=tenant_id,
+        subject="note",
+        aggregate_version=version,
+        source="/tenantry/tests",
+        region="local",
+    )
+
+
+def outbox_values(entries: list[Any], ids: set[UUID]) -> list[bytes]:
+    """The Kafka record values of the outbox entries of these events."""
+    return [
+        e.record.value for e in entries if from_record(e.record.headers, e.record.value).id in ids
+    ]
 
 
 class EventStoreContract:
@@ -134,6 +204,71 @@ class EventStoreContract:
             assert await stores.events.stream_ids(tx, f"{kind}a") == [f"{kind}a"]
             assert await stores.events.stream_ids(tx, f"no-such-{kind}") == []
 
+    async def test_personal_fields_are_sealed_in_the_outbox_and_open_on_load(
+        self, stores: Stores
+    ) -> None:
+        tenant, account = uuid4(), uuid4()
+        stream = f"p-{uuid4().hex}"
+        events: list[Envelope[Any]] = [
+            person("ada@example.test", "Ada Lovelace", tenant_id=tenant, account_id=account),
+            note("called Ada on Tuesday", tenant_id=tenant, version=2),
+        ]
+        async with stores.db.transaction() as tx:
+            await stores.events.append(tx, stream, 0, events)
+        values = outbox_values(await stores.outbox.fetch(10_000), {e.id for e in events})
+        assert len(values) == 2
+        for value in values:
+            assert b"Ada" not in value
+            assert b"ada@" not in value
+            assert SEALED_PREFIX.encode() in value
+        assert b"Lyon" in values[0], "a field the catalog does not call personal stays readable"
+        async with stores.db.transaction() as tx:
+            assert await stores.events.load(tx, stream) == events
+
+    async def test_a_destroyed_subject_key_erases_that_person_only(self, stores: Stores) -> None:
+        tenant, ada, bob = uuid4(), uuid4(), uuid4()
+        async with stores.db.transaction() as tx:
+            await stores.events.append(
+                tx, f"a-{ada}", 0, [person("ada@x.test", "Ada", tenant_id=tenant, account_id=ada)]
+            )
+            await stores.events.append(
+                tx, f"b-{bob}", 0, [person("bob@x.test", None, tenant_id=tenant, account_id=bob)]
+            )
+            await stores.events.append(tx, f"n-{ada}", 0, [note("Ada", tenant_id=tenant)])
+        stores.keys.destroy(tenant, ada)
+        async with stores.db.transaction() as tx:
+            (erased,) = await stores.events.load(tx, f"a-{ada}")
+            (kept,) = await stores.events.load(tx, f"b-{bob}")
+            (tenant_note,) = await stores.events.load(tx, f"n-{ada}")
+        assert erased.payload.email == ERASED
+        assert erased.payload.profile == ContractProfile(name=ERASED, city="Lyon")
+        assert erased.payload.account_id == ada, "the event keeps its shape and its subject"
+        assert (kept.payload.email, kept.payload.profile.name) == ("bob@x.test", None)
+        assert tenant_note.payload.text == "Ada", "sealed with the tenant's key alone"
+
+    async def test_a_destroyed_tenant_key_erases_everything_it_sealed(self, stores: Stores) -> None:
+        tenant, neighbour, ada = uuid4(), uuid4(), uuid4()
+        async with stores.db.transaction() as tx:
+            await stores.events.append(
+                tx, f"a-{ada}", 0, [person("ada@x.test", "Ada", tenant_id=tenant, account_id=ada)]
+            )
+            await stores.events.append(tx, f"n-{tenant}", 0, [note("Ada", tenant_id=tenant)])
+            await stores.events.append(tx, f"n-{neighbour}", 0, [note("Eve", tenant_id=neighbour)])
+        stores.keys.destroy(tenant)
+        async with stores.db.transaction() as tx:
+            (erased,) = await stores.events.load(tx, f"a-{ada}")
+            (erased_note,) = await stores.events.load(tx, f"n-{tenant}")
+            (other,) = await stores.events.load(tx, f"n-{neighbour}")
+        assert (erased.payload.email, erased.payload.profile.name) == (ERASED, ERASED)
+        assert erased_note.payload.text == ERASED
+        assert other.payload.text == "Eve"
+        # A tenant whose key is destroyed writes no new personal data either.
+        async with stores.db.transaction() as tx:
+            await stores.events.append(
+                tx, f"n-{tenant}", 1, [note("Ada", tenant_id=tenant, version=2)]
+            )
+            assert (await stores.events.load(tx, f"n-{tenant}"))[1].payload.text == ERASED
+
 
 class OutboxContract:
     async def test_fetch_is_oldest_first_and_remove_deletes_exactly_those(
@@ -174,6 +309,20 @@ class OutboxContract:
         async with stores.db.transaction() as tx:
             await stores.outbox.put(tx, [ping(i) for i in range(4)])
         assert len(await stores.outbox.fetch(2)) == 2
+
+    async def test_put_seals_personal_fields(self, stores: Stores) -> None:
+        tenant, ada = uuid4(), uuid4()
+        event = person("ada@x.test", "Ada", tenant_id=tenant, account_id=ada)
+        async with stores.db.transaction() as tx:
+            await stores.outbox.put(tx, [event])
+        (value,) = outbox_values(await stores.outbox.fetch(10_000), {event.id})
+        assert b"ada@x.test" not in value
+        assert b"Ada" not in value
+        sealed = msgspec.json.decode(value, type=ContractPerson)
+        assert sealed.email.startswith(f"{SEALED_PREFIX}s.{ada}:")
+        assert sealed.profile is not None
+        assert sealed.profile.name is not None
+        assert sealed.profile.name.startswith(f"{SEALED_PREFIX}s.{ada}:")
 
 
 class InboxContract:

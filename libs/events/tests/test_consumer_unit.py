@@ -11,13 +11,15 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from uuid_utils.compat import uuid4
 
 from tenantry_events.consumer import EventConsumer, TransientFailure
 from tenantry_events.envelope import Envelope
 from tenantry_events.kafka_codec import to_record
-from tenantry_events.memory import MemoryDatabase, MemoryInbox, MemoryTx
+from tenantry_events.memory import MemoryDatabase, MemoryDataKeys, MemoryInbox, MemoryTx
+from tenantry_events.sealing import ERASED, KeysUnavailable, seal
 
-from .contracts import ping
+from .contracts import note, ping
 
 
 class Sink:
@@ -30,16 +32,19 @@ class Sink:
         self.sent.append((topic, list(headers)))
 
 
-def consumer(handler: Any) -> tuple[EventConsumer[MemoryTx], Sink]:
+def consumer(
+    handler: Any, keys: MemoryDataKeys | None = None
+) -> tuple[EventConsumer[MemoryTx], Sink]:
     db = MemoryDatabase()
     sink = Sink()
     return EventConsumer(
         group="unit",
         db=db,
         inbox=MemoryInbox(db),
-        handlers={"test.contract_ping": handler},
+        handlers={"test.contract_ping": handler, "test.contract_note": handler},
         dead_letters=sink,
         transient_backoff=0,
+        keys=keys,
     ), sink
 
 
@@ -103,3 +108,40 @@ async def test_the_consumer_span_continues_the_producers_trace() -> None:
     record = to_record(event)
     await c.process(record.topic, record.key, record.headers, record.value)
     assert seen == [request_span.get_span_context().trace_id]
+
+
+async def test_the_handler_sees_personal_fields_opened_or_erased() -> None:
+    seen: list[str] = []
+
+    async def handler(tx: MemoryTx, event: Envelope[Any]) -> None:
+        seen.append(event.payload.text)
+
+    keys = MemoryDataKeys()
+    c, _ = consumer(handler, keys)
+    kept, purged = uuid4(), uuid4()
+    for tenant in (kept, purged):
+        record = to_record(await seal(note("Ada", tenant_id=tenant), keys, None))
+        assert b"Ada" not in record.value
+        await c.process(record.topic, record.key, record.headers, record.value)
+    sealed_before_the_purge = to_record(await seal(note("Bob", tenant_id=purged), keys, None))
+    keys.destroy(purged)
+    late = to_record(await seal(note("Ada", tenant_id=kept), keys, None))
+    for record in (late, sealed_before_the_purge):
+        await c.process(record.topic, record.key, record.headers, record.value)
+    assert seen == ["Ada", "Ada", "Ada", ERASED]
+
+
+async def test_an_unreachable_key_source_is_transient_not_poison() -> None:
+    class Down(MemoryDataKeys):
+        async def for_opening(self, *args: Any, **kwargs: Any) -> bytes | None:
+            raise KeysUnavailable("tenancy unreachable")
+
+    async def handler(tx: MemoryTx, event: Envelope[Any]) -> None:
+        raise AssertionError("the handler must not see a sealed event")
+
+    keys = Down()
+    c, sink = consumer(handler, keys)
+    record = to_record(await seal(note("Ada", tenant_id=uuid4()), keys, None))
+    with pytest.raises(TransientFailure):
+        await c.process(record.topic, record.key, record.headers, record.value)
+    assert sink.sent == []

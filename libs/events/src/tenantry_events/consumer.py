@@ -1,14 +1,16 @@
 """The consumer side: at-least-once delivery made effectively-once by an inbox.
 
 For each record: decode the CloudEvents envelope; open one transaction; claim the event id
-in the inbox (a redelivery finds it claimed and does nothing); run the handler; commit;
-only then may the Kafka offset be committed (AckPolicy.MANUAL, see `attach`: commits at
-most every 100 ms after an applied record, rewind on an exception).
+in the inbox (a redelivery finds it claimed and does nothing); open the sealed personal
+fields with the consumer's `keys` (sealing.py: a destroyed key reads as "[erased]"); run
+the handler; commit; only then may the Kafka offset be committed (AckPolicy.MANUAL, see
+`attach`: commits at most every 100 ms after an applied record, rewind on an exception).
 
 Failures split in two:
 - transient (`is_transient_db_error`: the database or the network is down, a broken pooled
-  connection, a server restarting): back off (exponential, jittered, capped) and raise, so
-  the record is redelivered; nothing is skipped, the partition waits, without limit.
+  connection, a server restarting; or `KeysUnavailable`, the key source not answering):
+  back off (exponential, jittered, capped) and raise, so the record is redelivered;
+  nothing is skipped, the partition waits, without limit.
 - poison (undecodable, or the handler keeps failing on it while the database answers):
   after `attempts` tries the record goes to the group's dead-letter topic with the error,
   and the consumer moves on. A failure while the database does not answer is transient,
@@ -34,6 +36,7 @@ from tenantry_events.catalog import dead_letter_topic
 from tenantry_events.envelope import Envelope, MalformedEvent
 from tenantry_events.faults import Backoff, is_transient_db_error
 from tenantry_events.kafka_codec import from_record
+from tenantry_events.sealing import DataKeys, KeysUnavailable, unseal
 from tenantry_events.storage import Inbox
 from tenantry_events.tracing import continued_span
 
@@ -83,8 +86,12 @@ class EventConsumer(Generic[TxT]):
         max_transient_backoff: float = 10.0,
         backoff: Backoff | None = None,
         sleep: Sleep = asyncio.sleep,
+        keys: DataKeys[TxT] | None = None,
     ) -> None:
         self.group = group
+        # Opens the sealed personal fields before a handler sees them; None only for
+        # consumers of events that have none (tests, benchmarks): the services pass keys.
+        self._keys = keys
         self.dead_letter_topic = dead_letter_topic(group)
         self._db = db
         self._inbox = inbox
@@ -127,7 +134,11 @@ class EventConsumer(Generic[TxT]):
                 ):
                     outcome = await self._apply(handler, envelope)
             except Exception as exc:
-                if is_transient_db_error(exc) or not await self._database_answers():
+                if (
+                    is_transient_db_error(exc)
+                    or isinstance(exc, KeysUnavailable)  # the key source is down, not the data
+                    or not await self._database_answers()
+                ):
                     await self._back_off(envelope.id, exc)
                     raise TransientFailure(repr(exc)) from exc
                 # A handler bug or bad data on a healthy database: retry, then dead-letter.
@@ -169,6 +180,8 @@ class EventConsumer(Generic[TxT]):
             if not await self._inbox.claim(tx, self.group, envelope.id):
                 _duplicates.add(1, {"group": self.group})
                 return "duplicate"
+            if self._keys is not None:
+                envelope = await unseal(envelope, self._keys, tx)
             await handler(tx, envelope)
         _processed.add(1, {"group": self.group, "type": envelope.type})
         return "applied"

@@ -16,7 +16,8 @@ which may not run the fixed code yet, and could be dead-lettered again.
 Re-running the handler touches only the failed group's effects, in one transaction
 scoped to the event's tenant (as `EventConsumer._apply`): claim the event id in `inbox`
 under the group named by `dlt_consumer_group` (if the group applied a copy meanwhile,
-e.g. a redelivery, the claim fails and nothing runs), run the handler, and record the
+e.g. a redelivery, the claim fails and nothing runs), open its sealed personal fields
+with the service's keys (the record's bytes stay sealed), run the handler, and record the
 dead-letter record in `dead_letter_replays`. All three commit together or not at all, so
 a replay that fails leaves no trace and may be tried again. `dead_letter_replays` (never
 pruned, one row per replayed record) is what keeps a record from being replayed twice:
@@ -41,6 +42,7 @@ from tenantry_events.consumer import Handler
 from tenantry_events.envelope import Envelope, MalformedEvent
 from tenantry_events.kafka_codec import from_record
 from tenantry_events.pg import Database
+from tenantry_events.sealing import DataKeys, unseal
 from tenantry_events.storage import Inbox
 from tenantry_events.tracing import continued_span
 
@@ -227,8 +229,11 @@ class Replayer:
         handlers: Mapping[str, Handler[asyncpg.Connection]],
         groups: Sequence[str],
         catalog: Catalog = CATALOG,
+        keys: DataKeys[asyncpg.Connection] | None = None,
     ) -> None:
         self._db = db
+        # As the consumer's: the record's sealed personal fields open before the handler.
+        self._keys = keys
         self._inbox = inbox
         self._handlers = dict(handlers)
         self._groups = tuple(groups)
@@ -283,6 +288,8 @@ class Replayer:
             async with self._db.transaction(tenant_id=envelope.tenant_id) as tx:
                 claimed = await self._inbox.claim(tx, group, envelope.id)
                 if claimed:
+                    if self._keys is not None:
+                        envelope = await unseal(envelope, self._keys, tx, catalog=self._catalog)
                     await handler(tx, envelope)
                 outcome: ReplayOutcome = "applied" if claimed else "duplicate"
                 recorded = await tx.fetchval(

@@ -17,7 +17,7 @@ from uuid import UUID
 
 from tenantry_events.envelope import Envelope
 from tenantry_events.kafka_codec import to_record
-from tenantry_events.sealing import KEY_BYTES
+from tenantry_events.sealing import KEY_BYTES, DataKeys, seal_all, unseal_all
 from tenantry_events.storage import ConcurrencyConflict, OutboxEntry
 
 
@@ -53,7 +53,8 @@ class MemoryDatabase:
 
 
 class MemoryOutbox:
-    def __init__(self, db: MemoryDatabase) -> None:
+    def __init__(self, db: MemoryDatabase, *, keys: DataKeys[MemoryTx] | None = None) -> None:
+        self.keys = keys  # as PostgresOutbox: its event store seals with them too
         self._entries: list[OutboxEntry] = []
         self._next_id = 1
         db.register(self)
@@ -67,6 +68,9 @@ class MemoryOutbox:
         self._entries, self._next_id = list(entries), int(next_id)
 
     async def put(self, tx: MemoryTx, events: Sequence[Envelope[Any]]) -> None:
+        await self.put_sealed(tx, await seal_all(events, self.keys, tx))
+
+    async def put_sealed(self, tx: MemoryTx, events: Sequence[Envelope[Any]]) -> None:
         for event in events:
             self._entries.append(OutboxEntry(self._next_id, to_record(event)))
             self._next_id += 1
@@ -104,12 +108,13 @@ class MemoryEventStore:
         stream = self._streams.setdefault(stream_id, [])
         if len(stream) != expected_version:
             raise ConcurrencyConflict(stream_id, expected_version, len(stream))
-        stream.extend(events)
-        await self._outbox.put(tx, events)
+        sealed = await seal_all(events, self._outbox.keys, tx)
+        stream.extend(sealed)
+        await self._outbox.put_sealed(tx, sealed)
         return len(stream)
 
     async def load(self, tx: MemoryTx, stream_id: str) -> list[Envelope[Any]]:
-        return list(self._streams.get(stream_id, []))
+        return await unseal_all(self._streams.get(stream_id, []), self._outbox.keys, tx)
 
     async def stream_ids(self, tx: MemoryTx, prefix: str) -> list[str]:
         return sorted(s for s, events in self._streams.items() if events and s.startswith(prefix))

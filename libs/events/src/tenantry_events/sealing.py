@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, Protocol, TypeVar
 from uuid import UUID
 
@@ -143,6 +144,31 @@ async def unseal(
         cipher = ciphers[ref]
         opened[path] = ERASED if cipher is None else _open(cipher, envelope, path, ref, box)
     return _with_fields(envelope, opened)
+
+
+async def seal_all(
+    events: Sequence[Envelope[Any]], keys: DataKeys[Tx] | None, tx: Tx
+) -> list[Envelope[Any]]:
+    """`seal` each event; with no keys (a store built without them) they stay as they are."""
+    return await _each(seal, events, keys, tx)
+
+
+async def unseal_all(
+    events: Sequence[Envelope[Any]], keys: DataKeys[Tx] | None, tx: Tx
+) -> list[Envelope[Any]]:
+    """`unseal` each event; with no keys they stay as they are (sealed fields unread)."""
+    return await _each(unseal, events, keys, tx)
+
+
+async def _each(
+    step: Callable[[Envelope[Any], DataKeys[Tx], Tx], Awaitable[Envelope[Any]]],
+    events: Sequence[Envelope[Any]],
+    keys: DataKeys[Tx] | None,
+    tx: Tx,
+) -> list[Envelope[Any]]:
+    if keys is None:
+        return list(events)
+    return [await step(e, keys, tx) for e in events]
 
 
 def person_of(event_type: EventType, payload: msgspec.Struct) -> UUID | None:

@@ -4,6 +4,11 @@ the same abstract contract tests (libs/events/tests/contracts.py).
 
 Every write takes the transaction handle of the caller's unit of work, so a handler's
 effects, the events it appends, their outbox rows and its inbox mark commit together.
+
+Personal fields are sealed (sealing.py) by the outbox's `keys`: the event store and the
+outbox write them sealed, so `events.envelope`, `outbox.value` and the Kafka record hold
+ciphertext, and `load` opens them. An outbox built without keys writes and reads plaintext:
+only tests and benchmarks that predate sealing build one; the services always pass keys.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import msgspec
 from tenantry_events.envelope import Envelope, decode_envelope, encode_envelope
 from tenantry_events.kafka_codec import KafkaRecord, to_record
 from tenantry_events.pg import Database
+from tenantry_events.sealing import DataKeys, seal_all, unseal_all
 
 Tx = TypeVar("Tx", contravariant=True)
 _HEADERS = msgspec.json.Encoder()
@@ -64,7 +70,9 @@ class EventStore(Protocol, Generic[Tx]):
 
 
 class Outbox(Protocol, Generic[Tx]):
-    async def put(self, tx: Tx, events: Sequence[Envelope[Any]]) -> None: ...
+    async def put(self, tx: Tx, events: Sequence[Envelope[Any]]) -> None:
+        """Queue the events for Kafka, their personal fields sealed."""
+        ...
 
     async def fetch(self, limit: int) -> list[OutboxEntry]:
         """The oldest waiting entries, in insertion order."""
@@ -85,10 +93,15 @@ class Inbox(Protocol, Generic[Tx]):
 
 
 class PostgresOutbox:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, keys: DataKeys[asyncpg.Connection] | None = None) -> None:
         self._db = db
+        self.keys = keys  # the event store beside this outbox seals and opens with them too
 
     async def put(self, tx: asyncpg.Connection, events: Sequence[Envelope[Any]]) -> None:
+        await self.put_sealed(tx, await seal_all(events, self.keys, tx))
+
+    async def put_sealed(self, tx: asyncpg.Connection, events: Sequence[Envelope[Any]]) -> None:
+        """`put` for events sealed already (the event store's, which sealed them once)."""
         if not events:
             return
         records = [to_record(e) for e in events]
@@ -136,6 +149,8 @@ class PostgresOutbox:
 
 
 class PostgresEventStore:
+    """Seals and opens with its outbox's keys: one place says whether a service seals."""
+
     def __init__(self, outbox: PostgresOutbox) -> None:
         self._outbox = outbox
 
@@ -153,6 +168,7 @@ class PostgresEventStore:
         )
         if current != expected_version:
             raise ConcurrencyConflict(stream_id, expected_version, current)
+        events = await seal_all(events, self._outbox.keys, tx)
         versions = list(range(expected_version + 1, expected_version + 1 + len(events)))
         try:
             # A savepoint keeps the caller's transaction usable after a conflict.
@@ -181,7 +197,7 @@ class PostgresEventStore:
                 )
                 raise ConcurrencyConflict(stream_id, expected_version, actual) from exc
             raise
-        await self._outbox.put(tx, events)
+        await self._outbox.put_sealed(tx, events)
         return expected_version + len(events)
 
     async def load(self, tx: asyncpg.Connection, stream_id: str) -> list[Envelope[Any]]:
@@ -189,7 +205,8 @@ class PostgresEventStore:
             "SELECT envelope::text AS e FROM events WHERE stream_id = $1 ORDER BY version",
             stream_id,
         )
-        return [decode_envelope(r["e"].encode()) for r in rows]
+        events = [decode_envelope(r["e"].encode()) for r in rows]
+        return await unseal_all(events, self._outbox.keys, tx)
 
     async def stream_ids(self, tx: asyncpg.Connection, prefix: str) -> list[str]:
         # A scan of the table: an ops command's read, not a request's.
