@@ -24,7 +24,8 @@ status:
 	-@bash $(LOCAL)/stack.sh status
 	-@bash $(LOCAL)/services.sh status
 
-# Every test, against the real servers (brought up if they are not).
+# Every test, against the real servers (brought up if they are not). The object-storage
+# tests start a fresh SeaweedFS S3 server of their own (docs/object-storage.md).
 test: up
 	$(UV) pytest $(PYTEST_ARGS)
 

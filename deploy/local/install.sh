@@ -84,3 +84,11 @@ if [[ -f "$peer/package-lock.json" ]]; then
     echo "$lock_hash" > "$peer/node_modules/.lock.sha256"
   fi
 fi
+
+# ------------------------------------------------------------------ S3 server for tests
+# SeaweedFS (deploy/local/seaweedfs.sh), the real S3 server the object-storage tests start
+# a fresh copy of. Built from the Go module proxy into ~/.cache/tenantry (shared by every
+# clone on the machine, CI's included): a warm install checks the binary in under a second;
+# a cold build costs ~9 min of CPU (20+ min wall on a loaded 2-core machine) and ~2 GB of
+# downloads, so it is the last step: everything else is in place if it fails.
+bash "$REPO/deploy/local/seaweedfs.sh" install >/dev/null
