@@ -30,6 +30,7 @@ KNOWN_SCOPES = frozenset(
     {
         "tenant:read",
         "tenant:write",
+        "tenant:export",  # the tenant's data export (GDPR Art. 20), issue 17
         "accounts:read",
         "accounts:write",
         "apikeys:read",
