@@ -67,10 +67,13 @@ def test_round_trip_of_any_text(email: str, name: str | None) -> None:
 @settings(max_examples=200, deadline=None)
 def test_sealed_output_never_contains_the_plaintext(email: str, name: str) -> None:
     async def check() -> None:
-        plain, sealed = await sealed_person(MemoryDataKeys(), email, name, uuid4(), uuid4())
-        # The event without its personal fields: a plaintext such as "name" may be there.
+        account = uuid4()
+        plain, sealed = await sealed_person(MemoryDataKeys(), email, name, uuid4(), account)
+        # The event without its personal fields' ciphertext: a plaintext such as "name" or
+        # "tnty" may be there.
+        frame = f"{SEALED_PREFIX}s.{account}:"
         blank = msgspec.structs.replace(
-            plain.payload, email="", profile=ContractProfile(name="", city="Lyon")
+            plain.payload, email=frame, profile=ContractProfile(name=frame, city="Lyon")
         )
         skeleton = encode_envelope(msgspec.structs.replace(plain, payload=blank)).decode()
         encoded = encode_envelope(sealed).decode()
