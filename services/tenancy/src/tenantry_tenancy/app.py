@@ -7,6 +7,7 @@ stores from `ROUTE_DEPENDENCIES`, the database (`db`) and the settings from the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import asyncpg
 from litestar import Router
@@ -14,6 +15,8 @@ from litestar.di import NamedDependency, Provide
 
 from tenantry_credentials.crypto import SecretBox
 from tenantry_events.consumer import Handler, merge_handlers
+from tenantry_objectstore.factory import open_object_store
+from tenantry_objectstore.store import ObjectStore
 from tenantry_platform.clock import SystemClock
 from tenantry_projections.projections import standard_projections
 from tenantry_service.app import ServiceSpec
@@ -26,8 +29,12 @@ from tenantry_tenancy.api import (
     list_plans,
     update_plan,
 )
-from tenantry_tenancy.consumers import purge_consumers, usage_consumers
+from tenantry_tenancy.consumers import export_consumers, purge_consumers, usage_consumers
 from tenantry_tenancy.documents import DocumentSigner
+from tenantry_tenancy.export_api import ExportsController, download
+from tenantry_tenancy.export_store import ExportStore
+from tenantry_tenancy.export_worker import ExportWorker
+from tenantry_tenancy.internal_api import INTERNAL_KEY_API
 from tenantry_tenancy.lifecycle import LifecycleScheduler
 from tenantry_tenancy.offboarding_api import (
     OffboardingController,
@@ -51,6 +58,30 @@ def purge_store(runtime: NamedDependency[Runtime]) -> PurgeStore:
     return PurgeStore(runtime.outbox, source=runtime.source, region=runtime.settings.region)
 
 
+def export_store(runtime: NamedDependency[Runtime]) -> ExportStore:
+    return ExportStore(runtime.outbox, source=runtime.source, region=runtime.settings.region)
+
+
+def object_store(runtime: NamedDependency[Runtime]) -> ObjectStore:
+    """Opened once per api process (open_objects, at startup)."""
+    store: ObjectStore = runtime.extras["object_store"]  # type: ignore[assignment]
+    return store
+
+
+async def open_objects(runtime: Runtime) -> None:
+    stack = contextlib.AsyncExitStack()
+    runtime.extras["object_store"] = await stack.enter_async_context(
+        open_object_store(runtime.settings)
+    )
+    runtime.extras["object_store_stack"] = stack
+
+
+async def close_objects(runtime: Runtime) -> None:
+    stack = runtime.extras.pop("object_store_stack", None)
+    if isinstance(stack, contextlib.AsyncExitStack):
+        await stack.aclose()
+
+
 def document_signer(runtime: NamedDependency[Runtime]) -> DocumentSigner:
     """One per process: it keeps the region's document key once loaded."""
     signer = runtime.extras.get("document_signer")
@@ -65,6 +96,8 @@ ROUTE_DEPENDENCIES = {
     "plan_store": Provide(plan_store, sync_to_thread=False),
     "purge_store": Provide(purge_store, sync_to_thread=False),
     "document_signer": Provide(document_signer, sync_to_thread=False),
+    "export_store": Provide(export_store, sync_to_thread=False),
+    "object_store": Provide(object_store, sync_to_thread=False),
 }
 
 
@@ -73,6 +106,7 @@ def worker_consumers(runtime: Runtime) -> dict[str, Handler[asyncpg.Connection]]
     return merge_handlers(
         standard_projections(),
         usage_consumers(),
+        export_consumers(export_store(runtime)),
         purge_consumers(
             purge_store(runtime), document_signer(runtime), quarantine=settings.slug_quarantine
         ),
@@ -92,6 +126,23 @@ async def lifecycle_scheduler(runtime: Runtime, stop: asyncio.Event) -> None:
     await scheduler.run(stop, settings.lifecycle_scan_seconds)
 
 
+async def export_worker(runtime: Runtime, stop: asyncio.Event) -> None:
+    """Assembles, re-requests and expires exports (export_worker.py), in the worker."""
+    settings = runtime.settings_as(TenancySettings)
+    async with open_object_store(settings) as objects:
+        worker = ExportWorker(
+            runtime.db,
+            export_store(runtime),
+            objects,
+            document_signer(runtime).sign,
+            clock=SystemClock(),
+            region=settings.region,
+            resend_after=settings.export_resend_after,
+            keep=settings.export_keep,
+        )
+        await worker.run(stop, settings.export_scan_seconds)
+
+
 SPEC = ServiceSpec(
     name="tenancy",
     description="Tenants, plans and limits, lifecycle state, home region.",
@@ -102,21 +153,26 @@ SPEC = ServiceSpec(
                 TenantsController,
                 LifecycleController,
                 OffboardingController,
+                ExportsController,
                 LimitsController,
                 PlanController,
                 list_plans,
                 update_plan,
                 deletion_certificate,
+                download,
             ],
             dependencies=ROUTE_DEPENDENCIES,
         )
     ],
     root_route_handlers=[
         Router(path="/", route_handlers=[document_jwks], dependencies=ROUTE_DEPENDENCIES),
+        INTERNAL_KEY_API,
     ],
     consumer_factory=worker_consumers,
     migration_packages=["tenantry_tenancy"],
     settings_cls=TenancySettings,
-    worker_tasks=[lifecycle_scheduler],
+    on_startup=[open_objects],
+    on_shutdown=[close_objects],
+    worker_tasks=[lifecycle_scheduler, export_worker],
     aggregates=[TENANTS],
 )

@@ -1,5 +1,5 @@
 """What tenancy does with events (the worker's consumers, beside the standard projections):
-usage reports, and the purge saga's reports.
+usage reports, and the reports of the purge and export sagas.
 
 Usage against each quantity limit, as the services that hold the things report it:
 identity reports `seats` and `api_keys`, webhooks `webhook_endpoints`, each an absolute
@@ -19,9 +19,10 @@ import asyncpg
 
 from tenantry_events.consumer import Handler
 from tenantry_events.envelope import Envelope
-from tenantry_events.payloads.tenancy import TenantPurgedBy
+from tenantry_events.payloads.tenancy import TenantExportPart, TenantPurgedBy
 from tenantry_events.payloads.usage import UsageReported
 from tenantry_tenancy.documents import DocumentSigner
+from tenantry_tenancy.export_store import ExportStore
 from tenantry_tenancy.purges import PurgeStore
 from tenantry_tenancy.store import record_usage
 
@@ -50,6 +51,17 @@ def purge_report_handler(
             )
 
     return on_purged_by
+
+
+def export_consumers(exports: ExportStore) -> dict[str, Handler[asyncpg.Connection]]:
+    """The export saga's collector: each service's part lands on its job (the worker
+    assembles the archive once all are in; export_worker.py)."""
+
+    async def on_export_part(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
+        part: TenantExportPart = event.payload
+        await exports.record_part(tx, event.tenant_id, part, datetime.now(UTC))
+
+    return {"tenant.export_part": on_export_part}
 
 
 def usage_consumers() -> dict[str, Handler[asyncpg.Connection]]:

@@ -14,12 +14,25 @@ class TenancySettings(ServiceSettings, frozen=True, kw_only=True):
     # reminders, and after how long a purge still missing reports is asked for again.
     lifecycle_scan_seconds: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     purge_resend_seconds: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    # Exports (export_worker.py): how often the worker looks for work, after how long a
+    # silent service is asked again for its part, and how long an archive is kept.
+    export_scan_seconds: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    export_resend_seconds: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+    export_keep_days: Annotated[float, msgspec.Meta(gt=0)] = 7.0
     # How long a purged tenant's slug stays unavailable to new tenants.
     slug_quarantine_days: Annotated[float, msgspec.Meta(ge=0)] = 30.0
 
     @property
     def slug_quarantine(self) -> timedelta:
         return timedelta(days=self.slug_quarantine_days)
+
+    @property
+    def export_resend_after(self) -> timedelta:
+        return timedelta(seconds=self.export_resend_seconds)
+
+    @property
+    def export_keep(self) -> timedelta:
+        return timedelta(days=self.export_keep_days)
 
     @property
     def purge_resend_after(self) -> timedelta:
