@@ -54,7 +54,19 @@ from tenantry_projections.projections import (
     PostgresTenantStatus,
 )
 from tenantry_resilience import CircuitBreaker
-from tenantry_service.runtime import Runtime
+from tenantry_service.export import (
+    EXPORT_REQUESTED,
+    ExportSource,
+    TenantExporter,
+    worker_object_store,
+)
+from tenantry_service.purge import (
+    PURGE_REQUESTED,
+    PurgeRules,
+    TenantPurger,
+    skipping_purged_tenants,
+)
+from tenantry_service.runtime import DataKeysFactory, Runtime
 
 API_PREFIX = "/v1"
 # Event types a worker consumes in groups of their own (see worker.py): access-cutting
@@ -110,6 +122,15 @@ class ServiceSpec:
     # Error renderers by path prefix, for mounts that speak another protocol than
     # problem+json (SCIM Errors under /scim/v2), unknown URLs there included.
     error_renderers: Mapping[str, ErrorRenderer] = field(default_factory=dict)
+    # Where the service gets the keys that seal events' personal fields, when not from
+    # tenancy's key API (the default, ServiceDataKeys): tenancy, which keeps them.
+    data_keys: DataKeysFactory | None = None
+    # What the service's share of a tenant's purge keeps or does beyond deleting every
+    # row with the tenant's id (tenantry_service.purge): tenancy keeps its tombstones.
+    purge: PurgeRules = field(default_factory=PurgeRules)
+    # The files of the service's share of a tenant's export (tenantry_service.export);
+    # a service that declares none answers no export request.
+    exports: Sequence[ExportSource] = ()
     version: str = "0.1.0"
 
     @property
@@ -126,9 +147,35 @@ class ServiceSpec:
 
     def handlers(self, runtime: Runtime) -> dict[str, Handler[asyncpg.Connection]]:
         """The static handlers, then the built ones; an event type named by both runs
-        both, in that order, in one transaction (projection first, reaction after)."""
+        both, in that order, in one transaction (projection first, reaction after).
+        Every service also purges a tenant on request, and drops the late events of a
+        tenant it has purged (tenantry_service.purge)."""
         built = self.consumer_factory(runtime) if self.consumer_factory else {}
-        return merge_handlers(self.consumer_handlers, built)
+        purger = TenantPurger(
+            service=self.name,
+            source=runtime.source,
+            region=runtime.settings.region,
+            outbox=runtime.outbox,
+            redis=runtime.redis,
+            rules=self.purge,
+        )
+        purging = {PURGE_REQUESTED: purger.handle}
+        exporting = {EXPORT_REQUESTED: self.exporter(runtime).handle} if self.exports else {}
+        return skipping_purged_tenants(
+            merge_handlers(self.consumer_handlers, built, purging, exporting)
+        )
+
+    def exporter(self, runtime: Runtime) -> TenantExporter:
+        """The service's `tenant.export_requested` handler, writing `exports`."""
+        return TenantExporter(
+            service=self.name,
+            sources=self.exports,
+            db=runtime.db,
+            store=worker_object_store(runtime.extras, runtime.settings),
+            settings=runtime.settings,
+            outbox=runtime.outbox,
+            source=runtime.source,
+        )
 
 
 def admission_controller(runtime: Runtime) -> AdmissionController:
@@ -263,6 +310,7 @@ def create_app(spec: ServiceSpec, runtime: Runtime, pipeline: Pipeline | None = 
         for hook in spec.on_shutdown:
             await hook(runtime)
         await runtime.key_usage.stop()  # last flush of API key usage
+        await runtime.data_keys.aclose()
         await runtime.kafka.close()
         await runtime.redis.aclose()
         await runtime.db.close()
