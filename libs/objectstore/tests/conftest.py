@@ -11,6 +11,9 @@ import pytest_asyncio
 from tenantry_objectstore import S3Config, S3Store
 from tenantry_testkit.seaweedfs import S3Server, seaweedfs_server
 
+# The contract's asserts are in a helper module: have pytest explain their failures too.
+pytest.register_assert_rewrite("libs.objectstore.tests.contracts")
+
 MiB = 1024 * 1024
 CONTRACT_BUCKET = "tenantry-contract"
 

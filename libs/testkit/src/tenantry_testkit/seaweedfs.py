@@ -2,7 +2,8 @@
 
 Each run gets a temporary data directory, its own pid files (TENANTRY_SEAWEEDFS_RUN_DIR)
 and a free range of ten ports on 127.0.0.1, so it meets neither a developer's server nor
-another run's. The binary is built by deploy/local/install.sh; when it is missing the
+another run's; a run killed before it could stop its server has it stopped by the next
+run. The binary is built by deploy/local/install.sh; when it is missing the
 tests fail saying so (never a skip: the S3 path would go untested unnoticed).
 """
 
@@ -28,6 +29,7 @@ PORTS = 10  # S3, master, volume, filer, admin: each with its gRPC port
 # Below Linux's ephemeral range (32768+), above the stack's fixed ports (2525..9093).
 _PORT_BASES = range(20000, 32000, PORTS)
 _ATTEMPTS = 5
+_WORKDIR_PREFIX = "tenantry-seaweedfs-"
 
 
 @dataclass(frozen=True)
@@ -55,10 +57,35 @@ def _script(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
     )
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sweep_orphans() -> None:
+    """Stop the servers of runs that died without stopping theirs (a SIGKILLed pytest):
+    each workdir names the process that owns it."""
+    for workdir in Path(tempfile.gettempdir()).glob(f"{_WORKDIR_PREFIX}*"):
+        try:
+            owner = int((workdir / "owner").read_text())
+        except (OSError, ValueError):
+            continue  # being set up, or not ours
+        if not _alive(owner):
+            _script("stop", env={**os.environ, "TENANTRY_SEAWEEDFS_RUN_DIR": str(workdir / "run")})
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 @contextmanager
 def seaweedfs_server() -> Iterator[S3Server]:
     """Start a server, yield where it is, stop it and remove its data."""
-    workdir = Path(tempfile.mkdtemp(prefix="tenantry-seaweedfs-"))
+    _sweep_orphans()
+    workdir = Path(tempfile.mkdtemp(prefix=_WORKDIR_PREFIX))
+    (workdir / "owner").write_text(str(os.getpid()))
     env = {**os.environ, "TENANTRY_SEAWEEDFS_RUN_DIR": str(workdir / "run")}
     failures: list[str] = []
     try:
