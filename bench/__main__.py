@@ -27,6 +27,7 @@ from bench import (
     input_guard,
     projection,
     relay,
+    sealing,
     sso,
     store,
     suspend,
@@ -90,6 +91,11 @@ BENCHMARKS: dict[str, tuple[Benchmark, bool, str]] = {
         input_guard.run,
         False,
         "the shared input guard's cost per JSON body vs msgspec decoding it alone",
+    ),
+    "sealing": (
+        sealing.run,
+        False,
+        "personal-field sealing: event append and consume (decode + unseal), with vs without",
     ),
     "webhooks": (
         webhooks.run,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, Protocol, TypeVar
@@ -110,7 +111,7 @@ async def seal(
     subject_key = await keys.for_sealing(tx, envelope.tenant_id, subject_id) if subject_id else None
     if tenant_key is None or (subject_id is not None and subject_key is None):
         return _with_fields(envelope, dict.fromkeys(fields, ERASED))
-    cipher = AESGCM(_field_key(tenant_key, subject_id, subject_key))
+    cipher = _cipher(tenant_key, subject_id, subject_key)
     sealed: dict[str, str] = {}
     for path, value in fields.items():
         if value.startswith(SEALED_PREFIX) and _opens(cipher, envelope, path, ref, value):
@@ -236,6 +237,14 @@ def _subject_of_ref(ref: str) -> UUID | None:
     raise UnreadableSeal(f"unknown key reference {ref!r}")
 
 
+@functools.lru_cache(maxsize=4096)
+def _cipher(tenant_key: bytes, subject_id: UUID | None, subject_key: bytes | None) -> AESGCM:
+    """The field cipher of a key pair, derived once: HKDF and the AES key schedule cost
+    four times the decryption of a short field. Keyed by the key bytes themselves, so a
+    destroyed key (which DataKeys no longer returns) is never reached again; evicted by use."""
+    return AESGCM(_field_key(tenant_key, subject_id, subject_key))
+
+
 def _field_key(tenant_key: bytes, subject_id: UUID | None, subject_key: bytes | None) -> bytes:
     """The AES key of a field: HKDF-SHA256 over the tenant's data key, and the subject key
     too for an event about a person (distinct `info` per subject and per kind)."""
@@ -260,7 +269,7 @@ async def _opening_cipher(keys: DataKeys[Tx], tx: Tx, tenant_id: UUID, ref: str)
         subject_key = await keys.for_opening(tx, tenant_id, subject_id)
         if subject_key is None:
             return None
-    return AESGCM(_field_key(tenant_key, subject_id, subject_key))
+    return _cipher(tenant_key, subject_id, subject_key)
 
 
 def _associated(envelope: Envelope[Any], path: str, ref: str) -> bytes:
