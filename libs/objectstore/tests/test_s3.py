@@ -10,7 +10,7 @@ import pytest
 from tenantry_objectstore import ObjectInfo, ObjectStoreError, S3Config, S3Store
 from tenantry_testkit.seaweedfs import S3Server
 
-from .contracts import LargeStream, MiB
+from .contracts import LargeStream, MiB, chunks_of
 
 
 def config(server: S3Server, **overrides: object) -> S3Config:
@@ -45,6 +45,18 @@ async def test_a_stream_past_one_part_goes_as_a_multipart_upload(
     assert await store.pending_uploads(ns) == []
     assert await store.stat(key) == ObjectInfo(key=key, bytes=12 * MiB)
     assert await store.delete_prefix(ns) == 1
+
+
+async def test_list_and_delete_prefix_page_through_many_keys(s3_server: S3Server) -> None:
+    ns = f"t-{uuid.uuid4().hex[:12]}/"
+    async with S3Store.open(config(s3_server)) as store:
+        store.page_size = 2  # five keys: three pages
+        keys = [f"{ns}{n}" for n in range(5)]
+        for key in keys:
+            await store.put(key, chunks_of(key.encode()), content_type="text/plain")
+        assert [item.key for item in await store.list(ns)] == keys
+        assert await store.delete_prefix(ns) == 5
+        assert await store.list(ns) == []
 
 
 async def test_a_missing_bucket_is_made_only_when_allowed(s3_server: S3Server) -> None:

@@ -23,6 +23,7 @@ import os
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterable
 from pathlib import Path
+from stat import S_ISREG
 from typing import BinaryIO
 
 from tenantry_objectstore.store import (
@@ -98,7 +99,7 @@ class LocalDirectoryStore:
             info = await asyncio.to_thread(path.stat)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        if not path.is_file():
+        if not S_ISREG(info.st_mode):
             return None  # a folder: a prefix of other keys, not an object
         return ObjectInfo(key=key, bytes=info.st_size)
 

@@ -45,7 +45,6 @@ log = logging.getLogger("tenantry.objectstore")
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum for every part but the last
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
-_DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
 
 
@@ -78,6 +77,7 @@ class S3Store:
         self._client = client
         self.bucket = bucket
         self.part_size = part_size
+        self.page_size = 1000  # keys per listing page; S3's maximum, DeleteObjects' too
 
     def __repr__(self) -> str:
         return f"S3Store(bucket={self.bucket!r})"
@@ -223,24 +223,36 @@ class S3Store:
 
     async def delete_prefix(self, prefix: str) -> int:
         check_prefix(prefix, allow_empty=False)
-        keys = [item.key for item in await self.list(prefix)]
-        for start in range(0, len(keys), _DELETE_BATCH):
-            batch = keys[start : start + _DELETE_BATCH]
+        # Page by page (at most 1000 keys each, DeleteObjects' limit too): memory stays
+        # bounded however many objects the prefix holds.
+        deleted = 0
+        paginator = self._client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(
+            Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": self.page_size}
+        )
+        async for page in pages:
+            keys = [item["Key"] for item in page.get("Contents", [])]
+            if not keys:
+                continue
             result = await self._client.delete_objects(
                 Bucket=self.bucket,
-                Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True},
+                Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
             )
             if errors := result.get("Errors"):
                 raise ObjectStoreError(
                     f"S3: {len(errors)} objects under {prefix!r} were not deleted: {errors[:3]}"
                 )
-        return len(keys)
+            deleted += len(keys)
+        return deleted
 
     async def list(self, prefix: str) -> list[ObjectInfo]:
         check_prefix(prefix, allow_empty=True)
         found: list[ObjectInfo] = []
         paginator = self._client.get_paginator("list_objects_v2")
-        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+        pages = paginator.paginate(
+            Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": self.page_size}
+        )
+        async for page in pages:
             for item in page.get("Contents", []):
                 found.append(ObjectInfo(key=item["Key"], bytes=item["Size"]))
         found.sort(key=lambda item: item.key)
