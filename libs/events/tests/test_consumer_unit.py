@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -145,3 +146,19 @@ async def test_an_unreachable_key_source_is_transient_not_poison() -> None:
     with pytest.raises(TransientFailure):
         await c.process(record.topic, record.key, record.headers, record.value)
     assert sink.sent == []
+
+
+async def test_a_sealed_value_that_does_not_open_is_poison() -> None:
+    async def handler(tx: MemoryTx, event: Envelope[Any]) -> None:
+        raise AssertionError("the handler must not see a damaged event")
+
+    keys = MemoryDataKeys()
+    c, sink = consumer(handler, keys)
+    tenant = uuid4()
+    source = await seal(note("Ada", tenant_id=tenant), keys, None)
+    other = note("Bob", tenant_id=tenant)
+    # Ada's sealed text copied into another event: it is bound to the event it was made for.
+    moved = to_record(msgspec.structs.replace(other, payload=source.payload))
+    assert await c.process(moved.topic, moved.key, moved.headers, moved.value) == "dead-lettered"
+    ((_, headers),) = sink.sent
+    assert dict(headers)["dlt_error_type"] == b"UnreadableSeal"
