@@ -16,7 +16,6 @@ from litestar.di import NamedDependency, Provide
 from tenantry_credentials.crypto import SecretBox
 from tenantry_events.consumer import Handler, merge_handlers
 from tenantry_objectstore.factory import open_object_store
-from tenantry_objectstore.store import ObjectStore
 from tenantry_platform.clock import SystemClock
 from tenantry_projections.projections import standard_projections
 from tenantry_service.app import ServiceSpec
@@ -30,8 +29,9 @@ from tenantry_tenancy.api import (
     update_plan,
 )
 from tenantry_tenancy.consumers import export_consumers, purge_consumers, usage_consumers
+from tenantry_tenancy.data_keys import TenancyDataKeys
 from tenantry_tenancy.documents import DocumentSigner
-from tenantry_tenancy.export_api import ExportsController, download
+from tenantry_tenancy.export_api import Archives, ExportsController, download
 from tenantry_tenancy.export_store import ExportStore
 from tenantry_tenancy.export_worker import ExportWorker
 from tenantry_tenancy.internal_api import INTERNAL_KEY_API
@@ -62,16 +62,17 @@ def export_store(runtime: NamedDependency[Runtime]) -> ExportStore:
     return ExportStore(runtime.outbox, source=runtime.source, region=runtime.settings.region)
 
 
-def object_store(runtime: NamedDependency[Runtime]) -> ObjectStore:
-    """Opened once per api process (open_objects, at startup)."""
-    store: ObjectStore = runtime.extras["object_store"]  # type: ignore[assignment]
-    return store
+def archives(runtime: NamedDependency[Runtime]) -> Archives:
+    """The object store, opened once per api process (open_objects, at startup)."""
+    found = runtime.extras["archives"]
+    assert isinstance(found, Archives)
+    return found
 
 
 async def open_objects(runtime: Runtime) -> None:
     stack = contextlib.AsyncExitStack()
-    runtime.extras["object_store"] = await stack.enter_async_context(
-        open_object_store(runtime.settings)
+    runtime.extras["archives"] = Archives(
+        await stack.enter_async_context(open_object_store(runtime.settings))
     )
     runtime.extras["object_store_stack"] = stack
 
@@ -97,7 +98,7 @@ ROUTE_DEPENDENCIES = {
     "purge_store": Provide(purge_store, sync_to_thread=False),
     "document_signer": Provide(document_signer, sync_to_thread=False),
     "export_store": Provide(export_store, sync_to_thread=False),
-    "object_store": Provide(object_store, sync_to_thread=False),
+    "archives": Provide(archives, sync_to_thread=False),
 }
 
 
@@ -170,6 +171,7 @@ SPEC = ServiceSpec(
     ],
     consumer_factory=worker_consumers,
     migration_packages=["tenantry_tenancy"],
+    data_keys=TenancyDataKeys.from_settings,
     settings_cls=TenancySettings,
     on_startup=[open_objects],
     on_shutdown=[close_objects],

@@ -8,6 +8,7 @@ its token is the capability (short-lived, limited uses, revocable, stored hashed
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from uuid import UUID
@@ -27,6 +28,14 @@ from tenantry_tenancy.api import found
 from tenantry_tenancy.export_store import ExportStore, ExportView, LinkView
 from tenantry_tenancy.exports import ExportJob, ExportRefused, LinkTerms, can_link
 from tenantry_tenancy.store import PlanStore
+
+
+@dataclass(frozen=True)
+class Archives:
+    """The object store holding the archives, as routes receive it (Litestar checks an
+    injected value against its declared type, which a Protocol cannot be)."""
+
+    store: ObjectStore
 
 
 class RequestExport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -202,7 +211,7 @@ async def download(
     token: FromPath[str],
     db: NamedDependency[Database],
     export_store: NamedDependency[ExportStore],
-    object_store: NamedDependency[ObjectStore],
+    archives: NamedDependency[Archives],
 ) -> Stream:
     """Each download spends one use of the link. An unknown, expired, used-up or revoked
     link is 404 (the same answer for each, so a token cannot be probed)."""
@@ -211,7 +220,7 @@ async def download(
     if spent is None:
         raise Problem(404, "not-found", "Not found", "No such download link, or it has expired")
     return Stream(
-        object_store.get(spent.archive_key),
+        archives.store.get(spent.archive_key),
         media_type="application/zip",
         headers={
             "Content-Disposition": f'attachment; filename="tenantry-export-{spent.export_id}.zip"',

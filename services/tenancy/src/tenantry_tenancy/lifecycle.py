@@ -43,7 +43,7 @@ async def request_purge(
 ) -> TenantRow:
     """Record tenant.purge_requested in the tenant's stream and open the saga's row."""
     change = tenant.request_purge(now=now, purge_id=uuid7(), reason=reason, by=by, early=early)
-    row = await tenants.record(tx, tenant, change)
+    row = await tenants.record(tx, tenant, change, occurred_at=now)
     assert isinstance(change, TenantPurgeRequested)
     await purges.open(tx, tenant.tenant_id, change, now)
     return row

@@ -124,9 +124,10 @@ class OffboardingController(Controller):
                 )
             limits = found(await plan_store.view(tx, tenant_id)).limits
             purge_at = data.purge_at.astimezone(UTC) if data.purge_at else None
+            now = datetime.now(UTC)
             try:
                 change = tenant.start_offboarding(
-                    now=datetime.now(UTC),
+                    now=now,
                     grace=timedelta(days=limits.offboarding_grace_days),
                     certificate_id=uuid4(),
                     reason=data.reason,
@@ -135,7 +136,7 @@ class OffboardingController(Controller):
                 )
             except DomainError as exc:
                 raise _refused(exc, tenant) from exc
-            await tenant_repository.record(tx, tenant, change)
+            await tenant_repository.record(tx, tenant, change, occurred_at=now)
             return _view(found(await tenant_repository.load(tx, tenant_id)))
 
     @get(

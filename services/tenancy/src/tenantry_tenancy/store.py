@@ -97,16 +97,26 @@ class TenantRepository:
         return await read_tenant(tx, self.stream(tenant_id))
 
     async def record(
-        self, tx: asyncpg.Connection, tenant: Tenant, change: TenantChange
+        self,
+        tx: asyncpg.Connection,
+        tenant: Tenant,
+        change: TenantChange,
+        *,
+        occurred_at: datetime | None = None,
     ) -> TenantRow:
         """Append the change after the loaded version and write the state row from the
-        tenant the change makes (the fold of its stream, one event further)."""
-        event = self._event(tenant.tenant_id, change, tenant.version + 1)
+        tenant the change makes (the fold of its stream, one event further). `occurred_at`:
+        the time the command computed with (offboarding's purge_at counts from it)."""
+        event = self._event(tenant.tenant_id, change, tenant.version + 1, occurred_at)
         await self._events.append(tx, self.stream(tenant.tenant_id), tenant.version, [event])
         return await _write(tx, tenant.apply(event))
 
     def _event(
-        self, tenant_id: UUID, payload: TenantCreated | TenantChange, version: int
+        self,
+        tenant_id: UUID,
+        payload: TenantCreated | TenantChange,
+        version: int,
+        occurred_at: datetime | None = None,
     ) -> Envelope[Any]:
         return new_event(
             payload,
@@ -115,6 +125,7 @@ class TenantRepository:
             aggregate_version=version,
             source=self._source,
             region=self._region,
+            occurred_at=occurred_at,
         )
 
     async def history(self, tx: asyncpg.Connection, tenant_id: UUID) -> builtins.list[Transition]:
