@@ -20,6 +20,7 @@ from litestar.exceptions import (
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from tenantry_events.faults import is_transient_db_error
+from tenantry_events.sealing import KeysUnavailable
 from tenantry_events.storage import ConcurrencyConflict
 
 PROBLEM_BASE = "https://tenantry.dev/problems/"
@@ -100,6 +101,15 @@ def problem_from_exception(exc: Exception) -> Problem:
     if is_transient_db_error(exc):
         # An outage, a restart, a failover: the request is fine, try it again shortly.
         return database_unavailable()
+    if isinstance(exc, KeysUnavailable):
+        # tenancy's key API did not answer (docs/data-keys.md): the request is fine.
+        return Problem(
+            503,
+            "unavailable",
+            "Service unavailable",
+            "The keys that protect personal data are unavailable; retry shortly",
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        )
     if isinstance(exc, ConcurrencyConflict):
         return Problem(
             409,

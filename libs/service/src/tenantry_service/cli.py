@@ -89,7 +89,7 @@ def service_main(spec: ServiceSpec, argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     setup_logging(spec.name, settings.log_level)
     setup_telemetry(spec.name, settings.otel_exporter, settings.region)
-    runtime = Runtime.build(spec.name, settings)
+    runtime = Runtime.build(spec.name, settings, data_keys=spec.data_keys)
 
     if args.command == "migrate":
         applied = asyncio.run(run_migrations(spec, settings))
@@ -106,7 +106,11 @@ def service_main(spec: ServiceSpec, argv: list[str] | None = None) -> None:
 
         groups = [spec.consumer_group, spec.critical_group, spec.background_group]
         replayer = Replayer(
-            db=runtime.db, inbox=runtime.inbox, handlers=spec.handlers(runtime), groups=groups
+            db=runtime.db,
+            inbox=runtime.inbox,
+            handlers=spec.handlers(runtime),
+            groups=groups,
+            keys=runtime.data_keys,
         )
         command = run_command(
             args.args,

@@ -160,7 +160,7 @@ class TenancyKeyClient:
                 before=record_first_attempt(self._budget),
                 retry=retry_if_exception_type(_TryAgain),
                 stop=stop_when_budget_exhausted(self._budget, stop_after_attempt(self._attempts)),
-                wait=wait_exponential_jitter(initial=0.1, max=1.0),
+                wait=wait_exponential_jitter(multiplier=0.1, max=1.0, jitter=0.1),
                 reraise=True,
             ):
                 with attempt:

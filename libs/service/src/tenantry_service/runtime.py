@@ -123,7 +123,7 @@ class Runtime:
             if data_keys is not None
             else ServiceDataKeys.from_settings(service, settings)
         )
-        outbox = PostgresOutbox(db)
+        outbox = PostgresOutbox(db, keys=keys)
         usage = KeyUsage(
             db,
             outbox,

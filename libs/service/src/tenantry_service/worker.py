@@ -63,6 +63,7 @@ async def run_worker(
                     inbox=runtime.inbox,
                     handlers=group_handlers,
                     dead_letters=BrokerDeadLetters(broker),
+                    keys=runtime.data_keys,
                 ),
             )
     publisher = KafkaPublisher(
@@ -101,6 +102,7 @@ async def _run(
             await asyncio.gather(*tasks, return_exceptions=True)
         await broker.stop()
         await publisher.stop()
+        await runtime.data_keys.aclose()
         await runtime.db.close()
         log.info("worker stopped")
 
