@@ -1,6 +1,6 @@
 """The region's document key: an Ed25519 key that signs what Tenantry hands a customer as
 proof (deletion certificates, export manifests). Its public half is served at tenancy's
-/.well-known/jwks.json, so anyone can verify a document offline with a JOSE library.
+/.well-known/document-jwks.json, so anyone can verify a document offline with a JOSE library.
 
 The private half is stored encrypted with the master key. One key per region, made on
 first use (two processes racing to make it agree on the first one stored).

@@ -75,7 +75,7 @@ the manifest) as each Tenantry service keeps it, in the region where the tenant 
   its lines follows, the number of `records` (lines), its size in `bytes` and its `sha256`.
 - `manifest.jws`: the same manifest, signed (JWS compact serialization, alg EdDSA, Ed25519)
   with the region's document key. The keys are published at the region's
-  `/.well-known/jwks.json` on the tenancy API; the `kid` in the JWS header names the key.
+  `/.well-known/document-jwks.json` on the tenancy API; the `kid` in the JWS header names the key.
 - `<service>/<resource>.ndjson`: newline-delimited JSON, UTF-8, one record per line.
   - `tenancy/`: the tenant, its plan history and audit trail, limits and overrides.
   - `identity/`: accounts, API keys (metadata only, never the key or its hash), SSO

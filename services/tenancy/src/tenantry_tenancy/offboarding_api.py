@@ -244,7 +244,7 @@ async def deletion_certificate(
     purge_store: NamedDependency[PurgeStore],
 ) -> Response[Any]:
     """`certificate`: the claims; `jws`: the same claims signed (EdDSA) with the region's
-    document key, verifiable with /.well-known/jwks.json. With `Accept: text/html`, a page
+    document key, verifiable with /.well-known/document-jwks.json. With `Accept: text/html`, a page
     to print."""
     async with db.transaction(platform=True) as tx:
         found_certificate = await purge_store.certificate(tx, certificate_id)
@@ -253,7 +253,9 @@ async def deletion_certificate(
     certificate, jws = found_certificate
     if "text/html" in request.headers.get("accept", ""):
         return Response(_page(certificate), media_type="text/html")
-    return Response({"certificate": certificate, "jws": jws, "jwks_url": "/.well-known/jwks.json"})
+    return Response(
+        {"certificate": certificate, "jws": jws, "jwks_url": "/.well-known/document-jwks.json"}
+    )
 
 
 def _page(certificate: dict[str, Any]) -> str:
@@ -287,13 +289,13 @@ td,th{{border:1px solid #ccc;padding:.3rem .6rem}}table{{border-collapse:collaps
 <th>Completed</th></tr>{rows}</table>
 <p>The machine-readable certificate, signed with this region's key, is at this address
 with <code>Accept: application/json</code>; verify its <code>jws</code> with
-<a href="/.well-known/jwks.json">the region's keys</a>.</p>
+<a href="/.well-known/document-jwks.json">the region's keys</a>.</p>
 <pre>{e(json.dumps(certificate, indent=2))}</pre>
 </body></html>"""
 
 
 @get(
-    "/.well-known/jwks.json",
+    "/.well-known/document-jwks.json",
     opt={"auth": PUBLIC},
     tags=["tenant lifecycle"],
     summary="The region's document keys (verify deletion certificates and export manifests)",

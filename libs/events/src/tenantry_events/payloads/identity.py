@@ -13,7 +13,13 @@ from tenantry_events.catalog import event
 Role = Literal["owner", "admin", "member"]
 
 
-@event("account.created", owner="identity", public=True, personal=("email",))
+@event(
+    "account.created",
+    owner="identity",
+    public=True,
+    personal=("email",),
+    person="account_id",
+)
 class AccountCreated(msgspec.Struct, frozen=True, kw_only=True):
     """A login account was created in a tenant (invite, tenant owner, SCIM or JIT)."""
 
@@ -51,7 +57,13 @@ class ApiKeyRevoked(msgspec.Struct, frozen=True, kw_only=True):
     revoked_by: str
 
 
-@event("user.email_verified", owner="identity", public=True, personal=("email",))
+@event(
+    "user.email_verified",
+    owner="identity",
+    public=True,
+    personal=("email",),
+    person="account_id",
+)
 class EmailVerified(msgspec.Struct, frozen=True, kw_only=True):
     """An account proved it controls its email address."""
 
@@ -101,7 +113,13 @@ class SsoConnectionChanged(msgspec.Struct, frozen=True, kw_only=True):
     changed_by: str
 
 
-@event("user.jit_provisioned", owner="identity", public=True, personal=("email",))
+@event(
+    "user.jit_provisioned",
+    owner="identity",
+    public=True,
+    personal=("email",),
+    person="account_id",
+)
 class UserJitProvisioned(msgspec.Struct, frozen=True, kw_only=True):
     """The first SSO login of a user the tenant did not have created their account (just in
     time), with the role its IdP groups map to."""

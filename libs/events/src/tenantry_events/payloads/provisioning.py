@@ -23,25 +23,44 @@ class DirectoryUser(msgspec.Struct, frozen=True, kw_only=True):
     email: str | None  # the primary (or first) email
 
 
-# What a directory user's events say of the person: encrypted with the tenant's data key.
+# What a directory user's events say of the person: sealed with the tenant's data key and
+# the person's subject key (user_id is their account id).
 USER_PERSONAL = ("user.user_name", "user.external_id", "user.display_name", "user.email")
 
 
-@event("user.provisioned", owner="provisioning", public=True, personal=USER_PERSONAL)
+@event(
+    "user.provisioned",
+    owner="provisioning",
+    public=True,
+    personal=USER_PERSONAL,
+    person="user.user_id",
+)
 class UserProvisioned(msgspec.Struct, frozen=True, kw_only=True):
     """The identity provider created a user (SCIM POST /Users)."""
 
     user: DirectoryUser
 
 
-@event("user.updated", owner="provisioning", public=True, personal=USER_PERSONAL)
+@event(
+    "user.updated",
+    owner="provisioning",
+    public=True,
+    personal=USER_PERSONAL,
+    person="user.user_id",
+)
 class UserUpdated(msgspec.Struct, frozen=True, kw_only=True):
     """The identity provider changed a user's attributes (PUT or PATCH), or reactivated it."""
 
     user: DirectoryUser
 
 
-@event("user.deprovisioned", owner="provisioning", public=True, personal=USER_PERSONAL)
+@event(
+    "user.deprovisioned",
+    owner="provisioning",
+    public=True,
+    personal=USER_PERSONAL,
+    person="user.user_id",
+)
 class UserDeprovisioned(msgspec.Struct, frozen=True, kw_only=True):
     """The user lost access: set inactive (`deleted` false; it stays readable) or deleted."""
 
