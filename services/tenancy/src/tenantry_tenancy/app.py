@@ -32,6 +32,7 @@ from tenantry_tenancy.consumers import export_consumers, purge_consumers, usage_
 from tenantry_tenancy.data_keys import TenancyDataKeys
 from tenantry_tenancy.documents import DocumentSigner
 from tenantry_tenancy.export_api import Archives, ExportsController, download
+from tenantry_tenancy.export_sources import TENANCY_EXPORTS
 from tenantry_tenancy.export_store import ExportStore
 from tenantry_tenancy.export_worker import ExportWorker
 from tenantry_tenancy.internal_api import INTERNAL_KEY_API
@@ -41,7 +42,7 @@ from tenantry_tenancy.offboarding_api import (
     deletion_certificate,
     document_jwks,
 )
-from tenantry_tenancy.purges import PurgeStore
+from tenantry_tenancy.purges import TENANCY_PURGE, PurgeStore
 from tenantry_tenancy.settings import TenancySettings
 from tenantry_tenancy.store import TENANTS, PlanStore, TenantRepository
 
@@ -109,7 +110,10 @@ def worker_consumers(runtime: Runtime) -> dict[str, Handler[asyncpg.Connection]]
         usage_consumers(),
         export_consumers(export_store(runtime)),
         purge_consumers(
-            purge_store(runtime), document_signer(runtime), quarantine=settings.slug_quarantine
+            purge_store(runtime),
+            document_signer(runtime),
+            settings,
+            quarantine=settings.slug_quarantine,
         ),
     )
 
@@ -177,4 +181,6 @@ SPEC = ServiceSpec(
     on_shutdown=[close_objects],
     worker_tasks=[lifecycle_scheduler, export_worker],
     aggregates=[TENANTS],
+    purge=TENANCY_PURGE,
+    exports=TENANCY_EXPORTS,
 )

@@ -21,6 +21,8 @@ from tenantry_events.consumer import Handler
 from tenantry_events.envelope import Envelope
 from tenantry_events.payloads.tenancy import TenantExportPart, TenantPurgedBy
 from tenantry_events.payloads.usage import UsageReported
+from tenantry_objectstore.factory import open_object_store
+from tenantry_platform.settings import ServiceSettings
 from tenantry_tenancy.documents import DocumentSigner
 from tenantry_tenancy.export_store import ExportStore
 from tenantry_tenancy.purges import PurgeStore
@@ -33,14 +35,19 @@ async def _on_usage_reported(tx: asyncpg.Connection, event: Envelope[Any]) -> No
 
 
 def purge_report_handler(
-    purges: PurgeStore, signer: DocumentSigner, *, quarantine: timedelta
+    purges: PurgeStore, signer: DocumentSigner, settings: ServiceSettings, *, quarantine: timedelta
 ) -> Handler[asyncpg.Connection]:
     """The purge saga's collector: keep each service's report; the one that completes the
-    set turns the tenant into its tombstone and issues the certificate (purges.py)."""
+    set turns the tenant into its tombstone and issues the certificate (purges.py). The
+    tenant's objects (export archives and parts, written by every service under
+    exports/<tenant>/) go first: a crash after that and before the commit only means the
+    redelivered report deletes nothing more."""
 
     async def on_purged_by(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
         report: TenantPurgedBy = event.payload
         if await purges.record_report(tx, event.tenant_id, report):
+            async with open_object_store(settings) as objects:
+                await objects.delete_prefix(f"exports/{event.tenant_id}/")
             await purges.conclude(
                 tx,
                 event.tenant_id,
@@ -69,6 +76,8 @@ def usage_consumers() -> dict[str, Handler[asyncpg.Connection]]:
 
 
 def purge_consumers(
-    purges: PurgeStore, signer: DocumentSigner, *, quarantine: timedelta
+    purges: PurgeStore, signer: DocumentSigner, settings: ServiceSettings, *, quarantine: timedelta
 ) -> dict[str, Handler[asyncpg.Connection]]:
-    return {"tenant.purged_by": purge_report_handler(purges, signer, quarantine=quarantine)}
+    return {
+        "tenant.purged_by": purge_report_handler(purges, signer, settings, quarantine=quarantine)
+    }

@@ -29,7 +29,31 @@ from tenantry_events.payloads.tenancy import (
     TenantState,
 )
 from tenantry_events.storage import PostgresOutbox
+from tenantry_service.purge import PurgeRules
 from tenantry_tenancy.domain import PURGE_PARTICIPANTS, DeletionFacts, deletion_certificate
+
+
+async def mark_key_destroyed(tx: asyncpg.Connection, tenant_id: UUID) -> None:
+    """After the purge deleted the tenant's data key (its wrapped material with its row),
+    a row says the key was destroyed, so that none is ever made again for the tenant (see
+    data_keys.py: a destroyed key is never recreated)."""
+    await tx.execute(
+        """INSERT INTO tenant_data_keys (tenant_id, wrapped_key, created_at, destroyed_at)
+           VALUES ($1, NULL, now(), now())
+           ON CONFLICT (tenant_id) DO UPDATE SET wrapped_key = NULL, destroyed_at = now()""",
+        tenant_id,
+    )
+
+
+# Tenancy's share of a purge (tenantry_service.purge does the deleting): the saga's own
+# rows stay until it concludes (`tenants`, `purges`), and what remains of a purged tenant
+# stays for good (`tenant_tombstones`, `slug_quarantine` until released). The tenant's
+# data key goes with every other row; `mark_key_destroyed` leaves the marker.
+TENANCY_PURGE = PurgeRules(
+    keep=frozenset({"tenants", "purges", "tenant_tombstones", "slug_quarantine"}),
+    data_key_table="tenant_data_keys",
+    extra_steps=(mark_key_destroyed,),
+)
 
 
 class PurgeView(msgspec.Struct, frozen=True, kw_only=True):
