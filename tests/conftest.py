@@ -8,6 +8,7 @@ import asyncpg
 import httpx
 import pytest_asyncio
 
+from tenantry_testkit.receiver import Receiver, running_receiver
 from tenantry_testkit.stack import Stack
 
 SERVICES = ("tenancy", "identity", "provisioning", "webhooks", "ratelimit")
@@ -39,3 +40,27 @@ async def service_dbs(stack: Stack) -> AsyncIterator[dict[str, asyncpg.Pool]]:
     finally:
         for pool in pools.values():
             await pool.close()
+
+
+@pytest_asyncio.fixture
+async def superuser_dbs(stack: Stack) -> AsyncIterator[dict[str, asyncpg.Pool]]:
+    """Every service's database as the superuser: past row-level security, and rows no
+    route makes (an SSO connection, thousands of SCIM users)."""
+    pools = {
+        s: await asyncpg.create_pool(
+            stack.super_dsn(stack.service_database(s)), min_size=1, max_size=3
+        )
+        for s in SERVICES
+    }
+    try:
+        yield pools
+    finally:
+        for pool in pools.values():
+            await pool.close()
+
+
+@pytest_asyncio.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A webhook receiver on loopback, for the test's endpoints."""
+    async with running_receiver() as running:
+        yield running

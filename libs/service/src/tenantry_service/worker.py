@@ -18,6 +18,7 @@ from tenantry_events.consumer import BrokerDeadLetters, EventConsumer, attach
 from tenantry_events.faults import Backoff, is_transient_db_error
 from tenantry_events.relay import KafkaPublisher, run_relay
 from tenantry_service.app import BACKGROUND_TOPICS, CRITICAL_TOPICS, ServiceSpec, WorkerTask
+from tenantry_service.export import close_object_store
 from tenantry_service.housekeeping import housekeeping
 from tenantry_service.runtime import Runtime
 from tenantry_service.worker_health import WorkerHealth
@@ -103,6 +104,7 @@ async def _run(
         await broker.stop()
         await publisher.stop()
         await runtime.data_keys.aclose()
+        await close_object_store(runtime.extras)  # an export's S3 client, if one was opened
         await runtime.db.close()
         log.info("worker stopped")
 

@@ -14,6 +14,7 @@ from litestar import Router
 from tenantry_provisioning.api import SCIM_ROUTER
 from tenantry_provisioning.consumers import provisioning_consumers
 from tenantry_provisioning.directory import Directory
+from tenantry_provisioning.export import PROVISIONING_EXPORTS
 from tenantry_provisioning.scim.accounts import IdentityAccounts
 from tenantry_provisioning.scim.errors import scim_error_response
 from tenantry_provisioning.scim.events import DirectoryEvents
@@ -59,6 +60,7 @@ SPEC = ServiceSpec(
     ],
     consumer_handlers=provisioning_consumers(),
     migration_packages=["tenantry_provisioning"],
+    exports=PROVISIONING_EXPORTS,
     settings_cls=ProvisioningSettings,
     on_startup=[DIRECTORY.start],
     on_shutdown=[DIRECTORY.stop],

@@ -14,6 +14,7 @@ from tenantry_guardrails.rate_limits import RateLimitStep
 from tenantry_projections.projections import standard_projections
 from tenantry_ratelimit.api import PlanPoliciesController, TenantPoliciesController, decide
 from tenantry_ratelimit.consumers import publishing_handlers
+from tenantry_ratelimit.export import RATELIMIT_EXPORTS
 from tenantry_ratelimit.store import PolicyStore
 from tenantry_ratelimit.throttles import report_throttles
 from tenantry_service.app import ServiceSpec, rate_limit_step
@@ -53,5 +54,6 @@ SPEC = ServiceSpec(
     consumer_handlers=standard_projections(),
     consumer_factory=worker_consumers,
     migration_packages=["tenantry_ratelimit"],
+    exports=RATELIMIT_EXPORTS,
     worker_tasks=[report_throttles],
 )
