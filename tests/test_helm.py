@@ -50,6 +50,7 @@ SECRET_SETTINGS = {
     "TENANTRY_DATABASE_URL",
     "TENANTRY_MIGRATION_DATABASE_URL",
     "TENANTRY_MASTER_KEY",
+    "TENANTRY_INTERNAL_API_SECRET",
     "TENANTRY_BOOTSTRAP_SECRET",
     "TENANTRY_SSO_CLIENT_SECRET",
     "TENANTRY_SMTP_PASSWORD",
@@ -451,8 +452,11 @@ def test_every_container_gets_the_region_and_its_settings(variant: str) -> None:
             for secret in SECRET_SETTINGS & set(env):
                 assert "valueFrom" in env[secret], f"{name}: {secret} must come from a Secret"
             service = name.split(f"{fullname(variant)}-", 1)[1].split("-")[0]
-            if service in ("identity", "webhooks"):
-                assert "secretKeyRef" in env["TENANTRY_MASTER_KEY"]["valueFrom"], name
+            # Every service wraps keys with its own master key (docs/data-keys.md), and
+            # every process but the migration calls tenancy's key API.
+            assert "secretKeyRef" in env["TENANTRY_MASTER_KEY"]["valueFrom"], name
+            if not name.endswith("-migrate"):
+                assert "secretKeyRef" in env["TENANTRY_INTERNAL_API_SECRET"]["valueFrom"], name
             if service == "identity":
                 assert env["TENANTRY_SMTP_HOST"]["value"], name
             else:
@@ -553,7 +557,28 @@ def test_network_policies_let_each_service_reach_only_what_it_needs(variant: str
         if p.get("podSelector", {}).get("matchLabels", {}).get(COMPONENT) == "api"
     ]
     assert from_apis, "identity's api must admit the other apis"
-    for service in set(SERVICES) - {"identity"}:
+    # tenancy's api takes calls from every api and worker (its internal key API), and every
+    # process may reach it there.
+    tenancy = policies[workload(variant, "tenancy", "api")]["spec"]
+    callers = {
+        p.get("podSelector", {}).get("matchLabels", {}).get(COMPONENT)
+        for rule in tenancy["ingress"]
+        for p in peers(rule, "from")
+        if "namespaceSelector" not in p
+    }
+    assert callers == {"api", "worker"}, callers
+    for service in SERVICES:
+        for role in ROLES:
+            spec = policies[workload(variant, service, role)]["spec"]
+            to_tenancy = [
+                labels
+                for rule in spec["egress"]
+                for p in peers(rule, "to")
+                for labels in (p.get("podSelector", {}).get("matchLabels", {}),)
+                if labels.get(COMPONENT) == "api" and labels.get("tenantry/service") == "tenancy"
+            ]
+            assert to_tenancy, f"{service} {role} must reach tenancy's key API"
+    for service in set(SERVICES) - {"identity", "tenancy"}:
         spec = policies[workload(variant, service, "api")]["spec"]
         for rule in spec["ingress"]:
             for peer in peers(rule, "from"):

@@ -4,8 +4,11 @@ tenant and person however many ask at once, only wrapped at rest, destroyed for 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
+import sys
 from datetime import UTC, datetime
+from uuid import UUID
 
 import pytest
 from uuid_utils.compat import uuid4
@@ -15,6 +18,7 @@ from tenantry_platform.clock import FakeClock
 from tenantry_service.data_keys import KeyDestroyed
 from tenantry_tenancy.data_keys import DataKeyStore, TenancyDataKeys
 from tenantry_testkit.fixtures import ScratchDatabase
+from tenantry_testkit.stack import Stack
 
 
 @pytest.fixture
@@ -159,3 +163,67 @@ async def test_tenancy_seals_and_opens_from_its_own_table(
         assert await keys.for_opening(tx, tenant) is None
         assert await keys.for_sealing(tx, tenant) is None
         assert await TenancyDataKeys(store).for_opening(tx, tenant) is None
+
+
+async def test_a_kek_rotation_rewraps_every_live_key_and_changes_none(
+    store: DataKeyStore, tenancy_db: ScratchDatabase
+) -> None:
+    old_kek, new_kek = SecretBox(os.urandom(32)), SecretBox(os.urandom(32))
+    before = DataKeyStore(tenancy_db.db, old_kek)
+    tenants = [uuid4() for _ in range(3)]
+    people = [(t, uuid4()) for t in tenants for _ in range(2)]
+    keys: dict[tuple[UUID, UUID | None], bytes] = {
+        (t, None): await before.get_or_create(t) for t in tenants
+    }
+    keys |= {(t, p): await before.get_or_create(t, p) for t, p in people}
+    await before.destroy_subject_key(*people[0])
+    del keys[people[0]]
+
+    after = DataKeyStore(tenancy_db.db, new_kek)
+    assert await after.rewrap(old_kek, batch_size=2) == len(keys)  # paged by 2
+    async with tenancy_db.db.transaction() as conn:
+        for (tenant, person), key in keys.items():
+            assert await after.read(conn, tenant, person) == key
+            with pytest.raises(DecryptionFailed):
+                await before.read(conn, tenant, person)
+        with pytest.raises(KeyDestroyed):
+            await after.read(conn, *people[0])
+    assert await after.rewrap(old_kek) == 0  # nothing left to do: safe to run again
+    with pytest.raises(DecryptionFailed):  # keys that open with neither
+        await DataKeyStore(tenancy_db.db, SecretBox(os.urandom(32))).rewrap(old_kek)
+
+
+async def test_the_rotation_command(stack: Stack, tenancy_db: ScratchDatabase) -> None:
+    old_key, new_key = os.urandom(32), os.urandom(32)
+    tenant = uuid4()
+    key = await DataKeyStore(tenancy_db.db, SecretBox(old_key)).get_or_create(tenant)
+    env = {
+        **os.environ,
+        "TENANTRY_DATABASE_URL": tenancy_db.app_dsn,
+        "TENANTRY_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+        "TENANTRY_MASTER_KEY": base64.b64encode(new_key).decode(),
+        "TENANTRY_PREVIOUS_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
+    }
+
+    async def run() -> tuple[int, str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tenantry_tenancy.rewrap_data_keys",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+        assert process.returncode is not None
+        return process.returncode, out.decode()
+
+    assert (await run())[0] == 1, "the wrong previous key changes nothing"
+    env["TENANTRY_PREVIOUS_MASTER_KEY"] = base64.b64encode(old_key).decode()
+    code, out = await run()
+    assert code == 0, out
+    assert "1 key(s) re-wrapped" in out
+    async with tenancy_db.db.transaction() as conn:
+        assert await DataKeyStore(tenancy_db.db, SecretBox(new_key)).read(conn, tenant) == key
+    env["TENANTRY_PREVIOUS_MASTER_KEY"] = "not base64"
+    assert (await run())[0] == 2

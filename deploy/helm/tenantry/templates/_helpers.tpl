@@ -143,7 +143,7 @@ cannot: minReplicas <= maxReplicas, KEDA's replica cap. (dict "root" $ "service"
 
 {{/* Variables every process of the suite sets itself; extraEnv may not name them. */}}
 {{- define "tenantry.managedEnv" -}}
-TENANTRY_REGION TENANTRY_LOG_LEVEL TENANTRY_KAFKA_BOOTSTRAP TENANTRY_REDIS_URL TENANTRY_DATABASE_URL TENANTRY_MIGRATION_DATABASE_URL TENANTRY_SERVICE_URLS TENANTRY_DB_POOL_SIZE TENANTRY_SHUTDOWN_GRACE_SECONDS TENANTRY_HTTP_HOST TENANTRY_HTTP_PORT TENANTRY_WORKER_HEALTH_PORT TENANTRY_MASTER_KEY TENANTRY_BOOTSTRAP_SECRET TENANTRY_SSO_CLIENT_SECRET TENANTRY_SMTP_PASSWORD
+TENANTRY_REGION TENANTRY_LOG_LEVEL TENANTRY_KAFKA_BOOTSTRAP TENANTRY_REDIS_URL TENANTRY_DATABASE_URL TENANTRY_MIGRATION_DATABASE_URL TENANTRY_SERVICE_URLS TENANTRY_DB_POOL_SIZE TENANTRY_SHUTDOWN_GRACE_SECONDS TENANTRY_HTTP_HOST TENANTRY_HTTP_PORT TENANTRY_WORKER_HEALTH_PORT TENANTRY_MASTER_KEY TENANTRY_INTERNAL_API_SECRET TENANTRY_BOOTSTRAP_SECRET TENANTRY_SSO_CLIENT_SECRET TENANTRY_SMTP_PASSWORD
 {{- end -}}
 
 {{/* TENANTRY_SERVICE_URLS: every api's in-cluster URL. */}}
@@ -220,6 +220,9 @@ Settings are TENANTRY_<FIELD> (libs/platform settings.py); secrets come from exi
 {{- end }}
 {{- if $svc.masterKey }}
 {{ include "tenantry.secretEnv" (dict "name" "TENANTRY_MASTER_KEY" "secret" $svc.masterKey.existingSecret "key" $svc.masterKey.key) }}
+{{- end }}
+{{- if ne .role "migrate" }}
+{{ include "tenantry.secretEnv" (dict "name" "TENANTRY_INTERNAL_API_SECRET" "secret" $values.internalApiSecret.existingSecret "key" $values.internalApiSecret.key) }}
 {{- end }}
 {{- if eq $name "identity" }}
 {{- if and $svc.bootstrapSecret $svc.bootstrapSecret.existingSecret }}

@@ -36,6 +36,10 @@ class RuntimeDataKeys(Protocol):
         self, tx: asyncpg.Connection, tenant_id: UUID, subject_id: UUID | None = None
     ) -> bytes | None: ...
 
+    async def forget(self, tx: asyncpg.Connection, tenant_id: UUID) -> None:
+        """A purge step: this process and service no longer hold the tenant's keys."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

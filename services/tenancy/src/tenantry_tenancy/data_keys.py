@@ -18,12 +18,27 @@ from uuid import UUID
 
 import asyncpg
 
-from tenantry_credentials.crypto import SecretBox
+from tenantry_credentials.crypto import DecryptionFailed, SecretBox
 from tenantry_events.pg import Database
 from tenantry_events.sealing import KEY_BYTES, KeysUnavailable
 from tenantry_platform.clock import Clock, SystemClock, utc
 from tenantry_platform.settings import ServiceSettings
 from tenantry_service.data_keys import CachedDataKeys, KeyCache, KeyDestroyed
+
+NIL_UUID = UUID(int=0)
+# The live keys of each table after a (tenant_id, subject_id) position, in that order; a
+# tenant's data key stands at subject NIL_UUID.
+_LIVE_KEYS = {
+    "tenant_data_keys": (
+        "SELECT tenant_id, $2::uuid AS subject_id, wrapped_key FROM tenant_data_keys"
+        " WHERE wrapped_key IS NOT NULL AND tenant_id > $1 ORDER BY tenant_id LIMIT $3"
+    ),
+    "subject_data_keys": (
+        "SELECT tenant_id, subject_id, wrapped_key FROM subject_data_keys"
+        " WHERE wrapped_key IS NOT NULL AND (tenant_id, subject_id) > ($1, $2)"
+        " ORDER BY tenant_id, subject_id LIMIT $3"
+    ),
+}
 
 
 def generate_data_key() -> bytes:
@@ -144,6 +159,56 @@ class DataKeyStore:
             )
         return destroyed is not None
 
+    async def rewrap(self, previous: SecretBox, *, batch_size: int = 500) -> int:
+        """A KEK rotation: every live key wrapped with `previous` is wrapped again with this
+        store's KEK (the new one). The keys themselves do not change, so nothing they sealed
+        is touched. A key already under the new KEK is left as it is: a run that stopped
+        half-way is run again. Returns how many keys were re-wrapped; DecryptionFailed if a
+        key opens with neither KEK."""
+        rewrapped = 0
+        for table, select in _LIVE_KEYS.items():
+            after = (NIL_UUID, NIL_UUID)  # keyset paging: (tenant_id, subject_id) in order
+            while True:
+                async with self._db.transaction() as conn:
+                    rows = await conn.fetch(select, *after, batch_size)
+                for row in rows:
+                    rewrapped += await self._rewrap_one(table, row, previous)
+                if len(rows) < batch_size:
+                    break
+                after = (rows[-1]["tenant_id"], rows[-1]["subject_id"])
+        return rewrapped
+
+    async def _rewrap_one(self, table: str, row: asyncpg.Record, previous: SecretBox) -> int:
+        tenant_id, subject_id = row["tenant_id"], row["subject_id"]
+        context = key_context(tenant_id, subject_id if table == "subject_data_keys" else None)
+        wrapped = bytes(row["wrapped_key"])
+        try:
+            self._kek.decrypt(wrapped, context)
+            return 0  # under the new KEK already
+        except DecryptionFailed:
+            key = previous.decrypt(wrapped, context)
+        rewrapped = self._kek.encrypt(key, context)
+        async with self._db.transaction() as conn:
+            # Only if the row still holds what was read (not destroyed meanwhile).
+            if table == "tenant_data_keys":
+                status = await conn.execute(
+                    "UPDATE tenant_data_keys SET wrapped_key = $3"
+                    " WHERE tenant_id = $1 AND wrapped_key = $2",
+                    tenant_id,
+                    wrapped,
+                    rewrapped,
+                )
+            else:
+                status = await conn.execute(
+                    "UPDATE subject_data_keys SET wrapped_key = $4"
+                    " WHERE tenant_id = $1 AND subject_id = $2 AND wrapped_key = $3",
+                    tenant_id,
+                    subject_id,
+                    wrapped,
+                    rewrapped,
+                )
+        return 1 if status == "UPDATE 1" else 0
+
     async def _insert_new(
         self, conn: asyncpg.Connection, tenant_id: UUID, subject_id: UUID | None
     ) -> None:
@@ -195,6 +260,12 @@ class TenancyDataKeys(CachedDataKeys):
         destroyed = await self._configured().destroy_tenant_key(tenant_id)
         self._cache.forget_tenant(tenant_id)
         return destroyed
+
+    async def forget(self, tx: asyncpg.Connection, tenant_id: UUID) -> None:
+        """A purge step (as ServiceDataKeys.forget): the purge itself deletes the key rows
+        and leaves the destroyed marker (purges.py); this drops this process's cached
+        copies, so nothing sealed or opened here uses the key again."""
+        self._cache.forget_tenant(tenant_id)
 
     async def destroy_subject_key(self, tenant_id: UUID, subject_id: UUID) -> bool:
         destroyed = await self._configured().destroy_subject_key(tenant_id, subject_id)

@@ -103,14 +103,13 @@ async def _answer(
         ) from None
     if key is None:
         raise Problem(404, "key-not-found", "Key not found", "No such key was ever made")
+    # The JSON log keeps the message only: what was served, to whom (never the key).
     log.info(
-        "data key served",
-        extra={
-            "tenant_id": str(tenant_id),
-            "subject_id": str(subject_id) if subject_id else None,
-            "caller": request.headers.get(CALLER_HEADER, "unnamed"),
-            "created_if_missing": create,
-        },
+        "data key served: tenant %s, subject %s, to %s%s",
+        tenant_id,
+        subject_id or "-",
+        request.headers.get(CALLER_HEADER, "an unnamed caller"),
+        " (made if missing)" if create else "",
     )
     sealed = transport.encrypt(key, transport_context(tenant_id, subject_id))
     return {
