@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import socket
 from collections.abc import AsyncIterator
-from pathlib import Path
 from uuid import UUID
 
 import asyncpg
@@ -70,7 +69,7 @@ def closed_port() -> int:
 def served_count(tenant_id: UUID) -> int:
     """How many keys of the tenant tenancy's api has served (its log says each one)."""
     needle = f"data key served: tenant {tenant_id}"
-    return sum(needle in line for line in Path(TENANCY_LOG).read_text().splitlines())
+    return sum(needle in line for line in TENANCY_LOG.read_text().splitlines())
 
 
 @pytest_asyncio.fixture
@@ -157,9 +156,9 @@ async def test_the_key_api_answers_the_deployments_services_only(
             )
             == key
         )
-        for body in (made.content, again.content):
-            assert base64.b64encode(key) not in body
-            assert key.hex().encode() not in body
+        for text in (made.content, again.content, TENANCY_LOG.read_bytes()):
+            assert base64.b64encode(key) not in text
+            assert key.hex().encode() not in text
         schema = await client.get("/schema/openapi.json")
         assert schema.status_code == 200
         assert not [p for p in schema.json()["paths"] if p.startswith("/internal")]
@@ -271,3 +270,34 @@ async def test_a_tenancy_outage_is_unavailable_never_erased(
     finally:
         await down.aclose()
         await misconfigured.aclose()
+
+
+async def test_erasing_one_person_leaves_the_tenants_key(
+    stack: Stack, service_databases: dict[str, Database], tenancy_keys: DataKeyStore
+) -> None:
+    tenant_id, erased, kept = UUID(str(uuid4())), UUID(str(uuid4())), UUID(str(uuid4()))
+    db = service_databases["provisioning"]
+    keys = service_keys(stack, "provisioning")
+    try:
+        async with db.transaction() as tx:
+            tenant_key = await keys.for_sealing(tx, tenant_id)
+            assert await keys.for_sealing(tx, tenant_id, erased) is not None
+            kept_key = await keys.for_sealing(tx, tenant_id, kept)
+        assert await tenancy_keys.destroy_subject_key(tenant_id, erased) is True
+        async with httpx.AsyncClient(base_url=stack.service_url("tenancy"), timeout=10) as client:
+            gone = await client.get(key_api_path(tenant_id, erased), headers=internal(stack))
+            assert gone.status_code == 410
+            assert (await client.get(key_api_path(tenant_id), headers=internal(stack))).is_success
+        async with db.transaction() as tx:
+            await keys.forget_subject(tx, tenant_id, erased)
+        assert sorted(str(r["subject_id"]) for r in await copies(db, tenant_id)) == sorted(
+            ["None", str(kept)]
+        )
+        for fresh in (keys, service_keys(stack, "provisioning")):
+            async with db.transaction() as tx:
+                assert await fresh.for_opening(tx, tenant_id, erased) is None
+                assert await fresh.for_sealing(tx, tenant_id, erased) is None
+                assert await fresh.for_opening(tx, tenant_id) == tenant_key
+                assert await fresh.for_opening(tx, tenant_id, kept) == kept_key
+    finally:
+        await keys.aclose()
