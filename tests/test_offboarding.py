@@ -13,6 +13,7 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -24,11 +25,23 @@ from uuid_utils.compat import uuid4
 
 from tenantry_testkit.fixtures import eventually
 from tenantry_testkit.mailbox import Mailbox, links, recipients
+from tenantry_testkit.oidc_provider import OidcAccount, OidcClient, OidcProvider
 from tenantry_testkit.receiver import Receiver, running_receiver
 from tenantry_testkit.stack import REPO, Stack
 
 from .conftest import PROJECTING, SERVICES
 from .test_identity import bearer, create_key, whoami_everywhere
+from .test_sso import (
+    OIDC_SECRET,
+    code_of,
+    error_of,
+    exchange,
+    failures,
+    oidc_connection,
+    oidc_login,
+)
+from .test_sso import browser_http as browser_http
+from .test_sso import identity as identity
 from .test_suspension import all_five
 
 pytestmark = pytest.mark.kafka
@@ -471,6 +484,78 @@ async def test_webhooks_deliver_the_offboarding_notice_then_pause_until_it_is_ca
         message="the held message and the cancellation delivered",
     )
     assert types()[0] == "tenant.offboarding_started"
+
+
+@pytest_asyncio.fixture
+async def leaving_idp(stack: Stack, tmp_path: Path) -> AsyncIterator[OidcProvider]:
+    """An OIDC provider whose "admins" group maps to admin: carol and dave sign in before
+    the offboarding (an admin and a member), erin only during it."""
+    callback = f"{stack.service_url('identity')}/sso/oidc/callback"
+    async with OidcProvider.running(
+        tmp_path,
+        clients=[
+            OidcClient(client_id="tenantry", client_secret=OIDC_SECRET, redirect_uris=[callback])
+        ],
+        accounts={
+            "u-carol": OidcAccount(email="carol@leaving.example", groups=["admins"]),
+            "u-dave": OidcAccount(email="dave@leaving.example", groups=["staff"]),
+            "u-erin": OidcAccount(email="erin@leaving.example", groups=["admins"]),
+        },
+    ) as op:
+        yield op
+
+
+async def test_sso_signs_in_only_existing_owners_and_admins_during_offboarding(
+    stack: Stack,
+    operator_headers: dict[str, str],
+    identity: httpx.AsyncClient,
+    browser_http: httpx.AsyncClient,
+    leaving_idp: OidcProvider,
+) -> None:
+    tenant = await tenant_with_people(stack, operator_headers)
+    connection_id = (await oidc_connection(identity, tenant.tenant_id, leaving_idp))["id"]
+
+    async def sign_in(login: str) -> httpx.Response:
+        return await oidc_login(browser_http, stack, leaving_idp, connection_id, login)
+
+    for login, role in (("u-carol", "admin"), ("u-dave", "member")):
+        code = code_of(await sign_in(login))
+        r = await exchange(browser_http, stack, code)
+        assert r.status_code == 200, r.text
+        assert r.json()["profile"]["role"] == role
+
+    await start_offboarding(stack, operator_headers, tenant.tenant_id, {"reason": "ends"})
+
+    async def dave_refused() -> bool:
+        return error_of(await sign_in("u-dave")) == "tenant-offboarding"
+
+    await eventually(dave_refused, timeout=30, message="the member's SSO login refused")
+    # The admin still signs in and gets tokens that read.
+    r = await exchange(browser_http, stack, code_of(await sign_in("u-carol")))
+    assert r.status_code == 200, r.text
+    assert r.json()["profile"]["role"] == "admin"
+    carol = bearer(r.json()["tokens"]["access_token"])
+    await all_five(stack, carol, 200, "the SSO admin reads everywhere")
+    # No account is made just in time, even for someone the IdP calls an admin.
+    assert error_of(await sign_in("u-erin")) == "tenant-offboarding"
+    r = await identity.get(f"/v1/tenants/{tenant.tenant_id}/accounts")
+    assert "erin@leaving.example" not in r.text
+    assert "tenant-offboarding" in await failures(identity, tenant.tenant_id, connection_id)
+
+    await cancel_offboarding(stack, operator_headers, tenant.tenant_id)
+
+    r = await exchange(browser_http, stack, code_of(await eventually_signed_in(sign_in)))
+    assert r.json()["profile"]["role"] == "member"
+
+
+async def eventually_signed_in(sign_in: Any) -> httpx.Response:
+    """dave's login once identity has heard that the offboarding was called off."""
+
+    async def signed_in() -> httpx.Response | None:
+        r: httpx.Response = await sign_in("u-dave")
+        return r if "code=" in r.headers.get("location", "") else None
+
+    return await eventually(signed_in, timeout=30, message="the member signs in again")
 
 
 async def test_owners_and_admins_are_mailed_when_offboarding_starts_and_before_the_purge(
