@@ -42,6 +42,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as S3ConnectionError
 
 from tenantry_events.envelope import Envelope, new_event
 from tenantry_events.faults import is_transient_db_error
@@ -57,7 +58,7 @@ EXPORT_REQUESTED = "tenant.export_requested"
 NDJSON = "application/x-ndjson"
 # Rows fetched per round trip of the cursor, and bytes gathered before handing a chunk to
 # the store: both bound the memory of an export, whatever the tenant's size.
-ROWS_PER_FETCH = 500
+ROWS_PER_FETCH = 200
 CHUNK_BYTES = 256 * 1024
 # S3 answers that mean "later", not "never".
 _S3_RETRY_CODES = frozenset({"SlowDown", "RequestTimeout", "ServiceUnavailable", "InternalError"})
@@ -115,8 +116,10 @@ def is_transient_export_error(exc: BaseException) -> bool:
     current: BaseException | None = exc
     while current is not None and current not in seen and len(seen) < 16:
         seen.append(current)
-        if is_transient_db_error(current) or isinstance(current, HTTPClientError):
-            return True  # HTTPClientError: botocore's connection refused, reset, timed out
+        if is_transient_db_error(current):
+            return True
+        if isinstance(current, S3ConnectionError | HTTPClientError):
+            return True  # botocore: connection refused or reset, timed out, closed early
         if isinstance(current, ClientError):
             error = current.response.get("Error", {})
             status = current.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
