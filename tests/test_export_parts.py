@@ -14,8 +14,9 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import tracemalloc
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -110,9 +111,11 @@ async def request_export(
     subject_account_id: str | None = None,
     *,
     export_id: UUID | None = None,
+    meanwhile: Callable[[str], Awaitable[None]] | None = None,
 ) -> tuple[UUID, str, dict[str, TenantExportPart]]:
     """tenant.export_requested through tenancy's outbox and relay (a new event each time,
-    for a new export unless `export_id` is given); the four parts it was answered with."""
+    for a new export unless `export_id` is given); the four parts it was answered with.
+    `meanwhile(prefix)` runs once the request is out, before the parts are awaited."""
     export_id = export_id or UUID(str(uuid4()))
     prefix = f"exports/{tenant_id}/{export_id}/"
     consumer = AIOKafkaConsumer(
@@ -148,6 +151,8 @@ async def request_export(
                 region=stack.env["TENANTRY_REGION"],
             )
             await PostgresOutbox(db).put(tx, [event])
+        if meanwhile is not None:
+            await meanwhile(prefix)
 
         async def all_parts() -> bool:
             batch = await consumer.getmany(timeout_ms=500)
@@ -668,3 +673,47 @@ async def test_an_unreachable_object_store_is_retried_not_reported(
         with pytest.raises(ObjectStoreError, match="cannot reach") as raised:
             await exporter.write("nowhere/", whole_tenant(UUID(str(uuid4()))))
     assert is_transient_export_error(raised.value)
+
+
+@pytest.mark.chaos
+async def test_a_worker_killed_mid_export_writes_its_part_again_when_restarted(
+    stack: Stack, superuser_dbs: dict[str, asyncpg.Pool]
+) -> None:
+    """kill -9 of provisioning's worker while it streams a file: nothing was committed
+    (no inbox mark, no part), so the request comes back to the restarted worker, which
+    writes the file whole and answers once."""
+    tenant_id, users = UUID(str(uuid4())), 60_000
+    directory = superuser_dbs["provisioning"]
+    await insert_scim_users(directory, tenant_id, users)
+    store = object_store_of(stack, "provisioning")
+    killed: list[int] = []
+
+    async def kill_mid_file(prefix: str) -> None:
+        folder = store.root / prefix / "provisioning"
+
+        async def writing() -> bool:
+            return folder.is_dir() and any(p.name.startswith(".tmp-") for p in folder.iterdir())
+
+        await eventually(writing, timeout=60, interval=0.01, max_interval=0.01, message="writing")
+        pid = int((REPO / ".local" / "run" / "provisioning-worker.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+        restart = await asyncio.create_subprocess_exec(
+            "bash",
+            str(REPO / "deploy" / "local" / "services.sh"),
+            "start",
+            "provisioning",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        assert await asyncio.wait_for(restart.wait(), timeout=120) == 0
+
+    try:
+        _, _, parts = await request_export(stack, str(tenant_id), meanwhile=kill_mid_file)
+    finally:
+        await directory.execute("DELETE FROM scim_users WHERE tenant_id = $1", tenant_id)
+    assert killed
+    part = parts["provisioning"]
+    assert part.error is None
+    contents = await read_files(stack, part)
+    assert len(lines(contents["provisioning/users.ndjson"])) == users
