@@ -26,7 +26,7 @@ class DocumentSigner:
         self._key: OKPKey | None = None
 
     async def sign(self, claims: dict[str, Any]) -> str:
-        """A compact JWS (a JWT, alg EdDSA, `kid` in the header) of the claims."""
+        """A compact JWS (a JWT, alg Ed25519, `kid` in the header) of the claims."""
         return sign(claims, await self._active())
 
     async def jwks(self) -> dict[str, Any]:

@@ -73,7 +73,7 @@ the manifest) as each Tenantry service keeps it, in the region where the tenant 
 
 - `manifest.json`: what the archive holds. For each file: its `name`, the `schema` each of
   its lines follows, the number of `records` (lines), its size in `bytes` and its `sha256`.
-- `manifest.jws`: the same manifest, signed (JWS compact serialization, alg EdDSA, Ed25519)
+- `manifest.jws`: the same manifest, signed (JWS compact serialization, alg Ed25519, RFC 9864)
   with the region's document key. The keys are published at the region's
   `/.well-known/document-jwks.json` on the tenancy API; the `kid` in the JWS header names the key.
 - `<service>/<resource>.ndjson`: newline-delimited JSON, UTF-8, one record per line.

@@ -243,7 +243,7 @@ async def deletion_certificate(
     db: NamedDependency[Database],
     purge_store: NamedDependency[PurgeStore],
 ) -> Response[Any]:
-    """`certificate`: the claims; `jws`: the same claims signed (EdDSA) with the region's
+    """`certificate`: the claims; `jws`: the same claims signed (alg Ed25519) with the region's
     document key, verifiable with /.well-known/document-jwks.json. With `Accept: text/html`, a page
     to print."""
     async with db.transaction(platform=True) as tx:

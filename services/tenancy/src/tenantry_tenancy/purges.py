@@ -136,7 +136,7 @@ class PurgeStore:
             report.purge_id,
             tenant_id,
             report.service,
-            msgspec.json.encode(report).decode(),
+            msgspec.to_builtins(report),
         )
         if row is None:
             return False
