@@ -173,7 +173,9 @@ async def close_object_store(extras: dict[str, object]) -> None:
         await handle.aclose()
 
 
-class _Count:
+class LineCount:
+    """How many lines `ndjson_lines` has produced so far (read once the store is done)."""
+
     def __init__(self) -> None:
         self.records = 0
 
@@ -182,7 +184,7 @@ _encoder = msgspec.json.Encoder()
 
 
 async def ndjson_lines(
-    conn: asyncpg.Connection, source: ExportSource, scope: ExportScope, count: _Count
+    conn: asyncpg.Connection, source: ExportSource, scope: ExportScope, count: LineCount
 ) -> AsyncIterator[bytes]:
     """The source's rows as NDJSON, in chunks of about CHUNK_BYTES, counted as they go."""
     args: tuple[Any, ...] = (scope.tenant_id,)
@@ -301,7 +303,7 @@ class TenantExporter:
         scope: ExportScope,
     ) -> ExportFile:
         name = f"{self._service}/{source.file}"
-        count = _Count()
+        count = LineCount()
         stored = await store.put(
             f"{prefix}{name}", ndjson_lines(conn, source, scope, count), content_type=NDJSON
         )
