@@ -59,8 +59,9 @@ SERVICE_PACKAGES = _packages_under("services")  # tenantry_tenancy -> tenancy
 
 # Each library and the libraries it may import. The ladder, lowest first: each rung may use
 # every rung below it. outbound stands beside the ladder, on platform and resilience alone,
-# and no library uses it (services do); so does objectstore, on platform alone. testkit is
-# test tooling: it may use anything.
+# and no library uses it (services do); so does objectstore, on platform alone, used by
+# service alone (a worker writes its share of an export: tenantry_service.export). testkit
+# is test tooling: it may use anything.
 _LADDER = (
     "resilience",
     "events",
@@ -73,6 +74,7 @@ _LADDER = (
 )
 LIB_LAYERS: dict[str, frozenset[str]] = {
     **{lib: frozenset(_LADDER[:rung]) for rung, lib in enumerate(_LADDER)},
+    "service": frozenset(_LADDER[:-1]) | {"objectstore"},
     "outbound": frozenset({"platform", "resilience"}),
     "objectstore": frozenset({"platform"}),
     "testkit": frozenset(LIB_PACKAGES.values()),
