@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import asyncpg
@@ -157,7 +157,10 @@ class ServiceSpec:
             region=runtime.settings.region,
             outbox=runtime.outbox,
             redis=runtime.redis,
-            rules=self.purge,
+            # ... and drops the tenant's data keys from this process's cache (data_keys.py).
+            rules=replace(
+                self.purge, extra_steps=(*self.purge.extra_steps, runtime.data_keys.forget)
+            ),
         )
         purging = {PURGE_REQUESTED: purger.handle}
         exporting = {EXPORT_REQUESTED: self.exporter(runtime).handle} if self.exports else {}
