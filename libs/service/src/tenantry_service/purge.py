@@ -52,6 +52,7 @@ NOT_TENANT_DATA: Mapping[str, str] = {
     "plans": "tenancy's plan catalog, shared by every tenant",
     "plan_rate_policies": "ratelimit's rate policies per plan, shared by every tenant",
     "signing_keys": "identity's token signing keys, the platform's own",
+    "document_signing_keys": "tenancy's keys for certificates and manifests, the platform's",
     PURGE_RECORD: "the purge's tombstone: counts only, kept on purpose",
 }
 # Tables without a tenant_id column whose rows belong to a tenant's rows of another
