@@ -185,7 +185,7 @@ class PurgeStore:
                WHERE purge_id = $1""",
             purge_id,
             now,
-            msgspec.json.encode(certificate).decode(),
+            certificate,
             jws,
         )
         tombstone = Tombstone(
@@ -210,9 +210,12 @@ class PurgeStore:
             tenant_id,
             now + quarantine,
         )
-        # Whatever tenancy's own purge left (it keeps the tenant's row for the saga).
+        # What tenancy's own share of the purge left: the tenant's row (the saga needed
+        # it) and the inbox marks of the reports that came after that share (this one's
+        # too: a redelivery finds the purge concluded and concludes nothing).
         await tx.execute("DELETE FROM offboarding_reminders WHERE tenant_id = $1", tenant_id)
         await tx.execute("DELETE FROM tenants WHERE tenant_id = $1", tenant_id)
+        await tx.execute("SELECT purge_tenant_rows('inbox'::regclass, $1)", tenant_id)
         purged = TenantPurged(
             tenant=TenantState(
                 name="",
