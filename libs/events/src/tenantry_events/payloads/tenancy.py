@@ -232,3 +232,42 @@ class TenantExportFailed(msgspec.Struct, frozen=True, kw_only=True):
     export_id: UUID
     reason: str
     requested_by: str
+
+
+# ------------------------------------------------------------------ erasing one person
+# GDPR Art. 17 inside a live tenant: tenancy destroys the person's subject key (so what
+# events said of them reads as erased everywhere) and asks every service to delete or
+# anonymize its rows of them; each answers, tenancy records the erasure as done.
+
+
+@event("subject.erasure_requested", owner="tenancy", public=False)
+class SubjectErasureRequested(msgspec.Struct, frozen=True, kw_only=True):
+    """Every service is to erase what it holds of one person (their account id, which is
+    also their SCIM user id) and forget its copy of their subject key, then answer with
+    subject.erased_by. Redelivery is harmless: a service answers with what it did."""
+
+    erasure_id: UUID
+    subject_id: UUID
+    by: str
+
+
+@event(
+    "subject.erased_by", owner="identity, provisioning, ratelimit, tenancy, webhooks", public=False
+)
+class SubjectErasedBy(msgspec.Struct, frozen=True, kw_only=True):
+    """One service erased what it held of the person: counts per table."""
+
+    erasure_id: UUID
+    subject_id: UUID
+    service: str
+    tables: list[PurgedRows]
+    completed_at: datetime
+
+
+@event("subject.erased", owner="tenancy", public=True)
+class SubjectErased(msgspec.Struct, frozen=True, kw_only=True):
+    """Every service erased the person; what events said of them reads as "[erased]"."""
+
+    erasure_id: UUID
+    subject_id: UUID
+    completed_at: datetime
