@@ -91,7 +91,7 @@ fi
 # clone on the machine, CI's included): a warm install checks the binary in 0.35 s. A cold
 # build (measured with the modules already downloaded) takes ~560 s of CPU and up to 2.2 GB
 # of RAM (33 min wall at low priority on this 2-core machine under load; idle: not
-# measured); the very first one also downloads ~2.1 GB of Go modules. So it is the last step: all
-# else is in place if it fails. It runs in the foreground: beside the test suite it would
-# take a core from timing-sensitive tests.
+# measured); the very first one also downloads ~2.1 GB of Go modules. So it is the last
+# step: all else is in place if it fails. It runs in the foreground: beside the test suite
+# it would take a core from timing-sensitive tests.
 bash "$REPO/deploy/local/seaweedfs.sh" install >/dev/null
