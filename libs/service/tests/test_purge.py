@@ -21,6 +21,7 @@ from uuid_utils.compat import uuid4
 from tenantry_events.envelope import Envelope, new_event
 from tenantry_events.kafka_codec import from_record
 from tenantry_events.payloads.tenancy import (
+    TenantPurged,
     TenantPurgedBy,
     TenantPurgeRequested,
     TenantState,
@@ -103,16 +104,15 @@ def purge_request(tenant_id: UUID, purge_id: UUID | None = None) -> Envelope[Any
     )
 
 
-def suspension(tenant_id: UUID) -> Envelope[Any]:
-    tenant = TenantState(
-        name="Acme",
-        slug="acme",
-        status="suspended",
-        plan="free",
-        home_region="local",
+def tenant_state() -> TenantState:
+    return TenantState(
+        name="Acme", slug="acme", status="suspended", plan="free", home_region="local"
     )
+
+
+def suspension(tenant_id: UUID) -> Envelope[Any]:
     return new_event(
-        TenantSuspended(tenant=tenant, reason="unpaid", by="operator"),
+        TenantSuspended(tenant=tenant_state(), reason="unpaid", by="operator"),
         tenant_id=tenant_id,
         subject=f"tenant/{tenant_id}",
         aggregate_version=2,
@@ -292,19 +292,30 @@ async def test_late_events_of_a_purged_tenant_are_dropped_with_their_inbox_mark(
         applied.append(envelope.type)
 
     handlers = skipping_purged_tenants(
-        {"tenant.suspended": project, "tenant.purge_requested": project}
+        {name: project for name in ("tenant.suspended", "tenant.purge_requested", "tenant.purged")}
     )
-    late, request = suspension(tenant), purge_request(tenant)
+    request = purge_request(tenant)
+    concluded = new_event(
+        TenantPurged(
+            tenant=tenant_state(), purge_id=request.payload.purge_id, certificate_id=uuid4()
+        ),
+        tenant_id=tenant,
+        subject=f"tenant/{tenant}",
+        aggregate_version=10,
+        source="/tenantry/tenancy",
+        region="local",
+    )
     await purge(service_db, redis, request)
-    for envelope in (late, request):
+    for envelope in (suspension(tenant), request, concluded):
         async with service_db.db.transaction(tenant_id=tenant) as tx:
             assert await PostgresInbox().claim(tx, "tenantry-identity", envelope.id)
             await handlers[envelope.type](tx, envelope)
-    assert applied == ["tenant.purge_requested"], "the saga's own events still flow"
+    # The saga's own events still flow (tenant.purged leaves the projection's tombstone).
+    assert applied == ["tenant.purge_requested", "tenant.purged"]
     marks = await service_db.db.pool.fetch(
         "SELECT event_id FROM inbox WHERE tenant_id = $1", tenant
     )
-    assert [m["event_id"] for m in marks] == [request.id]
+    assert {m["event_id"] for m in marks} == {request.id, concluded.id}
 
 
 @st.composite

@@ -39,10 +39,12 @@ from tenantry_platform.clock import Clock, SystemClock, utc
 log = logging.getLogger("tenantry.purge")
 
 PURGE_REQUESTED = "tenant.purge_requested"
-# The saga's own messages carry counts and ids, no tenant data, and must still flow after
-# a service's purge (tenancy collects the reports of a tenant it has purged its own rows
-# of): they are neither dropped as late events nor deleted from the outbox.
-SAGA_EVENTS = frozenset({PURGE_REQUESTED, "tenant.purged_by"})
+# The saga's own messages must still flow after a service's purge: tenancy collects the
+# reports of a tenant whose rows it has purged, and tenant.purged leaves every service's
+# tenant projection a tombstone (id and status `purged`, no name or slug: projections.py)
+# so its guard refuses the tenant's leftover tokens at once. They carry no personal data;
+# they are neither dropped as late events nor deleted from the outbox.
+SAGA_EVENTS = frozenset({PURGE_REQUESTED, "tenant.purged_by", "tenant.purged"})
 PURGE_RECORD = "tenant_purges"
 
 # Tables without a tenant_id column, each with why its rows are not the tenant's.
