@@ -46,11 +46,14 @@ from tenantry_service.export import (
 )
 from tenantry_testkit.fixtures import eventually, running_service_db
 from tenantry_testkit.mailbox import Mailbox, links
+from tenantry_testkit.oidc_provider import OidcProvider
 from tenantry_testkit.receiver import Receiver
 from tenantry_testkit.stack import REPO, Stack
 
 from .test_identity import bearer, create_key
 from .test_scim import GROUP, USER, scim_client, scim_tenant
+from .test_sso import OIDC_SECRET, oidc_connection
+from .test_sso import oidc_provider as oidc_provider  # a fixture: a real OIDC provider
 
 pytestmark = pytest.mark.kafka
 EXPORTING = ("identity", "provisioning", "webhooks", "ratelimit")
@@ -196,9 +199,10 @@ async def populated_tenant(
     operator_headers: dict[str, str],
     superuser_dbs: dict[str, asyncpg.Pool],
     receiver: Receiver,
+    oidc: OidcProvider,
 ) -> dict[str, Any]:
-    """A business tenant with rows in the four services; what the test must find (and
-    the secrets it must not)."""
+    """A business tenant with rows in the four services, made through their routes; what
+    the test must find (and the secrets it must not)."""
     tenant_id, scim_key = await scim_tenant(stack, operator_headers)
     secrets: list[str] = [scim_key, PASSWORD]
     async with httpx.AsyncClient(timeout=15) as client:
@@ -290,20 +294,13 @@ async def populated_tenant(
         )
         assert r.status_code == 200, r.text
 
-    # An SSO connection whose stored secret (and a config key that looks like one: a
-    # mistake the export must not repeat) never reach a file. No route stores either.
-    await superuser_dbs["identity"].execute(
-        """INSERT INTO sso_connections (connection_id, tenant_id, kind, name, enabled,
-               allow_idp_initiated, config, secrets, attribute_mapping, version)
-           VALUES ($1, $2, 'oidc', 'Test IdP', true, false, $3::jsonb, $4, '{}'::jsonb, 1)""",
-        uuid4(),
-        UUID(tenant_id),
-        json.dumps(
-            {"issuer": "https://idp.example", "client_id": "cid", "client_secret": "sso-cs-1"}
-        ),
-        b"sso-sealed-secret-2",
-    )
-    secrets += ["sso-cs-1", "sso-sealed-secret-2"]
+    # An OIDC connection made through identity's route: its client secret is stored
+    # (encrypted), and must reach no file.
+    async with httpx.AsyncClient(
+        base_url=stack.service_url("identity"), timeout=20, headers=operator_headers
+    ) as identity_admin:
+        await oidc_connection(identity_admin, tenant_id, oidc)
+    secrets.append(OIDC_SECRET)
 
     # Accounts made by SCIM belong to identity: Bob's account is the one SCIM gave him.
     bob_account = await eventually(
@@ -376,8 +373,9 @@ async def test_each_service_exports_its_share_of_a_tenant_streamed_counted_and_c
     operator_headers: dict[str, str],
     superuser_dbs: dict[str, asyncpg.Pool],
     receiver: Receiver,
+    oidc_provider: OidcProvider,
 ) -> None:
-    tenant = await populated_tenant(stack, operator_headers, superuser_dbs, receiver)
+    tenant = await populated_tenant(stack, operator_headers, superuser_dbs, receiver, oidc_provider)
     tenant_id = tenant["tenant_id"]
     export_id, prefix, parts = await request_export(stack, tenant_id)
 
@@ -419,7 +417,8 @@ async def test_each_service_exports_its_share_of_a_tenant_streamed_counted_and_c
     assert all("password_hash" not in a for a in accounts)
     assert all("key_sha256" not in k for k in lines(contents["identity/api_keys.ndjson"]))
     (connection,) = lines(contents["identity/sso_connections.ndjson"])
-    assert connection["config"] == {"issuer": "https://idp.example", "client_id": "cid"}
+    assert connection["kind"] == "oidc"
+    assert connection["config"]["client_id"] == "tenantry"
     (endpoint,) = lines(contents["webhooks/endpoints.ndjson"])
     assert endpoint["header_names"] == ["X-Receiver-Token"]
     assert "secret" not in endpoint
@@ -450,8 +449,9 @@ async def test_a_per_person_export_holds_that_persons_rows_only(
     operator_headers: dict[str, str],
     superuser_dbs: dict[str, asyncpg.Pool],
     receiver: Receiver,
+    oidc_provider: OidcProvider,
 ) -> None:
-    tenant = await populated_tenant(stack, operator_headers, superuser_dbs, receiver)
+    tenant = await populated_tenant(stack, operator_headers, superuser_dbs, receiver, oidc_provider)
     tenant_id, alice = tenant["tenant_id"], tenant["alice"]
 
     # Alice: her account, her personal key, her session; no SCIM user, nothing elsewhere.
