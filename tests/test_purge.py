@@ -6,8 +6,8 @@ scheduler will); one tenant.purged_by from each service. Then a scan of every co
 every table of every service's database finds nothing of the tenant (its marker string in
 any text, JSON or bytes, its id in any tenant_id column or text), Redis holds no key of it,
 and the neighbour's rows are all there. Redelivered, the request gets the same reports; a
-worker SIGKILLed mid-purge (held on a row lock the test takes) is restarted and finishes
-with the right counts, nothing left behind.
+late event of the tenant brings nothing back; a worker SIGKILLed mid-purge (held on a row
+lock the test takes) is restarted and finishes with the right counts, nothing left behind.
 
 Tenancy's own share (what it keeps as the tombstone) and Kafka's retained records are
 other tests' subjects: tenancy's tables that its spec keeps are not scanned here."""
@@ -32,7 +32,12 @@ from uuid_utils.compat import uuid4
 
 from tenantry_events.envelope import Envelope, new_event
 from tenantry_events.kafka_codec import from_record, to_record
-from tenantry_events.payloads.tenancy import TenantPurgedBy, TenantPurgeRequested
+from tenantry_events.payloads.tenancy import (
+    TenantPurgedBy,
+    TenantPurgeRequested,
+    TenantState,
+    TenantSuspended,
+)
 from tenantry_service.app import ServiceSpec
 from tenantry_service.purge import PURGE_RECORD, read_schema
 from tenantry_testkit.fixtures import eventually
@@ -41,6 +46,7 @@ from tenantry_testkit.stack import REPO, Stack
 
 from .conftest import SERVICES
 from .test_identity import bearer, create_key, whoami_everywhere
+from .test_rate_limits import published_everywhere, set_tenant_policies
 from .test_scim import GROUP, USER, scim_client
 
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
@@ -127,14 +133,12 @@ async def populated_tenant(
                 "/Groups", json={"schemas": [GROUP], "displayName": marker, "members": members}
             )
             assert group.status_code == 201, group.text
-        r = await client.put(
-            f"{stack.service_url('ratelimit')}/v1/tenants/{tenant_id}/rate-policies",
-            headers=operator_headers,
-            json={
-                "policies": [{"name": "hourly", "limit": 900, "period_seconds": 3600, "burst": 50}]
-            },
+        # An hourly policy: its Redis key outlives the test (a per-second one expires in
+        # seconds, before the purge could count it).
+        hourly = {"name": "hourly", "limit": 900, "period_seconds": 3600, "burst": 50}
+        policies = await set_tenant_policies(
+            client, stack, operator_headers, str(tenant_id), {"policies": [hourly]}
         )
-        assert r.status_code == 200, r.text
     await superuser_dbs["identity"].execute(
         """INSERT INTO sso_connections (connection_id, tenant_id, kind, name, enabled,
                allow_idp_initiated, config, secrets, attribute_mapping, version)
@@ -145,7 +149,6 @@ async def populated_tenant(
         '{"issuer": "https://idp.example", "client_id": "cid"}',
         marker.encode(),
     )
-    await whoami_everywhere(stack, bearer(key))  # every service counts the key in Redis
 
     async def delivered() -> bool:
         # Alice, Bob and Carol: three account.created, each delivered, so webhooks is still.
@@ -158,6 +161,13 @@ async def populated_tenant(
         return bool(row["deliveries"] >= 3 and row["ok"] == row["deliveries"])
 
     await eventually(delivered, timeout=60, message="the tenant's webhooks delivered")
+    await published_everywhere(superuser_dbs, str(tenant_id), policies["version"])
+
+    async def counted() -> bool:
+        await whoami_everywhere(stack, bearer(key))
+        return bool(await redis_keys_of(stack, tenant_id))
+
+    await eventually(counted, timeout=30, message="the tenant's rate-limit keys in Redis")
     return PopulatedTenant(tenant_id, marker, key)
 
 
@@ -173,18 +183,37 @@ def purge_request(tenant_id: UUID) -> Envelope[TenantPurgeRequested]:
     )
 
 
-async def publish(stack: Stack, envelope: Envelope[Any]) -> None:
-    """On the broker as tenancy's relay would put it (the same record twice is a
-    redelivery)."""
-    record = to_record(envelope)
+async def publish(stack: Stack, *envelopes: Envelope[Any], partition: int | None = None) -> None:
+    """On the broker as tenancy's relay would put them (the same record twice is a
+    redelivery), in order; on one `partition` to be consumed in that order."""
     producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
     await producer.start()
     try:
-        await producer.send_and_wait(
-            record.topic, record.value, key=record.key, headers=record.headers
-        )
+        for envelope in envelopes:
+            record = to_record(envelope)
+            await producer.send_and_wait(
+                record.topic,
+                record.value,
+                key=record.key,
+                headers=record.headers,
+                partition=partition,
+            )
     finally:
         await producer.stop()
+
+
+def suspension(tenant_id: UUID, name: str) -> Envelope[TenantSuspended]:
+    state = TenantState(
+        name=name, slug=name, status="suspended", plan="enterprise", home_region="local"
+    )
+    return new_event(
+        TenantSuspended(tenant=state, reason="test_purge", by="operator"),
+        tenant_id=tenant_id,
+        subject=f"tenant/{tenant_id}",
+        aggregate_version=1000,
+        source="/tenantry/tenancy",
+        region="local",
+    )
 
 
 async def reports(
@@ -333,6 +362,30 @@ async def test_a_purge_leaves_nothing_of_the_tenant_and_everything_of_the_neighb
     await publish(stack, request)
     again = await reports(stack, request.payload.purge_id, PURGING, each=2)
     assert {s: again[s][1] for s in PURGING} == first
+
+    # A late event of the tenant, then one of the neighbour behind it on the same
+    # partition: once the neighbour's is applied everywhere, the tenant's was handled, and
+    # dropped (it would have brought the tenant's projection back, its marker in the name).
+    await publish(
+        stack,
+        suspension(tenant.tenant_id, tenant.marker),
+        suspension(neighbour.tenant_id, neighbour.marker),
+        partition=0,
+    )
+
+    async def neighbour_suspended() -> bool:
+        statuses = [
+            await superuser_dbs[s].fetchval(
+                "SELECT status FROM tenant_projection WHERE tenant_id = $1", neighbour.tenant_id
+            )
+            for s in PURGING
+        ]
+        return statuses == ["suspended"] * len(PURGING)
+
+    await eventually(neighbour_suspended, timeout=60, message="the neighbour's suspension")
+    for service in PURGING:
+        traces = await traces_of(superuser_dbs[service], tenant, kept_tables(service))
+        assert traces == [], f"a late event brought back {traces} in {service}"
 
 
 def worker_pid(service: str) -> int:

@@ -319,28 +319,31 @@ class TenantPurger:
 def skipping_purged_tenants(
     handlers: Mapping[str, Handler[asyncpg.Connection]],
 ) -> dict[str, Handler[asyncpg.Connection]]:
-    """The handlers, each first checking that the event's tenant has no purge record here
-    (one primary-key lookup): a late event of a purged tenant is dropped, and its inbox
-    mark with it (so no row of the tenant comes back; a redelivery is dropped again)."""
+    """The handlers, each first checking whether the event's tenant has a purge record
+    here (one primary-key lookup). A late event of a purged tenant is dropped, so no row
+    of the tenant comes back; the saga's own events are handled (their handlers answer a
+    repeat as the first time). Either way an event of a purged tenant leaves no inbox
+    mark: the tombstone stays the tenant's only row, and a redelivery is dropped, or
+    answered, again."""
 
-    def guarded(handler: Handler[asyncpg.Connection]) -> Handler[asyncpg.Connection]:
+    def guarded(
+        event_type: str, handler: Handler[asyncpg.Connection]
+    ) -> Handler[asyncpg.Connection]:
         async def handle(tx: asyncpg.Connection, envelope: Envelope[Any]) -> None:
             purged = await tx.fetchval(
                 "SELECT true FROM tenant_purges WHERE tenant_id = $1", envelope.tenant_id
             )
-            if not purged:
+            if not purged or event_type in SAGA_EVENTS:
                 await handler(tx, envelope)
-                return
-            log.info("dropping %s %s: tenant purged", envelope.type, envelope.id)
-            await tx.execute(
-                "DELETE FROM inbox WHERE event_id = $1 AND tenant_id = $2",
-                envelope.id,
-                envelope.tenant_id,
-            )
+            else:
+                log.info("dropping %s %s: tenant purged", envelope.type, envelope.id)
+            if purged:
+                await tx.execute(
+                    "DELETE FROM inbox WHERE event_id = $1 AND tenant_id = $2",
+                    envelope.id,
+                    envelope.tenant_id,
+                )
 
         return handle
 
-    return {
-        event_type: handler if event_type in SAGA_EVENTS else guarded(handler)
-        for event_type, handler in handlers.items()
-    }
+    return {event_type: guarded(event_type, handler) for event_type, handler in handlers.items()}
