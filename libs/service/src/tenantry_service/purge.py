@@ -67,7 +67,7 @@ PURGED_THROUGH: Mapping[str, str] = {
 # own (`_purge_special`).
 PURGED_BY_RULE: Mapping[str, str] = {
     "outbox": "events waiting for Kafka, keyed by the tenant id (the record key)",
-    "idempotency_keys": "stored responses, scoped 'kind:subject:tenant_id' per principal",
+    "idempotency_keys": "stored responses, by principal ('kind:subject:tenant_id')",
 }
 
 # The service's copies of the tenant's data key (tenantry_projections' migrations): a row
@@ -189,11 +189,15 @@ async def _purge_special(tx: asyncpg.Connection, tenant_id: UUID, schema: Schema
             )
         )
     if "idempotency_keys" in schema.other_tables:
-        # The scope ends with the principal's tenant (tenantry_http.idempotency).
+        # The tenant's principals' keys (the scope ends with their tenant,
+        # tenantry_http.idempotency), and an operator's whose stored response names the
+        # tenant (a created tenant, an account made for it): a scan of at most a day's rows.
         counts["idempotency_keys"] = _deleted(
             await tx.execute(
-                "DELETE FROM idempotency_keys WHERE scope LIKE '%:' || $1::text",
+                """DELETE FROM idempotency_keys
+                   WHERE scope LIKE '%:' || $1::text OR position($2::bytea IN body) > 0""",
                 str(tenant_id),
+                str(tenant_id).encode(),
             )
         )
     return counts
