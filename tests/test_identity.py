@@ -37,6 +37,11 @@ PUBLIC_ROUTES = {
     ("POST", "/sso/saml/{connection_id}/acs"),
     ("GET", "/sso/saml/{connection_id}/slo"),
     ("GET", "/sso/oidc/callback"),
+    # The data lifecycle (tenancy): a deletion certificate and an export download are read
+    # by their unguessable id or token (the capability), the document keys by anyone.
+    ("GET", "/v1/deletion-certificates/{certificate_id}"),
+    ("GET", "/v1/export-downloads/{token}"),
+    ("GET", "/.well-known/document-jwks.json"),
 }
 
 

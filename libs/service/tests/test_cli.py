@@ -17,6 +17,7 @@ import pytest
             {
                 "TENANTRY_DATABASE_URL": "postgresql://x@127.0.0.1/x",
                 "TENANTRY_KAFKA_BOOTSTRAP": "127.0.0.1:9092",
+                "TENANTRY_MASTER_KEY": "A" * 43 + "=",  # tenancy requires one (32 bytes)
                 "TENANTRY_HTTP_PORT": "eighty",
             },
             "TENANTRY_HTTP_PORT",

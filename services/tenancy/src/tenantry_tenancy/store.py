@@ -231,7 +231,16 @@ async def rebuild_tenant(tx: asyncpg.Connection, stream_id: str, tenant: Tenant 
 
 
 async def tenant_row_streams(tx: asyncpg.Connection) -> builtins.list[str]:
-    rows = await tx.fetch("SELECT tenant_id FROM tenants ORDER BY tenant_id")
+    """The streams the state rows stand for. A purging tenant's row is left out, as is
+    any whose share tenancy has purged (tenant_purges): that share deletes the stream while
+    the row stays for the saga until it concludes, so "row present, events missing" is
+    then the purge, not drift."""
+    rows = await tx.fetch(
+        """SELECT tenant_id FROM tenants t
+           WHERE status <> 'purging'
+             AND NOT EXISTS (SELECT 1 FROM tenant_purges p WHERE p.tenant_id = t.tenant_id)
+           ORDER BY tenant_id"""
+    )
     return [TenantRepository.stream(r["tenant_id"]) for r in rows]
 
 
