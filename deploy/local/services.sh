@@ -29,6 +29,9 @@ service_env() {
   echo "TENANTRY_MASTER_KEY=$TENANTRY_MASTER_KEY"
   echo "TENANTRY_BOOTSTRAP_SECRET=$TENANTRY_BOOTSTRAP_SECRET"
   echo "TENANTRY_INTERNAL_API_SECRET=$TENANTRY_INTERNAL_API_SECRET"
+  # Export archives and parts (the embedded object store): one directory every service
+  # of this checkout shares, wherever a process is started from.
+  echo "TENANTRY_OBJECT_STORE_DIR=$LOCAL/objects"
 }
 
 run_in_env() {  # run_in_env SERVICE COMMAND... (execs: the pid stays the program's)
