@@ -107,7 +107,8 @@ async def populated_tenant(
         email = f"{marker}-alice@example.com"
         made = await client.post(
             f"{identity}/accounts",
-            headers=operator_headers,
+            # the stored response, under the operator's scope, names the tenant's admin
+            headers={**operator_headers, "Idempotency-Key": marker},
             json={"email": email, "password": PASSWORD, "role": "admin"},
         )
         assert made.status_code == 201, made.text
