@@ -25,6 +25,7 @@ from bench import (
     consume,
     guardrails,
     input_guard,
+    lifecycle,
     projection,
     relay,
     sealing,
@@ -96,6 +97,11 @@ BENCHMARKS: dict[str, tuple[Benchmark, bool, str]] = {
         sealing.run,
         False,
         "personal-field sealing: event append and consume (decode + unseal), with vs without",
+    ),
+    "lifecycle": (
+        lifecycle.run,
+        True,
+        "a big tenant's export (records/s, MB/s, worker RSS) vs COPY, and its purge",
     ),
     "webhooks": (
         webhooks.run,
