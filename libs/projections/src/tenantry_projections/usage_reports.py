@@ -36,6 +36,7 @@ import msgspec
 from tenantry_events.envelope import new_event
 from tenantry_events.payloads.usage import CountedResource, UsageReported
 from tenantry_events.pg import Database
+from tenantry_events.purged import purged_or_held
 from tenantry_events.storage import PostgresOutbox
 
 log = logging.getLogger("tenantry.usage_reports")
@@ -185,6 +186,8 @@ class UsageReporter:
             refresh_before = datetime.now(UTC) - timedelta(seconds=refresh_seconds)
             for row in page:
                 async with db.transaction(tenant_id=row["tenant_id"]) as tx:
+                    if await purged_or_held(tx, row["tenant_id"]):
+                        continue  # a purged tenant's tombstone: nothing to count, ever
                     reported += await self.report_if_stale(tx, row["tenant_id"], refresh_before)
             if len(page) < batch:
                 break

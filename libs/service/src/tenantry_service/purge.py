@@ -32,6 +32,7 @@ from redis.asyncio import Redis
 from tenantry_events.consumer import Handler
 from tenantry_events.envelope import Envelope, new_event
 from tenantry_events.payloads.tenancy import PurgedRows, TenantPurgedBy, TenantPurgeRequested
+from tenantry_events.purged import lock_for_purge, purged_or_held
 from tenantry_events.storage import PostgresOutbox
 from tenantry_guardrails.rate_limits import tenant_tag
 from tenantry_platform.clock import Clock, SystemClock, utc
@@ -281,6 +282,7 @@ class TenantPurger:
     async def _purge(
         self, tx: asyncpg.Connection, tenant_id: UUID, purge_id: UUID
     ) -> TenantPurgedBy:
+        await lock_for_purge(tx, tenant_id)  # writers racing the purge finish first
         await tx.execute(
             "INSERT INTO tenant_purges (tenant_id, purge_id) VALUES ($1, $2)", tenant_id, purge_id
         )
@@ -334,9 +336,12 @@ def skipping_purged_tenants(
         event_type: str, handler: Handler[asyncpg.Connection]
     ) -> Handler[asyncpg.Connection]:
         async def handle(tx: asyncpg.Connection, envelope: Envelope[Any]) -> None:
-            purged = await tx.fetchval(
-                "SELECT true FROM tenant_purges WHERE tenant_id = $1", envelope.tenant_id
-            )
+            if event_type in SAGA_EVENTS:  # the purge's own messages take no shared lock
+                purged = await tx.fetchval(
+                    "SELECT true FROM tenant_purges WHERE tenant_id = $1", envelope.tenant_id
+                )
+            else:
+                purged = await purged_or_held(tx, envelope.tenant_id)
             if not purged or event_type in SAGA_EVENTS:
                 await handler(tx, envelope)
             else:

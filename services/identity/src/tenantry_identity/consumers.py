@@ -13,6 +13,8 @@ from tenantry_events.envelope import Envelope
 from tenantry_events.payloads.identity import AccountCreated, ApiKeyUsed
 from tenantry_events.payloads.tenancy import (
     TenantCreated,
+    TenantExportCompleted,
+    TenantExportFailed,
     TenantOffboardingReminder,
     TenantOffboardingStarted,
 )
@@ -84,8 +86,26 @@ def identity_consumers(
         notice = notices.offboarding_reminder(event.tenant_id, payload.purge_at, payload.days_left)
         await notices.mail_admins(tx, store, mailer, event.tenant_id, notice)
 
+    async def on_export_completed(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
+        payload: TenantExportCompleted = event.payload
+        notice = notices.export_completed(
+            event.tenant_id, payload.export_id, payload.bytes, payload.records, payload.expires_at
+        )
+        await notices.mail_requester(
+            tx, store, mailer, event.tenant_id, payload.requested_by, notice
+        )
+
+    async def on_export_failed(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
+        payload: TenantExportFailed = event.payload
+        notice = notices.export_failed(event.tenant_id, payload.export_id, payload.reason)
+        await notices.mail_requester(
+            tx, store, mailer, event.tenant_id, payload.requested_by, notice
+        )
+
     return {
         "account.created": on_account_created,
+        "tenant.export_completed": on_export_completed,
+        "tenant.export_failed": on_export_failed,
         "tenant.created": on_tenant_created,
         "apikey.used": on_apikey_used,
         "webhook.endpoint_disabled": on_endpoint_disabled,

@@ -35,6 +35,32 @@ def redelivered_if_the_relay_fails() -> Iterator[None]:
         raise
 
 
+async def mail_requester(
+    tx: asyncpg.Connection,
+    store: IdentityStore,
+    mailer: MailSender,
+    tenant_id: UUID,
+    requested_by: str,
+    notice: Notice,
+) -> None:
+    """To whoever asked ("user:<account id>" or "operator:<account id>"); a request made
+    with an API key has no mailbox, so the tenant's owners and admins are told instead."""
+    kind, _, subject = requested_by.partition(":")
+    email = None
+    if kind in ("user", "operator"):
+        try:
+            email = await store.active_email(tx, UUID(subject), operator=kind == "operator")
+        except ValueError:
+            email = None
+    if email is None:
+        await mail_admins(tx, store, mailer, tenant_id, notice)
+        return
+    with redelivered_if_the_relay_fails():
+        await mailer.send(
+            email, notice.subject, notice.text, headers={"X-Tenantry-Notice": notice.kind}
+        )
+
+
 async def mail_admins(
     tx: asyncpg.Connection,
     store: IdentityStore,
@@ -95,4 +121,29 @@ def offboarding_reminder(tenant_id: UUID, purge_at: datetime, days_left: int) ->
         f"Tenant {tenant_id} is being offboarded: all of its data will be permanently deleted "
         f"in {days}, on {purge_at:%Y-%m-%d at %H:%M} UTC.\n\n" + _what_to_do(tenant_id),
         "tenant-offboarding-reminder",
+    )
+
+
+def export_completed(
+    tenant_id: UUID, export_id: UUID, size: int, records: int, expires_at: datetime
+) -> Notice:
+    exports = f"/v1/tenants/{tenant_id}/exports/{export_id}"
+    return Notice(
+        "Your data export is ready",
+        f"The export {export_id} of tenant {tenant_id} is ready: {records} records,"
+        f" {size} bytes, kept until {expires_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC.\n\n"
+        f"Make a download link with POST {exports}/links (it is shown once, lives an hour"
+        " and allows a few downloads), then download the archive from it. The archive's"
+        " manifest is signed: its README says how to verify it.\n",
+        "tenant-export-completed",
+    )
+
+
+def export_failed(tenant_id: UUID, export_id: UUID, reason: str) -> Notice:
+    return Notice(
+        "Your data export failed",
+        f"The export {export_id} of tenant {tenant_id} could not be made: {reason}.\n\n"
+        f"Request a new one (POST /v1/tenants/{tenant_id}/exports); if it fails again,"
+        " contact the platform operator with the export's id.\n",
+        "tenant-export-failed",
     )

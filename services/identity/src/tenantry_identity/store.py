@@ -555,6 +555,27 @@ class IdentityStore:
             tenant_id,
         )
 
+    async def active_email(
+        self, tx: asyncpg.Connection, account_id: UUID, *, operator: bool = False
+    ) -> str | None:
+        """The address of an active account (a tenant's user, or an operator), if any.
+        Operators belong to no tenant, so a tenant-scoped transaction (a consumer's) cannot
+        see their row: for this one read the scope is widened, then put back."""
+        scope = await tx.fetchval("SELECT current_setting('app.platform', true)")
+        if operator:
+            await tx.execute("SELECT set_config('app.platform', 'on', true)")
+        try:
+            email = await tx.fetchval(
+                "SELECT email FROM accounts WHERE account_id = $1 AND status = 'active'"
+                " AND (tenant_id IS NULL) = $2",
+                account_id,
+                operator,
+            )
+        finally:
+            if operator:
+                await tx.execute("SELECT set_config('app.platform', $1, true)", scope or "")
+        return str(email) if email is not None else None
+
     async def admin_emails(self, tx: asyncpg.Connection, tenant_id: UUID) -> list[str]:
         """Where a tenant's operational notices go: its active owners and admins whose
         addresses are verified."""
