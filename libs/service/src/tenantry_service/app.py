@@ -54,6 +54,7 @@ from tenantry_projections.projections import (
     PostgresTenantStatus,
 )
 from tenantry_resilience import CircuitBreaker
+from tenantry_service.erasure import ERASURE_REQUESTED, ErasureRules, SubjectEraser
 from tenantry_service.export import (
     EXPORT_REQUESTED,
     ExportSource,
@@ -131,6 +132,9 @@ class ServiceSpec:
     # The files of the service's share of a tenant's export (tenantry_service.export);
     # a service that declares none answers no export request.
     exports: Sequence[ExportSource] = ()
+    # What is one person's here, erased on request (tenantry_service.erasure); a service
+    # that declares nothing still forgets its copy of their key and answers.
+    erasure: ErasureRules = field(default_factory=ErasureRules)
     version: str = "0.1.0"
 
     @property
@@ -163,9 +167,22 @@ class ServiceSpec:
             ),
         )
         purging = {PURGE_REQUESTED: purger.handle}
+        erasing = {ERASURE_REQUESTED: self.eraser(runtime).handle}
         exporting = {EXPORT_REQUESTED: self.exporter(runtime).handle} if self.exports else {}
         return skipping_purged_tenants(
-            merge_handlers(self.consumer_handlers, built, purging, exporting)
+            merge_handlers(self.consumer_handlers, built, purging, erasing, exporting)
+        )
+
+    def eraser(self, runtime: Runtime) -> SubjectEraser:
+        """The service's `subject.erasure_requested` handler, erasing `erasure`."""
+        return SubjectEraser(
+            service=self.name,
+            source=runtime.source,
+            region=runtime.settings.region,
+            outbox=runtime.outbox,
+            statements=self.erasure.statements,
+            steps=[build(runtime) for build in self.erasure.steps],
+            forget_subject_key=runtime.data_keys.forget_subject,
         )
 
     def exporter(self, runtime: Runtime) -> TenantExporter:

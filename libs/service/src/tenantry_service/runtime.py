@@ -40,6 +40,12 @@ class RuntimeDataKeys(Protocol):
         """A purge step: this process and service no longer hold the tenant's keys."""
         ...
 
+    async def forget_subject(
+        self, tx: asyncpg.Connection, tenant_id: UUID, subject_id: UUID
+    ) -> None:
+        """An erasure step: this process and service no longer hold the person's key."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

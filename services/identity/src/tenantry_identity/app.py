@@ -27,6 +27,7 @@ from tenantry_identity.api import (
     jwks,
 )
 from tenantry_identity.consumers import identity_consumers
+from tenantry_identity.erasure import IDENTITY_ERASURE
 from tenantry_identity.export import IDENTITY_EXPORTS
 from tenantry_identity.keys import SigningKeys
 from tenantry_identity.sessions import Sessions
@@ -251,6 +252,7 @@ SPEC = ServiceSpec(
     consumer_factory=worker_consumers,
     migration_packages=["tenantry_identity"],
     exports=IDENTITY_EXPORTS,
+    erasure=IDENTITY_ERASURE,
     settings_cls=IdentitySettings,
     on_startup=[COMPONENTS.start],
     on_shutdown=[COMPONENTS.stop],

@@ -21,6 +21,7 @@ from tenantry_events.payloads.identity import (
     ApiKeyRevoked,
     EmailVerified,
 )
+from tenantry_events.sealing import ERASED
 
 Role = Literal["owner", "admin", "member"]
 TENANT_ROLES: tuple[Role, ...] = ("owner", "admin", "member")
@@ -97,6 +98,13 @@ def resend_wait(previous_sends: list[float], now: float) -> float:
     return max(waits)
 
 
+def erased_email(account_id: UUID) -> str:
+    """What an erased person's account row holds instead of their email: made of the id
+    alone (nothing of the person), unique per account as the email index needs, and in a
+    reserved domain (.invalid, RFC 2606) so that no mail is ever sent to it."""
+    return f"erased+{account_id}@erased.invalid"
+
+
 # ---------------------------------------------------------------- the aggregates
 # An account of a tenant (operators, who belong to no tenant, have no stream) and an API key
 # are event-sourced: their stream's first event starts them and `apply` folds each later
@@ -120,9 +128,12 @@ class Account:
     @staticmethod
     def start(event: Envelope[Any]) -> Account:
         created = first_payload(event, AccountCreated, "an account")
-        return state_from(
+        account = state_from(
             created, Account, tenant_id=event.tenant_id, version=event.aggregate_version
         )
+        if account.email == ERASED:  # the person was erased: their row holds the placeholder
+            return replace(account, email=erased_email(account.account_id))
+        return account
 
     def apply(self, event: Envelope[Any]) -> Account:
         match event.payload:

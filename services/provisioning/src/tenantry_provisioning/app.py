@@ -14,6 +14,7 @@ from litestar import Router
 from tenantry_provisioning.api import SCIM_ROUTER
 from tenantry_provisioning.consumers import provisioning_consumers
 from tenantry_provisioning.directory import Directory
+from tenantry_provisioning.erasure import PROVISIONING_ERASURE
 from tenantry_provisioning.export import PROVISIONING_EXPORTS
 from tenantry_provisioning.scim.accounts import IdentityAccounts
 from tenantry_provisioning.scim.errors import scim_error_response
@@ -61,6 +62,7 @@ SPEC = ServiceSpec(
     consumer_handlers=provisioning_consumers(),
     migration_packages=["tenantry_provisioning"],
     exports=PROVISIONING_EXPORTS,
+    erasure=PROVISIONING_ERASURE,
     settings_cls=ProvisioningSettings,
     on_startup=[DIRECTORY.start],
     on_shutdown=[DIRECTORY.stop],

@@ -22,6 +22,7 @@ from tenantry_webhooks.api import EndpointsController, MessagesController, event
 from tenantry_webhooks.consumers import webhooks_consumers
 from tenantry_webhooks.dispatcher import Dispatcher, DispatcherSettings
 from tenantry_webhooks.endpoint_secrets import EndpointSecrets
+from tenantry_webhooks.erasure import WEBHOOKS_ERASURE
 from tenantry_webhooks.export import WEBHOOKS_EXPORTS
 from tenantry_webhooks.retention import expunge_forever
 from tenantry_webhooks.sender import OutboundSender, outbound_policy
@@ -91,6 +92,7 @@ SPEC = ServiceSpec(
     consumer_handlers=merge_handlers(standard_projections(), webhooks_consumers()),
     migration_packages=["tenantry_webhooks"],
     exports=WEBHOOKS_EXPORTS,
+    erasure=WEBHOOKS_ERASURE,
     settings_cls=WebhooksSettings,
     worker_tasks=[dispatch, retention, reconcile_usage],
 )
