@@ -31,6 +31,8 @@ from tenantry_tenancy.api import (
 from tenantry_tenancy.consumers import export_consumers, purge_consumers, usage_consumers
 from tenantry_tenancy.data_keys import TenancyDataKeys
 from tenantry_tenancy.documents import DocumentSigner
+from tenantry_tenancy.erasure_api import ErasuresController
+from tenantry_tenancy.erasures import ErasureStore, erasure_consumers
 from tenantry_tenancy.export_api import Archives, ExportsController, download
 from tenantry_tenancy.export_sources import TENANCY_EXPORTS
 from tenantry_tenancy.export_store import ExportStore
@@ -57,6 +59,12 @@ def plan_store(runtime: NamedDependency[Runtime]) -> PlanStore:
 
 def purge_store(runtime: NamedDependency[Runtime]) -> PurgeStore:
     return PurgeStore(runtime.outbox, source=runtime.source, region=runtime.settings.region)
+
+
+def erasure_store(runtime: NamedDependency[Runtime]) -> ErasureStore:
+    keys = runtime.data_keys
+    assert isinstance(keys, TenancyDataKeys)  # tenancy keeps the keys (SPEC.data_keys)
+    return ErasureStore(runtime.outbox, keys, source=runtime.source, region=runtime.settings.region)
 
 
 def export_store(runtime: NamedDependency[Runtime]) -> ExportStore:
@@ -99,6 +107,7 @@ ROUTE_DEPENDENCIES = {
     "purge_store": Provide(purge_store, sync_to_thread=False),
     "document_signer": Provide(document_signer, sync_to_thread=False),
     "export_store": Provide(export_store, sync_to_thread=False),
+    "erasure_store": Provide(erasure_store, sync_to_thread=False),
     "archives": Provide(archives, sync_to_thread=False),
 }
 
@@ -109,6 +118,7 @@ def worker_consumers(runtime: Runtime) -> dict[str, Handler[asyncpg.Connection]]
         standard_projections(),
         usage_consumers(),
         export_consumers(export_store(runtime)),
+        erasure_consumers(erasure_store(runtime), SystemClock()),
         purge_consumers(
             purge_store(runtime),
             document_signer(runtime),
@@ -127,6 +137,7 @@ async def lifecycle_scheduler(runtime: Runtime, stop: asyncio.Event) -> None:
         purge_store(runtime),
         clock=SystemClock(),
         resend_after=settings.purge_resend_after,
+        erasures=erasure_store(runtime),
     )
     await scheduler.run(stop, settings.lifecycle_scan_seconds)
 
@@ -159,6 +170,7 @@ SPEC = ServiceSpec(
                 LifecycleController,
                 OffboardingController,
                 ExportsController,
+                ErasuresController,
                 LimitsController,
                 PlanController,
                 list_plans,

@@ -141,22 +141,29 @@ class DataKeyStore:
     async def destroy_subject_key(self, tenant_id: UUID, subject_id: UUID) -> bool:
         """Destroys one person's key (their erasure inside a live tenant), as
         destroy_tenant_key: a person who never had one gets a destroyed row."""
-        now = utc(self._clock)
         async with self._db.transaction() as conn:
-            destroyed = await conn.fetchval(
-                """
-                INSERT INTO subject_data_keys
-                    (tenant_id, subject_id, wrapped_key, created_at, destroyed_at)
-                VALUES ($1, $2, NULL, $3, $3)
-                ON CONFLICT (tenant_id, subject_id) DO UPDATE
-                    SET wrapped_key = NULL, destroyed_at = $3
-                    WHERE subject_data_keys.destroyed_at IS NULL
-                RETURNING tenant_id
-                """,
-                tenant_id,
-                subject_id,
-                now,
-            )
+            return await self.destroy_subject_key_in(conn, tenant_id, subject_id)
+
+    async def destroy_subject_key_in(
+        self, conn: asyncpg.Connection, tenant_id: UUID, subject_id: UUID
+    ) -> bool:
+        """destroy_subject_key in the caller's transaction (the erasure's: the key goes
+        with the request's record, or neither does)."""
+        now = utc(self._clock)
+        destroyed = await conn.fetchval(
+            """
+            INSERT INTO subject_data_keys
+                (tenant_id, subject_id, wrapped_key, created_at, destroyed_at)
+            VALUES ($1, $2, NULL, $3, $3)
+            ON CONFLICT (tenant_id, subject_id) DO UPDATE
+                SET wrapped_key = NULL, destroyed_at = $3
+                WHERE subject_data_keys.destroyed_at IS NULL
+            RETURNING tenant_id
+            """,
+            tenant_id,
+            subject_id,
+            now,
+        )
         return destroyed is not None
 
     async def rewrap(self, previous: SecretBox, *, batch_size: int = 500) -> int:
@@ -271,6 +278,22 @@ class TenancyDataKeys(CachedDataKeys):
         destroyed = await self._configured().destroy_subject_key(tenant_id, subject_id)
         self._cache.put(tenant_id, subject_id, None)
         return destroyed
+
+    async def destroy_subject_key_in(
+        self, tx: asyncpg.Connection, tenant_id: UUID, subject_id: UUID
+    ) -> bool:
+        """Destroys the person's key in the caller's transaction (the erasure's, see
+        erasures.py), and this process's cached copy."""
+        destroyed = await self._configured().destroy_subject_key_in(tx, tenant_id, subject_id)
+        self._cache.put(tenant_id, subject_id, None)
+        return destroyed
+
+    async def forget_subject(
+        self, tx: asyncpg.Connection, tenant_id: UUID, subject_id: UUID
+    ) -> None:
+        """An erasure step (as ServiceDataKeys.forget_subject): the erasure's request
+        destroyed the key here already; this drops this process's cached copy."""
+        self._cache.put(tenant_id, subject_id, None)
 
     async def _look_up(
         self, tx: asyncpg.Connection, tenant_id: UUID, subject_id: UUID | None, *, create: bool

@@ -23,6 +23,7 @@ from tenantry_events.payloads.tenancy import TenantPurgeRequested
 from tenantry_events.pg import Database
 from tenantry_platform.clock import Clock, utc
 from tenantry_tenancy.domain import REMINDER_DAYS, DomainError, Tenant
+from tenantry_tenancy.erasures import ErasureStore
 from tenantry_tenancy.purges import PurgeStore
 from tenantry_tenancy.store import TenantRepository, TenantRow
 
@@ -56,6 +57,7 @@ class Pass:
     purges_requested: int = 0
     reminders_sent: int = 0
     purges_asked_again: int = 0
+    erasures_asked_again: int = 0
 
 
 class LifecycleScheduler:
@@ -67,8 +69,10 @@ class LifecycleScheduler:
         *,
         clock: Clock,
         resend_after: timedelta,
+        erasures: ErasureStore | None = None,
     ) -> None:
         self._db = db
+        self._erasures = erasures  # one person's erasures missing reports (erasures.py)
         self._tenants = tenants
         self._purges = purges
         self._clock = clock
@@ -101,8 +105,16 @@ class LifecycleScheduler:
             reminded += sent
         async with self._db.transaction(platform=True) as tx:
             again = await self._purges.due_for_resend(tx, now, self._resend_after)
+            erasures_again = (
+                await self._erasures.due_for_resend(tx, now, self._resend_after)
+                if self._erasures
+                else []
+            )
         return Pass(
-            purges_requested=requested, reminders_sent=reminded, purges_asked_again=len(again)
+            purges_requested=requested,
+            reminders_sent=reminded,
+            purges_asked_again=len(again),
+            erasures_asked_again=len(erasures_again),
         )
 
     async def _due(self, tenant_id: UUID, now: datetime) -> tuple[int, int]:
