@@ -17,9 +17,13 @@ mid-purge) is in tests/test_purge.py and tests/test_export_parts.py.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
+import os
+import signal
+import subprocess
 import zipfile
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -288,3 +292,119 @@ async def test_offboarding_to_purge_leaves_a_certificate_and_nothing_readable_of
     # Kafka keeps its records (append-only), but the tenant's personal fields in them were
     # sealed with keys that no longer exist: nothing of them reads as plaintext.
     assert await kafka_records_holding(stack, emails) == []
+
+
+def worker_pid(service: str) -> int:
+    return int((REPO / ".local" / "run" / f"{service}-worker.pid").read_text().strip())
+
+
+def gone(pid: int) -> bool:
+    """Dead and reaped, or a zombie (a killed process stays one for a moment)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1].startswith("Z")
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.chaos
+async def test_every_worker_killed_mid_purge_and_the_saga_still_ends_with_the_right_counts(
+    stack: Stack,
+    operator_headers: dict[str, str],
+    superuser_dbs: dict[str, asyncpg.Pool],
+    receiver: Receiver,
+) -> None:
+    """Each service's purge is held inside its transaction (the test holds the tenant's
+    purge lock in every database), then all five workers, tenancy's orchestrator among
+    them, get SIGKILL. Restarted, they purge again from the start and the saga concludes
+    with the counts of the rows that were there."""
+    tenant = await populated_tenant(stack, operator_headers, superuser_dbs, receiver)
+    before = {s: await rows_by_table(superuser_dbs[s], tenant.tenant_id) for s in SERVICES}
+    lock = f"tenantry.purge:{tenant.tenant_id}"
+    holders = {s: await superuser_dbs[s].acquire() for s in SERVICES}
+    killed: dict[str, int] = {}
+    try:
+        for conn in holders.values():
+            await conn.execute("SELECT pg_advisory_lock_shared(hashtextextended($1, 0))", lock)
+        async with httpx.AsyncClient(
+            base_url=stack.service_url("tenancy"), timeout=30, headers=operator_headers
+        ) as client:
+            url = f"/v1/tenants/{tenant.tenant_id}"
+            assert (
+                await client.post(f"{url}/offboarding", json={"reason": "x"})
+            ).status_code == 200
+            early = await client.post(f"{url}/purge", json={"reason": "the contract says now"})
+            assert early.status_code == 202, early.text
+
+        async def every_purge_waits() -> bool:
+            for service in SERVICES:
+                waiting = await superuser_dbs[service].fetchval(
+                    """SELECT count(*) FROM pg_stat_activity
+                       WHERE datname = current_database() AND wait_event_type = 'Lock'
+                         AND query LIKE '%pg_advisory_xact_lock(%'"""
+                )
+                if not waiting:
+                    return False
+            return True
+
+        await eventually(every_purge_waits, timeout=90, message="five purges held on the lock")
+        for service in SERVICES:
+            killed[service] = worker_pid(service)
+            os.kill(killed[service], signal.SIGKILL)
+    finally:
+        for service, conn in holders.items():
+            await conn.execute("SELECT pg_advisory_unlock_all()")
+            await superuser_dbs[service].release(conn)
+
+    async def all_gone() -> bool:
+        return all(gone(pid) for pid in killed.values())
+
+    await eventually(all_gone, timeout=15, message="the five killed workers gone")
+    for service in SERVICES:  # every purge rolled back: no record, the rows still there
+        still = await rows_by_table(superuser_dbs[service], tenant.tenant_id)
+        assert all(still.get(t, 0) >= n for t, n in before[service].items()), service
+        assert (
+            await superuser_dbs[service].fetchval(
+                "SELECT count(*) FROM tenant_purges WHERE tenant_id = $1", tenant.tenant_id
+            )
+            == 0
+        ), service
+    started = await asyncio.to_thread(
+        subprocess.run,
+        ["bash", str(REPO / "deploy" / "local" / "services.sh"), "start"],
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    assert started.returncode == 0, started.stderr
+    assert all(worker_pid(s) != killed[s] for s in SERVICES)
+
+    async with httpx.AsyncClient(
+        base_url=stack.service_url("tenancy"), timeout=30, headers=operator_headers
+    ) as client:
+
+        async def concluded() -> dict[str, Any] | None:
+            r = await client.get(f"/v1/tenants/{tenant.tenant_id}/purge")
+            return r.json() if r.status_code == 200 and r.json()["completed_at"] else None
+
+        purge = await eventually(concluded, timeout=180, message="the purge after the kills")
+        assert purge["early"] is True
+        certificate = await client.get(f"/v1/deletion-certificates/{purge['certificate_id']}")
+        services = certificate.json()["certificate"]["services"]
+    for service in SERVICES:
+        purged = services[service]["tables"]
+        # Every table that held rows of the tenant before is counted, with at least those
+        # rows (inbox marks and usage reports may have grown since the count).
+        short = {
+            t: (n, purged.get(t, 0))
+            for t, n in before[service].items()
+            if n and t not in GROWING | TENANCY_REMAINS | {"tenants"} and purged.get(t, 0) < n
+        }
+        assert not short, f"{service}: rows before vs purged {short}"
+        traces = await traces_of(
+            superuser_dbs[service],
+            tenant,
+            (TENANCY_REMAINS if service == "tenancy" else kept_tables(service))
+            | {"tenant_projection"},
+        )
+        assert traces == [], f"{service} still holds {traces}"
