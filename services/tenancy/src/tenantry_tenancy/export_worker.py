@@ -9,7 +9,6 @@ which stay until the archive is safely stored.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,6 +17,7 @@ from uuid import UUID
 from tenantry_events.pg import Database
 from tenantry_objectstore.store import ObjectStore
 from tenantry_platform.clock import Clock, utc
+from tenantry_service.periodic import run_periodically
 from tenantry_tenancy.export_archive import PartMismatch, Sign, assemble
 from tenantry_tenancy.export_store import ExportStore
 
@@ -30,6 +30,9 @@ class ExportPass:
     failed: int = 0
     asked_again: int = 0
     expired: int = 0
+
+    def __bool__(self) -> bool:
+        return self != ExportPass()
 
 
 class ExportWorker:
@@ -55,15 +58,7 @@ class ExportWorker:
         self._keep = keep
 
     async def run(self, stop: asyncio.Event, every: float) -> None:
-        while not stop.is_set():
-            try:
-                done = await self.run_once()
-                if done != ExportPass():
-                    log.info("export pass: %s", done)
-            except Exception:  # the next pass retries
-                log.exception("export pass failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=every)
+        await run_periodically(self.run_once, stop, every, log=log, what="export pass")
 
     async def run_once(self) -> ExportPass:
         now = utc(self._clock)

@@ -10,7 +10,6 @@ worked on, and every step checks the state it found.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,6 +21,7 @@ from uuid_utils.compat import uuid7
 from tenantry_events.payloads.tenancy import TenantPurgeRequested
 from tenantry_events.pg import Database
 from tenantry_platform.clock import Clock, utc
+from tenantry_service.periodic import run_periodically
 from tenantry_tenancy.domain import REMINDER_DAYS, DomainError, Tenant
 from tenantry_tenancy.erasures import ErasureStore
 from tenantry_tenancy.purges import PurgeStore
@@ -57,6 +57,10 @@ class Pass:
     purges_requested: int = 0
     reminders_sent: int = 0
     purges_asked_again: int = 0
+
+    def __bool__(self) -> bool:
+        return self != Pass()
+
     erasures_asked_again: int = 0
 
 
@@ -79,15 +83,7 @@ class LifecycleScheduler:
         self._resend_after = resend_after
 
     async def run(self, stop: asyncio.Event, every: float) -> None:
-        while not stop.is_set():
-            try:
-                done = await self.run_once()
-                if done != Pass():
-                    log.info("lifecycle pass: %s", done)
-            except Exception:  # a failed pass is retried by the next one
-                log.exception("lifecycle pass failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=every)
+        await run_periodically(self.run_once, stop, every, log=log, what="lifecycle pass")
 
     async def run_once(self) -> Pass:
         now = utc(self._clock)
