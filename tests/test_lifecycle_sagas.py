@@ -45,6 +45,8 @@ from tenantry_testkit.receiver import Receiver
 from tenantry_testkit.stack import REPO, Stack
 
 from .conftest import SERVICES
+from .test_export_parts import insert_scim_users, object_store_of
+from .test_identity import new_tenant
 from .test_purge import (
     GROWING,
     kept_tables,
@@ -408,3 +410,64 @@ async def test_every_worker_killed_mid_purge_and_the_saga_still_ends_with_the_ri
             | {"tenant_projection"},
         )
         assert traces == [], f"{service} still holds {traces}"
+
+
+@pytest.mark.chaos
+async def test_the_orchestrator_and_a_service_killed_mid_export_and_the_export_completes(
+    stack: Stack, operator_headers: dict[str, str], superuser_dbs: dict[str, asyncpg.Pool]
+) -> None:
+    """SIGKILL of provisioning's worker while it streams its file, and of tenancy's worker
+    (which collects the parts and assembles the archive) at the same moment: restarted,
+    provisioning writes its part again, tenancy picks the job up from its row, and the
+    archive holds every user once."""
+    users = 40_000
+    tenant_id = UUID(await new_tenant(stack, operator_headers, plan="business"))
+    await insert_scim_users(superuser_dbs["provisioning"], tenant_id, users)
+    parts = object_store_of(stack, "provisioning").root
+    killed: dict[str, int] = {}
+    try:
+        async with httpx.AsyncClient(
+            base_url=stack.service_url("tenancy"), timeout=30, headers=operator_headers
+        ) as client:
+            started = await client.post(f"/v1/tenants/{tenant_id}/exports", json={})
+            assert started.status_code == 202, started.text
+            export_id = started.json()["export_id"]
+            folder = parts / "exports" / str(tenant_id) / export_id / "provisioning"
+
+            async def writing() -> bool:
+                return folder.is_dir() and any(p.name.startswith(".tmp-") for p in folder.iterdir())
+
+            await eventually(
+                writing, timeout=60, interval=0.01, max_interval=0.01, message="mid-file"
+            )
+            for service in ("provisioning", "tenancy"):
+                killed[service] = worker_pid(service)
+                os.kill(killed[service], signal.SIGKILL)
+
+            async def both_gone() -> bool:
+                return all(gone(pid) for pid in killed.values())
+
+            await eventually(both_gone, timeout=15, message="the killed workers gone")
+            restarted = await asyncio.to_thread(
+                subprocess.run,
+                ["bash", str(REPO / "deploy" / "local" / "services.sh"), "start"],
+                capture_output=True,
+                timeout=300,
+                check=False,
+            )
+            assert restarted.returncode == 0, restarted.stderr
+            job = await finished_export(client, tenant_id, export_id, operator_headers)
+            assert job["status"] == "completed", job["failure"]
+            assert job["parts"]["provisioning"]["records"] == users
+            link = (
+                await client.post(f"/v1/tenants/{tenant_id}/exports/{export_id}/links", json={})
+            ).json()
+            archive = (await client.get(link["url"])).content
+        with zipfile.ZipFile(io.BytesIO(archive)) as z:
+            data = z.read("provisioning/users.ndjson")
+        ids = [json.loads(line)["id"] for line in data.splitlines()]
+        assert len(ids) == len(set(ids)) == users
+    finally:
+        await superuser_dbs["provisioning"].execute(
+            "DELETE FROM scim_users WHERE tenant_id = $1", tenant_id
+        )
