@@ -429,6 +429,7 @@ async def run(ctx: Context) -> BenchResult:
                     f"deleted directly before the purge ({now() - t0:.1f}s, vacuum included); "
                     "the purge below does not include them"
                 )
+            pids = await worker_pids()  # again: a worker may have been restarted meanwhile
             purged_run = await _sampled(pids, purge(client, tenant_id, restarts))
             (progress, purge_s, certificate), purge_mem = purged_run
             purged = True
