@@ -143,3 +143,25 @@ async def test_a_short_grace_sends_one_reminder_and_a_cancelled_offboarding_is_n
         "tenant.offboarding_started",
         "tenant.offboarding_cancelled",
     ]
+
+
+async def test_a_quarantined_slug_is_released_when_its_quarantine_ends(
+    tenancy_db: ScratchDatabase,
+) -> None:
+    parts = Parts(tenancy_db)
+    now = utc(parts.clock)
+    async with parts.db.transaction(platform=True) as tx:
+        for slug, days in (("ended", -1), ("held", 29)):
+            await tx.execute(
+                "INSERT INTO slug_quarantine (slug, tenant_id, released_at) VALUES ($1, $2, $3)",
+                slug,
+                uuid4(),
+                now + timedelta(days=days),
+            )
+        assert await parts.purges.quarantined(tx, "held", now)
+        assert not await parts.purges.quarantined(tx, "ended", now)
+    assert await parts.scheduler().run_once() == Pass(slugs_released=1)
+    parts.advance(days=29)
+    assert await parts.scheduler().run_once() == Pass(slugs_released=1)
+    async with parts.db.transaction(platform=True) as tx:
+        assert await tx.fetchval("SELECT count(*) FROM slug_quarantine") == 0

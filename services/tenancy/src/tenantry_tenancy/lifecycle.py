@@ -57,6 +57,7 @@ class Pass:
     purges_requested: int = 0
     reminders_sent: int = 0
     purges_asked_again: int = 0
+    slugs_released: int = 0
 
     def __bool__(self) -> bool:
         return self != Pass()
@@ -106,11 +107,13 @@ class LifecycleScheduler:
                 if self._erasures
                 else []
             )
+            released = await self._purges.release_slugs(tx, now)
         return Pass(
             purges_requested=requested,
             reminders_sent=reminded,
             purges_asked_again=len(again),
             erasures_asked_again=len(erasures_again),
+            slugs_released=released,
         )
 
     async def _due(self, tenant_id: UUID, now: datetime) -> tuple[int, int]:

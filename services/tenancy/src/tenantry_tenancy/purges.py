@@ -305,6 +305,12 @@ class PurgeStore:
         await self._emit(tx, tenant_id, reminder, version)
         return True
 
+    async def release_slugs(self, tx: asyncpg.Connection, now: datetime) -> int:
+        """Forget the slugs whose quarantine has ended (a purged tenant's slug is kept no
+        longer than that); they are free for new tenants from then on."""
+        status = await tx.execute("DELETE FROM slug_quarantine WHERE released_at <= $1", now)
+        return int(status.split()[-1])
+
     async def quarantined(self, tx: asyncpg.Connection, slug: str, now: datetime) -> bool:
         return bool(
             await tx.fetchval(
