@@ -195,6 +195,16 @@ async def test_an_erased_person_is_gone_everywhere_and_the_others_are_not(
 ) -> None:
     erased, kept = f"erase-{uuid4().hex[:12]}", f"keep-{uuid4().hex[:12]}"
     tenant_id = await new_tenant(stack, operator_headers, kept)
+
+    async def identity_knows_the_tenant() -> bool:
+        # identity enforces plan limits from its projection: keys wait for it.
+        return bool(
+            await superuser_dbs["identity"].fetchval(
+                "SELECT true FROM tenant_limits WHERE tenant_id = $1", tenant_id
+            )
+        )
+
+    await eventually(identity_knows_the_tenant, timeout=60, message="identity knows the tenant")
     key = (
         await create_key(
             stack, operator_headers, str(tenant_id), ["scim:write", "tenant:read", "tenant:write"]
