@@ -42,6 +42,10 @@ def test_overrides_replace_only_what_they_name() -> None:
         {"sso": 1},
         {"burst": 0},
         {"requests_per_second": False},
+        {"offboarding_grace_days": -1},
+        {"offboarding_grace_days": 3651},
+        {"offboarding_grace_days": None},
+        {"offboarding_grace_days": 1.5},
         {"unknown": 1},
     ],
 )
@@ -54,6 +58,7 @@ values = {
     "feature": st.booleans(),
     "quantity": st.one_of(st.none(), st.integers(min_value=0, max_value=10**6)),
     "rate": st.integers(min_value=1, max_value=10**4),
+    "days": st.integers(min_value=0, max_value=3650),
 }
 
 
