@@ -59,6 +59,9 @@ ROLES = ("owner", "admin", "member")
 DECLARED_FOR_OFFBOARDING = {
     ("GET", "/v1/tenants/{tenant_id}/offboarding"),
     ("DELETE", "/v1/tenants/{tenant_id}/offboarding"),
+    # One person may still be erased during the grace period (docs/lifecycle.md).
+    ("POST", "/v1/tenants/{tenant_id}/erasures"),
+    ("GET", "/v1/tenants/{tenant_id}/erasures/{erasure_id}"),
 }
 
 
