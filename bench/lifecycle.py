@@ -44,13 +44,8 @@ from tenantry_testkit.fixtures import operator_token
 from tenantry_webhooks.export import WEBHOOKS_EXPORTS
 
 USERS = int(os.environ.get("BENCH_LIFECYCLE_USERS", "20000"))
-ATTEMPTS = int(os.environ.get("BENCH_LIFECYCLE_ATTEMPTS", "8000"))
+ATTEMPTS = int(os.environ.get("BENCH_LIFECYCLE_ATTEMPTS", "100000"))
 ATTEMPTS_PER_DELIVERY = 4
-# Set (to anything): before the purge, delete the tenant's webhook attempts and deliveries
-# directly. For the issue's sizes only: deleting deliveries cascades to attempts, which has
-# no index on delivery_id, so the purge scans attempts once per delivery (quadratic: hours
-# at 250k deliveries and 1M attempts). The purge then measures everything else.
-TRIM_WEBHOOKS = bool(os.environ.get("BENCH_LIFECYCLE_TRIM_WEBHOOKS"))
 SAMPLE_EVERY = 0.05  # seconds between two VmRSS reads
 POLL_EVERY = 0.1  # seconds between two GETs of the export / purge
 RESTART_GRACE = 120.0  # seconds a service restarted by someone else may take to answer
@@ -184,23 +179,6 @@ async def seed(dbs: dict[str, asyncpg.Pool], tenant_id: UUID, marker: str) -> Se
     for service in ("provisioning", "webhooks"):
         await dbs[service].execute("ANALYZE")
     return Seeded(USERS, messages, messages, messages * ATTEMPTS_PER_DELIVERY)
-
-
-async def trim_webhooks(dbs: dict[str, asyncpg.Pool], tenant_id: UUID) -> int:
-    """The tenant's attempts, then its deliveries, deleted with the cascade triggers off
-    (their rows are gone first), then the two tables rewritten. Returns the rows deleted."""
-    async with dbs["webhooks"].acquire() as conn:
-        async with conn.transaction():
-            await conn.execute("SET LOCAL session_replication_role = replica")
-            attempts = await conn.execute("DELETE FROM attempts WHERE tenant_id = $1", tenant_id)
-            deliveries = await conn.execute(
-                "DELETE FROM deliveries WHERE tenant_id = $1", tenant_id
-            )
-        # FULL: a plain VACUUM leaves the emptied pages in the file, and every other tenant's
-        # purge would go on scanning them (the cascade above); the rewrite of what is left
-        # takes seconds, under a lock held that long.
-        await conn.execute("VACUUM (FULL, ANALYZE) attempts, deliveries")
-    return int(attempts.split()[-1]) + int(deliveries.split()[-1])
 
 
 # --------------------------------------------------------------------------- baseline
@@ -355,7 +333,6 @@ async def run(ctx: Context) -> BenchResult:
             "attempts_per_delivery": ATTEMPTS_PER_DELIVERY,
             "rss_sample_every_s": SAMPLE_EVERY,
             "poll_every_s": POLL_EVERY,
-            "trim_webhooks_before_purge": TRIM_WEBHOOKS,
         },
     )
     operator = await operator_token(stack)
@@ -421,14 +398,6 @@ async def run(ctx: Context) -> BenchResult:
             )
             _memory(result, "export", export_mem)
 
-            if TRIM_WEBHOOKS:
-                t0 = now()
-                trimmed = await trim_webhooks(dbs, tenant_id)
-                result.notes.append(
-                    f"BENCH_LIFECYCLE_TRIM_WEBHOOKS: {trimmed:,} webhook attempts and deliveries "
-                    f"deleted directly before the purge ({now() - t0:.1f}s, vacuum included); "
-                    "the purge below does not include them"
-                )
             pids = await worker_pids()  # again: a worker may have been restarted meanwhile
             purged_run = await _sampled(pids, purge(client, tenant_id, restarts))
             (progress, purge_s, certificate), purge_mem = purged_run
@@ -448,8 +417,6 @@ async def run(ctx: Context) -> BenchResult:
         finally:
             if not purged:  # the clean-up: a failed run leaves no seeded tenant behind
                 with contextlib.suppress(Exception):
-                    if TRIM_WEBHOOKS:
-                        await trim_webhooks(dbs, tenant_id)
                     await purge(client, tenant_id, restarts)
             for pool in dbs.values():
                 await pool.close()
