@@ -31,6 +31,7 @@ from tenantry_events.storage import PostgresOutbox
 from tenantry_platform.clock import Clock, utc
 from tenantry_tenancy.data_keys import TenancyDataKeys
 from tenantry_tenancy.domain import PURGE_PARTICIPANTS
+from tenantry_tenancy.saga_rows import due_again
 
 log = logging.getLogger("tenantry.tenancy.erasures")
 
@@ -99,14 +100,8 @@ class ErasureStore:
     ) -> builtins.list[UUID]:
         """Ask again for the erasures still waiting for reports `after` their last request
         (a lost or dead-lettered request must not leave one hanging)."""
-        rows = await tx.fetch(
-            """UPDATE erasures SET last_sent_at = $1
-               WHERE erasure_id IN (SELECT erasure_id FROM erasures
-                                    WHERE completed_at IS NULL AND last_sent_at <= $2
-                                    FOR UPDATE SKIP LOCKED)
-               RETURNING erasure_id, tenant_id, subject_id""",
-            now,
-            now - after,
+        rows = await due_again(
+            tx, "erasures", now, after, returning="erasure_id, tenant_id, subject_id"
         )
         for row in rows:
             request = SubjectErasureRequested(

@@ -31,6 +31,7 @@ from tenantry_events.payloads.tenancy import (
 from tenantry_events.storage import PostgresOutbox
 from tenantry_service.purge import PurgeRules
 from tenantry_tenancy.domain import PURGE_PARTICIPANTS, DeletionFacts, deletion_certificate
+from tenantry_tenancy.saga_rows import due_again
 
 
 async def mark_key_destroyed(tx: asyncpg.Connection, tenant_id: UUID) -> None:
@@ -102,15 +103,7 @@ class PurgeStore:
     ) -> builtins.list[UUID]:
         """Ask again for the purges still waiting for reports `after` their last request
         (the request goes out through the outbox, not the tenant's stream)."""
-        rows = await tx.fetch(
-            """UPDATE purges SET last_sent_at = $1
-               WHERE purge_id IN (SELECT purge_id FROM purges
-                                  WHERE completed_at IS NULL AND last_sent_at <= $2
-                                  FOR UPDATE SKIP LOCKED)
-               RETURNING purge_id, tenant_id, early""",
-            now,
-            now - after,
-        )
+        rows = await due_again(tx, "purges", now, after, returning="purge_id, tenant_id, early")
         for row in rows:
             request = TenantPurgeRequested(
                 purge_id=row["purge_id"],
