@@ -24,11 +24,13 @@ from tenantry_events.state_check import AggregateKind, check_one
 from tenantry_events.storage import PostgresEventStore, PostgresOutbox
 from tenantry_identity.sso.store import SSO_CONNECTIONS, connection_stream
 from tenantry_identity.store import ACCOUNTS, API_KEYS, account_stream, api_key_stream
+from tenantry_service.data_keys import ServiceDataKeys
 from tenantry_testkit.fixtures import running_service_db
 from tenantry_testkit.mailbox import Mailbox, links
 from tenantry_testkit.saml_idp import SamlIdp, SamlUser
 from tenantry_testkit.stack import REPO, Stack
 
+from .test_data_keys import service_keys
 from .test_identity import bearer
 from .test_sso import ALICE, User, code_of, exchange, saml_connection, saml_login, sso_tenant
 from .test_sso import browser_http as browser_http
@@ -48,9 +50,11 @@ async def identity_db(stack: Stack) -> AsyncIterator[Database]:
 class Folds:
     """Checks that the rows of the aggregates a test touched are their streams' folds."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, keys: ServiceDataKeys) -> None:
         self.db = db
-        self.events = PostgresEventStore(PostgresOutbox(db))
+        # With identity's keys: the events' personal fields are sealed; the rows hold
+        # plaintext (a fresh process's keys, fetched from tenancy as identity's are).
+        self.events = PostgresEventStore(PostgresOutbox(db, keys=keys))
         self.watched: list[tuple[AggregateKind[Any, asyncpg.Connection], str]] = []
 
     def watch(self, kind: AggregateKind[Any, asyncpg.Connection], stream_id: str) -> None:
@@ -75,7 +79,7 @@ async def test_every_command_path_leaves_each_row_equal_to_the_fold_of_its_strea
     idp: tuple[SamlIdp, User],
     identity_db: Database,
 ) -> None:
-    folds = Folds(identity_db)
+    folds = Folds(identity_db, service_keys(stack, "identity"))
     server, who = idp
     tenant_id = await sso_tenant(stack, operator_headers)
     tenant = f"/v1/tenants/{tenant_id}"

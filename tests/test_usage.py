@@ -203,8 +203,8 @@ async def test_a_downgrade_that_would_break_the_endpoint_limit_is_refused(
 async def test_a_tenant_state_no_route_admits_is_refused_and_an_unknown_tenant_is_404(
     stack: Stack, operator_headers: dict[str, str], service_dbs: dict[str, asyncpg.Pool]
 ) -> None:
-    """A later lifecycle state (here written into webhooks' projection, as its event would)
-    is refused by every route until one admits it; a tenant the projection lost or never
+    """A lifecycle state no route admits (here `purging`, written into webhooks'
+    projection as its event would) is refused by every route; a tenant the projection lost or never
     heard of gets 404 tenant-not-found after a bounded wait, not 503 forever."""
     tenant_id = await new_tenant(stack, operator_headers)
     key = (await create_key(stack, operator_headers, tenant_id, ["webhooks:read"]))["key"]
@@ -216,12 +216,12 @@ async def test_a_tenant_state_no_route_admits_is_refused_and_an_unknown_tenant_i
         row = None
         try:
             await projection.execute(
-                "UPDATE tenant_projection SET status = 'offboarding' WHERE tenant_id = $1", tenant
+                "UPDATE tenant_projection SET status = 'purging' WHERE tenant_id = $1", tenant
             )
             refused = await client.get(endpoints, headers=bearer(key))
             assert refused.status_code == 403
             assert refused.json()["type"].endswith("/tenant-not-active")
-            assert refused.json()["tenant_status"] == "offboarding"
+            assert refused.json()["tenant_status"] == "purging"
             # Operators still pass.
             assert (await client.get(endpoints, headers=operator_headers)).status_code == 200
 
