@@ -37,7 +37,16 @@ wait_for() {
   done
 }
 
-pid_alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null; }
+# pid_alive PIDFILE: its process runs and is not a zombie. After a kill -9 a process can
+# linger as a zombie until the init process here reaps it (seen: several seconds), and
+# kill -0 still succeeds then: a restart right after a kill must not take it for running.
+pid_alive() {
+  [[ -f "$1" ]] || return 1
+  local pid state; pid="$(cat "$1" 2>/dev/null)"
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
+  state="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || true)"
+  [[ -n "$state" && "$state" != Z ]]
+}
 
 # signal_tree SIGNAL PID: the whole process group when PID leads one (started by setsid),
 # else PID alone.

@@ -92,13 +92,7 @@ sw_install() {
 }
 
 # ------------------------------------------------------------------ start / stop
-# Alive and not a zombie: after a kill -9 the process can linger as a zombie until the
-# init process here reaps it (seen: several seconds), and kill -0 still succeeds then.
-sw_alive() {
-  pid_alive "$SW_PID" || return 1
-  local state; state="$(awk '{print $3}' "/proc/$(cat "$SW_PID")/stat" 2>/dev/null || true)"
-  [[ -n "$state" && "$state" != Z ]]
-}
+sw_alive() { pid_alive "$SW_PID"; }  # running and not a zombie (common.sh)
 
 sw_ready() {  # the S3 gateway answers HTTP (403 to an anonymous request)
   local code
