@@ -298,8 +298,9 @@ def loopback_only(value: Any) -> Any:
 
 
 # Bookkeeping that background loops change on a timer, whatever requests arrive: the
-# usage reconciliation bumps a report version per tenant and resource each round.
-TIMER_DRIVEN_TABLES = frozenset({"usage_report_versions"})
+# usage reconciliation bumps a report version per tenant and resource each round, and the
+# inbox marks each event a consumer applied (a key's periodic use report among them).
+TIMER_DRIVEN_TABLES = frozenset({"usage_report_versions", "inbox"})
 
 
 async def tenant_tables(pool: asyncpg.Pool) -> list[str]:

@@ -156,7 +156,9 @@ class OffboardingController(Controller):
     @delete(
         "/offboarding",
         status_code=200,
-        opt={**OWNER_OR_OPERATOR, **CRITICAL, "tenant_states": ("offboarding",)},
+        # The guard reads tenancy's projection, which may not have heard of the offboarding
+        # yet: it admits active too, and the rules below refuse what is not offboarding.
+        opt={**OWNER_OR_OPERATOR, **CRITICAL, "tenant_states": ("active", "offboarding")},
         summary="Cancel offboarding during the grace period (the previous state returns)",
     )
     async def cancel(
