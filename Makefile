@@ -12,17 +12,33 @@ install:
 	@bash $(LOCAL)/install.sh
 
 # PostgreSQL, Redis, Kafka (and the SMTP sink), then the five services; prints the URLs.
+# REGIONS="us eu": that many complete regions side by side instead, on ports of their own
+# (deploy/local/regions.sh; the first hosts the global directory); the default stack is
+# left as it is.
+REGIONS ?=
 up: install
+ifneq ($(strip $(REGIONS)),)
+	@bash $(LOCAL)/regions.sh start $(REGIONS)
+else
 	@bash $(LOCAL)/stack.sh start-all
 	@bash $(LOCAL)/services.sh start
+endif
 
 down:
+ifneq ($(strip $(REGIONS)),)
+	@bash $(LOCAL)/regions.sh stop $(REGIONS)
+else
 	@bash $(LOCAL)/services.sh stop
 	@bash $(LOCAL)/stack.sh stop-all
+endif
 
 status:
+ifneq ($(strip $(REGIONS)),)
+	-@bash $(LOCAL)/regions.sh status $(REGIONS)
+else
 	-@bash $(LOCAL)/stack.sh status
 	-@bash $(LOCAL)/services.sh status
+endif
 
 # Every test, against the real servers (brought up if they are not). The object-storage
 # tests start a fresh SeaweedFS S3 server of their own (docs/object-storage.md).

@@ -1,7 +1,12 @@
 # Shared by deploy/local/*.sh: repo paths and the stack settings (environment wins).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-LOCAL="$REPO/.local"
+# Where this stack keeps its state (data, logs, pid files, mail, objects): .local/ for the
+# default stack, .local/regions/<id>/ for a region of deploy/local/regions.sh.
+LOCAL="${TENANTRY_LOCAL_DIR:-$REPO/.local}"
+# The Kafka broker's jars: where install.sh resolved them, shared by every region's broker
+# (resolved once per checkout, never per region).
+KAFKA_LIBS="$REPO/.local/kafka/libs"
 while IFS= read -r line || [[ -n "$line" ]]; do
   line="${line%$'\r'}"
   [[ -z "${line//[[:space:]]/}" || "$line" == \#* || "$line" != *=* ]] && continue
@@ -16,7 +21,8 @@ PYTHON="$REPO/.venv/bin/python"
 export PATH="$PATH:${HOME:-/root}/.local/bin"  # where `pip install --user uv` puts uv
 mkdir -p "$LOCAL/log" "$LOCAL/run"
 
-log() { printf '[tenantry] %s\n' "$*" >&2; }
+# A region's lines name it ([tenantry eu]): regions.sh starts regions side by side.
+log() { printf '[tenantry%s] %s\n' "${TENANTRY_LOCAL_DIR:+ ${TENANTRY_REGION:-}}" "$*" >&2; }
 die() { log "$*"; exit 1; }
 
 # uv ARGS...: uv from PATH, else the module `pip install uv` put into python3.
@@ -75,4 +81,11 @@ stop_pid() {
   # SIGKILL is not instant either: wait (briefly) until the process is gone and its ports free.
   local _; for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   rm -f "$pidfile"
+}
+
+# hosts_directory: this stack's tenancy hosts the global directory (DESIGN.md, "Regions"):
+# the region TENANTRY_DIRECTORY_REGION names, or any stack when none is named (one region
+# is its own directory).
+hosts_directory() {
+  [[ -z "${TENANTRY_DIRECTORY_REGION:-}" || "$TENANTRY_DIRECTORY_REGION" == "$TENANTRY_REGION" ]]
 }

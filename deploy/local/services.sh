@@ -12,11 +12,16 @@ port_of() { local var="TENANTRY_${1^^}_PORT"; echo "${!var}"; }
 # The worker's /healthz and /readyz: 100 above the api's port (8201 for tenancy, ...).
 worker_health_port_of() { echo $(( $(port_of "$1") + 100 )); }
 
+# app_dsn / owner_dsn DATABASE: a database of this stack's PostgreSQL, as the app role (what
+# services connect as) or the owner role (what migrations run as).
+app_dsn() { echo "postgresql://$TENANTRY_PG_APP:$TENANTRY_PG_APP_PASSWORD@127.0.0.1:$TENANTRY_PG_PORT/$1"; }
+owner_dsn() { echo "postgresql://$TENANTRY_PG_OWNER:$TENANTRY_PG_OWNER_PASSWORD@127.0.0.1:$TENANTRY_PG_PORT/$1"; }
+
 service_env() {
   local svc="$1" urls="" s
   for s in "${SERVICES[@]}"; do urls+="${urls:+,}$s=http://127.0.0.1:$(port_of "$s")"; done
-  echo "TENANTRY_DATABASE_URL=postgresql://$TENANTRY_PG_APP:$TENANTRY_PG_APP_PASSWORD@127.0.0.1:$TENANTRY_PG_PORT/tenantry_$svc"
-  echo "TENANTRY_MIGRATION_DATABASE_URL=postgresql://$TENANTRY_PG_OWNER:$TENANTRY_PG_OWNER_PASSWORD@127.0.0.1:$TENANTRY_PG_PORT/tenantry_$svc"
+  echo "TENANTRY_DATABASE_URL=$(app_dsn "tenantry_$svc")"
+  echo "TENANTRY_MIGRATION_DATABASE_URL=$(owner_dsn "tenantry_$svc")"
   echo "TENANTRY_KAFKA_BOOTSTRAP=127.0.0.1:$TENANTRY_KAFKA_PORT"
   echo "TENANTRY_REDIS_URL=redis://127.0.0.1:$TENANTRY_REDIS_PORT/0"
   echo "TENANTRY_REGION=$TENANTRY_REGION"
@@ -32,6 +37,15 @@ service_env() {
   # Export archives and parts (the embedded object store): one directory every service
   # of this checkout shares, wherever a process is started from.
   echo "TENANTRY_OBJECT_STORE_DIR=$LOCAL/objects"
+  # Regions (deploy/local/regions.sh sets them; one region needs none of them).
+  local var
+  for var in TENANTRY_REGIONS TENANTRY_DIRECTORY_REGION TENANTRY_DIRECTORY_URL TENANTRY_DIRECTORY_SECRET; do
+    if [[ -n "${!var:-}" ]]; then echo "$var=${!var}"; fi
+  done
+  if [[ $svc == tenancy ]] && hosts_directory; then
+    echo "TENANTRY_DIRECTORY_DATABASE_URL=$(app_dsn tenantry_directory)"
+    echo "TENANTRY_DIRECTORY_MIGRATION_DATABASE_URL=$(owner_dsn tenantry_directory)"
+  fi
 }
 
 run_in_env() {  # run_in_env SERVICE COMMAND... (execs: the pid stays the program's)
@@ -146,6 +160,8 @@ print_urls() {
   echo "  redis         redis://127.0.0.1:$TENANTRY_REDIS_PORT"
   echo "  kafka         127.0.0.1:$TENANTRY_KAFKA_PORT  (KRaft, one node; $TENANTRY_KAFKA_PARTITIONS partitions per topic)"
   echo "  smtp          127.0.0.1:$TENANTRY_SMTP_PORT  (sink: mail lands in $LOCAL/mail/new)"
+  if hosts_directory; then echo "  directory     hosted here (database tenantry_directory)"
+  else echo "  directory     hosted by region $TENANTRY_DIRECTORY_REGION"; fi
   echo "  logs          $LOCAL/log/"
 }
 

@@ -4,7 +4,8 @@
 #   stack.sh {pg|redis|kafka|mail} {start|stop|status}
 #   stack.sh {start-all|stop-all|status}
 # Every start is idempotent (ours, running and answering: nothing to do); state lives under
-# .local/; ports and passwords come from deploy/local/stack.env (the environment wins).
+# .local/ (a region's under .local/regions/<id>/: deploy/local/regions.sh); ports and
+# passwords come from deploy/local/stack.env (the environment wins).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 # A port held by a process we did not start is an error, never "already running".
@@ -43,7 +44,9 @@ pg_traversable() {
 
 pg_start() {
   [[ -n "$PG_BIN" && -x "$PG_BIN/postgres" ]] || die "PostgreSQL is not installed: run deploy/local/install.sh"
-  if pg_running && pg_ready; then return 0; fi
+  # Running already: the roles and databases are still brought up to date (a database added
+  # since, such as the directory's, appears without a restart).
+  if pg_running && pg_ready; then pg_bootstrap; return 0; fi
   if ! pg_running && foreign_port postgres "$TENANTRY_PG_PORT"; then return 1; fi
   mkdir -p "$LOCAL/pg" "$PGSOCK"
   chown postgres:postgres "$LOCAL/pg" "$PGSOCK"
@@ -83,7 +86,8 @@ CONF
 }
 
 # Roles and databases, idempotently: the owner role runs migrations and owns the five
-# databases; the app role is what services connect as (no superuser, no BYPASSRLS).
+# databases; the app role is what services connect as (no superuser, no BYPASSRLS). The
+# region hosting the global directory also gets tenancy's directory database.
 pg_bootstrap() {
   psql_super -v owner="$TENANTRY_PG_OWNER" -v app="$TENANTRY_PG_APP" \
     -v owner_pw="$TENANTRY_PG_OWNER_PASSWORD" -v app_pw="$TENANTRY_PG_APP_PASSWORD" <<'SQL'
@@ -94,9 +98,10 @@ SELECT format('CREATE ROLE %I', :'app')
 ALTER ROLE :"owner" LOGIN CREATEDB NOSUPERUSER PASSWORD :'owner_pw';
 ALTER ROLE :"app" LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE PASSWORD :'app_pw';
 SQL
-  local svc
-  for svc in tenancy identity provisioning webhooks ratelimit; do
-    psql_super -v db="tenantry_$svc" -v owner="$TENANTRY_PG_OWNER" -v app="$TENANTRY_PG_APP" <<'SQL'
+  local databases=(tenancy identity provisioning webhooks ratelimit) db
+  if hosts_directory; then databases+=(directory); fi
+  for db in "${databases[@]}"; do
+    psql_super -v db="tenantry_$db" -v owner="$TENANTRY_PG_OWNER" -v app="$TENANTRY_PG_APP" <<'SQL'
 SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'owner')
  WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'db') \gexec
 GRANT CONNECT ON DATABASE :"db" TO :"app";
@@ -154,7 +159,7 @@ KAFKA_PID="$LOCAL/run/kafka.pid"
 KAFKA_JAVA=(java -Xms256m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20
   -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true
   -Dkafka.logs.dir="$KDIR/logs" -Dlog4j2.configurationFile="$REPO/deploy/local/kafka/log4j2.xml"
-  -cp "$KDIR/libs/*")
+  -cp "$KAFKA_LIBS/*")
 
 # kafka_wait SECONDS [PID]: one Python process asks the broker for its topics with
 # aiokafka's admin client until it answers (0), the deadline passes (1) or PID exits (2).
@@ -243,7 +248,7 @@ PROPS
 
 kafka_start() {
   if pid_alive "$KAFKA_PID" && kafka_wait 5 "$(cat "$KAFKA_PID")" 2>/dev/null; then return 0; fi
-  [[ -n "$(ls -A "$KDIR/libs" 2>/dev/null)" ]] || die "the Kafka jars are missing: run deploy/local/install.sh"
+  [[ -n "$(ls -A "$KAFKA_LIBS" 2>/dev/null)" ]] || die "the Kafka jars are missing: run deploy/local/install.sh"
   [[ -x "$PYTHON" ]] || die ".venv is missing: run deploy/local/install.sh"
   if ! pid_alive "$KAFKA_PID"; then
     if foreign_port kafka "$TENANTRY_KAFKA_PORT" || foreign_port kafka "$TENANTRY_KAFKA_CONTROLLER_PORT"; then
@@ -288,7 +293,7 @@ mail_start() {
   [[ -x "$PYTHON" ]] || die ".venv is missing: run deploy/local/install.sh"
   if ! pid_alive "$MAIL_PID"; then
     foreign_port mail "$TENANTRY_SMTP_PORT" && return 1
-    log "starting the mail sink on 127.0.0.1:$TENANTRY_SMTP_PORT (mail lands in .local/mail/new)"
+    log "starting the mail sink on 127.0.0.1:$TENANTRY_SMTP_PORT (mail lands in $LOCAL/mail/new)"
     setsid nohup "$PYTHON" "$MAIL_SINK" --host 127.0.0.1 --port "$TENANTRY_SMTP_PORT" \
       --dir "$LOCAL/mail" >>"$LOCAL/log/mail-sink.log" 2>&1 < /dev/null &
     echo $! > "$MAIL_PID"
