@@ -143,7 +143,19 @@ cannot: minReplicas <= maxReplicas, KEDA's replica cap. (dict "root" $ "service"
 
 {{/* Variables every process of the suite sets itself; extraEnv may not name them. */}}
 {{- define "tenantry.managedEnv" -}}
-TENANTRY_REGION TENANTRY_LOG_LEVEL TENANTRY_KAFKA_BOOTSTRAP TENANTRY_REDIS_URL TENANTRY_DATABASE_URL TENANTRY_MIGRATION_DATABASE_URL TENANTRY_SERVICE_URLS TENANTRY_DB_POOL_SIZE TENANTRY_SHUTDOWN_GRACE_SECONDS TENANTRY_HTTP_HOST TENANTRY_HTTP_PORT TENANTRY_WORKER_HEALTH_PORT TENANTRY_MASTER_KEY TENANTRY_INTERNAL_API_SECRET TENANTRY_BOOTSTRAP_SECRET TENANTRY_SSO_CLIENT_SECRET TENANTRY_SMTP_PASSWORD
+TENANTRY_REGION TENANTRY_REGIONS TENANTRY_DIRECTORY_REGION TENANTRY_DIRECTORY_URL TENANTRY_DIRECTORY_SECRET TENANTRY_DIRECTORY_DATABASE_URL TENANTRY_DIRECTORY_MIGRATION_DATABASE_URL TENANTRY_LOG_LEVEL TENANTRY_KAFKA_BOOTSTRAP TENANTRY_REDIS_URL TENANTRY_DATABASE_URL TENANTRY_MIGRATION_DATABASE_URL TENANTRY_SERVICE_URLS TENANTRY_DB_POOL_SIZE TENANTRY_SHUTDOWN_GRACE_SECONDS TENANTRY_HTTP_HOST TENANTRY_HTTP_PORT TENANTRY_WORKER_HEALTH_PORT TENANTRY_MASTER_KEY TENANTRY_INTERNAL_API_SECRET TENANTRY_BOOTSTRAP_SECRET TENANTRY_SSO_CLIENT_SECRET TENANTRY_SMTP_PASSWORD
+{{- end -}}
+
+{{/* A service's api inside the cluster: (dict "root" $ "service" name) */}}
+{{- define "tenantry.serviceUrl" -}}
+{{- $root := .root -}}
+{{- $host := printf "%s-%s.%s.svc.%s" (include "tenantry.fullname" $root) .service $root.Release.Namespace $root.Values.clusterDomain -}}
+{{- $port := int $root.Values.service.port -}}
+{{- if eq $port 80 -}}
+{{- printf "http://%s" $host -}}
+{{- else -}}
+{{- printf "http://%s:%d" $host $port -}}
+{{- end -}}
 {{- end -}}
 
 {{/* TENANTRY_SERVICE_URLS: every api's in-cluster URL. */}}
@@ -151,15 +163,76 @@ TENANTRY_REGION TENANTRY_LOG_LEVEL TENANTRY_KAFKA_BOOTSTRAP TENANTRY_REDIS_URL T
 {{- $root := . -}}
 {{- $urls := list -}}
 {{- range $name := splitList " " (include "tenantry.services" $root) -}}
-{{- $host := printf "%s-%s.%s.svc.%s" (include "tenantry.fullname" $root) $name $root.Release.Namespace $root.Values.clusterDomain -}}
-{{- $port := int $root.Values.service.port -}}
-{{- if eq $port 80 -}}
-{{- $urls = append $urls (printf "%s=http://%s" $name $host) -}}
-{{- else -}}
-{{- $urls = append $urls (printf "%s=http://%s:%d" $name $host $port) -}}
-{{- end -}}
+{{- $urls = append $urls (printf "%s=%s" $name (include "tenantry.serviceUrl" (dict "root" $root "service" $name))) -}}
 {{- end -}}
 {{- join "," $urls -}}
+{{- end -}}
+
+{{/*
+The deployment's regions and the directory, checked, written into .out: "regionsJson"
+(TENANTRY_REGIONS; empty for a deployment of one region), "self" (this region's entry, or
+an empty dict), "directoryRegion", "hosting" (this region hosts the directory) and
+"directoryUrl". (dict "root" $ "out" (dict))
+*/}}
+{{- define "tenantry.topology" -}}
+{{- $values := .root.Values -}}
+{{- $out := .out -}}
+{{- $ids := list -}}
+{{- $entries := list -}}
+{{- $byId := dict -}}
+{{- range $entry := $values.regions -}}
+{{- if has $entry.id $ids -}}
+{{- fail (printf "regions: %q is listed twice" $entry.id) -}}
+{{- end -}}
+{{- $ids = append $ids $entry.id -}}
+{{- $_ := set $byId $entry.id $entry -}}
+{{- $entries = append $entries (dict "id" $entry.id "jurisdiction" $entry.jurisdiction "urls" $entry.urls) -}}
+{{- end -}}
+{{- if and $ids (not (has $values.region $ids)) -}}
+{{- fail (printf "regions (%s) does not list this release's region %q: every region's values list every region, their own included" (join ", " $ids) $values.region) -}}
+{{- end -}}
+{{- $directory := $values.directory -}}
+{{- $directoryRegion := default $values.region $directory.region -}}
+{{- if and $ids (not (has $directoryRegion $ids)) -}}
+{{- fail (printf "directory.region %q is not one of regions (%s): name the region that hosts the global directory" $directoryRegion (join ", " $ids)) -}}
+{{- end -}}
+{{- if and (not $ids) (ne $directoryRegion $values.region) -}}
+{{- fail (printf "directory.region %q: regions is empty, so region %q is the deployment's only region and hosts the directory itself; list every region under regions to use another's directory" $directoryRegion $values.region) -}}
+{{- end -}}
+{{- $hosting := eq $directoryRegion $values.region -}}
+{{- $database := default dict $directory.database -}}
+{{- if and $hosting (not $database.existingSecret) -}}
+{{- fail (printf "region %q hosts the global directory (directory.region), so its tenancy needs the directory's database: set directory.database.existingSecret (a Secret with the app-role URL under urlKey and the owner-role URL under migrationUrlKey)" $values.region) -}}
+{{- end -}}
+{{- if and (not $hosting) $database.existingSecret -}}
+{{- fail (printf "directory.database.existingSecret is set, but region %q hosts the directory, not %q: only the hosting region's tenancy opens its database; leave it empty here (this region's replica pulls the change feed from directory.url)" $directoryRegion $values.region) -}}
+{{- end -}}
+{{- $directoryUrl := $directory.url -}}
+{{- if $hosting -}}
+{{- /* the directory is this region's own tenancy: reached inside the cluster */ -}}
+{{- $directoryUrl = include "tenantry.serviceUrl" (dict "root" .root "service" "tenancy") -}}
+{{- else if not $directoryUrl -}}
+{{- $directoryUrl = (index $byId $directoryRegion).urls.tenancy -}}
+{{- end -}}
+{{- $_ := set $out "regionsJson" (ternary (toJson $entries) "" (gt (len $entries) 0)) -}}
+{{- $_ := set $out "self" (default dict (index $byId $values.region)) -}}
+{{- $_ := set $out "directoryRegion" $directoryRegion -}}
+{{- $_ := set $out "hosting" $hosting -}}
+{{- $_ := set $out "directoryUrl" $directoryUrl -}}
+{{- end -}}
+
+{{/*
+identity's public URL: services.identity.sso.publicUrl, else this region's identity URL in
+regions; both given, they must agree. (dict "root" $ "topology" (the topology's out))
+*/}}
+{{- define "tenantry.identityPublicUrl" -}}
+{{- $sso := default dict .root.Values.services.identity.sso -}}
+{{- $fromRegions := "" -}}
+{{- with .topology.self.urls }}{{ $fromRegions = .identity }}{{ end -}}
+{{- if and $sso.publicUrl $fromRegions (ne (trimSuffix "/" $sso.publicUrl) (trimSuffix "/" $fromRegions)) -}}
+{{- fail (printf "services.identity.sso.publicUrl (%s) differs from identity's URL in regions (%s): they are the same address (the access tokens' issuer), so leave sso.publicUrl empty" $sso.publicUrl $fromRegions) -}}
+{{- end -}}
+{{- default $fromRegions $sso.publicUrl -}}
 {{- end -}}
 
 {{/* One env entry from a Secret: (dict "name" VAR "secret" name "key" key) */}}
@@ -181,8 +254,16 @@ Settings are TENANTRY_<FIELD> (libs/platform settings.py); secrets come from exi
 {{- $name := .service -}}
 {{- $svc := index $values.services $name -}}
 {{- $cfg := .config -}}
+{{- $topology := dict }}
+{{- $_ := include "tenantry.topology" (dict "root" $root "out" $topology) }}
 - name: TENANTRY_REGION
   value: {{ $values.region | quote }}
+- name: TENANTRY_REGIONS
+  value: {{ $topology.regionsJson | quote }}
+- name: TENANTRY_DIRECTORY_REGION
+  value: {{ $topology.directoryRegion | quote }}
+- name: TENANTRY_DIRECTORY_URL
+  value: {{ $topology.directoryUrl | quote }}
 - name: TENANTRY_LOG_LEVEL
   value: {{ $values.logLevel | default "INFO" | quote }}
 - name: TENANTRY_KAFKA_BOOTSTRAP
@@ -223,6 +304,14 @@ Settings are TENANTRY_<FIELD> (libs/platform settings.py); secrets come from exi
 {{- end }}
 {{- if ne .role "migrate" }}
 {{ include "tenantry.secretEnv" (dict "name" "TENANTRY_INTERNAL_API_SECRET" "secret" $values.internalApiSecret.existingSecret "key" $values.internalApiSecret.key) }}
+{{ include "tenantry.secretEnv" (dict "name" "TENANTRY_DIRECTORY_SECRET" "secret" $values.directory.secret.existingSecret "key" $values.directory.secret.key) }}
+{{- end }}
+{{- if and (eq $name "tenancy") $topology.hosting }}
+{{- $directoryDb := $values.directory.database }}
+{{ include "tenantry.secretEnv" (dict "name" "TENANTRY_DIRECTORY_DATABASE_URL" "secret" $directoryDb.existingSecret "key" $directoryDb.urlKey) }}
+{{- if eq .role "migrate" }}
+{{ include "tenantry.secretEnv" (dict "name" "TENANTRY_DIRECTORY_MIGRATION_DATABASE_URL" "secret" $directoryDb.existingSecret "key" $directoryDb.migrationUrlKey) }}
+{{- end }}
 {{- end }}
 {{- if eq $name "identity" }}
 {{- if and $svc.bootstrapSecret $svc.bootstrapSecret.existingSecret }}
@@ -233,9 +322,11 @@ Settings are TENANTRY_<FIELD> (libs/platform settings.py); secrets come from exi
   value: {{ $svc.emailVerificationUrl | quote }}
 {{- end }}
 {{- $sso := default dict $svc.sso }}
-{{- if $sso.publicUrl }}
+{{- /* The access tokens' issuer names the region: its identity URL in regions */}}
+{{- $publicUrl := include "tenantry.identityPublicUrl" (dict "root" $root "topology" $topology) }}
+{{- if $publicUrl }}
 - name: TENANTRY_SSO_PUBLIC_URL
-  value: {{ $sso.publicUrl | quote }}
+  value: {{ $publicUrl | quote }}
 {{- end }}
 {{- if $sso.redirectUris }}
 - name: TENANTRY_SSO_REDIRECT_URIS
