@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tenantry_regions.regions import RegionMap
+
 from .test_helm import (
     HELM_DIR,
     SERVICES,
@@ -25,6 +27,7 @@ from .test_helm import (
     fullname,
     objects,
     pod_specs,
+    process_settings,
     render_notes,
     run_helm,
     template_args,
@@ -109,6 +112,21 @@ def test_every_process_gets_the_region_list_and_the_directory(variant: str) -> N
         else:
             secret = env["TENANTRY_DIRECTORY_SECRET"]["valueFrom"]["secretKeyRef"]
             assert secret == {"name": "tenantry-directory", "key": "secret"}, name
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_process_makes_a_region_map_of_its_environment(variant: str) -> None:
+    """What tenantry_regions makes of each container's environment (Secret values replaced
+    by placeholders): the chart's values are ones the processes accept."""
+    for name, _service, container in service_containers(variant):
+        regions = RegionMap.from_settings(process_settings(container))
+        assert regions.hosts_directory is HOSTS_DIRECTORY[variant], name
+        if variant in REGION_FILES:
+            assert regions.ids == ["eu", "us"], name
+            assert regions.own.id == variant, name
+            assert regions.own.jurisdiction == variant.upper(), name
+        else:
+            assert regions.ids == ["local"], name
 
 
 def test_identity_issues_tokens_under_its_region_url() -> None:
@@ -218,6 +236,13 @@ BAD_REGION_VALUES = [
         "services.identity.sso.publicUrl (https://auth.example.com) differs from identity's "
         "URL in regions (https://auth.eu.example.com)",
         id="issuer-differs",
+    ),
+    pytest.param(
+        "us",
+        ["--set", "regions[1].urls.identity=https://auth.us.example.com"],
+        "regions us and eu share identity's URL https://auth.us.example.com: each region's "
+        "access tokens name their region by it",
+        id="shared-issuer",
     ),
     pytest.param(
         "us",

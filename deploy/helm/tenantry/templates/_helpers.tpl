@@ -180,10 +180,16 @@ an empty dict), "directoryRegion", "hosting" (this region hosts the directory) a
 {{- $ids := list -}}
 {{- $entries := list -}}
 {{- $byId := dict -}}
+{{- $byIssuer := dict -}}
 {{- range $entry := $values.regions -}}
 {{- if has $entry.id $ids -}}
 {{- fail (printf "regions: %q is listed twice" $entry.id) -}}
 {{- end -}}
+{{- $issuer := $entry.urls.identity -}}
+{{- with index $byIssuer $issuer -}}
+{{- fail (printf "regions %s and %s share identity's URL %s: each region's access tokens name their region by it" . $entry.id $issuer) -}}
+{{- end -}}
+{{- $_ := set $byIssuer $issuer $entry.id -}}
 {{- $ids = append $ids $entry.id -}}
 {{- $_ := set $byId $entry.id $entry -}}
 {{- $entries = append $entries (dict "id" $entry.id "jurisdiction" $entry.jurisdiction "urls" $entry.urls) -}}
