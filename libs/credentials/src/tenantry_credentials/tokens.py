@@ -171,3 +171,20 @@ def _unverified_kid(token: str) -> str | None:
         raise InvalidToken("algorithm not allowed")
     kid = header.get("kid")
     return kid if isinstance(kid, str) else None
+
+
+def unverified_issuer(token: str) -> str | None:
+    """The `iss` a token claims, read without checking it: enough to send the request to
+    the region that can check it (docs/residency.md), never to trust anything."""
+    import base64
+    import json
+
+    parts = token.split(".")
+    if len(parts) != 3 or len(parts[1]) > 8192:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    return issuer if isinstance(issuer, str) else None

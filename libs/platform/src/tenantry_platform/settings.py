@@ -27,6 +27,17 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     kafka_bootstrap: str
     redis_url: str = "redis://127.0.0.1:6379/0"
     region: str = "local"
+    # Data residency (tenantry_regions, docs/residency.md): every region of the deployment
+    # as JSON ([{"id", "jurisdiction", "urls": {service: public base URL}}]; empty = this
+    # region alone, its URLs from service_urls), the region hosting the global directory
+    # (empty = this one), the directory's base URL (empty = that region's tenancy URL) and
+    # the secret every region presents to it. Each service pulls its replica of the
+    # directory every directory_pull_seconds.
+    regions: str = ""
+    directory_region: str = ""
+    directory_url: str = ""
+    directory_secret: str = ""
+    directory_pull_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1.0
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     worker_health_port: int = 0  # the worker's /healthz and /readyz (0 = not served)

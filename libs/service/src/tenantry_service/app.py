@@ -67,6 +67,7 @@ from tenantry_service.purge import (
     TenantPurger,
     skipping_purged_tenants,
 )
+from tenantry_service.residency import home_region_step
 from tenantry_service.runtime import DataKeysFactory, Runtime
 
 API_PREFIX = "/v1"
@@ -88,13 +89,21 @@ class Pipeline:
     """The steps of one service's pipeline, outermost first (see tenantry_http.pipeline)."""
 
     admission: AdmissionController | None = None
+    # Before anything reads tenant data: another region's tenant is sent home (307).
+    home_region: PipelineStep | None = None
     authentication: PipelineStep | None = None
     tenant_guard: PipelineStep | None = None
     rate_limit: PipelineStep | None = None
     extra: Sequence[PipelineStep] = field(default_factory=tuple)
 
     def inner_steps(self) -> list[PipelineStep]:
-        steps = [self.authentication, self.tenant_guard, self.rate_limit, *self.extra]
+        steps = [
+            self.home_region,
+            self.authentication,
+            self.tenant_guard,
+            self.rate_limit,
+            *self.extra,
+        ]
         return [s for s in steps if s is not None]
 
 
@@ -126,6 +135,9 @@ class ServiceSpec:
     # Where the service gets the keys that seal events' personal fields, when not from
     # tenancy's key API (the default, ServiceDataKeys): tenancy, which keeps them.
     data_keys: DataKeysFactory | None = None
+    # Migrations of databases beyond the service's own, run by `migrate` after those
+    # (tenancy: the global directory's, in the region hosting it); returns what it applied.
+    more_migrations: Callable[[ServiceSettings], Awaitable[list[str]]] | None = None
     # What the service's share of a tenant's purge keeps or does beyond deleting every
     # row with the tenant's id (tenantry_service.purge): tenancy keeps its tombstones.
     purge: PurgeRules = field(default_factory=PurgeRules)
@@ -220,10 +232,14 @@ def default_pipeline(runtime: Runtime) -> Pipeline:
             document: dict[str, Any] = response.json()
             return document
 
-    verifier = AccessTokenVerifier(JwksCache(fetch_jwks, ttl=runtime.settings.jwks_ttl_seconds))
+    verifier = AccessTokenVerifier(
+        JwksCache(fetch_jwks, ttl=runtime.settings.jwks_ttl_seconds),
+        issuer=runtime.regions.own.issuer,
+    )
     settings = runtime.settings
     return Pipeline(
         admission=admission_controller(runtime) if settings.admission_enabled else None,
+        home_region=home_region_step(runtime),
         authentication=Authenticator(
             verifier,
             PostgresApiKeyLookup(runtime.db),

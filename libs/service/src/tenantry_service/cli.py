@@ -38,7 +38,10 @@ def all_migrations(spec: ServiceSpec) -> list:  # type: ignore[type-arg]
 async def run_migrations(spec: ServiceSpec, settings: ServiceSettings) -> list[str]:
     dsn = settings.migration_database_url or settings.database_url
     app_user = urlparse(settings.database_url).username
-    return await migrate(dsn, all_migrations(spec), app_role=app_user)
+    applied = await migrate(dsn, all_migrations(spec), app_role=app_user)
+    if spec.more_migrations is not None:
+        applied += await spec.more_migrations(settings)
+    return applied
 
 
 async def verify_state(

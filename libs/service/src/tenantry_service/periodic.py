@@ -37,3 +37,17 @@ async def run_periodically(
             log.exception("%s failed", what)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=every)
+
+
+class Counted:
+    """A pass's result that is a count of things done ("3 tenant(s) pushed")."""
+
+    def __init__(self, count: int, what: str) -> None:
+        self.count = count
+        self.what = what
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def __str__(self) -> str:
+        return f"{self.count} {self.what}"

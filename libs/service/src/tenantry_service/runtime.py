@@ -18,6 +18,7 @@ from tenantry_credentials.key_usage import KeyUsage
 from tenantry_events.pg import Database
 from tenantry_events.storage import PostgresEventStore, PostgresInbox, PostgresOutbox
 from tenantry_platform.settings import ServiceSettings
+from tenantry_regions.regions import RegionMap
 from tenantry_service.data_keys import ServiceDataKeys
 
 S = TypeVar("S", bound=ServiceSettings)
@@ -108,6 +109,9 @@ class Runtime:
     # Seals and opens events' personal fields: the outbox and event store hold them
     # (runtime.outbox.keys), consumers open with them (docs/data-keys.md).
     data_keys: RuntimeDataKeys
+    # The deployment's regions (docs/residency.md): checked at build, so a bad
+    # TENANTRY_REGIONS stops the process before it serves anything.
+    regions: RegionMap
     extras: dict[str, object] = field(default_factory=dict)
 
     def settings_as(self, settings_type: type[S]) -> S:
@@ -151,6 +155,7 @@ class Runtime:
             kafka=KafkaProbe(settings.kafka_bootstrap),
             key_usage=usage,
             data_keys=keys,
+            regions=RegionMap.from_settings(settings),
             # Connects on first use; short timeouts, since a slow Redis must not slow
             # requests down (the rate limiter falls back to local limits instead).
             redis=Redis.from_url(

@@ -20,13 +20,14 @@ from tenantry_events.relay import KafkaPublisher, run_relay
 from tenantry_service.app import BACKGROUND_TOPICS, CRITICAL_TOPICS, ServiceSpec, WorkerTask
 from tenantry_service.export import close_object_store
 from tenantry_service.housekeeping import housekeeping
+from tenantry_service.residency import directory_replication
 from tenantry_service.runtime import Runtime
 from tenantry_service.worker_health import WorkerHealth
 
 log = logging.getLogger("tenantry.worker")
 
 # Tasks every service's worker runs, before the spec's own `worker_tasks`.
-DEFAULT_WORKER_TASKS: tuple[WorkerTask, ...] = (housekeeping,)
+DEFAULT_WORKER_TASKS: tuple[WorkerTask, ...] = (housekeeping, directory_replication)
 
 
 async def run_worker(

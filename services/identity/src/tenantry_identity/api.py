@@ -378,6 +378,7 @@ class ApiKeysController(Controller):
         data: JSONBody[NewApiKey],
         db: NamedDependency[Database],
         identity_store: NamedDependency[IdentityStore],
+        identity_settings: NamedDependency[IdentitySettings],
     ) -> CreatedApiKey:
         principal = principal_of(request)
         try:
@@ -390,7 +391,9 @@ class ApiKeysController(Controller):
         owner = UUID(principal.subject) if personal and principal.kind == "user" else None
         if personal and owner is None:
             raise Problem(400, "invalid-api-key", "personal keys are created by a signed-in user")
-        key = apikeys.generate("live" if data.environment == "live" else "test")
+        key = apikeys.generate(
+            "live" if data.environment == "live" else "test", region=identity_settings.region
+        )
         async with db.transaction(tenant_id=tenant_id) as tx:
             await guard_quantity(tx, tenant_id, "api_keys", API_KEYS_IN_USE)
             row = await identity_store.create_api_key(

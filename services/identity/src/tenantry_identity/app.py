@@ -132,6 +132,7 @@ async def build_components(runtime: Runtime) -> IdentityComponents:
         keys,
         access_token_ttl=timedelta(seconds=settings.access_token_ttl_seconds),
         refresh_token_ttl=timedelta(seconds=settings.refresh_token_ttl_seconds),
+        issuer=runtime.regions.own.issuer,
     )
     accounts = Accounts(
         runtime.db, store, runtime.outbox, source=runtime.source, region=settings.region

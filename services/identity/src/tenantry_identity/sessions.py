@@ -48,7 +48,9 @@ class Sessions:
         *,
         access_token_ttl: timedelta,
         refresh_token_ttl: timedelta,
+        issuer: str = ISSUER,
     ) -> None:
+        self._issuer = issuer  # the region's (docs/residency.md): tokens name their region
         self._db = db
         self._store = store
         self._signing_keys = signing_keys
@@ -76,7 +78,7 @@ class Sessions:
         now = int(time.time())
         kind = "operator" if account.role == "operator" else "user"
         claims: dict[str, Any] = {
-            "iss": ISSUER,
+            "iss": self._issuer,
             "aud": AUDIENCE,
             "sub": str(account.account_id),
             "kind": kind,

@@ -5,6 +5,7 @@ Routes receive the database and the stores by name, typed (`db`, `tenant_reposit
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol, TypeVar
 from uuid import UUID
@@ -20,6 +21,11 @@ from tenantry_events.pg import Database
 from tenantry_http.auth import principal_of, requires
 from tenantry_http.pagination import Page, clamp_limit, decode_cursor, page_of
 from tenantry_http.problems import Problem
+from tenantry_regions.directory import ClaimRequest, Directory, DirectoryUnavailable
+from tenantry_regions.regions import UnknownRegion
+from tenantry_regions.routing import wrong_region
+from tenantry_service.residency import directory_of
+from tenantry_service.runtime import Runtime
 from tenantry_tenancy.domain import (
     DEFAULT_PLAN,
     DomainError,
@@ -58,6 +64,29 @@ class CreateTenant(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 T = TypeVar("T")
 
 
+def _slug_taken(slug: str) -> Problem:
+    return Problem(
+        409, "slug-taken", "This slug is taken", f"a tenant with slug {slug!r} already exists"
+    )
+
+
+async def _claim_slug(directory: Directory, slug: str, tenant_id: UUID, home_region: str) -> None:
+    try:
+        answer = await directory.claim(
+            ClaimRequest(kind="slug", value=slug, tenant_id=tenant_id, home_region=home_region)
+        )
+    except DirectoryUnavailable as exc:
+        raise Problem(
+            503,
+            "directory-unavailable",
+            "Tenants cannot be created right now",
+            "The global directory, which keeps slugs unique across regions, does not answer",
+            headers={"Retry-After": str(exc.retry_after_seconds)},
+        ) from None
+    if not answer.granted:
+        raise _slug_taken(slug)
+
+
 def found(value: T | None) -> T:
     """What was read for the tenant in the path, or the 404 for an unknown tenant."""
     if value is None:
@@ -81,7 +110,18 @@ class TenantsController(Controller):
         purge_store: NamedDependency[PurgeStore],
     ) -> TenantRow:
         """Creates a tenant (active, on its plan, in its home region) and emits tenant.created.
-        Honours Idempotency-Key. A purged tenant's slug is refused during its quarantine."""
+        Honours Idempotency-Key. The slug is claimed in the global directory first, so it is
+        unique across every region (409 when taken anywhere, 503 when the directory cannot
+        be asked); a purged tenant's slug stays taken during its quarantine. A tenant is
+        created only in its home region: another region's create is sent there (307)."""
+        runtime: Runtime = request.app.state.runtime
+        home_region = data.home_region or settings.region
+        try:
+            runtime.regions.require(home_region)
+        except UnknownRegion as exc:
+            raise Problem(422, "unknown-region", "No such region", str(exc)) from None
+        if not runtime.regions.is_own(home_region):
+            raise wrong_region(runtime.regions, runtime.service, request, home_region)
         tenant_id = uuid4()
         try:
             created = Tenant.create(
@@ -89,12 +129,14 @@ class TenantsController(Controller):
                 name=data.name,
                 slug=data.slug,
                 plan=data.plan,
-                home_region=data.home_region or settings.region,
+                home_region=home_region,
                 owner_email=data.owner_email,
                 created_by=f"operator:{principal_of(request).subject}",
             )
         except DomainError as exc:
             raise Problem(exc.status, exc.slug, "The tenant is not valid", str(exc)) from exc
+        directory = directory_of(runtime)
+        await _claim_slug(directory, data.slug, tenant_id, home_region)
         try:
             async with db.transaction(platform=True) as tx:
                 if await plan_store.plan(tx, data.plan) is None:
@@ -104,13 +146,14 @@ class TenantsController(Controller):
                 row = await tenant_repository.add(tx, tenant_id, created)
                 await plan_store.publish(tx, tenant_id)
                 return row
-        except SlugTaken:
-            raise Problem(
-                409,
-                "slug-taken",
-                "This slug is taken",
-                f"a tenant with slug {data.slug!r} already exists",
-            ) from None
+        except BaseException as exc:
+            # Not created: the slug is given back (if this fails too, the claim stays
+            # with a tenant that does not exist; docs/residency.md, "Failure modes").
+            with contextlib.suppress(DirectoryUnavailable):
+                await directory.release("slug", data.slug, tenant_id)
+            if isinstance(exc, SlugTaken):
+                raise _slug_taken(data.slug) from None
+            raise
 
     @get("/{tenant_id:uuid}", opt=requires(scopes=("tenant:read",)), summary="Read a tenant")
     async def get_tenant(

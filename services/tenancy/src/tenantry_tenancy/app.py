@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from urllib.parse import urlparse
 
 import asyncpg
 from litestar import Router
@@ -15,10 +17,16 @@ from litestar.di import NamedDependency, Provide
 
 from tenantry_credentials.crypto import SecretBox
 from tenantry_events.consumer import Handler, merge_handlers
+from tenantry_events.pg import Database, migrate, package_migrations
 from tenantry_objectstore.factory import open_object_store
 from tenantry_platform.clock import SystemClock
+from tenantry_platform.settings import ServiceSettings, SettingsError
 from tenantry_projections.projections import standard_projections
+from tenantry_regions.client import DirectoryClient
+from tenantry_regions.regions import RegionMap
 from tenantry_service.app import ServiceSpec
+from tenantry_service.periodic import run_periodically
+from tenantry_service.residency import DIRECTORY, directory_of
 from tenantry_service.runtime import Runtime
 from tenantry_tenancy.api import (
     LifecycleController,
@@ -30,6 +38,9 @@ from tenantry_tenancy.api import (
 )
 from tenantry_tenancy.consumers import export_consumers, purge_consumers, usage_consumers
 from tenantry_tenancy.data_keys import TenancyDataKeys
+from tenantry_tenancy.directory.api import DIRECTORY_API
+from tenantry_tenancy.directory.store import DirectoryStore
+from tenantry_tenancy.directory.sync import FactsPusher
 from tenantry_tenancy.documents import DocumentSigner
 from tenantry_tenancy.erasure_api import ErasuresController
 from tenantry_tenancy.erasures import ErasureStore, erasure_consumers
@@ -99,6 +110,64 @@ def document_signer(runtime: NamedDependency[Runtime]) -> DocumentSigner:
         box = SecretBox.from_base64(runtime.settings_as(TenancySettings).master_key)
         signer = runtime.extras["document_signer"] = DocumentSigner(runtime.db, box)
     return signer
+
+
+DIRECTORY_DB = "directory_db"
+
+
+async def open_directory(runtime: Runtime) -> None:
+    """In the region hosting the directory, its store (its own database) serves this
+    process's claims and the other regions' requests; elsewhere tenancy reaches it over
+    HTTP like every service (tenantry_service.residency.directory_of)."""
+    if not runtime.regions.hosts_directory or DIRECTORY_DB in runtime.extras:
+        return
+    settings = runtime.settings_as(TenancySettings)
+    if not settings.directory_database_url:
+        raise SettingsError(
+            "TENANTRY_DIRECTORY_DATABASE_URL is required in the region hosting the directory"
+            f" ({runtime.regions.directory_region})"
+        )
+    db = Database(settings.directory_database_url, max_size=5)
+    await db.connect()
+    runtime.extras[DIRECTORY_DB] = db
+    runtime.extras[DIRECTORY] = runtime.extras["directory_store"] = DirectoryStore(db)
+
+
+async def close_directory(runtime: Runtime) -> None:
+    found = runtime.extras.pop(DIRECTORY, None)
+    if isinstance(found, DirectoryClient):
+        await found.aclose()
+    db = runtime.extras.pop(DIRECTORY_DB, None)
+    if isinstance(db, Database):
+        await db.close()
+
+
+async def migrate_directory(settings: ServiceSettings) -> list[str]:
+    """The directory's database, in the region hosting it (`tenantry-tenancy migrate`)."""
+    assert isinstance(settings, TenancySettings)
+    if not RegionMap.from_settings(settings).hosts_directory:
+        return []
+    if not settings.directory_database_url:
+        raise SettingsError("TENANTRY_DIRECTORY_DATABASE_URL is required to migrate it")
+    dsn = settings.directory_migration_database_url or settings.directory_database_url
+    app_role = urlparse(settings.directory_database_url).username
+    return await migrate(dsn, package_migrations("tenantry_tenancy.directory"), app_role=app_role)
+
+
+async def directory_facts(runtime: Runtime, stop: asyncio.Event) -> None:
+    """Pushes this region's tenants' facts to the directory (directory/sync.py)."""
+    await open_directory(runtime)
+    pusher = FactsPusher(runtime.db, directory_of(runtime))
+    try:
+        await run_periodically(
+            pusher.push,
+            stop,
+            runtime.settings.directory_pull_seconds,
+            log=logging.getLogger("tenantry.tenancy.directory"),
+            what="directory facts",
+        )
+    finally:
+        await close_directory(runtime)
 
 
 ROUTE_DEPENDENCIES = {
@@ -184,14 +253,16 @@ SPEC = ServiceSpec(
     root_route_handlers=[
         Router(path="/", route_handlers=[document_jwks], dependencies=ROUTE_DEPENDENCIES),
         INTERNAL_KEY_API,
+        DIRECTORY_API,
     ],
     consumer_factory=worker_consumers,
     migration_packages=["tenantry_tenancy"],
     data_keys=TenancyDataKeys.from_settings,
     settings_cls=TenancySettings,
-    on_startup=[open_objects],
-    on_shutdown=[close_objects],
-    worker_tasks=[lifecycle_scheduler, export_worker],
+    on_startup=[open_objects, open_directory],
+    on_shutdown=[close_objects, close_directory],
+    worker_tasks=[lifecycle_scheduler, export_worker, directory_facts],
+    more_migrations=migrate_directory,
     aggregates=[TENANTS],
     purge=TENANCY_PURGE,
     exports=TENANCY_EXPORTS,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hmac
 import logging
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -30,6 +31,7 @@ from litestar.handlers.base import BaseRouteHandler
 from tenantry_credentials.crypto import SecretBox
 from tenantry_http.auth import PUBLIC
 from tenantry_http.problems import Problem
+from tenantry_platform.settings import ServiceSettings
 from tenantry_service.data_keys import (
     CALLER_HEADER,
     INTERNAL_AUTH_SCHEME,
@@ -49,27 +51,42 @@ log = logging.getLogger("tenantry.tenancy.key_api")
 _ROUTE_OPT: dict[str, Any] = {"auth": PUBLIC, "priority": "critical"}
 
 
-def internal_caller(
-    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
-) -> None:
-    """Guard: the deployment's internal API secret, compared in constant time. 401 for
-    anything else (a missing header, a bearer token, a wrong secret), and when tenancy has
-    no secret configured (the key API is then closed)."""
-    runtime: Runtime = connection.app.state.runtime
-    expected = runtime.settings.internal_api_secret
-    scheme, _space, presented = connection.headers.get("authorization", "").partition(" ")
-    if (
-        not expected
-        or scheme != INTERNAL_AUTH_SCHEME
-        or not hmac.compare_digest(expected.encode(), presented.strip().encode())
-    ):
-        raise Problem(
-            401,
-            "unauthenticated",
-            "Authentication required",
-            "The key API answers the deployment's services only",
-            headers={"WWW-Authenticate": f'{INTERNAL_AUTH_SCHEME} realm="tenantry-internal"'},
+def shared_secret_guard(
+    scheme: str, secret_of: Callable[[ServiceSettings], str], detail: str
+) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
+    """A guard that admits `Authorization: <scheme> <secret>` with the secret
+    `secret_of(settings)`, compared in constant time. 401 for anything else (a missing
+    header, a bearer token, a wrong secret), and when no secret is configured (the API is
+    then closed)."""
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        runtime: Runtime = connection.app.state.runtime
+        expected = secret_of(runtime.settings)
+        presented_scheme, _space, presented = connection.headers.get("authorization", "").partition(
+            " "
         )
+        if (
+            not expected
+            or presented_scheme != scheme
+            or not hmac.compare_digest(expected.encode(), presented.strip().encode())
+        ):
+            raise Problem(
+                401,
+                "unauthenticated",
+                "Authentication required",
+                detail,
+                headers={"WWW-Authenticate": f'{scheme} realm="tenantry-internal"'},
+            )
+
+    return guard
+
+
+# The deployment's internal API secret: the key API answers the region's own services.
+internal_caller = shared_secret_guard(
+    INTERNAL_AUTH_SCHEME,
+    lambda settings: settings.internal_api_secret,
+    "The key API answers the deployment's services only",
+)
 
 
 def data_key_store(runtime: NamedDependency[Runtime]) -> DataKeyStore:

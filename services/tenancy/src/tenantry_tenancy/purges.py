@@ -30,6 +30,7 @@ from tenantry_events.payloads.tenancy import (
 )
 from tenantry_events.storage import PostgresOutbox
 from tenantry_service.purge import PurgeRules
+from tenantry_tenancy.directory.sync import facts_of, queue_facts
 from tenantry_tenancy.domain import PURGE_PARTICIPANTS, DeletionFacts, deletion_certificate
 from tenantry_tenancy.saga_rows import due_again
 
@@ -48,10 +49,14 @@ async def mark_key_destroyed(tx: asyncpg.Connection, tenant_id: UUID) -> None:
 
 # Tenancy's share of a purge (tenantry_service.purge does the deleting): the saga's own
 # rows stay until it concludes (`tenants`, `purges`), and what remains of a purged tenant
-# stays for good (`tenant_tombstones`, `slug_quarantine` until released). The tenant's
-# data key goes with every other row; `mark_key_destroyed` leaves the marker.
+# stays for good (`tenant_tombstones`, `slug_quarantine` until released), and so do the
+# routing facts on their way to the directory (`directory_pending`: they say "purged"
+# once the saga concludes). The tenant's data key goes with every other row;
+# `mark_key_destroyed` leaves the marker.
 TENANCY_PURGE = PurgeRules(
-    keep=frozenset({"tenants", "purges", "tenant_tombstones", "slug_quarantine"}),
+    keep=frozenset(
+        {"tenants", "purges", "tenant_tombstones", "slug_quarantine", "directory_pending"}
+    ),
     data_key_table="tenant_data_keys",
     extra_steps=(mark_key_destroyed,),
 )
@@ -208,6 +213,13 @@ class PurgeStore:
         # too: a redelivery finds the purge concluded and concludes nothing).
         await tx.execute("DELETE FROM offboarding_reminders WHERE tenant_id = $1", tenant_id)
         await tx.execute("DELETE FROM tenants WHERE tenant_id = $1", tenant_id)
+        # The directory keeps a tombstone (id, region, purged) and the slug, quarantined.
+        await queue_facts(
+            tx,
+            facts_of(
+                tenant_id, home_region=tenant["home_region"], status="purged", slug=tenant["slug"]
+            ),
+        )
         await tx.execute("SELECT purge_tenant_rows('inbox'::regclass, $1)", tenant_id)
         purged = TenantPurged(
             tenant=TenantState(
@@ -301,8 +313,22 @@ class PurgeStore:
     async def release_slugs(self, tx: asyncpg.Connection, now: datetime) -> int:
         """Forget the slugs whose quarantine has ended (a purged tenant's slug is kept no
         longer than that); they are free for new tenants from then on."""
-        status = await tx.execute("DELETE FROM slug_quarantine WHERE released_at <= $1", now)
-        return int(status.split()[-1])
+        released = await tx.fetch(
+            """DELETE FROM slug_quarantine q WHERE released_at <= $1
+               RETURNING q.tenant_id,
+                   (SELECT home_region FROM tenant_tombstones t
+                    WHERE t.tenant_id = q.tenant_id) AS home_region""",
+            now,
+        )
+        for row in released:  # ...and in every region: the directory releases it too
+            if row["home_region"] is not None:
+                await queue_facts(
+                    tx,
+                    facts_of(
+                        row["tenant_id"], home_region=row["home_region"], status="purged", slug=None
+                    ),
+                )
+        return len(released)
 
     async def quarantined(self, tx: asyncpg.Connection, slug: str, now: datetime) -> bool:
         return bool(

@@ -21,6 +21,11 @@ class TenancySettings(ServiceSettings, frozen=True, kw_only=True):
     export_keep_days: Annotated[float, msgspec.Meta(gt=0)] = 7.0
     # How long a purged tenant's slug stays unavailable to new tenants.
     slug_quarantine_days: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    # The global directory's own database (docs/residency.md), in the region hosting it
+    # only: the app role's URL and the owner's (migrations). Required there, unused
+    # elsewhere.
+    directory_database_url: str = ""
+    directory_migration_database_url: str = ""
 
     @property
     def slug_quarantine(self) -> timedelta:

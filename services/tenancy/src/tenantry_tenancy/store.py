@@ -21,6 +21,7 @@ from tenantry_events.payloads.tenancy import (
 )
 from tenantry_events.state_check import AggregateKind, RowNotRebuildable, rewriting_row
 from tenantry_events.storage import PostgresEventStore, PostgresOutbox
+from tenantry_tenancy.directory.sync import facts_of, queue_facts
 from tenantry_tenancy.domain import Offboarding, Tenant, TenantChange, effective_limits
 
 
@@ -185,6 +186,15 @@ async def _write(tx: asyncpg.Connection, tenant: Tenant) -> TenantRow:
             off.purge_id if off else None,
         )
     assert row is not None
+    await queue_facts(
+        tx,
+        facts_of(
+            tenant.tenant_id,
+            home_region=tenant.state.home_region,
+            status=tenant.status,
+            slug=tenant.state.slug,
+        ),
+    )
     return TenantRow(**dict(row))
 
 

@@ -1,0 +1,1 @@
+"""Data residency: regions, the global directory, home-region routing (docs/residency.md)."""

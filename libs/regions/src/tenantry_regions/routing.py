@@ -1,0 +1,136 @@
+"""The home-region step of the request pipeline: a request for another region's tenant is
+answered 307 with the same path on that region, before any tenant data is read
+(docs/residency.md, "Routing").
+
+What the step routes by, first match wins:
+1. the credential: an API key names its region in its prefix (`tnty_live_eu_...`, checked
+   by its checksum first, so an edited prefix is not believed), an access token in its
+   issuer (read unverified: only the home region can verify it, and a redirect trusts
+   nothing);
+2. the tenant in the path (`/v1/tenants/{tenant_id}/...`): this service's replica of the
+   directory, and for a tenant the replica does not know yet (it lags, or the tenant is
+   new) the directory itself. When neither can answer, 503 with Retry-After: never a
+   guess, never another region's answer.
+
+Anonymous entry points that know neither (SSO logins by connection id or email domain)
+ask the same `TenantRouter` in their routes.
+
+The step only runs in a deployment of several regions: with one, every tenant is home.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Any, Protocol
+from uuid import UUID
+
+from litestar import Request
+
+from tenantry_credentials.apikeys import is_well_formed, looks_like_api_key, region_of
+from tenantry_credentials.tokens import unverified_issuer
+from tenantry_http.problems import Problem
+from tenantry_regions.directory import Directory, DirectoryUnavailable, TenantFacts
+from tenantry_regions.regions import RegionMap
+
+REGION_HEADER = "Tenantry-Region"
+
+
+class ReplicaLookup(Protocol):
+    async def tenant(self, tenant_id: UUID) -> TenantFacts | None: ...
+
+
+class TenantRouter:
+    """Where a tenant lives: this service's replica, else the directory (misses are
+    remembered briefly, so a flood of made-up tenant ids costs the directory little)."""
+
+    def __init__(
+        self,
+        replica: ReplicaLookup,
+        directory: Directory,
+        *,
+        miss_ttl_seconds: float = 2.0,
+        max_misses: int = 10_000,
+    ) -> None:
+        self._replica = replica
+        self._directory = directory
+        self._miss_ttl = miss_ttl_seconds
+        self._max_misses = max_misses
+        self._misses: OrderedDict[UUID, float] = OrderedDict()
+
+    async def home_region(self, tenant_id: UUID) -> str | None:
+        """The tenant's home region, or None when no region knows it. Raises
+        DirectoryUnavailable when the replica does not know it and the directory cannot
+        be asked."""
+        facts = await self._replica.tenant(tenant_id)
+        if facts is not None:
+            return facts.home_region
+        missed_at = self._misses.get(tenant_id)
+        if missed_at is not None and time.monotonic() - missed_at < self._miss_ttl:
+            return None
+        facts = await self._directory.lookup(tenant_id)
+        if facts is None:
+            self._misses[tenant_id] = time.monotonic()
+            self._misses.move_to_end(tenant_id)
+            while len(self._misses) > self._max_misses:
+                self._misses.popitem(last=False)
+            return None
+        self._misses.pop(tenant_id, None)
+        return facts.home_region
+
+
+def wrong_region(
+    regions: RegionMap, service: str, request: Request[Any, Any, Any], home: str
+) -> Problem:
+    """307 to the same request on `home` (clients follow it, keeping method and body)."""
+    location = regions.redirect_url(home, service, request.url.path, request.url.query)
+    return Problem(
+        307,
+        "wrong-region",
+        "This tenant lives in another region",
+        f"Send this request to region {home}: {location}",
+        headers={"Location": location, REGION_HEADER: home},
+        region=home,
+    )
+
+
+def region_unknown(retry_after: int) -> Problem:
+    return Problem(
+        503,
+        "region-unknown",
+        "The tenant's region cannot be told yet",
+        "This region does not know the tenant yet and the directory cannot be asked; retry",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+class HomeRegionStep:
+    def __init__(self, regions: RegionMap, service: str, router: TenantRouter) -> None:
+        self._regions = regions
+        self._service = service
+        self._router = router
+
+    async def __call__(self, request: Request[Any, Any, Any]) -> None:
+        home = self.credential_region(request.headers.get("authorization", ""))
+        if home is None:
+            tenant_id = request.path_params.get("tenant_id")
+            if isinstance(tenant_id, UUID):
+                try:
+                    home = await self._router.home_region(tenant_id)
+                except DirectoryUnavailable as exc:
+                    raise region_unknown(exc.retry_after_seconds) from None
+        if home is not None and not self._regions.is_own(home):
+            raise wrong_region(self._regions, self._service, request, home)
+
+    def credential_region(self, authorization: str) -> str | None:
+        """The region a bearer credential names (a listed one), or None."""
+        scheme, _, credential = authorization.partition(" ")
+        credential = credential.strip()
+        if scheme.lower() != "bearer" or not credential:
+            return None
+        if looks_like_api_key(credential):
+            named = region_of(credential) if is_well_formed(credential) else None
+        else:
+            issuer = unverified_issuer(credential)
+            named = self._regions.region_of_issuer(issuer) if issuer else None
+        return named if named in self._regions.regions else None

@@ -1,0 +1,90 @@
+"""Data residency in every service (docs/residency.md): the directory as this process
+reaches it, the home-region step of its pipeline, and the worker task that keeps its
+replica of the directory.
+
+With one region there is nothing to route and nothing to replicate: the step is left out
+and the replication task waits for the worker to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from tenantry_platform.clock import Clock, SystemClock, utc
+from tenantry_projections.directory_replica import DirectoryReplica
+from tenantry_regions.client import DirectoryClient
+from tenantry_regions.directory import Directory, DirectoryUnavailable
+from tenantry_regions.routing import HomeRegionStep, TenantRouter
+from tenantry_service.periodic import Counted, run_periodically
+from tenantry_service.runtime import Runtime
+
+log = logging.getLogger("tenantry.residency")
+DIRECTORY = "directory"
+FEED_PAGE = 500
+
+
+def directory_of(runtime: Runtime) -> Directory:
+    """The directory, one per process: tenancy in the hosting region puts its store in
+    `runtime.extras["directory"]` at start-up; every other process talks HTTP to it."""
+    found = runtime.extras.get(DIRECTORY)
+    if found is None:
+        settings = runtime.settings
+        url = settings.directory_url or runtime.regions.require(
+            runtime.regions.directory_region
+        ).url("tenancy")
+        found = runtime.extras[DIRECTORY] = DirectoryClient(url, settings.directory_secret)
+    return found  # type: ignore[return-value]
+
+
+def home_region_step(runtime: Runtime) -> HomeRegionStep | None:
+    if not runtime.regions.is_multi_region:
+        return None
+    router = TenantRouter(DirectoryReplica(runtime.db), directory_of(runtime))
+    return HomeRegionStep(runtime.regions, runtime.service, router)
+
+
+class ReplicaPuller:
+    """Reads the feed past the replica's cursor, a page at a time, to its end."""
+
+    def __init__(self, replica: DirectoryReplica, directory: Directory, clock: Clock) -> None:
+        self._replica = replica
+        self._directory = directory
+        self._clock = clock
+        self._unavailable = False
+
+    async def pull(self) -> Counted:
+        applied = 0
+        try:
+            cursor = (await self._replica.state()).seq
+            while True:
+                page = await self._directory.changes(cursor, FEED_PAGE)
+                await self._replica.apply(page, utc(self._clock))
+                applied += len(page.facts)
+                cursor = page.next_after
+                if page.complete:
+                    break
+        except DirectoryUnavailable as exc:
+            if not self._unavailable:  # one line per outage, not one per pass
+                log.warning("directory replica: %s; routing continues from the replica", exc)
+            self._unavailable = True
+            return Counted(applied, "fact set(s) replicated before the directory went away")
+        if self._unavailable:
+            log.info("directory replica: the directory answers again")
+            self._unavailable = False
+        return Counted(applied, "fact set(s) replicated")
+
+
+async def directory_replication(runtime: Runtime, stop: asyncio.Event) -> None:
+    """Keeps this service's replica of the directory (a worker task of every service)."""
+    if not runtime.regions.is_multi_region:
+        await stop.wait()
+        return
+    puller = ReplicaPuller(DirectoryReplica(runtime.db), directory_of(runtime), SystemClock())
+    await run_periodically(
+        puller.pull,
+        stop,
+        runtime.settings.directory_pull_seconds,
+        log=log,
+        what="directory replica",
+    )

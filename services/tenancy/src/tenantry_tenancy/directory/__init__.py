@@ -1,0 +1,1 @@
+"""The global directory, hosted by tenancy in one region (docs/residency.md)."""

@@ -1,0 +1,194 @@
+"""The global directory's store: claims, facts and the change feed, in the directory's
+own database (tenantry_regions.directory has the protocol, docs/residency.md the model).
+
+Every write takes one transaction-scoped advisory lock first. That one lock makes three
+things true at once: two claims of the same value (from any regions) are decided one after
+the other, so exactly one wins; feed numbers are taken in commit order, so a replica that
+reads past its cursor misses nothing; and a fact set and its claims change together.
+Directory writes are rare (tenant creation, a status change), so one lock costs nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from uuid import UUID
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from tenantry_events.faults import is_transient_db_error
+from tenantry_events.pg import Database
+from tenantry_regions.directory import (
+    FACT_COLUMNS,
+    ClaimAnswer,
+    ClaimKind,
+    ClaimRequest,
+    DirectoryUnavailable,
+    FeedPage,
+    TenantFacts,
+    facts_from_row,
+)
+
+_WRITE_LOCK = "SELECT pg_advisory_xact_lock(hashtext('tenantry.directory.write'))"
+_FACTS = FACT_COLUMNS
+MAX_PAGE = 1000
+
+
+class DirectoryStore:
+    """The directory region's tenancy serves this; other regions reach it over HTTP."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    @contextlib.asynccontextmanager
+    async def _connection(
+        self, *, write: bool
+    ) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+        """A connection (in a transaction holding the write lock, for `write`); the
+        directory's database unreachable is DirectoryUnavailable, as over HTTP."""
+        try:
+            async with self._db.pool.acquire() as conn, conn.transaction():
+                if write:
+                    await conn.execute(_WRITE_LOCK)
+                yield conn
+        except Exception as exc:
+            if is_transient_db_error(exc):
+                raise DirectoryUnavailable(f"directory database: {type(exc).__name__}") from exc
+            raise
+
+    async def claim(self, request: ClaimRequest) -> ClaimAnswer:
+        value = request.value.lower() if request.kind == "domain" else request.value
+        async with self._connection(write=True) as conn:
+            holder = await conn.fetchrow(
+                """SELECT c.tenant_id, t.home_region FROM directory_claims c
+                   JOIN directory_tenants t USING (tenant_id)
+                   WHERE c.kind = $1 AND c.value = $2""",
+                request.kind,
+                value,
+            )
+            if holder is not None:
+                if holder["tenant_id"] == request.tenant_id:
+                    return ClaimAnswer(granted=True)
+                return ClaimAnswer(granted=False, held_by_region=holder["home_region"])
+            existing = await conn.fetchrow(
+                "SELECT home_region FROM directory_tenants WHERE tenant_id = $1",
+                request.tenant_id,
+            )
+            if existing is not None and existing["home_region"] != request.home_region:
+                # A tenant lives in one region; a claim naming another is a caller's bug.
+                return ClaimAnswer(granted=False, held_by_region=existing["home_region"])
+            await conn.execute(
+                """INSERT INTO directory_tenants (tenant_id, home_region, status, seq)
+                   VALUES ($1, $2, $3, nextval('directory_seq'))
+                   ON CONFLICT (tenant_id) DO NOTHING""",
+                request.tenant_id,
+                request.home_region,
+                request.status,
+            )
+            await conn.execute(
+                "INSERT INTO directory_claims (kind, value, tenant_id) VALUES ($1, $2, $3)",
+                request.kind,
+                value,
+                request.tenant_id,
+            )
+            await self._renumber(conn, request.tenant_id)
+            return ClaimAnswer(granted=True)
+
+    async def release(self, kind: ClaimKind, value: str, tenant_id: UUID) -> bool:
+        """Give a value back (a tenant whose create failed after its claim); True when it
+        was this tenant's."""
+        async with self._connection(write=True) as conn:
+            deleted = await conn.execute(
+                "DELETE FROM directory_claims WHERE kind = $1 AND value = $2 AND tenant_id = $3",
+                kind,
+                value,
+                tenant_id,
+            )
+            if deleted == "DELETE 0":
+                return False
+            await self._renumber(conn, tenant_id)
+            return True
+
+    async def record(self, facts: TenantFacts) -> TenantFacts:
+        """The tenant's current facts, from its home region. The slug and domains recorded
+        are the claimed ones: a fact set cannot take a value without a claim, and one
+        without the slug releases it (the end of a purged tenant's quarantine)."""
+        async with self._connection(write=True) as conn:
+            await conn.execute(
+                """INSERT INTO directory_tenants
+                       (tenant_id, home_region, status, connection_ids, seq)
+                   VALUES ($1, $2, $3, $4, nextval('directory_seq'))
+                   ON CONFLICT (tenant_id) DO UPDATE
+                       SET home_region = EXCLUDED.home_region, status = EXCLUDED.status,
+                           connection_ids = EXCLUDED.connection_ids""",
+                facts.tenant_id,
+                facts.home_region,
+                facts.status,
+                facts.connection_ids,
+            )
+            if facts.slug is None:
+                await conn.execute(
+                    "DELETE FROM directory_claims WHERE tenant_id = $1 AND kind = 'slug'",
+                    facts.tenant_id,
+                )
+            await conn.execute(
+                """DELETE FROM directory_claims
+                   WHERE tenant_id = $1 AND kind = 'domain' AND NOT value = ANY($2::text[])""",
+                facts.tenant_id,
+                [d.lower() for d in facts.domains],
+            )
+            recorded = await self._renumber(conn, facts.tenant_id)
+            return recorded
+
+    async def _renumber(
+        self, conn: PoolConnectionProxy[asyncpg.Record], tenant_id: UUID
+    ) -> TenantFacts:
+        """The tenant's row takes the claimed slug and domains and the next feed number."""
+        row = await conn.fetchrow(
+            f"""UPDATE directory_tenants t SET
+                    slug = (SELECT value FROM directory_claims
+                            WHERE tenant_id = t.tenant_id AND kind = 'slug'),
+                    domains = ARRAY(SELECT value FROM directory_claims
+                                    WHERE tenant_id = t.tenant_id AND kind = 'domain'
+                                    ORDER BY value),
+                    seq = nextval('directory_seq'), recorded_at = now()
+                WHERE tenant_id = $1 RETURNING {_FACTS}""",
+            tenant_id,
+        )
+        assert row is not None
+        return facts_from_row(row)
+
+    async def changes(self, after: int, limit: int) -> FeedPage:
+        limit = max(1, min(limit, MAX_PAGE))
+        async with self._connection(write=False) as conn:
+            rows = await conn.fetch(
+                f"SELECT {_FACTS} FROM directory_tenants WHERE seq > $1 ORDER BY seq LIMIT $2",
+                after,
+                limit,
+            )
+        facts = [facts_from_row(r) for r in rows]
+        return FeedPage(
+            facts=facts,
+            next_after=facts[-1].seq if facts else after,
+            complete=len(facts) < limit,
+        )
+
+    async def lookup(self, tenant_id: UUID) -> TenantFacts | None:
+        async with self._connection(write=False) as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_FACTS} FROM directory_tenants WHERE tenant_id = $1", tenant_id
+            )
+        return facts_from_row(row) if row is not None else None
+
+    async def holder(self, kind: ClaimKind, value: str) -> TenantFacts | None:
+        """Whose a slug or domain is (home realm discovery asks by domain)."""
+        async with self._connection(write=False) as conn:
+            row = await conn.fetchrow(
+                f"""SELECT {", ".join("t." + c.strip() for c in _FACTS.split(","))}
+                    FROM directory_claims c JOIN directory_tenants t USING (tenant_id)
+                    WHERE c.kind = $1 AND c.value = $2""",
+                kind,
+                value.lower() if kind == "domain" else value,
+            )
+        return facts_from_row(row) if row is not None else None
