@@ -55,6 +55,9 @@ SECRET_SETTINGS = {
     "TENANTRY_SSO_CLIENT_SECRET",
     "TENANTRY_SMTP_PASSWORD",
     "TENANTRY_DIRECTORY_SECRET",
+    "TENANTRY_REDIS_PASSWORD",
+    "TENANTRY_S3_ACCESS_KEY",
+    "TENANTRY_S3_SECRET_KEY",
     "TENANTRY_DIRECTORY_DATABASE_URL",
     "TENANTRY_DIRECTORY_MIGRATION_DATABASE_URL",
 }
@@ -466,6 +469,61 @@ def test_every_container_gets_the_region_and_its_settings(variant: str) -> None:
                 assert not any(n.startswith("TENANTRY_SMTP_") for n in env), name
 
 
+def egress_pairs(policy: Obj) -> set[tuple[str, int]]:
+    """(CIDR, port) of every ipBlock a NetworkPolicy lets its pods reach."""
+    return {
+        (peer["ipBlock"]["cidr"], port["port"])
+        for rule in policy["spec"]["egress"]
+        for peer in rule["to"]
+        for port in rule["ports"]
+        if "ipBlock" in peer
+    }
+
+
+@variants
+def test_only_tenancy_opens_the_object_store(variant: str) -> None:
+    """TENANTRY_OBJECT_STORE=s3 and the region's bucket in tenancy's api and worker (export
+    archives), credentials from a Secret; no other process gets them, nor the egress."""
+    policies = by_name(variant, "NetworkPolicy")
+    deployments = by_name(variant, "Deployment")
+    for role in ROLES:
+        tenancy = egress_pairs(policies[workload(variant, "tenancy", role)])
+        store = tenancy - egress_pairs(policies[workload(variant, "ratelimit", role)])
+        assert store, f"tenancy's {role} reaches nothing more than ratelimit's"
+        for service in SERVICES:
+            name = workload(variant, service, role)
+            container = deployments[name]["spec"]["template"]["spec"]["containers"][0]
+            env = env_of(container)
+            s3 = {n for n in env if n.startswith(("TENANTRY_S3_", "TENANTRY_OBJECT_STORE"))}
+            if service != "tenancy":
+                assert not s3, f"{name}: {s3}"
+                assert not egress_pairs(policies[name]) & store, name
+                continue
+            assert env["TENANTRY_OBJECT_STORE"]["value"] == "s3", name
+            assert env["TENANTRY_S3_BUCKET"]["value"], name
+            for key in ("TENANTRY_S3_ACCESS_KEY", "TENANTRY_S3_SECRET_KEY"):
+                assert "secretKeyRef" in env[key]["valueFrom"], f"{name}: {key}"
+            assert process_settings(container).object_store == "s3", name
+
+
+def test_a_redis_password_is_put_into_the_url_at_pod_start() -> None:
+    """The region files keep Redis's host in the manifest and its password in a Secret:
+    Kubernetes expands $(TENANTRY_REDIS_PASSWORD) only from a variable defined before."""
+    for variant in ("us", "eu"):
+        for name, pod in pod_specs(variant):
+            for container in pod["containers"]:
+                if container["name"] == "topics":
+                    continue
+                names = [e["name"] for e in container["env"]]
+                env = env_of(container)
+                assert "secretKeyRef" in env["TENANTRY_REDIS_PASSWORD"]["valueFrom"], name
+                assert names.index("TENANTRY_REDIS_PASSWORD") < names.index("TENANTRY_REDIS_URL")
+                url = env["TENANTRY_REDIS_URL"]["value"]
+                assert (
+                    url == f"rediss://:$(TENANTRY_REDIS_PASSWORD)@redis.{variant}.internal:6380/0"
+                )
+
+
 def test_regions_are_separate_releases_with_their_own_servers() -> None:
     def settings(variant: str) -> dict[str, str]:
         deployment = by_name(variant, "Deployment")[workload(variant, "identity", "api")]
@@ -728,6 +786,26 @@ BAD_VALUES = [
         ["--set-string", "services.tenancy.worker.extraEnv.TENANTRY_WORKER_HEALTH_PORT=0"],
         "TENANTRY_WORKER_HEALTH_PORT is set by the chart from its own values",
         id="extra-env-overrides-health-port",
+    ),
+    pytest.param(
+        [
+            "--set",
+            "redis.passwordSecret.existingSecret=tenantry-redis",
+            "--set",
+            "redis.url=redis://tenantry:hunter2@redis:6379/0",
+        ],
+        "redis.url carries credentials (redis://***@redis:6379/0)",
+        id="redis-password-twice",
+    ),
+    pytest.param(
+        ["--set", "objectStore.bucket=Exports_Bucket"],
+        "at '/objectStore/bucket': 'Exports_Bucket' does not match pattern",
+        id="object-store-bucket-name",
+    ),
+    pytest.param(
+        ["--set", "services.tenancy.api.extraEnv.TENANTRY_S3_BUCKET=other"],
+        "TENANTRY_S3_BUCKET is set by the chart from its own values",
+        id="extra-env-overrides-bucket",
     ),
     pytest.param(
         ["--set", "networkPolicy.kafka.to=null"],

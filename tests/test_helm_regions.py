@@ -9,9 +9,14 @@ directory's database refused at render time.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 import subprocess
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -28,6 +33,7 @@ from .test_helm import (
     objects,
     pod_specs,
     process_settings,
+    render,
     render_notes,
     run_helm,
     template_args,
@@ -281,3 +287,185 @@ def test_notes_say_which_region_hosts_the_directory(tmp_path: Path) -> None:
     assert 'The global directory is region "us"\'s' in eu
     assert "from https://tenancy.us.example.com" in eu
     assert "WARNINGS" not in eu, eu
+
+
+# ---------------------------------------------------------------------------- residency
+
+
+# Settings that locate a region's data stores. The DSNs come from Secrets of the release's
+# own namespace (a secretKeyRef cannot name another namespace's), so their hosts are not in
+# the manifest: PostgreSQL shows as the private network the policies let the pods reach.
+DATA_STORE_SETTINGS = (
+    "TENANTRY_KAFKA_BOOTSTRAP",
+    "TENANTRY_REDIS_URL",
+    "TENANTRY_S3_ENDPOINT",
+    "TENANTRY_S3_BUCKET",
+    "TENANTRY_DATABASE_URL",
+    "TENANTRY_MIGRATION_DATABASE_URL",
+    "TENANTRY_DIRECTORY_DATABASE_URL",
+    "TENANTRY_DIRECTORY_MIGRATION_DATABASE_URL",
+)
+# The only values that name another region: the region list and the directory's URL.
+CROSS_REGION_SETTINGS = {"TENANTRY_REGIONS", "TENANTRY_DIRECTORY_URL"}
+PRIVATE_NETWORKS = [
+    ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+]
+URL_IN_TEXT = re.compile(r"[a-z][a-z0-9+.-]*://[^\s,\"'<>]+", re.IGNORECASE)
+HOST_PORT_LIST = re.compile(r"[A-Za-z0-9.-]+:[0-9]+(,[A-Za-z0-9.-]+:[0-9]+)*")
+
+
+def render_objects(variant: str, *extra: str) -> list[Obj]:
+    result = render_with(variant, *extra)
+    assert result.returncode == 0, f"helm template ({variant} {extra}) failed:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def locations_in(text: str) -> set[str]:
+    """The hosts a value names: in URLs and DSNs (any scheme) and host:port lists."""
+    found = set()
+    for match in URL_IN_TEXT.finditer(text):
+        host = urlsplit(match.group()).hostname
+        if host:
+            found.add(host.lower())
+    if HOST_PORT_LIST.fullmatch(text):
+        found |= {item.rsplit(":", 1)[0].lower() for item in text.split(",")}
+    return found
+
+
+def env_location(entry: Obj) -> set[str]:
+    value = entry.get("value")
+    if not isinstance(value, str):
+        return set()  # from a Secret (valueFrom)
+    if entry["name"].endswith("_BUCKET"):
+        return {f"bucket:{value}"}
+    return locations_in(value)
+
+
+def locations(objs: Sequence[Obj]) -> Iterator[tuple[str, str]]:
+    """(where, location) for every host, bucket and network the manifests name, anywhere
+    (env values, args, ConfigMaps' data, Secrets' stringData, KEDA triggers, NetworkPolicy
+    peers), except the values allowed to name another region."""
+
+    def walk(node: Any, where: str) -> Iterator[tuple[str, str]]:
+        if isinstance(node, dict):
+            name = node.get("name")
+            if isinstance(name, str) and name.startswith("TENANTRY_") and "value" in node:
+                if name not in CROSS_REGION_SETTINGS:
+                    yield from ((f"{where}.{name}", loc) for loc in env_location(node))
+                return
+            if isinstance(node.get("cidr"), str):
+                yield f"{where}.cidr", node["cidr"]  # its `except` are networks it may not reach
+                return
+            for key, value in node.items():
+                yield from walk(value, f"{where}.{key}")
+        elif isinstance(node, list):
+            for index, item in enumerate(node):
+                yield from walk(item, f"{where}[{index}]")
+        elif isinstance(node, str):
+            yield from ((where, loc) for loc in locations_in(node))
+
+    for obj in objs:
+        yield from walk(obj, f"{obj['kind']}/{obj['metadata']['name']}")
+
+
+def data_stores(objs: Sequence[Obj]) -> set[str]:
+    """A region's data stores as its manifests show them: the hosts and buckets of its
+    data-store settings, and the private networks its pods may reach (its PostgreSQL,
+    Kafka, Redis and S3 endpoint; the directory and the internet are public)."""
+    found = set()
+    for obj in objs:
+        if obj["kind"] in ("Deployment", "Job"):
+            for container in obj["spec"]["template"]["spec"]["containers"]:
+                for name, entry in env_of(container).items():
+                    if name in DATA_STORE_SETTINGS:
+                        found |= env_location(entry)
+        if obj["kind"] == "NetworkPolicy":
+            for rule in obj["spec"].get("egress", []):
+                for peer in rule.get("to", []):
+                    if "ipBlock" in peer:
+                        network = ipaddress.ip_network(peer["ipBlock"]["cidr"])
+                        private = [p for p in PRIVATE_NETWORKS if p.version == network.version]
+                        if any(network.subnet_of(p) for p in private):  # type: ignore[arg-type]
+                            found.add(str(network))
+    return found
+
+
+def foreign_data_stores(objs: Sequence[Obj], foreign: Sequence[Obj]) -> dict[str, str]:
+    """where -> location, for every value of `objs` naming one of `foreign`'s data stores."""
+    theirs = data_stores(foreign)
+    return {where: loc for where, loc in locations(objs) if loc in theirs}
+
+
+def test_each_regions_data_stores_are_seen_in_its_own_manifests() -> None:
+    """The collection is not vacuous: every data store a region file declares is found."""
+    for region in ("us", "eu"):
+        values = region_values(region)
+        mine = data_stores(render(region))
+        policy = values["networkPolicy"]
+        expected = {
+            *locations_in(values["kafka"]["bootstrapServers"]),
+            *locations_in(values["redis"]["url"]),
+            *locations_in(values["objectStore"]["endpoint"]),
+            f"bucket:{values['objectStore']['bucket']}",
+            *(policy[d]["to"][0]["ipBlock"]["cidr"] for d in ("postgres", "kafka", "redis")),
+            policy["objectStore"]["to"][0]["ipBlock"]["cidr"],
+        }
+        assert len(expected) == 10, expected  # 3 brokers, Redis, S3, bucket, 4 networks
+        assert expected <= mine, expected - mine
+        found = {loc for _, loc in locations(render(region))}
+        assert mine <= found, mine - found
+
+
+def test_no_value_of_one_region_points_at_the_others_data_stores() -> None:
+    us, eu = render("us"), render("eu")
+    assert not foreign_data_stores(eu, us), foreign_data_stores(eu, us)
+    assert not foreign_data_stores(us, eu), foreign_data_stores(us, eu)
+
+
+def test_another_regions_public_urls_appear_only_in_the_region_list_and_directory() -> None:
+    for region, other in (("us", "eu"), ("eu", "us")):
+        (entry,) = [r for r in region_values(region)["regions"] if r["id"] == other]
+        public = {host for url in entry["urls"].values() for host in locations_in(url)}
+        leaks = {where: loc for where, loc in locations(render(region)) if loc in public}
+        assert not leaks, f"{region} names {other}'s public hosts outside the region list: {leaks}"
+
+
+US_REDIS = "rediss://redis.us.internal:6380/0"
+CROSSED = [
+    pytest.param(["--set", f"redis.url={US_REDIS}"], "redis.us.internal", id="redis"),
+    pytest.param(
+        ["--set", "kafka.bootstrapServers=kafka-0.kafka.us.internal:9092"],
+        "kafka-0.kafka.us.internal",
+        id="kafka",
+    ),
+    pytest.param(
+        ["--set", "objectStore.endpoint=https://s3.us-east-1.amazonaws.com"],
+        "s3.us-east-1.amazonaws.com",
+        id="object-store",
+    ),
+    pytest.param(
+        ["--set", "objectStore.bucket=tenantry-us-exports"],
+        "bucket:tenantry-us-exports",
+        id="bucket",
+    ),
+    pytest.param(
+        ["--set", "networkPolicy.postgres.to[0].ipBlock.cidr=10.10.8.0/24"],
+        "10.10.8.0/24",
+        id="postgres-network",
+    ),
+    pytest.param(
+        ["--set", f"services.webhooks.worker.extraEnv.TENANTRY_CACHE_URL={US_REDIS}"],
+        "redis.us.internal",
+        id="extra-env",
+    ),
+]
+
+
+@pytest.mark.parametrize(("override", "location"), CROSSED)
+def test_the_check_catches_an_eu_value_pointing_at_a_us_data_store(
+    override: list[str], location: str
+) -> None:
+    """The same check on eu rendered with one value changed to us's: it must say so."""
+    crossed = foreign_data_stores(render_objects("eu", *override), render("us"))
+    assert location in crossed.values(), crossed
+    assert not foreign_data_stores(render("eu"), render("us")), "the unchanged render is clean"

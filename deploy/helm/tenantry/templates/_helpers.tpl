@@ -6,6 +6,11 @@ Shared helpers. Every workload template loops over the five services in this ord
 tenancy identity provisioning webhooks ratelimit
 {{- end -}}
 
+{{/* The services that open the object store (tenancy: export archives). */}}
+{{- define "tenantry.objectStoreServices" -}}
+tenancy
+{{- end -}}
+
 {{/* The port every api listens on inside its pod (TENANTRY_HTTP_PORT). */}}
 {{- define "tenantry.httpPort" -}}8000{{- end -}}
 
@@ -143,7 +148,7 @@ cannot: minReplicas <= maxReplicas, KEDA's replica cap. (dict "root" $ "service"
 
 {{/* Variables every process of the suite sets itself; extraEnv may not name them. */}}
 {{- define "tenantry.managedEnv" -}}
-TENANTRY_REGION TENANTRY_REGIONS TENANTRY_DIRECTORY_REGION TENANTRY_DIRECTORY_URL TENANTRY_DIRECTORY_SECRET TENANTRY_DIRECTORY_DATABASE_URL TENANTRY_DIRECTORY_MIGRATION_DATABASE_URL TENANTRY_LOG_LEVEL TENANTRY_KAFKA_BOOTSTRAP TENANTRY_REDIS_URL TENANTRY_DATABASE_URL TENANTRY_MIGRATION_DATABASE_URL TENANTRY_SERVICE_URLS TENANTRY_DB_POOL_SIZE TENANTRY_SHUTDOWN_GRACE_SECONDS TENANTRY_HTTP_HOST TENANTRY_HTTP_PORT TENANTRY_WORKER_HEALTH_PORT TENANTRY_MASTER_KEY TENANTRY_INTERNAL_API_SECRET TENANTRY_BOOTSTRAP_SECRET TENANTRY_SSO_CLIENT_SECRET TENANTRY_SMTP_PASSWORD
+TENANTRY_REGION TENANTRY_REGIONS TENANTRY_DIRECTORY_REGION TENANTRY_DIRECTORY_URL TENANTRY_DIRECTORY_SECRET TENANTRY_DIRECTORY_DATABASE_URL TENANTRY_DIRECTORY_MIGRATION_DATABASE_URL TENANTRY_LOG_LEVEL TENANTRY_KAFKA_BOOTSTRAP TENANTRY_REDIS_URL TENANTRY_REDIS_PASSWORD TENANTRY_OBJECT_STORE TENANTRY_OBJECT_STORE_DIR TENANTRY_S3_ENDPOINT TENANTRY_S3_BUCKET TENANTRY_S3_REGION TENANTRY_S3_ACCESS_KEY TENANTRY_S3_SECRET_KEY TENANTRY_DATABASE_URL TENANTRY_MIGRATION_DATABASE_URL TENANTRY_SERVICE_URLS TENANTRY_DB_POOL_SIZE TENANTRY_SHUTDOWN_GRACE_SECONDS TENANTRY_HTTP_HOST TENANTRY_HTTP_PORT TENANTRY_WORKER_HEALTH_PORT TENANTRY_MASTER_KEY TENANTRY_INTERNAL_API_SECRET TENANTRY_BOOTSTRAP_SECRET TENANTRY_SSO_CLIENT_SECRET TENANTRY_SMTP_PASSWORD
 {{- end -}}
 
 {{/* A service's api inside the cluster: (dict "root" $ "service" name) */}}
@@ -274,11 +279,22 @@ Settings are TENANTRY_<FIELD> (libs/platform settings.py); secrets come from exi
   value: {{ $values.logLevel | default "INFO" | quote }}
 - name: TENANTRY_KAFKA_BOOTSTRAP
   value: {{ $values.kafka.bootstrapServers | quote }}
-{{- if $values.redis.existingSecret }}
-{{ include "tenantry.secretEnv" (dict "name" "TENANTRY_REDIS_URL" "secret" $values.redis.existingSecret "key" $values.redis.urlKey) }}
+{{- $redis := $values.redis }}
+{{- $redisPassword := default dict $redis.passwordSecret }}
+{{- if $redis.existingSecret }}
+{{ include "tenantry.secretEnv" (dict "name" "TENANTRY_REDIS_URL" "secret" $redis.existingSecret "key" $redis.urlKey) }}
+{{- else if $redisPassword.existingSecret }}
+{{- if regexMatch "^[a-z]+://[^/]*@" $redis.url }}
+{{- fail (printf "redis.url carries credentials (%s): with redis.passwordSecret the chart puts the password into it; leave them out" (regexReplaceAll "//[^/]*@" $redis.url "//***@")) }}
+{{- end }}
+{{- /* Kubernetes expands $(VAR) from a variable defined above it, at pod start */}}
+{{ include "tenantry.secretEnv" (dict "name" "TENANTRY_REDIS_PASSWORD" "secret" $redisPassword.existingSecret "key" $redisPassword.key) }}
+{{- $url := splitn "://" 2 $redis.url }}
+- name: TENANTRY_REDIS_URL
+  value: {{ printf "%s://:$(TENANTRY_REDIS_PASSWORD)@%s" $url._0 $url._1 | quote }}
 {{- else }}
 - name: TENANTRY_REDIS_URL
-  value: {{ $values.redis.url | quote }}
+  value: {{ $redis.url | quote }}
 {{- end }}
 {{ include "tenantry.secretEnv" (dict "name" "TENANTRY_DATABASE_URL" "secret" $svc.database.existingSecret "key" $svc.database.urlKey) }}
 {{- if eq .role "migrate" }}
@@ -307,6 +323,19 @@ Settings are TENANTRY_<FIELD> (libs/platform settings.py); secrets come from exi
 {{- end }}
 {{- if $svc.masterKey }}
 {{ include "tenantry.secretEnv" (dict "name" "TENANTRY_MASTER_KEY" "secret" $svc.masterKey.existingSecret "key" $svc.masterKey.key) }}
+{{- end }}
+{{- if and (has $name (splitList " " (include "tenantry.objectStoreServices" $root))) (ne .role "migrate") }}
+{{- $store := $values.objectStore }}
+- name: TENANTRY_OBJECT_STORE
+  value: "s3"
+- name: TENANTRY_S3_ENDPOINT
+  value: {{ $store.endpoint | quote }}
+- name: TENANTRY_S3_BUCKET
+  value: {{ $store.bucket | quote }}
+- name: TENANTRY_S3_REGION
+  value: {{ $store.region | quote }}
+{{ include "tenantry.secretEnv" (dict "name" "TENANTRY_S3_ACCESS_KEY" "secret" $store.credentials.existingSecret "key" $store.credentials.accessKeyKey) }}
+{{ include "tenantry.secretEnv" (dict "name" "TENANTRY_S3_SECRET_KEY" "secret" $store.credentials.existingSecret "key" $store.credentials.secretKeyKey) }}
 {{- end }}
 {{- if ne .role "migrate" }}
 {{ include "tenantry.secretEnv" (dict "name" "TENANTRY_INTERNAL_API_SECRET" "secret" $values.internalApiSecret.existingSecret "key" $values.internalApiSecret.key) }}
