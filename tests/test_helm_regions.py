@@ -189,6 +189,29 @@ def test_only_the_replica_region_may_reach_the_directory_across_regions() -> Non
             assert directory not in egress_cidrs("us", f"tenantry-us-{service}-{role}")
 
 
+def test_each_region_serves_its_own_hostnames() -> None:
+    for region in ("us", "eu"):
+        urls = {r["id"]: r["urls"] for r in expected_regions(region)}[region]
+        ingresses = {i["metadata"]["name"]: i for i in objects(region, "Ingress")}
+        services = {o["metadata"]["name"] for o in objects(region, "Service")}
+        hosts = set()
+        for service in SERVICES:
+            spec = ingresses[f"{fullname(region)}-{service}"]["spec"]
+            (rule,) = spec["rules"]
+            assert f"https://{rule['host']}" == urls[service]
+            (path,) = rule["http"]["paths"]
+            assert path["path"] == "/"
+            backend = path["backend"]["service"]
+            assert backend["name"] in services
+            assert backend["port"] == {"name": "http"}
+            assert spec["tls"] == [
+                {"hosts": [rule["host"]], "secretName": f"tenantry-{region}-tls"}
+            ]
+            hosts.add(rule["host"])
+        assert all(f".{region}.example.com" in h for h in hosts), hosts
+    assert not objects("default", "Ingress"), "off unless asked"
+
+
 # ---------------------------------------------------------------------------- bad values
 
 
@@ -249,6 +272,12 @@ BAD_REGION_VALUES = [
         "regions us and eu share identity's URL https://auth.us.example.com: each region's "
         "access tokens name their region by it",
         id="shared-issuer",
+    ),
+    pytest.param(
+        "default",
+        ["--set", "ingress.enabled=true"],
+        'ingress.enabled needs this region\'s public URLs: list region "local" under regions',
+        id="ingress-without-regions",
     ),
     pytest.param(
         "us",
