@@ -2,15 +2,18 @@
 answered 307 with the same path on that region, before any tenant data is read
 (docs/residency.md, "Routing").
 
-What the step routes by, first match wins:
-1. the credential: an API key names its region in its prefix (`tnty_live_eu_...`, checked
-   by its checksum first, so an edited prefix is not believed), an access token in its
-   issuer (read unverified: only the home region can verify it, and a redirect trusts
-   nothing);
-2. the tenant in the path (`/v1/tenants/{tenant_id}/...`): this service's replica of the
-   directory, and for a tenant the replica does not know yet (it lags, or the tenant is
-   new) the directory itself. When neither can answer, 503 with Retry-After: never a
-   guess, never another region's answer.
+What the step routes by:
+1. the tenant in the path (`/v1/tenants/{tenant_id}/...`), when there is one: this
+   service's replica of the directory, and for a tenant the replica does not know yet (it
+   lags, or the tenant is new) the directory itself. When neither can answer, 503 with
+   Retry-After: never a guess, never another region's answer.
+2. otherwise the credential: an API key names its region in its prefix
+   (`tnty_live_eu_...`, checked by its checksum first, so an edited prefix is not
+   believed), an access token in its issuer (read unverified: only the home region can
+   verify it, and a redirect trusts nothing).
+The path wins because it names where the data is: a us operator's token on an eu tenant's
+path is sent to eu (where it is refused: operators are per region), never back to us,
+so no request is ever sent round in circles.
 
 Anonymous entry points that know neither (SSO logins by connection id or email domain)
 ask the same `TenantRouter` in their routes.
@@ -34,6 +37,10 @@ from tenantry_regions.directory import Directory, DirectoryUnavailable, TenantFa
 from tenantry_regions.regions import RegionMap
 
 REGION_HEADER = "Tenantry-Region"
+# A route's opt that keeps it out of routing: it answers for this region whatever tenant it
+# names (the directory's and the key API's internal routes, which regions and services
+# call on purpose).
+REGION_LOCAL = "region_local"
 
 
 class ReplicaLookup(Protocol):
@@ -111,14 +118,16 @@ class HomeRegionStep:
         self._router = router
 
     async def __call__(self, request: Request[Any, Any, Any]) -> None:
-        home = self.credential_region(request.headers.get("authorization", ""))
-        if home is None:
-            tenant_id = request.path_params.get("tenant_id")
-            if isinstance(tenant_id, UUID):
-                try:
-                    home = await self._router.home_region(tenant_id)
-                except DirectoryUnavailable as exc:
-                    raise region_unknown(exc.retry_after_seconds) from None
+        if request.route_handler.opt.get(REGION_LOCAL):
+            return
+        tenant_id = request.path_params.get("tenant_id")
+        if isinstance(tenant_id, UUID):
+            try:
+                home = await self._router.home_region(tenant_id)
+            except DirectoryUnavailable as exc:
+                raise region_unknown(exc.retry_after_seconds) from None
+        else:
+            home = self.credential_region(request.headers.get("authorization", ""))
         if home is not None and not self._regions.is_own(home):
             raise wrong_region(self._regions, self._service, request, home)
 

@@ -32,6 +32,7 @@ from tenantry_credentials.crypto import SecretBox
 from tenantry_http.auth import PUBLIC
 from tenantry_http.problems import Problem
 from tenantry_platform.settings import ServiceSettings
+from tenantry_regions.routing import REGION_LOCAL
 from tenantry_service.data_keys import (
     CALLER_HEADER,
     INTERNAL_AUTH_SCHEME,
@@ -48,7 +49,7 @@ log = logging.getLogger("tenantry.tenancy.key_api")
 # Public to the pipeline's authenticator (it knows user, operator and API key credentials,
 # none of which may read a key); `internal_caller` checks the service credential instead.
 # Critical: a consumer waits on the answer.
-_ROUTE_OPT: dict[str, Any] = {"auth": PUBLIC, "priority": "critical"}
+_ROUTE_OPT: dict[str, Any] = {"auth": PUBLIC, "priority": "critical", REGION_LOCAL: True}
 
 
 def shared_secret_guard(

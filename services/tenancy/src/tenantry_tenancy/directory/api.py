@@ -32,13 +32,14 @@ from tenantry_regions.directory import (
     TenantFacts,
 )
 from tenantry_regions.regions import UnknownRegion
+from tenantry_regions.routing import REGION_LOCAL
 from tenantry_service.runtime import Runtime
 from tenantry_tenancy.directory.store import MAX_PAGE, DirectoryStore
 from tenantry_tenancy.internal_api import shared_secret_guard
 
 # Public to the pipeline's authenticator; the guard checks the directory secret instead.
 # Critical: a region's tenant creation waits on a claim.
-_ROUTE_OPT: dict[str, Any] = {"auth": PUBLIC, "priority": "critical"}
+_ROUTE_OPT: dict[str, Any] = {"auth": PUBLIC, "priority": "critical", REGION_LOCAL: True}
 
 directory_caller = shared_secret_guard(
     AUTH_SCHEME,

@@ -1,0 +1,311 @@
+"""Data residency across two real regions (issue 18; docs/residency.md): regions "us"
+(hosting the global directory) and "eu", each with its own PostgreSQL, Kafka, Redis and
+five services (tenantry_testkit.regions).
+
+A tenant is created only in its home region; slugs are unique across regions, also when
+claims race; a request for another region's tenant is answered 307 to the same path there,
+by tenant path, API key prefix or token issuer; a forged key prefix is refused by its
+checksum; with the directory's region down, routing continues from the replicas and claims
+fail closed (503 + Retry-After).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+import httpx
+import pytest
+import pytest_asyncio
+
+from tenantry_testkit.fixtures import eventually, operator_token
+from tenantry_testkit.regions import Region
+from tenantry_testkit.regions import two_regions as two_regions  # the session fixture
+
+pytestmark = pytest.mark.timeout(300)
+Regions = dict[str, Region]
+
+
+@dataclass
+class Deployment:
+    regions: Regions
+    operators: dict[str, dict[str, str]]  # region -> Authorization header of its operator
+
+    def url(self, region: str, service: str) -> str:
+        return self.regions[region].service_url(service)
+
+
+@pytest_asyncio.fixture(scope="module")
+async def deployment(two_regions: Regions) -> Deployment:
+    operators = {
+        name: {"Authorization": f"Bearer {await operator_token(region)}"}
+        for name, region in two_regions.items()
+    }
+    return Deployment(two_regions, operators)
+
+
+@pytest_asyncio.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    # Redirects are what is under test: never followed by the client itself.
+    async with httpx.AsyncClient(timeout=15, follow_redirects=False) as http:
+        yield http
+
+
+def new_tenant(slug: str, home_region: str | None, plan: str = "free") -> dict[str, Any]:
+    body: dict[str, Any] = {"name": f"Tenant {slug}", "slug": slug, "plan": plan}
+    if home_region is not None:
+        body["home_region"] = home_region
+    return body
+
+
+async def create_tenant(
+    client: httpx.AsyncClient, deployment: Deployment, region: str, slug: str, plan: str = "free"
+) -> UUID:
+    response = await client.post(
+        f"{deployment.url(region, 'tenancy')}/v1/tenants",
+        json=new_tenant(slug, region, plan),
+        headers=deployment.operators[region],
+    )
+    assert response.status_code == 201, response.text
+    return UUID(response.json()["tenant_id"])
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid4().hex[:10]}"
+
+
+async def test_a_tenant_is_created_only_in_its_home_region(
+    client: httpx.AsyncClient, deployment: Deployment
+) -> None:
+    slug = unique("home")
+    sent_to_us = await client.post(
+        f"{deployment.url('us', 'tenancy')}/v1/tenants",
+        json=new_tenant(slug, "eu"),
+        headers=deployment.operators["us"],
+    )
+    assert sent_to_us.status_code == 307, sent_to_us.text
+    assert sent_to_us.headers["location"] == f"{deployment.url('eu', 'tenancy')}/v1/tenants"
+    assert sent_to_us.headers["tenantry-region"] == "eu"
+    assert sent_to_us.headers["content-type"].startswith("application/problem+json")
+    # Operators are per region: eu's creates it, where the 307 pointed.
+    created = await client.post(
+        sent_to_us.headers["location"],
+        json=new_tenant(slug, "eu"),
+        headers=deployment.operators["eu"],
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["home_region"] == "eu"
+    tenant_id = created.json()["tenant_id"]
+    # us has no row of it: its tenancy answers for it with a 307, never with data.
+    read_in_us = await client.get(
+        f"{deployment.url('us', 'tenancy')}/v1/tenants/{tenant_id}",
+        headers=deployment.operators["us"],
+    )
+    assert read_in_us.status_code == 307
+    assert read_in_us.headers["location"] == (
+        f"{deployment.url('eu', 'tenancy')}/v1/tenants/{tenant_id}"
+    )
+
+
+@pytest.mark.parametrize("home_region", ["ap", "EU", "local", ""])
+async def test_an_unknown_home_region_is_refused(
+    client: httpx.AsyncClient, deployment: Deployment, home_region: str
+) -> None:
+    response = await client.post(
+        f"{deployment.url('us', 'tenancy')}/v1/tenants",
+        json=new_tenant(unique("nowhere"), home_region),
+        headers=deployment.operators["us"],
+    )
+    assert response.status_code in (400, 422), response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    if home_region:  # the empty string fails the schema's length first
+        assert response.json()["type"].endswith("/unknown-region")
+        assert "eu" in response.json()["detail"]
+
+
+async def test_a_slug_is_unique_across_regions(
+    client: httpx.AsyncClient, deployment: Deployment
+) -> None:
+    slug = unique("once")
+    await create_tenant(client, deployment, "eu", slug)
+    again_in_us = await client.post(
+        f"{deployment.url('us', 'tenancy')}/v1/tenants",
+        json=new_tenant(slug, "us"),
+        headers=deployment.operators["us"],
+    )
+    assert again_in_us.status_code == 409, again_in_us.text
+    assert again_in_us.json()["type"].endswith("/slug-taken")
+
+
+async def test_creates_racing_in_both_regions_for_one_slug_have_one_winner(
+    client: httpx.AsyncClient, deployment: Deployment
+) -> None:
+    for _ in range(3):
+        slug = unique("race")
+        attempts = [region for region in ("us", "eu") for _ in range(3)]
+        answers = await asyncio.gather(
+            *(
+                client.post(
+                    f"{deployment.url(region, 'tenancy')}/v1/tenants",
+                    json=new_tenant(slug, region),
+                    headers=deployment.operators[region],
+                )
+                for region in attempts
+            )
+        )
+        codes = sorted(a.status_code for a in answers)
+        assert codes == [201, 409, 409, 409, 409, 409], [a.text for a in answers]
+
+
+async def test_every_service_sends_another_regions_tenant_home(
+    client: httpx.AsyncClient, deployment: Deployment
+) -> None:
+    tenant_id = await create_tenant(client, deployment, "eu", unique("routed"))
+    paths = {
+        "tenancy": f"/v1/tenants/{tenant_id}/history",
+        "identity": f"/v1/tenants/{tenant_id}/api-keys?limit=5",
+        "webhooks": f"/v1/tenants/{tenant_id}/webhooks/endpoints",
+        "ratelimit": f"/v1/tenants/{tenant_id}/rate-policies",
+    }
+    for service, path in paths.items():
+        response = await client.get(
+            f"{deployment.url('us', service)}{path}", headers=deployment.operators["us"]
+        )
+        assert response.status_code == 307, (service, response.text)
+        assert response.headers["location"] == f"{deployment.url('eu', service)}{path}"
+        location = response.headers["location"]
+
+        # At home, with the home region's operator, the same request is served (once the
+        # tenant's events have reached that service).
+        async def served(location: str = location) -> httpx.Response | None:
+            answer = await client.get(location, headers=deployment.operators["eu"])
+            return answer if answer.status_code == 200 else None
+
+        assert await eventually(served, timeout=30, message=f"{service} serving {path}")
+
+
+async def test_api_keys_and_tokens_name_their_region(
+    client: httpx.AsyncClient, deployment: Deployment
+) -> None:
+    tenant_id = await create_tenant(client, deployment, "eu", unique("keys"), "enterprise")
+    created = await client.post(
+        f"{deployment.url('eu', 'identity')}/v1/tenants/{tenant_id}/api-keys",
+        json={"name": "scim", "scopes": ["scim:write"]},
+        headers=deployment.operators["eu"],
+    )
+    assert created.status_code == 201, created.text
+    key = created.json()["key"]
+    assert key.startswith("tnty_live_eu_")
+    scim_users = "/scim/v2/Users"
+    # SCIM has no tenant in its path: the key's prefix routes it.
+    in_us = await client.get(
+        f"{deployment.url('us', 'provisioning')}{scim_users}",
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert in_us.status_code == 307, in_us.text
+    assert in_us.headers["location"] == f"{deployment.url('eu', 'provisioning')}{scim_users}"
+
+    async def served_at_home() -> httpx.Response | None:
+        response = await client.get(
+            in_us.headers["location"], headers={"Authorization": f"Bearer {key}"}
+        )
+        return response if response.status_code == 200 else None
+
+    assert await eventually(served_at_home, timeout=30)  # the key's event reaches eu's SCIM
+    # The prefix edited to name us: its checksum fails in us, and in eu.
+    forged = "tnty_live_us_" + key.removeprefix("tnty_live_eu_")
+    for region in ("us", "eu"):
+        refused = await client.get(
+            f"{deployment.url(region, 'provisioning')}{scim_users}",
+            headers={"Authorization": f"Bearer {forged}"},
+        )
+        assert refused.status_code == 401, (region, refused.text)
+
+    # An eu token (its issuer is eu's identity) on a route without a tenant, in us.
+    eu_operator = deployment.operators["eu"]
+    plans_in_us = await client.get(
+        f"{deployment.url('us', 'tenancy')}/v1/plans", headers=eu_operator
+    )
+    assert plans_in_us.status_code == 307, plans_in_us.text
+    assert plans_in_us.headers["location"] == f"{deployment.url('eu', 'tenancy')}/v1/plans"
+
+
+async def test_a_tenant_no_region_knows_is_not_found_in_either(
+    client: httpx.AsyncClient, deployment: Deployment
+) -> None:
+    for region in ("us", "eu"):
+        response = await client.get(
+            f"{deployment.url(region, 'tenancy')}/v1/tenants/{uuid4()}",
+            headers=deployment.operators[region],
+        )
+        assert response.status_code == 404, (region, response.text)
+
+
+async def test_with_the_directory_down_routing_continues_and_claims_fail_closed(
+    client: httpx.AsyncClient, deployment: Deployment
+) -> None:
+    """SIGKILL us's tenancy api (it serves the directory): eu still routes a us tenant it
+    has replicated (307), answers 503 + Retry-After for a tenant it cannot place, and
+    refuses to create a tenant (the slug cannot be claimed); restarted, all is well."""
+    us = deployment.regions["us"]
+    known = await create_tenant(client, deployment, "us", unique("known"))
+
+    async def replicated_in_eu() -> bool | None:
+        """eu's webhooks has the tenant in its replica (its worker pulled the feed)."""
+        conn = await asyncpg.connect(deployment.regions["eu"].app_dsn("tenantry_webhooks"))
+        try:
+            found = await conn.fetchval(
+                "SELECT home_region FROM directory_replica WHERE tenant_id = $1", known
+            )
+        finally:
+            await conn.close()
+        return found == "us" or None
+
+    assert await eventually(replicated_in_eu, timeout=30, message="eu's replica")
+    pid = int((us.local_dir / "run" / "tenancy-api.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    try:
+        still_routed = await client.get(
+            f"{deployment.url('eu', 'webhooks')}/v1/tenants/{known}/webhooks/endpoints",
+            headers=deployment.operators["eu"],
+        )
+        assert still_routed.status_code == 307, still_routed.text
+        unplaceable = await client.get(
+            f"{deployment.url('eu', 'webhooks')}/v1/tenants/{uuid4()}/webhooks/endpoints",
+            headers=deployment.operators["eu"],
+        )
+        assert unplaceable.status_code == 503, unplaceable.text
+        assert int(unplaceable.headers["retry-after"]) > 0
+        refused = await client.post(
+            f"{deployment.url('eu', 'tenancy')}/v1/tenants",
+            json=new_tenant(unique("closed"), "eu"),
+            headers=deployment.operators["eu"],
+        )
+        assert refused.status_code == 503, refused.text
+        assert int(refused.headers["retry-after"]) > 0
+    finally:
+        restart = await asyncio.create_subprocess_exec(
+            "bash",
+            str(us.stack_script.parent / "regions.sh"),
+            "exec",
+            "us",
+            "bash",
+            str(us.stack_script.parent / "services.sh"),
+            "start",
+            "tenancy",
+            env={
+                **{k: v for k, v in os.environ.items() if k != "TENANTRY_LOCAL_DIR"},
+                "REGIONS": "us eu",
+            },
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, errors = await asyncio.wait_for(restart.communicate(), timeout=120)
+        assert restart.returncode == 0, errors.decode()[-2000:]
+    await create_tenant(client, deployment, "eu", unique("reopened"))
