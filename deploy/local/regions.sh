@@ -100,6 +100,20 @@ in_region() {
   ( export "${lines[@]}"; "$@" )
 }
 
+# every_region COMMAND...: COMMAND in each region at once (in_region); its messages go to
+# stderr tagged with the region, its output nowhere; fails when any of them fails. (A plain
+# pipe: with `2> >(sed ...)` bash leaves the substitution's fd open in the servers started,
+# so sed, and whoever reads our stderr, would wait for them to exit.)
+every_region() {
+  local id pids=() pid failed=0
+  for id in "${DEPLOYMENT[@]}"; do
+    in_region "$id" "$@" 2>&1 >/dev/null | sed -u "/^\[tenantry/!s/^/[tenantry $id] /" >&2 &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  return $failed
+}
+
 # Every port of the default stack and of each region differs, and stays below the ephemeral
 # range (an outgoing connection could hold it). The scheme guarantees it (stack.env); this
 # says so loudly if a changed port or step breaks it.
@@ -141,30 +155,17 @@ start() {
     echo $(( i + 1 )) > "$REGIONS_DIR/$id/slot"
   done
   printf '%s\n' "${DEPLOYMENT[@]}" > "$DEPLOYMENT_FILE"
-  # The servers of every region side by side (mostly initdb and JVM start-up time)...
-  local pids=() pid failed=0
-  for id in "${DEPLOYMENT[@]}"; do
-    in_region "$id" bash "$HERE/stack.sh" start-all &
-    pids+=($!)
-  done
-  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
-  (( failed == 0 )) || die "a region's servers did not start (see above)"
-  # ... then the services region by region, the directory's region first: on two cores,
-  # ten services migrating and starting at once only take longer each.
-  for id in "${DEPLOYMENT[@]}"; do
-    in_region "$id" bash "$HERE/services.sh" start >/dev/null || die "region $id: the services did not start"
-  done
+  # Every region at once: much of a start is waiting (initdb, the JVM, Kafka's election,
+  # /readyz polls). A region's services need no other region to start: a directory that
+  # is not up yet only delays the replica's first pull.
+  every_region bash "$HERE/stack.sh" start-all || die "a region's servers did not start (see above)"
+  every_region bash "$HERE/services.sh" start >/dev/null || die "a region's services did not start (see above)"
   urls
 }
 
 stop() {
   deployment "$@"
-  local id
-  for id in "${DEPLOYMENT[@]}"; do
-    [[ -d "$REGIONS_DIR/$id" ]] || continue
-    in_region "$id" bash -c "bash '$HERE/services.sh' stop; bash '$HERE/stack.sh' stop-all" &
-  done
-  wait
+  every_region bash -c "bash '$HERE/services.sh' stop; bash '$HERE/stack.sh' stop-all"
 }
 
 status() {
