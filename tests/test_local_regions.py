@@ -24,6 +24,9 @@ from tenantry_testkit.stack import REPO, Stack
 
 Regions = dict[str, Region]
 
+# The first test may start both regions: minutes on a loaded machine (tenantry_testkit.regions).
+pytestmark = pytest.mark.timeout(600)
+
 
 def process_environment(local_dir: Path, process: str) -> dict[str, str]:
     """What a running process of a stack really got: the pid file in the stack's state
