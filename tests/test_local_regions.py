@@ -156,6 +156,34 @@ async def test_mail_sent_to_a_regions_sink_lands_in_that_regions_mail_dir_only(
         assert arrived & set(sent.values()) == {sent[name]}, name
 
 
+async def test_a_service_restarts_in_its_own_region_only(two_regions: Regions) -> None:
+    """Region.services runs services.sh in that region: eu's ratelimit gets new processes,
+    us's keeps its own, and both answer."""
+    us, eu = two_regions["us"], two_regions["eu"]
+
+    def pids() -> dict[str, str]:
+        return {
+            f"{r.id} {role}": (r.local_dir / "run" / f"ratelimit-{role}.pid").read_text().strip()
+            for r in (us, eu)
+            for role in ("api", "worker")
+        }
+
+    urls = [
+        url
+        for region in (us, eu)
+        for url in (region.service_url("ratelimit"), region.worker_health_url("ratelimit"))
+    ]
+    before = pids()
+    await eu.services("restart", "ratelimit")
+    after = pids()
+    assert after["eu api"] != before["eu api"]
+    assert after["eu worker"] != before["eu worker"]
+    assert (after["us api"], after["us worker"]) == (before["us api"], before["us worker"])
+    async with httpx.AsyncClient(timeout=5) as client:
+        for url in urls:
+            assert (await client.get(f"{url}/readyz")).status_code == 200, url
+
+
 def test_the_default_stack_is_still_up(two_regions: Regions, stack: Stack) -> None:
     """Last: after everything above, the default stack's services still answer, from the
     processes of its own pid files in .local/run (not the regions')."""

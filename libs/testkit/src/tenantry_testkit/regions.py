@@ -14,6 +14,7 @@ that asks for the fixture: give such a module `pytestmark = pytest.mark.timeout(
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -134,11 +135,23 @@ class Region(Stack):
         out = _checked(_script(self.deployment, "env", self.id, service), f"env {self.id}")
         return _settings(out)
 
+    async def run_script(self, script: str, *args: str, timeout: float = 150) -> None:
+        """deploy/local/SCRIPT ARGS in this region's environment (`regions.sh exec`), off the
+        event loop; AssertionError with its messages when it fails."""
+        command = ("exec", self.id, "bash", str(REPO / "deploy" / "local" / script), *args)
+        result = await asyncio.to_thread(_script, self.deployment, *command, timeout=timeout)
+        assert result.returncode == 0, (
+            f"{script} {' '.join(args)} in {self.id}:\n{result.stderr[-2000:]}"
+        )
+
     async def control(self, component: str, action: str) -> None:
         """`stack.sh COMPONENT ACTION` in this region (kafka stop, redis start, ...)."""
-        stack_sh = str(REPO / "deploy" / "local" / "stack.sh")
-        result = _script(self.deployment, "exec", self.id, "bash", stack_sh, component, action)
-        _checked(result, f"exec {self.id} stack.sh {component} {action}")
+        await self.run_script("stack.sh", component, action)
+
+    async def services(self, action: str, *services: str) -> None:
+        """`services.sh ACTION SERVICE...` in this region: start one the test killed,
+        restart another (all five when none is named)."""
+        await self.run_script("services.sh", action, *services)
 
 
 def load_regions(deployment: tuple[str, ...] = TWO_REGIONS) -> dict[str, Region]:
