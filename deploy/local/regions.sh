@@ -16,10 +16,11 @@
 # 4525/10101-10105. A region keeps the position it was first started in (its Kafka metadata
 # holds its controller's port): starting it in another position is refused.
 #
-# Memory (measured 2026-12-07, "us eu" idle right after start, every process of both regions
-# from their pid files and postmasters): RSS 4.3 GB in all, 2.15 GB per region (ten Python
-# processes 1.2 GB, Kafka 0.4 GB, PostgreSQL 0.58 GB counting its shared buffers in each
-# backend); proportional set size 2.75 GB. README.md, "Two regions".
+# Memory (measured 2026-12-07 with ps and /proc/<pid>/smaps_rollup over every process of
+# both regions: pid files, postmasters and their backends): "us eu" idle right after start
+# RSS 4.3 GB in all, 2.15 GB per region (ten Python processes 1.2 GB, Kafka 0.4 GB,
+# PostgreSQL 0.58 GB counting its shared buffers again in each backend), PSS 2.75 GB; after
+# the residency tests ran RSS 5.5 GB, PSS 3.4 GB. README.md, "Two regions".
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 HERE="$REPO/deploy/local"
 # Not $LOCAL: this script runs outside any region and finds every region's state here.
