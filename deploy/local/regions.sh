@@ -193,9 +193,17 @@ vars() {
   in_region "$1" bash -c 'for key in $(compgen -e); do [[ $key == TENANTRY_* ]] && echo "$key=${!key}"; done; true'
 }
 
+# One start or stop at a time (two test sessions may both find the regions down): the
+# second waits, then finds them running. -o: the servers started must not hold the lock.
+locked() {
+  if [[ -n "${REGIONS_SH_LOCKED:-}" ]]; then "$@"; return; fi
+  mkdir -p "$REGIONS_DIR"
+  REGIONS_SH_LOCKED=1 flock -o "$REGIONS_DIR/.lock" bash "${BASH_SOURCE[0]}" "$@"
+}
+
 case "${1:-}" in
-  start) shift; start "$@" ;;
-  stop) shift; stop "$@" ;;
+  start) shift; locked start "$@" ;;
+  stop) shift; locked stop "$@" ;;
   status) shift; status "$@" ;;
   urls) shift; urls "$@" ;;
   vars) vars "${2:?usage: $0 vars REGION}" ;;
