@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -24,9 +25,11 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from tenantry_testkit.dns import LoopbackDns
 from tenantry_testkit.fixtures import eventually, operator_token
 from tenantry_testkit.regions import Region
 from tenantry_testkit.regions import two_regions as two_regions  # the session fixture
+from tenantry_testkit.saml_idp import SamlUser, running_idp
 
 pytestmark = pytest.mark.timeout(300)
 Regions = dict[str, Region]
@@ -309,3 +312,146 @@ async def test_with_the_directory_down_routing_continues_and_claims_fail_closed(
         _, errors = await asyncio.wait_for(restart.communicate(), timeout=120)
         assert restart.returncode == 0, errors.decode()[-2000:]
     await create_tenant(client, deployment, "eu", unique("reopened"))
+
+
+# ---------------------------------------------------------------- SSO entry points
+REDIRECT = "http://127.0.0.1:8199/sso/callback"  # TENANTRY_SSO_REDIRECT_URIS (stack.env)
+
+
+@pytest.fixture(scope="module")
+def dns(two_regions: Regions) -> Iterator[LoopbackDns]:
+    """The DNS server both regions' identity ask (TENANTRY_SSO_DNS_NAMESERVERS)."""
+    host, port = two_regions["eu"].env["TENANTRY_SSO_DNS_NAMESERVERS"].split(",")[0].rsplit(":", 1)
+    with LoopbackDns(host, int(port)) as server:
+        yield server
+
+
+async def verify_domain(
+    client: httpx.AsyncClient,
+    deployment: Deployment,
+    dns: LoopbackDns,
+    region: str,
+    tenant_id: UUID,
+    domain: str,
+) -> httpx.Response:
+    base = f"{deployment.url(region, 'identity')}/v1/tenants/{tenant_id}/sso/domains"
+    operator = deployment.operators[region]
+    claimed = await client.post(base, json={"domain": domain}, headers=operator)
+    assert claimed.status_code == 201, claimed.text
+    dns.add_txt(claimed.json()["txt_record_name"], claimed.json()["txt_record_value"])
+    return await client.post(f"{base}/{domain}/verify", headers=operator)
+
+
+async def test_sso_logins_start_in_the_region_of_their_connection_or_domain(
+    client: httpx.AsyncClient, deployment: Deployment, dns: LoopbackDns, tmp_path: Path
+) -> None:
+    tenant_id = await create_tenant(client, deployment, "eu", unique("sso"), "business")
+    async with running_idp(tmp_path, login_as=lambda: SamlUser(name_id="x@example.org")) as idp:
+        connection = await client.post(
+            f"{deployment.url('eu', 'identity')}/v1/tenants/{tenant_id}/sso/connections",
+            json={"kind": "saml", "name": "IdP", "saml": {"metadata_xml": idp.metadata_xml()}},
+            headers=deployment.operators["eu"],
+        )
+    assert connection.status_code == 201, connection.text
+    connection_id = connection.json()["id"]
+    # A product with one login URL for every region: us sends the login to eu.
+    query = f"connection_id={connection_id}&redirect_uri={REDIRECT}&state=s1"
+    start = await client.get(f"{deployment.url('us', 'identity')}/sso/authorize?{query}")
+    assert start.status_code == 307, start.text
+    assert start.headers["location"] == f"{deployment.url('eu', 'identity')}/sso/authorize?{query}"
+    # SP metadata (a path naming the connection) too.
+    metadata = f"/sso/saml/{connection_id}/metadata"
+    r = await client.get(f"{deployment.url('us', 'identity')}{metadata}")
+    assert r.status_code == 307, r.text
+    assert r.headers["location"] == f"{deployment.url('eu', 'identity')}{metadata}"
+
+    # Home realm discovery: a domain verified in eu routes logins by email address there,
+    # and no tenant of us can verify it while eu holds it.
+    domain = f"{unique('hrd')}.example"
+    verified = await verify_domain(client, deployment, dns, "eu", tenant_id, domain)
+    assert verified.status_code == 200, verified.text
+    assert verified.json()["verified"]
+    by_email = f"email=Erin%40{domain.upper()}&redirect_uri={REDIRECT}"
+    start = await client.get(f"{deployment.url('us', 'identity')}/sso/authorize?{by_email}")
+    assert start.status_code == 307, start.text
+    assert start.headers["location"].startswith(
+        f"{deployment.url('eu', 'identity')}/sso/authorize?"
+    )
+
+    rival = await create_tenant(client, deployment, "us", unique("rival"), "business")
+    refused = await verify_domain(client, deployment, dns, "us", rival, domain)
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["type"].endswith("/domain-taken")
+    # eu lets the domain go: now us may verify it, and logins by it go to us.
+    released = await client.delete(
+        f"{deployment.url('eu', 'identity')}/v1/tenants/{tenant_id}/sso/domains/{domain}",
+        headers=deployment.operators["eu"],
+    )
+    assert released.status_code == 204, released.text
+    again = await client.post(
+        f"{deployment.url('us', 'identity')}/v1/tenants/{rival}/sso/domains/{domain}/verify",
+        headers=deployment.operators["us"],
+    )
+    assert again.status_code == 200, again.text
+    assert again.json()["verified"]
+
+    async def routed_to_us() -> httpx.Response | None:
+        answer = await client.get(f"{deployment.url('eu', 'identity')}/sso/authorize?{by_email}")
+        return answer if answer.status_code == 307 else None
+
+    moved = await eventually(routed_to_us, timeout=30, message="eu routing the domain to us")
+    assert moved.headers["location"].startswith(
+        f"{deployment.url('us', 'identity')}/sso/authorize?"
+    )
+
+
+async def test_an_operator_of_any_region_lists_every_regions_tenants_as_directory_facts(
+    client: httpx.AsyncClient, deployment: Deployment
+) -> None:
+    slug = unique("listed")
+    tenant_id = await create_tenant(client, deployment, "us", slug)
+    regions = await client.get(
+        f"{deployment.url('eu', 'tenancy')}/v1/regions", headers=deployment.operators["eu"]
+    )
+    assert regions.status_code == 200, regions.text
+    by_id = {r["id"]: r for r in regions.json()}
+    assert set(by_id) == {"us", "eu"}
+    assert by_id["us"]["hosts_directory"]
+    assert by_id["eu"]["current"]
+    assert by_id["eu"]["urls"]["tenancy"] == deployment.url("eu", "tenancy")
+
+    seen: dict[str, dict[str, Any]] = {}
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"region": "us", "limit": 200}
+        if cursor:
+            params["cursor"] = cursor
+        page = await client.get(
+            f"{deployment.url('eu', 'tenancy')}/v1/regions/tenants",
+            params=params,
+            headers=deployment.operators["eu"],
+        )
+        assert page.status_code == 200, page.text
+        seen |= {item["tenant_id"]: item for item in page.json()["data"]}
+        cursor = page.json()["next_cursor"]
+        if not cursor:
+            break
+    listed = seen[str(tenant_id)]
+    assert (listed["slug"], listed["home_region"], listed["status"]) == (slug, "us", "active")
+    assert {item["home_region"] for item in seen.values()} == {"us"}
+    # Directory facts only: no name, no address crosses.
+    assert set(listed) == {
+        "tenant_id",
+        "home_region",
+        "status",
+        "slug",
+        "domains",
+        "connection_ids",
+        "seq",
+    }
+    forged = await client.get(
+        f"{deployment.url('eu', 'tenancy')}/v1/regions/tenants",
+        params={"cursor": "not-a-cursor"},
+        headers=deployment.operators["eu"],
+    )
+    assert forged.status_code == 400

@@ -17,7 +17,7 @@ from tenantry_platform.clock import FakeClock
 from tenantry_projections.directory_replica import DirectoryReplica
 from tenantry_regions.directory import ClaimRequest, TenantFacts
 from tenantry_service.residency import ReplicaPuller
-from tenantry_tenancy.directory.store import DirectoryStore
+from tenantry_tenancy.directory.store import DirectoryStore, HomeRegionMismatch
 from tenantry_testkit.fixtures import (
     ScratchDatabase,
     create_scratch_database,
@@ -195,3 +195,31 @@ async def test_the_feed_pages_in_order(
     assert all(s > after for s in seqs)
     assert len(seqs) <= limit
     assert page.next_after == (seqs[-1] if seqs else after)
+
+
+async def test_only_a_move_switches_a_tenants_region_and_its_claims_follow(
+    directory_db: ScratchDatabase,
+) -> None:
+    store = DirectoryStore(directory_db.db)
+    tenant = uuid4()
+    await store.claim(slug_claim("moving", tenant, "us"))
+    await store.claim(
+        ClaimRequest(kind="domain", value="moving.example", tenant_id=tenant, home_region="us")
+    )
+    # Facts pushed for it by another region are a bug, refused.
+    with pytest.raises(HomeRegionMismatch) as raised:
+        await store.record(TenantFacts(tenant_id=tenant, home_region="eu", status="active"))
+    assert raised.value.home_region == "us"
+    before = await store.lookup(tenant)
+    assert before is not None
+    moved = await store.move(tenant, "us", "eu")
+    assert (moved.home_region, moved.slug, moved.domains) == ("eu", "moving", ["moving.example"])
+    assert moved.seq > before.seq
+    # A repeated or stale switch changes nothing.
+    with pytest.raises(HomeRegionMismatch):
+        await store.move(tenant, "us", "eu")
+    with pytest.raises(LookupError):
+        await store.move(uuid4(), "us", "eu")
+    holder = await store.holder("domain", "MOVING.example")
+    assert holder is not None
+    assert holder.home_region == "eu"

@@ -72,9 +72,16 @@ class DirectoryClient:
         return msgspec.json.decode(response.content, type=FeedPage)
 
     async def lookup(self, tenant_id: UUID) -> TenantFacts | None:
-        response = await self._send("GET", f"/tenants/{tenant_id}")
-        if response.status_code == 404:
-            return None
-        if response.status_code != 200:
-            raise DirectoryUnavailable(f"lookup answered {response.status_code}")
-        return msgspec.json.decode(response.content, type=TenantFacts)
+        return _facts_or_none(await self._send("GET", f"/tenants/{tenant_id}"))
+
+    async def holder(self, kind: ClaimKind, value: str) -> TenantFacts | None:
+        return _facts_or_none(await self._send("GET", f"/claims/{kind}/{value}"))
+
+
+def _facts_or_none(response: httpx.Response) -> TenantFacts | None:
+    """A lookup's answer: the facts, or None when no tenant matches (404)."""
+    if response.status_code == 404:
+        return None
+    if response.status_code != 200:
+        raise DirectoryUnavailable(f"lookup answered {response.status_code}")
+    return msgspec.json.decode(response.content, type=TenantFacts)

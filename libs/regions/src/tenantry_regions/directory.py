@@ -6,7 +6,8 @@ email domains and its SSO connection ids. No name, no email address, no user: no
 region may not share with another (docs/residency.md says why each fact is not personal).
 
 Regions talk to it over HTTP, authenticated by the deployment's directory secret:
-- claims: `POST /internal/v1/directory/claims` takes a slug (or a domain) for a tenant,
+- claims: `POST /internal/v1/directory/claims` takes a slug, an email domain or an SSO
+  connection id for a tenant (`DELETE .../claims/{kind}/{value}` gives it back),
   atomically across every region: one wins, the others get 409. A claim names the
   tenant's home region and is the first fact the directory records of a tenant.
 - facts: `PUT /internal/v1/directory/tenants/{id}` records the tenant's current facts
@@ -16,8 +17,9 @@ Regions talk to it over HTTP, authenticated by the deployment's directory secret
   facts recorded after the cursor, in the order they were recorded. Every record takes the
   next number of one sequence under a lock, so numbers follow commit order and a reader
   that remembers the last number it saw misses nothing. A replica keeps that cursor.
-- a lookup: `GET /internal/v1/directory/tenants/{id}`, for a tenant a replica does not
-  know yet.
+- lookups: `GET /internal/v1/directory/tenants/{id}` and
+  `GET /internal/v1/directory/claims/{kind}/{value}` (whose domain or connection is it),
+  for what a replica does not know yet.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import msgspec
 
 AUTH_SCHEME = "Tenantry-Directory"  # Authorization: Tenantry-Directory <secret>
 BASE_PATH = "/internal/v1/directory"
-ClaimKind = Literal["slug", "domain"]
+ClaimKind = Literal["slug", "domain", "connection"]
 Slug = Annotated[str, msgspec.Meta(min_length=1, max_length=63)]
 
 
@@ -83,6 +85,11 @@ class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True):
     status: str = "active"
 
 
+def normalised(kind: ClaimKind, value: str) -> str:
+    """How a claimed value is compared: domains and connection ids without case."""
+    return value if kind == "slug" else value.strip().lower()
+
+
 class ClaimAnswer(msgspec.Struct, frozen=True, kw_only=True):
     """`granted`: the value is this tenant's now (or already was: a claim is idempotent
     for its tenant). Otherwise `held_by_region` says where it is taken."""
@@ -118,3 +125,7 @@ class Directory(Protocol):
     async def changes(self, after: int, limit: int) -> FeedPage: ...
 
     async def lookup(self, tenant_id: UUID) -> TenantFacts | None: ...
+
+    async def holder(self, kind: ClaimKind, value: str) -> TenantFacts | None:
+        """The facts of the tenant holding a slug, domain or connection id."""
+        ...

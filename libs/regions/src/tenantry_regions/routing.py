@@ -3,9 +3,11 @@ answered 307 with the same path on that region, before any tenant data is read
 (docs/residency.md, "Routing").
 
 What the step routes by:
-1. the tenant in the path (`/v1/tenants/{tenant_id}/...`), when there is one: this
-   service's replica of the directory, and for a tenant the replica does not know yet (it
-   lags, or the tenant is new) the directory itself. When neither can answer, 503 with
+1. what the path names: a tenant (`/v1/tenants/{tenant_id}/...`), else an SSO connection
+   (`/sso/saml/{connection_id}/acs`); routes that declare `REGION_BY_QUERY` (the start of an
+   SSO login) also by their query's `tenant_id`, `connection_id` or `email` (its domain).
+   This service's replica of the directory answers, and for what it does not know yet (it
+   lags, or the thing is new) the directory itself. When neither can answer, 503 with
    Retry-After: never a guess, never another region's answer.
 2. otherwise the credential: an API key names its region in its prefix
    (`tnty_live_eu_...`, checked by its checksum first, so an edited prefix is not
@@ -15,9 +17,6 @@ The path wins because it names where the data is: a us operator's token on an eu
 path is sent to eu (where it is refused: operators are per region), never back to us,
 so no request is ever sent round in circles.
 
-Anonymous entry points that know neither (SSO logins by connection id or email domain)
-ask the same `TenantRouter` in their routes.
-
 The step only runs in a deployment of several regions: with one, every tenant is home.
 """
 
@@ -25,6 +24,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -41,10 +41,28 @@ REGION_HEADER = "Tenantry-Region"
 # names (the directory's and the key API's internal routes, which regions and services
 # call on purpose).
 REGION_LOCAL = "region_local"
+# A route's opt that routes it by its query too (`tenant_id`, `connection_id`, `email`):
+# anonymous entry points such as the start of an SSO login.
+REGION_BY_QUERY = "region_by_query"
+
+
+def _uuid(value: object) -> UUID | None:
+    if isinstance(value, UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return UUID(value)
+        except ValueError:
+            return None
+    return None
 
 
 class ReplicaLookup(Protocol):
     async def tenant(self, tenant_id: UUID) -> TenantFacts | None: ...
+
+    async def by_connection(self, connection_id: UUID) -> TenantFacts | None: ...
+
+    async def by_domain(self, domain: str) -> TenantFacts | None: ...
 
 
 class TenantRouter:
@@ -63,26 +81,56 @@ class TenantRouter:
         self._directory = directory
         self._miss_ttl = miss_ttl_seconds
         self._max_misses = max_misses
-        self._misses: OrderedDict[UUID, float] = OrderedDict()
+        self._misses: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     async def home_region(self, tenant_id: UUID) -> str | None:
         """The tenant's home region, or None when no region knows it. Raises
         DirectoryUnavailable when the replica does not know it and the directory cannot
         be asked."""
-        facts = await self._replica.tenant(tenant_id)
+        return await self._place(
+            ("tenant", str(tenant_id)),
+            lambda: self._replica.tenant(tenant_id),
+            lambda: self._directory.lookup(tenant_id),
+        )
+
+    async def home_region_of_connection(self, connection_id: UUID) -> str | None:
+        """Where the tenant of an SSO connection lives (an SSO login names only that)."""
+        value = str(connection_id)
+        return await self._place(
+            ("connection", value),
+            lambda: self._replica.by_connection(connection_id),
+            lambda: self._directory.holder("connection", value),
+        )
+
+    async def home_region_of_domain(self, domain: str) -> str | None:
+        """Where the tenant that verified an email domain lives (home realm discovery)."""
+        value = domain.strip().lower()
+        return await self._place(
+            ("domain", value),
+            lambda: self._replica.by_domain(value),
+            lambda: self._directory.holder("domain", value),
+        )
+
+    async def _place(
+        self,
+        key: tuple[str, str],
+        replicated: Callable[[], Awaitable[TenantFacts | None]],
+        asked: Callable[[], Awaitable[TenantFacts | None]],
+    ) -> str | None:
+        facts = await replicated()
         if facts is not None:
             return facts.home_region
-        missed_at = self._misses.get(tenant_id)
+        missed_at = self._misses.get(key)
         if missed_at is not None and time.monotonic() - missed_at < self._miss_ttl:
             return None
-        facts = await self._directory.lookup(tenant_id)
+        facts = await asked()
         if facts is None:
-            self._misses[tenant_id] = time.monotonic()
-            self._misses.move_to_end(tenant_id)
+            self._misses[key] = time.monotonic()
+            self._misses.move_to_end(key)
             while len(self._misses) > self._max_misses:
                 self._misses.popitem(last=False)
             return None
-        self._misses.pop(tenant_id, None)
+        self._misses.pop(key, None)
         return facts.home_region
 
 
@@ -118,18 +166,39 @@ class HomeRegionStep:
         self._router = router
 
     async def __call__(self, request: Request[Any, Any, Any]) -> None:
-        if request.route_handler.opt.get(REGION_LOCAL):
+        opt = request.route_handler.opt
+        if opt.get(REGION_LOCAL):
             return
-        tenant_id = request.path_params.get("tenant_id")
-        if isinstance(tenant_id, UUID):
-            try:
-                home = await self._router.home_region(tenant_id)
-            except DirectoryUnavailable as exc:
-                raise region_unknown(exc.retry_after_seconds) from None
-        else:
+        try:
+            home = await self._home_of_named(request.path_params)
+            if home is None and opt.get(REGION_BY_QUERY):
+                home = await self._home_of_named(request.query_params)
+        except DirectoryUnavailable as exc:
+            raise region_unknown(exc.retry_after_seconds) from None
+        if home is None and not self._names_anything(request):
             home = self.credential_region(request.headers.get("authorization", ""))
         if home is not None and not self._regions.is_own(home):
             raise wrong_region(self._regions, self._service, request, home)
+
+    async def _home_of_named(self, params: Mapping[str, Any]) -> str | None:
+        """The home region of what the parameters name: a tenant, else an SSO connection,
+        else an email address's domain."""
+        tenant_id = _uuid(params.get("tenant_id"))
+        if tenant_id is not None:
+            return await self._router.home_region(tenant_id)
+        connection_id = _uuid(params.get("connection_id"))
+        if connection_id is not None:
+            return await self._router.home_region_of_connection(connection_id)
+        email = params.get("email")
+        if isinstance(email, str) and "@" in email:
+            return await self._router.home_region_of_domain(email.rpartition("@")[2])
+        return None
+
+    @staticmethod
+    def _names_anything(request: Request[Any, Any, Any]) -> bool:
+        """The path names a tenant or a connection: that decides, not the credential (a
+        thing of this region no region knows is this region's 404)."""
+        return any(k in request.path_params for k in ("tenant_id", "connection_id"))
 
     def credential_region(self, authorization: str) -> str | None:
         """The region a bearer credential names (a listed one), or None."""

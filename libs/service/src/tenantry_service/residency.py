@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from uuid import UUID
 
+from tenantry_http.problems import Problem
 from tenantry_platform.clock import Clock, SystemClock, utc
 from tenantry_projections.directory_replica import DirectoryReplica
 from tenantry_regions.client import DirectoryClient
-from tenantry_regions.directory import Directory, DirectoryUnavailable
+from tenantry_regions.directory import ClaimKind, ClaimRequest, Directory, DirectoryUnavailable
 from tenantry_regions.routing import HomeRegionStep, TenantRouter
 from tenantry_service.periodic import Counted, run_periodically
 from tenantry_service.runtime import Runtime
@@ -88,3 +90,48 @@ async def directory_replication(runtime: Runtime, stop: asyncio.Event) -> None:
         log=log,
         what="directory replica",
     )
+
+
+def directory_unavailable(exc: DirectoryUnavailable, what: str) -> Problem:
+    return Problem(
+        503,
+        "directory-unavailable",
+        f"{what} cannot be done right now",
+        "The global directory, which keeps slugs, domains and connections unique across"
+        " regions, does not answer",
+        headers={"Retry-After": str(exc.retry_after_seconds)},
+    )
+
+
+async def claim_or_refuse(
+    runtime: Runtime,
+    kind: ClaimKind,
+    value: str,
+    tenant_id: UUID,
+    *,
+    taken: Problem,
+    what: str,
+) -> None:
+    """Claim `value` for a tenant of this region in the directory, or answer: `taken` when
+    another tenant of any region holds it, 503 + Retry-After when the directory cannot be
+    asked (claims fail closed)."""
+    try:
+        answer = await directory_of(runtime).claim(
+            ClaimRequest(
+                kind=kind, value=value, tenant_id=tenant_id, home_region=runtime.regions.own.id
+            )
+        )
+    except DirectoryUnavailable as exc:
+        raise directory_unavailable(exc, what) from None
+    if not answer.granted:
+        raise taken
+
+
+async def release_or_refuse(
+    runtime: Runtime, kind: ClaimKind, value: str, tenant_id: UUID, *, what: str
+) -> None:
+    """Give a claim back (nothing to do when the tenant did not hold it)."""
+    try:
+        await directory_of(runtime).release(kind, value, tenant_id)
+    except DirectoryUnavailable as exc:
+        raise directory_unavailable(exc, what) from None

@@ -34,6 +34,7 @@ from tenantry_identity.sessions import Sessions
 from tenantry_identity.settings import IdentitySettings
 from tenantry_identity.sso.admin_api import SsoConnectionsController, SsoDomainsController
 from tenantry_identity.sso.connections import SsoConnections
+from tenantry_identity.sso.directory_facts import directory_reconciliation
 from tenantry_identity.sso.login_api import SsoBrowserController, SsoProductController
 from tenantry_identity.sso.logins import SsoLogins
 from tenantry_identity.sso.metadata import MetadataFetcher
@@ -257,6 +258,6 @@ SPEC = ServiceSpec(
     settings_cls=IdentitySettings,
     on_startup=[COMPONENTS.start],
     on_shutdown=[COMPONENTS.stop],
-    worker_tasks=[refresh_idp_metadata, reconcile_usage],
+    worker_tasks=[refresh_idp_metadata, reconcile_usage, directory_reconciliation],
     aggregates=[ACCOUNTS, API_KEYS, SSO_CONNECTIONS],
 )

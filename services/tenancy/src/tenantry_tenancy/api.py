@@ -21,10 +21,10 @@ from tenantry_events.pg import Database
 from tenantry_http.auth import principal_of, requires
 from tenantry_http.pagination import Page, clamp_limit, decode_cursor, page_of
 from tenantry_http.problems import Problem
-from tenantry_regions.directory import ClaimRequest, Directory, DirectoryUnavailable
+from tenantry_regions.directory import DirectoryUnavailable
 from tenantry_regions.regions import UnknownRegion
 from tenantry_regions.routing import wrong_region
-from tenantry_service.residency import directory_of
+from tenantry_service.residency import claim_or_refuse, directory_of
 from tenantry_service.runtime import Runtime
 from tenantry_tenancy.domain import (
     DEFAULT_PLAN,
@@ -68,23 +68,6 @@ def _slug_taken(slug: str) -> Problem:
     return Problem(
         409, "slug-taken", "This slug is taken", f"a tenant with slug {slug!r} already exists"
     )
-
-
-async def _claim_slug(directory: Directory, slug: str, tenant_id: UUID, home_region: str) -> None:
-    try:
-        answer = await directory.claim(
-            ClaimRequest(kind="slug", value=slug, tenant_id=tenant_id, home_region=home_region)
-        )
-    except DirectoryUnavailable as exc:
-        raise Problem(
-            503,
-            "directory-unavailable",
-            "Tenants cannot be created right now",
-            "The global directory, which keeps slugs unique across regions, does not answer",
-            headers={"Retry-After": str(exc.retry_after_seconds)},
-        ) from None
-    if not answer.granted:
-        raise _slug_taken(slug)
 
 
 def found(value: T | None) -> T:
@@ -136,7 +119,14 @@ class TenantsController(Controller):
         except DomainError as exc:
             raise Problem(exc.status, exc.slug, "The tenant is not valid", str(exc)) from exc
         directory = directory_of(runtime)
-        await _claim_slug(directory, data.slug, tenant_id, home_region)
+        await claim_or_refuse(
+            runtime,
+            "slug",
+            data.slug,
+            tenant_id,
+            taken=_slug_taken(data.slug),
+            what="Creating a tenant",
+        )
         try:
             async with db.transaction(platform=True) as tx:
                 if await plan_store.plan(tx, data.plan) is None:

@@ -56,6 +56,7 @@ from tenantry_tenancy.offboarding_api import (
     document_jwks,
 )
 from tenantry_tenancy.purges import TENANCY_PURGE, PurgeStore
+from tenantry_tenancy.regions_api import REGION_ROUTES
 from tenantry_tenancy.settings import TenancySettings
 from tenantry_tenancy.store import TENANTS, PlanStore, TenantRepository
 
@@ -246,6 +247,7 @@ SPEC = ServiceSpec(
                 update_plan,
                 deletion_certificate,
                 download,
+                *REGION_ROUTES,
             ],
             dependencies=ROUTE_DEPENDENCIES,
         )

@@ -4,6 +4,7 @@ verifies. The login flow's routes are in login_api.py."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -25,6 +26,7 @@ from tenantry_identity.sso.connections import (
     SsoConnections,
     invalid,
 )
+from tenantry_identity.sso.directory_facts import register_connection, unregister_connection
 from tenantry_identity.sso.email_domains import (
     DomainRefused,
     challenge_name,
@@ -42,6 +44,7 @@ from tenantry_identity.sso.store import (
     SsoStore,
 )
 from tenantry_identity.sso.txt_lookup import DomainLookupFailed, TxtResolver
+from tenantry_service.residency import claim_or_refuse, release_or_refuse
 
 MANAGE = requires(roles=ADMIN_ROLES, scopes=("sso:write",), verified_email=True)
 READ = requires(roles=ADMIN_ROLES, scopes=("sso:read",))
@@ -141,6 +144,7 @@ class SsoConnectionsController(Controller):
         sso_connections: NamedDependency[SsoConnections],
     ) -> ConnectionView:
         row = await sso_connections.create(tenant_id, data, actor=actor(request))
+        await register_connection(request.app.state.runtime, tenant_id, row.connection_id)
         return view(row, sso_connections)
 
     @get("/", opt=READ, summary="List the tenant's SSO connections")
@@ -187,6 +191,7 @@ class SsoConnectionsController(Controller):
         sso_connections: NamedDependency[SsoConnections],
     ) -> None:
         await sso_connections.delete(tenant_id, connection_id, actor=actor(request))
+        await unregister_connection(request.app.state.runtime, tenant_id, connection_id)
 
     @get(
         "/{connection_id:uuid}/login-failures",
@@ -275,6 +280,10 @@ def domain_problem(exc: DomainRefused) -> Problem:
     return Problem(422, exc.code, "The domain cannot be claimed", str(exc))
 
 
+def _domain_taken() -> Problem:
+    return Problem(409, "domain-taken", "Another organisation verified this domain first")
+
+
 class SsoDomainsController(Controller):
     path = "/tenants/{tenant_id:uuid}/sso/domains"
     tags = ["sso"]
@@ -327,6 +336,7 @@ class SsoDomainsController(Controller):
     )
     async def verify(
         self,
+        request: Request[Any, Any, Any],
         tenant_id: FromPath[UUID],
         domain: FromPath[str],
         db: NamedDependency[Database],
@@ -352,6 +362,15 @@ class SsoDomainsController(Controller):
                 headers={"Retry-After": "30"},
             ) from None
         found = record_matches(records, row.challenge_token)
+        if found:  # the domain becomes the tenant's in every region, or in none
+            await claim_or_refuse(
+                request.app.state.runtime,
+                "domain",
+                row.domain,
+                tenant_id,
+                taken=_domain_taken(),
+                what="Verifying a domain",
+            )
         error = (
             None
             if found
@@ -366,9 +385,13 @@ class SsoDomainsController(Controller):
                     tx, tenant_id, row.domain, verified=found, error=error
                 )
         except DomainTaken:
-            raise Problem(
-                409, "domain-taken", "Another organisation verified this domain first"
-            ) from None
+            # Verified here by another tenant before the directory knew domains: the
+            # claim just made is given back.
+            with contextlib.suppress(Problem):
+                await release_or_refuse(
+                    request.app.state.runtime, "domain", row.domain, tenant_id, what="Releasing"
+                )
+            raise _domain_taken() from None
         return domain_view(updated)
 
     @patch(
@@ -396,13 +419,22 @@ class SsoDomainsController(Controller):
     @delete("/{domain:str}", status_code=204, opt=MANAGE, summary="Release a claimed domain")
     async def release(
         self,
+        request: Request[Any, Any, Any],
         tenant_id: FromPath[UUID],
         domain: FromPath[str],
         db: NamedDependency[Database],
         sso_store: NamedDependency[SsoStore],
     ) -> None:
         async with db.transaction(tenant_id=tenant_id) as tx:
-            if not await sso_store.delete_domain(tx, tenant_id, domain.lower()):
+            if await sso_store.get_domain(tx, tenant_id, domain.lower()) is None:
                 raise Problem(
                     404, "not-found", "Not found", "This tenant does not claim the domain"
                 )
+        # Released in the directory first: a failure leaves the domain claimed everywhere
+        # (retry), never free elsewhere while still routed here.
+        runtime = request.app.state.runtime
+        await release_or_refuse(
+            runtime, "domain", domain.lower(), tenant_id, what="Releasing a domain"
+        )
+        async with db.transaction(tenant_id=tenant_id) as tx:
+            await sso_store.delete_domain(tx, tenant_id, domain.lower())

@@ -29,6 +29,7 @@ from tenantry_identity.sso import saml
 from tenantry_identity.sso.connections import SsoConnections
 from tenantry_identity.sso.domain import LoginRefused
 from tenantry_identity.sso.logins import LoginFailed, Redirect, SsoLogins
+from tenantry_regions.routing import REGION_BY_QUERY
 
 BROWSER = {"auth": PUBLIC, "priority": "critical", "rate_class": "auth"}
 
@@ -157,7 +158,13 @@ class SsoBrowserController(Controller):
     tags = ["sso"]
     include_in_schema = True
 
-    @get("/authorize", opt=BROWSER, summary="Start an SSO login (redirects to the IdP)")
+    # Routed by its query: a product with one login URL for every region sends each login
+    # to the region of its connection, tenant or email domain (docs/residency.md).
+    @get(
+        "/authorize",
+        opt={**BROWSER, REGION_BY_QUERY: True},
+        summary="Start an SSO login (redirects to the IdP)",
+    )
     async def authorize(
         self,
         identity_settings: NamedDependency[IdentitySettings],

@@ -7,7 +7,9 @@ token. In any other region these routes answer 404: that region has no directory
     POST   /internal/v1/directory/claims                     200 granted | 409 taken
     DELETE /internal/v1/directory/claims/{kind}/{value}?tenant_id=   204 | 404
     PUT    /internal/v1/directory/tenants/{tenant_id}         the tenant's current facts
+    POST   /internal/v1/directory/tenants/{tenant_id}/move    switch its home region
     GET    /internal/v1/directory/tenants/{tenant_id}         its facts | 404
+    GET    /internal/v1/directory/claims/{kind}/{value}       the holder's facts | 404
     GET    /internal/v1/directory/changes?after=&limit=       the change feed
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+import msgspec
 from litestar import Request, Response, Router, delete, get, post, put
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, JSONBody
@@ -34,7 +37,7 @@ from tenantry_regions.directory import (
 from tenantry_regions.regions import UnknownRegion
 from tenantry_regions.routing import REGION_LOCAL
 from tenantry_service.runtime import Runtime
-from tenantry_tenancy.directory.store import MAX_PAGE, DirectoryStore
+from tenantry_tenancy.directory.store import MAX_PAGE, DirectoryStore, HomeRegionMismatch
 from tenantry_tenancy.internal_api import shared_secret_guard
 
 # Public to the pipeline's authenticator; the guard checks the directory secret instead.
@@ -94,7 +97,38 @@ async def record(
     if data.tenant_id != tenant_id:
         raise Problem(422, "tenant-mismatch", "Tenant mismatch", "Body and path differ")
     _known_region(request.app.state.runtime, data.home_region)
-    return await directory_store.record(data)
+    try:
+        return await directory_store.record(data)
+    except HomeRegionMismatch as exc:
+        raise _mismatch(exc) from None
+
+
+class MoveRequest(msgspec.Struct, frozen=True, kw_only=True):
+    from_region: str
+    to_region: str
+
+
+@post("/tenants/{tenant_id:uuid}/move", opt=_ROUTE_OPT, include_in_schema=False, status_code=200)
+async def move(
+    request: Request[Any, Any, Any],
+    tenant_id: FromPath[UUID],
+    data: JSONBody[MoveRequest],
+    directory_store: DirectoryStore,
+) -> TenantFacts:
+    for region in (data.from_region, data.to_region):
+        _known_region(request.app.state.runtime, region)
+    try:
+        return await directory_store.move(tenant_id, data.from_region, data.to_region)
+    except LookupError:
+        raise Problem(404, "not-found", "Not found", "No region knows this tenant") from None
+    except HomeRegionMismatch as exc:
+        raise _mismatch(exc) from None
+
+
+def _mismatch(exc: HomeRegionMismatch) -> Problem:
+    return Problem(
+        409, "home-region-mismatch", "The tenant lives elsewhere", str(exc), region=exc.home_region
+    )
 
 
 @get("/tenants/{tenant_id:uuid}", opt=_ROUTE_OPT, include_in_schema=False)
@@ -102,6 +136,16 @@ async def lookup(tenant_id: FromPath[UUID], directory_store: DirectoryStore) -> 
     facts = await directory_store.lookup(tenant_id)
     if facts is None:
         raise Problem(404, "not-found", "Not found", "No region knows this tenant")
+    return facts
+
+
+@get("/claims/{kind:str}/{value:str}", opt=_ROUTE_OPT, include_in_schema=False)
+async def holder(
+    kind: FromPath[ClaimKind], value: FromPath[str], directory_store: DirectoryStore
+) -> TenantFacts:
+    facts = await directory_store.holder(kind, value)
+    if facts is None:
+        raise Problem(404, "not-found", "Not found", "No tenant holds this claim")
     return facts
 
 
@@ -116,7 +160,7 @@ async def changes(
 
 DIRECTORY_API = Router(
     path=BASE_PATH,
-    route_handlers=[claim, release, record, lookup, changes],
+    route_handlers=[claim, release, record, move, lookup, holder, changes],
     guards=[directory_caller],
     dependencies={"directory_store": Provide(directory_store, sync_to_thread=False)},
     response_headers={"Cache-Control": "no-store"},

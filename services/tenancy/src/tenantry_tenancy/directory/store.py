@@ -28,11 +28,18 @@ from tenantry_regions.directory import (
     FeedPage,
     TenantFacts,
     facts_from_row,
+    normalised,
 )
 
 _WRITE_LOCK = "SELECT pg_advisory_xact_lock(hashtext('tenantry.directory.write'))"
 _FACTS = FACT_COLUMNS
 MAX_PAGE = 1000
+
+
+class HomeRegionMismatch(Exception):
+    def __init__(self, tenant_id: UUID, home_region: str) -> None:
+        self.tenant_id, self.home_region = tenant_id, home_region
+        super().__init__(f"tenant {tenant_id} lives in region {home_region}")
 
 
 class DirectoryStore:
@@ -58,7 +65,7 @@ class DirectoryStore:
             raise
 
     async def claim(self, request: ClaimRequest) -> ClaimAnswer:
-        value = request.value.lower() if request.kind == "domain" else request.value
+        value = normalised(request.kind, request.value)
         async with self._connection(write=True) as conn:
             holder = await conn.fetchrow(
                 """SELECT c.tenant_id, t.home_region FROM directory_claims c
@@ -102,7 +109,7 @@ class DirectoryStore:
             deleted = await conn.execute(
                 "DELETE FROM directory_claims WHERE kind = $1 AND value = $2 AND tenant_id = $3",
                 kind,
-                value,
+                normalised(kind, value),
                 tenant_id,
             )
             if deleted == "DELETE 0":
@@ -111,40 +118,61 @@ class DirectoryStore:
             return True
 
     async def record(self, facts: TenantFacts) -> TenantFacts:
-        """The tenant's current facts, from its home region. The slug and domains recorded
-        are the claimed ones: a fact set cannot take a value without a claim, and one
-        without the slug releases it (the end of a purged tenant's quarantine)."""
+        """The tenant's current home region and status, from its home region's tenancy. A
+        fact set without a slug releases the slug (the end of a purged tenant's
+        quarantine); it cannot take one (only a claim can), and it leaves domains and
+        connections alone (identity claims and releases those)."""
         async with self._connection(write=True) as conn:
+            home = await conn.fetchval(
+                "SELECT home_region FROM directory_tenants WHERE tenant_id = $1",
+                facts.tenant_id,
+            )
+            if home is not None and home != facts.home_region:
+                # Only a move switches a tenant's region (`move`); a region pushing facts
+                # of another region's tenant is a bug, not a move.
+                raise HomeRegionMismatch(facts.tenant_id, home)
             await conn.execute(
-                """INSERT INTO directory_tenants
-                       (tenant_id, home_region, status, connection_ids, seq)
-                   VALUES ($1, $2, $3, $4, nextval('directory_seq'))
-                   ON CONFLICT (tenant_id) DO UPDATE
-                       SET home_region = EXCLUDED.home_region, status = EXCLUDED.status,
-                           connection_ids = EXCLUDED.connection_ids""",
+                """INSERT INTO directory_tenants (tenant_id, home_region, status, seq)
+                   VALUES ($1, $2, $3, nextval('directory_seq'))
+                   ON CONFLICT (tenant_id) DO UPDATE SET status = EXCLUDED.status""",
                 facts.tenant_id,
                 facts.home_region,
                 facts.status,
-                facts.connection_ids,
             )
             if facts.slug is None:
                 await conn.execute(
                     "DELETE FROM directory_claims WHERE tenant_id = $1 AND kind = 'slug'",
                     facts.tenant_id,
                 )
-            await conn.execute(
-                """DELETE FROM directory_claims
-                   WHERE tenant_id = $1 AND kind = 'domain' AND NOT value = ANY($2::text[])""",
-                facts.tenant_id,
-                [d.lower() for d in facts.domains],
+            return await self._renumber(conn, facts.tenant_id)
+
+    async def move(self, tenant_id: UUID, from_region: str, to_region: str) -> TenantFacts:
+        """The directory's switch of a tenant moving between regions: from now on every
+        region routes it to `to_region`, with its slug, domains and connections. The move
+        around it (export, import, purge in the old region, the tenant suspended meanwhile)
+        is the caller's; a switch whose `from_region` is not the tenant's current home is
+        refused, so a repeated or stale switch changes nothing."""
+        async with self._connection(write=True) as conn:
+            home = await conn.fetchval(
+                "SELECT home_region FROM directory_tenants WHERE tenant_id = $1 FOR UPDATE",
+                tenant_id,
             )
-            recorded = await self._renumber(conn, facts.tenant_id)
-            return recorded
+            if home is None:
+                raise LookupError(f"no tenant {tenant_id} in the directory")
+            if home != from_region:
+                raise HomeRegionMismatch(tenant_id, home)
+            await conn.execute(
+                "UPDATE directory_tenants SET home_region = $2 WHERE tenant_id = $1",
+                tenant_id,
+                to_region,
+            )
+            return await self._renumber(conn, tenant_id)
 
     async def _renumber(
         self, conn: PoolConnectionProxy[asyncpg.Record], tenant_id: UUID
     ) -> TenantFacts:
-        """The tenant's row takes the claimed slug and domains and the next feed number."""
+        """The tenant's row takes its claimed slug, domains and connections and the next
+        feed number."""
         row = await conn.fetchrow(
             f"""UPDATE directory_tenants t SET
                     slug = (SELECT value FROM directory_claims
@@ -152,6 +180,9 @@ class DirectoryStore:
                     domains = ARRAY(SELECT value FROM directory_claims
                                     WHERE tenant_id = t.tenant_id AND kind = 'domain'
                                     ORDER BY value),
+                    connection_ids = ARRAY(SELECT value::uuid FROM directory_claims
+                                           WHERE tenant_id = t.tenant_id AND kind = 'connection'
+                                           ORDER BY value),
                     seq = nextval('directory_seq'), recorded_at = now()
                 WHERE tenant_id = $1 RETURNING {_FACTS}""",
             tenant_id,
@@ -189,6 +220,6 @@ class DirectoryStore:
                     FROM directory_claims c JOIN directory_tenants t USING (tenant_id)
                     WHERE c.kind = $1 AND c.value = $2""",
                 kind,
-                value.lower() if kind == "domain" else value,
+                normalised(kind, value),
             )
         return facts_from_row(row) if row is not None else None
