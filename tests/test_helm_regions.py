@@ -2,9 +2,12 @@
 directory, and nothing in one region's manifests points at another region's data stores.
 
 Rendered with `helm template`, as tests/test_helm.py does (its helpers, its tool lookup):
-the region list and the directory's settings in every process, the directory's database
-only in the hosting region's tenancy, values that name an unknown region or misplace the
-directory's database refused at render time.
+the region list and the directory's settings in every process (for any region list, by
+property), the directory's database only in the hosting region's tenancy, each region's
+Ingress hosts its own, values that name an unknown region or misplace the directory's
+database refused at render time; then the residency check: every host, bucket and network
+of one region's manifests against the other's data stores, and renders with one value
+switched to the other region's proving that the check catches it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tenantry_regions.regions import RegionMap
 
@@ -135,6 +140,72 @@ def test_every_process_makes_a_region_map_of_its_environment(variant: str) -> No
             assert regions.ids == ["local"], name
 
 
+REGION_IDS = st.from_regex(r"[a-z][a-z0-9]{0,5}(-[a-z0-9]{1,4}){0,2}", fullmatch=True)
+LABELS = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
+# Whatever a jurisdiction may be (quotes, backslashes, any script), but no control characters.
+JURISDICTIONS = st.text(
+    st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1, max_size=20
+).filter(str.strip)
+
+
+@st.composite
+def deployments(draw: st.DrawFn) -> tuple[list[Obj], str, str]:
+    """(regions, own region, directory region) of a deployment of one to four regions."""
+    ids = draw(st.lists(REGION_IDS, min_size=1, max_size=4, unique=True))
+    regions = []
+    for region in ids:
+        domain = draw(LABELS)
+        path = draw(st.sampled_from(["", "/api", "/t/v1"]))
+        urls = {s: f"https://{s}.{region}.{domain}.test{path}" for s in SERVICES}
+        regions.append({"id": region, "jurisdiction": draw(JURISDICTIONS), "urls": urls})
+    return regions, draw(st.sampled_from(ids)), draw(st.sampled_from(ids))
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(deployment=deployments())
+def test_any_region_list_reaches_the_processes_as_given(
+    tmp_path: Path, deployment: tuple[list[Obj], str, str]
+) -> None:
+    """The chart's JSON of the region list is the list, whatever its ids, jurisdictions and
+    URLs; the directory's database follows the hosting region."""
+    regions, own, directory = deployment
+    hosting = own == directory
+    values = {
+        "region": own,
+        "regions": regions,
+        "directory": {
+            "region": directory,
+            "url": "",
+            "database": {"existingSecret": "tenantry-directory-database" if hosting else ""},
+        },
+    }
+    result = run_helm(
+        *template_args("default"), "-f", write_values(tmp_path, values),
+        "--show-only", "templates/deployment-api.yaml",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    apis = {d["metadata"]["name"]: d for d in yaml.safe_load_all(result.stdout) if d}
+    by_id = {r["id"]: r for r in regions}
+    for service in SERVICES:
+        (container,) = apis[f"tenantry-{service}-api"]["spec"]["template"]["spec"]["containers"]
+        assert json.loads(value_of(container, "TENANTRY_REGIONS")) == regions
+        assert value_of(container, "TENANTRY_DIRECTORY_REGION") == directory
+        url = value_of(container, "TENANTRY_DIRECTORY_URL")
+        if hosting:
+            assert url == "http://tenantry-tenancy.tenantry.svc.cluster.local"
+        else:
+            assert url == by_id[directory]["urls"]["tenancy"]
+        env = env_of(container)
+        assert ("TENANTRY_DIRECTORY_DATABASE_URL" in env) is (hosting and service == "tenancy")
+        mapped = RegionMap.from_settings(process_settings(container))
+        assert mapped.hosts_directory is hosting
+        assert mapped.own.jurisdiction == by_id[own]["jurisdiction"]
+        if service == "identity":
+            assert value_of(container, "TENANTRY_SSO_PUBLIC_URL") == by_id[own]["urls"]["identity"]
+
+
 def test_identity_issues_tokens_under_its_region_url() -> None:
     for region in ("us", "eu"):
         (identity,) = [
@@ -216,8 +287,10 @@ def test_each_region_serves_its_own_hostnames() -> None:
 
 
 def write_values(tmp_path: Path, values: Obj) -> str:
+    """A values file. JSON (which YAML reads) quotes every string: YAML 1.1, which helm
+    reads, takes a bare y, n, no or on for a boolean (a region "no" would be false)."""
     path = tmp_path / "override.yaml"
-    path.write_text(yaml.safe_dump(values))
+    path.write_text(json.dumps(values, ensure_ascii=False), encoding="utf-8")
     return str(path)
 
 
