@@ -533,41 +533,52 @@ def test_another_regions_public_urls_appear_only_in_the_region_list_and_director
 
 
 US_REDIS = "rediss://redis.us.internal:6380/0"
+# (override, the us location it names, where in eu's manifests the check must find it)
 CROSSED = [
-    pytest.param(["--set", f"redis.url={US_REDIS}"], "redis.us.internal", id="redis"),
+    pytest.param(
+        ["--set", f"redis.url={US_REDIS}"],
+        "redis.us.internal",
+        "Deployment/tenantry-eu-ratelimit-api.spec.template.spec.containers[0].env[",
+        id="redis",
+    ),
     pytest.param(
         ["--set", "kafka.bootstrapServers=kafka-0.kafka.us.internal:9092"],
         "kafka-0.kafka.us.internal",
+        "ScaledObject/tenantry-eu-tenancy-worker.spec.triggers[0].metadata.bootstrapServers",
         id="kafka",
     ),
     pytest.param(
         ["--set", "objectStore.endpoint=https://s3.us-east-1.amazonaws.com"],
         "s3.us-east-1.amazonaws.com",
+        "Deployment/tenantry-eu-tenancy-worker.spec.template.spec.containers[0].env[",
         id="object-store",
     ),
     pytest.param(
         ["--set", "objectStore.bucket=tenantry-us-exports"],
         "bucket:tenantry-us-exports",
+        "Deployment/tenantry-eu-tenancy-api.spec.template.spec.containers[0].env[",
         id="bucket",
     ),
     pytest.param(
         ["--set", "networkPolicy.postgres.to[0].ipBlock.cidr=10.10.8.0/24"],
         "10.10.8.0/24",
+        "NetworkPolicy/tenantry-eu-identity-api.spec.egress[",
         id="postgres-network",
     ),
     pytest.param(
         ["--set", f"services.webhooks.worker.extraEnv.TENANTRY_CACHE_URL={US_REDIS}"],
         "redis.us.internal",
+        "Deployment/tenantry-eu-webhooks-worker.spec.template.spec.containers[0].env[",
         id="extra-env",
     ),
 ]
 
 
-@pytest.mark.parametrize(("override", "location"), CROSSED)
+@pytest.mark.parametrize(("override", "location", "where"), CROSSED)
 def test_the_check_catches_an_eu_value_pointing_at_a_us_data_store(
-    override: list[str], location: str
+    override: list[str], location: str, where: str
 ) -> None:
-    """The same check on eu rendered with one value changed to us's: it must say so."""
+    """The same check on eu rendered with one value changed to us's: it must say where."""
     crossed = foreign_data_stores(render_objects("eu", *override), render("us"))
-    assert location in crossed.values(), crossed
+    assert any(w.startswith(where) and loc == location for w, loc in crossed.items()), crossed
     assert not foreign_data_stores(render("eu"), render("us")), "the unchanged render is clean"
