@@ -455,3 +455,41 @@ async def test_an_operator_of_any_region_lists_every_regions_tenants_as_director
         headers=deployment.operators["eu"],
     )
     assert forged.status_code == 400
+
+
+async def test_sign_ins_refreshes_and_sso_codes_are_sent_to_their_region(
+    client: httpx.AsyncClient, deployment: Deployment
+) -> None:
+    """Routes whose body says where they belong: a password sign-in names its tenant, a
+    refresh token and an SSO code name their region (rt_eu.…, code_eu.…)."""
+    eu = deployment.regions["eu"]
+    tenant_id = await create_tenant(client, deployment, "eu", unique("signin"))
+    login = {"email": "nobody@example.org", "password": "x" * 12, "tenant_id": str(tenant_id)}
+    sent = await client.post(f"{deployment.url('us', 'identity')}/v1/sessions", json=login)
+    assert sent.status_code == 307, sent.text
+    assert sent.headers["location"] == f"{deployment.url('eu', 'identity')}/v1/sessions"
+
+    # eu's operator signs in at eu: its refresh token names eu, and us sends it home.
+    signed_in = await client.post(
+        f"{deployment.url('eu', 'identity')}/v1/sessions",
+        json={"email": eu.operator_email, "password": eu.operator_password},
+    )
+    assert signed_in.status_code == 201, signed_in.text
+    refresh_token = signed_in.json()["refresh_token"]
+    assert refresh_token.startswith("rt_eu.")
+    refreshed_in_us = await client.post(
+        f"{deployment.url('us', 'identity')}/v1/sessions/refresh",
+        json={"refresh_token": refresh_token},
+    )
+    assert refreshed_in_us.status_code == 307, refreshed_in_us.text
+    refreshed = await client.post(
+        refreshed_in_us.headers["location"], json={"refresh_token": refresh_token}
+    )
+    assert refreshed.status_code == 201, refreshed.text
+
+    code = "code_eu.not-a-real-code"
+    exchanged = await client.post(
+        f"{deployment.url('us', 'identity')}/v1/sso/token", json={"code": code}
+    )
+    assert exchanged.status_code == 307, exchanged.text
+    assert exchanged.headers["location"] == f"{deployment.url('eu', 'identity')}/v1/sso/token"

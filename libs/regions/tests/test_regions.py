@@ -7,7 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tenantry_platform.settings import ServiceSettings, SettingsError
-from tenantry_regions.regions import SERVICES, Region, RegionMap, UnknownRegion
+from tenantry_regions.regions import (
+    SERVICES,
+    Region,
+    RegionMap,
+    UnknownRegion,
+    region_of_token,
+    routable_token,
+)
 
 
 def urls(host: str) -> dict[str, str]:
@@ -96,3 +103,18 @@ def test_only_listed_regions_are_real(region_id: str) -> None:
         with pytest.raises(UnknownRegion) as raised:
             regions.require(region_id)
         assert raised.value.known == ["eu", "us"]
+
+
+@given(st.from_regex(r"[a-z][a-z0-9-]{0,15}", fullmatch=True))
+def test_a_routable_token_names_its_region_and_nothing_else_parses_as_one(region: str) -> None:
+    token = routable_token("rt", region)
+    assert region_of_token("rt", token) == region
+    assert region_of_token("code", token) is None  # another kind's token
+    assert region_of_token("rt", token.replace(".", "", 1)) is None
+    assert len(token.partition(".")[2]) >= 43  # 256 random bits, base64url
+
+
+@given(st.text(max_size=80))
+def test_arbitrary_text_names_no_region_or_a_valid_one(text: str) -> None:
+    found = region_of_token("rt", text)
+    assert found is None or (text.startswith(f"rt_{found}.") and bool(found))

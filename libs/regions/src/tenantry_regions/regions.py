@@ -15,6 +15,7 @@ token (each region's issuer is its identity service's public URL).
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Iterable, Mapping
 
 import msgspec
@@ -138,3 +139,18 @@ def _service_urls(raw: str) -> dict[str, str]:
     # One region without TENANTRY_SERVICE_URLS (a unit test's settings): placeholders that
     # no redirect can use, since nothing is ever routed to another region.
     return {s: urls.get(s) or f"http://{s}.invalid" for s in SERVICES}
+
+
+def routable_token(kind: str, region: str) -> str:
+    """An opaque one-time secret (refresh token, SSO code) that names its region, so any
+    region can send its exchange home: `<kind>_<region>.<256 random bits>`."""
+    return f"{kind}_{region}.{secrets.token_urlsafe(32)}"
+
+
+def region_of_token(kind: str, token: str) -> str | None:
+    """The region a routable token names (None for one issued before regions)."""
+    head, dot, _ = token.partition(".")
+    region = head.removeprefix(f"{kind}_")
+    if not dot or region == head or not REGION_ID.match(region):
+        return None
+    return region

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 from uuid import UUID
+
+from litestar import Request
 
 from tenantry_http.problems import Problem
 from tenantry_platform.clock import Clock, SystemClock, utc
 from tenantry_projections.directory_replica import DirectoryReplica
 from tenantry_regions.client import DirectoryClient
 from tenantry_regions.directory import ClaimKind, ClaimRequest, Directory, DirectoryUnavailable
-from tenantry_regions.routing import HomeRegionStep, TenantRouter
+from tenantry_regions.routing import HomeRegionStep, TenantRouter, region_unknown, wrong_region
 from tenantry_service.periodic import Counted, run_periodically
 from tenantry_service.runtime import Runtime
 
@@ -39,11 +42,38 @@ def directory_of(runtime: Runtime) -> Directory:
     return found  # type: ignore[return-value]
 
 
+def tenant_router(runtime: Runtime) -> TenantRouter:
+    """Where tenants, connections and domains live: one per process (its memory of misses
+    is shared by the pipeline step and the routes that route by their body)."""
+    found = runtime.extras.get("tenant_router")
+    if not isinstance(found, TenantRouter):
+        found = TenantRouter(DirectoryReplica(runtime.db), directory_of(runtime))
+        runtime.extras["tenant_router"] = found
+    return found
+
+
 def home_region_step(runtime: Runtime) -> HomeRegionStep | None:
     if not runtime.regions.is_multi_region:
         return None
-    router = TenantRouter(DirectoryReplica(runtime.db), directory_of(runtime))
-    return HomeRegionStep(runtime.regions, runtime.service, router)
+    return HomeRegionStep(runtime.regions, runtime.service, tenant_router(runtime))
+
+
+async def send_home(
+    request: Request[Any, Any, Any], *, region: str | None = None, tenant_id: UUID | None = None
+) -> None:
+    """For routes whose body says where they belong (a sign-in's tenant, a refresh token's
+    or an SSO code's region), which the pipeline step cannot read: 307 to the home region
+    when it is another one (a 307 keeps the method and the body)."""
+    runtime: Runtime = request.app.state.runtime
+    if not runtime.regions.is_multi_region:
+        return
+    if region is None and tenant_id is not None:
+        try:
+            region = await tenant_router(runtime).home_region(tenant_id)
+        except DirectoryUnavailable as exc:
+            raise region_unknown(exc.retry_after_seconds) from None
+    if region in runtime.regions.regions and not runtime.regions.is_own(region or ""):
+        raise wrong_region(runtime.regions, runtime.service, request, region or "")
 
 
 class ReplicaPuller:

@@ -33,8 +33,16 @@ from tenantry_identity.keys import SigningKeys
 from tenantry_identity.passwords import hash_password
 from tenantry_identity.sessions import RefreshTokenRefused, Sessions, TokenPair
 from tenantry_identity.settings import IdentitySettings
-from tenantry_identity.store import API_KEYS_IN_USE, AccountRow, ApiKeyRow, IdentityStore
+from tenantry_identity.store import (
+    API_KEYS_IN_USE,
+    REFRESH_TOKEN,
+    AccountRow,
+    ApiKeyRow,
+    IdentityStore,
+)
 from tenantry_identity.verification import EmailVerification, TooSoon, VerificationRefused
+from tenantry_regions.regions import region_of_token
+from tenantry_service.residency import send_home
 
 READ_ACCOUNTS = requires(scopes=("accounts:read",))
 WRITE_ACCOUNTS = requires(roles=ADMIN_ROLES, scopes=("accounts:write",), verified_email=True)
@@ -128,7 +136,13 @@ class SessionsController(Controller):
         summary="Sign in with a password",
         responses=problems(401, 403),
     )
-    async def login(self, data: JSONBody[Login], sessions: NamedDependency[Sessions]) -> TokenPair:
+    async def login(
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[Login],
+        sessions: NamedDependency[Sessions],
+    ) -> TokenPair:
+        await send_home(request, tenant_id=data.tenant_id)  # another region's tenant: 307
         tokens = await sessions.sign_in_with_password(data.email, data.password, data.tenant_id)
         if tokens is None:
             raise Problem(
@@ -147,9 +161,13 @@ class SessionsController(Controller):
         responses=problems(401, 403),
     )
     async def refresh(
-        self, data: JSONBody[Refresh], sessions: NamedDependency[Sessions]
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[Refresh],
+        sessions: NamedDependency[Sessions],
     ) -> TokenPair:
         """Each refresh token works once. Presenting a used one revokes its whole family."""
+        await send_home(request, region=region_of_token(REFRESH_TOKEN, data.refresh_token))
         try:
             return await sessions.refresh(data.refresh_token)
         except RefreshTokenRefused as refused:

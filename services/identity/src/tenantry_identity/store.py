@@ -4,7 +4,6 @@ the same transaction as their events)."""
 from __future__ import annotations
 
 import hashlib
-import secrets
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -32,12 +31,17 @@ from tenantry_events.state_check import (
 )
 from tenantry_events.storage import PostgresEventStore
 from tenantry_identity.domain import Account, ApiKey
+from tenantry_regions.regions import routable_token
 
 PLATFORM_TENANT = UUID(int=0)  # the envelope's tenant for operator-level events
 
 # Usage counted in identity's own rows, inside the creating transaction (the plan's limits).
 SEATS_IN_USE = "SELECT count(*) FROM accounts WHERE tenant_id = $1 AND status = 'active'"
 API_KEYS_IN_USE = "SELECT count(*) FROM api_keys WHERE tenant_id = $1 AND revoked_at IS NULL"
+
+
+REFRESH_TOKEN = "rt"  # noqa: S105 (the kind of token, not a secret)
+SSO_CODE = "code"
 
 
 class AccountRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -232,10 +236,12 @@ class IdentityStore:
         return [AccountRow(**dict(r)) for r in rows]
 
     # ------------------------------------------------------------------ refresh tokens
+    # Refresh tokens and SSO codes name their region (docs/residency.md): their exchange
+    # is sent home from any region.
     async def issue_refresh(
         self, tx: asyncpg.Connection, account_id: UUID, family_id: UUID, ttl: timedelta
     ) -> str:
-        token = "rt_" + secrets.token_urlsafe(32)
+        token = routable_token(REFRESH_TOKEN, self._region)  # rt_<region>.<random>
         await tx.execute(
             """INSERT INTO refresh_tokens (token_sha256, family_id, account_id, expires_at)
                VALUES ($1, $2, $3, now() + $4::interval)""",

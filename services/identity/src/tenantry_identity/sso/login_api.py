@@ -29,7 +29,10 @@ from tenantry_identity.sso import saml
 from tenantry_identity.sso.connections import SsoConnections
 from tenantry_identity.sso.domain import LoginRefused
 from tenantry_identity.sso.logins import LoginFailed, Redirect, SsoLogins
+from tenantry_identity.store import SSO_CODE
+from tenantry_regions.regions import region_of_token
 from tenantry_regions.routing import REGION_BY_QUERY
+from tenantry_service.residency import send_home
 
 BROWSER = {"auth": PUBLIC, "priority": "critical", "rate_class": "auth"}
 
@@ -83,6 +86,7 @@ class SsoProductController(Controller):
         identity_settings: NamedDependency[IdentitySettings],
         sso_logins: NamedDependency[SsoLogins],
     ) -> SsoProfile:
+        await send_home(request, region=region_of_token(SSO_CODE, data.code))
         expected = identity_settings.sso_client_secret
         presented = _presented_secret(request, data)
         if not expected or not hmac.compare_digest(expected.encode(), presented.encode()):

@@ -40,8 +40,9 @@ from tenantry_identity.sso.domain import (
 from tenantry_identity.sso.email_domains import DomainRefused, domain_of_email, normalise_domain
 from tenantry_identity.sso.oidc import OidcConnectionConfig, OidcRelyingParty
 from tenantry_identity.sso.store import ConnectionRow, IssuedCode, PendingLogin, SsoStore
-from tenantry_identity.store import AccountRow, IdentityStore
+from tenantry_identity.store import SSO_CODE, AccountRow, IdentityStore
 from tenantry_platform.clock import Clock
+from tenantry_regions.regions import routable_token
 
 
 class Redirect(msgspec.Struct, frozen=True, kw_only=True):
@@ -431,7 +432,7 @@ class SsoLogins:
         if (why := unstorable(identity)) is not None:
             raise LoginRefused("malformed", why)
         mapping = msgspec.convert(row.attribute_mapping, AttributeMapping)
-        code = secrets.token_urlsafe(32)
+        code = routable_token(SSO_CODE, self.region)
         try:
             profile = map_profile(identity, mapping)
             for attempt in range(2):
