@@ -13,8 +13,11 @@ tenant anywhere, its id only in the directory's tables, and the region's own mar
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -23,6 +26,8 @@ import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from redis.asyncio import Redis
 
 from tenantry_testkit.fixtures import eventually, operator_token
@@ -358,3 +363,80 @@ async def test_nothing_personal_of_a_tenant_is_found_in_the_other_region(
         )
         # ... and there it is (the replica holds it: the scan would have seen more).
         assert any(allowed_id_place(region, f) for f in scan.of(str(foreign.tenant_id)))
+
+
+async def test_the_scan_finds_what_is_planted_in_every_store_and_encoding(
+    two_regions: Regions,
+) -> None:
+    """The scanner itself: a marker planted in each store of eu, in the encodings data
+    takes there (bytea, JSON, a text array, a Kafka header, a binary Kafka key, a Redis
+    hash, a log line, a base64 mail body), is found where it was put; then removed."""
+    eu = two_regions["eu"]
+    probe = f"probe-{uuid4().hex[:10]}"
+    planted_id = uuid4()
+    places = {
+        "bytea": "postgres",
+        "json": "postgres",
+        "array": "postgres",
+        "header": "kafka",
+        "redis": "redis",
+        "log": "log",
+        "mail": "mail",
+    }
+    database = f"leak_{probe.replace('-', '_')}"
+    topic = f"leak-scan.{probe}"
+    log = eu.log_dir / f"{probe}.log"
+    mail = eu.mail_dir / "new" / f"{probe}.eml"
+    admin = await asyncpg.connect(eu.super_dsn())
+    kafka = AIOKafkaAdminClient(bootstrap_servers=eu.kafka_bootstrap)
+    await kafka.start()
+    try:
+        await admin.execute(f'CREATE DATABASE "{database}"')
+        conn = await asyncpg.connect(eu.super_dsn(database))
+        try:
+            await conn.execute("CREATE SCHEMA kept")
+            await conn.execute("CREATE TABLE kept.things (b bytea, j jsonb, a text[], n int)")
+            await conn.execute(
+                "INSERT INTO kept.things VALUES ($1, $2::jsonb, $3, 1)",
+                f"\x00{probe}-bytea".encode(),
+                json.dumps({"deep": [{"field": f"{probe}-JSON"}]}),
+                ["x", f"{probe}-array"],
+            )
+        finally:
+            await conn.close()
+        await kafka.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+        producer = AIOKafkaProducer(bootstrap_servers=eu.kafka_bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                topic, b"{}", key=planted_id.bytes, headers=[("h", f"{probe}-header".encode())]
+            )
+        finally:
+            await producer.stop()
+        async with Redis.from_url(eu.redis_url) as redis:
+            await redis.hset(f"leak-scan:{probe}", "field", f"{probe}-redis")
+            await redis.expire(f"leak-scan:{probe}", 120)
+        log.write_text(f'{{"msg": "a line naming {probe}-log"}}\n')
+        message = EmailMessage()
+        message["To"] = "someone@example.com"
+        message["Subject"] = "probe"
+        message.set_content(f"a body naming {probe}-mail", cte="base64")
+        mail.write_bytes(message.as_bytes())
+
+        needles = [Needle.text(f"{probe}-{place}") for place in places]
+        scan = await scan_region(eu, [*needles, Needle.uuid(planted_id)])
+        for place, source in places.items():
+            found = scan.of(f"{probe}-{place}")
+            assert [f.source for f in found] == [source], (place, found)
+        assert [f.where for f in scan.of(f"{probe}-json")] == [f"{database}.kept.things"]
+        assert [f.where for f in scan.of(str(planted_id))] == [f"{topic}[0]"]
+    finally:
+        log.unlink(missing_ok=True)
+        mail.unlink(missing_ok=True)
+        async with Redis.from_url(eu.redis_url) as redis:
+            await redis.delete(f"leak-scan:{probe}")
+        with contextlib.suppress(Exception):
+            await kafka.delete_topics([topic])
+        await kafka.close()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await admin.close()
