@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from uuid import UUID, uuid4
 
 import pytest
@@ -223,3 +224,31 @@ async def test_only_a_move_switches_a_tenants_region_and_its_claims_follow(
     holder = await store.holder("domain", "MOVING.example")
     assert holder is not None
     assert holder.home_region == "eu"
+
+
+async def test_claims_of_tenants_never_created_are_given_back_after_the_grace(
+    directory_db: ScratchDatabase,
+) -> None:
+    store = DirectoryStore(directory_db.db)
+    replica = DirectoryReplica(directory_db.db)
+    puller = ReplicaPuller(replica, store, FakeClock())
+    created, abandoned = uuid4(), uuid4()
+    for tenant, slug in ((created, "kept"), (abandoned, "orphan")):
+        assert (await store.claim(slug_claim(slug, tenant, "eu"))).granted
+    # The created tenant's region records its facts; the other's create died.
+    await store.record(
+        TenantFacts(tenant_id=created, home_region="eu", status="active", slug="kept")
+    )
+    await puller.pull()
+    assert await replica.tenant(abandoned) is not None
+    assert await store.sweep_unrecorded(timedelta(hours=1)) == 0  # within the grace
+    await directory_db.db.pool.execute(
+        "UPDATE directory_tenants SET claimed_at = now() - interval '2 hours'"
+    )
+    assert await store.sweep_unrecorded(timedelta(hours=1)) == 1
+    assert await store.sweep_unrecorded(timedelta(hours=1)) == 0
+    assert (await store.claim(slug_claim("orphan", uuid4(), "us"))).granted
+    assert not (await store.claim(slug_claim("kept", uuid4(), "us"))).granted
+    await puller.pull()
+    assert await replica.tenant(abandoned) is None  # replicas drop it like a purged one
+    assert await replica.tenant(created) is not None

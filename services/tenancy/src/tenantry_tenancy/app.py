@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import timedelta
 from urllib.parse import urlparse
 
 import asyncpg
@@ -25,7 +26,7 @@ from tenantry_projections.projections import standard_projections
 from tenantry_regions.client import DirectoryClient
 from tenantry_regions.regions import RegionMap
 from tenantry_service.app import ServiceSpec
-from tenantry_service.periodic import run_periodically
+from tenantry_service.periodic import Counted, run_periodically
 from tenantry_service.residency import DIRECTORY, directory_of
 from tenantry_service.runtime import Runtime
 from tenantry_tenancy.api import (
@@ -159,9 +160,18 @@ async def directory_facts(runtime: Runtime, stop: asyncio.Event) -> None:
     """Pushes this region's tenants' facts to the directory (directory/sync.py)."""
     await open_directory(runtime)
     pusher = FactsPusher(runtime.db, directory_of(runtime))
+    store = runtime.extras.get("directory_store")
+    grace = timedelta(seconds=runtime.settings_as(TenancySettings).directory_claim_grace_seconds)
+
+    async def push_and_sweep() -> Counted:
+        pushed = await pusher.push()
+        # Where the directory lives, claims of tenants never created are given back.
+        swept = await store.sweep_unrecorded(grace) if isinstance(store, DirectoryStore) else 0
+        return Counted(pushed.count + swept, f"directory change(s) ({swept} claim(s) swept)")
+
     try:
         await run_periodically(
-            pusher.push,
+            push_and_sweep,
             stop,
             runtime.settings.directory_pull_seconds,
             log=logging.getLogger("tenantry.tenancy.directory"),

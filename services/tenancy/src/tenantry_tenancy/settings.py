@@ -26,6 +26,9 @@ class TenancySettings(ServiceSettings, frozen=True, kw_only=True):
     # elsewhere.
     directory_database_url: str = ""
     directory_migration_database_url: str = ""
+    # A claim whose tenant's facts never arrive within this long is given back (a create
+    # that failed after claiming its slug, its release lost with a crashed process).
+    directory_claim_grace_seconds: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
 
     @property
     def slug_quarantine(self) -> timedelta:

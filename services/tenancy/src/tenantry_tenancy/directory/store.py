@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from uuid import UUID
 
 import asyncpg
@@ -132,9 +133,13 @@ class DirectoryStore:
                 # of another region's tenant is a bug, not a move.
                 raise HomeRegionMismatch(facts.tenant_id, home)
             await conn.execute(
-                """INSERT INTO directory_tenants (tenant_id, home_region, status, seq)
-                   VALUES ($1, $2, $3, nextval('directory_seq'))
-                   ON CONFLICT (tenant_id) DO UPDATE SET status = EXCLUDED.status""",
+                """INSERT INTO directory_tenants
+                       (tenant_id, home_region, status, seq, recorded_at_first)
+                   VALUES ($1, $2, $3, nextval('directory_seq'), now())
+                   ON CONFLICT (tenant_id) DO UPDATE
+                       SET status = EXCLUDED.status,
+                           recorded_at_first = coalesce(directory_tenants.recorded_at_first,
+                                                        now())""",
                 facts.tenant_id,
                 facts.home_region,
                 facts.status,
@@ -167,6 +172,32 @@ class DirectoryStore:
                 to_region,
             )
             return await self._renumber(conn, tenant_id)
+
+    async def sweep_unrecorded(self, older_than: timedelta) -> int:
+        """Give back what tenants that were never created hold: a tenant the directory
+        knows only by its claims, whose home region never recorded its facts within
+        `older_than` of the claim (a create that failed after claiming, its release lost
+        with a crashed process). They are marked purged: no region routes to them."""
+        unrecorded = """SELECT tenant_id FROM directory_tenants
+                        WHERE recorded_at_first IS NULL AND claimed_at < now() - $1::interval"""
+        async with self._connection(write=False) as conn:
+            if not await conn.fetch(unrecorded, older_than):
+                return 0  # the usual case, without taking the write lock
+        async with self._connection(write=True) as conn:
+            gone = await conn.fetch(unrecorded, older_than)
+            for row in gone:
+                await conn.execute(
+                    "DELETE FROM directory_claims WHERE tenant_id = $1", row["tenant_id"]
+                )
+                # Marked gone like a purged tenant (and renumbered), so replicas that
+                # copied the claim drop it too; recorded_at_first stops a second sweep.
+                await conn.execute(
+                    """UPDATE directory_tenants SET status = 'purged', recorded_at_first = now()
+                       WHERE tenant_id = $1""",
+                    row["tenant_id"],
+                )
+                await self._renumber(conn, row["tenant_id"])
+            return len(gone)
 
     async def _renumber(
         self, conn: PoolConnectionProxy[asyncpg.Record], tenant_id: UUID
