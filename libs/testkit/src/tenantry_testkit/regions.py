@@ -33,8 +33,8 @@ SCRIPT = REPO / "deploy" / "local" / "regions.sh"
 SERVICES = ("tenancy", "identity", "provisioning", "webhooks", "ratelimit")
 # The first region listed hosts the global directory.
 TWO_REGIONS = ("us", "eu")
-# A cold start (initdb, Kafka storage, every migration) took 98 s on two idle cores and
-# 230 s on the same two cores under a load average of 11.
+# A cold start (initdb, Kafka storage, every migration) took 98 s on two idle cores, 230 s
+# and 297 s on the same two cores under load averages of 11 and 23.
 START_TIMEOUT_SECONDS = 540
 
 
@@ -168,7 +168,9 @@ def load_regions(deployment: tuple[str, ...] = TWO_REGIONS) -> dict[str, Region]
 
 def _answers(url: str) -> bool:
     try:
-        return httpx.get(f"{url}/readyz", timeout=3).status_code == 200
+        # Generous: on a loaded machine a ready service can take seconds to answer, and
+        # "not answering" costs a start (minutes).
+        return httpx.get(f"{url}/readyz", timeout=10).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -183,21 +185,41 @@ def answering(regions: Mapping[str, Region]) -> list[bool]:
     ]
 
 
+def _alive(pid_file: Path) -> bool:
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, ValueError, IndexError):
+        return False
+    return state != "Z"  # a zombie has exited (deploy/local/common.sh, pid_alive)
+
+
+def running_anything(region: Region) -> bool:
+    """Does any process of the region run (its pid files, its postmaster's)? Whether its
+    services answer is another question: a loaded machine can be slow to."""
+    pid_files = [
+        *(region.local_dir / "run").glob("*.pid"),
+        region.local_dir / "pg/data/postmaster.pid",
+    ]
+    return any(_alive(pid_file) for pid_file in pid_files)
+
+
 @contextlib.contextmanager
 def running_regions(deployment: tuple[str, ...] = TWO_REGIONS) -> Iterator[dict[str, Region]]:
-    """The regions, up and answering. Started here when nothing of them answered (and then
-    stopped on exit); started (what is missing) but left up when some did, since then
-    someone else runs them; used as they are when all did."""
+    """The regions, up and answering: used as they are when every api and worker answers;
+    else started (regions.sh start: what is missing, after any start already under way).
+    Stopped on exit only when no process of theirs ran before: then this started them; any
+    other time someone else runs them."""
     regions = load_regions(deployment)
-    up = answering(regions)
-    if not all(up):
-        result = _script(deployment, "start", timeout=START_TIMEOUT_SECONDS)
-        _checked(result, "start " + " ".join(deployment))
+    ours = not any(running_anything(region) for region in regions.values())
+    if ours or not all(answering(regions)):
+        _checked(_script(deployment, "start", timeout=START_TIMEOUT_SECONDS), "start")
     try:
         yield regions
     finally:
-        if not any(up):
-            _checked(_script(deployment, "stop", timeout=120), "stop " + " ".join(deployment))
+        if ours:
+            # A stop waits for any start under way (another session's) to finish first.
+            _checked(_script(deployment, "stop", timeout=START_TIMEOUT_SECONDS), "stop")
 
 
 @pytest.fixture(scope="session")
