@@ -87,14 +87,43 @@ async def receiver() -> AsyncIterator[Receiver]:
         yield running
 
 
+async def sent_home(
+    http: httpx.AsyncClient,
+    route: tuple[Region, Region],
+    service: str,
+    path: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+) -> httpx.Response:
+    """POST `body` to `path` of `service` in the wrong region first (a misdirected client:
+    the request, personal data and all, reaches the other region), which must answer 307
+    to the same path at home; then POST it there, and return that answer."""
+    home, elsewhere = route
+    misdirected = await http.post(
+        f"{elsewhere.service_url(service)}{path}", json=body, headers=headers
+    )
+    assert misdirected.status_code == 307, (service, path, misdirected.text)
+    location = misdirected.headers["location"]
+    assert location == f"{home.service_url(service)}{path}", (service, location)
+    return await http.post(location, json=body, headers=headers)
+
+
 async def created_tenant(
-    http: httpx.AsyncClient, region: Region, operator: dict[str, str], marker: str, domain: str
+    http: httpx.AsyncClient,
+    route: tuple[Region, Region],
+    operator: dict[str, str],
+    marker: str,
+    domain: str,
 ) -> UUID:
+    region = route[0]
     # The slug is a directory fact (it crosses, by design): no marker in it.
-    made = await http.post(
-        f"{region.service_url('tenancy')}/v1/tenants",
+    made = await sent_home(
+        http,
+        route,
+        "tenancy",
+        "/v1/tenants",
         headers=operator,
-        json={
+        body={
             "name": f"Tenant {marker}-name",
             "slug": f"lk-{uuid4().hex[:12]}",
             "plan": "enterprise",
@@ -131,24 +160,30 @@ async def verified_by_mail(
 
 
 async def populated_tenant(
-    region: Region,
+    route: tuple[Region, Region],
     operator: dict[str, str],
     marks: tuple[str, str],
     idp: SamlIdp,
     receiver: Receiver,
 ) -> MarkedTenant:
-    """A tenant of `region` through every flow that stores personal data, each finished."""
+    """A tenant of its home region, `route[0]`, through every flow that stores personal
+    data, each finished; the requests that carry personal data go to the other region,
+    `route[1]`, first (and are sent home)."""
+    region = route[0]
     marker, domain = marks
     identity = region.service_url("identity")
     mailbox = Mailbox(region.mail_dir)
     async with httpx.AsyncClient(timeout=20) as http:
-        tenant_id = await created_tenant(http, region, operator, marker, domain)
+        tenant_id = await created_tenant(http, route, operator, marker, domain)
         tenant_url = f"/v1/tenants/{tenant_id}"
         hook = marker + "-hook"
-        endpoint = await http.post(
-            f"{region.service_url('webhooks')}{tenant_url}/webhooks/endpoints",
+        endpoint = await sent_home(
+            http,
+            route,
+            "webhooks",
+            f"{tenant_url}/webhooks/endpoints",
             headers=operator,
-            json={
+            body={
                 "url": f"{receiver.url}/ok/{hook}",
                 "event_types": ["account.*"],
                 "description": f"deliveries for {hook}",
@@ -159,10 +194,13 @@ async def populated_tenant(
         owner = f"{marker}-owner@{domain}"
         await verified_by_mail(http, region, mailbox, owner, PASSWORD)
         admin = f"{marker}-admin@{domain}"
-        made = await http.post(
-            f"{identity}{tenant_url}/accounts",
-            headers=operator,
-            json={"email": admin, "password": PASSWORD, "role": "admin"},
+        made = await sent_home(
+            http,
+            route,
+            "identity",
+            f"{tenant_url}/accounts",
+            headers={**operator, "Idempotency-Key": str(uuid4())},
+            body={"email": admin, "password": PASSWORD, "role": "admin"},
         )
         assert made.status_code == 201, made.text
         await verified_by_mail(http, region, mailbox, admin, None)
@@ -171,10 +209,13 @@ async def populated_tenant(
             session = await http.post(f"{identity}/v1/sessions", json=login)
             assert session.status_code == 201, session.text
 
-        created_key = await http.post(
-            f"{identity}{tenant_url}/api-keys",
+        created_key = await sent_home(
+            http,
+            route,
+            "identity",
+            f"{tenant_url}/api-keys",
             headers=operator,
-            json={"name": f"{marker}-key", "scopes": ["scim:write", "tenant:read"]},
+            body={"name": f"{marker}-key", "scopes": ["scim:write", "tenant:read"]},
         )
         assert created_key.status_code == 201, created_key.text
         key: str = created_key.json()["key"]
@@ -188,9 +229,13 @@ async def populated_tenant(
             await eventually(scim_accepts_key, timeout=60, message="the key known to SCIM")
             members = []
             for name in ("bob", "carol"):
-                user = await scim.post(
-                    "/Users",
-                    json={
+                user = await sent_home(
+                    http,
+                    route,
+                    "provisioning",
+                    "/scim/v2/Users",
+                    headers=dict(scim.headers),
+                    body={
                         "schemas": [USER],
                         "userName": f"{marker}-scim-user-{name}@{domain}",
                         "name": {"givenName": name.title(), "familyName": f"{marker}-scim-user"},
@@ -200,9 +245,13 @@ async def populated_tenant(
                 )
                 assert user.status_code == 201, user.text
                 members.append({"value": user.json()["id"]})
-            group = await scim.post(
-                "/Groups",
-                json={
+            group = await sent_home(
+                http,
+                route,
+                "provisioning",
+                "/scim/v2/Groups",
+                headers=dict(scim.headers),
+                body={
                     "schemas": [GROUP],
                     "displayName": f"{marker}-scim-group",
                     "members": members,
@@ -311,7 +360,13 @@ async def test_nothing_personal_of_a_tenant_is_found_in_the_other_region(
         idps = {"us": us_idp, "eu": eu_idp}
         populated = await asyncio.gather(
             *(
-                populated_tenant(region, operators[name], marks[name], idps[name], receiver)
+                populated_tenant(
+                    (region, next(r for r in two_regions.values() if r is not region)),
+                    operators[name],
+                    marks[name],
+                    idps[name],
+                    receiver,
+                )
                 for name, region in two_regions.items()
             )
         )
