@@ -3,7 +3,9 @@
 marker of its region goes through every flow that stores personal data: its creation with
 an owner (the invitation mail, the owner setting a password), an admin with a password (the
 verification mail), an API key, a webhook endpoint receiving deliveries, SCIM users and a
-group, a SAML connection and a just-in-time login. Then each region's PostgreSQL (every
+group, a SAML connection and a just-in-time login; every request of these that carries
+personal data (and the password sign-ins) is sent to the other region first, which must
+answer 307 without keeping anything of it. Then each region's PostgreSQL (every
 table of every database), Kafka (every record of every topic), Redis (every key and value),
 logs and mail are scanned (tenantry_testkit.leak_scan): no marker of the other region's
 tenant anywhere, its id only in the directory's tables, and the region's own markers found
@@ -206,7 +208,8 @@ async def populated_tenant(
         await verified_by_mail(http, region, mailbox, admin, None)
         for email in (owner, admin):
             login = {"email": email, "password": PASSWORD, "tenant_id": str(tenant_id)}
-            session = await http.post(f"{identity}/v1/sessions", json=login)
+            # A password sign-in is routed by the tenant in its body.
+            session = await sent_home(http, route, "identity", "/v1/sessions", login, {})
             assert session.status_code == 201, session.text
 
         created_key = await sent_home(
