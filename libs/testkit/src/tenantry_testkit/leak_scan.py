@@ -58,7 +58,7 @@ class Needle:
 @dataclass(frozen=True)
 class Found:
     source: str  # postgres | kafka | redis | log | mail
-    where: str  # database.schema.table, topic[partition]@offset, key, file
+    where: str  # database.schema.table, topic[partition], Redis key, file
     needle: str  # the needle's label
 
     def __str__(self) -> str:
@@ -74,8 +74,8 @@ def _matches(data: bytes, needles: Sequence[Needle]) -> list[str]:
 
 
 def _pg_patterns(needles: Sequence[Needle]) -> tuple[list[str], list[str]]:
-    """(pattern, label) pairs for a row's text form: each textual form as it is, and every
-    form as the hex PostgreSQL prints for bytea."""
+    """The patterns to look for in a row's text form, and the label of each: every textual
+    form as it is, and every form as the hex PostgreSQL prints for bytea."""
     patterns: list[str] = []
     labels: list[str] = []
     for needle in needles:
