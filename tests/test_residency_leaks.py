@@ -4,7 +4,8 @@ marker of its region goes through every flow that stores personal data: its crea
 an owner (the invitation mail, the owner setting a password), an admin with a password (the
 verification mail), an API key, a webhook endpoint receiving deliveries, SCIM users and a
 group, a SAML connection and a just-in-time login; every request of these that carries
-personal data (and the password sign-ins) is sent to the other region first, which must
+personal data (and the password sign-ins, and the SSO login with the user's email as its
+hint) is sent to the other region first, which must
 answer 307 without keeping anything of it. Then each region's PostgreSQL (every
 table of every database), Kafka (every record of every topic), Redis (every key and value),
 logs and mail are scanned (tenantry_testkit.leak_scan): no marker of the other region's
@@ -42,7 +43,7 @@ from tenantry_testkit.saml_idp import SamlIdp, SamlUser, running_idp
 
 from .test_identity import bearer, whoami_everywhere
 from .test_scim import GROUP, USER, scim_client
-from .test_sso import code_of, exchange, saml_connection, saml_login
+from .test_sso import REDIRECT, code_of, exchange, saml_connection, saml_login
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
 Regions = dict[str, Region]
@@ -108,6 +109,27 @@ async def sent_home(
     location = misdirected.headers["location"]
     assert location == f"{home.service_url(service)}{path}", (service, location)
     return await http.post(location, json=body, headers=headers)
+
+
+async def login_sent_home(
+    browser: httpx.AsyncClient, route: tuple[Region, Region], connection_id: str, email: str
+) -> None:
+    """An SSO login started in the wrong region, with the user's email as the login hint:
+    sent home by its connection id (once the other region's replica has it), query and
+    all."""
+    home, elsewhere = route
+    query = {"connection_id": connection_id, "email": email, "redirect_uri": REDIRECT}
+
+    async def redirected() -> httpx.Response | None:
+        answer = await browser.get(
+            f"{elsewhere.service_url('identity')}/sso/authorize", params=query
+        )
+        return answer if answer.status_code == 307 else None
+
+    misdirected = await eventually(redirected, timeout=30, message="the login sent home")
+    location = httpx.URL(misdirected.headers["location"])
+    assert str(location.copy_with(query=None)) == f"{home.service_url('identity')}/sso/authorize"
+    assert dict(location.params) == query
 
 
 async def created_tenant(
@@ -267,6 +289,7 @@ async def populated_tenant(
                 admin_http, str(tenant_id), idp, name=f"IdP {marker}-sso"
             )
         async with httpx.AsyncClient(timeout=20) as browser:
+            await login_sent_home(browser, route, connection["id"], f"{marker}-jit@{domain}")
             code = code_of(await saml_login(browser, region, connection["id"]))
             signed_in = await exchange(browser, region, code)
         assert signed_in.status_code == 200, signed_in.text
