@@ -61,13 +61,15 @@ SERVICE_PACKAGES = _packages_under("services")  # tenantry_tenancy -> tenancy
 # every rung below it. outbound stands beside the ladder, on platform and resilience alone,
 # and no library uses it (services do); so does objectstore, on platform alone, used by
 # service alone (a worker writes its share of an export: tenantry_service.export). testkit
-# is test tooling: it may use anything.
+# is test tooling: it may use anything. regions (the region map, the directory's protocol,
+# the home-region step) sits above http, whose Problem and Request its step uses.
 _LADDER = (
     "resilience",
     "events",
     "platform",
     "credentials",
     "http",
+    "regions",
     "guardrails",
     "projections",
     "service",

@@ -19,7 +19,6 @@ from uuid_utils.compat import uuid4
 
 from tenantry_testkit.mailbox import Mailbox, recipients
 from tenantry_testkit.regions import SERVICES, Region
-from tenantry_testkit.regions import two_regions as two_regions  # the session fixture
 from tenantry_testkit.stack import REPO, Stack
 
 Regions = dict[str, Region]

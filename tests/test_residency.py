@@ -28,10 +28,10 @@ import pytest_asyncio
 from tenantry_testkit.dns import LoopbackDns
 from tenantry_testkit.fixtures import eventually, operator_token
 from tenantry_testkit.regions import Region
-from tenantry_testkit.regions import two_regions as two_regions  # the session fixture
 from tenantry_testkit.saml_idp import SamlUser, running_idp
 
-pytestmark = pytest.mark.timeout(300)
+# The first test may start both regions (up to ~300 s cold on a loaded machine).
+pytestmark = pytest.mark.timeout(600)
 Regions = dict[str, Region]
 
 

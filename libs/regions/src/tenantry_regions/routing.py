@@ -44,6 +44,7 @@ REGION_LOCAL = "region_local"
 # A route's opt that routes it by its query too (`tenant_id`, `connection_id`, `email`):
 # anonymous entry points such as the start of an SSO login.
 REGION_BY_QUERY = "region_by_query"
+RETRY_UNLISTED_SECONDS = 30
 
 
 def _uuid(value: object) -> UUID | None:
@@ -177,8 +178,13 @@ class HomeRegionStep:
             raise region_unknown(exc.retry_after_seconds) from None
         if home is None and not self._names_anything(request):
             home = self.credential_region(request.headers.get("authorization", ""))
-        if home is not None and not self._regions.is_own(home):
-            raise wrong_region(self._regions, self._service, request, home)
+        if home is None or self._regions.is_own(home):
+            return
+        if home not in self._regions.regions:
+            # The directory names a region this one's list lacks (a region being added,
+            # this one not yet redeployed with it): no URL to send the request to.
+            raise region_unknown(RETRY_UNLISTED_SECONDS)
+        raise wrong_region(self._regions, self._service, request, home)
 
     async def _home_of_named(self, params: Mapping[str, Any]) -> str | None:
         """The home region of what the parameters name: a tenant, else an SSO connection,
