@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -28,7 +27,6 @@ from uuid import UUID, uuid4
 import asyncpg
 import httpx
 import pytest
-import pytest_asyncio
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from redis.asyncio import Redis
@@ -36,7 +34,7 @@ from redis.asyncio import Redis
 from tenantry_testkit.fixtures import eventually, operator_token
 from tenantry_testkit.leak_scan import Found, Needle, RegionScan, scan_region
 from tenantry_testkit.mailbox import Mailbox, links
-from tenantry_testkit.receiver import Receiver, running_receiver
+from tenantry_testkit.receiver import Receiver
 from tenantry_testkit.regions import SERVICES, Region
 from tenantry_testkit.regions import two_regions as two_regions  # the session fixture
 from tenantry_testkit.saml_idp import SamlIdp, SamlUser, running_idp
@@ -82,12 +80,6 @@ class MarkedTenant:
     @property
     def id_needle(self) -> Needle:
         return Needle.uuid(self.tenant_id)
-
-
-@pytest_asyncio.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    async with running_receiver() as running:
-        yield running
 
 
 async def sent_home(
