@@ -36,14 +36,15 @@ from tenantry_testkit.leak_scan import Found, Needle, RegionScan, scan_region
 from tenantry_testkit.mailbox import Mailbox, links
 from tenantry_testkit.receiver import Receiver
 from tenantry_testkit.regions import SERVICES, Region
-from tenantry_testkit.regions import two_regions as two_regions  # the session fixture
 from tenantry_testkit.saml_idp import SamlIdp, SamlUser, running_idp
 
 from .test_identity import bearer, whoami_everywhere
 from .test_scim import GROUP, USER, scim_client
 from .test_sso import REDIRECT, code_of, exchange, saml_connection, saml_login
 
-pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
+# The test itself takes well under a minute; the first test may start both regions (up to
+# ~300 s cold on a loaded machine), which pytest-timeout counts in it.
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(600)]
 Regions = dict[str, Region]
 PASSWORD = "correct horse battery staple"
 # Every personal field of a tenant, each carrying its own marker so a hit names the field.
