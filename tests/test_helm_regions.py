@@ -270,11 +270,18 @@ def test_each_region_serves_its_own_hostnames() -> None:
             spec = ingresses[f"{fullname(region)}-{service}"]["spec"]
             (rule,) = spec["rules"]
             assert f"https://{rule['host']}" == urls[service]
-            (path,) = rule["http"]["paths"]
-            assert path["path"] == "/"
-            backend = path["backend"]["service"]
-            assert backend["name"] in services
-            assert backend["port"] == {"name": "http"}
+            paths = {p["path"]: p for p in rule["http"]["paths"]}
+            published = {"/v1", "/.well-known", "/schema"}
+            published |= {"identity": {"/sso"}, "provisioning": {"/scim"}}.get(service, set())
+            if service == "tenancy" and region == "us":  # us hosts the directory
+                published.add("/internal/v1/directory")
+            # Never the key API (/internal/v1/tenants), nor "/" (which would include it).
+            assert set(paths) == published, (region, service, sorted(paths))
+            for path in paths.values():
+                assert path["pathType"] == "Prefix"
+                backend = path["backend"]["service"]
+                assert backend["name"] in services
+                assert backend["port"] == {"name": "http"}
             assert spec["tls"] == [
                 {"hosts": [rule["host"]], "secretName": f"tenantry-{region}-tls"}
             ]
