@@ -89,5 +89,8 @@ def setup_logging(service: str, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("aiokafka", "faststream"):
+    # httpx and httpcore log every request's full URL at INFO: webhook targets (customer
+    # data, sometimes with a token in the query), directory lookups naming other regions'
+    # tenants. Our own log lines say what was called, without the URL's secrets.
+    for noisy in ("aiokafka", "faststream", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
