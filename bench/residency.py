@@ -15,12 +15,16 @@ default stack is not used. Three figures, in one run:
    region from its prefix after its checksum, in memory). Closed loop: IN_FLIGHT requests
    in flight (each level in turn), RawHttp (bench/guardrails.py) with one keep-alive
    connection per request in flight, the processes taken in rounds of REQUESTS/ROUNDS
-   requests each, the order rotating every round.
+   requests each, the order rotating every round. Beside it, the step's own work in this
+   process, which the host's load blurs less: identity's replica read
+   (DirectoryReplica.tenant on eu identity's database) and the key check
+   (HomeRegionStep.credential_region).
 2. tenant creation in one region -> routable in the other: POST /v1/tenants on us's tenancy
    (us's operator), then, from its response on, GET /v1/tenants/{id}/history on eu's
    tenancy (eu's operator) until it answers 307 to us's tenancy, and, polled alongside,
    eu's webhooks database until directory_replica holds the tenant. Then the same eu -> us.
-   The two directions alternate, one tenant at a time.
+   The two directions alternate, one tenant at a time, each create after a random pause
+   of up to one replica pull period (else the creates lock to one phase of the pulls).
 3. claim latency: POST /v1/tenants in us (the directory is in the same process: the claim
    is a local transaction) against the same in eu (the claim is an HTTP call to us), both
    from figure 2; and the directory's claim API called directly as eu calls it
@@ -42,19 +46,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from uuid import UUID
 
 import asyncpg
 import httpx
+import msgspec
 from uuid_utils.compat import uuid4
 
 from bench.auth import HTTP_TIMEOUT, _added_ms, _expect, bearer
 from bench.common import BenchResult, Context, Row, median, now, p99
 from bench.guardrails import GENEROUS, RawHttp, _override_policies, _post_patiently, _until
+from tenantry_events.pg import Database
+from tenantry_projections.directory_replica import DirectoryReplica
 from tenantry_regions.client import DirectoryClient
 from tenantry_regions.directory import ClaimRequest, TenantFacts
+from tenantry_regions.regions import Region as RegionEntry
+from tenantry_regions.regions import RegionMap
+from tenantry_regions.routing import HomeRegionStep, TenantRouter
 from tenantry_testkit.fixtures import operator_token
 from tenantry_testkit.regions import Region, running_regions
 
@@ -64,7 +75,9 @@ IN_FLIGHT = tuple(
 )
 CREATES = int(os.environ.get("BENCH_RESIDENCY_CREATES", "20"))
 CLAIMS = int(os.environ.get("BENCH_RESIDENCY_CLAIMS", "100"))
-ROUNDS = 6
+ROUNDS = 20
+SEED = 18
+FLOOR_CALLS = 10_000  # in-process calls of the step's key check
 WARMUP = 100  # untimed requests per process and level
 RESTARTS_PER_ROUND = 3  # a round interrupted more often than this fails the run
 RESTART_GRACE = 120.0  # s: a restarted api (someone else's restart) may take to serve again
@@ -260,6 +273,7 @@ async def check_cost(
 
         # Else the step asks the directory (a miss in the replica), which is not its cost.
         await _until(in_replica, f"eu's {service} replica holds the tenant", SETUP_DEADLINE)
+    await step_floor(result, region, tenant_id, key)
     headers = {
         "identity": bearer(operator),
         "provisioning": bearer(key),
@@ -286,6 +300,48 @@ async def check_cost(
     }
     result.params["check_off_overrides"] = SINGLE_REGION
     result.params["extra_ports"] = EXTRA_PORTS
+
+
+async def step_floor(result: BenchResult, region: Region, tenant_id: UUID, key: str) -> None:
+    """What the step itself does, in this process: identity's replica read (the step's
+    DirectoryReplica, on eu identity's database, one pooled connection) and the key's
+    region check (HomeRegionStep.credential_region: prefix and checksum, no I/O)."""
+    db = Database(region.app_dsn(region.service_database("identity")), max_size=1)
+    await db.connect()
+    replica = DirectoryReplica(db)
+    reads = Row("step's work: replica read (identity)", "DirectoryReplica.tenant")
+    try:
+        for _ in range(WARMUP):
+            await replica.tenant(tenant_id)
+        for _ in range(REQUESTS):
+            t0 = now()
+            facts = await replica.tenant(tenant_id)
+            reads.latencies.append(now() - t0)
+            if facts is None or facts.home_region != HOME:
+                raise RuntimeError(f"eu identity's replica: {facts}")
+    finally:
+        await db.close()
+    regions = RegionMap(
+        HOME,
+        msgspec.json.decode(region.env["TENANTRY_REGIONS"], type=list[RegionEntry]),
+        directory=region.env["TENANTRY_DIRECTORY_REGION"],
+    )
+    unused = DirectoryClient("http://127.0.0.1:9", "")  # a key check never asks it
+    step = HomeRegionStep(regions, "provisioning", TenantRouter(replica, unused))
+    checks = Row("step's work: key region (provisioning)", "credential_region")
+    authorization = f"Bearer {key}"
+    for _ in range(FLOOR_CALLS):
+        t0 = now()
+        named = step.credential_region(authorization)
+        checks.latencies.append(now() - t0)
+    await unused.aclose()
+    if named != HOME:
+        raise RuntimeError(f"the key names {named!r}")
+    result.rows += [reads, checks]
+    # The table's milliseconds round these to 0.00.
+    for stat_name, stat in (("median", median), ("p99", p99)):
+        value = stat(checks.latencies)
+        result.ratios[f"step's work: key region, {stat_name} us"] = (value or 0.0) * 1e6
 
 
 def _check_ratios(result: BenchResult, service: str, rows: list[Row]) -> None:
@@ -378,13 +434,17 @@ async def routable(
 
 
 async def routing_rows(
-    result: BenchResult, client: httpx.AsyncClient, deployment: Deployment
+    result: BenchResult, client: httpx.AsyncClient, deployment: Deployment, pull_seconds: float
 ) -> dict[str, list[float]]:
     """Figure 2's rows; returns the POST latencies per home region (figure 3's)."""
     directions = [(AWAY, HOME), (HOME, AWAY)]
     samples: dict[tuple[str, str], list[Routed]] = {d: [] for d in directions}
+    jitter = random.Random(SEED)
     for i in range(2 * CREATES):
         home, other = directions[i % 2]
+        # Each sample lasts about one pull period: without a random pause the creates would
+        # lock to the same phase of the replicas' pulls and sample one lag only.
+        await asyncio.sleep(jitter.uniform(0.0, pull_seconds))
         samples[(home, other)].append(await routable(client, deployment, home, other))
     posts: dict[str, list[float]] = {}
     for (home, other), done in samples.items():
@@ -506,11 +566,11 @@ async def run(ctx: Context) -> BenchResult:
     with running_regions() as regions:
         operators = {name: await operator_token(region) for name, region in regions.items()}
         deployment = Deployment(regions, operators)
-        pull = regions[HOME].env.get("TENANTRY_DIRECTORY_PULL_SECONDS", "1.0 (the default)")
+        pull = float(regions[HOME].env.get("TENANTRY_DIRECTORY_PULL_SECONDS", "1.0"))
         result.params["directory_pull_seconds"] = pull
         async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, follow_redirects=False) as client:
             await check_cost(result, client, deployment)
-            posts = await routing_rows(result, client, deployment)
+            posts = await routing_rows(result, client, deployment, pull)
         await claim_rows(result, deployment, posts)
     result.params["load_average_at_end"] = os.getloadavg()
     result.notes.append(
