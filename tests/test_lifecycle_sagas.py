@@ -65,6 +65,19 @@ TENANCY_REMAINS = frozenset(
 )
 
 
+async def directory_told(superuser_dbs: dict[str, asyncpg.Pool], tenant_id: UUID) -> None:
+    """The purged tenant's routing facts (id, region, "purged", its quarantined slug) left
+    tenancy's queue for the global directory, which keeps them (docs/residency.md)."""
+
+    async def drained() -> bool | None:
+        pending = await superuser_dbs["tenancy"].fetchval(
+            "SELECT count(*) FROM directory_pending WHERE tenant_id = $1", tenant_id
+        )
+        return pending == 0 or None
+
+    await eventually(drained, timeout=30, message="the purged tenant's facts pushed")
+
+
 async def verified_claims(client: httpx.AsyncClient, token: str) -> dict[str, Any]:
     """The claims of a document tenancy signed, checked against its published keys."""
     keys = KeySet.import_key_set((await client.get("/.well-known/document-jwks.json")).json())
@@ -269,6 +282,7 @@ async def test_offboarding_to_purge_leaves_a_certificate_and_nothing_readable_of
         )
         assert reused.status_code == 409  # the slug is quarantined
 
+    await directory_told(superuser_dbs, tenant.tenant_id)
     for service in SERVICES:
         skip = TENANCY_REMAINS if service == "tenancy" else kept_tables(service)
         # Each service's projection keeps a tombstone of the tenant (its id and `purged`,
@@ -393,6 +407,7 @@ async def test_every_worker_killed_mid_purge_and_the_saga_still_ends_with_the_ri
         assert purge["early"] is True
         certificate = await client.get(f"/v1/deletion-certificates/{purge['certificate_id']}")
         services = certificate.json()["certificate"]["services"]
+    await directory_told(superuser_dbs, tenant.tenant_id)
     for service in SERVICES:
         purged = services[service]["tables"]
         # Every table that held rows of the tenant before is counted, with at least those
