@@ -18,11 +18,8 @@ from tenantry_credentials.tokens import ISSUER
 from tenantry_http.pipeline import PipelineMiddleware
 from tenantry_http.problems import problem_response
 from tenantry_regions.directory import (
-    ClaimAnswer,
     ClaimKind,
-    ClaimRequest,
     DirectoryUnavailable,
-    FeedPage,
     TenantFacts,
 )
 from tenantry_regions.regions import SERVICES, Region, RegionMap
@@ -75,18 +72,6 @@ class Directory(Facts):
         if kind == "connection":
             return await self.by_connection(UUID(value))
         return await self.by_domain(value)
-
-    async def claim(self, request: ClaimRequest) -> ClaimAnswer:
-        raise NotImplementedError  # routing never claims
-
-    async def release(self, kind: ClaimKind, value: str, tenant_id: UUID) -> bool:
-        raise NotImplementedError
-
-    async def record(self, facts: TenantFacts) -> TenantFacts:
-        raise NotImplementedError
-
-    async def changes(self, after: int, limit: int) -> FeedPage:
-        raise NotImplementedError
 
 
 @get("/v1/tenants/{tenant_id:uuid}/things")

@@ -33,7 +33,7 @@ from litestar import Request
 from tenantry_credentials.apikeys import is_well_formed, looks_like_api_key, region_of
 from tenantry_credentials.tokens import unverified_issuer
 from tenantry_http.problems import Problem
-from tenantry_regions.directory import Directory, DirectoryUnavailable, TenantFacts
+from tenantry_regions.directory import ClaimKind, DirectoryUnavailable, TenantFacts
 from tenantry_regions.regions import RegionMap
 
 REGION_HEADER = "Tenantry-Region"
@@ -66,6 +66,14 @@ class ReplicaLookup(Protocol):
     async def by_domain(self, domain: str) -> TenantFacts | None: ...
 
 
+class DirectoryLookups(Protocol):
+    """What routing asks of the directory: the lookups, never a write."""
+
+    async def lookup(self, tenant_id: UUID) -> TenantFacts | None: ...
+
+    async def holder(self, kind: ClaimKind, value: str) -> TenantFacts | None: ...
+
+
 class TenantRouter:
     """Where a tenant lives: this service's replica, else the directory (misses are
     remembered briefly, so a flood of made-up tenant ids costs the directory little)."""
@@ -73,7 +81,7 @@ class TenantRouter:
     def __init__(
         self,
         replica: ReplicaLookup,
-        directory: Directory,
+        directory: DirectoryLookups,
         *,
         miss_ttl_seconds: float = 2.0,
         max_misses: int = 10_000,
