@@ -15,7 +15,9 @@ import binascii
 import os
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 VERSION = b"v1"
 
@@ -36,6 +38,16 @@ class SecretBox:
             return cls(base64.b64decode(value, validate=True))
         except (binascii.Error, ValueError) as exc:
             raise ValueError("TENANTRY_MASTER_KEY must be base64 of 32 random bytes") from exc
+
+    @classmethod
+    def derived(cls, secret: str, purpose: bytes) -> SecretBox:
+        """A box whose key is derived from a shared secret (HKDF-SHA256), one per purpose:
+        two processes holding the secret open each other's boxes, and a box of one purpose
+        opens nothing of another."""
+        if not secret:
+            raise ValueError("no secret to derive the key from")
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose)
+        return cls(key.derive(secret.encode()))
 
     def encrypt(self, plaintext: bytes, context: str) -> bytes:
         aad = context.encode()

@@ -61,6 +61,8 @@ from tenantry_service.export import (
     TenantExporter,
     worker_object_store,
 )
+from tenantry_service.internal import move_api
+from tenantry_service.move import MoveShare, Resealed
 from tenantry_service.purge import (
     PURGE_REQUESTED,
     PurgeRules,
@@ -144,6 +146,9 @@ class ServiceSpec:
     # The files of the service's share of a tenant's export (tenantry_service.export);
     # a service that declares none answers no export request.
     exports: Sequence[ExportSource] = ()
+    # Columns the service encrypts with its master key, opened and sealed again for the
+    # trip when a tenant moves to another region (tenantry_service.move).
+    resealed: Sequence[Resealed] = ()
     # What is one person's here, erased on request (tenantry_service.erasure); a service
     # that declares nothing still forgets its copy of their key and answers.
     erasure: ErasureRules = field(default_factory=ErasureRules)
@@ -207,6 +212,9 @@ class ServiceSpec:
             settings=runtime.settings,
             outbox=runtime.outbox,
             source=runtime.source,
+            moving=MoveShare(
+                service=self.name, db=runtime.db, settings=runtime.settings, resealed=self.resealed
+            ).sources,
         )
 
 
@@ -355,6 +363,7 @@ def create_app(spec: ServiceSpec, runtime: Runtime, pipeline: Pipeline | None = 
         route_handlers=[
             Router(path=API_PREFIX, route_handlers=[*spec.route_handlers, whoami]),
             *spec.root_route_handlers,
+            move_api(spec.resealed),
             liveness,
             readiness,
             prometheus_metrics,

@@ -26,8 +26,6 @@ from uuid import UUID
 
 import asyncpg
 import httpx
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -66,10 +64,7 @@ def transport_box(internal_api_secret: str) -> SecretBox:
     deployment's internal API secret (HKDF-SHA256), which both ends hold."""
     if not internal_api_secret:
         raise ValueError("TENANTRY_INTERNAL_API_SECRET is not set")
-    derived = HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=None, info=b"tenantry:data-key-transport:v1"
-    ).derive(internal_api_secret.encode())
-    return SecretBox(derived)
+    return SecretBox.derived(internal_api_secret, b"tenantry:data-key-transport:v1")
 
 
 def transport_context(tenant_id: UUID, subject_id: UUID | None) -> str:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -103,6 +103,11 @@ class ExportSource:
     query: str
     render: Renderer = as_stored
     per_person: bool = False
+
+
+# For a move's export: the sources of every table of the tenant, read from the schema
+# through the connection (tenantry_service.move.MoveShare.sources).
+MoveSources = Callable[[asyncpg.Connection, UUID], Awaitable[Sequence[ExportSource]]]
 
 
 class ExportFailed(Exception):
@@ -215,10 +220,12 @@ class TenantExporter:
         settings: ServiceSettings,
         outbox: PostgresOutbox,
         source: str,
+        moving: MoveSources | None = None,
     ) -> None:
         names = [s.file for s in sources]
         if len(set(names)) != len(names):
             raise ValueError(f"{service}: two export sources write the same file: {names}")
+        self._moving = moving
         self._service = service
         self._sources = tuple(sources)
         self._db = db
@@ -240,7 +247,7 @@ class TenantExporter:
             part = TenantExportPart(
                 export_id=request.export_id,
                 service=self._service,
-                files=await self.write(request.prefix, scope),
+                files=await self.write(request.prefix, scope, move_id=request.move_id),
             )
         except ExportFailed as failure:
             part = TenantExportPart(
@@ -260,9 +267,12 @@ class TenantExporter:
             ],
         )
 
-    async def write(self, prefix: str, scope: ExportScope) -> list[ExportFile]:
-        """Every source of the scope, in one snapshot; `ExportFailed` names the file that
-        could not be written; a transient failure is raised as it is."""
+    async def write(
+        self, prefix: str, scope: ExportScope, *, move_id: UUID | None = None
+    ) -> list[ExportFile]:
+        """Every source of the scope, in one snapshot (for a move: every table of the
+        tenant, tenantry_service.move); `ExportFailed` names the file that could not be
+        written; a transient failure is raised as it is."""
         sources = [s for s in self._sources if s.per_person or scope.subject_account_id is None]
         files: list[ExportFile] = []
         current = "the object store"
@@ -277,6 +287,10 @@ class TenantExporter:
                 await conn.execute(
                     "SELECT set_config('app.tenant_id', $1, true)", str(scope.tenant_id)
                 )
+                if move_id is not None:
+                    if self._moving is None:
+                        raise ExportFailed(f"{self._service} cannot write a move's share")
+                    sources = list(await self._moving(conn, move_id))
                 for source in sources:
                     current = f"{self._service}/{source.file}"
                     files.append(await self._write_file(conn, store, prefix, source, scope))

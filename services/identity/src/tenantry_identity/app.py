@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import timedelta
+from uuid import UUID
 
 import asyncpg
 from litestar import Router
@@ -36,7 +37,7 @@ from tenantry_identity.sso.admin_api import SsoConnectionsController, SsoDomains
 from tenantry_identity.sso.connections import SsoConnections
 from tenantry_identity.sso.directory_facts import directory_reconciliation
 from tenantry_identity.sso.login_api import SsoBrowserController, SsoProductController
-from tenantry_identity.sso.logins import SsoLogins
+from tenantry_identity.sso.logins import SsoLogins, secret_context
 from tenantry_identity.sso.metadata import MetadataFetcher
 from tenantry_identity.sso.oidc import OidcRelyingParty
 from tenantry_identity.sso.store import SSO_CONNECTIONS, SsoStore
@@ -51,6 +52,7 @@ from tenantry_projections.projections import standard_projections
 from tenantry_resilience import BreakerConfig, BreakerRegistry
 from tenantry_service.app import ServiceSpec, rate_limit_step
 from tenantry_service.components import StartupComponents
+from tenantry_service.move import Resealed
 from tenantry_service.runtime import Runtime
 
 
@@ -254,6 +256,11 @@ SPEC = ServiceSpec(
     consumer_factory=worker_consumers,
     migration_packages=["tenantry_identity"],
     exports=IDENTITY_EXPORTS,
+    resealed=[
+        Resealed(
+            "sso_connections", "secrets", lambda row: secret_context(UUID(row["connection_id"]))
+        )
+    ],
     erasure=IDENTITY_ERASURE,
     settings_cls=IdentitySettings,
     on_startup=[COMPONENTS.start],

@@ -17,77 +17,29 @@ only signal that the data is gone). Nothing here logs a key.
 from __future__ import annotations
 
 import base64
-import hmac
 import logging
-from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
 from litestar import Request, Router, get, put
-from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency, Provide
-from litestar.handlers.base import BaseRouteHandler
 
 from tenantry_credentials.crypto import SecretBox
-from tenantry_http.auth import PUBLIC
 from tenantry_http.problems import Problem
-from tenantry_platform.settings import ServiceSettings
-from tenantry_regions.routing import REGION_LOCAL
 from tenantry_service.data_keys import (
     CALLER_HEADER,
-    INTERNAL_AUTH_SCHEME,
     KEY_API_PREFIX,
     KeyDestroyed,
     transport_box,
     transport_context,
 )
+from tenantry_service.internal import INTERNAL_ROUTE_OPT, internal_caller
 from tenantry_service.runtime import Runtime
 from tenantry_tenancy.data_keys import DataKeyStore
 
 log = logging.getLogger("tenantry.tenancy.key_api")
 
-# Public to the pipeline's authenticator (it knows user, operator and API key credentials,
-# none of which may read a key); `internal_caller` checks the service credential instead.
-# Critical: a consumer waits on the answer.
-_ROUTE_OPT: dict[str, Any] = {"auth": PUBLIC, "priority": "critical", REGION_LOCAL: True}
-
-
-def shared_secret_guard(
-    scheme: str, secret_of: Callable[[ServiceSettings], str], detail: str
-) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
-    """A guard that admits `Authorization: <scheme> <secret>` with the secret
-    `secret_of(settings)`, compared in constant time. 401 for anything else (a missing
-    header, a bearer token, a wrong secret), and when no secret is configured (the API is
-    then closed)."""
-
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        runtime: Runtime = connection.app.state.runtime
-        expected = secret_of(runtime.settings)
-        presented_scheme, _space, presented = connection.headers.get("authorization", "").partition(
-            " "
-        )
-        if (
-            not expected
-            or presented_scheme != scheme
-            or not hmac.compare_digest(expected.encode(), presented.strip().encode())
-        ):
-            raise Problem(
-                401,
-                "unauthenticated",
-                "Authentication required",
-                detail,
-                headers={"WWW-Authenticate": f'{scheme} realm="tenantry-internal"'},
-            )
-
-    return guard
-
-
-# The deployment's internal API secret: the key API answers the region's own services.
-internal_caller = shared_secret_guard(
-    INTERNAL_AUTH_SCHEME,
-    lambda settings: settings.internal_api_secret,
-    "The key API answers the deployment's services only",
-)
+_ROUTE_OPT = INTERNAL_ROUTE_OPT
 
 
 def data_key_store(runtime: NamedDependency[Runtime]) -> DataKeyStore:

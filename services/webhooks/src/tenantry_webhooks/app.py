@@ -17,11 +17,12 @@ from tenantry_events.consumer import merge_handlers
 from tenantry_outbound.outbound import OutboundClient
 from tenantry_projections.projections import standard_projections
 from tenantry_service.app import ServiceSpec
+from tenantry_service.move import Resealed
 from tenantry_service.runtime import Runtime
 from tenantry_webhooks.api import EndpointsController, MessagesController, event_types
 from tenantry_webhooks.consumers import webhooks_consumers
 from tenantry_webhooks.dispatcher import Dispatcher, DispatcherSettings
-from tenantry_webhooks.endpoint_secrets import EndpointSecrets
+from tenantry_webhooks.endpoint_secrets import SECRET_CONTEXT, EndpointSecrets
 from tenantry_webhooks.erasure import WEBHOOKS_ERASURE
 from tenantry_webhooks.export import WEBHOOKS_EXPORTS
 from tenantry_webhooks.retention import expunge_forever
@@ -92,6 +93,10 @@ SPEC = ServiceSpec(
     consumer_handlers=merge_handlers(standard_projections(), webhooks_consumers()),
     migration_packages=["tenantry_webhooks"],
     exports=WEBHOOKS_EXPORTS,
+    resealed=[
+        Resealed("endpoints", column, lambda row: f"{SECRET_CONTEXT}:{row['endpoint_id']}")
+        for column in ("secret", "previous_secret")
+    ],
     erasure=WEBHOOKS_ERASURE,
     settings_cls=WebhooksSettings,
     worker_tasks=[dispatch, retention, reconcile_usage],

@@ -69,7 +69,7 @@ def with_query(url: str, params: Mapping[str, str | None]) -> str:
     return urlunsplit(parts._replace(query=query))
 
 
-def _secret_context(connection_id: UUID) -> str:
+def secret_context(connection_id: UUID) -> str:
     return f"sso-connection:{connection_id}"
 
 
@@ -125,12 +125,12 @@ class SsoLogins:
 
     # ------------------------------------------------------------------ secrets
     def seal(self, connection_id: UUID, values: Mapping[str, str]) -> bytes:
-        return self.box.encrypt(json.dumps(dict(values)).encode(), _secret_context(connection_id))
+        return self.box.encrypt(json.dumps(dict(values)).encode(), secret_context(connection_id))
 
     def unseal(self, connection_id: UUID, blob: bytes | None) -> dict[str, str]:
         if blob is None:
             return {}
-        opened: dict[str, str] = json.loads(self.box.decrypt(blob, _secret_context(connection_id)))
+        opened: dict[str, str] = json.loads(self.box.decrypt(blob, secret_context(connection_id)))
         return opened
 
     async def connection(self, connection_id: UUID) -> tuple[ConnectionRow, dict[str, str]]:

@@ -32,13 +32,14 @@ from tenantry_regions.directory import (
     ClaimKind,
     ClaimRequest,
     FeedPage,
+    HomeRegionMismatch,
     TenantFacts,
 )
 from tenantry_regions.regions import UnknownRegion
 from tenantry_regions.routing import REGION_LOCAL
+from tenantry_service.internal import shared_secret_guard
 from tenantry_service.runtime import Runtime
-from tenantry_tenancy.directory.store import MAX_PAGE, DirectoryStore, HomeRegionMismatch
-from tenantry_tenancy.internal_api import shared_secret_guard
+from tenantry_tenancy.directory.store import MAX_PAGE, DirectoryStore
 
 # Public to the pipeline's authenticator; the guard checks the directory secret instead.
 # Critical: a region's tenant creation waits on a claim.
