@@ -273,6 +273,8 @@ def test_each_region_serves_its_own_hostnames() -> None:
             paths = {p["path"]: p for p in rule["http"]["paths"]}
             published = {"/v1", "/.well-known", "/schema"}
             published |= {"identity": {"/sso"}, "provisioning": {"/scim"}}.get(service, set())
+            if service == "tenancy":  # moves are handed over between regions
+                published.add("/internal/v1/moves")
             if service == "tenancy" and region == "us":  # us hosts the directory
                 published.add("/internal/v1/directory")
             # Never the key API (/internal/v1/tenants), nor "/" (which would include it).

@@ -16,9 +16,9 @@ import pytest_asyncio
 from tenantry_events.pg import package_migrations
 from tenantry_platform.clock import FakeClock
 from tenantry_projections.directory_replica import DirectoryReplica
-from tenantry_regions.directory import ClaimRequest, TenantFacts
+from tenantry_regions.directory import ClaimRequest, HomeRegionMismatch, TenantFacts
 from tenantry_service.residency import ReplicaPuller
-from tenantry_tenancy.directory.store import DirectoryStore, HomeRegionMismatch
+from tenantry_tenancy.directory.store import DirectoryStore
 from tenantry_testkit.fixtures import (
     ScratchDatabase,
     create_scratch_database,

@@ -111,6 +111,7 @@ def tenant_projection_handlers() -> dict[str, Handler[asyncpg.Connection]]:
             "tenant.plan_changed",
             "tenant.offboarding_started",
             "tenant.offboarding_cancelled",
+            "tenant.moved",
         )
     }
     return {

@@ -16,6 +16,7 @@ from tenantry_regions.directory import (
     ClaimRequest,
     DirectoryUnavailable,
     FeedPage,
+    HomeRegionMismatch,
     TenantFacts,
 )
 
@@ -61,9 +62,17 @@ class DirectoryClient:
         response = await self._send(
             "PUT", f"/tenants/{facts.tenant_id}", content=msgspec.json.encode(facts)
         )
-        if response.status_code != 200:
-            raise DirectoryUnavailable(f"record answered {response.status_code}")
-        return msgspec.json.decode(response.content, type=TenantFacts)
+        return _facts_of_write(response, facts.tenant_id, "record")
+
+    async def move(self, tenant_id: UUID, from_region: str, to_region: str) -> TenantFacts:
+        response = await self._send(
+            "POST",
+            f"/tenants/{tenant_id}/move",
+            content=msgspec.json.encode({"from_region": from_region, "to_region": to_region}),
+        )
+        if response.status_code == 404:
+            raise LookupError(f"no tenant {tenant_id} in the directory")
+        return _facts_of_write(response, tenant_id, "move")
 
     async def changes(self, after: int, limit: int) -> FeedPage:
         response = await self._send("GET", "/changes", params={"after": after, "limit": limit})
@@ -84,4 +93,14 @@ def _facts_or_none(response: httpx.Response) -> TenantFacts | None:
         return None
     if response.status_code != 200:
         raise DirectoryUnavailable(f"lookup answered {response.status_code}")
+    return msgspec.json.decode(response.content, type=TenantFacts)
+
+
+def _facts_of_write(response: httpx.Response, tenant_id: UUID, what: str) -> TenantFacts:
+    if response.status_code == 409:
+        problem = msgspec.json.decode(response.content)
+        if problem.get("type", "").endswith("home-region-mismatch"):
+            raise HomeRegionMismatch(tenant_id, str(problem.get("region")))
+    if response.status_code != 200:
+        raise DirectoryUnavailable(f"{what} answered {response.status_code}")
     return msgspec.json.decode(response.content, type=TenantFacts)

@@ -104,6 +104,15 @@ class DirectoryUnavailable(Exception):
     retry_after_seconds = 5
 
 
+class HomeRegionMismatch(Exception):
+    """A write about a tenant names a region it does not live in: facts pushed by a region
+    it has moved away from, or a switch whose `from_region` is stale."""
+
+    def __init__(self, tenant_id: UUID, home_region: str) -> None:
+        self.tenant_id, self.home_region = tenant_id, home_region
+        super().__init__(f"tenant {tenant_id} lives in region {home_region}")
+
+
 class ClaimTaken(Exception):
     def __init__(self, kind: ClaimKind, value: str, region: str | None) -> None:
         self.kind, self.value, self.region = kind, value, region
@@ -120,7 +129,14 @@ class Directory(Protocol):
 
     async def release(self, kind: ClaimKind, value: str, tenant_id: UUID) -> bool: ...
 
-    async def record(self, facts: TenantFacts) -> TenantFacts: ...
+    async def record(self, facts: TenantFacts) -> TenantFacts:
+        """Raises HomeRegionMismatch when the facts name a region the tenant left."""
+        ...
+
+    async def move(self, tenant_id: UUID, from_region: str, to_region: str) -> TenantFacts:
+        """The switch of a moving tenant's home region; HomeRegionMismatch when it does not
+        live in `from_region` (a repeated switch), LookupError when unknown."""
+        ...
 
     async def changes(self, after: int, limit: int) -> FeedPage: ...
 

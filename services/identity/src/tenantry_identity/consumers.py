@@ -78,6 +78,8 @@ def identity_consumers(
     async def on_offboarding_started(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
         """The purge date, and how to export or cancel before it."""
         payload: TenantOffboardingStarted = event.payload
+        if payload.moved_to is not None:
+            return  # the tenant moved to another region: its admins are not leaving
         notice = notices.offboarding_started(event.tenant_id, payload.purge_at, payload.reason)
         await notices.mail_admins(tx, store, mailer, event.tenant_id, notice)
 

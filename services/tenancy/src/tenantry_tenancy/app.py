@@ -11,6 +11,7 @@ import contextlib
 import logging
 from datetime import timedelta
 from urllib.parse import urlparse
+from uuid import UUID
 
 import asyncpg
 from litestar import Router
@@ -26,6 +27,7 @@ from tenantry_projections.projections import standard_projections
 from tenantry_regions.client import DirectoryClient
 from tenantry_regions.regions import RegionMap
 from tenantry_service.app import ServiceSpec
+from tenantry_service.move import Resealed
 from tenantry_service.periodic import Counted, run_periodically
 from tenantry_service.residency import DIRECTORY, directory_of
 from tenantry_service.runtime import Runtime
@@ -38,7 +40,7 @@ from tenantry_tenancy.api import (
     update_plan,
 )
 from tenantry_tenancy.consumers import export_consumers, purge_consumers, usage_consumers
-from tenantry_tenancy.data_keys import TenancyDataKeys
+from tenantry_tenancy.data_keys import TenancyDataKeys, key_context
 from tenantry_tenancy.directory.api import DIRECTORY_API
 from tenantry_tenancy.directory.store import DirectoryStore
 from tenantry_tenancy.directory.sync import FactsPusher
@@ -51,6 +53,9 @@ from tenantry_tenancy.export_store import ExportStore
 from tenantry_tenancy.export_worker import ExportWorker
 from tenantry_tenancy.internal_api import INTERNAL_KEY_API
 from tenantry_tenancy.lifecycle import LifecycleScheduler
+from tenantry_tenancy.move_api import MOVES_API, MovesController
+from tenantry_tenancy.move_driver import MoveDriver
+from tenantry_tenancy.move_store import MoveStore
 from tenantry_tenancy.offboarding_api import (
     OffboardingController,
     deletion_certificate,
@@ -239,6 +244,37 @@ async def export_worker(runtime: Runtime, stop: asyncio.Event) -> None:
         await worker.run(stop, settings.export_scan_seconds)
 
 
+async def move_driver(runtime: Runtime, stop: asyncio.Event) -> None:
+    """Takes each region's moves a step further (move_driver.py), in the worker."""
+    settings = runtime.settings_as(TenancySettings)
+    await open_directory(runtime)
+    every = timedelta(seconds=settings.move_scan_seconds)
+    async with open_object_store(settings) as objects:
+        driver = MoveDriver(
+            db=runtime.db,
+            moves=MoveStore(),
+            tenants=tenant_repository(runtime),
+            exports=export_store(runtime),
+            purges=purge_store(runtime),
+            objects=objects,
+            directory=directory_of(runtime),
+            regions=runtime.regions,
+            settings=settings,
+            clock=SystemClock(),
+            every=every,
+        )
+        try:
+            await run_periodically(
+                driver.run_once,
+                stop,
+                settings.move_scan_seconds,
+                log=logging.getLogger("tenantry.tenancy.moves"),
+                what="tenant moves",
+            )
+        finally:
+            await driver.aclose()
+
+
 SPEC = ServiceSpec(
     name="tenancy",
     description="Tenants, plans and limits, lifecycle state, home region.",
@@ -258,12 +294,15 @@ SPEC = ServiceSpec(
                 deletion_certificate,
                 download,
                 *REGION_ROUTES,
+                MovesController,
             ],
             dependencies=ROUTE_DEPENDENCIES,
         )
     ],
     root_route_handlers=[
-        Router(path="/", route_handlers=[document_jwks], dependencies=ROUTE_DEPENDENCIES),
+        Router(
+            path="/", route_handlers=[document_jwks, MOVES_API], dependencies=ROUTE_DEPENDENCIES
+        ),
         INTERNAL_KEY_API,
         DIRECTORY_API,
     ],
@@ -273,9 +312,20 @@ SPEC = ServiceSpec(
     settings_cls=TenancySettings,
     on_startup=[open_objects, open_directory],
     on_shutdown=[close_objects, close_directory],
-    worker_tasks=[lifecycle_scheduler, export_worker, directory_facts],
+    worker_tasks=[lifecycle_scheduler, export_worker, directory_facts, move_driver],
     more_migrations=migrate_directory,
     aggregates=[TENANTS],
     purge=TENANCY_PURGE,
     exports=TENANCY_EXPORTS,
+    # The tenant's data keys travel with it, so its sealed event fields open there.
+    resealed=[
+        Resealed(
+            "tenant_data_keys", "wrapped_key", lambda row: key_context(UUID(row["tenant_id"]))
+        ),
+        Resealed(
+            "subject_data_keys",
+            "wrapped_key",
+            lambda row: key_context(UUID(row["tenant_id"]), UUID(row["subject_id"])),
+        ),
+    ],
 )

@@ -30,6 +30,7 @@ from tenantry_events.envelope import Envelope
 from tenantry_events.payloads.tenancy import (
     Limits,
     TenantCreated,
+    TenantMoved,
     TenantOffboardingCancelled,
     TenantOffboardingStarted,
     TenantPlanChanged,
@@ -48,6 +49,7 @@ TenantChange = (
     | TenantPlanChanged
     | TenantOffboardingStarted
     | TenantOffboardingCancelled
+    | TenantMoved
     | TenantPurgeRequested
 )
 
@@ -158,6 +160,24 @@ class Tenant:
 
     # ------------------------------------------------------------------ offboarding
 
+    def arrive(
+        self, *, from_region: str, to_region: str, move_id: UUID, status: TenantStatus, by: str
+    ) -> TenantMoved:
+        """The tenant, imported from `from_region`, lives here now (moves.py), in the state
+        it had before its move."""
+        if self.state.home_region != from_region:
+            raise DomainError(
+                "illegal-transition", f"the tenant's home region is {self.state.home_region}"
+            )
+        if status not in ("active", "suspended"):
+            raise DomainError("illegal-transition", f"a move does not restore {status}")
+        return TenantMoved(
+            tenant=msgspec.structs.replace(self.state, home_region=to_region, status=status),
+            from_region=from_region,
+            move_id=move_id,
+            by=by,
+        )
+
     def start_offboarding(
         self,
         *,
@@ -167,9 +187,11 @@ class Tenant:
         reason: str,
         by: str,
         purge_at: datetime | None = None,
+        moved_to: str | None = None,
     ) -> TenantOffboardingStarted:
         """Active or suspended tenants may leave; the purge is due after `grace` (the plan's
-        grace period), or at `purge_at` when an operator set it."""
+        grace period), or at `purge_at` when an operator set it. `moved_to`: the tenant
+        moved to that region, and this region's copy leaves (moves.py)."""
         if self.state.status not in ("active", "suspended"):
             raise DomainError(
                 "illegal-transition",
@@ -185,6 +207,7 @@ class Tenant:
             reason=_reason(reason),
             by=by,
             certificate_id=certificate_id,
+            moved_to=moved_to,
         )
 
     def cancel_offboarding(self, *, reason: str, by: str) -> TenantOffboardingCancelled:
@@ -247,6 +270,10 @@ class Tenant:
                 state = msgspec.structs.replace(self.state, status="suspended")
             case TenantReactivated():
                 state = msgspec.structs.replace(self.state, status="active")
+            case TenantMoved(tenant=moved):
+                state = msgspec.structs.replace(
+                    self.state, home_region=moved.home_region, status=moved.status
+                )
             case TenantPlanChanged(tenant=changed):
                 state = msgspec.structs.replace(self.state, plan=changed.plan)
             case TenantOffboardingStarted() as started:

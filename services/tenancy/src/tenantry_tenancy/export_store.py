@@ -89,8 +89,8 @@ class ExportStore:
         has an export running (one at a time)."""
         inserted = await tx.fetchval(
             """INSERT INTO exports (export_id, tenant_id, subject_account_id, requested_by,
-                                    requested_at, status, last_sent_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $5)
+                                    requested_at, status, last_sent_at, move_id)
+               VALUES ($1, $2, $3, $4, $5, $6, $5, $7)
                ON CONFLICT DO NOTHING RETURNING true""",
             job.export_id,
             job.tenant_id,
@@ -98,6 +98,7 @@ class ExportStore:
             job.requested_by,
             job.requested_at,
             job.status,
+            job.move_id,
         )
         if not inserted:
             return False
@@ -322,6 +323,7 @@ class ExportStore:
             prefix=job.prefix,
             requested_by=job.requested_by,
             subject_account_id=job.subject_account_id,
+            move_id=job.move_id,
         )
         await self._emit(tx, job, request)
 
@@ -359,6 +361,7 @@ def _job(row: asyncpg.Record) -> ExportJob:
             name: msgspec.convert(part, TenantExportPart) for name, part in row["parts"].items()
         },
         failure=row["failure"],
+        move_id=row["move_id"],
     )
 
 

@@ -47,6 +47,7 @@ class ExportJob:
     requests: int = 1
     parts: dict[str, TenantExportPart] = field(default_factory=dict)
     failure: str | None = None
+    move_id: UUID | None = None  # the export carries a move's shares (every row)
 
     @property
     def prefix(self) -> str:

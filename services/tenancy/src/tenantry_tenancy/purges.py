@@ -55,7 +55,14 @@ async def mark_key_destroyed(tx: asyncpg.Connection, tenant_id: UUID) -> None:
 # `mark_key_destroyed` leaves the marker.
 TENANCY_PURGE = PurgeRules(
     keep=frozenset(
-        {"tenants", "purges", "tenant_tombstones", "slug_quarantine", "directory_pending"}
+        {
+            "tenants",
+            "purges",
+            "tenant_tombstones",
+            "slug_quarantine",
+            "directory_pending",
+            "tenant_moves",  # where a moved tenant went: region ids and states
+        }
     ),
     data_key_table="tenant_data_keys",
     extra_steps=(mark_key_destroyed,),

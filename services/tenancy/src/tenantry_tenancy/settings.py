@@ -17,6 +17,9 @@ class TenancySettings(ServiceSettings, frozen=True, kw_only=True):
     # Exports (export_worker.py): how often the worker looks for work, after how long a
     # silent service is asked again for its part, and how long an archive is kept.
     export_scan_seconds: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    # How often the worker looks for moves to take a step further (move_driver.py); a move
+    # waiting on the other region backs off from this up to five minutes.
+    move_scan_seconds: Annotated[float, msgspec.Meta(gt=0)] = 2.0
     export_resend_seconds: Annotated[float, msgspec.Meta(gt=0)] = 300.0
     export_keep_days: Annotated[float, msgspec.Meta(gt=0)] = 7.0
     # How long a purged tenant's slug stays unavailable to new tenants.

@@ -56,6 +56,18 @@ class TenantReactivated(msgspec.Struct, frozen=True, kw_only=True):
     by: str
 
 
+@event("tenant.moved", owner="tenancy", public=True)
+class TenantMoved(msgspec.Struct, frozen=True, kw_only=True):
+    """The tenant moved to another region (its home region is `tenant.home_region` now):
+    its data was copied there and is erased in `from_region`. Its status is what it was
+    before the move. API keys, SCIM tokens and sessions of the old region have ended."""
+
+    tenant: TenantState
+    from_region: str
+    move_id: UUID
+    by: str
+
+
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
     """A tenant's resolved limits. Three kinds: feature switches (bool), quantities (int,
     None = unlimited) and rates (requests per second with a burst)."""
@@ -117,6 +129,8 @@ class TenantOffboardingStarted(msgspec.Struct, frozen=True, kw_only=True):
     by: str
     # Where the signed deletion certificate will be, once the purge is done.
     certificate_id: UUID
+    # Set when the tenant moved to that region: what leaves is this region's copy only.
+    moved_to: str | None = None
 
 
 @event("tenant.offboarding_cancelled", owner="tenancy", public=True)
@@ -193,12 +207,15 @@ class ExportFile(msgspec.Struct, frozen=True, kw_only=True):
 @event("tenant.export_requested", owner="tenancy", public=False)
 class TenantExportRequested(msgspec.Struct, frozen=True, kw_only=True):
     """Each service is to write its share of the tenant's data (or of one person's,
-    when `subject_account_id` is set) under `prefix` and answer with tenant.export_part."""
+    when `subject_account_id` is set) under `prefix` and answer with tenant.export_part.
+    With `move_id`, the share is every row of the tenant, for its move to another region
+    (tenantry_service.move)."""
 
     export_id: UUID
     prefix: str
     requested_by: str
     subject_account_id: UUID | None = None
+    move_id: UUID | None = None
 
 
 @event(

@@ -27,6 +27,7 @@ from tenantry_regions.directory import (
     ClaimRequest,
     DirectoryUnavailable,
     FeedPage,
+    HomeRegionMismatch,
     TenantFacts,
     facts_from_row,
     normalised,
@@ -35,12 +36,6 @@ from tenantry_regions.directory import (
 _WRITE_LOCK = "SELECT pg_advisory_xact_lock(hashtext('tenantry.directory.write'))"
 _FACTS = FACT_COLUMNS
 MAX_PAGE = 1000
-
-
-class HomeRegionMismatch(Exception):
-    def __init__(self, tenant_id: UUID, home_region: str) -> None:
-        self.tenant_id, self.home_region = tenant_id, home_region
-        super().__init__(f"tenant {tenant_id} lives in region {home_region}")
 
 
 class DirectoryStore:

@@ -19,6 +19,7 @@ from tenantry_regions.directory import (
     ClaimRequest,
     Directory,
     DirectoryUnavailable,
+    HomeRegionMismatch,
     TenantFacts,
 )
 from tenantry_service.periodic import Counted
@@ -54,7 +55,12 @@ class FactsPusher:
         try:
             for row in rows:
                 facts = msgspec.convert(row["facts"], TenantFacts)
-                await self._push_one(facts)
+                try:
+                    await self._push_one(facts)
+                except HomeRegionMismatch as moved:
+                    # The tenant moved to another region: what this region knew of it
+                    # (its purge here, its slug's quarantine) is no longer the directory's.
+                    log.info("directory: facts of tenant %s dropped: %s", facts.tenant_id, moved)
                 async with self._db.transaction(platform=True) as tx:
                     await tx.execute(
                         "DELETE FROM directory_pending WHERE tenant_id = $1 AND queued_at = $2",
