@@ -16,10 +16,14 @@ SAML connection and a just-in-time login), is moved to eu by us's operator. Then
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from pathlib import Path
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
+import asyncpg
 import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
@@ -203,3 +207,177 @@ async def test_a_tenant_moves_to_another_region_whole(
         assert old_key.status_code == 401, old_key.text
     found, _ = await scan_postgres(us, tenant.needles)
     assert found == [], "left in us after the move: " + "; ".join(map(str, found))
+
+
+# ---------------------------------------------------------------- faults and bad input
+
+
+def sigkill(region: Region, process: str) -> None:
+    """A real SIGKILL to one of the region's processes (e.g. "tenancy-worker")."""
+    os.kill(int((region.local_dir / "run" / f"{process}.pid").read_text()), signal.SIGKILL)
+
+
+async def start_again(region: Region, service: str) -> None:
+    """regions.sh exec <region> services.sh start <service>: what of it is down starts."""
+    scripts = region.stack_script.parent
+    started = await asyncio.create_subprocess_exec(
+        "bash",
+        str(scripts / "regions.sh"),
+        "exec",
+        region.id,
+        "bash",
+        str(scripts / "services.sh"),
+        "start",
+        service,
+        env={
+            **{k: v for k, v in os.environ.items() if k != "TENANTRY_LOCAL_DIR"},
+            "REGIONS": "us eu",
+        },
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, errors = await asyncio.wait_for(started.communicate(), timeout=120)
+    assert started.returncode == 0, errors.decode()[-2000:]
+
+
+async def fetch_all(region: Region, database: str, query: str, *args: object) -> list[Any]:
+    conn = await asyncpg.connect(region.super_dsn(database))
+    try:
+        return list(await conn.fetch(query, *args))
+    finally:
+        await conn.close()
+
+
+async def test_a_move_survives_its_drivers_and_an_importer_killed(two_regions: Regions) -> None:
+    """SIGKILL us's tenancy worker as the move starts, then eu's tenancy worker and eu's
+    identity api as soon as eu holds the move; both restarted, the move completes and
+    every row arrived once."""
+    us, eu = two_regions["us"], two_regions["eu"]
+    ops = {"us": await operator(us), "eu": await operator(eu)}
+    async with httpx.AsyncClient(timeout=30, follow_redirects=False) as http:
+        made = await http.post(
+            f"{us.service_url('tenancy')}/v1/tenants",
+            json={"name": "Moving Co", "slug": f"mv-{uuid4().hex[:10]}", "home_region": "us"},
+            headers=ops["us"],
+        )
+        assert made.status_code == 201, made.text
+        tid = UUID(made.json()["tenant_id"])
+        base = f"/v1/tenants/{tid}"
+        for n in range(3):
+
+            async def account_made(n: int = n) -> bool:
+                answer = await http.post(
+                    f"{us.service_url('identity')}{base}/accounts",
+                    json={"email": f"user{n}@moving.example", "password": "a long password 1"},
+                    headers={**ops["us"], "Idempotency-Key": f"{tid}-{n}"},
+                )
+                return answer.status_code == 201
+
+            await eventually(account_made, timeout=30, message="an account in us")
+        accounts = await fetch_all(
+            us,
+            "tenantry_identity",
+            "SELECT account_id, email FROM accounts WHERE tenant_id = $1 ORDER BY account_id",
+            tid,
+        )
+        started = await http.post(
+            f"{us.service_url('tenancy')}{base}/moves",
+            json={"to_region": "eu", "reason": "chaos"},
+            headers=ops["us"],
+        )
+        assert started.status_code == 202, started.text
+        move = started.json()["move_id"]
+        sigkill(us, "tenancy-worker")
+        await start_again(us, "tenancy")
+
+        async def held_in_eu() -> bool:
+            rows = await fetch_all(
+                eu, "tenantry_tenancy", "SELECT 1 FROM tenant_moves WHERE move_id = $1", UUID(move)
+            )
+            return bool(rows)
+
+        await eventually(held_in_eu, timeout=120, interval=0.05, message="eu holding the move")
+        sigkill(eu, "tenancy-worker")
+        sigkill(eu, "identity-api")
+        await start_again(eu, "tenancy")
+        await start_again(eu, "identity")
+
+        for region in (eu, us):
+
+            async def completed(region: Region = region) -> bool:
+                state = await move_state(http, region, ops[region.id], tid, move)
+                assert state is None or state["state"] != "failed", state
+                return state is not None and state["state"] == "completed"
+
+            await eventually(completed, timeout=300, message=f"the move completed in {region.id}")
+
+    moved = await fetch_all(
+        eu,
+        "tenantry_identity",
+        "SELECT account_id, email FROM accounts WHERE tenant_id = $1 ORDER BY account_id",
+        tid,
+    )
+    assert [tuple(r) for r in moved] == [tuple(r) for r in accounts]
+    for service in ("tenancy", "identity", "provisioning", "ratelimit", "webhooks"):
+        imports = await fetch_all(
+            eu,
+            f"tenantry_{service}",
+            "SELECT move_id FROM tenant_imports WHERE tenant_id = $1",
+            tid,
+        )
+        assert [r["move_id"] for r in imports] == [UUID(move)], service
+    left = await fetch_all(
+        us, "tenantry_identity", "SELECT count(*) AS n FROM accounts WHERE tenant_id = $1", tid
+    )
+    assert left[0]["n"] == 0
+
+
+async def test_the_move_routes_refuse_strangers_and_bad_input(two_regions: Regions) -> None:
+    us, eu = two_regions["us"], two_regions["eu"]
+    region_auth = {"Authorization": f"Tenantry-Directory {eu.env['TENANTRY_DIRECTORY_SECRET']}"}
+    internal = {"Authorization": f"Tenantry-Internal {eu.env['TENANTRY_INTERNAL_API_SECRET']}"}
+    hand_over = {
+        "move_id": str(uuid4()),
+        "tenant_id": str(uuid4()),
+        "from_region": "us",
+        "to_region": "eu",
+        "previous_status": "active",
+        "reason": "x",
+        "requested_by": "operator:x",
+    }
+    moves = f"{eu.service_url('tenancy')}/internal/v1/moves"
+    async with httpx.AsyncClient(timeout=30, follow_redirects=False) as http:
+        for headers in ({}, internal, {"Authorization": "Tenantry-Directory wrong"}):
+            refused = await http.post(moves, json=hand_over, headers=headers)
+            assert refused.status_code == 401, refused.text
+        for change, status in (
+            ({"to_region": "us"}, 422),
+            ({"from_region": "ap"}, 422),
+            ({"previous_status": "purged"}, 422),
+            ({"extra": 1}, 400),
+            ({"move_id": "not-a-uuid"}, 400),
+        ):
+            refused = await http.post(moves, json={**hand_over, **change}, headers=region_auth)
+            assert refused.status_code == status, (change, refused.text)
+            assert refused.headers["content-type"].startswith("application/problem+json")
+        assert not await fetch_all(
+            eu,
+            "tenantry_tenancy",
+            "SELECT 1 FROM tenant_moves WHERE move_id = $1",
+            UUID(hand_over["move_id"]),
+        )
+        unknown = await http.get(
+            f"{us.service_url('tenancy')}/internal/v1/moves/{uuid4()}/archive",
+            headers={"Authorization": f"Tenantry-Directory {us.env['TENANTRY_DIRECTORY_SECRET']}"},
+        )
+        assert unknown.status_code == 404, unknown.text
+
+        imports = f"{eu.service_url('identity')}/internal/v1/tenants/{uuid4()}/import"
+        body = {"move_id": str(uuid4()), "files": {"accounts": "imports/none.ndjson"}}
+        for headers in ({}, region_auth):
+            refused = await http.post(imports, json=body, headers=headers)
+            assert refused.status_code == 401, refused.text
+        for files in ({"no_such_table": "x"}, {"accounts": "imports/none.ndjson"}):
+            refused = await http.post(imports, json={**body, "files": files}, headers=internal)
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["type"].endswith("import-refused")

@@ -106,7 +106,10 @@ class Move:
         return replace(self, state="failed", failure=reason)
 
     def waiting(self, error: str | None = None) -> Move:
-        """Nothing to do yet, or a transient error: the same step, later."""
+        """The same step, later: at the next scan when there is nothing to do yet (the
+        export runs, the other region imports), backing off after a transient error."""
+        if error is None:
+            return replace(self, failure=None)
         return replace(self, failure=error, attempts=self.attempts + 1)
 
     def with_import(self, service: str, tables: Any) -> Move:
@@ -117,8 +120,8 @@ class Move:
 
 
 def next_attempt(move: Move, now: datetime, every: timedelta) -> datetime:
-    """When the driver looks at the move again: at once after progress, then backing off
-    (doubling from `every`, at most MAX_BACKOFF) while it waits or fails transiently."""
+    """When the driver looks at the move again: at its next scan, but after transient
+    errors, backing off (doubling from `every`, at most MAX_BACKOFF)."""
     if move.attempts == 0:
         return now
     delay: timedelta = min(every * (2 ** min(move.attempts - 1, 10)), MAX_BACKOFF)
