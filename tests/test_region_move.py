@@ -208,6 +208,30 @@ async def test_a_tenant_moves_to_another_region_whole(
     found, _ = await scan_postgres(us, tenant.needles)
     assert found == [], "left in us after the move: " + "; ".join(map(str, found))
 
+    # Back to us: refused there (its purge records would drop its events): the move fails
+    # in eu with the reason, the tenant stays in eu, suspended, and an operator restores it.
+    async with httpx.AsyncClient(timeout=30, follow_redirects=False) as http:
+        back = await http.post(
+            f"{eu.service_url('tenancy')}/v1/tenants/{tid}/moves",
+            json={"to_region": "us", "reason": "changed our mind"},
+            headers=ops["eu"],
+        )
+        assert back.status_code == 202, back.text
+
+        async def failed() -> dict[str, Any] | None:
+            state = await move_state(http, eu, ops["eu"], tid, back.json()["move_id"])
+            return state if state is not None and state["state"] == "failed" else None
+
+        refusal = await eventually(failed, timeout=120, message="the move back refused")
+        assert "purged here" in refusal["failure"], refusal
+        restored = await http.post(
+            f"{eu.service_url('tenancy')}/v1/tenants/{tid}/reactivate",
+            json={"reason": "the move back was refused"},
+            headers=ops["eu"],
+        )
+        assert restored.status_code == 200, restored.text
+        assert restored.json()["home_region"] == "eu"
+
 
 # ---------------------------------------------------------------- faults and bad input
 

@@ -90,6 +90,11 @@ settings() {
   echo "TENANTRY_DIRECTORY_REGION=$directory"
   echo "TENANTRY_DIRECTORY_URL=http://127.0.0.1:$(port TENANCY "$directory")"
   echo "TENANTRY_DIRECTORY_SECRET=$TENANTRY_DIRECTORY_SECRET"
+  # Each region its own master key (derived from the stack's, so nothing to configure): a
+  # secret or data key sealed in one region opens nothing in another, as in production.
+  echo "TENANTRY_MASTER_KEY=$(python3 -c 'import base64, hashlib, sys
+print(base64.b64encode(hashlib.sha256(sys.argv[1].encode()).digest()).decode())' \
+    "$TENANTRY_MASTER_KEY:$id")"
 }
 
 # in_region REGION COMMAND...: COMMAND with REGION's settings exported (in a subshell).

@@ -191,6 +191,14 @@ async def hand_over(data: HandOver, runtime: Runtime, db: Database) -> MoveView:
         requested_by=data.requested_by,
     )
     async with db.transaction(tenant_id=data.tenant_id) as tx:
+        if await tx.fetchval(
+            "SELECT 1 FROM tenant_tombstones WHERE tenant_id = $1", data.tenant_id
+        ):
+            # Its purge here left records that drop its events for good (a tenant that
+            # moved away, or was offboarded): it cannot come back. Not built yet.
+            raise Problem(
+                409, "tenant-purged-here", "The tenant was purged here", "it cannot move back"
+            )
         if await tx.fetchval("SELECT 1 FROM tenants WHERE tenant_id = $1", data.tenant_id):
             if await MoveStore().view(tx, data.move_id) is None:
                 raise Problem(409, "tenant-exists", "The tenant lives here", "nothing to move")

@@ -66,7 +66,8 @@ def _problem_detail(response: httpx.Response) -> str:
         body: dict[str, Any] = response.json()
     except ValueError:
         return f"answered {response.status_code}"
-    return f"answered {response.status_code}: {body.get('detail') or body.get('title')}"
+    reason = ": ".join(str(body[k]) for k in ("title", "detail") if body.get(k))
+    return f"answered {response.status_code}: {reason}"
 
 
 def _checked(response: httpx.Response) -> httpx.Response:
