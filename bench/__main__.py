@@ -27,6 +27,7 @@ from bench import (
     input_guard,
     lifecycle,
     projection,
+    region_move,
     relay,
     residency,
     sealing,
@@ -109,6 +110,11 @@ BENCHMARKS: dict[str, tuple[Benchmark, bool, str]] = {
         False,
         "two regions: home-region check on vs off, created -> routable elsewhere, claims",
     ),
+    "region_move": (
+        region_move.run,
+        False,
+        "two regions: a tenant moved (to active there, old copy purged) vs its export alone",
+    ),
     "webhooks": (
         webhooks.run,
         False,
@@ -118,7 +124,7 @@ BENCHMARKS: dict[str, tuple[Benchmark, bool, str]] = {
 
 # Benchmarks that bring their own stack instead of the default one (`make up`): residency
 # runs on the two-region stack (tenantry_testkit.regions), started when it does not answer.
-OWN_STACK = {"residency"}
+OWN_STACK = {"residency", "region_move"}
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

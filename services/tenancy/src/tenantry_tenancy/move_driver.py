@@ -51,6 +51,7 @@ log = logging.getLogger("tenantry.tenancy.moves")
 MOVES_PATH = "/internal/v1/moves"
 BY = "system:move"
 CHUNK = 1024 * 1024
+MAX_STEPS_PER_PASS = 10  # a move has fewer steps: bounds a pass whatever happens
 
 
 class Unreachable(Exception):
@@ -123,7 +124,12 @@ class MoveDriver:
             due = await self._moves.due(tx, self._now())
         stepped = 0
         for move_id in due:
-            stepped += await self.step(move_id)
+            # A step that got further is followed by the next at once (a move is a few
+            # quick steps; one per scan would add a scan period to each).
+            for _ in range(MAX_STEPS_PER_PASS):
+                if not await self.step(move_id):
+                    break
+                stepped += 1
         return Counted(stepped, "move step(s) taken")
 
     async def step(self, move_id: UUID) -> int:
