@@ -55,6 +55,7 @@ typecheck:
 docs:
 	$(UV) python -m tenantry_events.docs docs/events
 	$(UV) python -m tools.openapi docs/openapi.json
+	$(UV) python -m tools.legal
 
 bench: up
 	$(UV) python -m bench

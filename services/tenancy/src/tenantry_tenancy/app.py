@@ -52,6 +52,7 @@ from tenantry_tenancy.export_sources import TENANCY_EXPORTS
 from tenantry_tenancy.export_store import ExportStore
 from tenantry_tenancy.export_worker import ExportWorker
 from tenantry_tenancy.internal_api import INTERNAL_KEY_API
+from tenantry_tenancy.legal_api import legal_documents
 from tenantry_tenancy.lifecycle import LifecycleScheduler
 from tenantry_tenancy.move_api import MOVES_API, MovesController
 from tenantry_tenancy.move_driver import MoveDriver
@@ -295,6 +296,7 @@ SPEC = ServiceSpec(
                 download,
                 *REGION_ROUTES,
                 MovesController,
+                legal_documents,
             ],
             dependencies=ROUTE_DEPENDENCIES,
         )

@@ -1,0 +1,1 @@
+"""The legal documents' catalog (docs/legal; generated with `make docs` by tools/legal.py)."""
