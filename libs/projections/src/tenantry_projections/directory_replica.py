@@ -95,3 +95,14 @@ class DirectoryReplica:
             domain.lower(),
         )
         return facts_from_row(row) if row is not None else None
+
+
+async def record_arrival(tx: asyncpg.Connection, tenant_id: UUID, home_region: str) -> None:
+    """A tenant moved to this region (tenant.moved, from its new home's own stream): route
+    it here at once, not one feed pull later. The feed brings the same fact (the
+    directory's switch came first); this only saves its lag, in the region that knows."""
+    await tx.execute(
+        "UPDATE directory_replica SET home_region = $2 WHERE tenant_id = $1",
+        tenant_id,
+        home_region,
+    )

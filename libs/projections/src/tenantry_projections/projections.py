@@ -20,6 +20,7 @@ from tenantry_events.payloads.identity import (
 )
 from tenantry_events.payloads.tenancy import (
     TenantCreated,
+    TenantMoved,
     TenantOffboardingCancelled,
     TenantOffboardingStarted,
     TenantPlanChanged,
@@ -32,6 +33,7 @@ from tenantry_events.pg import Database
 from tenantry_guardrails.plan_limits import limits_projection_handlers
 from tenantry_guardrails.rate_limits import rate_policy_projection_handlers
 from tenantry_http.auth import ApiKeyRecord
+from tenantry_projections.directory_replica import record_arrival
 
 
 class ProjectedTenant(msgspec.Struct, frozen=True, kw_only=True):
@@ -80,6 +82,13 @@ async def _on_tenant_event(tx: asyncpg.Connection, event: Envelope[Any]) -> None
     await upsert_tenant(tx, event.tenant_id, payload.tenant, event.aggregate_version)
 
 
+async def _on_tenant_moved(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
+    """The tenant's state, and this service's replica routing it to its new home at once."""
+    payload: TenantMoved = event.payload
+    await upsert_tenant(tx, event.tenant_id, payload.tenant, event.aggregate_version)
+    await record_arrival(tx, event.tenant_id, payload.tenant.home_region)
+
+
 async def _on_tenant_purged(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
     """The tombstone: the tenant's id and state, without its name and slug (the purge
     erased them, and the slug goes back to the pool after its quarantine)."""
@@ -111,11 +120,11 @@ def tenant_projection_handlers() -> dict[str, Handler[asyncpg.Connection]]:
             "tenant.plan_changed",
             "tenant.offboarding_started",
             "tenant.offboarding_cancelled",
-            "tenant.moved",
         )
     }
     return {
         **carrying_state,
+        "tenant.moved": _on_tenant_moved,
         "tenant.purge_requested": _on_purge_requested,
         "tenant.purged": _on_tenant_purged,
     }

@@ -28,6 +28,7 @@ from tenantry_events.payloads.tenancy import TenantStatus
 from tenantry_events.pg import Database
 from tenantry_objectstore import ObjectStore
 from tenantry_platform.clock import Clock
+from tenantry_projections.directory_replica import record_arrival
 from tenantry_regions.directory import (
     AUTH_SCHEME,
     Directory,
@@ -355,6 +356,9 @@ class MoveDriver:
         except DomainError as exc:
             raise Refused(str(exc)) from exc
         await self._tenants.record(tx, tenant, change)
+        # tenancy routes it here from this commit on (the other services as they consume
+        # tenant.moved; every region once its replica pulls the directory's switch).
+        await record_arrival(tx, move.tenant_id, move.to_region)
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
