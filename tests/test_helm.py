@@ -908,6 +908,26 @@ BUILD_TOOLS = re.compile(
 )
 
 
+# Shared libraries a service loads at run time, from Debian (never a compiler or headers):
+# tenancy's PDF renderer (WeasyPrint) needs Pango and a font.
+RUNTIME_LIBRARIES = {"tenancy": {"libpango-1.0-0", "libpangoft2-1.0-0", "fonts-dejavu-core"}}
+APT_INSTALL = re.compile(
+    r"^apt-get update\s+&& apt-get install --yes --no-install-recommends (?P<packages>[\w.+\- ]+?)"
+    r"\s+&& rm -rf /var/lib/apt/lists/\*$"
+)
+
+
+def without_runtime_libraries(service: str, run: str) -> str:
+    """A RUN that only installs the service's allowed runtime libraries (and drops apt's
+    lists) is no build tooling: "" for it; any other RUN as it is."""
+    found = APT_INSTALL.match(run.strip())
+    if found is None:
+        return run
+    packages = set(found.group("packages").split())
+    assert packages <= RUNTIME_LIBRARIES.get(service, set()), (service, packages)
+    return ""
+
+
 @pytest.mark.parametrize("service", SERVICES)
 def test_dockerfile_final_stage_is_slim_non_root_and_runs_the_service(service: str) -> None:
     stages = dockerfile_stages()
@@ -923,6 +943,7 @@ def test_dockerfile_final_stage_is_slim_non_root_and_runs_the_service(service: s
     assert user == str(UID), users[-1]
     for instruction, rest in instructions:
         if instruction == "RUN":
+            rest = without_runtime_libraries(service, rest)
             assert not BUILD_TOOLS.search(rest.replace("pip uninstall", "")), (
                 f"{service}: build tooling in a final stage: RUN {rest}"
             )

@@ -216,6 +216,21 @@ def test_identity_issues_tokens_under_its_region_url() -> None:
         assert value_of(identity, "TENANTRY_SSO_PUBLIC_URL") == urls[region]["identity"]
 
 
+def test_tenancy_fills_the_dpa_with_its_regions_legal_values() -> None:
+    for region in ("us", "eu"):
+        legal = region_values(region)["legal"]
+        tenancy = [c for n, s, c in service_containers(region) if s == "tenancy"]
+        assert tenancy
+        for container in tenancy:
+            assert (
+                value_of(container, "TENANTRY_LEGAL_PROCESSOR_NAME")
+                == (legal["processor"]["legalName"])
+            )
+            assert value_of(container, "TENANTRY_LEGAL_NOTICE_DAYS") == "30"
+        others = [c for n, s, c in service_containers(region) if s != "tenancy"]
+        assert all("TENANTRY_LEGAL_PROCESSOR_NAME" not in env_of(c) for c in others)
+
+
 def test_a_single_region_release_hosts_its_own_directory() -> None:
     for name, _service, container in service_containers("default"):
         assert value_of(container, "TENANTRY_REGIONS") == "", name

@@ -13,7 +13,8 @@ cannot drift from it:
   or document that implements it (a path that no longer exists fails the generation).
 
 The catalog (services/tenancy/.../legal/catalog.json) lists every version of every
-document with its effective date and sha256, for `GET /v1/legal/documents`.
+document with its effective date and sha256, for `GET /v1/legal/documents`; the texts are
+copied beside it (legal/texts/), for tenancy to render a tenant's DPA.
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ from tenantry_webhooks.export import WEBHOOKS_EXPORTS
 REPO = Path(__file__).resolve().parent.parent
 LEGAL = REPO / "docs" / "legal"
 ANNEXES = LEGAL / "annexes.md"
-CATALOG = REPO / "services" / "tenancy" / "src" / "tenantry_tenancy" / "legal" / "catalog.json"
+PACKAGE = REPO / "services" / "tenancy" / "src" / "tenantry_tenancy" / "legal"
+CATALOG = PACKAGE / "catalog.json"
+# The texts tenancy renders per tenant (a released image has no docs/): copies.
+TEXTS = PACKAGE / "texts"
 CHART_VALUES = REPO / "deploy" / "helm" / "tenantry" / "values.yaml"
 REGION_VALUES = sorted((REPO / "deploy" / "helm").glob("values-*.yaml"))
 DOCUMENTS = ("dpa", "sccs", "tia")
@@ -386,17 +390,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="compare, write nothing")
     args = parser.parse_args(argv)
     annexes = render_annexes(load_deployments())
-    catalog = render_catalog(annexes=annexes)
-    stale = [
-        path
-        for path, text in ((ANNEXES, annexes), (CATALOG, catalog))
-        if not path.exists() or path.read_text() != text
-    ]
+    outputs = {ANNEXES: annexes, CATALOG: render_catalog(annexes=annexes)}
+    for name in DOCUMENTS:
+        for path in sorted((LEGAL / name).glob("*.md")):
+            outputs[TEXTS / name / path.name] = path.read_text()
+    outputs[TEXTS / "annexes.md"] = annexes
+    stale = [p for p, text in outputs.items() if not p.exists() or p.read_text() != text]
     if args.check:
         for path in stale:
             print(f"{path.relative_to(REPO)} is stale: run `make docs`", file=sys.stderr)
         return 1 if stale else 0
-    for path, text in ((ANNEXES, annexes), (CATALOG, catalog)):
+    for path, text in outputs.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         print(path.relative_to(REPO))

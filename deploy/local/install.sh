@@ -17,6 +17,9 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v xmlsec1 >/dev/null 2>&1 || need_apt+=(xmlsec1)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
+# tenancy's DPA as PDF: WeasyPrint lays text out with Pango (and needs a font).
+ldconfig -p 2>/dev/null | grep -q 'libpangoft2-1.0.so.0' || need_apt+=(libpango-1.0-0 libpangoft2-1.0-0)
+ls /usr/share/fonts/truetype/dejavu/DejaVuSerif.ttf >/dev/null 2>&1 || need_apt+=(fonts-dejavu-core)
 if (( ${#need_apt[@]} )); then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

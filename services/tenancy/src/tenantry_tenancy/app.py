@@ -31,6 +31,7 @@ from tenantry_service.move import Resealed
 from tenantry_service.periodic import Counted, run_periodically
 from tenantry_service.residency import DIRECTORY, directory_of
 from tenantry_service.runtime import Runtime
+from tenantry_tenancy.agreements_api import AgreementsController
 from tenantry_tenancy.api import (
     LifecycleController,
     LimitsController,
@@ -297,6 +298,7 @@ SPEC = ServiceSpec(
                 *REGION_ROUTES,
                 MovesController,
                 legal_documents,
+                AgreementsController,
             ],
             dependencies=ROUTE_DEPENDENCIES,
         )

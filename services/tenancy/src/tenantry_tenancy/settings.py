@@ -20,6 +20,13 @@ class TenancySettings(ServiceSettings, frozen=True, kw_only=True):
     # How often the worker looks for moves to take a step further (move_driver.py); a move
     # waiting on the other region backs off from this up to five minutes.
     move_scan_seconds: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    # What a tenant's rendering of the DPA fills in (docs/legal; the chart's `legal:`).
+    legal_processor_name: str = ""
+    legal_processor_address: str = ""
+    legal_service_name: str = ""
+    legal_governing_law: str = ""
+    legal_notice_days: Annotated[int, msgspec.Meta(ge=1, le=365)] = 30
+    legal_breach_notice_hours: Annotated[int, msgspec.Meta(ge=1, le=72)] = 48
     export_resend_seconds: Annotated[float, msgspec.Meta(gt=0)] = 300.0
     export_keep_days: Annotated[float, msgspec.Meta(gt=0)] = 7.0
     # How long a purged tenant's slug stays unavailable to new tenants.

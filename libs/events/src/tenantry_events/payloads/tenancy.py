@@ -68,6 +68,28 @@ class TenantMoved(msgspec.Struct, frozen=True, kw_only=True):
     by: str
 
 
+@event(
+    "tenant.agreement_accepted",
+    owner="tenancy",
+    public=True,
+    personal=("name", "title", "email", "ip"),
+)
+class TenantAgreementAccepted(msgspec.Struct, frozen=True, kw_only=True):
+    """A tenant admin or owner accepted a version of a legal document (the DPA) for the
+    tenant: who, in what capacity, when, from where, and the hash of the exact text."""
+
+    acceptance_id: UUID
+    document: str  # "dpa"
+    version: str
+    sha256: str
+    name: str
+    title: str
+    email: str
+    ip: str | None
+    accepted_by: str  # the principal: "user:<account id>"
+    accepted_at: datetime
+
+
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
     """A tenant's resolved limits. Three kinds: feature switches (bool), quantities (int,
     None = unlimited) and rates (requests per second with a burst)."""

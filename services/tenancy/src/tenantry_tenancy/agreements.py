@@ -1,0 +1,82 @@
+"""A tenant's acceptance of a legal document (issue 19 §2; docs/legal): the rules, pure.
+
+Only the DPA is accepted per tenant (the SCCs are incorporated by it, the TIA is the
+customer's own assessment). A version is accepted by its exact text: the acceptance keeps
+the SHA-256 the catalog lists for it. The per-tenant rendering fills the template's
+`{{placeholders}}` from the tenant, its plan, the deployment's legal settings and the
+acceptance; a placeholder nothing fills stays visible, marked to be agreed, never blank.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+ACCEPTABLE = ("dpa",)
+MAX_FIELD = 200
+_PLACEHOLDER = re.compile(r"\{\{\s*([a-z0-9_.]+)\s*\}\}")
+_FRONT_MATTER = re.compile(r"\A---\n.*?\n---\n", re.S)
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class AgreementRefused(Exception):
+    def __init__(self, slug: str, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.slug = slug
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Version:
+    document: str
+    version: str
+    effective: str
+    sha256: str
+
+
+def chosen(versions: list[Version], document: str, version: str | None) -> Version:
+    """The version to accept: the one named, or the newest (versions are dates)."""
+    if document not in ACCEPTABLE:
+        raise AgreementRefused(
+            "unknown-document", f"{document!r} is not accepted per tenant; one of {ACCEPTABLE}"
+        )
+    mine = sorted((v for v in versions if v.document == document), key=lambda v: v.version)
+    if not mine:
+        raise AgreementRefused("unknown-document", f"no version of {document!r} is published")
+    if version is None:
+        return mine[-1]
+    for candidate in mine:
+        if candidate.version == version:
+            return candidate
+    known = ", ".join(v.version for v in mine)
+    raise AgreementRefused("unknown-version", f"no version {version!r}; published: {known}")
+
+
+def signatory(name: str, title: str, email: str) -> tuple[str, str, str]:
+    """The person accepting, checked: non-empty, bounded, one line, a plausible email."""
+    cleaned = []
+    for label, value in (("name", name), ("title", title), ("email", email)):
+        value = value.strip()
+        if not value or len(value) > MAX_FIELD or any(c in value for c in "\r\n\x00"):
+            raise AgreementRefused("invalid-signatory", f"{label} must be one line of 1-200")
+        cleaned.append(value)
+    if not _EMAIL.match(cleaned[2]):
+        raise AgreementRefused("invalid-signatory", "email is not an email address")
+    return cleaned[0], cleaned[1], cleaned[2]
+
+
+def body(text: str) -> str:
+    """The document without its front matter."""
+    return _FRONT_MATTER.sub("", text, count=1)
+
+
+def filled(text: str, values: Mapping[str, str]) -> str:
+    """The template with each `{{key}}` replaced by its value, or marked when unknown."""
+
+    def replace(match: re.Match[str]) -> str:
+        key = match.group(1)
+        value = values.get(key)
+        return value if value else f"[{key}: to be agreed]"
+
+    return _PLACEHOLDER.sub(replace, text)
