@@ -13,6 +13,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from tenantry_tenancy.domain import DomainError
+
 ACCEPTABLE = ("dpa",)
 MAX_FIELD = 200
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z0-9_.]+)\s*\}\}")
@@ -20,11 +22,11 @@ _FRONT_MATTER = re.compile(r"\A---\n.*?\n---\n", re.S)
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
-class AgreementRefused(Exception):
+class AgreementRefused(DomainError):
+    """An acceptance's rule said no: 422 unless said otherwise."""
+
     def __init__(self, slug: str, message: str, status: int = 422) -> None:
-        super().__init__(message)
-        self.slug = slug
-        self.status = status
+        super().__init__(slug, message, status)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 from tenantry_events.payloads.tenancy import ExportFile, TenantExportPart
-from tenantry_tenancy.domain import PURGE_PARTICIPANTS
+from tenantry_tenancy.domain import PURGE_PARTICIPANTS, DomainError
 
 ExportStatus = Literal["running", "assembling", "completed", "failed", "expired"]
 # The services that each write a share of an export: the same five as a purge.
@@ -27,13 +27,8 @@ MAX_REQUESTS = 3
 FORMAT = "tenantry-export/1"
 
 
-class ExportRefused(Exception):
-    """A rule said no; `slug` is the problem type the HTTP edge reports."""
-
-    def __init__(self, slug: str, message: str, status: int = 409) -> None:
-        super().__init__(message)
-        self.slug = slug
-        self.status = status
+class ExportRefused(DomainError):
+    """An export's rule said no (the domain's error: `slug` and `status` for the edge)."""
 
 
 @dataclass(frozen=True)

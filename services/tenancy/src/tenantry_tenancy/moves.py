@@ -35,6 +35,8 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
+from tenantry_tenancy.domain import DomainError
+
 Direction = Literal["out", "in"]
 MoveState = Literal[
     "exporting",
@@ -53,13 +55,8 @@ IMPORT_ORDER = ("tenancy", "identity", "provisioning", "ratelimit", "webhooks")
 MAX_BACKOFF = timedelta(minutes=5)
 
 
-class MoveRefused(Exception):
-    """A rule said no; `slug` is the problem type the HTTP edge reports."""
-
-    def __init__(self, slug: str, message: str, status: int = 409) -> None:
-        super().__init__(message)
-        self.slug = slug
-        self.status = status
+class MoveRefused(DomainError):
+    """A move's rule said no (the domain's error: `slug` and `status` for the edge)."""
 
 
 def check_move(*, own_region: str, to_region: str, regions: list[str], status: str) -> None:
