@@ -42,6 +42,8 @@ PUBLIC_ROUTES = {
     ("GET", "/v1/deletion-certificates/{certificate_id}"),
     ("GET", "/v1/export-downloads/{token}"),
     ("GET", "/.well-known/document-jwks.json"),
+    # The legal documents' catalog: a prospective customer reads the DPA before signing up.
+    ("GET", "/v1/legal/documents"),
 }
 
 
