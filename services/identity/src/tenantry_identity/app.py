@@ -218,7 +218,10 @@ def worker_consumers(runtime: Runtime) -> dict[str, Handler[asyncpg.Connection]]
     return merge_handlers(
         standard_projections(),
         identity_consumers(
-            identity_store(runtime), email_verification(runtime), Mailer(SmtpSettings.from_env())
+            identity_store(runtime),
+            email_verification(runtime),
+            Mailer(SmtpSettings.from_env()),
+            runtime.db,
         ),
         usage_report_handlers(runtime),
     )

@@ -19,6 +19,7 @@ from tenantry_events.payloads.tenancy import (
     TenantOffboardingStarted,
 )
 from tenantry_events.payloads.webhooks import WebhookEndpointDisabled
+from tenantry_events.pg import Database
 from tenantry_identity import notices
 from tenantry_identity.domain import IdentityRuleBroken, normalise_email
 from tenantry_identity.store import EmailTaken, IdentityStore
@@ -27,7 +28,7 @@ from tenantry_outbound.mail import MailSender
 
 
 def identity_consumers(
-    store: IdentityStore, verification: EmailVerification, mailer: MailSender
+    store: IdentityStore, verification: EmailVerification, mailer: MailSender, db: Database
 ) -> dict[str, Handler[asyncpg.Connection]]:
     async def on_account_created(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
         """identity reacts to its own account.created by mailing the verification link (the
@@ -36,7 +37,7 @@ def identity_consumers(
         if not payload.email_verified:
             with notices.redelivered_if_the_relay_fails():
                 await verification.send(
-                    tx, payload.account_id, payload.email, enforce_spacing=False
+                    tx, payload.account_id, payload.email, enforce_spacing=False, committed_in=db
                 )
 
     async def on_tenant_created(tx: asyncpg.Connection, event: Envelope[Any]) -> None:

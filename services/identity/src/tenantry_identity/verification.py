@@ -17,6 +17,7 @@ from uuid import UUID
 
 import asyncpg
 
+from tenantry_events.pg import Database
 from tenantry_identity.domain import VERIFICATION_TTL_SECONDS, resend_wait
 from tenantry_identity.store import IdentityStore
 from tenantry_outbound.mail import MailSender
@@ -46,8 +47,18 @@ class EmailVerification:
         self._confirm_url = confirm_url
 
     async def send(
-        self, tx: asyncpg.Connection, account_id: UUID, email: str, *, enforce_spacing: bool
+        self,
+        tx: asyncpg.Connection,
+        account_id: UUID,
+        email: str,
+        *,
+        enforce_spacing: bool,
+        committed_in: Database | None = None,
     ) -> None:
+        """Mail a new verification link. With `committed_in`, the link is saved in a
+        transaction of its own, committed before the mail goes: a recipient who clicks at
+        once must find it (a consumer's transaction commits only after its handler, the
+        mail, returns). A redelivered event then mails a second link; both work."""
         now = self._clock.now()
         if enforce_spacing:
             sent = await self._store.verification_send_times(tx, account_id)
@@ -56,14 +67,18 @@ class EmailVerification:
                 raise TooSoon(wait)
         token = secrets.token_urlsafe(32)
         created = utc(self._clock)
-        await self._store.save_verification(
-            tx,
-            token,
-            account_id=account_id,
-            email=email,
-            created_at=created,
-            expires_at=created + timedelta(seconds=VERIFICATION_TTL_SECONDS),
-        )
+        expires_at = created + timedelta(seconds=VERIFICATION_TTL_SECONDS)
+        if committed_in is None:
+            await self._store.save_verification(
+                tx, token, account_id=account_id, email=email, created_at=created,
+                expires_at=expires_at,
+            )  # fmt: skip
+        else:
+            async with committed_in.transaction(platform=True) as own:
+                await self._store.save_verification(
+                    own, token, account_id=account_id, email=email, created_at=created,
+                    expires_at=expires_at,
+                )  # fmt: skip
         link = f"{self._confirm_url}?token={token}"
         await self._mailer.send(
             email,
