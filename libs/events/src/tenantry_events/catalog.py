@@ -39,6 +39,10 @@ class EventType:
     description: str
     personal: tuple[str, ...] = ()  # dotted paths of the payload's personal fields
     person: str | None = None  # dotted path of the UUID of the person the event is about
+    # Opt-in public events reach a webhook endpoint only when it names them in its filter:
+    # an endpoint that takes "every event" does not get them (audit.recorded doubles the
+    # traffic of every action, so a customer asks for it).
+    opt_in: bool = False
 
     @property
     def topic(self) -> str:
@@ -149,6 +153,7 @@ def event(
     description: str = "",
     personal: tuple[str, ...] = (),
     person: str | None = None,
+    opt_in: bool = False,
 ) -> Callable[[PayloadT], PayloadT]:
     """Class decorator that declares a payload Struct as the payload of event type `name`;
     `personal` names its fields that are personal data (dotted paths into nested Structs),
@@ -165,6 +170,7 @@ def event(
                 description=description or (payload.__doc__ or "").strip(),
                 personal=personal,
                 person=person,
+                opt_in=opt_in,
             )
         )
         return payload

@@ -32,6 +32,7 @@ from faststream import AckPolicy
 from faststream.kafka.annotations import KafkaMessage
 from opentelemetry import metrics
 
+from tenantry_events.actors import acting_as
 from tenantry_events.catalog import dead_letter_topic
 from tenantry_events.envelope import Envelope, MalformedEvent
 from tenantry_events.faults import Backoff, is_transient_db_error
@@ -182,7 +183,8 @@ class EventConsumer(Generic[TxT]):
                 return "duplicate"
             if self._keys is not None:
                 envelope = await unseal(envelope, self._keys, tx)
-            await handler(tx, envelope)
+            with acting_as(envelope.actor):  # what the handler causes, the event's actor caused
+                await handler(tx, envelope)
         _processed.add(1, {"group": self.group, "type": envelope.type})
         return "applied"
 

@@ -9,6 +9,7 @@ from uuid import UUID
 import msgspec
 from uuid_utils.compat import uuid7
 
+from tenantry_events.actors import Actor, current_actor
 from tenantry_events.catalog import CATALOG, Catalog
 from tenantry_events.tracing import current_trace_headers
 
@@ -27,6 +28,7 @@ class Envelope(msgspec.Struct, Generic[P], frozen=True, kw_only=True):
     region: str
     traceparent: str | None = None
     tracestate: str | None = None
+    actor: Actor | None = None  # who caused it (tenantry_events.actors); None: the system
     payload: P
 
 
@@ -49,7 +51,8 @@ def new_event(
     catalog: Catalog = CATALOG,
 ) -> Envelope[S]:
     """Wrap a payload; type and schema version come from the catalog, trace context from the
-    current span, so a consumer continues the trace of the request that caused the event."""
+    current span, so a consumer continues the trace of the request that caused the event,
+    and the actor from the request (or the event being handled) that caused it."""
     event_type = catalog.by_payload(type(payload))
     traceparent, tracestate = current_trace_headers()
     return Envelope(
@@ -64,6 +67,7 @@ def new_event(
         region=region,
         traceparent=traceparent,
         tracestate=tracestate,
+        actor=current_actor(),
         payload=payload,
     )
 

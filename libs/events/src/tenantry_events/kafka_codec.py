@@ -13,6 +13,7 @@ from uuid import UUID
 
 import msgspec
 
+from tenantry_events.actors import Actor
 from tenantry_events.catalog import CATALOG, Catalog
 from tenantry_events.envelope import Envelope, MalformedEvent
 
@@ -28,6 +29,7 @@ class KafkaRecord(msgspec.Struct, frozen=True):
 
 
 _ENCODER = msgspec.json.Encoder()
+_ACTOR = msgspec.json.Decoder(Actor)
 
 
 def to_record(envelope: Envelope[Any]) -> KafkaRecord:
@@ -48,6 +50,8 @@ def to_record(envelope: Envelope[Any]) -> KafkaRecord:
         headers.append(("ce_traceparent", envelope.traceparent.encode()))
     if envelope.tracestate:
         headers.append(("ce_tracestate", envelope.tracestate.encode()))
+    if envelope.actor is not None:  # a CloudEvents extension; its personal fields are sealed
+        headers.append(("ce_actor", _ENCODER.encode(envelope.actor)))
     return KafkaRecord(
         topic=envelope.type,
         key=str(envelope.tenant_id).encode(),
@@ -79,6 +83,7 @@ def from_record(
             region=attrs["ce_region"],
             traceparent=attrs.get("ce_traceparent"),
             tracestate=attrs.get("ce_tracestate"),
+            actor=_ACTOR.decode(attrs["ce_actor"]) if "ce_actor" in attrs else None,
             payload=payload,
         )
     except (KeyError, ValueError, LookupError, UnicodeDecodeError) as exc:

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from tenantry_events.actors import ACTOR_PERSONAL, Actor
 from tenantry_events.catalog import CATALOG, Catalog, EventType
 from tenantry_events.envelope import Envelope
 
@@ -99,18 +100,36 @@ class DataKeys(Protocol[Tx]):
 async def seal(
     envelope: Envelope[Any], keys: DataKeys[Tx], tx: Tx, *, catalog: Catalog = CATALOG
 ) -> Envelope[Any]:
-    """The envelope with each personal field of its payload sealed. Idempotent: a field
-    already sealed for this event and place stays as it is; `None` stays `None`."""
+    """The envelope with each personal field of its payload, and its actor's IP and user
+    agent, sealed. Idempotent: a field already sealed for this event and place stays as it
+    is; `None` stays `None`."""
     event_type = catalog.by_name(envelope.type)
     fields = _personal_strings(event_type, envelope.payload)
-    if not fields:
-        return envelope
-    subject_id = person_of(event_type, envelope.payload)
+    if fields:
+        subject_id = person_of(event_type, envelope.payload)
+        envelope = _with_fields(envelope, await _sealed(envelope, fields, subject_id, keys, tx))
+    actor = envelope.actor
+    actor_fields = _actor_strings(actor)
+    if actor is not None and actor_fields:
+        sealed = await _sealed(envelope, actor_fields, actor.person(), keys, tx)
+        envelope = _with_actor_fields(envelope, sealed)
+    return envelope
+
+
+async def _sealed(
+    envelope: Envelope[Any],
+    fields: dict[str, str],
+    subject_id: UUID | None,
+    keys: DataKeys[Tx],
+    tx: Tx,
+) -> dict[str, str]:
+    """The sealed value of each field that is not sealed yet (`ERASED` for all of them
+    when a key they need was destroyed)."""
     ref = _key_ref(subject_id)
     tenant_key = await keys.for_sealing(tx, envelope.tenant_id)
     subject_key = await keys.for_sealing(tx, envelope.tenant_id, subject_id) if subject_id else None
     if tenant_key is None or (subject_id is not None and subject_key is None):
-        return _with_fields(envelope, dict.fromkeys(fields, ERASED))
+        return dict.fromkeys(fields, ERASED)
     cipher = _cipher(tenant_key, subject_id, subject_key)
     sealed: dict[str, str] = {}
     for path, value in fields.items():
@@ -119,32 +138,37 @@ async def seal(
         nonce = os.urandom(_NONCE_BYTES)
         box = cipher.encrypt(nonce, value.encode(), _associated(envelope, path, ref))
         sealed[path] = f"{SEALED_PREFIX}{ref}:{_b64(nonce + box)}"
-    return _with_fields(envelope, sealed)
+    return sealed
 
 
 async def unseal(
     envelope: Envelope[Any], keys: DataKeys[Tx], tx: Tx, *, catalog: Catalog = CATALOG
 ) -> Envelope[Any]:
-    """The envelope with each sealed personal field opened, or `ERASED` where its key was
-    destroyed. Plaintext (events recorded before sealing) passes through. A sealed value
-    that does not open with existing keys raises `UnreadableSeal`."""
+    """The envelope with each sealed personal field (its payload's and its actor's) opened,
+    or `ERASED` where its key was destroyed. Plaintext (events recorded before sealing)
+    passes through. A sealed value that does not open with existing keys raises
+    `UnreadableSeal`."""
     event_type = catalog.by_name(envelope.type)
-    fields = {
-        path: value
-        for path, value in _personal_strings(event_type, envelope.payload).items()
-        if value.startswith(SEALED_PREFIX)
-    }
-    if not fields:
-        return envelope
+    payload_fields = _personal_strings(event_type, envelope.payload)
+    envelope = _with_fields(envelope, await _opened(envelope, payload_fields, keys, tx))
+    actor_fields = _actor_strings(envelope.actor)
+    return _with_actor_fields(envelope, await _opened(envelope, actor_fields, keys, tx))
+
+
+async def _opened(
+    envelope: Envelope[Any], fields: dict[str, str], keys: DataKeys[Tx], tx: Tx
+) -> dict[str, str]:
     ciphers: dict[str, AESGCM | None] = {}  # one key lookup per key named in the event
     opened: dict[str, str] = {}
     for path, value in fields.items():
+        if not value.startswith(SEALED_PREFIX):
+            continue
         ref, box = _parse(value)
         if ref not in ciphers:
             ciphers[ref] = await _opening_cipher(keys, tx, envelope.tenant_id, ref)
         cipher = ciphers[ref]
         opened[path] = ERASED if cipher is None else _open(cipher, envelope, path, ref, box)
-    return _with_fields(envelope, opened)
+    return opened
 
 
 async def seal_all(
@@ -196,6 +220,28 @@ def _personal_strings(event_type: EventType, payload: msgspec.Struct) -> dict[st
         if isinstance(value, str):
             found[path] = value
     return found
+
+
+def _actor_strings(actor: Actor | None) -> dict[str, str]:
+    """The actor's personal fields that hold a value, by path in the envelope ("actor.ip"),
+    which is also their associated data: a sealed IP does not open as a payload field."""
+    if actor is None:
+        return {}
+    found: dict[str, str] = {}
+    for name in ACTOR_PERSONAL:
+        value = getattr(actor, name)
+        if isinstance(value, str):
+            found[f"actor.{name}"] = value
+    return found
+
+
+def _with_actor_fields(envelope: Envelope[Any], values: dict[str, str]) -> Envelope[Any]:
+    if not values or envelope.actor is None:
+        return envelope
+    actor = msgspec.structs.replace(
+        envelope.actor, **{path.removeprefix("actor."): v for path, v in values.items()}
+    )
+    return msgspec.structs.replace(envelope, actor=actor)
 
 
 def _get(payload: msgspec.Struct, path: str) -> object:

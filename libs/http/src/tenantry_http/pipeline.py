@@ -31,6 +31,7 @@ from litestar.types import Scope as LitestarScope
 from litestar.types import Send as LitestarSend
 from uuid_utils.compat import uuid7
 
+from tenantry_events.actors import Actor, ActorKind, acting_as, request_actor
 from tenantry_http.asgi import ASGIApp, Message, Receive, Scope, Send
 from tenantry_platform.telemetry import request_id_var
 
@@ -125,6 +126,7 @@ class PipelineMiddleware(ASGIMiddleware):
                 await step(request)
             state: dict[str, Any] = scope.get("state", {})
             extra: dict[str, str] = state.get(_RESPONSE_HEADERS, {})
+            forward = send
             if extra:
                 encoded = [(k.lower().encode(), v.encode()) for k, v in extra.items()]
 
@@ -133,9 +135,34 @@ class PipelineMiddleware(ASGIMiddleware):
                         message["headers"] = [*message.get("headers", []), *encoded]
                     await send(message)
 
-                await next_app(scope, receive, send_with_headers)
-            else:
-                await next_app(scope, receive, send)
+                forward = send_with_headers
+            # Every event the route makes names this request's actor (the audit log's who).
+            with acting_as(actor_of(request)):
+                await next_app(scope, receive, forward)
         finally:
             for callback in scope.get("state", {}).get(_AFTER_RESPONSE, ()):
                 await callback()
+
+
+def actor_of(request: Request[Any, Any, Any]) -> Actor:
+    """The actor of a request: its principal once authenticated (an API key on the SCIM
+    routes is the identity provider's SCIM client), else anonymous (a sign-in route, whose
+    events name the account they signed in)."""
+    # Imported here: auth imports this module's step protocol.
+    from tenantry_http.auth import STATE_KEY, Principal
+
+    principal = request.scope.get("state", {}).get(STATE_KEY)
+    kind: ActorKind = "anonymous"
+    actor_id: str | None = None
+    if isinstance(principal, Principal):
+        actor_id = principal.subject
+        kind = principal.kind
+        if kind == "api_key" and request.scope["path"].startswith("/scim/"):
+            kind = "scim"
+    return request_actor(
+        kind,
+        actor_id,
+        request_id=request.scope.get("state", {}).get("request_id"),
+        ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+    )
