@@ -40,6 +40,9 @@ from tenantry_tenancy.api import (
     list_plans,
     update_plan,
 )
+from tenantry_tenancy.audit.api import AuditController
+from tenantry_tenancy.audit.consumer import AuditRecorder, AuditRetention
+from tenantry_tenancy.audit.store import AuditStore
 from tenantry_tenancy.consumers import export_consumers, purge_consumers, usage_consumers
 from tenantry_tenancy.data_keys import TenancyDataKeys, key_context
 from tenantry_tenancy.directory.api import DIRECTORY_API
@@ -199,6 +202,17 @@ ROUTE_DEPENDENCIES = {
 }
 
 
+def audit_recorder(runtime: Runtime) -> AuditRecorder:
+    return AuditRecorder(
+        AuditStore(),
+        runtime.outbox,
+        source=runtime.source,
+        region=runtime.settings.region,
+        clock=SystemClock(),
+        stream=runtime.settings_as(TenancySettings).audit_stream,
+    )
+
+
 def worker_consumers(runtime: Runtime) -> dict[str, Handler[asyncpg.Connection]]:
     settings = runtime.settings_as(TenancySettings)
     return merge_handlers(
@@ -212,6 +226,21 @@ def worker_consumers(runtime: Runtime) -> dict[str, Handler[asyncpg.Connection]]
             settings,
             quarantine=settings.slug_quarantine,
         ),
+        # Last: an event's entry is chained once its own effects are in.
+        audit_recorder(runtime).handlers(),
+    )
+
+
+async def audit_retention(runtime: Runtime, stop: asyncio.Event) -> None:
+    """Prunes each tenant's audit log to its plan's retention (audit/consumer.py)."""
+    settings = runtime.settings_as(TenancySettings)
+    retention = AuditRetention(runtime.db, AuditStore(), plan_store(runtime), SystemClock())
+    await run_periodically(
+        retention.run_once,
+        stop,
+        settings.audit_retention_scan_seconds,
+        log=logging.getLogger("tenantry.tenancy.audit"),
+        what="audit entries past retention removed",
     )
 
 
@@ -299,6 +328,7 @@ SPEC = ServiceSpec(
                 MovesController,
                 legal_documents,
                 AgreementsController,
+                AuditController,
             ],
             dependencies=ROUTE_DEPENDENCIES,
         )
@@ -316,7 +346,13 @@ SPEC = ServiceSpec(
     settings_cls=TenancySettings,
     on_startup=[open_objects, open_directory],
     on_shutdown=[close_objects, close_directory],
-    worker_tasks=[lifecycle_scheduler, export_worker, directory_facts, move_driver],
+    worker_tasks=[
+        lifecycle_scheduler,
+        export_worker,
+        directory_facts,
+        move_driver,
+        audit_retention,
+    ],
     more_migrations=migrate_directory,
     aggregates=[TENANTS],
     purge=TENANCY_PURGE,

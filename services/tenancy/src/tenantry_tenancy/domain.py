@@ -374,6 +374,7 @@ def deletion_certificate(facts: DeletionFacts) -> dict[str, Any]:
 LimitKind = Literal["feature", "quantity", "rate", "days"]
 KINDS: dict[str, LimitKind] = {
     "offboarding_grace_days": "days",
+    "audit_retention_days": "days",
     "sso": "feature",
     "scim": "feature",
     "data_export": "feature",

@@ -20,6 +20,11 @@ class TenancySettings(ServiceSettings, frozen=True, kw_only=True):
     # How often the worker looks for moves to take a step further (move_driver.py); a move
     # waiting on the other region backs off from this up to five minutes.
     move_scan_seconds: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    # The audit log (tenantry_tenancy.audit): how often retention prunes what plans no
+    # longer keep, and whether each entry is also sent as audit.recorded (an opt-in
+    # webhook event; off only for a deployment that never streams to a SIEM).
+    audit_retention_scan_seconds: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
+    audit_stream: bool = True
     # What a tenant's rendering of the DPA fills in (docs/legal; the chart's `legal:`).
     legal_processor_name: str = ""
     legal_processor_address: str = ""

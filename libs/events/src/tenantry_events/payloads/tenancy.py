@@ -104,6 +104,8 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     burst: int
     # Days between the start of offboarding and the purge (a duration, in whole days).
     offboarding_grace_days: int = 30
+    # Days the tenant's audit log keeps an entry (tenantry_tenancy.audit).
+    audit_retention_days: int = 90
 
 
 class PlanOffer(msgspec.Struct, frozen=True, kw_only=True):
@@ -310,3 +312,43 @@ class SubjectErased(msgspec.Struct, frozen=True, kw_only=True):
     erasure_id: UUID
     subject_id: UUID
     completed_at: datetime
+
+
+class AuditActorView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    kind: str  # user | api_key | scim | sso | operator | system | anonymous
+    id: str | None = None
+    request_id: str | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+
+
+@event(
+    "audit.recorded",
+    owner="tenancy",
+    public=True,
+    opt_in=True,
+    personal=("actor.ip", "actor.user_agent"),
+    person="actor_account_id",
+)
+class AuditRecorded(msgspec.Struct, frozen=True, kw_only=True):
+    """An entry was added to the tenant's audit log (GET /v1/tenants/{tenant_id}/audit-events):
+    who did what to which target, when, with the entry's place in the tenant's hash chain.
+    Opt-in: a webhook endpoint receives it only when its filter names `audit.recorded`,
+    for streaming the log to a SIEM. `details` is the audited event's payload without its
+    personal fields (read those from the API); `record` is the exact text hashed into the
+    chain, so `sha256(bytes.fromhex(prev_hash) + record.encode())` is `hash`
+    (docs/audit.md)."""
+
+    entry_id: str  # the audited event's id
+    seq: int
+    action: str
+    outcome: str
+    occurred_at: str
+    actor: AuditActorView
+    actor_account_id: UUID | None = None  # the person acting, when a user: their key seals
+    target_type: str
+    target_id: str
+    details: dict[str, object]
+    record: str
+    prev_hash: str
+    hash: str
