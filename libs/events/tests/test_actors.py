@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from uuid_utils.compat import uuid4
 
-from tenantry_events.actors import Actor, acting_as, current_actor, request_actor
+from tenantry_events.actors import Actor, acting_as, current_actor, identify, request_actor
 from tenantry_events.envelope import decode_envelope, encode_envelope
 from tenantry_events.kafka_codec import from_record, to_record
 from tenantry_events.memory import MemoryDataKeys
@@ -112,3 +112,18 @@ def test_a_sealed_ip_moved_into_the_user_agent_does_not_open() -> None:
         raise AssertionError("a sealed value opened in another field")
 
     run(check())
+
+
+def test_a_sign_in_names_an_anonymous_actor_and_no_other() -> None:
+    with acting_as(Actor(kind="anonymous", ip="127.0.0.3")):
+        identify("user", "acc_1")
+        named = current_actor()
+        assert named is not None
+        assert (named.kind, named.id, named.ip) == ("user", "acc_1", "127.0.0.3")
+    with acting_as(Actor(kind="api_key", id="key_1")):
+        identify("user", "acc_1")
+        kept = current_actor()
+        assert kept is not None
+        assert (kept.kind, kept.id) == ("api_key", "key_1")
+    identify("user", "acc_1")  # outside any request: nothing to name
+    assert current_actor() is None

@@ -33,9 +33,10 @@ async def identity_db(stack: Stack) -> AsyncIterator[ScratchDatabase]:
 
 
 async def setup(db: ScratchDatabase) -> tuple[EmailVerification, MemoryMailer, FakeClock, UUID]:
-    events = PostgresEventStore(PostgresOutbox(db.db))
+    outbox = PostgresOutbox(db.db)
+    events = PostgresEventStore(outbox)
     clock, mailer = FakeClock(), MemoryMailer()
-    store = IdentityStore(events, source="/tenantry/identity", region="local")
+    store = IdentityStore(events, outbox=outbox, source="/tenantry/identity", region="local")
     verification = EmailVerification(store, mailer, clock, confirm_url="http://127.0.0.1/c")
     async with db.db.transaction(tenant_id=UUID(int=7)) as tx:
         account = await store.create_account(

@@ -11,7 +11,6 @@ import pytest_asyncio
 
 from tenantry_events.kafka_codec import from_record
 from tenantry_events.payloads.ratelimit import RatePoliciesChanged, RatePolicy
-from tenantry_events.payloads.tenancy import Limits
 from tenantry_events.pg import package_migrations
 from tenantry_events.storage import PostgresOutbox
 from tenantry_ratelimit.store import PolicyStore
@@ -20,18 +19,10 @@ from tenantry_testkit.fixtures import (
     create_scratch_database,
     drop_scratch_database,
 )
+from tenantry_testkit.plans import FREE_LIMITS
 from tenantry_testkit.stack import Stack
 
-FREE = Limits(
-    sso=False,
-    scim=False,
-    data_export=False,
-    seats=3,
-    webhook_endpoints=1,
-    api_keys=2,
-    requests_per_second=20,
-    burst=40,
-)
+FREE = FREE_LIMITS
 
 
 @pytest_asyncio.fixture

@@ -955,9 +955,9 @@ async def test_resend_and_recover_send_the_same_message_again(env: Env) -> None:
 
     async with env.db.transaction(tenant_id=env.tenant_id) as tx:
         recovered = await store.recover(
-            tx, env.tenant_id, endpoint.endpoint_id, datetime.now(UTC) - timedelta(hours=1)
+            tx, env.tenant_id, endpoint.endpoint_id, datetime.now(UTC) - timedelta(hours=1), 10
         )
-    assert recovered == 1
+    assert (recovered.count, recovered.message_ids) == (1, [message_id_of(event)])
     await worker.drain()  # the third request succeeds
     row = await delivery(env, event)
     assert (row.status, row.attempts) == ("succeeded", 1), "a fresh schedule"

@@ -8,12 +8,15 @@ import random
 import time
 from datetime import UTC, datetime
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from tenantry_events.catalog import Catalog, EventType
 from tenantry_webhooks.domain import (
+    ENDPOINT_SETTINGS,
     MAX_CHANNELS,
     MAX_EVENT_TYPES,
     MAX_HEADERS,
@@ -22,7 +25,10 @@ from tenantry_webhooks.domain import (
     InvalidEndpoint,
     RetrySchedule,
     Verdict,
+    changed_settings,
+    is_opt_in,
     new_secret,
+    opt_in_event_types,
     parse_retry_after,
     pattern_matches,
     public_event_types,
@@ -37,6 +43,7 @@ from tenantry_webhooks.domain import (
     validate_url,
     verdict,
 )
+from tenantry_webhooks.store import EndpointFields
 
 # ---------------------------------------------------------------- subscriptions
 
@@ -92,6 +99,133 @@ def test_subscribed_needs_a_matching_type_and_one_of_the_channels() -> None:
 def test_the_test_event_never_goes_through_subscriptions() -> None:
     assert not subscribed(["*"], [], TEST_EVENT, [])
     assert not subscribed([TEST_EVENT], [], TEST_EVENT, [])
+
+
+# ---------------------------------------------------------------- opt-in types
+
+
+class _Loud(msgspec.Struct, frozen=True):
+    n: int
+
+
+class _Quiet(msgspec.Struct, frozen=True):
+    n: int
+
+
+class _Hidden(msgspec.Struct, frozen=True):
+    n: int
+
+
+def catalog_with_an_opt_in_type() -> Catalog:
+    """A throwaway catalog: audit.recorded-like `noisy.recorded` (public, opt-in), a plain
+    public `noisy.changed`, and an internal opt-in type (never deliverable at all)."""
+    catalog = Catalog()
+    for name, payload, public, opt_in in (
+        ("noisy.recorded", _Loud, True, True),
+        ("noisy.changed", _Quiet, True, False),
+        ("secret.recorded", _Hidden, False, True),
+    ):
+        catalog.register(
+            EventType(
+                name=name,
+                payload=payload,
+                owner="tests",
+                public=public,
+                version=1,
+                description="",
+                opt_in=opt_in,
+            )
+        )
+    return catalog
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [("noisy.recorded", True), ("*", False), ("noisy.*", False), ("noisy.changed", False)],
+)
+def test_an_opt_in_type_is_matched_by_its_own_name_only(pattern: str, expected: bool) -> None:
+    assert pattern_matches(pattern, "noisy.recorded", opt_in=True) is expected
+    assert subscribed([pattern], [], "noisy.recorded", [], opt_in=True) is expected
+
+
+def test_an_endpoint_on_every_event_does_not_get_opt_in_types() -> None:
+    catalog = catalog_with_an_opt_in_type()
+    assert is_opt_in("noisy.recorded", catalog)
+    assert not is_opt_in("noisy.changed", catalog)
+    assert not is_opt_in("no.such_type", catalog)
+    everything = ["*"]
+    asked = ["noisy.recorded", "user.*"]
+    for endpoint, gets_it in ((everything, False), (asked, True), (["noisy.*"], False)):
+        opt_in = is_opt_in("noisy.recorded", catalog)
+        assert subscribed(endpoint, [], "noisy.recorded", [], opt_in=opt_in) is gets_it
+    # Plain types are unchanged, and channels still filter an opt-in type.
+    assert subscribed(everything, [], "noisy.changed", [], opt_in=False)
+    assert subscribed(["noisy.*"], [], "noisy.changed", [], opt_in=False)
+    assert not subscribed(asked, ["region:us"], "noisy.recorded", ["region:eu"], opt_in=True)
+    assert subscribed(asked, ["region:eu"], "noisy.recorded", ["region:eu"], opt_in=True)
+
+
+def test_opt_in_public_types_can_be_named_but_not_reached_by_wildcards() -> None:
+    catalog = catalog_with_an_opt_in_type()
+    known = public_event_types(catalog)
+    opt_in = opt_in_event_types(catalog)
+    assert known == ["noisy.changed", "noisy.recorded"]
+    assert opt_in == frozenset({"noisy.recorded"}), "public ones only"
+    assert validate_event_types(["noisy.recorded", "*"], known, opt_in) == [
+        "*",
+        "noisy.recorded",
+    ]
+    assert validate_event_types(["noisy.*"], known, opt_in) == ["noisy.*"]  # noisy.changed
+    just_opt_in = [t for t in known if t != "noisy.changed"]
+    with pytest.raises(InvalidEndpoint) as wildcard:
+        validate_event_types(["noisy.*"], just_opt_in, opt_in)
+    assert refusal(wildcard) == (
+        "event type 'noisy.*' matches only opt-in types, which are sent only where named "
+        "exactly: noisy.recorded"
+    )
+    with pytest.raises(InvalidEndpoint) as internal:
+        validate_event_types(["secret.recorded"], known, opt_in)
+    assert "matches no event" in refusal(internal)
+
+
+def test_the_real_catalog_opt_in_types_are_public() -> None:
+    assert opt_in_event_types() <= set(public_event_types())
+
+
+# ---------------------------------------------------------------- what changes are told
+
+
+def endpoint_settings(**changes: object) -> EndpointFields:
+    settings = EndpointFields(
+        url="https://a.example/in",
+        description="",
+        event_types=["*"],
+        channels=[],
+        headers={"X-Team": "blue"},
+        enabled=True,
+        rate_limit_per_second=None,
+        fifo=False,
+    )
+    return msgspec.structs.replace(settings, **changes)
+
+
+def test_changed_settings_names_what_differs_in_a_fixed_order() -> None:
+    before = endpoint_settings()
+    assert changed_settings(before, endpoint_settings()) == []
+    after = endpoint_settings(enabled=False, url="https://b.example/in")
+    assert changed_settings(before, after) == ["url", "enabled"]
+    assert changed_settings(before, endpoint_settings(headers={"X-Team": "red"})) == ["headers"]
+    everything = endpoint_settings(
+        url="https://b.example/in",
+        description="new",
+        event_types=["user.*"],
+        channels=["region:eu"],
+        headers={},
+        enabled=False,
+        rate_limit_per_second=5.0,
+        fifo=True,
+    )
+    assert changed_settings(before, everything) == list(ENDPOINT_SETTINGS)
 
 
 # ---------------------------------------------------------------- what an endpoint may be

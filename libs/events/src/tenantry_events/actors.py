@@ -87,3 +87,13 @@ def acting_as(actor: Actor | None) -> Iterator[None]:
         yield
     finally:
         _current.reset(token)
+
+
+def identify(kind: ActorKind, actor_id: str) -> None:
+    """Name the actor of the current request once a public route learns who it is: a
+    sign-in route has no principal until it has checked the credentials. Only an anonymous
+    actor is named (a principal the pipeline authenticated stays who it is); the events
+    made after this in the request, and the IP sealed with them, are that person's."""
+    actor = _current.get()
+    if actor is not None and actor.kind == "anonymous":
+        _current.set(msgspec.structs.replace(actor, kind=kind, id=actor_id))

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tenantry_events.catalog import Catalog, load_all
+from tenantry_events.catalog import Catalog, EventType, load_all
 
 CE_HEADERS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -63,6 +63,7 @@ def asyncapi_document(catalog: Catalog) -> dict[str, Any]:
             "payload": {"$ref": f"schemas/{et.name}.json"},
             "x-owner": et.owner,
             "x-public": et.public,
+            "x-opt-in": et.opt_in,
             "x-schema-version": et.version,
             "bindings": {
                 "kafka": {"key": {"type": "string", "format": "uuid", "description": "tenant id"}}
@@ -107,6 +108,11 @@ def catalog_markdown(catalog: Catalog) -> str:
         "after the fields below) needs that person's subject key too. See",
         'docs/architecture.md, "Sealed personal fields".',
         "",
+        "Public events reach the tenant's webhook endpoints. An *opt-in* one (public: opt-in)",
+        "reaches an endpoint only when its filter names the type: `*` and `prefix.*` leave it",
+        "out. Every event that is someone's action is also an entry of the tenant's audit",
+        "log (docs/audit.md).",
+        "",
         "| type (= topic) | owner | public | version | personal fields | description |",
         "|---|---|---|---|---|---|",
     ]
@@ -115,10 +121,16 @@ def catalog_markdown(catalog: Catalog) -> str:
         if et.personal and et.person:
             personal += f" (about the person `{et.person}`)"
         lines.append(
-            f"| `{et.name}` | {et.owner} | {'yes' if et.public else 'no'} | {et.version} "
+            f"| `{et.name}` | {et.owner} | {_public(et)} | {et.version} "
             f"| {personal} | {' '.join(et.description.split())} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _public(et: EventType) -> str:
+    if not et.public:
+        return "no"
+    return "opt-in" if et.opt_in else "yes"
 
 
 def write_docs(out: Path, catalog: Catalog | None = None) -> list[Path]:

@@ -15,6 +15,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
 from tenantry_credentials import apikeys
+from tenantry_events.payloads.identity import AccountVerificationSent
 from tenantry_events.pg import Database
 from tenantry_guardrails.plan_limits import guard_quantity
 from tenantry_http.api_docs import problems
@@ -549,7 +550,9 @@ class VerificationController(Controller):
             if account.email_verified:
                 raise Problem(409, "already-verified", "This address is already verified")
             try:
-                await verification.send(tx, account_id, account.email, enforce_spacing=True)
+                expires_at = await verification.send(
+                    tx, account_id, account.email, enforce_spacing=True
+                )
             except TooSoon as exc:
                 raise Problem(
                     429,
@@ -557,4 +560,6 @@ class VerificationController(Controller):
                     "Wait before asking again",
                     headers={"Retry-After": str(int(exc.retry_after) + 1)},
                 ) from None
+            sent = AccountVerificationSent(account_id=account_id, expires_at=expires_at)
+            await identity_store.record(tx, sent, tenant_id=tenant_id, subject=str(account_id))
         return Verified(account_id=account_id, email_verified=False)

@@ -61,11 +61,21 @@ def identity_settings(runtime: Runtime) -> IdentitySettings:
 
 
 def identity_store(runtime: Runtime) -> IdentityStore:
-    return IdentityStore(runtime.events, source=runtime.source, region=runtime.settings.region)
+    return IdentityStore(
+        runtime.events,
+        outbox=runtime.outbox,
+        source=runtime.source,
+        region=runtime.settings.region,
+    )
 
 
 def sso_store(runtime: Runtime) -> SsoStore:
-    return SsoStore(runtime.events, source=runtime.source, region=runtime.settings.region)
+    return SsoStore(
+        runtime.events,
+        outbox=runtime.outbox,
+        source=runtime.source,
+        region=runtime.settings.region,
+    )
 
 
 def email_verification(runtime: Runtime) -> EmailVerification:

@@ -32,6 +32,7 @@ KNOWN_SCOPES = frozenset(
         "tenant:read",
         "tenant:write",
         "tenant:export",  # the tenant's data export (GDPR Art. 20), issue 17
+        "audit:read",  # the tenant's audit log (tenancy), issue 19
         "accounts:read",
         "accounts:write",
         "apikeys:read",

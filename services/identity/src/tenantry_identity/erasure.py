@@ -69,7 +69,12 @@ IDENTITY_ERASURE_STATEMENTS = (
 def disabling_the_account(runtime: Runtime) -> ErasureStep:
     """The step that disables the account and revokes its personal API keys, with their
     events (IdentityStore.disable_account)."""
-    store = IdentityStore(runtime.events, source=runtime.source, region=runtime.settings.region)
+    store = IdentityStore(
+        runtime.events,
+        outbox=runtime.outbox,
+        source=runtime.source,
+        region=runtime.settings.region,
+    )
 
     async def disable(
         tx: asyncpg.Connection, tenant_id: UUID, subject_id: UUID

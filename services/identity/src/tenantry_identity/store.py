@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import asyncpg
@@ -21,6 +21,7 @@ from tenantry_events.payloads.identity import (
     ApiKeyCreated,
     ApiKeyRevoked,
     EmailVerified,
+    SessionEnded,
 )
 from tenantry_events.pg import Database
 from tenantry_events.state_check import (
@@ -29,7 +30,7 @@ from tenantry_events.state_check import (
     rewriting_row,
     update_row,
 )
-from tenantry_events.storage import PostgresEventStore
+from tenantry_events.storage import PostgresEventStore, PostgresOutbox
 from tenantry_identity.domain import Account, ApiKey
 from tenantry_regions.regions import routable_token
 
@@ -77,6 +78,15 @@ class RefreshRefused(Exception):
     """Unknown, expired or revoked refresh token."""
 
 
+class RefreshUse(NamedTuple):
+    """A refresh token presented: its account and session (refresh token family), and
+    whether it had been used before (then the whole session is revoked by now)."""
+
+    account_id: UUID
+    family_id: UUID
+    reused: bool
+
+
 class PendingVerification(msgspec.Struct, frozen=True, kw_only=True):
     """A mailed verification link's row, with the account it is for (locked by the read)."""
 
@@ -113,9 +123,22 @@ def api_key_stream(key_id: str) -> str:
     return f"{API_KEY_STREAM}{key_id}"
 
 
-class IdentityStore:
-    def __init__(self, events: PostgresEventStore, *, source: str, region: str) -> None:
+class EventsOfIdentity:
+    """What identity's stores share: the event store their aggregates append to, and the
+    outbox that takes operational events (of no stream) in the caller's transaction."""
+
+    def __init__(
+        self,
+        events: PostgresEventStore,
+        *,
+        source: str,
+        region: str,
+        outbox: PostgresOutbox | None = None,
+    ) -> None:
+        """`outbox` takes the operational events (`record`); the services always give it
+        (a store built without one, as a test's sweep is, cannot record them)."""
         self._events = events
+        self._outbox = outbox
         self._source = source
         self._region = region
 
@@ -128,6 +151,25 @@ class IdentityStore:
             source=self._source,
             region=self._region,
         )
+
+    async def record(
+        self, tx: asyncpg.Connection, payload: Any, *, tenant_id: UUID, subject: str
+    ) -> None:
+        """An operational event (of no stream: aggregate version 0), straight to the outbox
+        in the caller's transaction: sessions, sign-in failures, verification mails, SSO
+        domain changes."""
+        if self._outbox is None:
+            raise RuntimeError(f"this {type(self).__name__} was built without an outbox")
+        await self._outbox.put(tx, [self._event(payload, tenant_id, subject, 0)])
+
+
+class IdentityStore(EventsOfIdentity):
+    async def tenant_known(self, tx: asyncpg.Connection, tenant_id: UUID) -> bool:
+        """Whether identity's tenant projection knows the tenant, and it is not purged."""
+        status = await tx.fetchval(
+            "SELECT status FROM tenant_projection WHERE tenant_id = $1", tenant_id
+        )
+        return status is not None and status != "purged"
 
     # ------------------------------------------------------------------ accounts
     # Every change of an account's state goes through `_account_changed`: the row is written
@@ -252,10 +294,10 @@ class IdentityStore:
         )
         return token
 
-    async def use_refresh(self, tx: asyncpg.Connection, token: str) -> tuple[UUID, UUID] | None:
-        """Mark a refresh token used and return (account, family). A token used twice is
-        a theft signal: the whole family is revoked (RFC 9700 refresh token rotation) and
-        None is returned, so the caller commits the revocation before refusing."""
+    async def use_refresh(self, tx: asyncpg.Connection, token: str) -> RefreshUse:
+        """Mark a refresh token used and return its account and family. A token used twice
+        is a theft signal: the whole family is revoked (RFC 9700 refresh token rotation)
+        and the use says `reused`, so the caller commits the revocation before refusing."""
         row = await tx.fetchrow(
             """SELECT family_id, account_id, used_at, revoked_at, expires_at < now() AS expired
                FROM refresh_tokens WHERE token_sha256 = $1 FOR UPDATE""",
@@ -269,11 +311,11 @@ class IdentityStore:
                 " AND revoked_at IS NULL",
                 row["family_id"],
             )
-            return None
+            return RefreshUse(row["account_id"], row["family_id"], reused=True)
         await tx.execute(
             "UPDATE refresh_tokens SET used_at = now() WHERE token_sha256 = $1", sha256(token)
         )
-        return row["account_id"], row["family_id"]
+        return RefreshUse(row["account_id"], row["family_id"], reused=False)
 
     # ------------------------------------------------------------------ API keys
     async def create_api_key(
@@ -465,14 +507,40 @@ class IdentityStore:
         await self._account_changed(tx, tenant_id, account_id, version, payload)
         return AccountRow(**data)
 
-    async def revoke_families(self, tx: asyncpg.Connection, family_ids: list[UUID]) -> int:
-        """End sessions (refresh token families): single logout."""
-        result = await tx.execute(
-            "UPDATE refresh_tokens SET revoked_at = now()"
-            " WHERE family_id = ANY($1::uuid[]) AND revoked_at IS NULL",
+    async def end_sessions(
+        self, tx: asyncpg.Connection, family_ids: list[UUID], *, reason: str
+    ) -> int:
+        """End sessions (refresh token families): logout, single logout. Each session of a
+        tenant's account that this ends says so (session.ended, `reason`); one that had
+        ended already says nothing again. Returns how many sessions ended."""
+        rows = await tx.fetch(
+            """WITH ended AS (
+                   UPDATE refresh_tokens SET revoked_at = now()
+                   WHERE family_id = ANY($1::uuid[]) AND revoked_at IS NULL
+                   RETURNING family_id, account_id)
+               SELECT DISTINCT e.family_id, e.account_id, a.tenant_id
+               FROM ended e LEFT JOIN accounts a USING (account_id)
+               ORDER BY e.family_id""",
             family_ids,
         )
-        return int(result.split()[-1])
+        for row in rows:
+            await self.session_ended(
+                tx, row["tenant_id"], row["account_id"], row["family_id"], reason
+            )
+        return len(rows)
+
+    async def session_ended(
+        self,
+        tx: asyncpg.Connection,
+        tenant_id: UUID | None,
+        account_id: UUID,
+        family_id: UUID,
+        reason: str,
+    ) -> None:
+        """session.ended for a tenant's account (an operator's session is no tenant's)."""
+        if tenant_id is not None:
+            payload = SessionEnded(account_id=account_id, session_id=family_id, reason=reason)
+            await self.record(tx, payload, tenant_id=tenant_id, subject=str(family_id))
 
     # ------------------------------------------------------------------ email verification
     async def verification_send_times(
@@ -538,10 +606,11 @@ class IdentityStore:
     async def mark_email_verified(
         self, tx: asyncpg.Connection, account_id: UUID, email: str
     ) -> None:
-        """The account's address is proven (user.email_verified); nothing if it was already."""
+        """The account's address is proven (user.email_verified), also when it was proven
+        before (another of its links used now: the address is proven again, and says so)."""
         row = await tx.fetchrow(
             """UPDATE accounts SET email_verified = true, version = version + 1
-               WHERE account_id = $1 AND NOT email_verified RETURNING tenant_id, version""",
+               WHERE account_id = $1 RETURNING tenant_id, version""",
             account_id,
         )
         if row is not None:

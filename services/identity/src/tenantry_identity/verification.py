@@ -54,11 +54,12 @@ class EmailVerification:
         *,
         enforce_spacing: bool,
         committed_in: Database | None = None,
-    ) -> None:
-        """Mail a new verification link. With `committed_in`, the link is saved in a
-        transaction of its own, committed before the mail goes: a recipient who clicks at
-        once must find it (a consumer's transaction commits only after its handler, the
-        mail, returns). A redelivered event then mails a second link; both work."""
+    ) -> datetime:
+        """Mail a new verification link; returns when it expires. With `committed_in`, the
+        link is saved in a transaction of its own, committed before the mail goes: a
+        recipient who clicks at once must find it (a consumer's transaction commits only
+        after its handler, the mail, returns). A redelivered event then mails a second
+        link; both work."""
         now = self._clock.now()
         if enforce_spacing:
             sent = await self._store.verification_send_times(tx, account_id)
@@ -86,6 +87,7 @@ class EmailVerification:
             "Confirm that this address is yours by opening this link within 24 hours:\n\n"
             f"{link}\n\nIf you did not expect this message, ignore it.\n",
         )
+        return expires_at
 
     async def confirm(
         self, tx: asyncpg.Connection, token: str, password_hash: str | None = None
@@ -108,6 +110,7 @@ class EmailVerification:
                 )
             await self._store.set_first_password(tx, pending.account_id, password_hash)
         await self._store.use_verification(tx, token, utc(self._clock))
-        if not pending.email_verified:
-            await self._store.mark_email_verified(tx, pending.account_id, pending.email)
+        # Said also when an earlier link proved the address already: every link used is
+        # a change someone made, and the audit log shows each.
+        await self._store.mark_email_verified(tx, pending.account_id, pending.email)
         return pending.account_id

@@ -97,8 +97,8 @@ class TenantPoliciesController(Controller):
             )
             await policy_store.publish(tx, tenant_id)
             view = await policy_store.view(tx, tenant_id)
-        if view is None:
-            raise Problem(404, "not-found", "Not found", "no limits known for this tenant yet")
+            if view is None:  # inside the transaction: the override and its events are undone
+                raise Problem(404, "not-found", "Not found", "no limits known for this tenant yet")
         return view
 
     @put(
@@ -124,7 +124,8 @@ class TenantPoliciesController(Controller):
             await policy_store.set_key(tx, tenant_id, key_id, data.policies, by(request))
             await policy_store.publish(tx, tenant_id)
             view = await policy_store.view(tx, tenant_id)
-        assert view is not None
+            if view is None:  # before tenancy's limits arrive: undone, like the override
+                raise Problem(404, "not-found", "Not found", "no limits known for this tenant yet")
         return view
 
 

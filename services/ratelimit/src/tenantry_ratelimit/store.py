@@ -1,5 +1,9 @@
 """Postgres access of ratelimit: the policy tables, and publishing a tenant's resolved set
-through the outbox in the same transaction as the change that caused it."""
+through the outbox in the same transaction as the change that caused it.
+
+Setting a tenant's or a key's overrides also appends ratelimit.overrides_changed, the
+record of the request itself (policies_changed is republished for other causes too: a
+plan's policies, tenancy's limits), in the same transaction."""
 
 from __future__ import annotations
 
@@ -12,7 +16,12 @@ import asyncpg
 import msgspec
 
 from tenantry_events.envelope import Envelope, new_event
-from tenantry_events.payloads.ratelimit import KeyPolicies, RatePoliciesChanged, RatePolicy
+from tenantry_events.payloads.ratelimit import (
+    KeyPolicies,
+    RateOverridesChanged,
+    RatePoliciesChanged,
+    RatePolicy,
+)
 from tenantry_events.payloads.tenancy import Limits
 from tenantry_events.storage import PostgresOutbox
 from tenantry_guardrails.rate_limits import plan_rate
@@ -159,6 +168,10 @@ class PolicyStore:
             max_in_flight,
             by,
         )
+        changed = RateOverridesChanged(
+            scope="tenant", policies=list(policies), max_in_flight=max_in_flight
+        )
+        await self._tell(tx, tenant_id, str(tenant_id), changed)
 
     async def set_key(
         self,
@@ -174,18 +187,40 @@ class PolicyStore:
                 tenant_id,
                 api_key_id,
             )
-            return
-        await tx.execute(
-            """INSERT INTO key_rate_policies (tenant_id, api_key_id, policies, updated_by)
-               VALUES ($1, $2, $3, $4)
-               ON CONFLICT (tenant_id, api_key_id) DO UPDATE
-                   SET policies = EXCLUDED.policies, updated_by = EXCLUDED.updated_by,
-                       updated_at = now()""",
-            tenant_id,
-            api_key_id,
-            msgspec.to_builtins(list(policies)),
-            by,
+        else:
+            await tx.execute(
+                """INSERT INTO key_rate_policies (tenant_id, api_key_id, policies, updated_by)
+                   VALUES ($1, $2, $3, $4)
+                   ON CONFLICT (tenant_id, api_key_id) DO UPDATE
+                       SET policies = EXCLUDED.policies, updated_by = EXCLUDED.updated_by,
+                           updated_at = now()""",
+                tenant_id,
+                api_key_id,
+                msgspec.to_builtins(list(policies)),
+                by,
+            )
+        changed = RateOverridesChanged(
+            scope="api_key", policies=list(policies), api_key_id=api_key_id
         )
+        await self._tell(tx, tenant_id, api_key_id, changed)
+
+    async def _tell(
+        self,
+        tx: asyncpg.Connection,
+        tenant_id: UUID,
+        subject: str,
+        payload: RateOverridesChanged,
+    ) -> None:
+        """Append the record of an override request, in its transaction."""
+        event = new_event(
+            payload,
+            tenant_id=tenant_id,
+            subject=subject,
+            aggregate_version=0,  # overrides keep no stream of their own
+            source=self._source,
+            region=self._region,
+        )
+        await self._outbox.put(tx, [event])
 
     async def plans(self, tx: asyncpg.Connection) -> list[PlanPolicies]:
         rows = await tx.fetch("SELECT * FROM plan_rate_policies ORDER BY plan_id")

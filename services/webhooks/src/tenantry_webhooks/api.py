@@ -10,12 +10,19 @@ from datetime import UTC, datetime
 from typing import Annotated
 from uuid import UUID
 
+import asyncpg
 import msgspec
 from litestar import Controller, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 from uuid_utils.compat import uuid7
 
+from tenantry_events.envelope import new_event
+from tenantry_events.payloads.webhooks import (
+    WebhookEndpointChanged,
+    WebhookMessageExpunged,
+    WebhookMessagesReplayed,
+)
 from tenantry_guardrails.plan_limits import guard_quantity
 from tenantry_http.auth import requires
 from tenantry_http.pagination import Page, clamp_limit, decode_cursor, page_of
@@ -24,9 +31,12 @@ from tenantry_outbound.outbound import BlockedDestination, OutboundPolicy
 from tenantry_service.runtime import Runtime
 from tenantry_webhooks import store, usage_report
 from tenantry_webhooks.domain import (
+    MAX_REPLAYED_IDS,
     TEST_EVENT,
     InvalidEndpoint,
+    changed_settings,
     new_secret,
+    opt_in_event_types,
     public_event_types,
     unreachable_url,
     validate_channels,
@@ -128,7 +138,9 @@ def validated(settings: WebhooksSettings, data: EndpointIn) -> EndpointFields:
         return EndpointFields(
             url=url,
             description=data.description,
-            event_types=validate_event_types(data.event_types, public_event_types()),
+            event_types=validate_event_types(
+                data.event_types, public_event_types(), opt_in_event_types()
+            ),
             channels=validate_channels(data.channels),
             headers=validate_headers(data.headers),
             enabled=data.enabled,
@@ -158,6 +170,57 @@ def refuse_what_the_guard_refuses(policy: OutboundPolicy, url: str) -> None:
         raise InvalidEndpoint(detail, field="url") from refused
 
 
+async def tell(
+    runtime: Runtime,
+    tx: asyncpg.Connection,
+    tenant_id: UUID,
+    subject: str,
+    payload: WebhookEndpointChanged | WebhookMessagesReplayed | WebhookMessageExpunged,
+) -> None:
+    """Append the event of a change a request made, in the change's own transaction (the
+    outbox): the change and its event commit together, or neither does. Endpoints keep no
+    event stream, so no aggregate version (0, as for webhook.endpoint_disabled)."""
+    event = new_event(
+        payload,
+        tenant_id=tenant_id,
+        subject=subject,
+        aggregate_version=0,
+        source=runtime.source,
+        region=runtime.settings.region,
+    )
+    await runtime.outbox.put(tx, [event])
+
+
+def endpoint_changed(
+    row: EndpointRow,
+    change: str,
+    *,
+    fields: list[str] | None = None,
+    previous_secret_expires_at: datetime | None = None,
+) -> WebhookEndpointChanged:
+    """webhook.endpoint_changed of an endpoint as `row` is after the change (no secret, no
+    header value)."""
+    return WebhookEndpointChanged(
+        endpoint_id=row.endpoint_id,
+        change=change,
+        url=row.url,
+        enabled=row.enabled,
+        event_types=list(row.event_types),
+        fields=fields or [],
+        previous_secret_expires_at=(
+            previous_secret_expires_at.isoformat() if previous_secret_expires_at else None
+        ),
+    )
+
+
+def replayed(
+    endpoint_id: str, kind: str, message_ids: list[str], count: int
+) -> WebhookMessagesReplayed:
+    return WebhookMessagesReplayed(
+        endpoint_id=endpoint_id, kind=kind, message_ids=message_ids, count=count
+    )
+
+
 class EndpointsController(Controller):
     path = "/tenants/{tenant_id:uuid}/webhooks/endpoints"
     tags = ["webhooks"]
@@ -183,6 +246,7 @@ class EndpointsController(Controller):
             )
             # tenancy shows usage from the owner's count, reported with the change itself.
             await usage_report.report_endpoints(runtime, tx, tenant_id)
+            await tell(runtime, tx, tenant_id, endpoint_id, endpoint_changed(row, "created"))
         return CreatedEndpoint(endpoint=row, secret=secret)
 
     @get("/", opt=READ, summary="List endpoints")
@@ -229,9 +293,15 @@ class EndpointsController(Controller):
                 raise not_found("endpoint")
             changed = validated(webhooks_settings, data.onto(current))
             row = await store.update_endpoint(tx, tenant_id, endpoint_id, changed)
-            if row is not None and row.enabled and not current.enabled:
+            assert row is not None  # locked above
+            if row.enabled and not current.enabled:
                 await store.notify_due(tx)
-        assert row is not None
+            # Only a real change is an event: a PATCH that leaves every setting as it was
+            # tells nothing.
+            fields = changed_settings(current, changed)
+            if fields:
+                change = endpoint_changed(row, "updated", fields=fields)
+                await tell(runtime, tx, tenant_id, endpoint_id, change)
         return row
 
     @delete("/{endpoint_id:str}", status_code=204, opt=WRITE, summary="Delete an endpoint")
@@ -245,6 +315,15 @@ class EndpointsController(Controller):
             if not await store.delete_endpoint(tx, tenant_id, endpoint_id):
                 raise not_found("endpoint")
             await usage_report.report_endpoints(runtime, tx, tenant_id)
+            deleted = WebhookEndpointChanged(
+                endpoint_id=endpoint_id,
+                change="deleted",
+                url=None,
+                enabled=None,
+                event_types=None,
+                fields=[],
+            )
+            await tell(runtime, tx, tenant_id, endpoint_id, deleted)
 
     @get("/{endpoint_id:str}/secret", opt=WRITE, summary="Read the signing secret")
     async def read_secret(
@@ -275,15 +354,19 @@ class EndpointsController(Controller):
         signature) for TENANTRY_WEBHOOK_SECRET_GRACE_HOURS, so receivers can switch."""
         secret = new_secret()
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-            done = await store.rotate_secret(
+            expires = await store.rotate_secret(
                 tx,
                 tenant_id,
                 endpoint_id,
                 endpoint_secrets.seal(endpoint_id, secret),
                 webhooks_settings.secret_grace,
             )
-        if not done:
-            raise not_found("endpoint")
+            if expires is None:
+                raise not_found("endpoint")
+            row = await store.get_endpoint(tx, tenant_id, endpoint_id)
+            assert row is not None  # rotated above, in this transaction
+            change = endpoint_changed(row, "secret_rotated", previous_secret_expires_at=expires)
+            await tell(runtime, tx, tenant_id, endpoint_id, change)
         return Secret(secret=secret)
 
     @post(
@@ -315,6 +398,9 @@ class EndpointsController(Controller):
             )
             await store.insert_deliveries(tx, tenant_id, message_id, [endpoint_id])
             await store.notify_due(tx)
+            await tell(
+                runtime, tx, tenant_id, endpoint_id, replayed(endpoint_id, "test", [message_id], 1)
+            )
         return SentTest(message_id=message_id)
 
     @post(
@@ -331,10 +417,14 @@ class EndpointsController(Controller):
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
             if not await store.has_endpoint(tx, tenant_id, endpoint_id):
                 raise not_found("endpoint")
-            count = await store.recover(tx, tenant_id, endpoint_id, data.since)
-            if count:
+            recovered = await store.recover(
+                tx, tenant_id, endpoint_id, data.since, MAX_REPLAYED_IDS
+            )
+            if recovered.count:  # nothing queued again: nothing changed, no event
                 await store.notify_due(tx)
-        return Recovered(deliveries=count)
+                event = replayed(endpoint_id, "recover", recovered.message_ids, recovered.count)
+                await tell(runtime, tx, tenant_id, endpoint_id, event)
+        return Recovered(deliveries=recovered.count)
 
     @post(
         "/{endpoint_id:str}/messages/{message_id:str}/resend",
@@ -355,6 +445,13 @@ class EndpointsController(Controller):
             if not await store.resend(tx, tenant_id, endpoint_id, message_id):
                 raise not_found("message (or its payload was expunged)")
             await store.notify_due(tx)
+            await tell(
+                runtime,
+                tx,
+                tenant_id,
+                endpoint_id,
+                replayed(endpoint_id, "resend", [message_id], 1),
+            )
 
     @get("/{endpoint_id:str}/attempts", opt=READ, summary="Attempts to an endpoint")
     async def endpoint_attempts(
@@ -456,8 +553,11 @@ class MessagesController(Controller):
         """Deletes the message's body now (before retention would); the log of attempts
         stays. It cannot be resent afterwards."""
         async with runtime.db.transaction(tenant_id=tenant_id) as tx:
-            if not await store.expunge(tx, tenant_id, message_id):
+            event_type = await store.expunge(tx, tenant_id, message_id)
+            if event_type is None:
                 raise not_found("message with a payload")
+            expunged = WebhookMessageExpunged(message_id=message_id, event_type=event_type)
+            await tell(runtime, tx, tenant_id, message_id, expunged)
 
 
 @get("/webhooks/event-types", tags=["webhooks"], summary="Event types you can subscribe to")

@@ -11,7 +11,7 @@ import math
 import random
 import re
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -66,8 +66,12 @@ class InvalidEndpoint(ValueError):
 # ---------------------------------------------------------------- subscriptions
 
 
-def pattern_matches(pattern: str, event_type: str) -> bool:
-    """`*` matches everything, `user.*` every type under `user.`, anything else itself."""
+def pattern_matches(pattern: str, event_type: str, *, opt_in: bool = False) -> bool:
+    """`*` matches everything, `user.*` every type under `user.`, anything else itself. An
+    opt-in type (`opt_in`: the catalog marks it so) is matched by its own name only: neither
+    `*` nor a wildcard over its prefix selects it, so an endpoint gets it only by asking."""
+    if opt_in:
+        return pattern == event_type
     if pattern == "*":
         return True
     if pattern.endswith(".*"):
@@ -80,20 +84,25 @@ def subscribed(
     channels: Sequence[str],
     event_type: str,
     message_channels: Sequence[str],
+    *,
+    opt_in: bool = False,
 ) -> bool:
-    """An endpoint gets a message if one of its patterns matches the type and, when it
-    filters on channels, the message carries one of them. The test event goes only where
-    it is sent, never through subscriptions."""
+    """An endpoint gets a message if one of its patterns matches the type (an opt-in type:
+    if one of them names it exactly) and, when it filters on channels, the message carries
+    one of them. The test event goes only where it is sent, never through subscriptions."""
     if event_type == TEST_EVENT:
         return False
-    if not any(pattern_matches(p, event_type) for p in event_types):
+    if not any(pattern_matches(p, event_type, opt_in=opt_in) for p in event_types):
         return False
     return not channels or bool(set(channels) & set(message_channels))
 
 
-def validate_event_types(patterns: Sequence[str], known: Iterable[str]) -> list[str]:
-    """Each pattern must be well formed and match at least one public event type, so a
-    typo is refused on save instead of silently receiving nothing."""
+def validate_event_types(
+    patterns: Sequence[str], known: Iterable[str], opt_in: Collection[str] = frozenset()
+) -> list[str]:
+    """Each pattern must be well formed and select at least one public event type (`known`;
+    those in `opt_in` only by their exact name), so a typo is refused on save instead of
+    silently receiving nothing."""
     if not patterns:
         raise InvalidEndpoint("subscribe to at least one event type (or *)", field="event_types")
     if len(patterns) > MAX_EVENT_TYPES:
@@ -105,10 +114,18 @@ def validate_event_types(patterns: Sequence[str], known: Iterable[str]) -> list[
                 f"event type {pattern!r} is not a type or a pattern like user.*",
                 field="event_types",
             )
-        if not any(pattern_matches(pattern, t) for t in known_types):
+        if any(pattern_matches(pattern, t, opt_in=t in opt_in) for t in known_types):
+            continue
+        wanted = sorted(t for t in known_types if t in opt_in and pattern_matches(pattern, t))
+        if wanted:
             raise InvalidEndpoint(
-                f"event type {pattern!r} matches no event Tenantry sends", field="event_types"
+                f"event type {pattern!r} matches only opt-in types, which are sent only "
+                f"where named exactly: {', '.join(wanted)}",
+                field="event_types",
             )
+        raise InvalidEndpoint(
+            f"event type {pattern!r} matches no event Tenantry sends", field="event_types"
+        )
     return sorted(set(patterns))
 
 
@@ -193,6 +210,18 @@ def public_event_types(catalog: Catalog = CATALOG) -> list[str]:
     return [t.name for t in catalog if t.public]
 
 
+def opt_in_event_types(catalog: Catalog = CATALOG) -> frozenset[str]:
+    """The public types an endpoint gets only by naming them in its event types (`*` and
+    wildcards leave them out)."""
+    load_all()
+    return frozenset(t.name for t in catalog if t.public and t.opt_in)
+
+
+def is_opt_in(event_type: str, catalog: Catalog = CATALOG) -> bool:
+    load_all()
+    return event_type in catalog and catalog.by_name(event_type).opt_in
+
+
 def message_id_of(event: Envelope[Any]) -> str:
     """The webhook-id: derived from the event id, so a redelivered event is the same
     message, and a receiver can deduplicate on it."""
@@ -227,6 +256,30 @@ def webhook_test_body(tenant_id: UUID, endpoint_id: str, now: datetime) -> bytes
             "data": {"tenant_id": str(tenant_id), "endpoint_id": endpoint_id},
         }
     )
+
+
+# ---------------------------------------------------------------- what changes are told
+
+# An endpoint's settings, in the order webhook.endpoint_changed names the changed ones.
+ENDPOINT_SETTINGS = (
+    "url",
+    "description",
+    "event_types",
+    "channels",
+    "headers",
+    "enabled",
+    "rate_limit_per_second",
+    "fifo",
+)
+# webhook.messages_replayed lists at most this many of the messages a recovery queued.
+MAX_REPLAYED_IDS = 1000
+
+
+def changed_settings(before: object, after: object) -> list[str]:
+    """The settings (ENDPOINT_SETTINGS) whose value differs between two versions of an
+    endpoint (the stored row and what it becomes: both have every setting as an attribute;
+    event types and channels are kept sorted, so order alone is no change)."""
+    return [name for name in ENDPOINT_SETTINGS if getattr(before, name) != getattr(after, name)]
 
 
 # ---------------------------------------------------------------- signing

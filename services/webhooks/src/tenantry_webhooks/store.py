@@ -198,17 +198,19 @@ async def secrets_of(
 
 async def rotate_secret(
     tx: asyncpg.Connection, tenant_id: UUID, endpoint_id: str, new: bytes, grace: timedelta
-) -> bool:
-    done: str = await tx.execute(
+) -> datetime | None:
+    """When the previous secret stops signing (None: no such endpoint)."""
+    expires: datetime | None = await tx.fetchval(
         """UPDATE endpoints SET previous_secret = secret, secret = $3,
                previous_secret_expires_at = now() + $4, updated_at = now()
-           WHERE tenant_id = $1 AND endpoint_id = $2""",
+           WHERE tenant_id = $1 AND endpoint_id = $2
+           RETURNING previous_secret_expires_at""",
         tenant_id,
         endpoint_id,
         new,
         grace,
     )
-    return done.endswith(" 1")
+    return expires
 
 
 async def has_endpoint(tx: asyncpg.Connection, tenant_id: UUID, endpoint_id: str) -> bool:
@@ -402,34 +404,49 @@ async def resend(
     return done.endswith(" 1")
 
 
+@dataclass(frozen=True)
+class RecoveredDeliveries:
+    count: int  # deliveries queued again
+    message_ids: list[str]  # their messages, oldest first, at most `limit` of them
+
+
 async def recover(
-    tx: asyncpg.Connection, tenant_id: UUID, endpoint_id: str, since: datetime
-) -> int:
+    tx: asyncpg.Connection, tenant_id: UUID, endpoint_id: str, since: datetime, limit: int
+) -> RecoveredDeliveries:
     """Every failed delivery to the endpoint since `since` goes out again."""
-    done: str = await tx.execute(
-        """UPDATE deliveries d SET status = 'pending', attempts = 0, next_attempt_at = now(),
-               leased_until = NULL, updated_at = now()
-           FROM messages m
-           WHERE d.message_id = m.message_id AND d.tenant_id = $1 AND d.endpoint_id = $2
-             AND d.status = 'failed' AND d.created_at >= $3 AND m.body IS NOT NULL""",
+    row = await tx.fetchrow(
+        """WITH queued AS (
+               UPDATE deliveries d SET status = 'pending', attempts = 0,
+                   next_attempt_at = now(), leased_until = NULL, updated_at = now()
+               FROM messages m
+               WHERE d.message_id = m.message_id AND d.tenant_id = $1 AND d.endpoint_id = $2
+                 AND d.status = 'failed' AND d.created_at >= $3 AND m.body IS NOT NULL
+               RETURNING d.message_id, m.sequence
+           )
+           SELECT count(*) AS count,
+                  (array_agg(message_id ORDER BY sequence))[1:$4] AS message_ids
+           FROM queued""",
         tenant_id,
         endpoint_id,
         since,
+        limit,
     )
-    return int(done.rsplit(" ", 1)[1])
+    assert row is not None
+    return RecoveredDeliveries(count=int(row["count"]), message_ids=list(row["message_ids"] or []))
 
 
-async def expunge(tx: asyncpg.Connection, tenant_id: UUID, message_id: str) -> bool:
+async def expunge(tx: asyncpg.Connection, tenant_id: UUID, message_id: str) -> str | None:
     """Drop the body; its pending deliveries fail, since there is nothing left to send
-    (as retention does)."""
-    done: str = await tx.execute(
+    (as retention does). The message's event type, None if there was no body to drop."""
+    event_type: str | None = await tx.fetchval(
         """UPDATE messages SET body = NULL, expunged_at = now()
-           WHERE tenant_id = $1 AND message_id = $2 AND body IS NOT NULL""",
+           WHERE tenant_id = $1 AND message_id = $2 AND body IS NOT NULL
+           RETURNING event_type""",
         tenant_id,
         message_id,
     )
-    if not done.endswith(" 1"):
-        return False
+    if event_type is None:
+        return None
     await tx.execute(
         """UPDATE deliveries SET status = 'failed', last_error = 'payload expunged',
                next_attempt_at = NULL, updated_at = now()
@@ -437,7 +454,7 @@ async def expunge(tx: asyncpg.Connection, tenant_id: UUID, message_id: str) -> b
         tenant_id,
         message_id,
     )
-    return True
+    return event_type
 
 
 async def expunge_older_than(tx: asyncpg.Connection, cutoff: datetime, batch: int) -> int:

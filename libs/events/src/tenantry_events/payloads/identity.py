@@ -148,3 +148,98 @@ class AccountRoleChanged(msgspec.Struct, frozen=True, kw_only=True):
     role: Role
     previous_role: Role
     changed_by: str
+
+
+@event("sso.domain_changed", owner="identity", public=True)
+class SsoDomainChanged(msgspec.Struct, frozen=True, kw_only=True):
+    """An email domain of the tenant changed for single sign-on: claimed (its DNS TXT
+    challenge issued), routed to a connection, checked (verified, or the check found no
+    matching record), or released. `verified` and `connection_id` are the domain's state
+    after the change; for a release, its state when it was released."""
+
+    domain: str
+    change: Literal["claimed", "released", "routed", "verified", "check_failed"]
+    connection_id: UUID | None
+    verified: bool
+
+
+@event("sso.metadata_refreshed", owner="identity", public=True, opt_in=True)
+class SsoMetadataRefreshed(msgspec.Struct, frozen=True, kw_only=True):
+    """An admin had an SSO connection's IdP metadata fetched from its metadata URL now.
+    `outcome` says whether the connection's IdP settings changed (updated: an
+    sso.connection_changed follows), stayed as they were (unchanged), or the fetch failed
+    and the last good settings were kept (failed, with the reason in `error`)."""
+
+    connection_id: UUID
+    outcome: Literal["updated", "unchanged", "failed"]
+    error: str | None
+
+
+@event("session.started", owner="identity", public=True, opt_in=True)
+class SessionStarted(msgspec.Struct, frozen=True, kw_only=True):
+    """A user signed in and a session began: with a password, or with a one-time SSO code
+    the product exchanged (then `connection_id` names the SSO connection). `session_id`
+    names the session in later session.refreshed and session.ended events."""
+
+    account_id: UUID
+    session_id: UUID
+    method: Literal["password", "sso"]
+    connection_id: UUID | None
+
+
+@event("session.refreshed", owner="identity", public=True, opt_in=True)
+class SessionRefreshed(msgspec.Struct, frozen=True, kw_only=True):
+    """A session's refresh token was exchanged, once, for new tokens: the session goes on."""
+
+    account_id: UUID
+    session_id: UUID
+
+
+@event("session.ended", owner="identity", public=True, opt_in=True)
+class SessionEnded(msgspec.Struct, frozen=True, kw_only=True):
+    """A session ended before its time: the user logged out (`logout`), the identity
+    provider ended it with single logout (`idp_logout`), or a refresh token of the session
+    was presented a second time, a sign that it was stolen, and the whole session was
+    revoked (`refresh_token_reused`)."""
+
+    account_id: UUID
+    session_id: UUID
+    reason: str
+
+
+@event("user.sign_in_failed", owner="identity", public=True, opt_in=True)
+class UserSignInFailed(msgspec.Struct, frozen=True, kw_only=True):
+    """A sign-in to the tenant was refused. `method` is how it was tried; `reason` is why,
+    as a code: for a password, unknown-account, wrong-password, account-disabled or the
+    tenant's state (tenant-suspended, tenant-offboarding, tenant-not-active); for SSO, the
+    code of the SSO login failure log (connection-disabled, bad-signature, replay,
+    seat-limit, ...). `account_id` and `connection_id` are given when known. Carries no
+    password and no email address."""
+
+    method: Literal["password", "sso"]
+    reason: str
+    account_id: UUID | None
+    connection_id: UUID | None
+
+
+@event("user.sso_authenticated", owner="identity", public=True, opt_in=True)
+class UserSsoAuthenticated(msgspec.Struct, frozen=True, kw_only=True):
+    """A user's identity provider vouched for them through an SSO connection (a SAML
+    response or an OIDC callback was accepted), and the product was handed a one-time code
+    for them. `initiated_by` is `sp` when the login started at the product, `idp` for a
+    SAML login the identity provider started. user.signed_in and session.started follow
+    when the product exchanges the code."""
+
+    account_id: UUID
+    connection_id: UUID
+    kind: Literal["saml", "oidc"]
+    initiated_by: Literal["sp", "idp"]
+
+
+@event("account.verification_sent", owner="identity", public=False)
+class AccountVerificationSent(msgspec.Struct, frozen=True, kw_only=True):
+    """A new email verification link was mailed to an account on request (a resend); the
+    link works once, until `expires_at`."""
+
+    account_id: UUID
+    expires_at: datetime

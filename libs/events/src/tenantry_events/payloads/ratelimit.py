@@ -61,3 +61,20 @@ class RateLimitThrottled(msgspec.Struct, frozen=True, kw_only=True):
     window_end: datetime
     refusals: dict[str, int]
     total: int
+
+
+@event("ratelimit.overrides_changed", owner="ratelimit", public=True, opt_in=True)
+class RateOverridesChanged(msgspec.Struct, frozen=True, kw_only=True):
+    """Rate policies were set through the API for the tenant (`scope` "tenant", by a
+    Tenantry operator; the subject is the tenant's id) or for one of its API keys (`scope`
+    "api_key", by a tenant admin; the subject and `api_key_id` are the key's id).
+    `policies` are the overrides as they are now, an empty list meaning none;
+    `max_in_flight` is the tenant's cap on concurrent requests (scope "tenant" only; null
+    for no cap of its own). Every accepted request is one event, even one that sets what
+    was already set. The limits every service then enforces follow from these and the
+    plan's."""
+
+    scope: PolicyScope
+    policies: list[RatePolicy]
+    api_key_id: str | None = None
+    max_in_flight: int | None = None

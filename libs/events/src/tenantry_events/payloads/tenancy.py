@@ -8,7 +8,7 @@ ends right whatever the arrival order across topics.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 import msgspec
@@ -348,7 +348,7 @@ class AuditRecorded(msgspec.Struct, frozen=True, kw_only=True):
     actor_account_id: UUID | None = None  # the person acting, when a user: their key seals
     target_type: str
     target_id: str
-    details: dict[str, object]
+    details: dict[str, Any]
     record: str
     prev_hash: str
     hash: str

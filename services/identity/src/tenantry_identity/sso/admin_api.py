@@ -220,13 +220,13 @@ class SsoConnectionsController(Controller):
     )
     async def refresh(
         self,
+        request: Request[Any, Any, Any],
         tenant_id: FromPath[UUID],
         connection_id: FromPath[UUID],
         sso_connections: NamedDependency[SsoConnections],
     ) -> ConnectionView:
-        return view(
-            await sso_connections.refresh_metadata(tenant_id, connection_id), sso_connections
-        )
+        row = await sso_connections.refresh_metadata(tenant_id, connection_id, actor=actor(request))
+        return view(row, sso_connections)
 
 
 # ---------------------------------------------------------------------------- domains

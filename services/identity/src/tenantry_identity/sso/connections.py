@@ -245,11 +245,15 @@ class SsoConnections:
         async with self._db.transaction(tenant_id=tenant_id) as tx:
             await self._store.delete_connection(tx, row, deleted_by=actor)
 
-    async def refresh_metadata(self, tenant_id: UUID, connection_id: UUID) -> ConnectionRow:
+    async def refresh_metadata(
+        self, tenant_id: UUID, connection_id: UUID, *, actor: str
+    ) -> ConnectionRow:
+        """Fetch the metadata now, for an admin: what it found is said (see
+        MetadataFetcher.refresh), whether or not the IdP's settings changed."""
         row = await self.of_tenant(tenant_id, connection_id)
         if not row.config.get("metadata_url"):
             raise invalid("this connection has no metadata URL")
-        return await self._metadata.refresh(row)
+        return await self._metadata.refresh(row, by=actor)
 
     async def _saml_config(self, given: SamlInput, base: dict[str, Any] | None) -> dict[str, Any]:
         """The SAML config from the input, over `base` (the current config on a change)."""

@@ -1,7 +1,11 @@
 """The SSO use cases: start a login, finish it at the ACS or callback, sign the user in
 (just-in-time account, mapped profile), hand the product a one-time code, exchange it,
 and single logout. Routes (sso/login_api.py) call these; these call the stores, python3-saml
-(sso/saml.py) and the OIDC relying party (sso/oidc.py)."""
+(sso/saml.py) and the OIDC relying party (sso/oidc.py).
+
+What each says, in the transaction that does it: a refused login user.sign_in_failed (with
+its row in the failure log), an accepted one user.sso_authenticated (with its code), the
+code's exchange user.signed_in and session.started, a logout session.ended."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import json
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 from urllib.parse import urlencode, urlsplit, urlunsplit
 from uuid import UUID
 
@@ -19,8 +24,13 @@ from onelogin.saml2.settings import OneLogin_Saml2_Settings
 from uuid_utils.compat import uuid7
 
 from tenantry_credentials.crypto import SecretBox
+from tenantry_events.actors import identify
 from tenantry_events.envelope import new_event
-from tenantry_events.payloads.identity import UserSignedIn
+from tenantry_events.payloads.identity import (
+    UserSignedIn,
+    UserSignInFailed,
+    UserSsoAuthenticated,
+)
 from tenantry_events.pg import Database
 from tenantry_events.storage import PostgresOutbox
 from tenantry_guardrails.plan_limits import guard_feature
@@ -180,8 +190,11 @@ class SsoLogins:
         subject: str | None = None,
         redirect_uri: str | None = None,
         client_state: str | None = None,
+        account_id: UUID | None = None,
     ) -> LoginFailed:
-        """Record why for the admin; give the user the short reason."""
+        """Record why for the admin (the failure log, and user.sign_in_failed: a transaction
+        of its own, which the refusal does not undo); give the user the short reason. Only
+        for a connection that exists, so only in a tenant that does."""
         async with self.db.transaction(tenant_id=row.tenant_id) as tx:
             await self.store.record_failure(
                 tx,
@@ -190,6 +203,18 @@ class SsoLogins:
                 code=refused.code,
                 detail=refused.detail,
                 subject=subject,
+            )
+            failed = UserSignInFailed(
+                method="sso",
+                reason=refused.code,
+                account_id=account_id,
+                connection_id=row.connection_id,
+            )
+            await self.store.record(
+                tx,
+                failed,
+                tenant_id=row.tenant_id,
+                subject=str(account_id or row.connection_id),
             )
         redirect = None
         if redirect_uri is not None:
@@ -433,6 +458,9 @@ class SsoLogins:
             raise LoginRefused("malformed", why)
         mapping = msgspec.convert(row.attribute_mapping, AttributeMapping)
         code = routable_token(SSO_CODE, self.region)
+        # A SAML response answering no request of ours was the IdP's idea.
+        initiated_by: Literal["sp", "idp"] = "sp" if answers is not None else "idp"
+        account_id: UUID | None = None  # once known: a refusal names it
         try:
             profile = map_profile(identity, mapping)
             for attempt in range(2):
@@ -441,6 +469,7 @@ class SsoLogins:
                     async with self.db.transaction(tenant_id=row.tenant_id) as tx:
                         offboarding = await self._admit(tx, row, answers, assertion)
                         account = await self._existing_account(tx, row, identity, profile)
+                        account_id = account.account_id if account is not None else None
                         if offboarding:
                             _refuse_unless_admin(account)
                         if account is not None:
@@ -452,6 +481,7 @@ class SsoLogins:
                                 account,
                                 code,
                                 redirect_uri,
+                                initiated_by,
                                 apply_role=not offboarding,
                             )
                             break
@@ -459,9 +489,10 @@ class SsoLogins:
                     # A new one: the account is made within the seat limit (its own
                     # transaction), then the same completion.
                     created = await self._create_account(row, identity, profile)
+                    account_id = created.account_id
                     async with self.db.transaction(tenant_id=row.tenant_id) as tx:
                         await self._complete(
-                            tx, row, identity, profile, created, code, redirect_uri
+                            tx, row, identity, profile, created, code, redirect_uri, initiated_by
                         )
                     break
                 except Problem as problem:
@@ -475,6 +506,7 @@ class SsoLogins:
                 subject=identity.subject,
                 redirect_uri=redirect_uri,
                 client_state=client_state,
+                account_id=account_id,
             ) from None
         return with_query(redirect_uri, {"code": code, "state": client_state})
 
@@ -594,11 +626,13 @@ class SsoLogins:
         account: AccountRow,
         code: str,
         redirect_uri: str,
+        initiated_by: Literal["sp", "idp"],
         *,
         apply_role: bool = True,
     ) -> None:
         """Refuse a disabled account; apply the mapped role (not while the tenant is
-        offboarding: nothing changes then); record the link; save the one-time code."""
+        offboarding: nothing changes then); record the link; save the one-time code, and
+        say so (user.sso_authenticated)."""
         if account.status != "active":
             raise LoginRefused(
                 "account-disabled",
@@ -636,6 +670,16 @@ class SsoLogins:
             },
         )
         await self.store.save_code(tx, code, issued, self.now() + self.code_ttl)
+        identify("sso", str(account.account_id))
+        authenticated = UserSsoAuthenticated(
+            account_id=account.account_id,
+            connection_id=row.connection_id,
+            kind=row.kind,  # type: ignore[arg-type]
+            initiated_by=initiated_by,
+        )
+        await self.store.record(
+            tx, authenticated, tenant_id=row.tenant_id, subject=str(account.account_id)
+        )
 
     async def _link(
         self,
@@ -669,27 +713,51 @@ class SsoLogins:
         async with self.db.transaction(tenant_id=issued.tenant_id) as tx:
             account = await self.identity.get_account(tx, issued.account_id)
             if account is None or account.status != "active":
-                raise LookupError("account")
-            family_id = _new_family()
-            tokens = await self.sessions.issue(tx, account, family_id)
-            await self.store.record_session(tx, family_id, issued)
-            signed_in = UserSignedIn(
-                account_id=account.account_id, method="sso", connection_id=issued.connection_id
-            )
-            await self.outbox.put(
-                tx,
-                [
-                    new_event(
-                        signed_in,
-                        tenant_id=issued.tenant_id,
-                        subject=str(account.account_id),
-                        aggregate_version=0,  # an operational event
-                        source=self.source,
-                        region=self.region,
-                    )
-                ],
-            )
+                # Disabled since the login: refused, and said so (the code is used up).
+                failed = UserSignInFailed(
+                    method="sso",
+                    reason="account-disabled",
+                    account_id=issued.account_id,
+                    connection_id=issued.connection_id,
+                )
+                await self.store.record(
+                    tx, failed, tenant_id=issued.tenant_id, subject=str(issued.account_id)
+                )
+                tokens = None
+            else:
+                tokens = await self._start_session(tx, issued, account)
+        if account is None or tokens is None:
+            raise LookupError("account")
         return issued, account, tokens
+
+    async def _start_session(
+        self, tx: asyncpg.Connection, issued: IssuedCode, account: AccountRow
+    ) -> TokenPair:
+        """A session for the code's account: its tokens, and user.signed_in and
+        session.started."""
+        family_id = _new_family()
+        tokens = await self.sessions.issue(tx, account, family_id)
+        await self.store.record_session(tx, family_id, issued)
+        await self.sessions.started(
+            tx, account, family_id, "sso", connection_id=issued.connection_id
+        )
+        signed_in = UserSignedIn(
+            account_id=account.account_id, method="sso", connection_id=issued.connection_id
+        )
+        await self.outbox.put(
+            tx,
+            [
+                new_event(
+                    signed_in,
+                    tenant_id=issued.tenant_id,
+                    subject=str(account.account_id),
+                    aggregate_version=0,  # an operational event
+                    source=self.source,
+                    region=self.region,
+                )
+            ],
+        )
+        return tokens
 
     # ------------------------------------------------------------------ single logout
     async def idp_logout(self, connection_id: UUID, query: Mapping[str, str]) -> str:
@@ -702,7 +770,7 @@ class SsoLogins:
             families = await self.store.session_families(
                 tx, row.connection_id, logout.name_id, logout.session_indexes
             )
-            await self.identity.revoke_families(tx, families)
+            await self.identity.end_sessions(tx, families, reason="idp_logout")
         return logout.redirect_url
 
     async def sp_logout(self, family_id: UUID, return_to: str | None) -> str | None:
@@ -711,7 +779,7 @@ class SsoLogins:
         our SLO endpoint, which then sends the browser to `return_to`)."""
         async with self.db.transaction(platform=True) as tx:
             session = await self.store.session_of_family(tx, family_id)
-            await self.identity.revoke_families(tx, [family_id])
+            await self.identity.end_sessions(tx, [family_id], reason="logout")
         if session is None:
             return None
         connection_id, subject, session_index = session

@@ -58,8 +58,11 @@ class MetadataFetcher:
             raise ValueError("metadata document is larger than the size cap")
         return await asyncio.to_thread(saml.parse_idp_metadata, answer.body)
 
-    async def refresh(self, row: ConnectionRow) -> ConnectionRow:
-        """Fetch a connection's metadata URL and apply it (new certificates, endpoints)."""
+    async def refresh(self, row: ConnectionRow, *, by: str | None = None) -> ConnectionRow:
+        """Fetch a connection's metadata URL and apply it (new certificates, endpoints).
+        `by`: the admin who asked for it now (not the worker's schedule); their refresh says
+        what it found (sso.metadata_refreshed), in the transaction that records it, and a
+        change it applies is theirs (sso.connection_changed)."""
         url = str(row.config["metadata_url"])
         try:
             meta = await self.fetch(url)
@@ -67,6 +70,8 @@ class MetadataFetcher:
             async with self.db.transaction(tenant_id=row.tenant_id) as tx:
                 await self.store.record_metadata_error(tx, row.connection_id, str(exc))
                 fresh = await self.store.get_connection(tx, row.connection_id)
+                if by is not None:
+                    await self.store.metadata_refreshed(tx, row, "failed", str(exc))
             # Said once per new error; the connection shows it (metadata_error) meanwhile.
             if str(exc)[:500] != (row.metadata_error or ""):
                 log.warning("metadata refresh of connection %s failed: %s", row.connection_id, exc)
@@ -79,15 +84,20 @@ class MetadataFetcher:
                 return row
             if current.config == config:
                 await self.store.record_metadata_fresh(tx, row.connection_id)
+                if by is not None:
+                    await self.store.metadata_refreshed(tx, current, "unchanged")
                 return await self.store.get_connection(tx, row.connection_id) or current
-            return await self.store.update_connection(
+            updated = await self.store.update_connection(
                 tx,
                 current,
-                changed_by="metadata-refresh",
+                changed_by=by or "metadata-refresh",
                 config=config,
                 metadata_fetched_at=datetime.now(UTC),
                 metadata_error=None,
             )
+            if by is not None:
+                await self.store.metadata_refreshed(tx, updated, "updated")
+            return updated
 
     async def run(self, stop: asyncio.Event, every: float) -> None:
         """The worker's loop: refresh what is due, then sleep a little."""

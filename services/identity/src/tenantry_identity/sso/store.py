@@ -1,11 +1,12 @@
-"""Postgres edge of SSO: connections (state rows written with their events), domains,
-pending logins, the replay cache, one-time codes, SSO sessions and the failure log."""
+"""Postgres edge of SSO: connections (state rows written with their events), domains
+(each change with its sso.domain_changed), pending logins, the replay cache, one-time codes,
+SSO sessions and the failure log."""
 
 from __future__ import annotations
 
 import hashlib
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
@@ -13,10 +14,14 @@ import msgspec
 from uuid_utils.compat import uuid7
 
 from tenantry_events.envelope import new_event
-from tenantry_events.payloads.identity import SsoConnectionChanged
+from tenantry_events.payloads.identity import (
+    SsoConnectionChanged,
+    SsoDomainChanged,
+    SsoMetadataRefreshed,
+)
 from tenantry_events.state_check import AggregateKind, update_row
-from tenantry_events.storage import PostgresEventStore
 from tenantry_identity.sso.domain import SsoConnection
+from tenantry_identity.store import EventsOfIdentity
 
 
 def digest(value: str) -> bytes:
@@ -114,12 +119,10 @@ def _pending(row: asyncpg.Record | None) -> PendingLogin | None:
     return PendingLogin(**data)
 
 
-class SsoStore:
-    def __init__(self, events: PostgresEventStore, *, source: str, region: str) -> None:
-        self._events = events
-        self._source = source
-        self._region = region
+DomainChange = Literal["claimed", "released", "routed", "verified", "check_failed"]
 
+
+class SsoStore(EventsOfIdentity):
     # ------------------------------------------------------------------ connections
     async def _changed(
         self, tx: asyncpg.Connection, row: ConnectionRow, change: str, by: str, version: int
@@ -271,6 +274,21 @@ class SsoStore:
             error[:500],
         )
 
+    async def metadata_refreshed(
+        self,
+        tx: asyncpg.Connection,
+        row: ConnectionRow,
+        outcome: Literal["updated", "unchanged", "failed"],
+        error: str | None = None,
+    ) -> None:
+        """An admin's refresh of the connection's metadata, whatever it found."""
+        payload = SsoMetadataRefreshed(
+            connection_id=row.connection_id,
+            outcome=outcome,
+            error=error[:500] if error is not None else None,
+        )
+        await self.record(tx, payload, tenant_id=row.tenant_id, subject=str(row.connection_id))
+
     async def record_metadata_fresh(self, tx: asyncpg.Connection, connection_id: UUID) -> None:
         """A refresh found the IdP's metadata unchanged: only when, and that it worked."""
         await tx.execute(
@@ -288,6 +306,18 @@ class SsoStore:
         return str(status) if status is not None else None
 
     # ------------------------------------------------------------------ domains
+    async def domain_changed(
+        self, tx: asyncpg.Connection, row: DomainRow, change: DomainChange
+    ) -> None:
+        """sso.domain_changed: the domain's state after `change` (a release: before)."""
+        payload = SsoDomainChanged(
+            domain=row.domain,
+            change=change,
+            connection_id=row.connection_id,
+            verified=row.verified_at is not None,
+        )
+        await self.record(tx, payload, tenant_id=row.tenant_id, subject=row.domain)
+
     async def add_domain(
         self,
         tx: asyncpg.Connection,
@@ -305,7 +335,11 @@ class SsoStore:
             connection_id,
             token,
         )
-        return DomainRow(**dict(row)) if row else None
+        if row is None:
+            return None
+        claimed = DomainRow(**dict(row))
+        await self.domain_changed(tx, claimed, "claimed")
+        return claimed
 
     async def get_domain(
         self, tx: asyncpg.Connection, tenant_id: UUID, domain: str
@@ -347,7 +381,9 @@ class SsoStore:
         except asyncpg.UniqueViolationError:
             raise DomainTaken(domain) from None
         assert row is not None
-        return DomainRow(**dict(row))
+        checked = DomainRow(**dict(row))
+        await self.domain_changed(tx, checked, "verified" if verified else "check_failed")
+        return checked
 
     async def set_domain_connection(
         self, tx: asyncpg.Connection, tenant_id: UUID, domain: str, connection_id: UUID | None
@@ -359,13 +395,22 @@ class SsoStore:
             domain,
             connection_id,
         )
-        return DomainRow(**dict(row)) if row else None
+        if row is None:
+            return None
+        routed = DomainRow(**dict(row))
+        await self.domain_changed(tx, routed, "routed")
+        return routed
 
     async def delete_domain(self, tx: asyncpg.Connection, tenant_id: UUID, domain: str) -> bool:
-        result = await tx.execute(
-            "DELETE FROM sso_domains WHERE tenant_id = $1 AND domain = $2", tenant_id, domain
+        row = await tx.fetchrow(
+            f"DELETE FROM sso_domains WHERE tenant_id = $1 AND domain = $2 RETURNING {_DOMAIN}",
+            tenant_id,
+            domain,
         )
-        return bool(result.endswith(" 1"))
+        if row is None:
+            return False
+        await self.domain_changed(tx, DomainRow(**dict(row)), "released")
+        return True
 
     async def verified_domain(self, tx: asyncpg.Connection, domain: str) -> DomainRow | None:
         """Home realm discovery (platform work: the tenant is what we are looking for)."""

@@ -36,7 +36,7 @@ from tenantry_http.auth import requires
 from tenantry_http.pagination import clamp_limit, decode_cursor, encode_cursor
 from tenantry_http.problems import Problem
 from tenantry_service.runtime import Runtime
-from tenantry_tenancy.audit.entries import AuditRecord
+from tenantry_tenancy.audit.entries import REDACTED, AuditRecord
 from tenantry_tenancy.audit.store import AuditFilter, AuditStore, StoredEntry
 
 READERS = requires(roles=("owner", "admin"), scopes=("audit:read",))
@@ -134,6 +134,7 @@ class AuditController(Controller):
         target_id: str | None = None,
         target_type: str | None = None,
         outcome: str | None = None,
+        request_id: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
         order: Literal["asc", "desc"] = "desc",
@@ -142,7 +143,8 @@ class AuditController(Controller):
         limit: int | None = None,
     ) -> Response[AuditPage] | Stream:
         """Newest first unless `order=asc`. `action` is an event type, or a prefix ending
-        in `.` or `*` (`sso.*`). `since` is inclusive, `until` exclusive. `format=ndjson`
+        in `.` or `*` (`sso.*`). `request_id` finds what one request did (its
+        X-Request-Id). `since` is inclusive, `until` exclusive. `format=ndjson`
         or `csv` streams every matching entry (no paging) in the order asked; verify the
         chain over an `order=asc` export (docs/audit.md)."""
         where = _filter(
@@ -152,6 +154,7 @@ class AuditController(Controller):
             target_id=target_id,
             target_type=target_type,
             outcome=outcome,
+            request_id=request_id,
             since=since,
             until=until,
         )
@@ -208,7 +211,11 @@ async def opened(
     actor, details = record.actor, record.details
     try:
         event_type = CATALOG.by_name(record.action)
-        payload = msgspec.convert(record.details, event_type.payload, strict=False)
+        payload = msgspec.convert(
+            {**dict.fromkeys(REDACTED.get(record.action, ()), ""), **record.details},
+            event_type.payload,
+            strict=False,
+        )
     except (LookupError, msgspec.ValidationError):
         payload = None  # a type this release no longer knows: shown as recorded
     if payload is not None:
@@ -235,7 +242,11 @@ async def opened(
             keys,
             tx,
         )
-        details = msgspec.to_builtins(envelope.payload)
+        details = {
+            k: v
+            for k, v in msgspec.to_builtins(envelope.payload).items()
+            if k not in REDACTED.get(record.action, ())
+        }
         if envelope.actor is not None:
             actor = msgspec.structs.replace(
                 actor, ip=envelope.actor.ip, user_agent=envelope.actor.user_agent

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import msgspec
@@ -20,7 +21,7 @@ from tenantry_events.pg import Database
 from tenantry_events.sealing import DataKeys, seal
 from tenantry_events.storage import PostgresOutbox
 from tenantry_platform.clock import Clock, utc
-from tenantry_tenancy.audit.entries import AuditRecord, is_audited
+from tenantry_tenancy.audit.entries import AuditRecord, attributed, is_audited
 from tenantry_tenancy.audit.store import AuditStore, StoredEntry
 from tenantry_tenancy.store import PlanStore
 
@@ -51,6 +52,7 @@ class AuditRecorder:
     async def record(self, tx: asyncpg.Connection, event: Envelope[Any]) -> None:
         # The consumer opened the event's personal fields; the log keeps them sealed, so
         # that erasing the person or purging the tenant erases them here too.
+        event = attributed(event)
         sealed = await seal(event, self._keys(), tx)
         appended = await self._store.append(tx, sealed, utc(self._clock))
         if appended is None or not self._stream:
@@ -112,15 +114,15 @@ class AuditRetention:
         self._clock = clock
 
     async def run_once(self) -> int:
-        now = utc(self._clock)
         async with self._db.transaction(platform=True) as tx:
             tenants = await self._store.tenants(tx)
-        removed = 0
-        for tenant_id in tenants:
-            async with self._db.transaction(tenant_id=tenant_id) as tx:
-                view = await self._plans.view(tx, tenant_id)
-                if view is None:
-                    continue
-                before = now - timedelta(days=view.limits.audit_retention_days)
-                removed += await self._store.prune(tx, tenant_id, before)
-        return removed
+        return sum([await self.prune_tenant(tenant_id) for tenant_id in tenants])
+
+    async def prune_tenant(self, tenant_id: UUID) -> int:
+        """One tenant's share of a pass: how many entries it removed."""
+        async with self._db.transaction(tenant_id=tenant_id) as tx:
+            view = await self._plans.view(tx, tenant_id)
+            if view is None:
+                return 0
+            before = utc(self._clock) - timedelta(days=view.limits.audit_retention_days)
+            return await self._store.prune(tx, tenant_id, before)

@@ -47,9 +47,14 @@ NOT_AUDITED: Final = frozenset(
         "subject.erased_by",
         "tenant.offboarding_reminder",
         "tenant.purged",
+        "ratelimit.policies_changed",  # resolved from a plan or an override, each audited
         "audit.recorded",
     }
 )
+# Payload fields an entry leaves out: credential digests that services need to verify a
+# key, but that a reader of the log has no use for (and should not be able to test
+# guesses against).
+REDACTED: Final = {"apikey.created": frozenset({"key_sha256"})}
 # Events that record a refusal rather than a change.
 FAILURES: Final = frozenset({"user.sign_in_failed"})
 # Payload fields that name the account an anonymous request signed in as (a sign-in route
@@ -108,34 +113,46 @@ _TARGET_TYPES: Final = {
     "user.sign_in_failed": "account",
     "user.email_verified": "account",
     "user.jit_provisioned": "account",
+    "user.sso_authenticated": "account",
+    "account.verification_sent": "account",
+    "sso.metadata_refreshed": "sso_connection",
     "session.started": "session",
+    "session.refreshed": "session",
     "session.ended": "session",
     "apikey.created": "api_key",
     "apikey.revoked": "api_key",
     "tenant.agreement_accepted": "agreement",
     "subject.erasure_requested": "person",
     "subject.erased": "person",
-    "ratelimit.policies_changed": "rate_policy",
+    "ratelimit.overrides_changed": "rate_policy",
     "tenant.limits_changed": "tenant",
 }
 
 
-def actor_of(envelope: Envelope[Any]) -> AuditActor:
-    """Who did it: the envelope's actor; the system when no request caused it (a schedule,
-    a webhook endpoint failing); the account signed in as, on a sign-in route."""
+def attributed(envelope: Envelope[Any]) -> Envelope[Any]:
+    """The event with an anonymous actor named after the account it signed in as (a
+    sign-in route has no principal), before its actor's IP is sealed: sealed with that
+    person's key, it is erased with them."""
     actor: Actor | None = envelope.actor
+    if actor is None or actor.kind != "anonymous":
+        return envelope
+    for field in _SIGNED_IN_AS:
+        value = getattr(envelope.payload, field, None)
+        if value is not None:
+            named = msgspec.structs.replace(actor, kind="user", id=str(value))
+            return msgspec.structs.replace(envelope, actor=named)
+    return envelope
+
+
+def actor_of(envelope: Envelope[Any]) -> AuditActor:
+    """Who did it: the envelope's actor (`attributed`); the system when no request caused
+    it (a schedule, a webhook endpoint failing)."""
+    actor = attributed(envelope).actor
     if actor is None:
         return AuditActor(kind="system")
-    kind, actor_id = actor.kind, actor.id
-    if kind == "anonymous":
-        for field in _SIGNED_IN_AS:
-            value = getattr(envelope.payload, field, None)
-            if value is not None:
-                kind, actor_id = "user", str(value)
-                break
     return AuditActor(
-        kind=kind,
-        id=actor_id,
+        kind=actor.kind,
+        id=actor.id,
         request_id=actor.request_id,
         ip=actor.ip,
         user_agent=actor.user_agent,
@@ -155,7 +172,11 @@ def record_of(sealed: Envelope[Any], seq: int) -> AuditRecord:
         outcome="failure" if sealed.type in FAILURES else "success",
         actor=actor_of(sealed),
         target=AuditTarget(type=target_type(sealed.type), id=sealed.subject),
-        details=msgspec.to_builtins(sealed.payload),
+        details={
+            k: v
+            for k, v in msgspec.to_builtins(sealed.payload).items()
+            if k not in REDACTED.get(sealed.type, ())
+        },
     )
 
 

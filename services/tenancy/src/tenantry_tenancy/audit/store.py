@@ -33,6 +33,7 @@ class AuditFilter(msgspec.Struct, frozen=True, kw_only=True):
     since: datetime | None = None
     until: datetime | None = None
     outcome: str | None = None
+    request_id: str | None = None
 
 
 class ChainState(msgspec.Struct, frozen=True, kw_only=True):
@@ -140,6 +141,8 @@ class AuditStore:
             clauses.append(f"target_id = {bind(where.target_id)}")
         if where.target_type is not None:
             clauses.append(f"target_type = {bind(where.target_type)}")
+        if where.request_id is not None:
+            clauses.append(f"request_id = {bind(where.request_id)}")
         if where.outcome is not None:
             clauses.append(f"outcome = {bind(where.outcome)}")
         if where.since is not None:

@@ -25,6 +25,7 @@ CREATE INDEX audit_entries_by_time ON audit_entries (tenant_id, occurred_at);
 CREATE INDEX audit_entries_by_action ON audit_entries (tenant_id, action, seq);
 CREATE INDEX audit_entries_by_actor ON audit_entries (tenant_id, actor_id, seq);
 CREATE INDEX audit_entries_by_target ON audit_entries (tenant_id, target_id, seq);
+CREATE INDEX audit_entries_by_request ON audit_entries (tenant_id, request_id);
 
 -- Each tenant's chain head (its row lock orders appends) and what retention removed:
 -- the hash of the last removed entry anchors the verification of what is left.
