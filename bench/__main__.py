@@ -21,6 +21,7 @@ from typing import Any
 from uuid_utils.compat import uuid4
 
 from bench import (
+    audit,
     auth,
     consume,
     guardrails,
@@ -44,6 +45,11 @@ Benchmark = Callable[[Context], Awaitable[BenchResult]]
 BENCHMARKS: dict[str, tuple[Benchmark, bool, str]] = {
     # name: (run, needs the five services, one line of what it measures)
     "store": (store.run, False, "event store appends/s, single and batched, vs plain INSERT"),
+    "audit": (
+        audit.run,
+        True,
+        "audit log: action -> entry queryable, and reads of a 1M-entry log vs a plain GET",
+    ),
     "relay": (relay.run, False, "outbox relay publish rate vs raw aiokafka producer"),
     "projection": (
         projection.run,

@@ -159,3 +159,62 @@ async def test_an_owner_accepts_the_dpa_for_the_tenant(
     assert message["data"]["acceptance_id"] == acceptance["acceptance_id"]
     assert message["data"]["name"] == "Ada Lovelace"
     assert message["data"]["sha256"] == dpa_sha256()
+
+
+async def test_operators_see_which_tenants_have_not_accepted_the_newest_dpa(
+    stack: Stack, operator_headers: dict[str, str]
+) -> None:
+    accepted = await tenant_with_people(stack, operator_headers)
+    waiting = await tenant_with_people(stack, operator_headers)
+    tenancy = stack.service_url("tenancy")
+    signatory = {"name": "Grace Hopper", "title": "CISO", "email": "grace@example.com"}
+    async with httpx.AsyncClient(timeout=15) as http:
+        r = await http.post(
+            f"{tenancy}/v1/tenants/{accepted.tenant_id}/agreements",
+            json=signatory,
+            headers=accepted.headers["owner"],
+        )
+        assert r.status_code == 201, r.text
+
+        async def listed(pending: bool) -> dict[str, dict[str, Any]]:
+            found: dict[str, dict[str, Any]] = {}
+            cursor = None
+            while True:
+                params: dict[str, Any] = {"pending": str(pending).lower(), "limit": 200}
+                if cursor:
+                    params["cursor"] = cursor
+                page = await http.get(
+                    f"{tenancy}/v1/legal/documents/dpa/acceptances",
+                    params=params,
+                    headers=operator_headers,
+                )
+                assert page.status_code == 200, page.text
+                body = page.json()
+                assert body["current_version"] == max(
+                    v["version"]
+                    for d in json.loads(legal.CATALOG.read_text())["documents"]
+                    if d["document"] == "dpa"
+                    for v in d["versions"]
+                )
+                found.update({t["tenant_id"]: t for t in body["data"]})
+                cursor = body["next_cursor"]
+                if not cursor:
+                    return found
+
+        everyone = await listed(pending=False)
+        assert everyone[accepted.tenant_id]["current"] is True
+        assert everyone[accepted.tenant_id]["accepted_version"] is not None
+        assert everyone[waiting.tenant_id]["accepted_version"] is None
+        pending = await listed(pending=True)
+        assert waiting.tenant_id in pending
+        assert accepted.tenant_id not in pending
+        assert all(not t["current"] for t in pending.values())
+        for who in ("owner", "key"):
+            refused = await http.get(
+                f"{tenancy}/v1/legal/documents/dpa/acceptances", headers=accepted.headers[who]
+            )
+            assert refused.status_code == 403, (who, refused.text)
+        unknown = await http.get(
+            f"{tenancy}/v1/legal/documents/nda/acceptances", headers=operator_headers
+        )
+        assert unknown.status_code in (400, 404, 422), unknown.text

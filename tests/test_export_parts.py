@@ -74,6 +74,9 @@ ROW_COUNTS: dict[str, str] = {
     "identity/sso_login_failures.ndjson": (
         "SELECT count(*) FROM sso_login_failures WHERE tenant_id = $1"
     ),
+    "identity/notice_subscriptions.ndjson": (
+        "SELECT count(*) FROM notice_subscriptions WHERE tenant_id = $1"
+    ),
     "provisioning/users.ndjson": "SELECT count(*) FROM scim_users WHERE tenant_id = $1",
     "provisioning/groups.ndjson": "SELECT count(*) FROM scim_groups WHERE tenant_id = $1",
     "webhooks/endpoints.ndjson": "SELECT count(*) FROM endpoints WHERE tenant_id = $1",
@@ -92,6 +95,7 @@ EMPTY_FILES = frozenset(
         "identity/sso_identities.ndjson",
         "identity/sso_sessions.ndjson",
         "identity/sso_login_failures.ndjson",
+        "identity/notice_subscriptions.ndjson",
     }
 )
 SCHEMAS = {
@@ -474,6 +478,7 @@ async def test_a_per_person_export_holds_that_persons_rows_only(
     assert sorted(identity) == [
         "identity/accounts.ndjson",
         "identity/api_keys.ndjson",
+        "identity/notice_subscriptions.ndjson",
         "identity/sessions.ndjson",
         "identity/sso_identities.ndjson",
         "identity/sso_sessions.ndjson",

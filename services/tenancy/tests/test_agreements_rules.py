@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tenantry_tenancy.agreements import AgreementRefused, Version, body, chosen, filled, signatory
+from tenantry_tenancy.agreements import (
+    AgreementRefused,
+    Version,
+    body,
+    chosen,
+    filled,
+    signatory,
+    tenant_annexes,
+)
 
 VERSIONS = [
     Version(document="dpa", version="2026-12-07", effective="2027-01-01", sha256="a"),
@@ -60,3 +68,47 @@ def test_every_placeholder_is_filled_or_marked(text: list[str], values: dict[str
 
 def test_the_front_matter_is_not_part_of_the_text() -> None:
     assert body("---\ndocument: dpa\n---\n# DPA\n") == "# DPA\n"
+
+
+ANNEXES = """# Annexes
+
+## Annex II. Technical and organisational measures
+
+| area | what | where |
+|---|---|---|
+| encryption | AES | `x` |
+
+## Annex III. Sub-processors
+
+### Region eu (EU)
+
+Processor: P.
+
+| sub-processor | purpose | data | location | transfer basis |
+|---|---|---|---|---|
+| Mailer \\| EU | email | addresses | Dublin (IE) | none (in the EEA) |
+| Pager Inc | alerts | names | Virginia (US) | EU SCCs Module 3 (processor to processor) |
+
+### Region us (US)
+
+Processor: P.
+
+| sub-processor | purpose | data | location | transfer basis |
+|---|---|---|---|---|
+| (none configured) | | | | |
+"""
+
+
+def test_a_tenants_annex_keeps_its_region_and_lists_its_transfers() -> None:
+    eu = tenant_annexes(ANNEXES, "eu")
+    assert "### Region us" not in eu
+    assert "Annex II" in eu
+    assert "Mailer \\| EU" in eu
+    transfers = eu.split("### Transfers of this tenant's personal data", 1)[1]
+    assert "Pager Inc" in transfers
+    assert "Module 3" in transfers
+    assert "Mailer" not in transfers, "a processor in the EEA is no transfer"
+    us = tenant_annexes(ANNEXES, "us")
+    assert "### Region eu" not in us
+    assert "None: no sub-processor of region us" in us
+    assert tenant_annexes("no annex III here", "eu") == "no annex III here"

@@ -145,8 +145,9 @@ class PipelineMiddleware(ASGIMiddleware):
 
 
 def actor_of(request: Request[Any, Any, Any]) -> Actor:
-    """The actor of a request: its principal once authenticated (an API key on the SCIM
-    routes is the identity provider's SCIM client), else anonymous (a sign-in route, whose
+    """The actor of a request: its principal once authenticated (a SCIM key on the SCIM
+    routes, or on identity's provisioned-accounts that provisioning calls for them, is the
+    identity provider's SCIM client), else anonymous (a sign-in route, whose
     events name the account they signed in)."""
     # Imported here: auth imports this module's step protocol.
     from tenantry_http.auth import STATE_KEY, Principal
@@ -157,7 +158,9 @@ def actor_of(request: Request[Any, Any, Any]) -> Actor:
     if isinstance(principal, Principal):
         actor_id = principal.subject
         kind = principal.kind
-        if kind == "api_key" and request.scope["path"].startswith("/scim/"):
+        path = request.scope["path"]
+        scim_call = path.startswith("/scim/") or "/provisioned-accounts" in path
+        if kind == "api_key" and "scim:write" in principal.scopes and scim_call:
             kind = "scim"
     return request_actor(
         kind,

@@ -58,6 +58,7 @@ NOT_TENANT_DATA: Mapping[str, str] = {
     "document_signing_keys": "tenancy's keys for certificates and manifests, the platform's",
     PURGE_RECORD: "the purge's tombstone: counts only, kept on purpose",
     "directory_replica_cursor": "how far this replica has read the directory's change feed",
+    "legal_notices": "tenancy's announced changes of the processing terms, the platform's",
 }
 # Tables without a tenant_id column whose rows belong to a tenant's rows of another
 # table: deleted through their foreign key to it, before those rows go.

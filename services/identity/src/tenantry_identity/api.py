@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
-from litestar import Controller, Request, delete, get, post
+from litestar import Controller, Request, delete, get, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
@@ -26,8 +26,11 @@ from tenantry_identity.domain import (
     ADMIN_ROLES,
     IdentityRuleBroken,
     Role,
+    Topic,
     check_password,
     check_scopes,
+    check_subscriber,
+    known_topic,
     normalise_email,
 )
 from tenantry_identity.keys import SigningKeys
@@ -49,6 +52,10 @@ READ_ACCOUNTS = requires(scopes=("accounts:read",))
 WRITE_ACCOUNTS = requires(roles=ADMIN_ROLES, scopes=("accounts:write",), verified_email=True)
 READ_KEYS = requires(scopes=("apikeys:read",))
 WRITE_KEYS = requires(roles=ADMIN_ROLES, scopes=("apikeys:write",), verified_email=True)
+# An account's notice subscriptions: its own owner or admin user, or an operator (the
+# route also refuses API keys and other users: `own_subscriptions`).
+READ_SUBSCRIPTIONS = requires(roles=ADMIN_ROLES)
+WRITE_SUBSCRIPTIONS = requires(roles=ADMIN_ROLES, verified_email=True)
 
 
 def rule_problem(exc: IdentityRuleBroken) -> Problem:
@@ -248,6 +255,33 @@ class DisableAccount(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)] = "disabled by an admin"
 
 
+class Subscriptions(msgspec.Struct, kw_only=True):
+    topics: list[str]  # the notice topics the account is subscribed to
+
+
+def own_subscriptions(request: Request[Any, Any, Any], account_id: UUID) -> None:
+    """An account's subscriptions are its own: only the account itself, signed in (the
+    route admits owners and admins), or an operator reads or changes them. An API key or
+    another user of the tenant gets 403 (another tenant's user got 404 already)."""
+    principal = principal_of(request)
+    if principal.is_operator:
+        return
+    if principal.kind != "user" or principal.subject != str(account_id):
+        raise Problem(
+            403,
+            "forbidden",
+            "Not allowed",
+            "only the account itself, signed in, or an operator manages its subscriptions",
+        )
+
+
+def topic_of(topic: str) -> Topic:
+    try:
+        return known_topic(topic)
+    except IdentityRuleBroken as exc:
+        raise rule_problem(exc) from None
+
+
 class AccountAdminController(Controller):
     path = "/tenants/{tenant_id:uuid}/accounts/{account_id:uuid}"
     tags = ["accounts"]
@@ -291,6 +325,80 @@ class AccountAdminController(Controller):
         if row is None:
             raise Problem(409, "already-disabled", "This account is already disabled")
         return row
+
+    @get("/subscriptions", opt=READ_SUBSCRIPTIONS, summary="List an account's notice subscriptions")
+    async def list_subscriptions(
+        self,
+        request: Request[Any, Any, Any],
+        tenant_id: FromPath[UUID],
+        account_id: FromPath[UUID],
+        db: NamedDependency[Database],
+        identity_store: NamedDependency[IdentityStore],
+    ) -> Subscriptions:
+        """The notice topics the account is subscribed to. One topic today:
+        `legal-notices`, announced changes of the tenant's data processing terms
+        (sub-processors, a new DPA) and how to object before they take effect, mailed to
+        the subscribed owners and admins whose addresses are verified."""
+        own_subscriptions(request, account_id)
+        async with db.transaction(tenant_id=tenant_id) as tx:
+            in_tenant(await identity_store.get_account(tx, account_id), tenant_id)
+            topics = await identity_store.subscriptions(tx, tenant_id, account_id)
+        return Subscriptions(topics=topics)
+
+    @put(
+        "/subscriptions/{topic:str}",
+        status_code=200,
+        opt=WRITE_SUBSCRIPTIONS,
+        summary="Subscribe an account to a notice topic",
+        responses=problems(403, 404),
+    )
+    async def subscribe(
+        self,
+        request: Request[Any, Any, Any],
+        tenant_id: FromPath[UUID],
+        account_id: FromPath[UUID],
+        topic: FromPath[str],
+        db: NamedDependency[Database],
+        identity_store: NamedDependency[IdentityStore],
+    ) -> Subscriptions:
+        """Idempotent: subscribing again changes nothing and records nothing. Only owners
+        and admins may subscribe to legal-notices (403 topic-not-for-role); an unknown
+        topic is 404 unknown-topic. A change appends account.subscription_changed."""
+        own_subscriptions(request, account_id)
+        name = topic_of(topic)
+        async with db.transaction(tenant_id=tenant_id) as tx:
+            account = in_tenant(await identity_store.get_account(tx, account_id), tenant_id)
+            try:
+                check_subscriber(name, account.role)
+            except IdentityRuleBroken as exc:
+                raise rule_problem(exc) from None
+            await identity_store.subscribe(tx, tenant_id, account_id, name)
+            topics = await identity_store.subscriptions(tx, tenant_id, account_id)
+        return Subscriptions(topics=topics)
+
+    @delete(
+        "/subscriptions/{topic:str}",
+        status_code=204,
+        opt=READ_SUBSCRIPTIONS,
+        summary="Unsubscribe an account from a notice topic",
+        responses=problems(403, 404),
+    )
+    async def unsubscribe(
+        self,
+        request: Request[Any, Any, Any],
+        tenant_id: FromPath[UUID],
+        account_id: FromPath[UUID],
+        topic: FromPath[str],
+        db: NamedDependency[Database],
+        identity_store: NamedDependency[IdentityStore],
+    ) -> None:
+        """Idempotent: 204 whether or not the account was subscribed (only a change
+        appends account.subscription_changed). An unknown topic is 404 unknown-topic."""
+        own_subscriptions(request, account_id)
+        name = topic_of(topic)
+        async with db.transaction(tenant_id=tenant_id) as tx:
+            in_tenant(await identity_store.get_account(tx, account_id), tenant_id)
+            await identity_store.unsubscribe(tx, tenant_id, account_id, name)
 
 
 # ---------------------------------------------------------------------------- provisioning

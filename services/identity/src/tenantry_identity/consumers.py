@@ -1,6 +1,7 @@
 """What identity does with events (the worker's consumers): the verification mail for a new
 account, the tenant owner's account, API key use from every service, and the operational
-notices (notices.py) of a disabled webhook endpoint and of the tenant's offboarding."""
+notices (notices.py) of a disabled webhook endpoint, of the tenant's offboarding, and of a
+change to its data processing terms (to the owners and admins who subscribed)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from tenantry_events.consumer import Handler
 from tenantry_events.envelope import Envelope
 from tenantry_events.payloads.identity import AccountCreated, ApiKeyUsed
 from tenantry_events.payloads.tenancy import (
+    LegalSubprocessorChanged,
     TenantCreated,
     TenantExportCompleted,
     TenantExportFailed,
@@ -21,7 +23,7 @@ from tenantry_events.payloads.tenancy import (
 from tenantry_events.payloads.webhooks import WebhookEndpointDisabled
 from tenantry_events.pg import Database
 from tenantry_identity import notices
-from tenantry_identity.domain import IdentityRuleBroken, normalise_email
+from tenantry_identity.domain import LEGAL_NOTICES, IdentityRuleBroken, normalise_email
 from tenantry_identity.store import EmailTaken, IdentityStore
 from tenantry_identity.verification import EmailVerification
 from tenantry_outbound.mail import MailSender
@@ -105,6 +107,14 @@ def identity_consumers(
             tx, store, mailer, event.tenant_id, payload.requested_by, notice
         )
 
+    async def on_subprocessor_changed(tx: asyncpg.Connection, event: Envelope[Any]) -> None:
+        """An announced change of the tenant's data processing terms: what changes, when,
+        and how to object before then, to the owners and admins subscribed to
+        legal-notices (nobody subscribed: no mail)."""
+        payload: LegalSubprocessorChanged = event.payload
+        notice = notices.legal_subprocessor_changed(event.tenant_id, payload)
+        await notices.mail_subscribers(tx, store, mailer, event.tenant_id, LEGAL_NOTICES, notice)
+
     return {
         "account.created": on_account_created,
         "tenant.export_completed": on_export_completed,
@@ -114,4 +124,5 @@ def identity_consumers(
         "webhook.endpoint_disabled": on_endpoint_disabled,
         "tenant.offboarding_started": on_offboarding_started,
         "tenant.offboarding_reminder": on_offboarding_reminder,
+        "legal.subprocessor_changed": on_subprocessor_changed,
     }

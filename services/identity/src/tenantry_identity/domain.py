@@ -80,6 +80,34 @@ def check_scopes(scopes: list[str]) -> list[str]:
     return sorted(set(scopes))
 
 
+# Notice subscriptions (issue 19 §2): the kinds of operational notice a person opts in to,
+# and the roles that may. "legal-notices": announced changes of the tenant's data
+# processing terms (legal.subprocessor_changed), for whoever may object for the tenant.
+Topic = Literal["legal-notices"]
+LEGAL_NOTICES: Topic = "legal-notices"
+TOPIC_ROLES: dict[Topic, tuple[str, ...]] = {LEGAL_NOTICES: ADMIN_ROLES}
+
+
+def known_topic(topic: str) -> Topic:
+    """The topic named (IdentityRuleBroken, 404 unknown-topic, if there is none)."""
+    for known in TOPIC_ROLES:
+        if known == topic:
+            return known
+    topics = ", ".join(sorted(TOPIC_ROLES))
+    raise IdentityRuleBroken("unknown-topic", f"no such topic; the topics are: {topics}", 404)
+
+
+def check_subscriber(topic: Topic, role: str) -> None:
+    """Whether an account of `role` may subscribe to `topic` (403 topic-not-for-role)."""
+    allowed = TOPIC_ROLES[topic]
+    if role not in allowed:
+        raise IdentityRuleBroken(
+            "topic-not-for-role",
+            f"only {' and '.join(f'{r}s' for r in allowed)} may subscribe to {topic}",
+            403,
+        )
+
+
 # Email verification: links live a day; resends are spaced and capped so the endpoint
 # cannot be used to flood someone's mailbox.
 VERIFICATION_TTL_SECONDS = 24 * 3600

@@ -13,7 +13,8 @@ follows), and each personal API key is revoked with apikey.revoked, so all five 
 stop accepting it.
 
 Deleted: sessions (refresh tokens), email verification links, IdP links and what hangs on
-them (SSO sessions, one-time codes, the login failure log's entries about the person).
+them (SSO sessions, one-time codes, the login failure log's entries about the person), and
+the person's notice subscriptions.
 Sign-ins leave no row of their own beyond these.
 """
 
@@ -51,6 +52,10 @@ IDENTITY_ERASURE_STATEMENTS = (
     ErasureStatement("sso_codes", "DELETE FROM sso_codes WHERE tenant_id = $1 AND account_id = $2"),
     ErasureStatement(
         "sso_identities", "DELETE FROM sso_identities WHERE tenant_id = $1 AND account_id = $2"
+    ),
+    ErasureStatement(
+        "notice_subscriptions",
+        "DELETE FROM notice_subscriptions WHERE tenant_id = $1 AND account_id = $2",
     ),
     # No tenant_id of their own: the account, looked up in the tenant, says whose they are.
     ErasureStatement(

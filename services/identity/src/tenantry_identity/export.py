@@ -4,7 +4,8 @@ are, the keys and sessions they hold, and how they sign in.
 Never exported: password hashes, API key hashes, refresh and verification token hashes,
 SSO connection secrets (the encrypted `secrets` column: OIDC client secrets, SP private
 keys) and pending logins. Per person: their account, the API keys they own, their
-sessions (refresh token families), their SSO identities and SSO sessions."""
+sessions (refresh token families), their SSO identities and SSO sessions, their notice
+subscriptions."""
 
 from __future__ import annotations
 
@@ -118,6 +119,17 @@ SSO_LOGIN_FAILURES = ExportSource(
              FROM sso_login_failures WHERE tenant_id = $1 ORDER BY at, failure_id""",
 )
 
+# Which kinds of notice each person opted in to (legal-notices: the DPA's announcements).
+NOTICE_SUBSCRIPTIONS = ExportSource(
+    file="notice_subscriptions.ndjson",
+    schema="tenantry.identity.notice_subscription/v1",
+    query="""SELECT account_id, topic, subscribed_at
+             FROM notice_subscriptions
+             WHERE tenant_id = $1 AND ($2::uuid IS NULL OR account_id = $2)
+             ORDER BY account_id, topic""",
+    per_person=True,
+)
+
 IDENTITY_EXPORTS = (
     ACCOUNTS,
     API_KEYS,
@@ -127,4 +139,5 @@ IDENTITY_EXPORTS = (
     SSO_IDENTITIES,
     SSO_SESSIONS,
     SSO_LOGIN_FAILURES,
+    NOTICE_SUBSCRIPTIONS,
 )

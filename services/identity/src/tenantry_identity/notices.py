@@ -12,6 +12,8 @@ from uuid import UUID
 
 import asyncpg
 
+from tenantry_events.payloads.tenancy import LegalSubprocessorChanged, SubprocessorChange
+from tenantry_identity.domain import LEGAL_NOTICES, TOPIC_ROLES, Topic
 from tenantry_identity.store import IdentityStore
 from tenantry_outbound.mail import MailError, MailSender
 
@@ -70,6 +72,23 @@ async def mail_admins(
 ) -> None:
     """To each active owner and admin with a verified address."""
     for email in await store.admin_emails(tx, tenant_id):
+        with redelivered_if_the_relay_fails():
+            await mailer.send(
+                email, notice.subject, notice.text, headers={"X-Tenantry-Notice": notice.kind}
+            )
+
+
+async def mail_subscribers(
+    tx: asyncpg.Connection,
+    store: IdentityStore,
+    mailer: MailSender,
+    tenant_id: UUID,
+    topic: Topic,
+    notice: Notice,
+) -> None:
+    """To each active owner and admin with a verified address who subscribed to `topic`
+    (those of the roles the topic admits); nobody subscribed, nobody mailed."""
+    for email in await store.subscriber_emails(tx, tenant_id, topic, TOPIC_ROLES[topic]):
         with redelivered_if_the_relay_fails():
             await mailer.send(
                 email, notice.subject, notice.text, headers={"X-Tenantry-Notice": notice.kind}
@@ -146,4 +165,44 @@ def export_failed(tenant_id: UUID, export_id: UUID, reason: str) -> Notice:
         f"Request a new one (POST /v1/tenants/{tenant_id}/exports); if it fails again,"
         " contact the platform operator with the export's id.\n",
         "tenant-export-failed",
+    )
+
+
+def _change_line(change: SubprocessorChange) -> str:
+    where = ", ".join(
+        part
+        for part in (
+            f"processing in {change.country}" if change.country else "",
+            f"transfers under {change.transfer_mechanism}" if change.transfer_mechanism else "",
+        )
+        if part
+    )
+    purpose = f": {change.purpose}" if change.purpose else ""
+    return f"- {change.name} ({change.change}){purpose}" + (f" [{where}]" if where else "")
+
+
+def legal_subprocessor_changed(tenant_id: UUID, notice: LegalSubprocessorChanged) -> Notice:
+    """What changes in the tenant's data processing terms, from when, and how an owner or
+    admin objects for the tenant before then (LEGAL_NOTICES subscribers only)."""
+    effective_at = notice.effective_at.astimezone(UTC)
+    if notice.kind == "document":
+        what = " ".join(part for part in (notice.document or "a document", notice.version) if part)
+        changed = f"A new version of {what} was published."
+    else:
+        changed = "Our list of sub-processors is changing."
+    lines = "\n".join(_change_line(change) for change in notice.changes)
+    objection = f"/v1/tenants/{tenant_id}/legal/notices/{notice.notice_id}/objection"
+    return Notice(
+        f"Changes to your data processing terms take effect on {effective_at:%Y-%m-%d}",
+        f"{changed} {notice.summary}\n\n"
+        + (f"What changes:\n{lines}\n\n" if lines else "")
+        + f"It takes effect on {effective_at:%Y-%m-%d at %H:%M} UTC for tenant {tenant_id}"
+        f" (notice {notice.notice_id}, published"
+        f" {notice.published_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC).\n\n"
+        "To object for the tenant before then, an owner or admin sends"
+        f' POST {objection} with {{"reason": "..."}}; the platform follows up under the'
+        " DPA.\n\n"
+        f"You receive this because you subscribed to {LEGAL_NOTICES}. Unsubscribe with DELETE"
+        f" /v1/tenants/{tenant_id}/accounts/<your account id>/subscriptions/{LEGAL_NOTICES}.\n",
+        "legal-subprocessor-changed",
     )

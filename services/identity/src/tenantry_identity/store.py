@@ -18,6 +18,7 @@ from tenantry_events.payloads.identity import (
     AccountDisabled,
     AccountEnabled,
     AccountRoleChanged,
+    AccountSubscriptionChanged,
     ApiKeyCreated,
     ApiKeyRevoked,
     EmailVerified,
@@ -658,6 +659,74 @@ class IdentityStore(EventsOfIdentity):
             """SELECT email FROM accounts WHERE tenant_id = $1 AND status = 'active'
                  AND role IN ('owner', 'admin') AND email_verified""",
             tenant_id,
+        )
+        return [r["email"] for r in rows]
+
+    # ------------------------------------------------------------------ notice subscriptions
+    # Operational rows (no stream): each change appends account.subscription_changed to the
+    # outbox in the caller's transaction, so the audit log records who changed what.
+    async def subscriptions(
+        self, tx: asyncpg.Connection, tenant_id: UUID, account_id: UUID
+    ) -> list[str]:
+        """The topics the account is subscribed to, in name order."""
+        rows = await tx.fetch(
+            """SELECT topic FROM notice_subscriptions
+               WHERE tenant_id = $1 AND account_id = $2 ORDER BY topic""",
+            tenant_id,
+            account_id,
+        )
+        return [r["topic"] for r in rows]
+
+    async def subscribe(
+        self, tx: asyncpg.Connection, tenant_id: UUID, account_id: UUID, topic: str
+    ) -> bool:
+        """Subscribe the account to `topic`; False (and no event) if it was already."""
+        added = await tx.fetchval(
+            """INSERT INTO notice_subscriptions (tenant_id, account_id, topic)
+               VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING true""",
+            tenant_id,
+            account_id,
+            topic,
+        )
+        if added:
+            payload = AccountSubscriptionChanged(
+                account_id=account_id, topic=topic, subscribed=True
+            )
+            await self.record(tx, payload, tenant_id=tenant_id, subject=str(account_id))
+        return bool(added)
+
+    async def unsubscribe(
+        self, tx: asyncpg.Connection, tenant_id: UUID, account_id: UUID, topic: str
+    ) -> bool:
+        """End the account's subscription to `topic`; False (and no event) if it had none."""
+        removed = await tx.fetchval(
+            """DELETE FROM notice_subscriptions
+               WHERE tenant_id = $1 AND account_id = $2 AND topic = $3 RETURNING true""",
+            tenant_id,
+            account_id,
+            topic,
+        )
+        if removed:
+            payload = AccountSubscriptionChanged(
+                account_id=account_id, topic=topic, subscribed=False
+            )
+            await self.record(tx, payload, tenant_id=tenant_id, subject=str(account_id))
+        return bool(removed)
+
+    async def subscriber_emails(
+        self, tx: asyncpg.Connection, tenant_id: UUID, topic: str, roles: tuple[str, ...]
+    ) -> list[str]:
+        """Where a notice of `topic` goes: the tenant's active accounts of `roles` with a
+        verified address that subscribed to it (as admin_emails, opted in)."""
+        rows = await tx.fetch(
+            """SELECT a.email FROM accounts a
+                 JOIN notice_subscriptions s ON s.account_id = a.account_id
+               WHERE a.tenant_id = $1 AND s.tenant_id = $1 AND s.topic = $2
+                 AND a.status = 'active' AND a.role = ANY($3::text[]) AND a.email_verified
+               ORDER BY a.email""",
+            tenant_id,
+            topic,
+            list(roles),
         )
         return [r["email"] for r in rows]
 

@@ -82,3 +82,47 @@ def filled(text: str, values: Mapping[str, str]) -> str:
         return value if value else f"[{key}: to be agreed]"
 
     return _PLACEHOLDER.sub(replace, text)
+
+
+_ANNEX_III = "## Annex III. Sub-processors"
+_NO_TRANSFER = ("none (in the EEA)", "")
+
+
+def tenant_annexes(annexes: str, home_region: str) -> str:
+    """The annexes as they apply to one tenant: Annex III keeps the sub-processors of the
+    tenant's home region only, followed by the transfers they make: each sub-processor
+    that would receive the tenant's personal data outside the EEA, with its basis (the
+    SCC module). A tenant whose region has none is told so."""
+    head, found, annex = annexes.partition(_ANNEX_III)
+    if not found:
+        return annexes
+    intro, *regions = re.split(r"(?m)^(?=### Region )", annex)
+    mine = [r for r in regions if r.startswith(f"### Region {home_region} (")]
+    transfers = [
+        cells
+        for region in mine
+        for cells in _table_rows(region)
+        if cells[-1] not in _NO_TRANSFER and cells[0] != "(none configured)"
+    ]
+    lines = ["### Transfers of this tenant's personal data", ""]
+    if not transfers:
+        lines.append(
+            f"None: no sub-processor of region {home_region} processes the tenant's personal"
+            " data outside the EEA."
+        )
+    else:
+        lines.append("| sub-processor | location | basis |")
+        lines.append("|---|---|---|")
+        lines += [f"| {c[0]} | {c[3]} | {c[-1]} |" for c in transfers]
+    return head + found + intro + "".join(mine).rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
+
+
+def _table_rows(section: str) -> list[list[str]]:
+    """The body rows of the section's Markdown table, as cells ("\\|" is a pipe in a cell)."""
+    rows = []
+    for line in section.splitlines():
+        if not line.startswith("| ") or line.startswith(("| sub-processor", "|---")):
+            continue
+        cells = re.split(r"(?<!\\)\|", line.strip().strip("|"))
+        rows.append([c.strip().replace("\\|", "|") for c in cells])
+    return rows

@@ -4,6 +4,8 @@
     GET  /v1/tenants/{tenant_id}/agreements            the tenant's acceptances, newest first
     GET  /v1/tenants/{tenant_id}/agreements/{id}/document   the DPA as accepted, filled in
                                                             for the tenant (HTML)
+    GET  /v1/legal/documents/{document}/acceptances    each tenant's acceptance of the
+                                                       newest version (operators)
 
 Accepting is a person's act: only a signed-in owner or admin of the tenant with a verified
 email (not an API key, not an operator) accepts, and the acceptance keeps their name,
@@ -35,9 +37,18 @@ from tenantry_events.envelope import new_event
 from tenantry_events.payloads.tenancy import TenantAgreementAccepted
 from tenantry_events.pg import Database
 from tenantry_http.auth import principal_of, requires
+from tenantry_http.pagination import clamp_limit, decode_cursor, encode_cursor
 from tenantry_http.problems import Problem
 from tenantry_service.runtime import Runtime
-from tenantry_tenancy.agreements import AgreementRefused, Version, body, chosen, filled, signatory
+from tenantry_tenancy.agreements import (
+    AgreementRefused,
+    Version,
+    body,
+    chosen,
+    filled,
+    signatory,
+    tenant_annexes,
+)
 from tenantry_tenancy.legal_api import catalog
 from tenantry_tenancy.settings import TenancySettings
 from tenantry_tenancy.store import PlanStore, TenantRepository
@@ -286,9 +297,84 @@ async def _rendered(
     text = filled(body(text_of(acceptance.document, acceptance.version)), values)
     # Raw HTML off: the customer's values and the texts render as text only (links to
     # javascript: and the like are dropped by the renderer); the page loads nothing.
-    page = MARKDOWN.render(f"{text}\n\n{annexes_text()}")
+    annexes = tenant_annexes(annexes_text(), tenant.state.home_region)
+    page = MARKDOWN.render(f"{text}\n\n{annexes}")
     title = html.escape(f"DPA {acceptance.version}")
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
         f"<body>{page}</body></html>"
+    )
+
+
+class TenantAcceptance(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_id: UUID
+    name: str
+    slug: str
+    status: str
+    plan: str
+    accepted_version: str | None  # the newest version the tenant accepted, if any
+    accepted_at: datetime | None
+    current: bool  # whether that is the newest published version
+
+
+class AcceptancePage(msgspec.Struct, frozen=True, kw_only=True):
+    document: str
+    current_version: str
+    data: list[TenantAcceptance]
+    next_cursor: str | None = None
+
+
+@get(
+    "/legal/documents/{document:str}/acceptances",
+    tags=["legal"],
+    opt=requires(operator_only=True),
+    summary="Each tenant's acceptance of a document's newest version (operators)",
+)
+async def acceptances(
+    document: FromPath[str],
+    db: NamedDependency[Database],
+    pending: bool = False,
+    cursor: str | None = None,
+    limit: int | None = None,
+) -> AcceptancePage:
+    """Every tenant (purged ones left out), by tenant id, with the newest version of
+    `document` it accepted; `pending=true` lists only those that have not accepted the
+    newest published version (whom to remind)."""
+    try:
+        current = chosen(published(), document, None)
+    except AgreementRefused as exc:
+        raise _refused(exc) from exc
+    size = clamp_limit(limit)
+    after = decode_cursor(cursor)
+    if after is not None and (len(after) != 1 or not isinstance(after[0], str)):
+        raise Problem(400, "invalid-cursor", "The cursor is not valid")
+    async with db.transaction(platform=True) as tx:
+        rows = await tx.fetch(
+            """SELECT t.tenant_id, t.name, t.slug, t.status, t.plan,
+                      a.version AS accepted_version, a.accepted_at
+               FROM tenants t
+               LEFT JOIN LATERAL (
+                   SELECT version, accepted_at FROM agreement_acceptances
+                   WHERE tenant_id = t.tenant_id AND document = $1
+                   ORDER BY version DESC, accepted_at DESC LIMIT 1) a ON true
+               WHERE t.status <> 'purged'
+                 AND ($2::uuid IS NULL OR t.tenant_id > $2)
+                 AND (NOT $3 OR a.version IS DISTINCT FROM $4)
+               ORDER BY t.tenant_id LIMIT $5""",
+            document,
+            UUID(after[0]) if after else None,
+            pending,
+            current.version,
+            size + 1,
+        )
+    data = [
+        TenantAcceptance(**dict(r), current=r["accepted_version"] == current.version)
+        for r in rows[:size]
+    ]
+    more = len(rows) > size and bool(data)
+    return AcceptancePage(
+        document=document,
+        current_version=current.version,
+        data=data,
+        next_cursor=encode_cursor([str(data[-1].tenant_id)]) if more else None,
     )

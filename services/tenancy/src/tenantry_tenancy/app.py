@@ -31,7 +31,7 @@ from tenantry_service.move import Resealed
 from tenantry_service.periodic import Counted, run_periodically
 from tenantry_service.residency import DIRECTORY, directory_of
 from tenantry_service.runtime import Runtime
-from tenantry_tenancy.agreements_api import AgreementsController
+from tenantry_tenancy.agreements_api import AgreementsController, acceptances
 from tenantry_tenancy.api import (
     LifecycleController,
     LimitsController,
@@ -57,6 +57,11 @@ from tenantry_tenancy.export_store import ExportStore
 from tenantry_tenancy.export_worker import ExportWorker
 from tenantry_tenancy.internal_api import INTERNAL_KEY_API
 from tenantry_tenancy.legal_api import legal_documents
+from tenantry_tenancy.legal_notices_api import (
+    LegalNoticesController,
+    TenantLegalNoticesController,
+    notice_store,
+)
 from tenantry_tenancy.lifecycle import LifecycleScheduler
 from tenantry_tenancy.move_api import MOVES_API, MovesController
 from tenantry_tenancy.move_driver import MoveDriver
@@ -231,6 +236,24 @@ def worker_consumers(runtime: Runtime) -> dict[str, Handler[asyncpg.Connection]]
     )
 
 
+async def legal_notifier(runtime: Runtime, stop: asyncio.Event) -> None:
+    """Tells every tenant of each announced change of the processing terms
+    (legal_notices_store.py), in the worker."""
+    settings = runtime.settings_as(TenancySettings)
+    store = notice_store(runtime)
+
+    async def fan_out() -> int:
+        return await store.fan_out_once(runtime.db, SystemClock())
+
+    await run_periodically(
+        fan_out,
+        stop,
+        settings.legal_notice_scan_seconds,
+        log=logging.getLogger("tenantry.tenancy.legal"),
+        what="tenants told of a legal notice",
+    )
+
+
 async def audit_retention(runtime: Runtime, stop: asyncio.Event) -> None:
     """Prunes each tenant's audit log to its plan's retention (audit/consumer.py)."""
     settings = runtime.settings_as(TenancySettings)
@@ -328,6 +351,9 @@ SPEC = ServiceSpec(
                 MovesController,
                 legal_documents,
                 AgreementsController,
+                acceptances,
+                LegalNoticesController,
+                TenantLegalNoticesController,
                 AuditController,
             ],
             dependencies=ROUTE_DEPENDENCIES,
@@ -352,6 +378,7 @@ SPEC = ServiceSpec(
         directory_facts,
         move_driver,
         audit_retention,
+        legal_notifier,
     ],
     more_migrations=migrate_directory,
     aggregates=[TENANTS],

@@ -59,4 +59,16 @@ PAST_EXPORTS = ExportSource(
              FROM exports WHERE tenant_id = $1 ORDER BY requested_at""",
 )
 
-TENANCY_EXPORTS = (TENANT, AUDIT_TRAIL, LIMIT_OVERRIDES, USAGE, PAST_EXPORTS)
+# The customer-facing audit log (tenantry_tenancy.audit), with its chain: `record` is the
+# text hashed (personal fields sealed, as the chain holds them); docs/audit.md says how
+# to verify it.
+AUDIT_LOG = ExportSource(
+    file="audit_log.ndjson",
+    schema="tenantry.tenancy.audit_log_entry/v1",
+    query="""SELECT seq, event_id, occurred_at, recorded_at, action, outcome, actor_kind,
+                    actor_id, target_type, target_id, request_id, record,
+                    encode(prev_hash, 'hex') AS prev_hash, encode(hash, 'hex') AS hash
+             FROM audit_entries WHERE tenant_id = $1 ORDER BY seq""",
+)
+
+TENANCY_EXPORTS = (TENANT, AUDIT_TRAIL, AUDIT_LOG, LIMIT_OVERRIDES, USAGE, PAST_EXPORTS)

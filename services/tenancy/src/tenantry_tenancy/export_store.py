@@ -22,6 +22,7 @@ from tenantry_events.envelope import new_event
 from tenantry_events.payloads.tenancy import (
     TenantExportCompleted,
     TenantExportFailed,
+    TenantExportLink,
     TenantExportPart,
     TenantExportRequested,
 )
@@ -255,6 +256,9 @@ class ExportStore:
             expires_at,
             terms.uses,
         )
+        await self._link_event(
+            tx, job.tenant_id, job.export_id, link_id, "created", expires_at, terms.uses
+        )
         return LinkView(
             link_id=link_id,
             export_id=job.export_id,
@@ -286,7 +290,10 @@ class ExportStore:
             tenant_id,
             now,
         )
-        return bool(status.endswith(" 1"))
+        revoked = bool(status.endswith(" 1"))
+        if revoked:
+            await self._link_event(tx, tenant_id, export_id, link_id, "revoked")
+        return revoked
 
     async def use_link(self, tx: asyncpg.Connection, token: str, now: datetime) -> Download | None:
         """Spend one use of the link (atomically: two downloads at once cannot both take the
@@ -300,12 +307,20 @@ class ExportStore:
                WHERE l.token_sha256 = $1 AND l.uses_left > 0 AND l.expires_at > $2
                  AND l.revoked_at IS NULL AND e.export_id = l.export_id
                  AND e.status = 'completed' AND e.expires_at > $2
-               RETURNING e.export_id, e.tenant_id, e.archive_bytes, l.uses_left""",
+               RETURNING e.export_id, e.tenant_id, e.archive_bytes, l.uses_left, l.link_id""",
             _digest(token),
             now,
         )
         if row is None:
             return None
+        await self._link_event(
+            tx,
+            row["tenant_id"],
+            row["export_id"],
+            row["link_id"],
+            "downloaded",
+            uses_left=row["uses_left"],
+        )
         job_prefix = f"exports/{row['tenant_id']}/{row['export_id']}/"
         return Download(
             export_id=row["export_id"],
@@ -338,6 +353,34 @@ class ExportStore:
             tenant_id=job.tenant_id,
             subject=str(job.export_id),
             aggregate_version=job.requests,
+            source=self._source,
+            region=self._region,
+        )
+        await self._outbox.put(tx, [event])
+
+    async def _link_event(
+        self,
+        tx: asyncpg.Connection,
+        tenant_id: UUID,
+        export_id: UUID,
+        link_id: UUID,
+        change: str,
+        expires_at: datetime | None = None,
+        uses_left: int | None = None,
+    ) -> None:
+        """tenant.export_link: who made, revoked or used a link to the tenant's data."""
+        payload = TenantExportLink(
+            export_id=export_id,
+            link_id=link_id,
+            change=change,
+            expires_at=expires_at,
+            uses_left=uses_left,
+        )
+        event = new_event(
+            payload,
+            tenant_id=tenant_id,
+            subject=str(link_id),
+            aggregate_version=0,
             source=self._source,
             region=self._region,
         )

@@ -31,6 +31,8 @@ class TenancySettings(ServiceSettings, frozen=True, kw_only=True):
     legal_service_name: str = ""
     legal_governing_law: str = ""
     legal_notice_days: Annotated[int, msgspec.Meta(ge=1, le=365)] = 30
+    # How often the worker tells the next tenants of an announced change (legal_notices).
+    legal_notice_scan_seconds: Annotated[float, msgspec.Meta(gt=0)] = 2.0
     legal_breach_notice_hours: Annotated[int, msgspec.Meta(ge=1, le=72)] = 48
     export_resend_seconds: Annotated[float, msgspec.Meta(gt=0)] = 300.0
     export_keep_days: Annotated[float, msgspec.Meta(gt=0)] = 7.0

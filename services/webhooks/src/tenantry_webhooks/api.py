@@ -420,10 +420,11 @@ class EndpointsController(Controller):
             recovered = await store.recover(
                 tx, tenant_id, endpoint_id, data.since, MAX_REPLAYED_IDS
             )
-            if recovered.count:  # nothing queued again: nothing changed, no event
+            if recovered.count:
                 await store.notify_due(tx)
-                event = replayed(endpoint_id, "recover", recovered.message_ids, recovered.count)
-                await tell(runtime, tx, tenant_id, endpoint_id, event)
+            # Recorded even when nothing was queued again: the audit log shows who asked.
+            event = replayed(endpoint_id, "recover", recovered.message_ids, recovered.count)
+            await tell(runtime, tx, tenant_id, endpoint_id, event)
         return Recovered(deliveries=recovered.count)
 
     @post(

@@ -243,3 +243,13 @@ class AccountVerificationSent(msgspec.Struct, frozen=True, kw_only=True):
 
     account_id: UUID
     expires_at: datetime
+
+
+@event("account.subscription_changed", owner="identity", public=False)
+class AccountSubscriptionChanged(msgspec.Struct, frozen=True, kw_only=True):
+    """An owner or admin subscribed to a kind of notice (`topic`: "legal-notices") or
+    unsubscribed (`subscribed` false). Internal: the audit log records it."""
+
+    account_id: UUID
+    topic: str
+    subscribed: bool

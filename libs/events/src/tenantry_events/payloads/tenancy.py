@@ -266,6 +266,20 @@ class TenantExportCompleted(msgspec.Struct, frozen=True, kw_only=True):
     requested_by: str
 
 
+@event("tenant.export_link", owner="tenancy", public=True, opt_in=True)
+class TenantExportLink(msgspec.Struct, frozen=True, kw_only=True):
+    """A download link of a completed export was made, revoked, or used to download the
+    archive (`change`: "created" | "revoked" | "downloaded"; the subject is the link).
+    Never carries the link's token. Opt-in: the audit log records every one; an endpoint
+    receives them only when its filter names `tenant.export_link`."""
+
+    export_id: UUID
+    link_id: UUID
+    change: str
+    expires_at: datetime | None = None
+    uses_left: int | None = None
+
+
 @event("tenant.export_failed", owner="tenancy", public=True)
 class TenantExportFailed(msgspec.Struct, frozen=True, kw_only=True):
     """The export could not be made; `reason` says which part failed and why."""
@@ -352,3 +366,43 @@ class AuditRecorded(msgspec.Struct, frozen=True, kw_only=True):
     record: str
     prev_hash: str
     hash: str
+
+
+class SubprocessorChange(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    change: str  # "added" | "removed" | "changed"
+    purpose: str = ""
+    country: str = ""  # ISO 3166-1 alpha-2 where it processes data
+    transfer_mechanism: str = ""  # e.g. "SCCs Module 3" for a processor outside the EEA
+
+
+@event("legal.subprocessor_changed", owner="tenancy", public=True)
+class LegalSubprocessorChanged(msgspec.Struct, frozen=True, kw_only=True):
+    """The platform announced a change to the tenant's data processing terms: a
+    sub-processor added, removed or changed, or a new version of the DPA (`kind`
+    "subprocessors" or "document"). It takes effect at `effective_at`, after the notice
+    period; until then an owner or admin may object for the tenant
+    (POST /v1/tenants/{tenant_id}/legal/notices/{notice_id}/objection). Sent to every
+    tenant that existed when it was published; identity mails the owners and admins who
+    subscribed to legal notices."""
+
+    notice_id: UUID
+    kind: str  # "subprocessors" | "document"
+    summary: str
+    changes: list[SubprocessorChange]
+    document: str | None = None  # for "document": which one, and its new version
+    version: str | None = None
+    published_at: datetime
+    effective_at: datetime
+
+
+@event("tenant.legal_objection", owner="tenancy", public=True)
+class TenantLegalObjection(msgspec.Struct, frozen=True, kw_only=True):
+    """An owner or admin objected, for the tenant, to an announced change of its data
+    processing terms (legal.subprocessor_changed) within its notice period. The platform
+    follows up under the DPA (the change may not apply to this tenant, or the tenant may
+    end the contract)."""
+
+    notice_id: UUID
+    reason: str
+    objected_by: str  # "user:<account id>"

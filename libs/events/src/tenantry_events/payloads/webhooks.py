@@ -58,9 +58,9 @@ class WebhookMessagesReplayed(msgspec.Struct, frozen=True, kw_only=True):
     endpoint's id). `kind` says how: "resend" (one message, from a fresh retry schedule),
     "recover" (every failed delivery since a given time) or "test" (a new webhook.test
     message to this endpoint alone). `message_ids` lists the messages queued, at most the
-    first 1000 of a recovery; `count` is how many there were in all. Every request that
-    queues something is one event, a repeated one included; a recovery that finds nothing
-    to send again is none."""
+    first 1000 of a recovery; `count` is how many there were in all. Every request is one
+    event, a repeated one included, and a recovery that finds nothing to send again too
+    (`count` 0: the request is on record)."""
 
     endpoint_id: str
     kind: str  # "resend" | "recover" | "test"

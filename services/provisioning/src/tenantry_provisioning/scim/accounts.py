@@ -20,6 +20,7 @@ from uuid import UUID
 
 import httpx
 
+from tenantry_platform.telemetry import request_id_var
 from tenantry_provisioning.domain import ScimError
 
 
@@ -72,11 +73,15 @@ class IdentityAccounts:
         headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         try:
+            # The SCIM request's id goes along: identity's events (and their audit entries)
+            # name the same request as provisioning's.
+            request_id = request_id_var.get()
+            traced = {"X-Request-Id": request_id} if request_id else {}
             response = await self._client.request(
                 method,
                 path,
                 json=json,
-                headers={"Authorization": authorization, **(headers or {})},
+                headers={"Authorization": authorization, **traced, **(headers or {})},
             )
         except httpx.HTTPError as exc:
             raise ScimError(
