@@ -31,6 +31,7 @@ from tenantry_testkit.receiver import Receiver
 from tenantry_testkit.stack import Stack
 from tools.verify_audit_chain import check
 
+from .test_lifecycle_sagas import verified_claims
 from .test_offboarding import Tenant, tenant_with_people
 
 AGENT = "audit-test/1.0 (+loopback)"
@@ -284,6 +285,16 @@ async def test_a_changed_or_removed_entry_breaks_the_chain(
     owner = tenant.headers["owner"]
     await settled(stack, tenant, owner)
     assert await verified(stack, tenant, owner) is None
+    # The head comes signed too: what the platform said, checked against its published key.
+    state = await chain_state(stack, tenant.tenant_id, owner)
+    async with httpx.AsyncClient(base_url=stack.service_url("tenancy"), timeout=15) as http:
+        claims = await verified_claims(http, state["signed"])
+    assert claims["typ"] == "tenantry.audit-chain-head"
+    assert (claims["tenant_id"], claims["head_seq"], claims["head_hash"]) == (
+        tenant.tenant_id,
+        state["head_seq"],
+        state["head_hash"],
+    )
     tenancy_db = superuser_dbs["tenancy"]
     tid = UUID(tenant.tenant_id)
     # Someone with database access changes what an entry says...

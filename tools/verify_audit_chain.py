@@ -12,7 +12,9 @@ For each entry, in order: `hash == sha256(bytes.fromhex(prev_hash) + record.enco
 `prev_hash` is the previous entry's `hash` (the first one's is the chain's `anchor_hash`),
 `seq` counts up by one, and what the entry shows (action, target, outcome, seq, time,
 actor) is what its `record` says. With `--chain`, the export must end at the chain's head;
-keep a head you saw (`--head SEQ:HASH`) to prove a later log still extends it.
+keep a head you saw (`--head SEQ:HASH`) to prove a later log still extends it. The chain
+answer's `signed` is the same head as a JWS signed with the region's document key
+(/.well-known/document-jwks.json): keep it as proof of what the platform said.
 Exit status 0 when everything holds, 1 with the first break otherwise.
 """
 

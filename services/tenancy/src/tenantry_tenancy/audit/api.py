@@ -16,7 +16,7 @@ import csv
 import io
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 from uuid import UUID
 
@@ -38,6 +38,7 @@ from tenantry_http.problems import Problem
 from tenantry_service.runtime import Runtime
 from tenantry_tenancy.audit.entries import REDACTED, AuditRecord
 from tenantry_tenancy.audit.store import AuditFilter, AuditStore, StoredEntry
+from tenantry_tenancy.documents import DocumentSigner
 
 READERS = requires(roles=("owner", "admin"), scopes=("audit:read",))
 _EXPORT_BATCH: Final = 500
@@ -112,6 +113,9 @@ class ChainView(msgspec.Struct, frozen=True, kw_only=True):
     # anchor_hash (all zeros while nothing was removed).
     pruned_through_seq: int
     anchor_hash: str
+    # The same, signed by the region's document key (a compact JWS; verify it with
+    # /.well-known/document-jwks.json): proof of what the platform said the head was.
+    signed: str
 
 
 class AuditController(Controller):
@@ -189,17 +193,33 @@ class AuditController(Controller):
             AuditPage(data=data, next_cursor=encode_cursor([data[-1].seq]) if more else None)
         )
 
-    @get("/chain", opt=READERS, summary="The audit chain's head and retention anchor")
-    async def chain(self, tenant_id: FromPath[UUID], db: NamedDependency[Database]) -> ChainView:
-        """The newest entry's seq and hash (keep it: a later read that does not extend it
-        shows the log was rewritten), and where retention cut the chain."""
+    @get("/chain", opt=READERS, summary="The audit chain's head and retention anchor, signed")
+    async def chain(
+        self,
+        tenant_id: FromPath[UUID],
+        db: NamedDependency[Database],
+        document_signer: NamedDependency[DocumentSigner],
+    ) -> ChainView:
+        """The newest entry's seq and hash (keep it, or its signed form: a later read that
+        does not extend it shows the log was rewritten), and where retention cut the
+        chain."""
         async with db.transaction(tenant_id=tenant_id) as tx:
             state = await AuditStore().chain(tx, tenant_id)
+        claims = {
+            "typ": "tenantry.audit-chain-head",
+            "tenant_id": str(tenant_id),
+            "head_seq": state.head_seq,
+            "head_hash": state.head_hash.hex(),
+            "pruned_through_seq": state.pruned_through_seq,
+            "anchor_hash": state.pruned_through_hash.hex(),
+            "iat": int(datetime.now(UTC).timestamp()),
+        }
         return ChainView(
             head_seq=state.head_seq,
             head_hash=state.head_hash.hex(),
             pruned_through_seq=state.pruned_through_seq,
             anchor_hash=state.pruned_through_hash.hex(),
+            signed=await document_signer.sign(claims),
         )
 
 
