@@ -342,8 +342,10 @@ async def acceptances(
     newest published version (whom to remind)."""
     try:
         current = chosen(published(), document, None)
-    except AgreementRefused as exc:
-        raise _refused(exc) from exc
+    except AgreementRefused:
+        raise Problem(
+            404, "not-found", "Not found", "No document is accepted by that name"
+        ) from None
     size = clamp_limit(limit)
     after = decode_cursor(cursor)
     if after is not None and (len(after) != 1 or not isinstance(after[0], str)):
