@@ -23,7 +23,8 @@ from tenantry_events.pg import Database
 from tenantry_events.state_check import AggregateKind, check_one
 from tenantry_events.storage import PostgresEventStore, PostgresOutbox
 from tenantry_identity.sso.store import SSO_CONNECTIONS, connection_stream
-from tenantry_identity.store import ACCOUNTS, API_KEYS, account_stream, api_key_stream
+from tenantry_identity.state_rows import ACCOUNTS, API_KEYS
+from tenantry_identity.store import account_stream, api_key_stream
 from tenantry_service.data_keys import ServiceDataKeys
 from tenantry_testkit.fixtures import running_service_db
 from tenantry_testkit.mailbox import Mailbox, links

@@ -42,7 +42,8 @@ from tenantry_identity.sso.metadata import MetadataFetcher
 from tenantry_identity.sso.oidc import OidcRelyingParty
 from tenantry_identity.sso.store import SSO_CONNECTIONS, SsoStore
 from tenantry_identity.sso.txt_lookup import TxtResolver
-from tenantry_identity.store import ACCOUNTS, API_KEYS, IdentityStore
+from tenantry_identity.state_rows import ACCOUNTS, API_KEYS
+from tenantry_identity.store import IdentityStore
 from tenantry_identity.usage_report import reconcile_usage, usage_report_handlers
 from tenantry_identity.verification import EmailVerification
 from tenantry_outbound.mail import Mailer, SmtpSettings

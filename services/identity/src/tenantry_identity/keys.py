@@ -14,7 +14,6 @@ from uuid_utils.compat import uuid7
 from tenantry_credentials.crypto import SecretBox
 from tenantry_credentials.tokens import new_signing_key
 from tenantry_events.pg import Database
-from tenantry_identity.store import SigningKeyStore
 
 
 class SigningKeys:
@@ -55,3 +54,49 @@ class SigningKeys:
 
     async def jwks(self) -> dict[str, Any]:
         return {"keys": await self._store.published(self._token_ttl * 2)}
+
+
+class SigningKeyStore:
+    """The token signing keys (platform-wide: no tenant, no events). The private half is
+    stored encrypted by the caller."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def active(self) -> tuple[str, bytes] | None:
+        """The active key's id and encrypted private JWK (the newest, should two exist)."""
+        row = await self._db.pool.fetchrow(
+            "SELECT kid, private_jwk FROM signing_keys WHERE state = 'active'"
+            " ORDER BY created_at DESC LIMIT 1"
+        )
+        return (row["kid"], row["private_jwk"]) if row else None
+
+    async def make_active(
+        self, kid: str, *, private_jwk: bytes, public_jwk: dict[str, Any]
+    ) -> None:
+        """Store a new key as the active one; the previous one retires (rotations wait for
+        each other)."""
+        async with self._db.transaction() as tx:
+            await tx.execute("SELECT pg_advisory_xact_lock(hashtext('identity.signing_keys'))")
+            await tx.execute(
+                "UPDATE signing_keys SET state = 'retired', retired_at = now()"
+                " WHERE state = 'active'"
+            )
+            await tx.execute(
+                """INSERT INTO signing_keys (kid, private_jwk, public_jwk, state)
+                   VALUES ($1, $2, $3, 'active')""",
+                kid,
+                private_jwk,
+                public_jwk,
+            )
+
+    async def published(self, retired_within: timedelta) -> list[dict[str, Any]]:
+        """The public JWKs to publish: the active key and those retired within the window,
+        newest first."""
+        rows = await self._db.pool.fetch(
+            """SELECT public_jwk FROM signing_keys
+               WHERE state = 'active' OR retired_at > now() - $1::interval
+               ORDER BY created_at DESC""",
+            retired_within,
+        )
+        return [r["public_jwk"] for r in rows]

@@ -105,17 +105,16 @@ class LegalNoticeStore:
     async def of_tenant(
         self, tx: asyncpg.Connection, tenant_id: UUID
     ) -> builtins.list[TenantNotice]:
+        # One query: the tenant's copies joined to their notices.
+        notice_columns = ", ".join(f"n.{c.strip()}" for c in _NOTICE.split(","))
         rows = await tx.fetch(
-            """SELECT notice_id, notified_at, objected_at, objection_reason, objected_by
-               FROM legal_notice_tenants WHERE tenant_id = $1 ORDER BY notified_at DESC""",
+            f"""SELECT {notice_columns}, t.notified_at, t.objected_at, t.objection_reason,
+                       t.objected_by
+                FROM legal_notice_tenants t JOIN legal_notices n USING (notice_id)
+                WHERE t.tenant_id = $1 ORDER BY t.notified_at DESC""",
             tenant_id,
         )
-        found = []
-        for r in rows:
-            notice = await self.notice(tx, r["notice_id"])
-            if notice is not None:
-                found.append(TenantNotice(notice=notice, **{k: r[k] for k in _TENANT_COLUMNS}))
-        return found
+        return [TenantNotice(notice=_notice(r), **{k: r[k] for k in _TENANT_COLUMNS}) for r in rows]
 
     async def tenant_copy(
         self, tx: asyncpg.Connection, tenant_id: UUID, notice_id: UUID

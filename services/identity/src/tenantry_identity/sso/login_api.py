@@ -125,7 +125,7 @@ class SsoProductController(Controller):
             raise Problem(400, "not-a-session", "Only a signed-in user's session can log out")
         return_to = data.redirect_uri if data is not None else None
         sso_connections.check_redirect(return_to)
-        url = await sso_logins.sp_logout(UUID(principal.credential_id), return_to)
+        url = await sso_logins.logouts.sp_logout(UUID(principal.credential_id), return_to)
         return {"idp_logout_url": url}
 
 
@@ -259,10 +259,10 @@ class SsoBrowserController(Controller):
         query = {k: v for k, v in request.query_params.items()}
         try:
             if "SAMLRequest" in query:
-                url = await sso_logins.idp_logout(connection_id, query)
+                url = await sso_logins.logouts.idp_logout(connection_id, query)
                 return RedirectResponse(path=url, status_code=302)
             if "SAMLResponse" in query:
-                target = await sso_logins.idp_logout_response(connection_id, query)
+                target = await sso_logins.logouts.idp_logout_response(connection_id, query)
                 if target is not None:
                     return RedirectResponse(path=target, status_code=303)
                 return Response(content={"logged_out": True}, status_code=200)
