@@ -188,3 +188,47 @@ async def test_an_open_breaker_with_no_keys_yet_refuses_tokens() -> None:
     breaker.reset()
     await verifier.verify(token)
     assert jwks.fetches == 1
+
+
+# A verified token is remembered (the signature check is most of authentication's cost);
+# these prove that remembering it never accepts what a fresh check would refuse.
+
+
+async def test_a_remembered_token_is_refused_once_its_key_is_withdrawn(setup: Any) -> None:
+    jwks, clock, verifier = setup
+    token = sign(claims(clock), jwks.keys[0])
+    await verifier.verify(token)
+    jwks.keys = [new_signing_key("k2")]  # k1 withdrawn (say, after a compromise)
+    clock.advance(301)  # past the JWKS cache's TTL: the next call refetches
+    with pytest.raises(InvalidToken, match="unknown signing key"):
+        await verifier.verify(token)
+
+
+async def test_a_remembered_token_is_checked_again_when_its_kid_gets_a_new_key(
+    setup: Any,
+) -> None:
+    jwks, clock, verifier = setup
+    token = sign(claims(clock), jwks.keys[0])
+    await verifier.verify(token)
+    jwks.keys = [new_signing_key("k1")]  # same kid, other key material
+    clock.advance(301)
+    with pytest.raises(InvalidToken, match="bad signature"):
+        await verifier.verify(token)
+
+
+async def test_a_remembered_token_gives_each_caller_its_own_claims(setup: Any) -> None:
+    jwks, clock, verifier = setup
+    token = sign(claims(clock, tid="t-1"), jwks.keys[0])
+    first = await verifier.verify(token)
+    first["tid"] = "t-2"
+    assert (await verifier.verify(token))["tid"] == "t-1"
+
+
+async def test_the_memory_of_verified_tokens_is_bounded(setup: Any) -> None:
+    jwks, clock, _ = setup
+    cache = JwksCache(jwks.fetch, ttl=300, min_refetch=5, clock=clock)
+    verifier = AccessTokenVerifier(cache, clock=clock, verified_cache_size=2)
+    tokens = [sign(claims(clock, jti=f"j{i}"), jwks.keys[0]) for i in range(3)]
+    for token in tokens:
+        await verifier.verify(token)
+    assert list(verifier._verified) == tokens[1:]  # the oldest was forgotten
