@@ -6,7 +6,7 @@ LOCAL := deploy/local
 UV = $(shell command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv) run --no-sync
 PYTEST_ARGS ?=
 
-.PHONY: up down test lint typecheck docs bench chaos clean install status
+.PHONY: up down test lint typecheck docs bench bench-peers chaos clean install status
 
 install:
 	@bash $(LOCAL)/install.sh
@@ -59,6 +59,13 @@ docs:
 
 bench: up
 	$(UV) python -m bench
+
+# The peers side by side with Tenantry in one run (bench/peers.py): envoyproxy/ratelimit
+# (go install from the Go module proxy, cached in .local/peers/), driven by wrk.
+bench-peers: up
+	@command -v wrk >/dev/null 2>&1 || { export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+	$(UV) python -m bench --peers
 
 # The chaos suite's long form: a baseline and every fault of tests/chaos/faults.py (SIGKILLs,
 # Kafka and PostgreSQL really stopped) under 800 SCIM creates each; the report goes to

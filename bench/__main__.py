@@ -27,6 +27,7 @@ from bench import (
     guardrails,
     input_guard,
     lifecycle,
+    peer_ratelimit,
     projection,
     region_move,
     relay,
@@ -126,7 +127,16 @@ BENCHMARKS: dict[str, tuple[Benchmark, bool, str]] = {
         False,
         "dispatcher deliveries/s vs straight POSTs, first-attempt p50/p99, tenant fairness",
     ),
+    "peer_ratelimit": (
+        peer_ratelimit.run,
+        True,
+        "peer: decisions/s and p99 at 1 and 32 in flight, Tenantry vs envoyproxy/ratelimit",
+    ),
 }
+
+# Peers built here and run beside Tenantry (`make bench-peers`, bench/peers.py): never in a
+# plain `make bench`, which stays within what `make up` installs.
+PEERS = {"peer_ratelimit"}
 
 # Benchmarks that bring their own stack instead of the default one (`make up`): residency
 # runs on the two-region stack (tenantry_testkit.regions), started when it does not answer.
@@ -144,6 +154,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="NAME",
         help=f"run only these (repeatable or comma-separated): {', '.join(BENCHMARKS)}",
     )
+    parser.add_argument("--peers", action="store_true", help="run the peer benchmarks only")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     parser.add_argument("--no-json", action="store_true", help="do not write bench/results/")
     return parser.parse_args(argv)
@@ -155,9 +166,9 @@ async def main(argv: list[str]) -> int:
         for name, (_, _, what) in BENCHMARKS.items():
             print(f"{name:12} {what}")
         return 0
-    names = [n.strip() for item in args.only for n in item.split(",") if n.strip()] or list(
-        BENCHMARKS
-    )
+    everyday = [n for n in BENCHMARKS if n not in PEERS]
+    chosen = [n.strip() for item in args.only for n in item.split(",") if n.strip()]
+    names = chosen or (sorted(PEERS) if args.peers else everyday)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; know {', '.join(BENCHMARKS)}")

@@ -66,6 +66,15 @@ class Row:
     wall: float | None = None
     baseline: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # (median, p99) in seconds, for a load generator that reports percentiles rather than
+    # samples (wrk); used where `latencies` is empty.
+    quantiles: tuple[float, float] | None = None
+
+    def summary(self) -> tuple[float | None, float | None]:
+        """(median, p99) in seconds: of the samples, else the load generator's own."""
+        if self.latencies or self.quantiles is None:
+            return median(self.latencies), p99(self.latencies)
+        return self.quantiles
 
     def add(self, latencies: Sequence[float], count: int, wall: float) -> None:
         """Fold one more round of the same variant into this row."""
@@ -79,7 +88,7 @@ class Row:
         return self.count / self.wall if self.wall and self.count else None
 
     def to_json(self) -> dict[str, Any]:
-        med, top = median(self.latencies), p99(self.latencies)
+        med, top = self.summary()
         return {
             "label": self.label,
             "baseline": self.baseline,
@@ -131,7 +140,7 @@ def render(result: BenchResult) -> str:
               f"{result.rate_unit}/s"]  # fmt: skip
     lines = [header]
     for r in result.rows:
-        med, top = median(r.latencies), p99(r.latencies)
+        med, top = r.summary()
         lines.append(
             [
                 ("* " if r.baseline else "  ") + r.label,

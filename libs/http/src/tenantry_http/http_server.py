@@ -10,6 +10,7 @@ on /scim/v2, problem+json elsewhere). The head as a whole stays bounded by httpt
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import uvicorn
@@ -36,7 +37,7 @@ class BoundedUrlProtocol(HttpToolsProtocol):
 
 
 def serve(app: ASGIApp, settings: ServiceSettings, **options: Any) -> None:
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.http_host,
         port=settings.http_port,
@@ -47,3 +48,21 @@ def serve(app: ASGIApp, settings: ServiceSettings, **options: Any) -> None:
         lifespan="on",
         **options,
     )
+    server = uvicorn.Server(config)
+    if not settings.http_reuse_port:
+        server.run()
+        return
+    server.run(sockets=[reuse_port_socket(settings.http_host, settings.http_port)])
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening socket that other processes may bind too (SO_REUSEPORT): the kernel
+    hands each new connection to one of them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock

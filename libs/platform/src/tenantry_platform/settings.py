@@ -40,6 +40,10 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     directory_pull_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1.0
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    # Several api processes of one service on one port (SO_REUSEPORT): the kernel spreads
+    # connections over them, as a Kubernetes Service spreads them over pods. One process
+    # runs one event loop on one core; this is how a host gives a service more cores.
+    http_reuse_port: bool = False
     worker_health_port: int = 0  # the worker's /healthz and /readyz (0 = not served)
     log_level: str = "INFO"
     otel_exporter: str = "none"  # none | console | memory

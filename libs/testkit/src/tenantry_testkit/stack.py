@@ -134,23 +134,28 @@ class Stack:
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"{service} api on {port} exited ({process.returncode})")
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{service} api on {port} never became ready")
-                time.sleep(0.2)
+            wait_ready(process, f"{url}/readyz", f"{service} api on {port}")
             yield url
         finally:
             process.kill()
             process.wait(timeout=30)
             log.close()
+
+
+def wait_ready(process: subprocess.Popen[bytes], url: str, what: str, timeout: float = 60) -> None:
+    """Until `url` answers 200; raises if `process` exits first or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited ({process.returncode})")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} never answered {url}")
+        time.sleep(0.2)
 
 
 def load_stack() -> Stack:
