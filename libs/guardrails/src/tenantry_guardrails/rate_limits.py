@@ -11,9 +11,16 @@ Two things keep Redis off the path when it can be:
   then are refused here without asking Redis;
 - a circuit breaker: when Redis fails or is slow, decisions fall back to a per-instance
   limiter with the same policies (divided by `local_divisor`, the number of instances
-  expected to share the fleet's limit), and the `tenantry.ratelimit.decisions` metric
-  says so (path="local"). Failing open is deliberate: an unreachable Redis must not take
-  the product down (Stripe's limiters do the same).
+  expected to share the fleet's limit), and the metrics say so: the
+  `tenantry.ratelimit.decisions` counter (path="local") and the
+  `tenantry.ratelimit.fallback_active` gauge (1 while the breaker is not closed). Failing
+  open is deliberate: an unreachable Redis must not take the product down (Stripe's
+  limiters do the same).
+
+The breaker judges Redis on Redis's time, not the event loop's: a decision's duration is
+handed to it net of the time its reply waited for a busy loop (`LoopLagProbe`), so a
+saturated process does not mistake its own queueing for a slow Redis and silently turn
+fleet-wide limits into per-instance ones.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
@@ -33,6 +41,7 @@ import asyncpg
 import msgspec
 from litestar import Request
 from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from uuid_utils.compat import uuid7
@@ -45,14 +54,10 @@ from tenantry_events.pg import Database
 from tenantry_http.auth import STATE_KEY, Principal
 from tenantry_http.pipeline import add_response_headers, after_response, route_class_of
 from tenantry_http.problems import Problem
-from tenantry_resilience import BreakerConfig, CircuitBreaker
+from tenantry_resilience import BreakerConfig, BreakerState, CircuitBreaker, LoopLagProbe
 
 log = logging.getLogger("tenantry.ratelimit")
 _meter = metrics.get_meter("tenantry.ratelimit")
-_decisions = _meter.create_counter(
-    "tenantry.ratelimit.decisions",
-    description="Rate-limit decisions by path (redis, cached, local) and outcome",
-)
 DECIDE_SCRIPT = resources.files("tenantry_guardrails").joinpath("lua/decide.lua").read_text()
 US = 1_000_000
 Path = Literal["redis", "cached", "local"]
@@ -363,16 +368,68 @@ class RedisDecider:
         await self._redis.zrem(f"{tenant_tag(slot.tenant_id)}:inflight", slot.slot_id)
 
 
+FALLBACK_STATES = frozenset({BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.FORCED_OPEN})
+"""Breaker states in which decisions go (all, or all but the half-open trials) to the
+local limiter."""
+
+
+class _Instruments:
+    """The rate limiter's metrics on one meter, shared by every limiter using it (an
+    instrument is registered once per name: a second gauge would not be observed)."""
+
+    def __init__(self, meter: Meter) -> None:
+        self.meter = meter  # keeps the meter alive, so its id stays unique in the cache
+        self.decisions = meter.create_counter(
+            "tenantry.ratelimit.decisions",
+            description="Rate-limit decisions by path (redis, cached, local) and outcome",
+        )
+        self.breakers: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
+        meter.create_observable_gauge(
+            "tenantry.ratelimit.fallback_active",
+            callbacks=[self._observe_fallback],
+            unit="1",
+            description="1 while a rate limiter's Redis breaker is not closed and its "
+            "decisions fall back to per-instance local limits, else 0",
+        )
+
+    def _observe_fallback(self, options: CallbackOptions) -> Iterable[Observation]:
+        for breaker in list(self.breakers):
+            active = breaker.state in FALLBACK_STATES
+            yield Observation(1 if active else 0, {"breaker": breaker.name})
+
+
+_instruments_by_meter: dict[int, _Instruments] = {}
+
+
+def _instruments_for(meter: Meter | None) -> _Instruments:
+    meter = meter or _meter
+    instruments = _instruments_by_meter.get(id(meter))
+    if instruments is None:
+        instruments = _instruments_by_meter[id(meter)] = _Instruments(meter)
+    return instruments
+
+
 @dataclass
 class RateLimiter:
-    """Redis first, the cache of refused keys before it, the local limiter behind it."""
+    """Redis first, the cache of refused keys before it, the local limiter behind it.
+
+    `loop_lag` times the Redis calls for the breaker (see `decide`); `meter` is where the
+    metrics go (the "tenantry.ratelimit" meter by default)."""
 
     redis: RedisDecider
     local: LocalLimiter
     breaker: CircuitBreaker | None = None
     slot_ttl_seconds: float = 60.0
     clock: Callable[[], float] = time.monotonic
+    loop_lag: LoopLagProbe = field(default_factory=LoopLagProbe)
+    meter: Meter | None = None
     _refused_until: dict[str, float] = field(default_factory=dict)
+    _instruments: _Instruments = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._instruments = _instruments_for(self.meter)
+        if self.breaker is not None:
+            self._instruments.breakers.add(self.breaker)
 
     async def decide(
         self,
@@ -386,7 +443,12 @@ class RateLimiter:
         if cached is not None:
             return self._count(cached)
         if self.breaker is None or self.breaker.acquire_permission():
-            started = time.monotonic()
+            # The breaker must judge Redis, not this process: under CPU load a reply can
+            # wait for the busy loop far longer than Redis took to send it, and wall time
+            # would open the breaker on a healthy Redis. The probe's `net` drops the busy
+            # stretch the call ended in (the reply's wait); a Redis that is slow while the
+            # loop idles still counts in full.
+            started = self.loop_lag.now()
             try:
                 decision = await self.redis.decide(
                     policies,
@@ -397,7 +459,7 @@ class RateLimiter:
                 )
             except (TimeoutError, RedisError, OSError) as exc:
                 if self.breaker is not None:
-                    self.breaker.on_error(time.monotonic() - started, exc)
+                    self.breaker.on_error(self.loop_lag.net(started), exc)
                 log.warning("rate limits fall back to local limits: %s", type(exc).__name__)
             except BaseException:
                 if self.breaker is not None:
@@ -405,7 +467,7 @@ class RateLimiter:
                 raise
             else:
                 if self.breaker is not None:
-                    self.breaker.on_success(time.monotonic() - started)
+                    self.breaker.on_success(self.loop_lag.net(started))
                 self._remember_refusals(decision)
                 return self._count(decision)
         return self._count(
@@ -440,9 +502,8 @@ class RateLimiter:
             if not outcome.allowed:
                 self._refused_until[outcome.applied.key] = now + outcome.retry_after_seconds
 
-    @staticmethod
-    def _count(decision: Decision) -> Decision:
-        _decisions.add(
+    def _count(self, decision: Decision) -> Decision:
+        self._instruments.decisions.add(
             1,
             {
                 "path": decision.path,

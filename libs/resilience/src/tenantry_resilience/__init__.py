@@ -1,5 +1,6 @@
-"""Circuit breakers (the resilience4j model) and retry budgets for Tenantry's clients of
-other systems: the Kafka producer, identity's JWKS."""
+"""Circuit breakers (the resilience4j model), retry budgets and an event-loop lag probe for
+Tenantry's clients of other systems: the Kafka producer, identity's JWKS, the rate
+limiter's Redis."""
 
 from tenantry_resilience.breaker import (
     BreakerConfig,
@@ -13,6 +14,7 @@ from tenantry_resilience.breaker import (
     SlidingWindowType,
     StateListener,
 )
+from tenantry_resilience.loop_lag import LoopLagProbe
 from tenantry_resilience.retry_budget import (
     RetryBudget,
     record_first_attempt,
@@ -29,6 +31,7 @@ __all__ = [
     "CallNotPermitted",
     "CallOutcome",
     "CircuitBreaker",
+    "LoopLagProbe",
     "RetryBudget",
     "SlidingWindowType",
     "StateListener",
