@@ -15,7 +15,6 @@ deliveries are not claimed: they wait, and go out once it is reactivated.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -44,6 +43,7 @@ from tenantry_webhooks.domain import (
     verdict,
 )
 from tenantry_webhooks.endpoint_secrets import SECRET_CONTEXT, EndpointSecrets
+from tenantry_webhooks.listener import NotifyListener, listen_backoff
 from tenantry_webhooks.sender import USER_AGENT, Response, Sender
 from tenantry_webhooks.store import Attempt, Claimed, ClaimLimits
 
@@ -91,6 +91,10 @@ class DispatcherSettings:
     # NOTIFY and when a send finishes; the poll is the safety net for what tells it
     # nothing (a lost NOTIFY, another dispatcher's lease running out, a reactivation).
     poll_seconds: float = 0.5
+    # The LISTEN connection (listener.py): a liveness check this often finds one that
+    # died without a word; reconnecting backs off up to the cap.
+    listen_check_seconds: float = 5.0
+    listen_retry_max_seconds: float = 5.0
     auto_disable_after: timedelta = timedelta(days=5)
     secret_context: str = SECRET_CONTEXT
 
@@ -106,7 +110,8 @@ def wake_delay(due: float | None, now: float, poll: float) -> float:
 @dataclass
 class Dispatcher:
     db: Database
-    listen_dsn: str  # LISTEN needs a connection of its own, outside the pool
+    # LISTEN needs a connection of its own, outside the pool. Not in repr: a password.
+    listen_dsn: str = field(repr=False)
     sender: Sender
     box: SecretBox
     outbox: PostgresOutbox
@@ -122,6 +127,7 @@ class Dispatcher:
     _rates: LocalLimiter | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _listener: NotifyListener | None = None
 
     def __post_init__(self) -> None:
         # Breakers and endpoint rates run on the dispatcher's clock, so tests that move
@@ -133,17 +139,26 @@ class Dispatcher:
 
     # ------------------------------------------------------------ the loop
 
+    @property
+    def listening(self) -> bool:
+        """`run`'s LISTEN connection is up (else it only polls until it is back)."""
+        return self._listener is not None and self._listener.active
+
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and send until `stop`. Between rounds it sleeps until the next pending
-        delivery is due, or until woken: NOTIFY (fan-out, resend, an endpoint enabled) or
-        a send finishing (a free slot, a new next attempt); at most `poll_seconds`."""
+        delivery is due, or until woken: NOTIFY (fan-out, resend, an endpoint enabled), the
+        LISTEN connection coming (back) up, or a send finishing (a free slot, a new next
+        attempt); at most `poll_seconds`. A lost LISTEN connection is reconnected in the
+        background (listener.py) while the rounds go on."""
         wake = self._wake
-        listener: asyncpg.Connection | None = None
-        try:
-            listener = await asyncpg.connect(self.listen_dsn)
-            await listener.add_listener(store.NOTIFY_CHANNEL, lambda *_: wake.set())
-        except (OSError, asyncpg.PostgresError) as exc:
-            log.warning("no LISTEN connection (%r): polling only", exc)
+        self._listener = NotifyListener(
+            self.listen_dsn,
+            store.NOTIFY_CHANNEL,
+            wake.set,
+            check_seconds=self.settings.listen_check_seconds,
+            backoff=listen_backoff(self.settings.listen_retry_max_seconds),
+        )
+        listening = asyncio.create_task(self._listener.run())
         try:
             while not stop.is_set():
                 # Cleared before the claim: whatever happens from here on wakes the sleep.
@@ -169,9 +184,9 @@ class Dispatcher:
         finally:
             if self._tasks:  # let sends in flight finish and record, bounded by the lease
                 await asyncio.wait(set(self._tasks), timeout=self.settings.lease_seconds)
-            if listener is not None:
-                with contextlib.suppress(Exception):
-                    await listener.close()
+            listening.cancel()
+            # wait(), not await: our own cancellation must still propagate from here.
+            await asyncio.wait({listening})
 
     async def _next_due(self) -> float | None:
         """When the earliest delivery that a claim could take comes due (epoch seconds on
