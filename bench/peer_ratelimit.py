@@ -2,8 +2,10 @@
 rate-limit service Envoy and most gateways call, side by side (`make bench-peers`).
 
 Both run on loopback against the stack's Redis (envoy with its own key prefix), both decide
-one tenant's single policy of 100,000 requests a second (far above what a run sends, so
-every decision is a real Redis decision, not a refusal), both answer JSON over HTTP/1.1:
+one tenant's two policies, as every plan has (a rate of 100,000 requests a second and an
+hourly budget, both far above what a run sends, so every decision is a real Redis decision
+and every answer says allowed; a refusal would be answered from a local cache), both answer
+JSON over HTTP/1.1:
 - Tenantry: `POST /v1/decisions` (an operator token, the full request pipeline), on as many
   extra ratelimit api processes as the host has cores, sharing one port (SO_REUSEPORT),
   as a Kubernetes Service spreads over pods;
@@ -49,6 +51,13 @@ WARMUP_SECONDS = 2.0
 TENANTRY_REDIS = ("evalsha", "eval", "evalsha_ro")
 ENVOY_REDIS = ("incrby", "incr", "expire", "pexpire", "multi", "exec")
 
+HOURLY = 1_000_000_000  # per hour: every plan has an hourly budget beside its rate
+POLICIES = {
+    "policies": [
+        {"name": "requests", "limit": RATE, "period_seconds": 1, "burst": RATE},
+        {"name": "hourly", "limit": HOURLY, "period_seconds": 3600, "burst": HOURLY // 10},
+    ]
+}
 ENVOY_CONFIG = """\
 domain: tenantry-bench
 descriptors:
@@ -56,6 +65,10 @@ descriptors:
     rate_limit:
       unit: second
       requests_per_unit: {rate}
+  - key: tenant_hourly
+    rate_limit:
+      unit: hour
+      requests_per_unit: {hourly}
 """
 
 
@@ -72,7 +85,8 @@ async def run(ctx: Context) -> BenchResult:
             "envoy_ratelimit": f"{ENVOY_MODULE}@{ENVOY_VERSION}",
             "tenantry_api_processes": cores,
             "host_cores": cores,
-            "policy": f"one tenant, {RATE} requests/s (GCRA in Tenantry, fixed window in envoy)",
+            "policies": f"one tenant's two, as every plan has: {RATE} requests/s and {HOURLY} an "
+            "hour (GCRA in Tenantry, fixed windows in envoy: two descriptors a request)",
             "client": "wrk, 1 thread, closed loop, keep-alive",
             "rounds": ROUNDS,
             "seconds_per_round": SECONDS,
@@ -83,13 +97,7 @@ async def run(ctx: Context) -> BenchResult:
     operator = await operator_token(stack)
     async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as setup:
         tenant_id = await _new_tenant(setup, stack.service_url("tenancy"), operator, "peer-rl")
-        await _override_policies(
-            setup,
-            stack,
-            operator,
-            tenant_id,
-            {"policies": [{"name": "requests", "limit": RATE, "period_seconds": 1, "burst": RATE}]},
-        )
+        await _override_policies(setup, stack, operator, tenant_id, POLICIES)
     redis = Redis.from_url(stack.redis_url)
     targets = {
         "Tenantry": (
@@ -103,7 +111,10 @@ async def run(ctx: Context) -> BenchResult:
             json.dumps(
                 {
                     "domain": "tenantry-bench",
-                    "descriptors": [{"entries": [{"key": "tenant", "value": str(tenant_id)}]}],
+                    "descriptors": [
+                        {"entries": [{"key": "tenant", "value": str(tenant_id)}]},
+                        {"entries": [{"key": "tenant_hourly", "value": str(tenant_id)}]},
+                    ],
                 }
             ),
             {"Content-Type": "application/json"},
@@ -151,6 +162,12 @@ async def run(ctx: Context) -> BenchResult:
                             after.get(k, (0, 0))[1] - before.get(k, (0, 0))[1] for k in commands
                         )
                         redis_us[(system, c)].append(used / max(1, measured.requests))
+                        calls = sum(
+                            after.get(k, (0, 0))[0] - before.get(k, (0, 0))[0] for k in commands
+                        )
+                        row.extra.setdefault("round_redis_calls_per_decision", []).append(
+                            round(calls / max(1, measured.requests), 3)
+                        )
                         row.extra.setdefault("redis_commands", _top(before, after))
     finally:
         await redis.aclose()
@@ -173,6 +190,12 @@ async def run(ctx: Context) -> BenchResult:
             ours.extra["redis_us_per_decision"], theirs.extra["redis_us_per_decision"]
         )
     for row in result.rows:
+        # Every Tenantry decision must reach Redis (a refusal would not: the check that the
+        # run measured decisions, not a local cache of refusals).
+        if row.label.startswith("Tenantry") and min(
+            row.extra["round_redis_calls_per_decision"]
+        ) < 0.99:
+            result.notes.append(f"ANOMALY: {row.label}: decisions answered without Redis")
         if row.extra.get("errors") or row.extra.get("non_2xx"):
             result.notes.append(
                 f"ANOMALY: {row.label}: {row.extra.get('errors')} socket errors, "
@@ -220,7 +243,7 @@ def _envoy(binary: Path, redis_url: str, run_id: str) -> Iterator[None]:
     with tempfile.TemporaryDirectory(prefix="envoy-ratelimit-") as root:
         config = Path(root) / "ratelimit" / "config"
         config.mkdir(parents=True)
-        (config / "bench.yaml").write_text(ENVOY_CONFIG.format(rate=RATE))
+        (config / "bench.yaml").write_text(ENVOY_CONFIG.format(rate=RATE, hourly=HOURLY))
         env = {
             **os.environ,
             "HOST": "127.0.0.1",

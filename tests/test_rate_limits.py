@@ -15,6 +15,7 @@ import asyncpg
 import httpx
 import pytest
 from redis.asyncio import Redis
+from uuid_utils.compat import uuid4
 
 from tenantry_testkit.fixtures import eventually
 from tenantry_testkit.stack import Stack
@@ -445,3 +446,101 @@ async def test_rate_policies_exist_only_for_tenancys_plans_and_can_be_removed(
         assert "enterprise" not in {p["plan_id"] for p in (await client.get(base)).json()}
         again = await client.delete(f"{base}/enterprise")
         assert again.status_code == 404, again.text
+
+
+def _fast_path_answers(metrics_text: str, answered_by: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics_text.splitlines()
+        if line.startswith("tenantry_ratelimit_decision_requests_total{")
+        and f'answered_by="{answered_by}"' in line
+    )
+
+
+def _comparable(response: httpx.Response) -> tuple[int, str, list[str], Any]:
+    """What must agree between the fast path and the full stack: the status, the content
+    type, the header names, and the body without what differs by request (its id) or by
+    the moment (the budget left, the time to reset)."""
+    names = sorted(set(response.headers) - {"date", "server"})
+    body: Any = response.json() if response.content else None
+    if isinstance(body, dict):
+        body.pop("request_id", None)
+        for policy in body.get("policies", []):
+            policy.pop("remaining", None)
+            policy.pop("reset_seconds", None)
+    return response.status_code, response.headers.get("content-type", ""), names, body
+
+
+def _own(headers: dict[str, str], instance: int) -> dict[str, str]:
+    """An Idempotency-Key of the instance's own: the two share the idempotency store, so
+    one key sent to both would come back from the second as a replay."""
+    if "Idempotency-Key" not in headers:
+        return headers
+    return {**headers, "Idempotency-Key": f"{headers['Idempotency-Key']}-{instance}"}
+
+
+async def test_the_decision_fast_path_answers_exactly_as_the_full_stack_does(
+    stack: Stack, operator_headers: dict[str, str], service_dbs: dict[str, asyncpg.Pool]
+) -> None:
+    """ratelimit answers well-formed operator decisions on a fast path (fast_path.py) and
+    hands everything else to the general pipeline. Each request below goes to the stack's
+    instance (fast path on) and to an extra one with it off: the answers must agree, and
+    the fast instance's counter says which of them it answered itself."""
+    generous = {"policies": [{"name": "requests", "limit": 1000, "period_seconds": 1,
+                              "burst": 1000}]}  # fmt: skip
+    tenant_id, key = await limited_tenant(stack, operator_headers, service_dbs, generous)
+    json_type = {"Content-Type": "application/json"}
+    operator = {**operator_headers, **json_type}
+    valid = json.dumps({"tenant_id": tenant_id}).encode()
+    cases: list[tuple[str, str, dict[str, str], bytes, bool]] = [
+        # (what, method, headers, body, answered by the fast path)
+        ("a decision", "POST", operator, valid, True),
+        ("a decision, charset named", "POST",
+         {**operator_headers, "Content-Type": "application/json; charset=utf-8"}, valid, True),
+        ("a decision with its request id", "POST", {**operator, "X-Request-Id": "gw-42.a:b"},
+         valid, True),
+        ("a request id that is not sane", "POST", {**operator, "X-Request-Id": "bad id!"},
+         valid, True),
+        ("key and class named", "POST", operator,
+         json.dumps({"tenant_id": tenant_id, "api_key_id": "k1", "route_class": "reads",
+                     "cost": 3}).encode(), True),
+        ("not a uuid", "POST", operator, b'{"tenant_id": "x"}', False),
+        ("not JSON", "POST", operator, b"{nope", False),
+        ("an unknown field", "POST", operator,
+         json.dumps({"tenant_id": tenant_id, "surprise": 1}).encode(), False),
+        ("cost 0", "POST", operator, json.dumps({"tenant_id": tenant_id, "cost": 0}).encode(),
+         False),
+        ("an array", "POST", operator, b"[]", False),
+        ("no body", "POST", operator, b"", False),
+        ("no credential", "POST", json_type, valid, False),
+        ("a bad token", "POST", {**json_type, "Authorization": "Bearer a.b.c"}, valid, False),
+        ("a tenant's API key", "POST", {**json_type, **bearer(key)}, valid, False),
+        ("text/plain", "POST", {**operator_headers, "Content-Type": "text/plain"}, valid, False),
+        ("an Idempotency-Key", "POST", {**operator, "Idempotency-Key": f"k-{uuid4()}"}, valid,
+         False),
+        ("a body past 4 KiB", "POST", operator,
+         json.dumps({"tenant_id": tenant_id, "api_key_id": "k" * 5000}).encode(), False),
+        ("GET", "GET", operator_headers, b"", False),
+    ]  # fmt: skip
+    fast = stack.service_url("ratelimit")
+    with stack.extra_api("ratelimit", 8196, {"TENANTRY_RATELIMIT_DECISIONS_FAST_PATH": "false"}):
+        full = "http://127.0.0.1:8196"
+        async with httpx.AsyncClient(timeout=10) as client:
+            for what, method, headers, body, on_fast_path in cases:
+                before = (await client.get(f"{fast}/metrics")).text
+                answers = [
+                    await client.request(
+                        method, f"{base}/v1/decisions", headers=_own(headers, i), content=body
+                    )
+                    for i, base in enumerate((fast, full))
+                ]
+                after = (await client.get(f"{fast}/metrics")).text
+                assert _comparable(answers[0]) == _comparable(answers[1]), what
+                if "X-Request-Id" in headers:
+                    echoed = headers["X-Request-Id"] == "gw-42.a:b"
+                    for answer in answers:
+                        assert (answer.headers["x-request-id"] == "gw-42.a:b") is echoed, what
+                took_fast = _fast_path_answers(after, "fast") - _fast_path_answers(before, "fast")
+                assert took_fast == (1 if on_fast_path else 0), what
+            full_metrics = (await client.get(f"{full}/metrics")).text
+    assert _fast_path_answers(full_metrics, "fast") == 0, "the setting turns it off"

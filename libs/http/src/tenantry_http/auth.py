@@ -162,8 +162,20 @@ class Authenticator:
         requirement: Requires = request.route_handler.opt.get("auth", AUTHENTICATED)
         if requirement.public:
             return
-        header = request.headers.get("authorization", "")
-        scheme, _, credential = header.partition(" ")
+        principal = await self.principal(request.headers.get("authorization", ""))
+        # Another tenant's resource is "not found" before anything else is said about it
+        # (not even that the route needs a role the caller lacks).
+        path_tenant: object = request.scope.get("path_params", {}).get("tenant_id")
+        if path_tenant is not None and (
+            not isinstance(path_tenant, UUID) or not principal.can_act_on(path_tenant)
+        ):
+            raise Problem(404, "not-found", "Not found", "No resource at this URL")
+        check(principal, requirement)
+        request.state[STATE_KEY] = principal
+
+    async def principal(self, authorization: str) -> Principal:
+        """Who an Authorization header's bearer credential is; a 401 `Problem` if nobody."""
+        scheme, _, credential = authorization.partition(" ")
         if scheme.lower() != "bearer" or not credential.strip():
             raise Problem(
                 401,
@@ -174,18 +186,8 @@ class Authenticator:
             )
         credential = credential.strip()
         if looks_like_api_key(credential):
-            principal = await self._api_key_principal(credential)
-        else:
-            principal = await self._token_principal(credential)
-        # Another tenant's resource is "not found" before anything else is said about it
-        # (not even that the route needs a role the caller lacks).
-        path_tenant: object = request.scope.get("path_params", {}).get("tenant_id")
-        if path_tenant is not None and (
-            not isinstance(path_tenant, UUID) or not principal.can_act_on(path_tenant)
-        ):
-            raise Problem(404, "not-found", "Not found", "No resource at this URL")
-        check(principal, requirement)
-        request.state[STATE_KEY] = principal
+            return await self._api_key_principal(credential)
+        return await self._token_principal(credential)
 
     async def _api_key_principal(self, key: str) -> Principal:
         if not is_well_formed(key):

@@ -61,6 +61,9 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     # Rate limits (ratelimit.py): what applies before the ratelimit service has published a
     # tenant's policies, how fresh a policy read must be, and the local fallback's share.
     ratelimit_enabled: bool = True
+    # ratelimit's decision API answers well-formed operator requests without the general
+    # pipeline (tenantry_ratelimit.fast_path); false sends every request through it.
+    ratelimit_decisions_fast_path: bool = True
     ratelimit_policy_ttl_seconds: float = 1.0
     ratelimit_default_rps: float = 10.0
     ratelimit_default_burst: int = 20

@@ -214,6 +214,11 @@ class HomeRegionStep:
         thing of this region no region knows is this region's 404)."""
         return any(k in request.path_params for k in ("tenant_id", "connection_id"))
 
+    def foreign_credential_region(self, authorization: str) -> str | None:
+        """The region a bearer credential names when it is another region than this one."""
+        named = self.credential_region(authorization)
+        return None if named is None or self._regions.is_own(named) else named
+
     def credential_region(self, authorization: str) -> str | None:
         """The region a bearer credential names (a listed one), or None."""
         scheme, _, credential = authorization.partition(" ")

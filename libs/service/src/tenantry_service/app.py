@@ -126,6 +126,10 @@ class ServiceSpec:
     aggregates: Sequence[AggregateKind[Any, asyncpg.Connection]] = ()
     settings_cls: type[ServiceSettings] = ServiceSettings
     pipeline: Callable[[Runtime], Pipeline] = lambda runtime: default_pipeline(runtime)
+    # ASGI layers in front of the general pipeline, inside admission control: data-plane
+    # routes that answer well-formed requests themselves and hand the rest on (ratelimit's
+    # decision API, tenantry_ratelimit.fast_path).
+    fast_paths: Sequence[Callable[[ASGIApp, Runtime, Pipeline], ASGIApp]] = ()
     on_startup: Sequence[Hook] = ()
     on_shutdown: Sequence[Hook] = ()
     # Loops the worker process runs beside its consumers and relay (webhooks' dispatcher,
@@ -416,6 +420,8 @@ def asgi_app(spec: ServiceSpec, runtime: Runtime) -> ASGIApp:
     app: ASGIApp = litestar_app  # type: ignore[assignment]
     app = RequestIdMiddleware(app)
     app = OpenTelemetryMiddleware(app, exclude_spans=["receive", "send"])
+    for fast_path in spec.fast_paths:
+        app = fast_path(app, runtime, pipeline)
     if pipeline.admission is not None:
         # Outermost: a refusal must cost as little as possible (see AdmissionGate).
         gate = AdmissionGate(

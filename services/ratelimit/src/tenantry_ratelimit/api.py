@@ -6,7 +6,7 @@ Routes receive the policy store and the process's rate limiter by name, typed
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 from uuid import UUID
 
 import httpx
@@ -17,10 +17,16 @@ from litestar.params import FromPath, JSONBody
 from litestar.response import Response
 
 from tenantry_events.payloads.ratelimit import RatePolicy
-from tenantry_guardrails.rate_limits import RateLimitStep, TenantRatePolicies, applicable
+from tenantry_guardrails.rate_limits import RateLimitStep
 from tenantry_http.api_docs import problems
 from tenantry_http.auth import principal_of, requires
 from tenantry_http.problems import Problem
+from tenantry_ratelimit.decisions import (
+    DECISIONS_ROUTE,
+    DecisionRequest,
+    DecisionResponse,
+    decided,
+)
 from tenantry_ratelimit.domain import InvalidPolicies, validate, validate_in_flight
 from tenantry_ratelimit.store import PlanPolicies, PolicyStore, TenantPolicies
 from tenantry_service.runtime import Runtime
@@ -220,33 +226,8 @@ async def require_plan(runtime: Runtime, plan_id: str, authorization: str) -> No
         )
 
 
-class DecisionRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    tenant_id: UUID
-    api_key_id: str | None = None
-    route_class: Annotated[str, msgspec.Meta(max_length=32)] = "*"
-    cost: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
-
-
-class PolicyState(msgspec.Struct, frozen=True, kw_only=True):
-    name: str
-    limit: int
-    period_seconds: float
-    burst: int
-    allowed: bool
-    remaining: int
-    reset_seconds: float
-    retry_after_seconds: float
-
-
-class DecisionResponse(msgspec.Struct, frozen=True, kw_only=True):
-    allowed: bool
-    retry_after_seconds: float
-    path: str  # redis, cached, or local (Redis unreachable: this instance's own limits)
-    policies: list[PolicyState]
-
-
 @post(
-    "/decisions",
+    DECISIONS_ROUTE,
     status_code=200,
     opt={**requires(operator_only=True), "priority": "critical"},
     tags=["rate limits"],
@@ -259,26 +240,5 @@ async def decide(
     makes in its pipeline (same Redis keys, so the product's traffic and Tenantry's share
     the tenant's limits). The answer is 200 either way; `allowed` says, and the RateLimit
     headers come with it."""
-    book: TenantRatePolicies = await rate_limiter.policies.get(data.tenant_id)
-    decision = await rate_limiter.limiter.decide(
-        applicable(book, data.tenant_id, data.route_class, data.api_key_id), cost=data.cost
-    )
-    body = DecisionResponse(
-        allowed=decision.allowed,
-        retry_after_seconds=decision.retry_after_seconds,
-        path=decision.path,
-        policies=[
-            PolicyState(
-                name=o.applied.policy.name,
-                limit=o.applied.policy.limit,
-                period_seconds=o.applied.policy.period_seconds,
-                burst=o.applied.policy.burst,
-                allowed=o.allowed,
-                remaining=max(0, o.remaining),
-                reset_seconds=o.reset_seconds,
-                retry_after_seconds=o.retry_after_seconds,
-            )
-            for o in decision.outcomes
-        ],
-    )
-    return Response(body, headers=decision.headers())
+    body, headers = await decided(rate_limiter, data)
+    return Response(body, headers=headers)

@@ -11,13 +11,17 @@ from litestar.di import NamedDependency, Provide
 
 from tenantry_events.consumer import Handler
 from tenantry_guardrails.rate_limits import RateLimitStep
+from tenantry_http.asgi import ASGIApp
+from tenantry_http.auth import Authenticator
 from tenantry_projections.projections import standard_projections
 from tenantry_ratelimit.api import PlanPoliciesController, TenantPoliciesController, decide
 from tenantry_ratelimit.consumers import publishing_handlers
 from tenantry_ratelimit.export import RATELIMIT_EXPORTS
+from tenantry_ratelimit.fast_path import DecisionFastPath
 from tenantry_ratelimit.store import PolicyStore
 from tenantry_ratelimit.throttles import report_throttles
-from tenantry_service.app import ServiceSpec, rate_limit_step
+from tenantry_regions.routing import HomeRegionStep
+from tenantry_service.app import Pipeline, ServiceSpec, rate_limit_step
 from tenantry_service.runtime import Runtime
 
 
@@ -35,6 +39,26 @@ ROUTE_DEPENDENCIES = {
     "policy_store": Provide(policy_store, sync_to_thread=False),
     "rate_limiter": Provide(rate_limiter, sync_to_thread=False),
 }
+
+
+def decisions_fast_path(app: ASGIApp, runtime: Runtime, pipeline: Pipeline) -> ASGIApp:
+    """The decision API's fast path (fast_path.py), unless settings turn it off."""
+    authenticator = pipeline.authentication
+    if not runtime.settings.ratelimit_decisions_fast_path or not isinstance(
+        authenticator, Authenticator
+    ):
+        return app
+    home = pipeline.home_region
+    return DecisionFastPath(
+        app,
+        authenticator=authenticator,
+        step=rate_limit_step(runtime),
+        home_region_of=(
+            home.foreign_credential_region
+            if isinstance(home, HomeRegionStep)
+            else lambda _authorization: None
+        ),
+    )
 
 
 def worker_consumers(runtime: Runtime) -> dict[str, Handler[asyncpg.Connection]]:
@@ -56,4 +80,5 @@ SPEC = ServiceSpec(
     migration_packages=["tenantry_ratelimit"],
     exports=RATELIMIT_EXPORTS,
     worker_tasks=[report_throttles],
+    fast_paths=[decisions_fast_path],
 )
