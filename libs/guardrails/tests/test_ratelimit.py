@@ -11,7 +11,8 @@ with the burst convention of this code base: at most `burst` requests at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from uuid import UUID, uuid4
 
 import pytest
@@ -232,6 +233,7 @@ class CountingDecider(RedisDecider):
         tenant_id: UUID | None = None,
         max_in_flight: int | None = None,
         slot_ttl_seconds: float = 60.0,
+        timer: Callable[[], float] = time.monotonic,
     ) -> Decision:
         CountingDecider.calls += 1
         return await super().decide(
@@ -240,6 +242,7 @@ class CountingDecider(RedisDecider):
             tenant_id=tenant_id,
             max_in_flight=max_in_flight,
             slot_ttl_seconds=slot_ttl_seconds,
+            timer=timer,
         )
 
 
@@ -303,3 +306,24 @@ async def test_refusals_are_counted_per_tenant_and_policy_inside_the_decision(
     for _ in range(4):
         await quiet.decide(applicable(book, other, "read", None), tenant_id=other)
     assert await redis.exists(throttle_key(other)) == 0
+
+
+async def test_concurrent_decisions_batch_and_decide_as_one_at_a_time_would(redis: Redis) -> None:
+    """40 decisions of one tenant at once, burst 25, the clock frozen: exactly the first 25
+    by arrival are allowed, as sequential calls would allow them, in far fewer script
+    calls than decisions; another tenant's decisions never join the batch."""
+    clock = StepClock()
+    decider = RedisDecider(redis, clock=clock)
+    tenant, other = uuid4(), uuid4()
+    chosen = applied(policy(10, 1.0, 25), tenant)
+    elsewhere = applied(policy(10, 1.0, 25), other)
+    results = await asyncio.gather(
+        *(decider.decide(chosen if n % 4 else elsewhere) for n in range(40))
+    )
+    mine = [r for n, r in enumerate(results) if n % 4]
+    theirs = [r for n, r in enumerate(results) if not n % 4]
+    assert [r.allowed for r in mine] == [True] * 25 + [False] * 5
+    assert [r.outcomes[0].remaining for r in mine[:25]] == list(range(24, -1, -1))
+    assert all(r.allowed for r in theirs)
+    assert decider.batches.batches <= 6, "two tenants: a lone first call and a batch each"
+    assert decider.batches.items == 40

@@ -104,6 +104,16 @@ async def saturated_loop(hogs: int, slice_seconds: float) -> AsyncIterator[None]
         await asyncio.sleep(2 * hogs * slice_seconds)  # let the last slices drain
 
 
+async def timed_decision(
+    limiter: RateLimiter, chosen: list[AppliedPolicy], walls: list[float]
+) -> Decision:
+    """A decision, its wall time appended to `walls`."""
+    started = time.monotonic()
+    decision = await limiter.decide(chosen)
+    walls.append(time.monotonic() - started)
+    return decision
+
+
 class DelayingProxy:
     """A TCP proxy on loopback in front of Redis that holds every reply for `delay`
     seconds: a slow Redis, without slowing the shared one down for anybody else."""
@@ -175,10 +185,7 @@ async def test_a_saturated_event_loop_does_not_open_the_redis_breaker(redis: Red
     decisions: list[Decision] = []
 
     async def timed() -> Decision:
-        started = time.monotonic()
-        decision = await limiter.decide(chosen)
-        walls.append(time.monotonic() - started)
-        return decision
+        return await timed_decision(limiter, chosen, walls)
 
     async with saturated_loop(hogs=3, slice_seconds=0.02):
         for _ in range(15):
@@ -253,3 +260,38 @@ async def test_the_fallback_gauge_reads_one_in_every_state_that_diverts_decision
         BreakerState.FORCED_OPEN: 1,
     }
     await unguarded.aclose()
+
+
+async def test_waiting_behind_the_batch_before_is_not_a_slow_redis_call(stack: Stack) -> None:
+    """A tenant's concurrent decisions ride in batches (coalescing.py): the first goes
+    alone, the rest wait for it and go together. Redis answers each batch in 30 ms (under
+    the 50 ms threshold), so every follower waits about 60 ms: by wall time they would all
+    be slow calls and open the breaker; timed from when their own batch left, none is."""
+    target = urlsplit(stack.redis_url)
+    assert target.hostname is not None
+    assert target.port is not None
+    proxy = DelayingProxy(target.hostname, target.port, delay=0.03)
+    await proxy.start()
+    client = Redis(host="127.0.0.1", port=proxy.port)
+    breaker = CircuitBreaker("redis-ratelimit", REDIS_BREAKER)
+    decider = RedisDecider(client)
+    limiter = RateLimiter(decider, LocalLimiter(), breaker=breaker)
+    chosen = generous()
+    walls: list[float] = []
+
+    async def timed() -> Decision:
+        return await timed_decision(limiter, chosen, walls)
+
+    try:
+        await limiter.decide(chosen)  # the connection and the script, warm
+        for _ in range(2):
+            decisions = await asyncio.gather(*(timed() for _ in range(30)))
+            assert [d.path for d in decisions] == ["redis"] * 30
+        assert decider.batches.batches <= 1 + 2 * 2, "a lone first call and one batch, twice"
+        assert statistics.median(walls) > REDIS_BREAKER.slow_call_duration_threshold
+        snapshot = breaker.snapshot()
+        assert snapshot.state is BreakerState.CLOSED
+        assert snapshot.slow_calls == 0
+    finally:
+        await client.aclose()
+        await proxy.close()

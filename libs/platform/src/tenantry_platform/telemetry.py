@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
 from opentelemetry import metrics, trace
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -52,9 +54,36 @@ def setup_telemetry(service: str, exporter: str, region: str) -> None:
     trace.set_tracer_provider(provider)
     # Metrics leave through /metrics in the Prometheus text format (app.py), which is what
     # a Kubernetes cluster scrapes; the reader bridges OpenTelemetry instruments to it.
+    # No exemplars: the Prometheus text format carries none, and sampling them is a
+    # measurable part of every instrument call on hot paths.
     metrics.set_meter_provider(
-        MeterProvider(resource=resource, metric_readers=[PrometheusMetricReader()])
+        MeterProvider(
+            resource=resource,
+            metric_readers=[PrometheusMetricReader()],
+            exemplar_filter=AlwaysOffExemplarFilter(),
+        )
     )
+
+
+class Tally:
+    """A monotonic counter kept in plain integers per attribute set and reported through
+    an observable counter when metrics are read. For per-request hot paths: the SDK's
+    `Counter.add` (attribute hashing, a lock, aggregation) costs a few microseconds per
+    call, several of which were a tenth of a rate-limit decision's CPU. Reads the same
+    as a Counter (`<name>_total` in /metrics)."""
+
+    def __init__(self, meter: Meter, name: str, description: str, unit: str = "1") -> None:
+        self._counts: dict[tuple[tuple[str, str], ...], int] = {}
+        meter.create_observable_counter(
+            name, callbacks=[self._observe], unit=unit, description=description
+        )
+
+    def add(self, amount: int, attributes: Mapping[str, str]) -> None:
+        key = tuple(attributes.items())
+        self._counts[key] = self._counts.get(key, 0) + amount
+
+    def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(count, dict(key)) for key, count in list(self._counts.items())]
 
 
 class JsonFormatter(logging.Formatter):

@@ -28,7 +28,7 @@ from tenantry_guardrails.rate_limits import RateLimitStep
 from tenantry_http.asgi import ASGIApp, Message, Receive, Scope, Send
 from tenantry_http.auth import Authenticator, Requires, check
 from tenantry_http.problems import Problem
-from tenantry_platform.telemetry import request_id_var
+from tenantry_platform.telemetry import Tally, request_id_var
 from tenantry_ratelimit.decisions import DECISIONS_ROUTE, DecisionRequest, decided
 
 PATH = f"/v1{DECISIONS_ROUTE}"
@@ -36,7 +36,8 @@ MAX_BODY = 4096  # a decision request is under 200 bytes; bigger ones take the f
 OPERATOR = Requires(operator_only=True)
 _JSON = re.compile(rb"^application/json\s*(;\s*charset=\"?utf-8\"?\s*)?$", re.IGNORECASE)
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")  # RequestIdMiddleware's rule
-_answers = metrics.get_meter("tenantry.ratelimit").create_counter(
+_answers = Tally(
+    metrics.get_meter("tenantry.ratelimit"),
     "tenantry.ratelimit.decision_requests",
     description="Decision API requests by who answered: fast (the fast path) or full "
     "(handed to the general pipeline: refusals, unusual requests, the fast path off)",

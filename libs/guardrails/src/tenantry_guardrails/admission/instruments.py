@@ -12,6 +12,7 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from tenantry_guardrails.admission.priorities import PRIORITIES, Priority, RejectReason
+from tenantry_platform.telemetry import Tally
 
 if TYPE_CHECKING:
     from tenantry_guardrails.admission.controller import AdmissionController
@@ -20,7 +21,9 @@ if TYPE_CHECKING:
 class AdmissionInstruments:
     def __init__(self) -> None:
         meter = metrics.get_meter("tenantry.admission")
-        self.admitted = meter.create_counter(
+        # Counted once per request: a Tally (plain ints, read when metrics are).
+        self.admitted = Tally(
+            meter,
             "tenantry.admission.admitted",
             unit="{request}",
             description="Requests given a concurrency slot",
