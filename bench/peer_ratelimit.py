@@ -42,9 +42,9 @@ from tenantry_testkit.fixtures import operator_token
 ENVOY_MODULE = "github.com/envoyproxy/ratelimit/src/service_cmd"
 # The newest on the Go module proxy on 2026-12-08 (the project tags no releases since 1.4).
 ENVOY_VERSION = "v1.4.1-0.20260122083618-3fb702589d36"
-ENVOY_PORT, ENVOY_GRPC_PORT, ENVOY_DEBUG_PORT = 8190, 8191, 8192
-TENANTRY_PORT = 8195  # the extra ratelimit api processes, all on this one port
-FULL_PIPELINE_PORT = 8197  # the same with the decision fast path off: the "before"
+ENVOY_PORT, ENVOY_GRPC_PORT, ENVOY_DEBUG_PORT = 8290, 8291, 8292
+TENANTRY_PORT = 8295  # the extra ratelimit api processes, all on this one port
+FULL_PIPELINE_PORT = 8297  # the same with the decision fast path off: the "before"
 RATE = 100_000  # per second, both systems
 IN_FLIGHT = (1, 32)
 ROUNDS = 3

@@ -523,8 +523,8 @@ async def test_the_decision_fast_path_answers_exactly_as_the_full_stack_does(
         ("GET", "GET", operator_headers, b"", False),
     ]  # fmt: skip
     fast = stack.service_url("ratelimit")
-    with stack.extra_api("ratelimit", 8196, {"TENANTRY_RATELIMIT_DECISIONS_FAST_PATH": "false"}):
-        full = "http://127.0.0.1:8196"
+    with stack.extra_api("ratelimit", 8198, {"TENANTRY_RATELIMIT_DECISIONS_FAST_PATH": "false"}):
+        full = "http://127.0.0.1:8198"
         async with httpx.AsyncClient(timeout=10) as client:
             for what, method, headers, body, on_fast_path in cases:
                 before = (await client.get(f"{fast}/metrics")).text
