@@ -148,7 +148,7 @@ SOURCES = {
 }
 
 
-def _query(
+def listing_sql(
     resource: str, params: messages.ListParams, parsed: Filter | None
 ) -> tuple[str, list[Any], str]:
     """WHERE fragment, its parameters, and the ORDER BY for one resource type."""
@@ -245,7 +245,7 @@ class Directory:
         refusals: list[FilterError] = []
         for resource in resources:
             try:
-                queries.append((resource, _query(resource, params, parsed)))
+                queries.append((resource, listing_sql(resource, params, parsed)))
             except FilterError as exc:
                 refusals.append(exc)
         if not queries:

@@ -20,7 +20,7 @@ from tenantry_service.export import ExportScope, ExportSource, Row
 _SUBJECT_USERS = """
     SELECT su.id FROM scim_users su
     JOIN scim_user_accounts a
-      ON a.tenant_id = su.tenant_id AND lower(a.user_name) = lower(su.user_name)
+      ON a.tenant_id = su.tenant_id AND a.user_name_lower = su.user_name_lower
     WHERE su.tenant_id = $1 AND a.account_id = $2"""
 
 

@@ -67,8 +67,10 @@ async def get_user(tx: asyncpg.Connection, tenant_id: UUID, user_id: UUID) -> Ro
 
 
 async def user_name_owner(tx: asyncpg.Connection, tenant_id: UUID, user_name: str) -> UUID | None:
+    # The stored lower() column: `lower(user_name) = ...` cannot use an index under
+    # row-level security (lower() is not leakproof).
     value: UUID | None = await tx.fetchval(
-        "SELECT id FROM scim_users WHERE tenant_id = $1 AND lower(user_name) = lower($2)",
+        "SELECT id FROM scim_users WHERE tenant_id = $1 AND user_name_lower = lower($2)",
         tenant_id,
         user_name,
     )
@@ -118,6 +120,75 @@ async def delete_user(tx: asyncpg.Connection, tenant_id: UUID, user_id: UUID) ->
     return [g["group_id"] for g in groups]
 
 
+Cursor = tuple[datetime, UUID]  # (created_at, id): a position in the default order
+
+
+def page_query(
+    select: str,
+    table: str,
+    alias: str,
+    tenant_id: UUID,
+    where: str,
+    params: Sequence[Any],
+    order: str,
+    offset: int,
+    limit: int,
+    after: Cursor | None = None,
+) -> tuple[str, list[Any]]:
+    """The SQL of one page and its arguments. `where` uses $2...; the order always ends
+    with the id, so pages are stable. `after` is a cursor (RFC 9865) in the default order
+    (created_at, id): rows strictly after it.
+
+    The page's ids are chosen first and `select` (which aggregates each row's groups or
+    members) runs for those alone: applied before OFFSET it would run for every skipped
+    row too (1.9 s instead of 30 ms at startIndex 50,001)."""
+    condition = _condition(alias, where)
+    n = len(params) + 2
+    args: list[Any] = [tenant_id, *params, limit, offset]
+    if after is not None:
+        condition += f" AND ({alias}.created_at, {alias}.id) > (${n + 2}, ${n + 3})"
+        args += list(after)
+    ordered = f"ORDER BY {order}, {alias}.id"
+    page = f"SELECT {alias}.id FROM {table} {alias} WHERE {condition} {ordered}"
+    return f"{select} WHERE {alias}.id IN ({page} LIMIT ${n} OFFSET ${n + 1}) {ordered}", args
+
+
+def count_query(
+    table: str, alias: str, tenant_id: UUID, where: str, params: Sequence[Any]
+) -> tuple[str, list[Any]]:
+    """How many rows of the tenant match `where` (which uses $2...): counted, so used only
+    for a filter, whose index conditions serve the count as well."""
+    sql = f"SELECT count(*) FROM {table} {alias} WHERE {_condition(alias, where)}"
+    return sql, [tenant_id, *params]
+
+
+def _condition(alias: str, where: str) -> str:
+    return f"{alias}.tenant_id = $1" + (f" AND ({where})" if where else "")
+
+
+def total_from_page(offset: int, limit: int, returned: int) -> int | None:
+    """totalResults when the page itself proves it: a page shorter than asked for ends the
+    listing, so the total is the rows before it plus its own (one statement, one
+    snapshot); an empty first page means none. None when the page cannot tell (it is full,
+    or empty past the end)."""
+    if limit <= 0:
+        return None
+    if 0 < returned < limit:
+        return offset + returned
+    return 0 if returned == 0 and offset == 0 else None
+
+
+async def tenant_total(tx: asyncpg.Connection, table: str, tenant_id: UUID) -> int:
+    """The tenant's number of rows in `table` (scim_users or scim_groups), exact: kept by
+    triggers in the transactions that insert and delete them (scim_derived.counts)."""
+    total: int | None = await tx.fetchval(
+        "SELECT total FROM scim_derived.counts WHERE tenant_id = $1 AND table_name = $2",
+        tenant_id,
+        table,
+    )
+    return total or 0
+
+
 async def page(
     tx: asyncpg.Connection,
     select: str,
@@ -129,27 +200,25 @@ async def page(
     order: str,
     offset: int,
     limit: int,
-    after: tuple[datetime, UUID] | None = None,
+    after: Cursor | None = None,
 ) -> tuple[int, list[Row]]:
-    """One page of a filtered, sorted listing and the total count. `where` uses $2...;
-    the order always ends with the id, so pages are stable. `after` is a cursor (RFC
-    9865) in the default order (created_at, id): rows strictly after it."""
-    condition = f"{alias}.tenant_id = $1" + (f" AND ({where})" if where else "")
-    total = await tx.fetchval(
-        f"SELECT count(*) FROM {table} {alias} WHERE {condition}", tenant_id, *params
-    )
-    if limit == 0:
-        return int(total), []
-    n = len(params) + 2
-    args: list[Any] = [tenant_id, *params, limit, offset]
-    if after is not None:
-        condition += f" AND ({alias}.created_at, {alias}.id) > (${n + 2}, ${n + 3})"
-        args += list(after)
-    rows = await tx.fetch(
-        f"{select} WHERE {condition} ORDER BY {order}, {alias}.id LIMIT ${n} OFFSET ${n + 1}",
-        *args,
-    )
-    return int(total), [dict(r) for r in rows]
+    """One page of a filtered, sorted listing (page_query) and the exact total of the
+    listing (without the cursor). The total is the page's own when it proves it
+    (total_from_page: a lookup by userName never counts), else the tenant's kept count
+    for an unfiltered listing, else a count of the filter's matches."""
+    rows: list[Row] = []
+    if limit > 0:
+        sql, args = page_query(
+            select, table, alias, tenant_id, where, params, order, offset, limit, after
+        )
+        rows = [dict(r) for r in await tx.fetch(sql, *args)]
+    total = total_from_page(offset, limit, len(rows)) if after is None else None
+    if total is None and not where:
+        total = await tenant_total(tx, table, tenant_id)
+    elif total is None:
+        sql, args = count_query(table, alias, tenant_id, where, params)
+        total = int(await tx.fetchval(sql, *args))
+    return total, rows
 
 
 async def get_group(tx: asyncpg.Connection, tenant_id: UUID, group_id: UUID) -> Row | None:

@@ -27,9 +27,12 @@ matcher of filter_match.py, to one reference evaluator of them):
   `emails.value eq "a"`; `emails pr` means "at least one email". Separate conditions on
   `emails.type` and `emails.value` may be met by different emails; a value filter
   `emails[type eq "work" and value co "@x"]` asks for one email meeting both.
-* Strings compare case-insensitively (lower() on both sides) unless the attribute is
-  caseExact (externalId); gt/ge/lt/le and sorting are by code point (COLLATE "C"), the
-  "no specific locale" order of §3.4.2.3. `id` and member/group ids compare
+* Strings compare case-insensitively (lower() on both sides; userName and a group's
+  displayName through their stored lower() columns, which an index serves under row-level
+  security) unless the attribute is caseExact (externalId); gt/ge/lt/le and sorting are
+  by code point (COLLATE "C"), the "no specific locale" order of §3.4.2.3. An `eq` on an
+  email's value also names the users scim_derived.user_emails finds for it, implied by
+  the exact test, for the index. `id` and member/group ids compare
   case-insensitively: their canonical text is lower-case and RFC 4122 UUIDs are
   case-insensitive on input.
 * Booleans (`active`, `emails.primary`, ...) take `eq`/`ne` with true/false, or the
@@ -51,6 +54,7 @@ from typing import Final, Literal, TypeAlias
 from tenantry_provisioning.scim.grammar import (
     And,
     AttrPath,
+    Compare,
     CompareOp,
     Filter,
     FilterError,
@@ -84,6 +88,7 @@ SqlParam: TypeAlias = str | bool | datetime  # what to_sql hands to asyncpg
 # `{e}.v` (with ordinality `{e}.n`).
 
 _ELEMENT: Final = "scim_e"
+_RESERVED: Final = frozenset({_ELEMENT, "scim_em"})  # aliases of this module's sub-selects
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +98,9 @@ class _Scalar:
     kind: Literal["string", "boolean", "datetime"]
     sql: str
     case_exact: bool = False
+    # A stored column holding lower(sql): compared instead of lower(sql), which row-level
+    # security keeps from being an index condition (lower() is not leakproof).
+    folded: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +121,9 @@ class _MultiValued:
     link: str | None = None
     sort_pick: str = "{e}.n"  # ORDER BY of the sub-select choosing the sort value
     simple: bool = False  # values are not objects: no sub-attribute names
+    # An indexed condition implied by "some value equals {p}" (a parameter): ANDed to the
+    # exact test so that an index finds the candidates (EXISTS over jsonb cannot).
+    lookup: str | None = None
 
 
 _Attribute: TypeAlias = _Scalar | _Complex | _MultiValued
@@ -146,6 +157,21 @@ def _json_scalar(attribute: Attribute, json_sql: str) -> _Scalar:
     return _json_boolean(text) if attribute.type == "boolean" else _scalar(attribute, f"({text})")
 
 
+# Folded twins of case-insensitive columns (migrations/0005_scim_indexable_filters.sql).
+_FOLDED: Final = {
+    ("User", "user_name"): "user_name_lower",
+    ("Group", "display_name"): "display_name_lower",
+}
+
+# The users having an email whose value equals the parameter, case-insensitively
+# (scim_derived.user_emails, kept by trigger). Row-level security scopes it to the tenant,
+# and as an index condition: no tenant parameter is needed here.
+_EMAIL_LOOKUP: Final = (
+    "{t}id IN (SELECT scim_em.user_id FROM scim_derived.user_emails AS scim_em "
+    "WHERE scim_em.value_key = scim_derived.email_key({p}))"
+)
+
+
 def _jsonb_array(sql: str, attribute: Attribute) -> _MultiValued:
     subs = {sub.name.lower(): _json_scalar(sub, "{e}.v") for sub in attribute.sub_attributes}
     # jsonb_array_elements fails on anything but an array: guard what clients wrote into
@@ -159,6 +185,7 @@ def _jsonb_array(sql: str, attribute: Attribute) -> _MultiValued:
         default=None if attribute.name == "addresses" else "value",
         # RFC 7644 §3.4.2.3: the primary value if any, else the first.
         sort_pick="(CASE lower({e}.v->>'primary') WHEN 'true' THEN 0 ELSE 1 END), {e}.n",
+        lookup=_EMAIL_LOOKUP if sql == "{t}emails" else None,
     )
 
 
@@ -212,7 +239,11 @@ def _core_attribute(attribute: Attribute, resource_type: str) -> _Attribute | No
     if attribute.column is None:
         return None
     column = f"{{t}}{attribute.column}" + ("::text" if attribute.uuid else "")
-    return _scalar(attribute, column)
+    scalar = _scalar(attribute, column)
+    folded = _FOLDED.get((resource_type, attribute.column))
+    if folded is not None and scalar.kind == "string" and not scalar.case_exact:
+        return _Scalar("string", column, folded=f"{{t}}{folded}")
+    return scalar
 
 
 def _extension_attribute(attribute: Attribute, column: str) -> _Attribute:
@@ -324,7 +355,7 @@ def to_sql(
     """
     if first_param < 1:
         raise ValueError("first_param starts at 1")
-    if alias is not None and (not re.fullmatch(r"[a-z_][a-z0-9_]*", alias) or alias == _ELEMENT):
+    if alias is not None and (not re.fullmatch(r"[a-z_][a-z0-9_]*", alias) or alias in _RESERVED):
         raise ValueError(f"unusable table alias {alias!r}")
     _schemas_of(resource)
     translation = _Translation(resource, first_param)
@@ -405,7 +436,49 @@ def _translate(node: Filter, tr: _Translation, scope: _Complex | _MultiValued | 
     if node.op == "ne":
         # "No value equals" keeps `ne` the complement of `eq` (module docstring).
         return _negate(_exists(attribute, _compare(scalar, "eq", node.value, label, tr)))
+    if node.op == "eq":
+        return _exists_equal(attribute, scalar, node.value, label, tr)
     return _exists(attribute, _compare(scalar, node.op, node.value, label, tr))
+
+
+def _exists_equal(
+    attribute: _MultiValued, scalar: _Scalar, value: Value, label: str, tr: _Translation
+) -> str:
+    """Some value equals `value`: the exact test, with the attribute's lookup if the
+    compared sub-attribute is the one the lookup indexes."""
+    exact = _exists(attribute, _compare(scalar, "eq", value, label, tr))
+    return _with_lookup(
+        attribute, exact, value if scalar is attribute.subs.get("value") else None, tr
+    )
+
+
+def _with_lookup(attribute: _MultiValued, exact: str, value: Value, tr: _Translation) -> str:
+    # Implied by `exact`, so ANDing it changes no result, negated or not.
+    if attribute.lookup is None or not isinstance(value, str):
+        return exact
+    return f"({exact} AND {attribute.lookup.replace('{p}', tr.param(value, 'text'))})"
+
+
+def _conjuncts(node: Filter) -> list[Filter]:
+    if isinstance(node, And):
+        return [c for operand in node.operands for c in _conjuncts(operand)]
+    return [node]
+
+
+def _value_equal(node: Filter) -> Value:
+    """The value that a value filter's `value eq` asks for, when the filter's every match
+    must meet it (it is the filter, or an operand of its top-level `and`s)."""
+    for operand in _conjuncts(node):
+        if (
+            isinstance(operand, Compare)
+            and operand.op == "eq"
+            and operand.path.uri is None
+            and operand.path.sub is None
+            and operand.path.attr.lower() == "value"
+            and isinstance(operand.value, str)
+        ):
+            return operand.value
+    return None
 
 
 def _value_path(node: ValuePath, tr: _Translation) -> str:
@@ -417,7 +490,7 @@ def _value_path(node: ValuePath, tr: _Translation) -> str:
     inner = _translate(node.filter, tr, scope=attribute)
     if isinstance(attribute, _Complex):
         return inner
-    return _exists(attribute, inner)
+    return _with_lookup(attribute, _exists(attribute, inner), _value_equal(node.filter), tr)
 
 
 def _negate(sql: str) -> str:
@@ -507,7 +580,7 @@ def _compare_string(
     def fold(sql: str) -> str:
         return sql if scalar.case_exact else f"lower({sql})"
 
-    column = fold(scalar.sql)
+    column = scalar.folded or fold(scalar.sql)
     if op == "eq":
         return f"({column} = {fold(tr.param(value, 'text'))})"
     if op in ("co", "sw", "ew"):
@@ -541,7 +614,7 @@ def sort_sql(
         raise FilterError(
             f"sortOrder must be 'ascending' or 'descending', not {sort_order!r}", "invalidValue"
         )
-    if alias is not None and (not re.fullmatch(r"[a-z_][a-z0-9_]*", alias) or alias == _ELEMENT):
+    if alias is not None and (not re.fullmatch(r"[a-z_][a-z0-9_]*", alias) or alias in _RESERVED):
         raise ValueError(f"unusable table alias {alias!r}")
     text = sort_by.strip()
     try:

@@ -126,9 +126,11 @@ async def account_for_name(tx: asyncpg.Connection, tenant_id: UUID, user_name: s
     )
     if pending is not None:
         return pending
+    # user_name_lower, not lower(user_name): only the stored column is an index condition
+    # under row-level security (lower() is not leakproof).
     earlier: UUID | None = await tx.fetchval(
         """SELECT a.account_id FROM scim_user_accounts a
-           WHERE a.tenant_id = $1 AND lower(a.user_name) = lower($2)
+           WHERE a.tenant_id = $1 AND a.user_name_lower = lower($2)
              AND NOT EXISTS (SELECT 1 FROM scim_users u WHERE u.id = a.account_id)""",
         tenant_id,
         user_name,
@@ -251,7 +253,7 @@ async def remember_account(
     another user takes no longer leads to the deleted user's account)."""
     await tx.execute(
         """DELETE FROM scim_user_accounts
-           WHERE tenant_id = $1 AND (account_id = $3 OR lower(user_name) = lower($2))""",
+           WHERE tenant_id = $1 AND (account_id = $3 OR user_name_lower = lower($2))""",
         tenant_id,
         user_name,
         account_id,
