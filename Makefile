@@ -61,7 +61,9 @@ bench: up
 	$(UV) python -m bench
 
 # The peers side by side with Tenantry in one run (bench/peers.py): envoyproxy/ratelimit
-# (go install from the Go module proxy, cached in .local/peers/), driven by wrk.
+# (go install from the Go module proxy, cached in .local/peers/), driven by wrk; the Svix
+# server when SVIX_SERVER_BIN (default .local/peers/svix-server) names a binary you built
+# (it is in no registry this project installs from; docs/benchmarks.md).
 bench-peers: up
 	@command -v wrk >/dev/null 2>&1 || { export DEBIAN_FRONTEND=noninteractive; \
 		apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }

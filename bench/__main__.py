@@ -28,10 +28,12 @@ from bench import (
     input_guard,
     lifecycle,
     peer_ratelimit,
+    peer_webhooks,
     projection,
     region_move,
     relay,
     residency,
+    scim,
     sealing,
     sso,
     store,
@@ -122,6 +124,11 @@ BENCHMARKS: dict[str, tuple[Benchmark, bool, str]] = {
         False,
         "two regions: a tenant moved (to active there, old copy purged) vs its export alone",
     ),
+    "scim": (
+        scim.run,
+        True,
+        "SCIM userName/externalId/email/displayName lookups and list pages at 100k users",
+    ),
     "webhooks": (
         webhooks.run,
         False,
@@ -132,11 +139,16 @@ BENCHMARKS: dict[str, tuple[Benchmark, bool, str]] = {
         True,
         "peer: decisions/s and p99 at 1 and 32 in flight, Tenantry vs envoyproxy/ratelimit",
     ),
+    "peer_webhooks": (
+        peer_webhooks.run,
+        False,
+        "peer: backlog drain and first-attempt latency, Tenantry's dispatcher vs Svix",
+    ),
 }
 
 # Peers built here and run beside Tenantry (`make bench-peers`, bench/peers.py): never in a
 # plain `make bench`, which stays within what `make up` installs.
-PEERS = {"peer_ratelimit"}
+PEERS = {"peer_ratelimit", "peer_webhooks"}
 
 # Benchmarks that bring their own stack instead of the default one (`make up`): residency
 # runs on the two-region stack (tenantry_testkit.regions), started when it does not answer.
