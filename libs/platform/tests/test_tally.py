@@ -26,7 +26,8 @@ def test_a_tally_reads_as_a_monotonic_counter_per_attribute_set() -> None:
             for m in sm.metrics
             if m.name == "tenantry.test.things"
         ]
-        assert isinstance(metric.data, Sum) and metric.data.is_monotonic
+        assert isinstance(metric.data, Sum)
+        assert metric.data.is_monotonic
         return {
             tuple(sorted((k, str(v)) for k, v in (p.attributes or {}).items())): int(p.value)
             for p in metric.data.data_points
