@@ -1,6 +1,7 @@
 """Consumer throughput: records/s of the production consumer path (EventConsumer attached to
 a FastStream KafkaBroker: decode, inbox claim + handler in one transaction, then an offset
-commit per record) against raw aiokafka consumers of the same records, in the same run.
+commit at most every 100 ms) against raw aiokafka consumers of the same records, in the
+same run.
 
 A private topic is filled with EVENTS records first (untimed); every variant then reads the
 whole topic from the beginning under its own consumer group. The clock runs from the first
@@ -12,7 +13,7 @@ record received to the last record done, so the group join is not counted.
   (decode, transaction with set_config, inbox claim, one INSERT, commit);
 - the same loop with a consumer group and commit() after every record: the production
   semantics without FastStream;
-- EventConsumer on FastStream (attach, AckPolicy.NACK_ON_ERROR): the production path.
+- EventConsumer on FastStream (attach, AckPolicy.MANUAL): the production path.
 """
 
 from __future__ import annotations

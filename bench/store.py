@@ -1,10 +1,13 @@
 """Event store appends per second: PostgresEventStore.append against a plain INSERT of the
 same rows into a table of the same shape, in one scratch database, in the same run.
 
-What the store adds over the plain INSERT, per append: the optimistic-concurrency read
-(`max(version)` of the stream), a savepoint around the insert, and the outbox rows (one
-more INSERT, whose statement trigger sends a NOTIFY at commit). Both variants run inside a
-transaction of their own, through the same pool, with the same envelope encoding.
+What the store adds over the plain INSERT, per append, all inside one call of the
+`append_events` function (one round trip, like the plain INSERT): the optimistic-concurrency
+read (`max(version)` of the stream), a subtransaction around the insert (the savepoint that
+keeps the caller's transaction usable after a lost race), and the outbox rows (topic, key,
+payload; one more INSERT, whose statement trigger sends a NOTIFY at commit). Both variants
+run inside a transaction of their own, through the same pool, with the same envelope
+encoding.
 
 Single: one event per transaction. Batched: `batch` events per append (one transaction).
 `writers` concurrent tasks share the work; each appends to its own stream.
@@ -181,8 +184,8 @@ async def run(ctx: Context) -> BenchResult:
         f"{SINGLE_EVENTS} (single) / {BATCHED_EVENTS} (batched) events, each on empty tables"
     )
     result.notes.append(
-        "round trips per append: plain 3 (BEGIN, INSERT, COMMIT); store 7 (BEGIN, version "
-        "read, SAVEPOINT, INSERT, RELEASE, outbox INSERT + NOTIFY trigger, COMMIT)"
+        "round trips per append: plain 3 (BEGIN, INSERT, COMMIT); store 3 (BEGIN, "
+        "append_events: version read, events and outbox INSERTs + NOTIFY trigger, COMMIT)"
     )
     result.notes.append(
         "local Postgres runs with fsync=off, synchronous_commit=off: commits cost no disk flush"

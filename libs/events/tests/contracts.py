@@ -150,6 +150,32 @@ class EventStoreContract:
         async with stores.db.transaction() as tx:
             assert len(await stores.events.load(tx, "s-2")) == 1
 
+    async def test_stale_batched_append_writes_nothing_and_the_transaction_goes_on(
+        self, stores: Stores
+    ) -> None:
+        stream = f"b-{uuid4().hex}"
+        first = [ping(i, version=i + 1) for i in range(3)]
+        async with stores.db.transaction() as tx:
+            assert await stores.events.append(tx, stream, 0, first) == 3
+        before = await stores.outbox.pending()
+        late = [ping(10 + i, version=4 + i) for i in range(2)]
+        async with stores.db.transaction() as tx:
+            for stale in (0, 2, 5):  # behind, and ahead of, the stream's version
+                with pytest.raises(ConcurrencyConflict) as info:
+                    await stores.events.append(tx, stream, stale, late)
+                assert (info.value.expected_version, info.value.actual_version) == (stale, 3)
+            # The conflicts wrote nothing and left the caller's transaction usable.
+            assert await stores.events.append(tx, stream, 3, late) == 5
+        async with stores.db.transaction() as tx:
+            loaded = await stores.events.load(tx, stream)
+        assert [e.id for e in loaded] == [e.id for e in first + late]
+        assert await stores.outbox.pending() == before + len(late)
+        queued = [
+            from_record(e.record.headers, e.record.value).id
+            for e in await stores.outbox.fetch(10_000)
+        ]
+        assert queued[-2:] == [e.id for e in late], "each event queued once, in order"
+
     async def test_concurrent_writers_of_one_version_exactly_one_wins(self, stores: Stores) -> None:
         async def write(n: int) -> bool:
             try:

@@ -230,16 +230,20 @@ def attach(
     (nack) and handled again; nothing after it is committed before it.
     """
     last_commit = 0.0
+    context = broker.context
 
-    async def on_record(message: KafkaMessage) -> None:
+    # No parameter that FastStream's dependency injection resolves: fast_depends runs a
+    # sync resolver (the `KafkaMessage` context field) in a worker thread, one thread hop
+    # per record, and FastStream's default decoder parses the JSON body nobody reads. The
+    # message comes from the broker's context, which FastStream fills before the call.
+    async def on_record(body: bytes) -> None:
         nonlocal last_commit
+        message: KafkaMessage = context.get_local("message")
         # The raw record, not FastStream's decoded body: decoding is the envelope codec's job.
         record = message.raw_message
         assert not isinstance(record, tuple)  # single-record subscriber
         try:
-            await consumer.process(
-                record.topic, record.key, list(record.headers or ()), message.body
-            )
+            await consumer.process(record.topic, record.key, list(record.headers or ()), body)
         except BaseException:
             await message.nack()  # rewind to this record: it comes back
             raise
@@ -253,10 +257,16 @@ def attach(
         group_id=consumer.group,
         ack_policy=AckPolicy.MANUAL,
         auto_offset_reset=auto_offset_reset,
+        decoder=_raw_body,
         title=f"{consumer.group}",
     )
     subscriber(on_record)
     return subscriber
+
+
+async def _raw_body(message: KafkaMessage) -> bytes:
+    """The record's value as is (FastStream's own decoder would parse it as JSON)."""
+    return bytes(message.body)
 
 
 class BrokerDeadLetters:

@@ -32,30 +32,47 @@ _ENCODER = msgspec.json.Encoder()
 _ACTOR = msgspec.json.Decoder(Actor)
 
 
-def to_record(envelope: Envelope[Any]) -> KafkaRecord:
-    headers: Headers = [
-        ("ce_specversion", b"1.0"),
-        ("ce_id", str(envelope.id).encode()),
-        ("ce_source", envelope.source.encode()),
-        ("ce_type", envelope.type.encode()),
-        ("ce_subject", envelope.subject.encode()),
-        ("ce_time", envelope.occurred_at.isoformat().encode()),
-        ("ce_tenantid", str(envelope.tenant_id).encode()),
-        ("ce_aggregateversion", str(envelope.aggregate_version).encode()),
-        ("ce_schemaversion", str(envelope.schema_version).encode()),
-        ("ce_region", envelope.region.encode()),
-        ("content-type", CONTENT_TYPE.encode()),
+def header_values(envelope: Envelope[Any]) -> list[tuple[str, str]]:
+    """The record's headers as text: what `to_record` sends, and what the outbox stores
+    (as JSON) for events that did not come through the event store."""
+    values = [
+        ("ce_specversion", "1.0"),
+        ("ce_id", str(envelope.id)),
+        ("ce_source", envelope.source),
+        ("ce_type", envelope.type),
+        ("ce_subject", envelope.subject),
+        ("ce_time", envelope.occurred_at.isoformat()),
+        ("ce_tenantid", str(envelope.tenant_id)),
+        ("ce_aggregateversion", str(envelope.aggregate_version)),
+        ("ce_schemaversion", str(envelope.schema_version)),
+        ("ce_region", envelope.region),
+        ("content-type", CONTENT_TYPE),
     ]
     if envelope.traceparent:
-        headers.append(("ce_traceparent", envelope.traceparent.encode()))
+        values.append(("ce_traceparent", envelope.traceparent))
     if envelope.tracestate:
-        headers.append(("ce_tracestate", envelope.tracestate.encode()))
+        values.append(("ce_tracestate", envelope.tracestate))
     if envelope.actor is not None:  # a CloudEvents extension; its personal fields are sealed
-        headers.append(("ce_actor", _ENCODER.encode(envelope.actor)))
+        values.append(("ce_actor", _ENCODER.encode(envelope.actor).decode()))
+    return values
+
+
+def record_headers(envelope: Envelope[Any]) -> Headers:
+    """The CloudEvents headers of an envelope; its payload is not read (the outbox builds
+    them from a stored envelope whose payload stays raw JSON)."""
+    return [(name, value.encode()) for name, value in header_values(envelope)]
+
+
+def record_key(envelope: Envelope[Any]) -> bytes:
+    """The tenant id: one tenant's events keep their order within a topic."""
+    return str(envelope.tenant_id).encode()
+
+
+def to_record(envelope: Envelope[Any]) -> KafkaRecord:
     return KafkaRecord(
         topic=envelope.type,
-        key=str(envelope.tenant_id).encode(),
-        headers=headers,
+        key=record_key(envelope),
+        headers=record_headers(envelope),
         value=_ENCODER.encode(envelope.payload),
     )
 

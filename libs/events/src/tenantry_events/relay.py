@@ -80,10 +80,14 @@ class KafkaPublisher:
         client_id: str = "tenantry-relay",
         publish_timeout: float = 30.0,
         breaker: CircuitBreaker | None = None,
+        linger_ms: int = 0,
     ) -> None:
         self._bootstrap = bootstrap_servers
         self._client_id = client_id
         self._publish_timeout = publish_timeout
+        # No linger: `publish` hands the producer its whole batch before awaiting any ack,
+        # so records batch anyway; a linger only delayed the lone record of a quiet moment.
+        self._linger_ms = linger_ms
         self._producer: AIOKafkaProducer | None = None
         self.breaker = breaker or CircuitBreaker("kafka-producer", KAFKA_PRODUCER_BREAKER)
 
@@ -93,7 +97,7 @@ class KafkaPublisher:
             client_id=self._client_id,
             enable_idempotence=True,
             acks="all",
-            linger_ms=2,
+            linger_ms=self._linger_ms,
             request_timeout_ms=10_000,
             retry_backoff_ms=200,
         )

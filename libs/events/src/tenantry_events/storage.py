@@ -9,10 +9,17 @@ Personal fields are sealed (sealing.py) by the outbox's `keys`: the event store 
 outbox write them sealed, so `events.envelope`, `outbox.value` and the Kafka record hold
 ciphertext, and `load` opens them. An outbox built without keys writes and reads plaintext:
 only tests and benchmarks that predate sealing build one; the services always pass keys.
+
+An append is one round trip: the `append_events` function (migrations 0006, 0007) checks the
+version and writes the events and their outbox rows. Those outbox rows hold topic, key,
+value and event id but no headers: `PostgresOutbox.fetch` builds the CloudEvents headers
+from the event's row, the same envelope, instead of every append paying to write and
+parse them twice. Rows of `put` (events of no stream) hold their headers.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any, Generic, Protocol, TypeVar
 from uuid import UUID
@@ -21,12 +28,20 @@ import asyncpg
 import msgspec
 
 from tenantry_events.envelope import Envelope, decode_envelope, encode_envelope
-from tenantry_events.kafka_codec import KafkaRecord, to_record
+from tenantry_events.kafka_codec import (
+    KafkaRecord,
+    header_values,
+    record_headers,
+    record_key,
+    to_record,
+)
 from tenantry_events.pg import Database
 from tenantry_events.sealing import DataKeys, seal_all, unseal_all
 
 Tx = TypeVar("Tx", contravariant=True)
-_HEADERS = msgspec.json.Encoder()
+log = logging.getLogger("tenantry.outbox")
+_JSON = msgspec.json.Encoder()
+_STORED_ENVELOPE = msgspec.json.Decoder(Envelope[msgspec.Raw])  # headers need no payload
 
 
 class ConcurrencyConflict(Exception):
@@ -101,7 +116,7 @@ class PostgresOutbox:
         await self.put_sealed(tx, await seal_all(events, self.keys, tx))
 
     async def put_sealed(self, tx: asyncpg.Connection, events: Sequence[Envelope[Any]]) -> None:
-        """`put` for events sealed already (the event store's, which sealed them once)."""
+        """`put` for events sealed already."""
         if not events:
             return
         records = [to_record(e) for e in events]
@@ -113,7 +128,7 @@ class PostgresOutbox:
                     AS u(t, k, h, v, e)""",
             [r.topic for r in records],
             [r.key for r in records],
-            [_HEADERS.encode([[k, v.decode()] for k, v in r.headers]).decode() for r in records],
+            [_JSON.encode(header_values(e)).decode() for e in events],
             [r.value for r in records],
             [e.id for e in events],
         )
@@ -122,22 +137,38 @@ class PostgresOutbox:
         self, limit: int, *, conn: asyncpg.Connection | None = None
     ) -> list[OutboxEntry]:
         """The oldest `limit` rows, through the pool or on `conn` (the relay reads on the
-        connection that holds its lock, see relay.py)."""
-        rows = await (conn or self._db.pool).fetch(
-            "SELECT id, topic, key, headers, value FROM outbox ORDER BY id LIMIT $1", limit
+        connection that holds its lock, see relay.py).
+
+        A row of an appended event takes its headers from the event's row. A row whose
+        event is gone cannot be published, and must not be: the tenant was purged (the
+        purge keeps its saga's outbox rows; a relay that died between Kafka's ack and the
+        delete finds one again), so the row is deleted here."""
+        on = conn or self._db.pool
+        rows = await on.fetch(
+            # The subquery runs for the rows the LIMIT keeps, by events' event_id key.
+            """SELECT o.id, o.topic, o.key, o.headers, o.value,
+                      CASE WHEN o.headers IS NULL THEN
+                          (SELECT e.envelope::text FROM events e WHERE e.event_id = o.event_id)
+                      END AS envelope
+               FROM outbox o ORDER BY o.id LIMIT $1""",
+            limit,
         )
-        return [
-            OutboxEntry(
-                r["id"],
-                KafkaRecord(
-                    topic=r["topic"],
-                    key=r["key"],
-                    headers=[(k, v.encode()) for k, v in r["headers"]],
-                    value=r["value"],
-                ),
-            )
-            for r in rows
-        ]
+        entries: list[OutboxEntry] = []
+        orphans: list[int] = []
+        for r in rows:
+            if r["headers"] is not None:
+                headers = [(k, v.encode()) for k, v in r["headers"]]
+            elif r["envelope"] is not None:
+                headers = record_headers(_STORED_ENVELOPE.decode(r["envelope"]))
+            else:
+                orphans.append(r["id"])
+                continue
+            record = KafkaRecord(topic=r["topic"], key=r["key"], headers=headers, value=r["value"])
+            entries.append(OutboxEntry(r["id"], record))
+        if orphans:
+            log.warning("dropped outbox rows %s: their events were deleted", orphans)
+            await self.remove(orphans, conn=conn)
+        return entries
 
     async def remove(self, ids: Sequence[int], *, conn: asyncpg.Connection | None = None) -> None:
         await (conn or self._db.pool).execute(
@@ -151,8 +182,12 @@ class PostgresOutbox:
 class PostgresEventStore:
     """Seals and opens with its outbox's keys: one place says whether a service seals."""
 
-    def __init__(self, outbox: PostgresOutbox) -> None:
+    def __init__(self, outbox: PostgresOutbox, *, stored_headers: bool = False) -> None:
+        """`stored_headers`: also write each outbox row's headers, for relays older than
+        the ones that derive them (a rolling upgrade from before issue 20: an old relay
+        fails on a row without headers). Same one statement, a larger row."""
         self._outbox = outbox
+        self._stored_headers = stored_headers
 
     async def append(
         self,
@@ -161,44 +196,33 @@ class PostgresEventStore:
         expected_version: int,
         events: Sequence[Envelope[Any]],
     ) -> int:
-        current = int(
-            await tx.fetchval(
-                "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1", stream_id
-            )
-        )
-        if current != expected_version:
-            raise ConcurrencyConflict(stream_id, expected_version, current)
+        """One call of `append_events` (migration 0006): version check, events, outbox rows.
+        Sealing comes first, so a stale write also seals (and may create keys) in vain."""
         events = await seal_all(events, self._outbox.keys, tx)
-        versions = list(range(expected_version + 1, expected_version + 1 + len(events)))
-        try:
-            # A savepoint keeps the caller's transaction usable after a conflict.
-            async with tx.transaction():
-                await tx.execute(
-                    """INSERT INTO events (stream_id, version, event_id, event_type, tenant_id,
-                                           occurred_at, envelope)
-                       SELECT $1, v, i, t, tn, o, e::jsonb
-                       FROM unnest($2::int[], $3::uuid[], $4::text[], $5::uuid[],
-                                   $6::timestamptz[], $7::text[]) AS u(v, i, t, tn, o, e)""",
-                    stream_id,
-                    versions,
-                    [e.id for e in events],
-                    [e.type for e in events],
-                    [e.tenant_id for e in events],
-                    [e.occurred_at for e in events],
-                    [encode_envelope(e).decode() for e in events],
-                )
-        except asyncpg.UniqueViolationError as exc:
-            if exc.constraint_name == "events_stream_id_version_key":
-                actual = int(
-                    await tx.fetchval(
-                        "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1",
-                        stream_id,
-                    )
-                )
-                raise ConcurrencyConflict(stream_id, expected_version, actual) from exc
-            raise
-        await self._outbox.put_sealed(tx, events)
-        return expected_version + len(events)
+        keys: dict[UUID, bytes] = {}  # one tenant per stream, in practice: one str(UUID)
+        row = await tx.fetchrow(
+            """SELECT appended, version
+               FROM append_events($1, $2, $3::uuid[], $4::text[], $5::uuid[],
+                                  $6::timestamptz[], $7::text[], $8::bytea[], $9::bytea[],
+                                  $10::text[])""",
+            stream_id,
+            expected_version,
+            [e.id for e in events],
+            [e.type for e in events],
+            [e.tenant_id for e in events],
+            [e.occurred_at for e in events],
+            [encode_envelope(e).decode() for e in events],
+            [keys.get(e.tenant_id) or keys.setdefault(e.tenant_id, record_key(e)) for e in events],
+            [_JSON.encode(e.payload) for e in events],
+            [
+                _JSON.encode(header_values(e)).decode() if self._stored_headers else None
+                for e in events
+            ],
+        )
+        assert row is not None  # a function call returns one row
+        if not row["appended"]:
+            raise ConcurrencyConflict(stream_id, expected_version, row["version"])
+        return int(row["version"])
 
     async def load(self, tx: asyncpg.Connection, stream_id: str) -> list[Envelope[Any]]:
         rows = await tx.fetch(

@@ -40,6 +40,10 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     directory_pull_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1.0
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    # true while a rolling upgrade from a release before issue 20 is under way: appends
+    # then write each outbox row's headers too, which older relays need (the current relay
+    # derives them from the event row). docs/deploy.md, "Upgrade".
+    outbox_stored_headers: bool = False
     # Several api processes of one service on one port (SO_REUSEPORT): the kernel spreads
     # connections over them, as a Kubernetes Service spreads them over pods. One process
     # runs one event loop on one core; this is how a host gives a service more cores.

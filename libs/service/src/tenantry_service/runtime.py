@@ -150,7 +150,7 @@ class Runtime:
             settings=settings,
             db=db,
             outbox=outbox,
-            events=PostgresEventStore(outbox),
+            events=PostgresEventStore(outbox, stored_headers=settings.outbox_stored_headers),
             inbox=PostgresInbox(),
             kafka=KafkaProbe(settings.kafka_bootstrap),
             key_usage=usage,
