@@ -521,6 +521,7 @@ async def test_the_decision_fast_path_answers_exactly_as_the_full_stack_does(
         ("a body past 4 KiB", "POST", operator,
          json.dumps({"tenant_id": tenant_id, "api_key_id": "k" * 5000}).encode(), False),
         ("GET", "GET", operator_headers, b"", False),
+        ("a query string", "POST?x=1", operator, valid, False),
     ]  # fmt: skip
     fast = stack.service_url("ratelimit")
     with stack.extra_api("ratelimit", 8198, {"TENANTRY_RATELIMIT_DECISIONS_FAST_PATH": "false"}):
@@ -528,9 +529,13 @@ async def test_the_decision_fast_path_answers_exactly_as_the_full_stack_does(
         async with httpx.AsyncClient(timeout=10) as client:
             for what, method, headers, body, on_fast_path in cases:
                 before = (await client.get(f"{fast}/metrics")).text
+                verb, _, query = method.partition("?")
                 answers = [
                     await client.request(
-                        method, f"{base}/v1/decisions", headers=_own(headers, i), content=body
+                        verb,
+                        f"{base}/v1/decisions" + (f"?{query}" if query else ""),
+                        headers=_own(headers, i),
+                        content=body,
                     )
                     for i, base in enumerate((fast, full))
                 ]

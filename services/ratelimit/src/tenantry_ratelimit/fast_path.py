@@ -4,7 +4,8 @@ tracing spans, the input guard, Idempotency-Key, the inner steps) cost it about 
 the decision itself (py-spy: ~0.9 ms of CPU of ~1.2 ms per request).
 
 This ASGI layer, inside admission control, answers a request itself only when it is
-well formed in every way the route would check: the path and method, a JSON content type,
+well formed in every way the route would check: the path and method (no query string, a
+target of normal length), a JSON content type,
 a small body that decodes as a `DecisionRequest`, a bearer credential of an operator, no
 Idempotency-Key, and (with regions) a credential of this region. Anything else goes,
 body replayed, to the full stack, which gives the route's own answer, errors included; so
@@ -27,6 +28,7 @@ from uuid_utils.compat import uuid7
 from tenantry_guardrails.rate_limits import RateLimitStep
 from tenantry_http.asgi import ASGIApp, Message, Receive, Scope, Send
 from tenantry_http.auth import Authenticator, Requires, check
+from tenantry_http.input_guard import URL_BYTES_KEY
 from tenantry_http.problems import Problem
 from tenantry_platform.telemetry import Tally, request_id_var
 from tenantry_ratelimit.decisions import DECISIONS_ROUTE, DecisionRequest, decided
@@ -65,7 +67,15 @@ class DecisionFastPath:
         self._home_region_of = home_region_of
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
+        if (
+            scope["type"] != "http"
+            or scope["path"] != PATH
+            or scope["method"] != "POST"
+            # A target the server had to cut short (past 64 KiB, http_server.py) or a query
+            # string: the route refuses or ignores those in its own way.
+            or URL_BYTES_KEY in scope
+            or scope.get("query_string")
+        ):
             await self.app(scope, receive, send)
             return
         headers: dict[bytes, bytes] = dict(scope["headers"])

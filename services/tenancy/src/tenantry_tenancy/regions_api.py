@@ -17,6 +17,7 @@ import msgspec
 from litestar import Request, get
 from litestar.params import FromQuery
 
+from tenantry_http.api_docs import problems
 from tenantry_http.auth import AUTHENTICATED, requires
 from tenantry_http.pagination import Page, clamp_limit, decode_cursor, encode_cursor
 from tenantry_http.problems import Problem
@@ -52,6 +53,7 @@ async def list_regions(request: Request[Any, Any, Any]) -> list[RegionView]:
     "/regions/tenants",
     tags=["regions"],
     opt=requires(operator_only=True),
+    responses=problems(422),  # a region filter naming no region
     summary="Every region's tenants (directory facts only)",
 )
 async def list_directory_tenants(
